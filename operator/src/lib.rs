@@ -1,0 +1,1 @@
+//! streamjob-operator: the StreamJob API and its reconciler.

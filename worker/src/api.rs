@@ -1,0 +1,1 @@
+//! Types of the jobmanager's control API (REST on :8081), shared with the operator.

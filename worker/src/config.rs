@@ -1,0 +1,507 @@
+//! The job's configuration: the `job.yaml` the operator renders into the job's ConfigMap and every
+//! worker process (jobmanager, taskmanager, standalone) reads.
+//!
+//! This module is part of the crate's light surface (no `engine` feature needed): the operator builds
+//! a [`JobConfig`] from a StreamJob spec and serialises it with `serde_yaml`, so the YAML a worker
+//! reads is, by construction, the YAML the operator wrote. Every section has embedded defaults, so
+//! an empty file is a valid standalone job.
+//!
+//! Secrets never live in this file: they come from the environment (see [`JobConfig::apply_env`]),
+//! which the operator fills from `secretKeyRef`s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that overrides `sink.redis.password`.
+pub const ENV_REDIS_PASSWORD: &str = "STREAMJOB_REDIS_PASSWORD";
+/// Environment variable that overrides `source.kafka.sasl.username`.
+pub const ENV_KAFKA_SASL_USERNAME: &str = "STREAMJOB_KAFKA_SASL_USERNAME";
+/// Environment variable that overrides `source.kafka.sasl.password`.
+pub const ENV_KAFKA_SASL_PASSWORD: &str = "STREAMJOB_KAFKA_SASL_PASSWORD";
+
+/// A configuration that cannot run, with the dotted path of the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("invalid config: field `{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The whole `job.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JobConfig {
+    pub job: JobSection,
+    pub source: SourceSection,
+    pub sink: SinkSection,
+    pub batch: BatchConfig,
+    pub checkpoint: CheckpointConfig,
+    pub savepoint: SavepointConfig,
+    pub jobmanager: JobManagerConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+}
+
+/// Identity of the job: it names the Redis fence keys and the state files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JobSection {
+    /// Job name (the StreamJob's name). Part of every fence key, so two jobs never share fences.
+    pub name: String,
+}
+
+impl Default for JobSection {
+    fn default() -> Self {
+        Self {
+            name: "trace".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SourceSection {
+    pub kafka: KafkaSourceConfig,
+}
+
+/// Where a partition starts when neither a savepoint, a checkpoint nor a Redis fence says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingOffsets {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// SASL credentials for the brokers; the secret parts come from the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// SASL mechanism, e.g. `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`.
+    pub mechanism: String,
+    /// Never rendered by the operator; set from `STREAMJOB_KAFKA_SASL_USERNAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Never rendered by the operator; set from `STREAMJOB_KAFKA_SASL_PASSWORD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, comma separated `host:port`.
+    pub brokers: String,
+    /// The AnchorInfo topic.
+    pub topic: String,
+    /// Consumer group id, used only for reporting committed offsets to Kafka tooling; partitions are
+    /// assigned by the jobmanager, never by group rebalance.
+    pub group: String,
+    pub starting_offsets: StartingOffsets,
+    /// Dead-letter topic; `None` means `<topic>-dlq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlq_topic: Option<String>,
+    /// `security.protocol` for librdkafka (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`).
+    pub security_protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslConfig>,
+    /// Extra librdkafka properties, passed through as they are.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            topic: "austinTraceLog".into(),
+            group: "austinLogGroup".into(),
+            starting_offsets: StartingOffsets::Earliest,
+            dlq_topic: None,
+            security_protocol: "plaintext".into(),
+            sasl: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSourceConfig {
+    /// The dead-letter topic actually used.
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.topic))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SinkSection {
+    pub redis: RedisSinkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisSinkConfig {
+    /// `redis://host:port/db` or `unix:///path/to/socket`. No password in it: use the environment.
+    pub url: String,
+    /// Never rendered by the operator; set from `STREAMJOB_REDIS_PASSWORD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// IANA time zone whose midnight ends user-trace keys.
+    pub time_zone: String,
+    /// Prefix for every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
+            time_zone: "Asia/Shanghai".into(),
+            key_prefix: String::new(),
+        }
+    }
+}
+
+/// How events of one partition are grouped into one atomic Redis script call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Flush when this many events are buffered for a partition.
+    pub max_events: usize,
+    /// Flush at the latest this long after the first buffered event.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 1000,
+            linger: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints; `0s` disables them.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Directory for checkpoints and savepoints (the PVC's mount).
+    pub dir: PathBuf,
+    /// How many complete checkpoints to keep.
+    pub retain: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            dir: PathBuf::from("/var/lib/streamjob"),
+            retain: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SavepointConfig {
+    /// Where savepoints go; `None` means `<checkpoint.dir>/savepoints`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Time between periodic savepoints; `0s` disables them.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Keep at most this many savepoints (the newest complete one is always kept).
+    pub max_count: usize,
+    /// Delete savepoints older than this (the newest complete one is always kept); `0s` = no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Restore from this savepoint instead of the newest checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
+    /// Allow restoring a savepoint whose topic or partition count differs from the job's.
+    pub allow_non_restored_state: bool,
+}
+
+impl Default for SavepointConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            interval: Duration::ZERO,
+            max_count: 5,
+            max_age: Duration::ZERO,
+            restore_from: None,
+            allow_non_restored_state: false,
+        }
+    }
+}
+
+/// Where the jobmanager listens and how taskmanagers reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct JobManagerConfig {
+    /// Bind address of the jobmanager's REST API (Flink's port).
+    pub bind: String,
+    /// URL taskmanagers use to reach the jobmanager.
+    pub url: String,
+    /// Taskmanager heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A taskmanager silent for this long is considered dead and its partitions are reassigned.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for JobManagerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0:8081".into(),
+            url: "http://127.0.0.1:8081".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Bind address of `/metrics` and `/healthz` on taskmanagers and standalone processes
+    /// (the jobmanager serves them on its REST port too).
+    pub bind: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0:9249".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// `tracing` env-filter directive, e.g. `info` or `info,streamjob_worker=debug`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl JobConfig {
+    /// Parses `job.yaml` text and validates it. Does not read the environment.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: JobConfig = if text.trim().is_empty() {
+            JobConfig::default()
+        } else {
+            serde_yaml::from_str(text)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// The YAML the operator puts into the ConfigMap.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+
+    /// Fills secrets from the environment (`lookup` is `std::env::var` outside tests).
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(password) = lookup(ENV_REDIS_PASSWORD) {
+            self.sink.redis.password = Some(password);
+        }
+        let username = lookup(ENV_KAFKA_SASL_USERNAME);
+        let password = lookup(ENV_KAFKA_SASL_PASSWORD);
+        if username.is_some() || password.is_some() {
+            let sasl = self.source.kafka.sasl.get_or_insert_with(SaslConfig::default);
+            if username.is_some() {
+                sasl.username = username;
+            }
+            if password.is_some() {
+                sasl.password = password;
+            }
+        }
+    }
+
+    /// Checks what serde cannot: every error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.job.name.is_empty() || !self.job.name.chars().all(is_name_char) {
+            return Err(invalid(
+                "job.name",
+                "must be non-empty and use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+        let kafka = &self.source.kafka;
+        if kafka.brokers.trim().is_empty() {
+            return Err(invalid("source.kafka.brokers", "must list at least one host:port"));
+        }
+        validate_topic("source.kafka.topic", &kafka.topic)?;
+        if let Some(dlq) = &kafka.dlq_topic {
+            validate_topic("source.kafka.dlqTopic", dlq)?;
+        }
+        if kafka.dlq_topic() == kafka.topic {
+            return Err(invalid("source.kafka.dlqTopic", "must differ from source.kafka.topic"));
+        }
+        if kafka.group.is_empty() {
+            return Err(invalid("source.kafka.group", "must not be empty"));
+        }
+        let redis = &self.sink.redis;
+        if !(redis.url.starts_with("redis://")
+            || redis.url.starts_with("rediss://")
+            || redis.url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "sink.redis.url",
+                format!("must start with redis://, rediss:// or unix:// (got {:?})", redis.url),
+            ));
+        }
+        if redis.time_zone.is_empty() {
+            return Err(invalid("sink.redis.timeZone", "must name an IANA time zone"));
+        }
+        if self.batch.max_events == 0 {
+            return Err(invalid("batch.maxEvents", "must be at least 1"));
+        }
+        if self.checkpoint.retain == 0 {
+            return Err(invalid("checkpoint.retain", "must be at least 1"));
+        }
+        if self.savepoint.max_count == 0 {
+            return Err(invalid("savepoint.maxCount", "must be at least 1"));
+        }
+        if self.jobmanager.heartbeat_interval.is_zero() {
+            return Err(invalid("jobmanager.heartbeatInterval", "must be greater than 0"));
+        }
+        if self.jobmanager.heartbeat_timeout <= self.jobmanager.heartbeat_interval {
+            return Err(invalid(
+                "jobmanager.heartbeatTimeout",
+                "must be longer than jobmanager.heartbeatInterval",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Directory that holds savepoints.
+    pub fn savepoint_dir(&self) -> PathBuf {
+        self.savepoint
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.checkpoint.dir.join("savepoints"))
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Kafka's own topic rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigError> {
+    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." {
+        return Err(invalid(field, "must be 1-249 characters and not '.' or '..'"));
+    }
+    if !topic.chars().all(is_name_char) {
+        return Err(invalid(field, format!("{topic:?} may only contain [a-zA-Z0-9._-]")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_embedded_default_job() {
+        let config = JobConfig::from_yaml("").expect("defaults are valid");
+        assert_eq!(config, JobConfig::default());
+        assert_eq!(config.source.kafka.topic, "austinTraceLog");
+        assert_eq!(config.source.kafka.dlq_topic(), "austinTraceLog-dlq");
+        assert_eq!(config.sink.redis.time_zone, "Asia/Shanghai");
+    }
+
+    #[test]
+    fn yaml_round_trips_through_the_operator_rendering() {
+        let mut config = JobConfig::default();
+        config.job.name = "trace-eu".into();
+        config.batch.linger = Duration::from_millis(50);
+        config.sink.redis.key_prefix = "eu:".into();
+        let yaml = config.to_yaml().expect("serialises");
+        assert!(yaml.contains("linger: 50ms"), "{yaml}");
+        assert_eq!(JobConfig::from_yaml(&yaml).expect("parses"), config);
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let err = JobConfig::from_yaml("batch:\n  maxEvent: 10\n").unwrap_err();
+        assert!(err.to_string().contains("maxEvent"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_value_names_its_field() {
+        let err = JobConfig::from_yaml("source:\n  kafka:\n    topic: 'bad topic'\n").unwrap_err();
+        assert!(err.to_string().contains("source.kafka.topic"), "{err}");
+        let err = JobConfig::from_yaml("sink:\n  redis:\n    url: 'http://x'\n").unwrap_err();
+        assert!(err.to_string().contains("sink.redis.url"), "{err}");
+        let err = JobConfig::from_yaml("batch:\n  maxEvents: 0\n").unwrap_err();
+        assert!(err.to_string().contains("batch.maxEvents"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_are_never_rendered_empty() {
+        let mut config = JobConfig::default();
+        config.apply_env(|name| match name {
+            ENV_REDIS_PASSWORD => Some("r-secret".into()),
+            ENV_KAFKA_SASL_PASSWORD => Some("k-secret".into()),
+            _ => None,
+        });
+        assert_eq!(config.sink.redis.password.as_deref(), Some("r-secret"));
+        let sasl = config.source.kafka.sasl.as_ref().expect("sasl filled");
+        assert_eq!(sasl.password.as_deref(), Some("k-secret"));
+        assert!(sasl.username.is_none());
+        let rendered = JobConfig::default().to_yaml().expect("serialises");
+        assert!(!rendered.contains("password"), "{rendered}");
+    }
+}

@@ -1,0 +1,8 @@
+//! streamjob-worker: the runtime of the austin message-trace pipeline.
+//!
+//! Light surface (always built, used by the operator): [`config`] and [`api`].
+//! Engine (feature `engine`, default): Kafka source, AnchorInfo decoding, the exactly-once Redis sink,
+//! and the jobmanager/taskmanager/standalone runtimes.
+
+pub mod api;
+pub mod config;
