@@ -1,0 +1,823 @@
+//! The `StreamJob` API (`streaming.austin.dev/v1alpha1`): spec, status and the CRD's validation.
+//!
+//! Every doc comment here becomes the field's `description` in the generated CRD, so it is what
+//! `kubectl explain streamjob.spec...` prints. Validation lives in the CRD itself (OpenAPI types,
+//! ranges, enums and CEL rules whose messages name the field), so no admission webhook is needed.
+//! `crds/streamjob.yaml` is generated from these types (`streamjob-operator crd`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the StreamJob resource.
+pub const GROUP: &str = "streaming.austin.dev";
+/// API version of the StreamJob resource.
+pub const VERSION: &str = "v1alpha1";
+/// Savepoints kept in `status.savepointHistory` (newest first).
+pub const SAVEPOINT_HISTORY_CAP: usize = 10;
+
+/// A streaming job: the austin message-trace pipeline (Kafka AnchorInfo events to Redis trace data),
+/// run by one jobmanager and `spec.replicas` taskmanagers.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "streaming.austin.dev",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    plural = "streamjobs",
+    singular = "streamjob",
+    shortname = "sj",
+    category = "streaming",
+    namespaced,
+    status = "StreamJobStatus",
+    derive = "PartialEq",
+    doc = "A StreamJob runs the austin message-trace pipeline: Kafka AnchorInfo events to per-user, per-message and per-template trace data in Redis, exactly once.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired taskmanagers"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready taskmanagers"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.job.lag",
+        description = "Records behind the topic's end, over all partitions"
+    ),
+    printcolumn(
+        name = "Last Savepoint",
+        type_ = "date",
+        json_path = ".status.lastSavepoint.completedAt",
+        description = "When the newest savepoint completed"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("self.upgradeMode != 'last-state' || self.checkpoint.interval.matches('[1-9]')").message("spec.upgradeMode: last-state needs periodic checkpoints (spec.checkpoint.interval must not be 0s)"),
+    validation = Rule::new("!(self.savepoint.onDelete.pvc == 'delete' && self.savepoint.onDelete.finalSavepoint)").message("spec.savepoint.onDelete: a final savepoint is pointless when the PVC holding it is deleted; set finalSavepoint: false or pvc: keep"),
+    validation = Rule::new("!has(self.kafka.sasl) || self.kafka.securityProtocol in ['sasl_plaintext', 'sasl_ssl']").message("spec.kafka.securityProtocol must be sasl_plaintext or sasl_ssl when spec.kafka.sasl is set"),
+    validation = Rule::new("!has(self.kafka.tls) || self.kafka.securityProtocol in ['ssl', 'sasl_ssl']").message("spec.kafka.securityProtocol must be ssl or sasl_ssl when spec.kafka.tls is set")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobSpec {
+    /// Container image of streamjob-worker, e.g. `registry.example/streamjob-worker:0.1.0`.
+    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')").message("spec.image must be a non-empty image reference without spaces"))]
+    pub image: String,
+
+    /// When the kubelet pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// Secrets with registry credentials for pulling the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Number of taskmanagers. Rescaling is in place (partitions are reassigned, no redeploy).
+    /// `kubectl scale sj/NAME --replicas=N` and HorizontalPodAutoscalers set this field.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("spec.replicas must be between 0 and 1000"))]
+    pub replicas: i32,
+
+    /// Desired state of the job: `running`, or `suspended` (all processes stopped, state kept).
+    #[serde(default)]
+    pub state: JobState,
+
+    /// How a spec change reaches running processes: `savepoint` (stop with a savepoint, restart
+    /// from it), `last-state` (restart from the newest checkpoint) or `stateless` (restart from the
+    /// Redis fences and configured starting offsets).
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+
+    /// Change this value (any new number) to restart every process of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+
+    /// Change this value (any new number) to take a savepoint now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_trigger_nonce: Option<i64>,
+
+    /// Kafka source: where the AnchorInfo events come from.
+    pub kafka: KafkaSpec,
+
+    /// Redis sink: where the trace data goes.
+    pub redis: RedisSpec,
+
+    /// How events of one partition are grouped into one atomic Redis write.
+    #[serde(default)]
+    pub batch: BatchSpec,
+
+    /// Periodic checkpoints (consistent offsets of every partition, on the savepoint volume).
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+
+    /// Savepoint storage, retention and what happens to it when the StreamJob is deleted.
+    #[serde(default)]
+    pub savepoint: SavepointSpec,
+
+    /// The jobmanager process (one pod).
+    #[serde(default)]
+    pub jobmanager: ProcessSpec,
+
+    /// The taskmanager processes (`spec.replicas` pods).
+    #[serde(default)]
+    pub taskmanager: ProcessSpec,
+
+    /// Overrides applied to every pod of the job.
+    #[serde(default)]
+    pub pod_template: PodOverrides,
+
+    /// Log format and level of the job's processes.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Desired state of the job.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Processes run and consume.
+    #[default]
+    Running,
+    /// No process runs; the savepoint volume and the Redis fences keep the job's position.
+    Suspended,
+}
+
+/// How spec changes are rolled out.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    /// Stop with a savepoint, start from it.
+    #[default]
+    Savepoint,
+    /// Restart from the newest complete checkpoint.
+    LastState,
+    /// Restart from the Redis fences and the configured starting offsets.
+    Stateless,
+}
+
+/// A key of a Secret in the StreamJob's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret (a DNS-1123 subdomain).
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secret ref name must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')").message("secret ref key must be 1-253 characters of [-._a-zA-Z0-9]"))]
+    pub key: String,
+}
+
+/// Where a partition starts when neither a savepoint, a checkpoint nor a Redis fence says otherwise.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingOffsets {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// librdkafka `security.protocol`.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// The Kafka source.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.dlqTopic) || self.dlqTopic != self.topic").message("spec.kafka.dlqTopic must differ from spec.kafka.topic"))]
+pub struct KafkaSpec {
+    /// Bootstrap servers, comma separated `host:port`.
+    #[x_kube(validation = Rule::new("self.matches('^[^,\\\\s]+:[0-9]+(,[^,\\\\s]+:[0-9]+)*$')").message("spec.kafka.brokers must be a comma separated list of host:port"))]
+    pub brokers: String,
+    /// The AnchorInfo topic.
+    #[serde(default = "default_topic")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]{1,249}$') && self != '.' && self != '..'").message("spec.kafka.topic must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"))]
+    pub topic: String,
+    /// Consumer group id (used for reporting offsets to Kafka tooling only; the jobmanager assigns
+    /// partitions).
+    #[serde(default = "default_group")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 255").message("spec.kafka.group must be 1-255 characters"))]
+    pub group: String,
+    /// Where partitions start when there is no savepoint, checkpoint or Redis fence.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Dead-letter topic for undecodable events; default `<topic>-dlq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]{1,249}$') && self != '.' && self != '..'").message("spec.kafka.dlqTopic must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"))]
+    pub dlq_topic: Option<String>,
+    /// librdkafka `security.protocol`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// SASL authentication; credentials come from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+    /// TLS to the brokers; certificates come from Secrets (mounted read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Extra librdkafka properties, passed through unchanged (never put secrets here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !(k in ['sasl.password', 'sasl.username', 'ssl.key.password', 'bootstrap.servers', 'group.id']))").message("spec.kafka.properties must not set credentials, bootstrap.servers or group.id (use the typed fields and secret refs)"))]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "austinTraceLog".into()
+}
+fn default_group() -> String {
+    "austinLogGroup".into()
+}
+
+/// SASL mechanism.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaslMechanism {
+    #[default]
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL settings.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SaslSpec {
+    /// SASL mechanism.
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// Secret key holding the SASL username.
+    pub username_secret_ref: SecretKeyRef,
+    /// Secret key holding the SASL password.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// TLS settings: PEM files from Secrets, mounted under `/etc/streamjob/tls`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)").message("spec.kafka.tls.certSecretRef and spec.kafka.tls.keySecretRef must be set together"))]
+pub struct TlsSpec {
+    /// CA certificate (PEM) that signs the brokers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// Client private key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The Redis sink.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// `redis://host:port/db`, `rediss://...` or `unix:///path`. No password in it: use
+    /// `passwordSecretRef`.
+    #[x_kube(
+        validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://') || self.startsWith('unix://')").message("spec.redis.url must start with redis://, rediss:// or unix://"),
+        validation = Rule::new("!self.matches('^rediss?://[^/@]*@')").message("spec.redis.url must not carry credentials; use spec.redis.passwordSecretRef")
+    )]
+    pub url: String,
+    /// Secret key holding the Redis password (passed as env `STREAMJOB_REDIS_PASSWORD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// IANA time zone whose midnight ends user-trace keys.
+    #[serde(default = "default_time_zone")]
+    #[x_kube(validation = Rule::new("self == 'UTC' || self.matches('^[A-Za-z_]+(/[A-Za-z0-9_+-]+)+$')").message("spec.redis.timeZone must be an IANA time zone such as Asia/Shanghai or UTC"))]
+    pub time_zone: String,
+    /// Prefix of every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.size() <= 64 && !self.contains(' ')").message("spec.redis.keyPrefix must be at most 64 characters without spaces"))]
+    pub key_prefix: String,
+}
+
+fn default_time_zone() -> String {
+    "Asia/Shanghai".into()
+}
+
+const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h))+$')";
+
+/// Batching of one partition's events into one atomic Redis script call.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSpec {
+    /// Flush when this many events are buffered for a partition.
+    #[serde(default = "default_max_events")]
+    #[schemars(range(min = 1, max = 100000))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("spec.batch.maxEvents must be between 1 and 100000"))]
+    pub max_events: i64,
+    /// Flush at the latest this long after the first buffered event (e.g. `20ms`).
+    #[serde(default = "default_linger")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.batch.linger must be a duration like 20ms, 1s or 1m30s"))]
+    pub linger: String,
+}
+
+fn default_max_events() -> i64 {
+    1000
+}
+fn default_linger() -> String {
+    "20ms".into()
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            max_events: default_max_events(),
+            linger: default_linger(),
+        }
+    }
+}
+
+/// Periodic checkpoints.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Time between checkpoints (e.g. `10s`); `0s` disables them.
+    #[serde(default = "default_checkpoint_interval")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.checkpoint.interval must be a duration like 10s or 1m"))]
+    pub interval: String,
+    /// How many complete checkpoints to keep.
+    #[serde(default = "default_retain")]
+    #[schemars(range(min = 1, max = 100))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.checkpoint.retain must be between 1 and 100"))]
+    pub retain: i64,
+}
+
+fn default_checkpoint_interval() -> String {
+    "10s".into()
+}
+fn default_retain() -> i64 {
+    3
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_checkpoint_interval(),
+            retain: default_retain(),
+        }
+    }
+}
+
+/// Savepoints: where they live, how many are kept, what deletion does.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointSpec {
+    /// The PersistentVolumeClaim holding checkpoints and savepoints.
+    #[serde(default)]
+    pub storage: SavepointStorage,
+    /// Which savepoints are kept (the newest complete one always is).
+    #[serde(default)]
+    pub retention: SavepointRetention,
+    /// Time between periodic savepoints (e.g. `1h`); `0s` disables them.
+    #[serde(default = "zero_duration")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.interval must be a duration like 1h or 0s"))]
+    pub interval: String,
+    /// What deleting the StreamJob does to its state.
+    #[serde(default)]
+    pub on_delete: OnDeletePolicy,
+}
+
+fn zero_duration() -> String {
+    "0s".into()
+}
+
+/// The savepoint volume.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointStorage {
+    /// Size of the PersistentVolumeClaim (a quantity, e.g. `1Gi`).
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.savepoint.storage.size must be a positive quantity such as 1Gi"))]
+    pub size: String,
+    /// StorageClass of the claim; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+impl Default for SavepointStorage {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Savepoint retention.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointRetention {
+    /// Keep at most this many savepoints.
+    #[serde(default = "default_max_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("spec.savepoint.retention.maxCount must be between 1 and 1000"))]
+    pub max_count: i64,
+    /// Delete savepoints older than this (e.g. `168h`); `0s` = no age limit.
+    #[serde(default = "zero_duration")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.retention.maxAge must be a duration like 168h or 0s"))]
+    pub max_age: String,
+}
+
+fn default_max_count() -> i64 {
+    5
+}
+
+impl Default for SavepointRetention {
+    fn default() -> Self {
+        Self {
+            max_count: default_max_count(),
+            max_age: zero_duration(),
+        }
+    }
+}
+
+/// What happens to the savepoint volume when the StreamJob is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PvcPolicy {
+    /// The PVC outlives the StreamJob (no owner reference): recreate the job to resume.
+    #[default]
+    Keep,
+    /// The PVC is garbage-collected with the StreamJob.
+    Delete,
+}
+
+/// Deletion policy.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OnDeletePolicy {
+    /// Keep or delete the savepoint PVC.
+    #[serde(default)]
+    pub pvc: PvcPolicy,
+    /// Take a final savepoint before the processes stop.
+    #[serde(default = "default_true")]
+    pub final_savepoint: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for OnDeletePolicy {
+    fn default() -> Self {
+        Self {
+            pvc: PvcPolicy::Keep,
+            final_savepoint: true,
+        }
+    }
+}
+
+/// Settings of one kind of process.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSpec {
+    /// CPU and memory requests and limits of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Overrides applied to every pod of the job.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity rules of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra pod annotations (e.g. for a service mesh or a metrics scraper).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra pod labels; `app.kubernetes.io/*` keys are reserved for the operator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/'))").message("spec.podTemplate.labels must not set app.kubernetes.io/* labels (the operator owns them)"))]
+    pub labels: BTreeMap<String, String>,
+    /// ServiceAccount the pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Log settings.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `info,streamjob_worker=debug`.
+    #[serde(default = "default_level")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.logging.level must not be empty"))]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+/// Log format.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------------------------
+
+/// Observed state of a StreamJob, written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamJobStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason and a message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Taskmanager pods that exist (the scale subresource reads this).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Taskmanager pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the taskmanager pods (the scale subresource and HPAs read this).
+    #[serde(default)]
+    pub selector: String,
+    /// Hash of the rendered job configuration the pods run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Progress reported by the jobmanager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProgress>,
+    /// The newest complete savepoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SavepointInfo>,
+    /// Recent savepoints, newest first (capped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoint_history: Vec<SavepointInfo>,
+    /// The multi-step operation in flight, recorded before each step so a restarted operator
+    /// resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_operation: Option<Operation>,
+    /// The `spec.restartNonce` last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_restart_nonce: Option<i64>,
+    /// The `spec.savepointTriggerNonce` last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_savepoint_trigger_nonce: Option<i64>,
+}
+
+/// Lifecycle phase of a StreamJob.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Accepted, nothing deployed yet.
+    #[default]
+    Pending,
+    /// Children created or changed; waiting for pods to become ready.
+    Deploying,
+    /// Every process is ready.
+    Running,
+    /// A multi-step upgrade is in flight.
+    Upgrading,
+    /// Stopping the job (savepoint, then scale to zero).
+    Suspending,
+    /// Stopped on purpose; state kept.
+    Suspended,
+    /// Reconciliation fails; see the Degraded condition.
+    Failed,
+    /// The StreamJob is being deleted.
+    Deleting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Deploying => "Deploying",
+            Phase::Running => "Running",
+            Phase::Upgrading => "Upgrading",
+            Phase::Suspending => "Suspending",
+            Phase::Suspended => "Suspended",
+            Phase::Failed => "Failed",
+            Phase::Deleting => "Deleting",
+        }
+    }
+}
+
+/// Job progress as the jobmanager reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgress {
+    /// Records behind the end of the topic, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Events applied per second, summed over partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<f64>,
+    /// Per-partition progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionSummary>,
+    /// When the jobmanager was last asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+}
+
+/// Progress of one partition.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionSummary {
+    pub partition: i32,
+    /// Next offset to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_offset: Option<i64>,
+    /// The broker's high watermark as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_watermark: Option<i64>,
+    /// `highWatermark - committedOffset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// What caused a savepoint.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SavepointTrigger {
+    /// `spec.savepointTriggerNonce` changed.
+    Manual,
+    /// `spec.savepoint.interval` elapsed.
+    Periodic,
+    /// Taken before an upgrade.
+    Upgrade,
+    /// Taken before suspending.
+    Suspend,
+    /// Taken before deletion.
+    Delete,
+}
+
+/// A complete savepoint.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointInfo {
+    /// Path of the savepoint on the savepoint volume.
+    pub path: String,
+    /// When it completed.
+    pub completed_at: Time,
+    /// What caused it.
+    pub trigger: SavepointTrigger,
+    /// The `spec.savepointTriggerNonce` it answered, for manual savepoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+}
+
+/// Kind of a multi-step operation.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    Savepoint,
+    Upgrade,
+    Suspend,
+    Resume,
+    Restart,
+    Delete,
+}
+
+/// An operation in flight. Its `step` is written before the step runs, so a restarted operator
+/// picks it up where it stopped.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// What is being done.
+    pub kind: OperationKind,
+    /// The step in progress (e.g. `TriggerSavepoint`, `AwaitSavepoint`, `ScaleDown`, `Apply`).
+    pub step: String,
+    /// When the operation started.
+    pub started_at: Time,
+    /// When the current step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// The jobmanager's trigger id of a savepoint being awaited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
+    /// The generation being rolled out, for upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_generation: Option<i64>,
+    /// Attempts of the current step so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The generated CRD as YAML (what `streamjob-operator crd` prints and `crds/streamjob.yaml` holds).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&StreamJob::crd())?;
+    Ok(format!(
+        "# Generated by `streamjob-operator crd` from operator/src/crd.rs. Do not edit.\n---\n{body}"
+    ))
+}
