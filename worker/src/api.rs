@@ -36,3 +36,340 @@ pub struct PartitionProgress {
     /// Events applied per second over the last few seconds.
     pub events_per_second: f64,
 }
+
+// ---------------------------------------------------------------------------------------------
+// REST API of the jobmanager (operator- and user-facing), modelled on Flink's.
+// ---------------------------------------------------------------------------------------------
+
+/// Lifecycle of the job as the jobmanager sees it (Flink's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Just started: waiting for running taskmanagers to re-register before assigning anything.
+    Initializing,
+    /// Partitions are assigned to registered taskmanagers (some may be unassigned when none runs).
+    Running,
+    /// Stop-with-savepoint in progress: owners flush and release every partition.
+    Stopping,
+    /// Stopped with a savepoint; nothing is consumed until the jobmanager restarts.
+    Finished,
+}
+
+/// `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub id: String,
+    pub state: JobState,
+}
+
+/// `GET /jobs/{jobId}`: the job overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOverview {
+    pub job_id: String,
+    pub state: JobState,
+    pub topic: String,
+    /// Partitions of the topic; `None` until the broker answered.
+    pub partition_count: Option<u32>,
+    /// Latest assignment generation handed out.
+    pub generation: u64,
+    pub taskmanagers: Vec<TaskManagerInfo>,
+    /// Taskmanagers that own no partition because there are more taskmanagers than partitions.
+    pub idle_taskmanagers: u32,
+    pub unassigned_partitions: u32,
+    /// Sum of the known per-partition lags.
+    pub total_lag: Option<i64>,
+    pub events_per_second: f64,
+    pub partitions: Vec<PartitionStatus>,
+    /// Where the starting state came from.
+    pub restored_from: RestoreSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<SnapshotInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SnapshotInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskManagerInfo {
+    pub id: String,
+    /// Address the taskmanager advertised (its metrics endpoint), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub partitions: Vec<i32>,
+    /// Owns nothing and will get nothing (more taskmanagers than partitions).
+    pub idle: bool,
+    pub last_heartbeat_ms_ago: u64,
+}
+
+/// Where one partition stands in the assignment protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PartitionState {
+    Unassigned,
+    /// Handed to an owner that has not yet confirmed it.
+    Assigning,
+    Running,
+    /// Owner asked to flush and release it.
+    Revoking,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    pub partition: i32,
+    pub state: PartitionState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Next offset to apply, as last reported (every offset below it is in Redis exactly once).
+    pub committed_offset: Option<i64>,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+    pub events_per_second: f64,
+}
+
+/// Where the jobmanager took its starting offsets from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum RestoreSource {
+    /// `--from-savepoint PATH` (or `savepoint.restoreFrom`).
+    Savepoint { path: String, id: u64 },
+    /// The newest complete checkpoint in the state directory.
+    Checkpoint { path: String, id: u64 },
+    /// Nothing to restore: the configured starting offsets (the Redis fences still win when ahead).
+    StartingOffsets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Checkpoint,
+    Savepoint,
+}
+
+/// One complete checkpoint or savepoint file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    pub id: u64,
+    pub kind: SnapshotKind,
+    /// Absolute path of the file.
+    pub path: String,
+    pub created_at_ms: u64,
+    pub size_bytes: u64,
+    /// Partitions with a recorded offset.
+    pub partitions: u32,
+}
+
+/// `GET /jobs/{jobId}/checkpoints` and `GET /jobs/{jobId}/savepoints`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// Body of `POST /jobs/{jobId}/savepoints` (may be empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TriggerSavepointRequest {
+    /// Directory to write into instead of the configured savepoint directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_directory: Option<String>,
+}
+
+/// Body of `POST /jobs/{jobId}/stop` (may be empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StopWithSavepointRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_directory: Option<String>,
+}
+
+/// `202 Accepted` answer to a trigger: poll `GET /jobs/{jobId}/savepoints/{requestId}`
+/// (checkpoints: `GET /jobs/{jobId}/checkpoints/triggers/{requestId}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerResponse {
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OperationKind {
+    Checkpoint,
+    Savepoint,
+    StopWithSavepoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// State of one triggered checkpoint, savepoint or stop-with-savepoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationInfo {
+    pub request_id: String,
+    pub kind: OperationKind,
+    pub status: OperationStatus,
+    pub triggered_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at_ms: Option<u64>,
+    /// Path of the written file, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_cause: Option<String>,
+}
+
+/// Every error answer of the REST API (Flink's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorResponse {
+    pub errors: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// jobmanager ⇄ taskmanager protocol (HTTP/JSON on the jobmanager's REST port).
+//
+// The jobmanager is declarative: every heartbeat answer carries the complete set of partitions
+// the taskmanager should own. The taskmanager releases what is not in it (flush, then report it
+// as released) and claims what is new. A partition moves to a new owner only after the old one
+// reported it released, left, or timed out; the Redis fence covers the time-out case.
+// ---------------------------------------------------------------------------------------------
+
+/// A partition a taskmanager holds (or is still taking or releasing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedPartition {
+    pub partition: i32,
+    pub generation: u64,
+}
+
+/// A partition the taskmanager flushed and stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleasedPartition {
+    pub partition: i32,
+    pub generation: u64,
+    /// Next offset to apply (what is in Redis), when known.
+    pub committed_offset: Option<i64>,
+}
+
+/// `POST /taskmanagers/{id}/register`. Re-registering an id resets that member: whatever it
+/// reports in `owned` is adopted if nobody else holds it, otherwise revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RegisterRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub owned: Vec<OwnedPartition>,
+    pub progress: Vec<PartitionProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterResponse {
+    pub taskmanager_id: String,
+    /// Changes on every jobmanager start.
+    pub jobmanager_instance: String,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `POST /taskmanagers/{id}/heartbeat`. An unknown id gets `404` (the jobmanager restarted):
+/// register again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HeartbeatRequest {
+    /// Increases with every heartbeat of one taskmanager process; stale reports are ignored.
+    pub seq: u64,
+    /// The `desiredVersion` of the last answer this taskmanager applied.
+    pub desired_version: u64,
+    /// Partitions held, being claimed or being released.
+    pub owned: Vec<OwnedPartition>,
+    pub progress: Vec<PartitionProgress>,
+    /// Released since the last heartbeat the jobmanager answered.
+    pub released: Vec<ReleasedPartition>,
+    /// Highest snapshot request answered by this report (its progress is fresh).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_ack: Option<u64>,
+    /// Let the jobmanager hold the answer until something changes (long poll, at most one
+    /// heartbeat interval).
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    pub job_state: JobState,
+    /// Bumped whenever `assignments` changes for this taskmanager.
+    pub desired_version: u64,
+    /// Complete set of partitions this taskmanager should own.
+    pub assignments: Vec<Assignment>,
+    /// Send a fresh progress report with `snapshotAck` = this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_request: Option<u64>,
+}
+
+/// `POST /taskmanagers/{id}/leave`: graceful leave after flushing everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LeaveRequest {
+    pub released: Vec<ReleasedPartition>,
+}
+
+#[cfg(all(test, feature = "engine"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignments_without_start_offset_omit_it() {
+        let a = Assignment {
+            partition: 3,
+            generation: 7,
+            start_offset: None,
+        };
+        let json = serde_json::to_string(&a).expect("serialises");
+        assert_eq!(json, r#"{"partition":3,"generation":7}"#);
+        let back: Assignment = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn restore_source_is_tagged_by_kind() {
+        let json = serde_json::to_string(&RestoreSource::Savepoint {
+            path: "/sp/a.json".into(),
+            id: 4,
+        })
+        .expect("serialises");
+        assert_eq!(json, r#"{"kind":"savepoint","path":"/sp/a.json","id":4}"#);
+        let json = serde_json::to_string(&RestoreSource::StartingOffsets).expect("serialises");
+        assert_eq!(json, r#"{"kind":"startingOffsets"}"#);
+        assert_eq!(
+            serde_json::to_string(&JobState::Initializing).expect("serialises"),
+            r#""INITIALIZING""#
+        );
+    }
+
+    #[test]
+    fn trigger_requests_refuse_unknown_fields_and_accept_empty_bodies() {
+        let empty: TriggerSavepointRequest = serde_json::from_str("{}").expect("empty is valid");
+        assert_eq!(empty.target_directory, None);
+        let err = serde_json::from_str::<StopWithSavepointRequest>(r#"{"drain":true}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("drain"), "{err}");
+    }
+}

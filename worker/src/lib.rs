@@ -6,3 +6,5 @@
 
 pub mod api;
 pub mod config;
+#[cfg(feature = "engine")]
+pub mod jobmanager;

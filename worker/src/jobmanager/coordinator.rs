@@ -1,0 +1,594 @@
+//! Membership, ownership and snapshot bookkeeping of the jobmanager: a pure state machine.
+//!
+//! Every input (register, heartbeat, leave, tick, triggers) carries `now`, so tests drive time.
+//! The REST layer holds it behind a mutex and turns its outputs into HTTP answers and file writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::api::{
+    Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionProgress, PartitionState,
+    PartitionStatus, RegisterRequest, ReleasedPartition, TaskManagerInfo,
+};
+
+use super::planner::{self, OwnerView};
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub heartbeat_interval: Duration,
+    /// A member silent this long is dropped and its partitions freed (the Redis fence then guards
+    /// against it if it is in fact alive).
+    pub heartbeat_timeout: Duration,
+    /// An owner that does not confirm a revoke within this time loses the partition anyway.
+    pub revoke_timeout: Duration,
+    /// After a start, how long to wait for running taskmanagers to re-register before assigning.
+    pub startup_grace: Duration,
+    /// How long a snapshot waits for fresh progress reports.
+    pub snapshot_timeout: Duration,
+}
+
+impl CoordinatorConfig {
+    pub fn from_job(config: &crate::config::JobManagerConfig) -> Self {
+        Self {
+            heartbeat_interval: config.heartbeat_interval,
+            heartbeat_timeout: config.heartbeat_timeout,
+            revoke_timeout: config.heartbeat_timeout,
+            startup_grace: config.heartbeat_interval * 2,
+            snapshot_timeout: config.heartbeat_timeout * 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    /// Sent to the owner, not yet reported back as held.
+    Assigning,
+    Running,
+    Revoking { since: Instant },
+}
+
+#[derive(Debug, Clone)]
+struct Ownership {
+    member: String,
+    generation: u64,
+    holding: Holding,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    address: Option<String>,
+    last_seen: Instant,
+    last_seq: u64,
+    /// Bumped whenever the answer for this member changes.
+    desired_version: u64,
+    last_desired: Vec<Assignment>,
+    last_job_state: JobState,
+    snapshot_ack: u64,
+}
+
+/// A checkpoint or savepoint waiting for fresh reports.
+#[derive(Debug, Clone)]
+struct PendingSnapshot {
+    id: u64,
+    started: Instant,
+    waiting_for: BTreeSet<String>,
+}
+
+/// Offsets collected for one snapshot: every committed offset is a true prefix of what is in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotData {
+    pub id: u64,
+    pub partition_count: u32,
+    pub generation: u64,
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    Ready(SnapshotData),
+    /// Timed out waiting for the listed members.
+    TimedOut { id: u64, missing: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoordinatorError {
+    #[error("unknown taskmanager {0:?}: register first")]
+    UnknownMember(String),
+    #[error("the job is {0:?}; this needs a running job")]
+    NotRunning(JobState),
+}
+
+/// Membership, ownership and progress of one job.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    started: Instant,
+    state: JobState,
+    partition_count: Option<u32>,
+    members: BTreeMap<String, Member>,
+    owners: BTreeMap<i32, Ownership>,
+    /// Best known committed offset per partition (restored state, then reports).
+    offsets: BTreeMap<i32, i64>,
+    progress: BTreeMap<i32, PartitionProgress>,
+    next_generation: u64,
+    snapshot_requested: u64,
+    pending_snapshots: Vec<PendingSnapshot>,
+    /// Bumped on every change that may alter an answer: long polls wait on it.
+    version: u64,
+    /// Completed rebalances (plans that moved something), for metrics.
+    rebalances: u64,
+}
+
+impl Coordinator {
+    /// `offsets`/`generation` come from the restored checkpoint or savepoint.
+    pub fn new(config: CoordinatorConfig, now: Instant, offsets: BTreeMap<i32, i64>, generation: u64) -> Self {
+        Self {
+            config,
+            started: now,
+            state: JobState::Initializing,
+            partition_count: None,
+            members: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            offsets,
+            progress: BTreeMap::new(),
+            next_generation: generation + 1,
+            snapshot_requested: 0,
+            pending_snapshots: Vec::new(),
+            version: 0,
+            rebalances: 0,
+        }
+    }
+
+    pub fn state(&self) -> JobState {
+        self.state
+    }
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances
+    }
+    pub fn partition_count(&self) -> Option<u32> {
+        self.partition_count
+    }
+    pub fn generation(&self) -> u64 {
+        self.next_generation - 1
+    }
+    pub fn offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.offsets
+    }
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.config.heartbeat_interval
+    }
+
+    /// The topic's partition count (from the broker); partitions beyond it are never assigned.
+    pub fn set_partition_count(&mut self, count: u32, now: Instant) {
+        if self.partition_count != Some(count) {
+            self.partition_count = Some(count);
+            self.rebalance(now);
+        }
+    }
+
+    pub fn register(&mut self, id: &str, request: &RegisterRequest, now: Instant) {
+        // A re-registration is a new incarnation: forget what the old one held unless it still
+        // reports holding it.
+        let old: Vec<i32> = self.owners.iter().filter(|(_, o)| o.member == id).map(|(p, _)| *p).collect();
+        for p in old {
+            self.owners.remove(&p);
+        }
+        self.members.insert(
+            id.to_string(),
+            Member {
+                address: request.address.clone(),
+                last_seen: now,
+                last_seq: 0,
+                desired_version: 0,
+                last_desired: Vec::new(),
+                last_job_state: self.state,
+                snapshot_ack: self.snapshot_requested,
+            },
+        );
+        for owned in &request.owned {
+            self.next_generation = self.next_generation.max(owned.generation + 1);
+            self.adopt(id, owned);
+        }
+        self.record_progress(id, &request.progress);
+        self.rebalance(now);
+    }
+
+    /// Takes over a partition a member reports holding, if nobody else does.
+    fn adopt(&mut self, id: &str, owned: &OwnedPartition) {
+        if self.owners.contains_key(&owned.partition) || self.state == JobState::Finished {
+            return;
+        }
+        self.owners.insert(
+            owned.partition,
+            Ownership {
+                member: id.to_string(),
+                generation: owned.generation,
+                holding: Holding::Running,
+            },
+        );
+    }
+
+    /// Processes one heartbeat. Returns whether the answer should go out at once (something for
+    /// this member to do) rather than be held as a long poll.
+    pub fn heartbeat(&mut self, id: &str, request: &HeartbeatRequest, now: Instant) -> Result<bool, CoordinatorError> {
+        let member = self
+            .members
+            .get_mut(id)
+            .ok_or_else(|| CoordinatorError::UnknownMember(id.to_string()))?;
+        member.last_seen = now;
+        if request.seq > member.last_seq {
+            member.last_seq = request.seq;
+            if let Some(ack) = request.snapshot_ack {
+                member.snapshot_ack = member.snapshot_ack.max(ack);
+            }
+            self.apply_released(id, &request.released);
+            let reported: BTreeMap<i32, u64> = request.owned.iter().map(|o| (o.partition, o.generation)).collect();
+            let mine: Vec<(i32, Ownership)> = self
+                .owners
+                .iter()
+                .filter(|(_, o)| o.member == id)
+                .map(|(p, o)| (*p, o.clone()))
+                .collect();
+            for (partition, ownership) in mine {
+                match (ownership.holding, reported.get(&partition)) {
+                    (Holding::Assigning, Some(g)) if *g == ownership.generation => {
+                        if let Some(o) = self.owners.get_mut(&partition) {
+                            o.holding = Holding::Running;
+                        }
+                    }
+                    // Not taken yet: the answer carrying it may still be on its way.
+                    (Holding::Assigning, _) => {}
+                    (Holding::Running, Some(_)) | (Holding::Revoking { .. }, Some(_)) => {}
+                    // Released (or lost to the fence): free it.
+                    (Holding::Running, None) | (Holding::Revoking { .. }, None) => {
+                        self.owners.remove(&partition);
+                    }
+                }
+            }
+            for owned in &request.owned {
+                self.adopt(id, owned);
+            }
+            self.record_progress(id, &request.progress);
+            self.rebalance(now);
+        }
+        let member = self
+            .members
+            .get(id)
+            .ok_or_else(|| CoordinatorError::UnknownMember(id.to_string()))?;
+        let snapshot_due = self
+            .pending_snapshots
+            .iter()
+            .any(|s| s.waiting_for.contains(id) && member.snapshot_ack < s.id);
+        Ok(request.desired_version != member.desired_version || snapshot_due)
+    }
+
+    /// The answer for a member (after [`Self::heartbeat`], possibly after a long poll).
+    pub fn response(&mut self, id: &str, now: Instant) -> Result<HeartbeatResponse, CoordinatorError> {
+        let snapshot_request = {
+            let member = self
+                .members
+                .get(id)
+                .ok_or_else(|| CoordinatorError::UnknownMember(id.to_string()))?;
+            self.pending_snapshots
+                .iter()
+                .filter(|s| s.waiting_for.contains(id) && member.snapshot_ack < s.id)
+                .map(|s| s.id)
+                .max()
+        };
+        let member = self
+            .members
+            .get_mut(id)
+            .ok_or_else(|| CoordinatorError::UnknownMember(id.to_string()))?;
+        member.last_seen = now;
+        Ok(HeartbeatResponse {
+            job_state: self.state,
+            desired_version: member.desired_version,
+            assignments: member.last_desired.clone(),
+            snapshot_request,
+        })
+    }
+
+    /// Graceful leave: the member flushed and released everything it lists.
+    pub fn leave(&mut self, id: &str, released: &[ReleasedPartition], now: Instant) -> Result<(), CoordinatorError> {
+        if !self.members.contains_key(id) {
+            return Err(CoordinatorError::UnknownMember(id.to_string()));
+        }
+        self.apply_released(id, released);
+        self.drop_member(id);
+        self.rebalance(now);
+        Ok(())
+    }
+
+    fn apply_released(&mut self, id: &str, released: &[ReleasedPartition]) {
+        for r in released {
+            let mine = self
+                .owners
+                .get(&r.partition)
+                .is_some_and(|o| o.member == id && o.generation == r.generation);
+            if mine {
+                self.owners.remove(&r.partition);
+                if let Some(offset) = r.committed_offset {
+                    self.raise_offset(r.partition, offset);
+                }
+            }
+        }
+    }
+
+    fn drop_member(&mut self, id: &str) {
+        self.members.remove(id);
+        self.owners.retain(|_, o| o.member != id);
+        for s in &mut self.pending_snapshots {
+            s.waiting_for.remove(id);
+        }
+    }
+
+    fn raise_offset(&mut self, partition: i32, offset: i64) {
+        let entry = self.offsets.entry(partition).or_insert(offset);
+        *entry = (*entry).max(offset);
+    }
+
+    fn record_progress(&mut self, id: &str, progress: &[PartitionProgress]) {
+        for p in progress {
+            let mine = self.owners.get(&p.partition).is_some_and(|o| o.member == id);
+            if !mine {
+                continue;
+            }
+            if let Some(offset) = p.committed_offset {
+                self.raise_offset(p.partition, offset);
+            }
+            self.progress.insert(p.partition, p.clone());
+        }
+    }
+
+    /// Time-driven transitions: heartbeat and revoke time-outs, end of the start-up grace.
+    /// Returns snapshots that completed or timed out.
+    pub fn tick(&mut self, now: Instant) -> Vec<SnapshotOutcome> {
+        let dead: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > self.config.heartbeat_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dead {
+            tracing::warn!(taskmanager = %id, "taskmanager missed its heartbeats: dropping it and freeing its partitions");
+            self.drop_member(id);
+        }
+        let revoke_timeout = self.config.revoke_timeout;
+        let before = self.owners.len();
+        self.owners.retain(|partition, o| match o.holding {
+            Holding::Revoking { since } if now.saturating_duration_since(since) > revoke_timeout => {
+                tracing::warn!(partition, taskmanager = %o.member, "revoke not confirmed in time: reassigning (the Redis fence stops the old owner)");
+                false
+            }
+            _ => true,
+        });
+        let mut changed = !dead.is_empty() || self.owners.len() != before;
+        if self.state == JobState::Initializing
+            && now.saturating_duration_since(self.started) >= self.config.startup_grace
+            && self.partition_count.is_some()
+        {
+            self.state = JobState::Running;
+            changed = true;
+        }
+        if changed {
+            self.rebalance(now);
+        }
+        self.take_snapshots(now)
+    }
+
+    /// Starts collecting a snapshot: every member holding partitions sends a fresh report.
+    pub fn request_snapshot(&mut self, now: Instant) -> u64 {
+        self.snapshot_requested += 1;
+        let id = self.snapshot_requested;
+        let waiting_for: BTreeSet<String> = self.owners.values().map(|o| o.member.clone()).collect();
+        self.pending_snapshots.push(PendingSnapshot {
+            id,
+            started: now,
+            waiting_for,
+        });
+        self.version += 1;
+        id
+    }
+
+    fn take_snapshots(&mut self, now: Instant) -> Vec<SnapshotOutcome> {
+        let mut done = Vec::new();
+        let members = &self.members;
+        let timeout = self.config.snapshot_timeout;
+        let mut remaining = Vec::new();
+        for s in self.pending_snapshots.drain(..) {
+            let missing: Vec<String> = s
+                .waiting_for
+                .iter()
+                .filter(|m| members.get(*m).is_some_and(|m| m.snapshot_ack < s.id))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                done.push(SnapshotOutcome::Ready(SnapshotData {
+                    id: s.id,
+                    partition_count: self.partition_count.unwrap_or(0),
+                    generation: self.next_generation - 1,
+                    offsets: self.offsets.clone(),
+                }));
+            } else if now.saturating_duration_since(s.started) > timeout {
+                done.push(SnapshotOutcome::TimedOut { id: s.id, missing });
+            } else {
+                remaining.push(s);
+            }
+        }
+        self.pending_snapshots = remaining;
+        done
+    }
+
+    /// Stop-with-savepoint, step 1: revoke everything.
+    pub fn begin_stop(&mut self, now: Instant) -> Result<(), CoordinatorError> {
+        if self.state != JobState::Running && self.state != JobState::Initializing {
+            return Err(CoordinatorError::NotRunning(self.state));
+        }
+        self.state = JobState::Stopping;
+        self.rebalance(now);
+        Ok(())
+    }
+
+    /// Stop-with-savepoint: every partition has been released (or its owner dropped).
+    pub fn all_released(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// Offsets as they stand, for the stop-with-savepoint (everything released, so exact).
+    pub fn current_snapshot(&mut self) -> SnapshotData {
+        self.snapshot_requested += 1;
+        SnapshotData {
+            id: self.snapshot_requested,
+            partition_count: self.partition_count.unwrap_or(0),
+            generation: self.next_generation - 1,
+            offsets: self.offsets.clone(),
+        }
+    }
+
+    /// Stop-with-savepoint, last step: the savepoint is written (`true`) or failed and the job
+    /// resumes (`false`).
+    pub fn end_stop(&mut self, savepoint_written: bool, now: Instant) {
+        if self.state == JobState::Stopping {
+            self.state = if savepoint_written { JobState::Finished } else { JobState::Running };
+            self.rebalance(now);
+        }
+    }
+
+    /// Recomputes who should own what and bumps the answer version of members whose answer changed.
+    fn rebalance(&mut self, now: Instant) {
+        let members: Vec<String> = match self.state {
+            JobState::Running => self.members.keys().cloned().collect(),
+            // Initializing: only adopt; stopping/finished: release everything.
+            _ => Vec::new(),
+        };
+        let plan = match (self.state, self.partition_count) {
+            (JobState::Initializing, _) | (_, None) => planner::Plan::default(),
+            (_, Some(count)) => {
+                let views: BTreeMap<i32, OwnerView> = self
+                    .owners
+                    .iter()
+                    .map(|(p, o)| {
+                        (
+                            *p,
+                            OwnerView {
+                                member: o.member.clone(),
+                                revoking: matches!(o.holding, Holding::Revoking { .. }),
+                            },
+                        )
+                    })
+                    .collect();
+                planner::plan(count, &members, &views)
+            }
+        };
+        if !plan.is_empty() {
+            self.rebalances += 1;
+            tracing::info!(revoke = ?plan.revoke, assign = ?plan.assign, "rebalancing partitions");
+        }
+        for (_, partition) in &plan.revoke {
+            if let Some(o) = self.owners.get_mut(partition) {
+                o.holding = Holding::Revoking { since: now };
+            }
+        }
+        for (member, partition) in &plan.assign {
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            self.owners.insert(
+                *partition,
+                Ownership {
+                    member: member.clone(),
+                    generation,
+                    holding: Holding::Assigning,
+                },
+            );
+        }
+        let state = self.state;
+        let mut any_changed = false;
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let desired = self.desired_for(&id);
+            if let Some(member) = self.members.get_mut(&id) {
+                if member.last_desired != desired || member.last_job_state != state {
+                    member.last_desired = desired;
+                    member.last_job_state = state;
+                    member.desired_version += 1;
+                    any_changed = true;
+                }
+            }
+        }
+        if any_changed || !plan.is_empty() {
+            self.version += 1;
+        }
+    }
+
+    fn desired_for(&self, id: &str) -> Vec<Assignment> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| o.member == id && !matches!(o.holding, Holding::Revoking { .. }))
+            .map(|(p, o)| Assignment {
+                partition: *p,
+                generation: o.generation,
+                start_offset: self.offsets.get(p).copied(),
+            })
+            .collect()
+    }
+
+    /// Per-member view for the job overview.
+    pub fn taskmanagers(&self, now: Instant) -> Vec<TaskManagerInfo> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                let partitions: Vec<i32> = self.owners.iter().filter(|(_, o)| &o.member == id).map(|(p, _)| *p).collect();
+                TaskManagerInfo {
+                    id: id.clone(),
+                    address: m.address.clone(),
+                    idle: partitions.is_empty() && self.state == JobState::Running,
+                    partitions,
+                    last_heartbeat_ms_ago: now.saturating_duration_since(m.last_seen).as_millis() as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// Per-partition view for the job overview.
+    pub fn partitions(&self) -> Vec<PartitionStatus> {
+        let count = self.partition_count.unwrap_or(0) as i32;
+        (0..count)
+            .map(|partition| {
+                let owner = self.owners.get(&partition);
+                let progress = self.progress.get(&partition);
+                PartitionStatus {
+                    partition,
+                    state: match owner.map(|o| o.holding) {
+                        None => PartitionState::Unassigned,
+                        Some(Holding::Assigning) => PartitionState::Assigning,
+                        Some(Holding::Running) => PartitionState::Running,
+                        Some(Holding::Revoking { .. }) => PartitionState::Revoking,
+                    },
+                    owner: owner.map(|o| o.member.clone()),
+                    generation: owner.map(|o| o.generation),
+                    committed_offset: self.offsets.get(&partition).copied(),
+                    high_watermark: progress.and_then(|p| p.high_watermark),
+                    lag: progress.and_then(|p| {
+                        let hw = p.high_watermark?;
+                        let committed = self.offsets.get(&partition).copied().or(p.committed_offset)?;
+                        Some((hw - committed).max(0))
+                    }),
+                    events_per_second: if owner.is_some() {
+                        progress.map(|p| p.events_per_second).unwrap_or(0.0)
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,387 @@
+use super::*;
+use proptest::prelude::*;
+
+fn config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(5),
+        revoke_timeout: Duration::from_secs(5),
+        startup_grace: Duration::from_secs(2),
+        snapshot_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A taskmanager as the protocol sees it: what it holds, what it released since its last report.
+#[derive(Debug, Default, Clone)]
+struct Tm {
+    held: BTreeMap<i32, u64>,
+    released: Vec<ReleasedPartition>,
+    seq: u64,
+    desired_version: u64,
+    snapshot_ack: Option<u64>,
+    offset: i64,
+}
+
+impl Tm {
+    fn report(&mut self) -> HeartbeatRequest {
+        self.seq += 1;
+        HeartbeatRequest {
+            seq: self.seq,
+            desired_version: self.desired_version,
+            owned: self.held.iter().map(|(p, g)| OwnedPartition { partition: *p, generation: *g }).collect(),
+            progress: self
+                .held
+                .keys()
+                .map(|p| PartitionProgress { partition: *p, committed_offset: Some(self.offset), ..Default::default() })
+                .collect(),
+            released: std::mem::take(&mut self.released),
+            snapshot_ack: self.snapshot_ack,
+            wait: true,
+        }
+    }
+
+    fn apply(&mut self, response: &HeartbeatResponse) {
+        self.desired_version = response.desired_version;
+        let desired: BTreeMap<i32, u64> = response.assignments.iter().map(|a| (a.partition, a.generation)).collect();
+        let held: Vec<(i32, u64)> = self.held.iter().map(|(p, g)| (*p, *g)).collect();
+        for (p, g) in held {
+            if desired.get(&p) != Some(&g) {
+                self.held.remove(&p);
+                self.released.push(ReleasedPartition { partition: p, generation: g, committed_offset: Some(self.offset) });
+            }
+        }
+        for (p, g) in desired {
+            self.held.insert(p, g);
+        }
+        if let Some(id) = response.snapshot_request {
+            self.snapshot_ack = Some(id);
+        }
+    }
+}
+
+struct Sim {
+    c: Coordinator,
+    now: Instant,
+    tms: BTreeMap<String, Tm>,
+}
+
+impl Sim {
+    fn new(partitions: u32) -> Self {
+        let now = Instant::now();
+        let mut c = Coordinator::new(config(), now, BTreeMap::new(), 0);
+        c.set_partition_count(partitions, now);
+        Self { c, now, tms: BTreeMap::new() }
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<SnapshotOutcome> {
+        self.now += d;
+        self.c.tick(self.now)
+    }
+
+    fn join(&mut self, id: &str) {
+        let tm = self.tms.entry(id.to_string()).or_default();
+        let request = RegisterRequest {
+            address: None,
+            owned: tm.held.iter().map(|(p, g)| OwnedPartition { partition: *p, generation: *g }).collect(),
+            progress: Vec::new(),
+        };
+        self.c.register(id, &request, self.now);
+        tm.desired_version = 0;
+    }
+
+    /// One heartbeat round trip; returns whether the answer was immediate.
+    fn beat(&mut self, id: &str) -> bool {
+        let tm = self.tms.get_mut(id).expect("known tm");
+        let request = tm.report();
+        let immediate = self.c.heartbeat(id, &request, self.now).expect("registered");
+        let response = self.c.response(id, self.now).expect("registered");
+        tm.apply(&response);
+        immediate
+    }
+
+    fn beat_all(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            let ids: Vec<String> = self.tms.keys().cloned().collect();
+            for id in ids {
+                self.beat(&id);
+            }
+        }
+    }
+
+    fn held(&self, id: &str) -> Vec<i32> {
+        self.tms[id].held.keys().copied().collect()
+    }
+
+    fn assert_disjoint(&self) {
+        let mut seen = BTreeMap::new();
+        for (id, tm) in &self.tms {
+            for p in tm.held.keys() {
+                if let Some(other) = seen.insert(*p, id.clone()) {
+                    panic!("partition {p} held by {other} and {id}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nothing_is_assigned_during_the_startup_grace_then_spread_evenly() {
+    let mut sim = Sim::new(6);
+    sim.join("a");
+    sim.join("b");
+    sim.beat_all(1);
+    assert!(sim.held("a").is_empty() && sim.held("b").is_empty());
+    assert_eq!(sim.c.state(), JobState::Initializing);
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.c.state(), JobState::Running);
+    sim.beat_all(2);
+    assert_eq!(sim.held("a").len(), 3);
+    assert_eq!(sim.held("b").len(), 3);
+    sim.assert_disjoint();
+}
+
+#[test]
+fn a_joiner_gets_partitions_only_after_their_owner_released_them() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    assert_eq!(sim.held("a"), vec![0, 1, 2, 3]);
+    sim.join("b");
+    // b asks first: nothing for it yet, a still holds everything.
+    sim.beat("b");
+    assert!(sim.held("b").is_empty());
+    let overview: Vec<PartitionState> = sim.c.partitions().iter().map(|p| p.state).collect();
+    assert_eq!(overview.iter().filter(|s| **s == PartitionState::Revoking).count(), 2);
+    // a's answer revokes two; its next report releases them; then b gets them.
+    assert!(sim.beat("a"), "a has something to do: answered at once");
+    assert_eq!(sim.held("a").len(), 2);
+    sim.assert_disjoint();
+    sim.beat("a");
+    assert!(sim.beat("b"));
+    assert_eq!(sim.held("b").len(), 2);
+    sim.assert_disjoint();
+    // Released offsets become the new owner's start offsets.
+    let response = sim.c.response("b", sim.now).expect("registered");
+    assert!(response.assignments.iter().all(|a| a.start_offset == Some(0)));
+    // Nothing left to do: the next heartbeat may be held.
+    assert!(!sim.beat("b"));
+}
+
+#[test]
+fn a_silent_member_is_dropped_and_its_partitions_reassigned() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    assert_eq!(sim.held("a").len(), 2);
+    for _ in 0..6 {
+        sim.advance(Duration::from_secs(1));
+        sim.beat("a");
+    }
+    assert_eq!(sim.c.member_count(), 1);
+    sim.beat("a");
+    assert_eq!(sim.held("a"), vec![0, 1, 2, 3]);
+    // b comes back: unknown now, so it must register again.
+    let mut tm = sim.tms["b"].clone();
+    let request = tm.report();
+    assert_eq!(sim.c.heartbeat("b", &request, sim.now), Err(CoordinatorError::UnknownMember("b".into())));
+}
+
+#[test]
+fn a_graceful_leave_frees_partitions_at_once_with_exact_offsets() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let b_held = sim.held("b");
+    let released: Vec<ReleasedPartition> = sim.tms["b"]
+        .held
+        .iter()
+        .map(|(p, g)| ReleasedPartition { partition: *p, generation: *g, committed_offset: Some(42) })
+        .collect();
+    sim.c.leave("b", &released, sim.now).expect("known");
+    sim.tms.remove("b");
+    sim.beat("a");
+    assert_eq!(sim.held("a"), vec![0, 1, 2, 3]);
+    for p in b_held {
+        assert_eq!(sim.c.offsets().get(&p), Some(&42));
+    }
+}
+
+#[test]
+fn a_restarted_jobmanager_adopts_what_running_members_hold() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let (a, b) = (sim.held("a"), sim.held("b"));
+    let generation = sim.c.generation();
+    // New jobmanager process: empty membership.
+    sim.c = Coordinator::new(config(), sim.now, BTreeMap::new(), 0);
+    sim.c.set_partition_count(4, sim.now);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    assert_eq!(sim.held("a"), a, "no partition moved");
+    assert_eq!(sim.held("b"), b);
+    assert_eq!(sim.c.rebalances(), 0);
+    assert!(sim.c.generation() >= generation, "generations never go back");
+}
+
+#[test]
+fn more_members_than_partitions_leaves_extras_idle() {
+    let mut sim = Sim::new(2);
+    for id in ["a", "b", "c"] {
+        sim.join(id);
+    }
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    let tms = sim.c.taskmanagers(sim.now);
+    assert_eq!(tms.iter().filter(|t| t.idle).count(), 1);
+    assert_eq!(tms.iter().map(|t| t.partitions.len()).sum::<usize>(), 2);
+}
+
+#[test]
+fn a_snapshot_waits_for_fresh_reports_from_every_owner() {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    sim.tms.get_mut("a").expect("a").offset = 10;
+    sim.tms.get_mut("b").expect("b").offset = 20;
+    let id = sim.c.request_snapshot(sim.now);
+    assert!(sim.advance(Duration::ZERO).is_empty(), "no report yet");
+    sim.beat("a"); // answer carries the request
+    sim.beat("a"); // fresh report with the ack
+    assert!(sim.advance(Duration::ZERO).is_empty(), "b has not answered");
+    sim.beat_all(2);
+    let outcome = sim.advance(Duration::ZERO);
+    let [SnapshotOutcome::Ready(data)] = outcome.as_slice() else {
+        panic!("expected one ready snapshot, got {outcome:?}");
+    };
+    assert_eq!(data.id, id);
+    let values: Vec<i64> = data.offsets.values().copied().collect();
+    assert_eq!(values.len(), 2);
+    assert!(values.contains(&10) && values.contains(&20), "{values:?}");
+}
+
+#[test]
+fn a_snapshot_times_out_when_an_owner_never_reports() {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    sim.c.request_snapshot(sim.now);
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        outcomes.extend(sim.advance(Duration::from_secs(1)));
+    }
+    // The silent member was dropped at 5 s, which completes the snapshot with what is known.
+    assert!(matches!(outcomes.as_slice(), [SnapshotOutcome::Ready(_)]), "{outcomes:?}");
+}
+
+#[test]
+fn stop_revokes_everything_and_finishes() {
+    let mut sim = Sim::new(3);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    sim.c.begin_stop(sim.now).expect("running");
+    assert!(!sim.c.all_released());
+    sim.beat_all(2);
+    assert!(sim.held("a").is_empty());
+    assert!(sim.c.all_released());
+    sim.c.end_stop(true, sim.now);
+    assert_eq!(sim.c.state(), JobState::Finished);
+    assert_eq!(sim.c.begin_stop(sim.now), Err(CoordinatorError::NotRunning(JobState::Finished)));
+    sim.beat_all(2);
+    assert!(sim.held("a").is_empty(), "a finished job assigns nothing");
+}
+
+#[test]
+fn stale_reports_are_ignored() {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(2);
+    let mut stale = sim.tms.get_mut("a").expect("a").report();
+    stale.owned.clear();
+    stale.seq = 1;
+    sim.c.heartbeat("a", &stale, sim.now).expect("known");
+    assert_eq!(sim.c.partitions().iter().filter(|p| p.owner.is_some()).count(), 2);
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Join,
+    Beat(usize),
+    Leave(usize),
+    Crash(usize),
+    Time(u64),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        1 => Just(Event::Join),
+        6 => (0usize..8).prop_map(Event::Beat),
+        1 => (0usize..8).prop_map(Event::Leave),
+        1 => (0usize..8).prop_map(Event::Crash),
+        2 => (0u64..3000).prop_map(Event::Time),
+    ]
+}
+
+proptest! {
+    /// Live taskmanagers that follow the protocol never hold the same partition at once, and
+    /// once the dust settles every partition is held, evenly.
+    #[test]
+    fn live_members_never_share_a_partition(partitions in 1u32..12, events in proptest::collection::vec(event(), 1..60)) {
+        let mut sim = Sim::new(partitions);
+        sim.join("tm-0");
+        let mut next = 1;
+        for e in events {
+            let ids: Vec<String> = sim.tms.keys().cloned().collect();
+            match e {
+                Event::Join => { let id = format!("tm-{next}"); next += 1; sim.join(&id); }
+                Event::Beat(i) if !ids.is_empty() => { sim.beat(&ids[i % ids.len()]); }
+                Event::Leave(i) if !ids.is_empty() => {
+                    let id = &ids[i % ids.len()];
+                    let mut tm = sim.tms.remove(id).expect("listed");
+                    let mut released = std::mem::take(&mut tm.released);
+                    released.extend(tm.held.iter().map(|(p, g)| ReleasedPartition { partition: *p, generation: *g, committed_offset: None }));
+                    sim.c.leave(id, &released, sim.now).expect("registered");
+                }
+                Event::Crash(i) if !ids.is_empty() => { sim.tms.remove(&ids[i % ids.len()]); }
+                Event::Time(ms) => {
+                    // Live members keep heartbeating while time passes.
+                    let mut left = ms;
+                    while left > 0 {
+                        let step = left.min(900);
+                        left -= step;
+                        sim.advance(Duration::from_millis(step));
+                        sim.beat_all(1);
+                        sim.assert_disjoint();
+                    }
+                }
+                _ => {}
+            }
+            sim.assert_disjoint();
+        }
+        for _ in 0..10 {
+            sim.advance(Duration::from_secs(1));
+            sim.beat_all(1);
+            sim.assert_disjoint();
+        }
+        if !sim.tms.is_empty() {
+            let loads: Vec<usize> = sim.tms.values().map(|t| t.held.len()).collect();
+            prop_assert_eq!(loads.iter().sum::<usize>() as u32, partitions);
+            let (min, max) = (loads.iter().min().copied().unwrap_or(0), loads.iter().max().copied().unwrap_or(0));
+            prop_assert!(max - min <= 1, "uneven {:?}", loads);
+        }
+    }
+}
