@@ -8,3 +8,9 @@ pub mod api;
 pub mod config;
 #[cfg(feature = "engine")]
 pub mod jobmanager;
+#[cfg(feature = "engine")]
+pub mod sink;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+#[cfg(feature = "engine")]
+pub mod transform;

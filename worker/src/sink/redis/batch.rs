@@ -1,0 +1,310 @@
+//! Builds one partition batch's merged write plan, event by event, and packs it into a single
+//! `EVALSHA` of the apply script.
+//!
+//! Merging rules (the resulting Redis state equals upstream's per-event command stream):
+//! - a list key gets one `LPUSH key v1 … vn` with its values in event order, which Redis defines
+//!   as `LPUSH key v1; …; LPUSH key vn`;
+//! - a template key gets one `HINCRBY key state Σlen(ids)` per state;
+//! - each key gets one TTL command for the whole batch, of the kind of its *last* touch (a key that
+//!   is both a message key and a receiver id gets the TTL of whichever was written last, as
+//!   upstream's last `EXPIRE` would have decided).
+//!
+//! Events are not kept: a push appends its SimpleAnchorInfo JSON once to an arena and records
+//! its index under every key it touches.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Cmd;
+
+use super::layout::{system_time_ms, Layout, MESSAGE_TTL, TEMPLATE_TTL};
+use super::script::{APPLY_SCRIPT, LPUSH_CHUNK};
+use crate::transform::AnchorInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListTtl {
+    /// `PEXPIRE` 3 days.
+    Message,
+    /// `PEXPIREAT` the next local midnight.
+    User,
+}
+
+#[derive(Debug)]
+struct ListPlan {
+    ttl: ListTtl,
+    values: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct TemplatePlan {
+    business_id: i64,
+    /// `(state, increment)`; a template sees few distinct states, so a vector beats a map.
+    fields: Vec<(i64, i64)>,
+}
+
+/// The plan of list `key`, created on first use.
+fn list_plan<'p>(
+    slots: &mut HashMap<Box<str>, u32>,
+    lists: &'p mut Vec<ListPlan>,
+    key: &str,
+) -> &'p mut ListPlan {
+    let slot = match slots.get(key) {
+        Some(&slot) => slot as usize,
+        None => {
+            slots.insert(key.into(), lists.len() as u32);
+            lists.push(ListPlan {
+                ttl: ListTtl::User,
+                values: Vec::with_capacity(2),
+            });
+            lists.len() - 1
+        }
+    };
+    &mut lists[slot]
+}
+
+/// Accumulates one partition's events into a merged write plan.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    layout: Layout,
+    partition: i32,
+    epoch: u64,
+    first_offset: Option<i64>,
+    next_offset: i64,
+    events: usize,
+    skipped: usize,
+    /// SimpleAnchorInfo JSON of every event, back to back; `value_ends[i]` ends value `i`.
+    values: Vec<u8>,
+    value_ends: Vec<u32>,
+    /// List key (prefixed) → index into `lists`.
+    list_slots: HashMap<Box<str>, u32>,
+    lists: Vec<ListPlan>,
+    template_slots: HashMap<i64, u32>,
+    templates: Vec<TemplatePlan>,
+    scratch: String,
+}
+
+impl BatchBuilder {
+    pub fn new(partition: i32, epoch: u64, layout: &Layout) -> Self {
+        Self {
+            layout: layout.clone(),
+            partition,
+            epoch,
+            first_offset: None,
+            next_offset: 0,
+            events: 0,
+            skipped: 0,
+            values: Vec::new(),
+            value_ends: Vec::new(),
+            list_slots: HashMap::new(),
+            lists: Vec::new(),
+            template_slots: HashMap::new(),
+            templates: Vec::new(),
+            scratch: String::new(),
+        }
+    }
+
+    fn take_offset(&mut self, offset: i64) {
+        debug_assert!(
+            self.first_offset.is_none() || offset >= self.next_offset,
+            "offsets must increase within a batch ({offset} after {})",
+            self.next_offset
+        );
+        if self.first_offset.is_none() {
+            self.first_offset = Some(offset);
+        }
+        self.next_offset = self.next_offset.max(offset.saturating_add(1));
+    }
+
+    /// Adds one decoded event read at `offset` (offsets increase within a batch).
+    pub fn push_event(&mut self, offset: i64, ev: &AnchorInfo<'_>) {
+        self.take_offset(offset);
+        self.events += 1;
+        ev.write_simple_json(&mut self.values);
+        let value = self.value_ends.len() as u32;
+        self.value_ends.push(self.values.len() as u32);
+
+        // Upstream's order per event: message list, then each receiver, then the template.
+        if let Some(message_id) = ev.message_id.as_deref() {
+            self.layout.write_message_key(&mut self.scratch, message_id);
+            let list = list_plan(&mut self.list_slots, &mut self.lists, &self.scratch);
+            list.ttl = ListTtl::Message;
+            list.values.push(value);
+        }
+        for id in &ev.ids {
+            self.layout.write_user_key(&mut self.scratch, id);
+            let list = list_plan(&mut self.list_slots, &mut self.lists, &self.scratch);
+            list.ttl = ListTtl::User;
+            list.values.push(value);
+        }
+
+        let slot = *self
+            .template_slots
+            .entry(ev.business_id)
+            .or_insert_with(|| {
+                self.templates.push(TemplatePlan {
+                    business_id: ev.business_id,
+                    fields: Vec::with_capacity(4),
+                });
+                (self.templates.len() - 1) as u32
+            }) as usize;
+        let increment = ev.ids.len() as i64;
+        let fields = &mut self.templates[slot].fields;
+        match fields.iter_mut().find(|(state, _)| *state == ev.state) {
+            Some((_, total)) => *total = total.saturating_add(increment),
+            None => fields.push((ev.state, increment)),
+        }
+    }
+
+    /// Records an offset that was consumed but not written (dead-lettered): the fence still moves
+    /// past it, so it is never read again.
+    pub fn push_skipped(&mut self, offset: i64) {
+        self.take_offset(offset);
+        self.skipped += 1;
+    }
+
+    /// Events and skipped offsets pushed so far.
+    pub fn len(&self) -> usize {
+        self.events + self.skipped
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first_offset.is_none()
+    }
+
+    pub fn first_offset(&self) -> Option<i64> {
+        self.first_offset
+    }
+
+    /// Offset after the last one pushed (0 when empty).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Finishes the plan. `now` is the processing time that decides which day user lists end
+    /// with (pass `SystemTime::now()`; tests inject it).
+    pub fn build(self, now: SystemTime) -> Batch {
+        let Some(first_offset) = self.first_offset else {
+            return Batch {
+                partition: self.partition,
+                epoch: self.epoch,
+                first_offset: 0,
+                next_offset: 0,
+                events: 0,
+                skipped: 0,
+                keys: 0,
+                values: 0,
+                now,
+                cmd: None,
+            };
+        };
+        let user_expire_at = self.layout.user_expire_at_ms(now);
+        let user_expire_at_next = self
+            .layout
+            .user_expire_at_ms(UNIX_EPOCH + Duration::from_millis(user_expire_at.max(0) as u64));
+        debug_assert!(user_expire_at > system_time_ms(now));
+
+        let mut keys_by_slot: Vec<&str> = vec![""; self.lists.len()];
+        for (key, &slot) in &self.list_slots {
+            keys_by_slot[slot as usize] = key;
+        }
+
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(APPLY_SCRIPT.hash())
+            .arg(1 + self.lists.len() + self.templates.len())
+            .arg(self.layout.fence_key(self.partition));
+        for key in &keys_by_slot {
+            cmd.arg(*key);
+        }
+        let mut template_key = String::new();
+        for template in &self.templates {
+            template_key.clear();
+            template_key.push_str(self.layout.key_prefix());
+            template_key.push_str(itoa::Buffer::new().format(template.business_id));
+            cmd.arg(template_key.as_str());
+        }
+        cmd.arg(self.epoch)
+            .arg(first_offset)
+            .arg(self.next_offset)
+            .arg(MESSAGE_TTL.as_millis() as u64)
+            .arg(user_expire_at)
+            .arg(user_expire_at_next)
+            .arg(TEMPLATE_TTL.as_millis() as u64)
+            .arg(self.lists.len())
+            .arg(self.templates.len());
+        let mut values = 0;
+        for list in &self.lists {
+            cmd.arg(match list.ttl {
+                ListTtl::Message => "m",
+                ListTtl::User => "u",
+            });
+            cmd.arg(list.values.len());
+            for &v in &list.values {
+                let start = if v == 0 {
+                    0
+                } else {
+                    self.value_ends[v as usize - 1] as usize
+                };
+                let end = self.value_ends[v as usize] as usize;
+                cmd.arg(&self.values[start..end]);
+            }
+            values += list.values.len();
+        }
+        for template in &self.templates {
+            cmd.arg(template.fields.len());
+            for &(state, increment) in &template.fields {
+                cmd.arg(state).arg(increment);
+            }
+        }
+        debug_assert!(LPUSH_CHUNK < 8000);
+        Batch {
+            partition: self.partition,
+            epoch: self.epoch,
+            first_offset,
+            next_offset: self.next_offset,
+            events: self.events,
+            skipped: self.skipped,
+            keys: self.lists.len() + self.templates.len(),
+            values,
+            now,
+            cmd: Some(cmd),
+        }
+    }
+}
+
+/// One partition's merged writes and fence advance, ready to apply (and to re-apply after a
+/// retryable error: the fence makes a repeat a no-op).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub partition: i32,
+    pub epoch: u64,
+    /// First offset covered (events or skipped).
+    pub first_offset: i64,
+    /// The fence's `next_offset` once applied: one past the last offset covered.
+    pub next_offset: i64,
+    /// Decoded events merged into it.
+    pub events: usize,
+    /// Offsets covered without writes (dead-lettered).
+    pub skipped: usize,
+    /// Distinct data keys written.
+    pub keys: usize,
+    /// List values pushed (Σ over events of messageId? + len(ids)).
+    pub values: usize,
+    /// Processing time the batch was built at.
+    pub now: SystemTime,
+    pub(crate) cmd: Option<Cmd>,
+}
+
+impl Batch {
+    /// A batch built from an empty builder: applying it does nothing.
+    pub fn is_empty(&self) -> bool {
+        self.cmd.is_none()
+    }
+}

@@ -1,0 +1,103 @@
+//! Sink errors, classified by what the caller must do about them.
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// A newer owner claimed the partition: stop consuming it and never retry this batch.
+    #[error("partition {partition} is fenced: Redis holds epoch {stored_epoch}, this owner has epoch {our_epoch}")]
+    Fenced {
+        partition: i32,
+        stored_epoch: u64,
+        our_epoch: u64,
+    },
+    /// The fence lies strictly inside the batch: part of it was applied by an earlier batch whose
+    /// boundaries differ. The script refuses it (never applies twice, never skips events); the
+    /// owner must re-read the fence and resume from `stored_next_offset`. Cannot happen while each
+    /// owner builds contiguous batches from where the fence told it to start.
+    #[error("batch [{first_offset}, {next_offset}) of partition {partition} overlaps the applied range ending at {stored_next_offset}")]
+    Overlap {
+        partition: i32,
+        stored_next_offset: i64,
+        first_offset: i64,
+        next_offset: i64,
+    },
+    /// Connection refused/dropped, timeouts, `LOADING`, `OOM`, `READONLY`, `BUSY`, …: retry the
+    /// same batch later (the fence makes a retry of an already-applied batch a no-op).
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// The script failed or Redis answered something unexpected: a bug, not retryable.
+    #[error("redis script error: {0}")]
+    Script(String),
+    /// Bad URL, password, ACL or time zone: not retryable.
+    #[error("redis sink misconfigured: {0}")]
+    Config(String),
+}
+
+impl SinkError {
+    /// Whether retrying the same call later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Unavailable(_))
+    }
+
+    /// Short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Fenced { .. } => "fenced",
+            SinkError::Overlap { .. } => "overlap",
+            SinkError::Unavailable(_) => "unavailable",
+            SinkError::Script(_) => "script",
+            SinkError::Config(_) => "config",
+        }
+    }
+
+    pub(crate) fn timeout(what: &str, after: std::time::Duration) -> Self {
+        SinkError::Unavailable(format!("{what} timed out after {after:?}"))
+    }
+}
+
+/// Server error codes that mean "not now" rather than "never".
+const TRANSIENT_CODES: &[&str] = &[
+    "OOM",
+    "BUSY",
+    "MISCONF",
+    "NOREPLICAS",
+    "LOADING",
+    "TRYAGAIN",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "READONLY",
+];
+const AUTH_CODES: &[&str] = &["NOAUTH", "WRONGPASS", "NOPERM"];
+
+impl From<RedisError> for SinkError {
+    fn from(err: RedisError) -> Self {
+        let message = err.to_string();
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+        {
+            return SinkError::Unavailable(message);
+        }
+        match err.kind() {
+            ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => {
+                SinkError::Config(message)
+            }
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::ReadOnly,
+            ) => SinkError::Unavailable(message),
+            ErrorKind::Server(ServerErrorKind::NoPerm) => SinkError::Config(message),
+            ErrorKind::Io | ErrorKind::Parse => SinkError::Unavailable(message),
+            _ => match err.code() {
+                Some(code) if TRANSIENT_CODES.contains(&code) => SinkError::Unavailable(message),
+                Some(code) if AUTH_CODES.contains(&code) => SinkError::Config(message),
+                _ => SinkError::Script(message),
+            },
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The two Lua scripts of the sink and the decoding of their replies.
+//!
+//! # Apply script calling convention
+//!
+//! `KEYS[1]` is the partition's fence hash; then every list key of the batch, then every
+//! template hash key (all keys are in `KEYS` so a Cluster-aware version can route them).
+//!
+//! `ARGV`: `epoch, first_offset, next_offset, message_ttl_ms, user_expire_at_ms,
+//! user_expire_at_next_ms, template_ttl_ms, list_count, template_count`, then per list key
+//! `kind ('m' message | 'u' user), n, v1..vn` (values in upstream's LPUSH order), then per
+//! template key `n, field1, incr1, …, fieldn, incrn`.
+//!
+//! Reply: `{status, stored_epoch|nil, stored_next_offset|nil, commands, write_errors,
+//! first_write_error|nil}` with status 0 applied, 1 already applied, 2 fenced, 3 overlap.
+//!
+//! The shebang makes Redis 7 check `OOM`/`READONLY` before the script starts, so such a refusal
+//! never leaves a half-applied batch. Data writes use `redis.pcall`: a write that fails on a key
+//! of another type (`WRONGTYPE`, e.g. a receiver id that equals a template key) or an overflowing
+//! counter is skipped and counted — upstream lost exactly that command too — instead of aborting
+//! the script halfway, which would break exactly-once.
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::SinkError;
+
+/// Values per `LPUSH`: Lua 5.1's `unpack` fails beyond ~8000 results (LUAI_MAXCSTACK).
+pub(crate) const LPUSH_CHUNK: usize = 4000;
+
+const APPLY_LUA: &str = r#"#!lua
+local fence = KEYS[1]
+local epoch = tonumber(ARGV[1])
+local first_offset = tonumber(ARGV[2])
+local next_offset = tonumber(ARGV[3])
+local stored = redis.call('HMGET', fence, 'epoch', 'next_offset')
+local stored_epoch = tonumber(stored[1])
+local stored_next = tonumber(stored[2])
+if stored_epoch and stored_epoch > epoch then
+  return {2, stored[1], stored[2], 1, 0, false}
+end
+if stored_next then
+  if stored_next >= next_offset then
+    return {1, stored[1], stored[2], 1, 0, false}
+  end
+  if stored_next > first_offset then
+    return {3, stored[1], stored[2], 1, 0, false}
+  end
+end
+
+local message_ttl = ARGV[4]
+local user_at_arg = ARGV[5]
+local template_ttl = ARGV[7]
+local list_count = tonumber(ARGV[8])
+local template_count = tonumber(ARGV[9])
+local commands = 1
+local write_errors = 0
+local first_error = false
+
+local function failed(reply)
+  if type(reply) == 'table' and reply.err then
+    write_errors = write_errors + 1
+    if not first_error then first_error = reply.err end
+    return true
+  end
+  return false
+end
+
+-- The batch's end of day is computed when it is built. If applying it was delayed past that
+-- midnight (Redis down over midnight), use the next one: PEXPIREAT in the past deletes the key.
+local user_at = nil
+local function user_expire_at()
+  if user_at == nil then
+    local t = redis.call('TIME')
+    commands = commands + 1
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    user_at = tonumber(user_at_arg)
+    if user_at <= now then
+      user_at_arg = ARGV[6]
+      user_at = tonumber(user_at_arg)
+    end
+    if user_at <= now then
+      user_at = now + 86400000
+      user_at_arg = tostring(user_at)
+    end
+  end
+  return user_at
+end
+
+local a = 10
+local k = 2
+for _ = 1, list_count do
+  local key = KEYS[k]
+  k = k + 1
+  local kind = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local last = a + n - 1
+  local len = nil
+  local ok = true
+  while a <= last do
+    local chunk_end = a + 3999
+    if chunk_end > last then chunk_end = last end
+    local reply = redis.pcall('LPUSH', key, unpack(ARGV, a, chunk_end))
+    commands = commands + 1
+    if failed(reply) then ok = false else len = reply end
+    a = chunk_end + 1
+  end
+  if ok then
+    if kind == 'm' then
+      failed(redis.pcall('PEXPIRE', key, message_ttl))
+      commands = commands + 1
+    else
+      local at = user_expire_at()
+      if len == n then
+        -- created by this batch
+        failed(redis.pcall('PEXPIREAT', key, user_at_arg))
+        commands = commands + 1
+      else
+        local current = redis.call('PEXPIRETIME', key)
+        commands = commands + 1
+        if current ~= at then
+          failed(redis.pcall('PEXPIREAT', key, user_at_arg))
+          commands = commands + 1
+        end
+      end
+    end
+  end
+end
+
+for _ = 1, template_count do
+  local key = KEYS[k]
+  k = k + 1
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local any = false
+  for _ = 1, n do
+    local reply = redis.pcall('HINCRBY', key, ARGV[a], ARGV[a + 1])
+    commands = commands + 1
+    if not failed(reply) then any = true end
+    a = a + 2
+  end
+  if any then
+    failed(redis.pcall('PEXPIRE', key, template_ttl))
+    commands = commands + 1
+  end
+end
+
+redis.call('HSET', fence, 'epoch', ARGV[1], 'next_offset', ARGV[3])
+commands = commands + 1
+return {0, stored[1], stored[2], commands, write_errors, first_error}
+"#;
+
+const CLAIM_LUA: &str = r#"#!lua
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local next_offset = redis.call('HGET', KEYS[1], 'next_offset')
+return {epoch, next_offset}
+"#;
+
+/// A script's source and SHA1 (for `EVALSHA` / `SCRIPT LOAD`).
+pub(crate) struct LuaScript {
+    pub(crate) source: &'static str,
+    hash: String,
+}
+
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            hash: Script::new(source).get_hash().to_owned(),
+        }
+    }
+
+    pub(crate) fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+pub(crate) static APPLY_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(APPLY_LUA));
+pub(crate) static CLAIM_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(CLAIM_LUA));
+
+/// What the apply script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApplyReply {
+    Applied {
+        commands: usize,
+        write_errors: usize,
+        first_write_error: Option<String>,
+    },
+    AlreadyApplied {
+        stored_next_offset: i64,
+    },
+    Fenced {
+        stored_epoch: u64,
+    },
+    Overlap {
+        stored_next_offset: i64,
+    },
+}
+
+fn bad(what: &str, value: &Value) -> SinkError {
+    SinkError::Script(format!("unexpected {what} in script reply: {value:?}"))
+}
+
+pub(crate) fn int_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn opt_int(value: &Value) -> Result<Option<i64>, SinkError> {
+    match value {
+        Value::Nil => Ok(None),
+        other => int_of(other).map(Some).ok_or_else(|| bad("number", other)),
+    }
+}
+
+pub(crate) fn parse_apply_reply(value: &Value) -> Result<ApplyReply, SinkError> {
+    let Value::Array(items) = value else {
+        return Err(bad("reply", value));
+    };
+    let item = |i: usize| items.get(i).unwrap_or(&Value::Nil);
+    let status = int_of(item(0)).ok_or_else(|| bad("status", item(0)))?;
+    let stored_epoch = opt_int(item(1))?;
+    let stored_next = opt_int(item(2))?;
+    Ok(match status {
+        0 => ApplyReply::Applied {
+            commands: opt_int(item(3))?.unwrap_or(0).max(0) as usize,
+            write_errors: opt_int(item(4))?.unwrap_or(0).max(0) as usize,
+            first_write_error: match item(5) {
+                Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                Value::SimpleString(s) => Some(s.clone()),
+                _ => None,
+            },
+        },
+        1 => ApplyReply::AlreadyApplied {
+            stored_next_offset: stored_next.unwrap_or(0),
+        },
+        2 => ApplyReply::Fenced {
+            stored_epoch: stored_epoch.unwrap_or(0).max(0) as u64,
+        },
+        3 => ApplyReply::Overlap {
+            stored_next_offset: stored_next.unwrap_or(0),
+        },
+        _ => return Err(bad("status", item(0))),
+    })
+}
+
+/// `(epoch, next_offset)` from the claim script.
+pub(crate) fn parse_claim_reply(value: &Value) -> Result<(u64, Option<i64>), SinkError> {
+    let Value::Array(items) = value else {
+        return Err(bad("reply", value));
+    };
+    let epoch = items
+        .first()
+        .and_then(int_of)
+        .ok_or_else(|| bad("epoch", value))?;
+    let next = match items.get(1) {
+        None => None,
+        Some(v) => opt_int(v)?,
+    };
+    Ok((epoch.max(0) as u64, next))
+}

@@ -1,0 +1,6 @@
+//! Test helpers shared by this crate's tests, other crates' tests and benchmarks
+//! (feature `testkit`). Real processes, not mocks.
+
+pub mod redis;
+#[cfg(feature = "engine")]
+pub mod upstream;

@@ -1,0 +1,227 @@
+//! A real `redis-server` per test: free port on 127.0.0.1, its own temp dir, killed on drop.
+//!
+//! Synchronous and std-only, so it works from sync tests, async tests and benchmarks alike.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to run the server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Keep data across [`RedisServer::restart`] (`appendonly yes`, fsync always). Default: no
+    /// persistence at all (`--save '' --appendonly no`).
+    pub persistence: bool,
+    /// `requirepass`.
+    pub password: Option<String>,
+    /// Extra `--name value` arguments, e.g. `["--maxmemory", "1mb"]`.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `redis-server` child process.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    options: RedisOptions,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl RedisServer {
+    /// Starts a throw-away server without persistence.
+    pub fn start() -> io::Result<Self> {
+        Self::start_with(RedisOptions::default())
+    }
+
+    pub fn start_with(options: RedisOptions) -> io::Result<Self> {
+        let mut last_err = None;
+        // Another process may grab the port between our probe and redis' bind: try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = Self {
+                child: None,
+                port,
+                dir: tempfile::Builder::new()
+                    .prefix("streamjob-redis-")
+                    .tempdir()?,
+                options: options.clone(),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--protected-mode")
+            .arg("no");
+        if self.options.persistence {
+            cmd.args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]);
+        } else {
+            cmd.args(["--save", "", "--appendonly", "no"]);
+        }
+        if let Some(password) = &self.options.password {
+            cmd.arg("--requirepass").arg(password);
+        }
+        cmd.args(&self.options.extra_args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run redis-server (is it installed?): {e}"),
+            )
+        })?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "redis-server exited with {status} on port {}: {}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            if self.ping().is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} not ready after {START_TIMEOUT:?}: {}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `PING` (after `AUTH` when a password is set); ready means `+PONG`.
+    fn ping(&self) -> io::Result<()> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut request = Vec::new();
+        if let Some(password) = &self.options.password {
+            request.extend_from_slice(
+                format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()).as_bytes(),
+            );
+        }
+        request.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        stream.write_all(&request)?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            if text.contains("+PONG") {
+                return Ok(());
+            }
+            if text.contains("-LOADING") || text.contains("-ERR") || text.contains("-NOAUTH") {
+                break;
+            }
+        }
+        Err(io::Error::other(format!(
+            "not ready: {}",
+            String::from_utf8_lossy(&reply).trim()
+        )))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}/0` (no password in it: pass it separately).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's working directory (AOF files, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the server (SIGKILL, like a crashed pod). With persistence, every acknowledged write
+    /// is on disk already (`appendfsync always`).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops (if running) and starts again on the same port and directory.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                // The old socket may linger for a moment.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
