@@ -8,7 +8,12 @@
 //! - [`leader`], [`http`], [`metrics`]: the binary's plumbing.
 
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod planner;
 pub mod rbac;
+pub mod reconciler;
 
 /// Errors of the operator library.
 #[derive(Debug, thiserror::Error)]
@@ -16,18 +21,31 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
-    /// The spec cannot be turned into a job configuration (the CRD's rules should have refused it).
-    #[error("invalid spec: {0}")]
-    InvalidSpec(String),
-    /// An object the planner needs has no name or namespace.
+    /// The planner refused the StreamJob.
+    #[error("cannot plan: {0}")]
+    Plan(#[from] planner::PlanError),
+    /// An object has no name or namespace.
     #[error("object is missing {0}")]
     MissingObjectKey(&'static str),
-    /// Serialising an object failed.
-    #[error("serialisation failed: {0}")]
-    Serialization(#[from] serde_json::Error),
-    /// Running the finalizer failed.
-    #[error("finalizer failed: {0}")]
-    Finalizer(String),
+    /// Adding, running or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Machine-readable reason, used as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Plan(e) => e.reason(),
+            Error::MissingObjectKey(_) => "InvalidObject",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "Finalizer",
+            },
+        }
+    }
 }
 
 /// Result of the operator library.

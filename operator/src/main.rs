@@ -1,24 +1,82 @@
 //! The `streamjob-operator` binary: `run` (default), `crd`, `rbac`.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, Client};
+use streamjob_operator::http::{router, HttpState};
+use streamjob_operator::leader::LeaderElector;
+use streamjob_operator::metrics::Metrics;
+use streamjob_operator::reconciler::{self, Context, Scope};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Name of the leader-election Lease.
+const LEASE_NAME: &str = "streamjob-operator";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "streamjob-operator",
     version,
-    about = "Kubernetes operator for StreamJobs"
+    about = "Kubernetes operator for StreamJobs",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Flags of `run`, which is the default command.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
     /// Print the StreamJob CustomResourceDefinition as YAML.
     Crd,
     /// Print the RBAC PolicyRules the operator needs, as JSON.
     Rbac,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Namespace to watch (repeatable); none = all namespaces.
+    #[arg(
+        long = "watch-namespace",
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0:8080")]
+    http_bind: SocketAddr,
+    /// Elect a leader through a Lease (only the leader reconciles).
+    #[arg(
+        long = "leader-election",
+        env = "LEADER_ELECTION",
+        default_value_t = true,
+        overrides_with = "no_leader_election"
+    )]
+    leader_election: bool,
+    /// Reconcile without leader election (a single replica).
+    #[arg(long = "no-leader-election")]
+    no_leader_election: bool,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,7 +84,175 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => print!("{}", streamjob_operator::crd::crd_yaml()?),
         Some(Command::Rbac) => println!("{}", streamjob_operator::rbac::policy_rules_json()),
-        None => anyhow::bail!("run: not implemented yet"),
+        Some(Command::Run(args)) => run(args)?,
+        None => run(cli.run)?,
     }
     Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let leader_election = args.leader_election && !args.no_leader_election;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(args.http_bind)
+        .await
+        .with_context(|| format!("cannot bind {}", args.http_bind))?;
+    let app = router(HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    info!(bind = %args.http_bind, "serving /healthz /readyz /metrics");
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let client = Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client")?;
+    let scope = Scope {
+        namespaces: args
+            .watch_namespaces
+            .iter()
+            .filter(|ns| !ns.is_empty())
+            .cloned()
+            .collect(),
+    };
+    info!(namespaces = ?scope.namespaces, leader_election, "starting");
+
+    let elector = if leader_election {
+        let namespace =
+            std::env::var("POD_NAMESPACE").context("leader election needs POD_NAMESPACE")?;
+        let identity = std::env::var("POD_NAME").context("leader election needs POD_NAME")?;
+        let api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+        Some(Arc::new(LeaderElector::new(
+            api,
+            LEASE_NAME,
+            &identity,
+            Duration::from_secs(15),
+        )))
+    } else {
+        None
+    };
+
+    // A standby is ready: it serves and waits for the Lease.
+    ready.store(true, Ordering::Relaxed);
+    if let Some(elector) = &elector {
+        let mut stop = stop_rx.clone();
+        loop {
+            match elector.try_acquire_or_renew(Timestamp::now()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election: cannot reach the Lease"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => { let _ = http.await; return Ok(()); }
+            }
+        }
+        info!("acquired the leader Lease");
+        metrics.leader.set(1);
+    }
+
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let controllers = reconciler::run(client, scope, ctx, stop_rx.clone());
+    let result = match &elector {
+        Some(elector) => {
+            tokio::select! {
+                _ = controllers => Ok(()),
+                lost = keep_lease(elector.clone(), stop_rx.clone()) => lost,
+            }
+        }
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    };
+    if let Some(elector) = &elector {
+        if let Err(error) = elector.release().await {
+            warn!(%error, "could not release the Lease");
+        }
+        metrics.leader.set(0);
+    }
+    let _ = http.await;
+    result
+}
+
+/// Renews the Lease until shutdown; an error when leadership is lost (the process then exits and
+/// restarts as a follower, so two leaders never reconcile at once for long).
+async fn keep_lease(
+    elector: Arc<LeaderElector>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let period = elector.lease_duration() / 3;
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        match elector.try_acquire_or_renew(Timestamp::now()).await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                error!("lost the leader Lease to another replica");
+                anyhow::bail!("lost the leader Lease");
+            }
+            Err(error) => {
+                warn!(%error, "cannot renew the leader Lease");
+                // Give up well before a follower may take the Lease over.
+                if last_renewed.elapsed() >= elector.lease_duration() * 2 / 3 {
+                    anyhow::bail!(
+                        "could not renew the leader Lease for {:?}",
+                        elector.lease_duration()
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -1,0 +1,433 @@
+//! Builders of the desired child objects of a StreamJob (pure).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector,
+    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use streamjob_worker::config::{
+    ENV_KAFKA_SASL_PASSWORD, ENV_KAFKA_SASL_USERNAME, ENV_REDIS_PASSWORD,
+};
+
+use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
+use crate::planner::config::{CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REST_PORT, STATE_DIR, TLS_DIR};
+use crate::planner::{labels, names};
+
+/// Pod template annotation carrying the config hash: a config change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "streaming.austin.dev/config-hash";
+/// Pod template annotation carrying `spec.restartNonce`: a new nonce rolls the pods.
+pub const RESTART_NONCE_ANNOTATION: &str = "streaming.austin.dev/restart-nonce";
+/// Non-root user and group of the worker processes.
+const RUN_AS: i64 = 65532;
+
+/// What every builder needs.
+pub struct Context<'a> {
+    pub job: &'a StreamJob,
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub owner: OwnerReference,
+    pub config_hash: &'a str,
+}
+
+impl Context<'_> {
+    fn meta(&self, name: String, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_string()),
+            labels: Some(labels::common(self.name, component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// The ConfigMap with the rendered `job.yaml`.
+pub fn config_map(ctx: &Context, job_yaml: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ctx.meta(names::config(ctx.name), labels::COMPONENT_CONFIG),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), job_yaml)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The savepoint volume. A PVC the spec keeps on delete carries no owner reference, so garbage
+/// collection never takes it with the StreamJob.
+pub fn savepoint_pvc(ctx: &Context) -> PersistentVolumeClaim {
+    let storage = &ctx.job.spec.savepoint.storage;
+    let mut metadata = ctx.meta(names::savepoints(ctx.name), labels::COMPONENT_SAVEPOINTS);
+    if ctx.job.spec.savepoint.on_delete.pvc == PvcPolicy::Keep {
+        metadata.owner_references = None;
+    }
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The Service in front of the jobmanager's REST port.
+pub fn jobmanager_service(ctx: &Context) -> Service {
+    Service {
+        metadata: ctx.meta(names::jobmanager(ctx.name), labels::COMPONENT_JOBMANAGER),
+        spec: Some(ServiceSpec {
+            selector: Some(labels::selector(ctx.name, labels::COMPONENT_JOBMANAGER)),
+            ports: Some(vec![ServicePort {
+                name: Some("rest".into()),
+                port: REST_PORT,
+                target_port: Some(IntOrString::String("rest".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The jobmanager Deployment: one replica (none when suspended), `Recreate` so two jobmanagers
+/// never share the savepoint volume.
+pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
+    let replicas = match ctx.job.spec.state {
+        JobState::Running => 1,
+        JobState::Suspended => 0,
+    };
+    let mut container = worker_container(ctx, "jobmanager", &ctx.job.spec.jobmanager);
+    container.ports = Some(vec![port("rest", REST_PORT)]);
+    container.liveness_probe = Some(probe("rest", 10, 3));
+    container.readiness_probe = Some(probe("rest", 5, 2));
+    container.startup_probe = Some(probe("rest", 2, 60));
+    if let Some(mounts) = container.volume_mounts.as_mut() {
+        mounts.push(VolumeMount {
+            name: "state".into(),
+            mount_path: STATE_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
+    let mut volumes = common_volumes(ctx);
+    volumes.push(Volume {
+        name: "state".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: names::savepoints(ctx.name),
+            read_only: None,
+        }),
+        ..Volume::default()
+    });
+    deployment(
+        ctx,
+        names::jobmanager(ctx.name),
+        labels::COMPONENT_JOBMANAGER,
+        replicas,
+        DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        },
+        container,
+        volumes,
+        30,
+    )
+}
+
+/// The taskmanager Deployment: `spec.replicas` pods (none when suspended). A long grace period lets
+/// a stopping taskmanager flush its batches and hand its partitions back.
+pub fn taskmanager_deployment(ctx: &Context) -> Deployment {
+    let replicas = match ctx.job.spec.state {
+        JobState::Running => ctx.job.spec.replicas,
+        JobState::Suspended => 0,
+    };
+    let mut container = worker_container(ctx, "taskmanager", &ctx.job.spec.taskmanager);
+    container.ports = Some(vec![port("metrics", METRICS_PORT)]);
+    container.liveness_probe = Some(probe("metrics", 10, 3));
+    container.readiness_probe = Some(probe("metrics", 5, 2));
+    container.startup_probe = Some(probe("metrics", 2, 60));
+    deployment(
+        ctx,
+        names::taskmanager(ctx.name),
+        labels::COMPONENT_TASKMANAGER,
+        replicas,
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: None,
+        },
+        container,
+        common_volumes(ctx),
+        60,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deployment(
+    ctx: &Context,
+    name: String,
+    component: &str,
+    replicas: i32,
+    strategy: DeploymentStrategy,
+    container: Container,
+    volumes: Vec<Volume>,
+    grace_seconds: i64,
+) -> Deployment {
+    let spec = &ctx.job.spec;
+    let overrides = &spec.pod_template;
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(labels::common(ctx.name, component));
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), ctx.config_hash.to_string());
+    if let Some(nonce) = spec.restart_nonce {
+        annotations.insert(RESTART_NONCE_ANNOTATION.into(), nonce.to_string());
+    }
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        termination_grace_period_seconds: Some(grace_seconds),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
+        node_selector: non_empty_map(overrides.node_selector.clone()),
+        tolerations: non_empty(overrides.tolerations.clone()),
+        affinity: overrides.affinity.clone(),
+        service_account_name: overrides.service_account_name.clone(),
+        priority_class_name: overrides.priority_class_name.clone(),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: ctx.meta(name, component),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels::selector(ctx.name, component)),
+                match_expressions: None,
+            },
+            strategy: Some(strategy),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn worker_container(ctx: &Context, role: &str, process: &ProcessSpec) -> Container {
+    let spec = &ctx.job.spec;
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    if spec.kafka.tls.is_some() {
+        mounts.push(VolumeMount {
+            name: "kafka-tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    Container {
+        name: role.into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        command: Some(vec!["streamjob-worker".into()]),
+        args: Some(vec![
+            role.into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        env: Some(env(ctx)),
+        resources: process.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Downward-API identity plus secrets, only ever by `secretKeyRef`.
+fn env(ctx: &Context) -> Vec<EnvVar> {
+    let spec = &ctx.job.spec;
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(password) = &spec.redis.password_secret_ref {
+        env.push(secret_env(ENV_REDIS_PASSWORD, password));
+    }
+    if let Some(sasl) = &spec.kafka.sasl {
+        env.push(secret_env(
+            ENV_KAFKA_SASL_USERNAME,
+            &sasl.username_secret_ref,
+        ));
+        env.push(secret_env(
+            ENV_KAFKA_SASL_PASSWORD,
+            &sasl.password_secret_ref,
+        ));
+    }
+    env
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    }
+}
+
+fn common_volumes(ctx: &Context) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config(ctx.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    if let Some(tls) = &ctx.job.spec.kafka.tls {
+        // The files may come from different Secrets: a projected volume puts them in one directory.
+        let sources = [
+            (&tls.ca_secret_ref, "ca.crt"),
+            (&tls.cert_secret_ref, "tls.crt"),
+            (&tls.key_secret_ref, "tls.key"),
+        ]
+        .into_iter()
+        .filter_map(|(secret, file)| secret.as_ref().map(|s| (s, file)))
+        .map(|(secret, file)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: file.into(),
+                    mode: Some(0o440),
+                    ..KeyToPath::default()
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect::<Vec<_>>();
+        volumes.push(Volume {
+            name: "kafka-tls".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(sources),
+                default_mode: Some(0o440),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn probe(port_name: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(port_name.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
+fn non_empty_map(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then_some(map)
+}

@@ -1,0 +1,461 @@
+//! The next status of a StreamJob and the Events its transitions deserve (pure).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{JobProgress, JobState, PartitionSummary, Phase, StreamJob, StreamJobStatus};
+use crate::planner::children::CONFIG_HASH_ANNOTATION;
+use crate::planner::children::RESTART_NONCE_ANNOTATION;
+use crate::planner::{labels, EventNote, EventSeverity, JobManagerReport, Observed, PlanInput};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Requeue while something is moving.
+pub const REQUEUE_BUSY: Duration = Duration::from_secs(10);
+/// Requeue when all is stable (watches bring changes sooner).
+pub const REQUEUE_IDLE: Duration = Duration::from_secs(300);
+
+pub struct Next {
+    pub status: StreamJobStatus,
+    pub requeue_after: Duration,
+}
+
+/// How far one Deployment is from what the plan wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rollout {
+    /// Not there yet.
+    Missing,
+    /// Its pod template is older than the plan (config, image, restart nonce...).
+    Outdated,
+    /// Its replica count differs from the plan's.
+    Scaling,
+    /// Up to date, waiting for pods to be ready.
+    Waiting,
+    /// Up to date and ready.
+    Done,
+    /// The Deployment controller gave up (progress deadline) or cannot create pods.
+    Failed,
+}
+
+fn rollout(
+    deployment: Option<&Deployment>,
+    desired_replicas: i32,
+    config_hash: &str,
+    restart_nonce: Option<i64>,
+) -> (Rollout, Option<String>) {
+    let Some(deployment) = deployment else {
+        return (Rollout::Missing, None);
+    };
+    let status = deployment.status.clone().unwrap_or_default();
+    for condition in status.conditions.iter().flatten() {
+        let type_ = condition.type_.as_deref();
+        let value = condition.status.as_deref();
+        let failed = (type_ == Some("Progressing")
+            && value == Some("False")
+            && condition.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            || (type_ == Some("ReplicaFailure") && value == Some("True"));
+        if failed {
+            return (Rollout::Failed, condition.message.clone());
+        }
+    }
+    let annotations = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref());
+    let hash = annotations.and_then(|a| a.get(CONFIG_HASH_ANNOTATION));
+    let nonce = annotations.and_then(|a| a.get(RESTART_NONCE_ANNOTATION));
+    if hash.map(String::as_str) != Some(config_hash)
+        || nonce.cloned() != restart_nonce.map(|n| n.to_string())
+    {
+        return (Rollout::Outdated, None);
+    }
+    let spec_replicas = deployment.spec.replicas.unwrap_or(1);
+    if spec_replicas != desired_replicas {
+        return (Rollout::Scaling, None);
+    }
+    let generation_seen =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let ready = status.ready_replicas.unwrap_or(0);
+    if !generation_seen || updated != desired_replicas || replicas != desired_replicas {
+        return (Rollout::Outdated, None);
+    }
+    if ready < desired_replicas {
+        return (Rollout::Waiting, None);
+    }
+    (Rollout::Done, None)
+}
+
+fn condition(
+    previous: Option<&StreamJobStatus>,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
+    let last_transition_time = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn progress(report: &JobManagerReport) -> JobProgress {
+    let partitions: Vec<PartitionSummary> = report
+        .partitions
+        .iter()
+        .map(|p| PartitionSummary {
+            partition: p.partition,
+            committed_offset: p.committed_offset,
+            high_watermark: p.high_watermark,
+            lag: p.lag,
+        })
+        .collect();
+    let lags: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
+    JobProgress {
+        lag: (!lags.is_empty()).then(|| lags.iter().sum()),
+        events_per_second: Some(report.partitions.iter().map(|p| p.events_per_second).sum()),
+        partitions,
+        observed_at: Some(Time(report.observed_at)),
+    }
+}
+
+/// The next status from what was observed.
+pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
+    let job = input.job;
+    let spec = &job.spec;
+    let previous = job.status.as_ref();
+    let generation = job.metadata.generation;
+    let now = input.now;
+    let running = spec.state == JobState::Running;
+    let (desired_jm, desired_tm) = if running { (1, spec.replicas) } else { (0, 0) };
+
+    let (jm, jm_message) = rollout(
+        input.observed.jobmanager.as_ref(),
+        desired_jm,
+        config_hash,
+        spec.restart_nonce,
+    );
+    let (tm, tm_message) = rollout(
+        input.observed.taskmanager.as_ref(),
+        desired_tm,
+        config_hash,
+        spec.restart_nonce,
+    );
+
+    let tm_status = input
+        .observed
+        .taskmanager
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let replicas = tm_status.replicas.unwrap_or(0);
+    let ready_replicas = tm_status.ready_replicas.unwrap_or(0);
+    let observed_tm_replicas = input
+        .observed
+        .taskmanager
+        .as_ref()
+        .and_then(|d| d.spec.replicas)
+        .unwrap_or(0);
+
+    let failure = [
+        (jm, jm_message, "jobmanager"),
+        (tm, tm_message, "taskmanager"),
+    ]
+    .into_iter()
+    .find(|(r, _, _)| *r == Rollout::Failed)
+    .map(|(_, message, role)| {
+        format!(
+            "{role} Deployment {name}-{role} is failing: {}",
+            message.unwrap_or_else(|| "no detail".into())
+        )
+    });
+
+    // (progressing reason, message), from the least advanced of the two Deployments.
+    let worst = [jm, tm]
+        .into_iter()
+        .min_by_key(|r| match r {
+            Rollout::Failed => 0,
+            Rollout::Missing => 1,
+            Rollout::Outdated => 2,
+            Rollout::Scaling => 3,
+            Rollout::Waiting => 4,
+            Rollout::Done => 5,
+        })
+        .unwrap_or(Rollout::Done);
+    let (progress_reason, progress_message) = match (running, worst) {
+        (_, Rollout::Failed) => ("RolloutFailed", failure.clone().unwrap_or_default()),
+        (true, Rollout::Missing) => (
+            "Creating",
+            "creating the jobmanager and taskmanagers".to_string(),
+        ),
+        (true, Rollout::Outdated) => ("RollingOut", "rolling out a new pod template".to_string()),
+        (true, Rollout::Scaling) => (
+            "Scaling",
+            format!("scaling taskmanagers from {observed_tm_replicas} to {desired_tm}"),
+        ),
+        (true, Rollout::Waiting) => (
+            "WaitingForPods",
+            format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
+        ),
+        (true, Rollout::Done) => (
+            "Stable",
+            format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
+        ),
+        (false, Rollout::Done) | (false, Rollout::Missing) => (
+            "Suspended",
+            "the job is suspended; no process runs".to_string(),
+        ),
+        (false, _) => (
+            "Suspending",
+            "stopping every process of the job".to_string(),
+        ),
+    };
+    let settled = matches!(progress_reason, "Stable" | "Suspended");
+    let ready = running && progress_reason == "Stable";
+    let degraded = failure.is_some();
+
+    let previous_phase = previous.map(|s| s.phase).unwrap_or_default();
+    let phase = if degraded {
+        Phase::Failed
+    } else if !running {
+        if settled {
+            Phase::Suspended
+        } else {
+            Phase::Suspending
+        }
+    } else if ready {
+        Phase::Running
+    } else {
+        match (worst, previous_phase) {
+            (Rollout::Outdated, Phase::Running | Phase::Upgrading) => Phase::Upgrading,
+            // A scale or a pod restart does not take a running job out of Running.
+            (Rollout::Scaling | Rollout::Waiting, Phase::Running) => Phase::Running,
+            _ => Phase::Deploying,
+        }
+    };
+
+    let ready_message = if ready {
+        format!("jobmanager and {ready_replicas}/{desired_tm} taskmanagers ready")
+    } else {
+        progress_message.clone()
+    };
+    let ready_reason = if ready { "Running" } else { progress_reason };
+    let conditions = vec![
+        condition(
+            previous,
+            READY,
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            PROGRESSING,
+            !settled && !degraded,
+            progress_reason,
+            progress_message,
+            generation,
+            now,
+        ),
+        match &failure {
+            Some(message) => condition(
+                previous,
+                DEGRADED,
+                true,
+                "RolloutFailed",
+                message.clone(),
+                generation,
+                now,
+            ),
+            None => condition(
+                previous,
+                DEGRADED,
+                false,
+                "AsExpected",
+                "reconciled without errors".into(),
+                generation,
+                now,
+            ),
+        },
+    ];
+
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = phase;
+    status.observed_generation = generation;
+    status.conditions = conditions;
+    status.replicas = replicas;
+    status.ready_replicas = ready_replicas;
+    status.selector =
+        labels::selector_string(&labels::selector(name, labels::COMPONENT_TASKMANAGER));
+    status.config_hash = Some(config_hash.to_string());
+    if let Some(report) = input.jobmanager {
+        status.job = Some(progress(report));
+    }
+    status.observed_restart_nonce = spec.restart_nonce;
+    let requeue_after = if settled && !degraded {
+        REQUEUE_IDLE
+    } else {
+        REQUEUE_BUSY
+    };
+    Next {
+        status,
+        requeue_after,
+    }
+}
+
+/// The status after a failed reconciliation: previous observations kept, `Degraded` set.
+pub fn degraded(job: &StreamJob, reason: &str, message: &str, now: Timestamp) -> StreamJobStatus {
+    let previous = job.status.as_ref();
+    let generation = job.metadata.generation;
+    let mut status = previous.cloned().unwrap_or_default();
+    let mut conditions: Vec<Condition> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != DEGRADED && c.type_ != READY)
+        .cloned()
+        .collect();
+    let ready = condition(
+        previous,
+        READY,
+        false,
+        reason,
+        message.to_string(),
+        generation,
+        now,
+    );
+    let degraded = condition(
+        previous,
+        DEGRADED,
+        true,
+        reason,
+        message.to_string(),
+        generation,
+        now,
+    );
+    conditions.insert(0, ready);
+    conditions.push(degraded);
+    conditions.sort_by_key(|c| match c.type_.as_str() {
+        READY => 0,
+        PROGRESSING => 1,
+        _ => 2,
+    });
+    status.conditions = conditions;
+    status.phase = Phase::Failed;
+    status
+}
+
+/// One Event per transition: phase, each condition's status, the config hash, the scale.
+pub fn transition_events(
+    job: &StreamJob,
+    previous: Option<&StreamJobStatus>,
+    next: &StreamJobStatus,
+    observed: &Observed,
+) -> Vec<EventNote> {
+    let mut events = Vec::new();
+    let previous_phase = previous.map(|s| s.phase);
+    if previous_phase != Some(next.phase) {
+        let severity = if next.phase == Phase::Failed {
+            EventSeverity::Warning
+        } else {
+            EventSeverity::Normal
+        };
+        let from = previous_phase.map(Phase::as_str).unwrap_or("none");
+        events.push(EventNote {
+            severity,
+            reason: next.phase.as_str().to_string(),
+            message: format!("phase {from} -> {}", next.phase.as_str()),
+        });
+    }
+    for condition in &next.conditions {
+        let before =
+            previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
+        let changed =
+            before.map(|c| (&c.status, &c.reason)) != Some((&condition.status, &condition.reason));
+        if !changed {
+            continue;
+        }
+        // A first Degraded=False is not news.
+        if before.is_none() && condition.type_ == DEGRADED && condition.status == "False" {
+            continue;
+        }
+        let warning = (condition.type_ == DEGRADED && condition.status == "True")
+            || (condition.type_ == READY
+                && condition.status == "False"
+                && before.is_some_and(|c| c.status == "True"));
+        events.push(EventNote {
+            severity: if warning {
+                EventSeverity::Warning
+            } else {
+                EventSeverity::Normal
+            },
+            reason: condition.reason.clone(),
+            message: format!(
+                "{}={}: {}",
+                condition.type_, condition.status, condition.message
+            ),
+        });
+    }
+    if let (Some(before), Some(after)) = (
+        previous.and_then(|s| s.config_hash.as_ref()),
+        next.config_hash.as_ref(),
+    ) {
+        if before != after {
+            events.push(EventNote {
+                severity: EventSeverity::Normal,
+                reason: "ConfigChanged".into(),
+                message: format!(
+                    "pod configuration changed ({before} -> {after}); rolling the pods"
+                ),
+            });
+        }
+    }
+    if let Some(current) = observed.taskmanager.as_ref().and_then(|d| d.spec.replicas) {
+        let desired = if job.spec.state == JobState::Running {
+            job.spec.replicas
+        } else {
+            0
+        };
+        if current != desired {
+            events.push(EventNote {
+                severity: EventSeverity::Normal,
+                reason: "Scaled".into(),
+                message: format!("taskmanagers {current} -> {desired}"),
+            });
+        }
+    }
+    if previous.and_then(|s| s.observed_restart_nonce) != next.observed_restart_nonce
+        && previous.is_some()
+    {
+        events.push(EventNote {
+            severity: EventSeverity::Normal,
+            reason: "Restarting".into(),
+            message: format!(
+                "spec.restartNonce changed to {:?}; restarting every process",
+                next.observed_restart_nonce
+            ),
+        });
+    }
+    events
+}

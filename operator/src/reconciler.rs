@@ -1,0 +1,339 @@
+//! Thin I/O around the planner: read the children, plan, apply with server-side apply (one field
+//! manager), publish Events, write status. Every failure becomes a Degraded condition and a
+//! requeue with backoff, never a silent loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action as ControllerAction, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
+use crate::metrics::Metrics;
+use crate::planner::{self, labels, names, Action, EventSeverity, Observed, PlanInput, FINALIZER};
+use crate::{Error, Result};
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "streamjob-operator";
+
+/// Longest wait between retries of a failing StreamJob.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// First retry delay.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per StreamJob (namespace/name), for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// The clock (fixed in tests).
+    now: fn() -> Timestamp,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        Self::with_clock(client, metrics, Timestamp::now)
+    }
+
+    /// A context with a given clock (tests pin it to make requests comparable).
+    pub fn with_clock(client: Client, metrics: Arc<Metrics>, now: fn() -> Timestamp) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            now,
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Delay before retrying after `failures` consecutive failures: 5 s, 10 s, 20 s ... 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    FIRST_BACKOFF
+        .saturating_mul(1u32 << exponent)
+        .min(MAX_BACKOFF)
+}
+
+fn key(job: &StreamJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// Reconciles one StreamJob (the controller's reconcile function).
+#[instrument(skip_all, fields(job = %key(&job)))]
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<ControllerAction> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let namespace = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, job.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(job) => apply(job, &ctx).await,
+            FinalizerEvent::Cleanup(job) => cleanup(job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.clear_failures(&key(&job));
+    }
+    result
+}
+
+/// What the controller does after a failed reconciliation: count it and retry with backoff.
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
+    let failures = ctx.record_failure(&key(&job));
+    ctx.metrics.failed(error.reason());
+    let delay = backoff(failures);
+    warn!(job = %key(&job), %error, failures, retry_in = ?delay, "reconcile failed");
+    ControllerAction::requeue(delay)
+}
+
+async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Observed> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    Ok(Observed {
+        jobmanager: deployments.get_opt(&names::jobmanager(name)).await?,
+        taskmanager: deployments.get_opt(&names::taskmanager(name)).await?,
+        savepoint_pvc: pvcs.get_opt(&names::savepoints(name)).await?,
+    })
+}
+
+async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
+    let namespace = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = job.name_any();
+    let observed = match observe(&ctx.client, &namespace, &name).await {
+        Ok(observed) => observed,
+        Err(error) => return fail(&job, ctx, "ObserveFailed", error).await,
+    };
+    let input = PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: (ctx.now)(),
+    };
+    let plan = match planner::plan(input) {
+        Ok(plan) => plan,
+        Err(error) => {
+            let reason = error.reason();
+            return fail(&job, ctx, reason, Error::Plan(error)).await;
+        }
+    };
+    let children = &plan.children;
+    let applied = async {
+        apply_child(&ctx.client, &namespace, &children.config_map).await?;
+        apply_child(&ctx.client, &namespace, &children.savepoint_pvc).await?;
+        apply_child(&ctx.client, &namespace, &children.jobmanager_service).await?;
+        apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
+        apply_child(&ctx.client, &namespace, &children.taskmanager).await
+    }
+    .await;
+    if let Err(error) = applied {
+        return fail(&job, ctx, "ApplyFailed", error).await;
+    }
+    publish(ctx, &job, &plan.actions).await;
+    if job.status.as_ref() != Some(&plan.status) {
+        write_status(&ctx.client, &job, &plan.status).await?;
+    }
+    info!(phase = plan.status.phase.as_str(), requeue = ?plan.requeue_after, "reconciled");
+    Ok(ControllerAction::requeue(plan.requeue_after))
+}
+
+/// The finalizer's cleanup hook (the lifecycle issue adds the final savepoint here).
+async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
+    let plan = planner::plan_cleanup(&job);
+    publish(ctx, &job, &plan.actions).await;
+    if plan.done {
+        Ok(ControllerAction::await_change())
+    } else {
+        Ok(ControllerAction::requeue(Duration::from_secs(5)))
+    }
+}
+
+/// Records the failure in status (Degraded) and Events, then returns the error for the backoff.
+async fn fail(
+    job: &StreamJob,
+    ctx: &Context,
+    reason: &str,
+    error: Error,
+) -> Result<ControllerAction> {
+    let message = error.to_string();
+    let (status, actions) = planner::failed_status(job, reason, &message, (ctx.now)());
+    publish(ctx, job, &actions).await;
+    if job.status.as_ref() != Some(&status) {
+        if let Err(status_error) = write_status(&ctx.client, job, &status).await {
+            warn!(%status_error, "could not record the failure in status");
+        }
+    }
+    Err(error)
+}
+
+async fn apply_child<K>(client: &Client, namespace: &str, child: &K) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = child
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("child name"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(child),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_status(client: &Client, job: &StreamJob, status: &StreamJobStatus) -> Result<()> {
+    let namespace = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let body = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "StreamJob",
+        "status": status,
+    });
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, job: &StreamJob, actions: &[Action]) {
+    let reference = job.object_ref(&());
+    for action in actions {
+        let Action::Publish(note) = action;
+        let event = Event {
+            type_: match note.severity {
+                EventSeverity::Normal => EventType::Normal,
+                EventSeverity::Warning => EventType::Warning,
+            },
+            reason: note.reason.clone(),
+            note: Some(note.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, reason = %note.reason, "could not publish event");
+        }
+    }
+}
+
+/// Which StreamJobs to watch: all namespaces, or the listed ones.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub namespaces: Vec<String>,
+}
+
+/// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    ctx: Arc<Context>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let apis: Vec<Option<String>> = if scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        scope.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = apis.into_iter().map(|namespace| {
+        let api = |client: &Client| -> (
+            Api<StreamJob>,
+            Api<Deployment>,
+            Api<ConfigMap>,
+            Api<Service>,
+            Api<PersistentVolumeClaim>,
+        ) {
+            match &namespace {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                ),
+            }
+        };
+        let (jobs, deployments, config_maps, services, pvcs) = api(&client);
+        let children = watcher::Config::default().labels(&labels::managed_selector());
+        let mut shutdown = shutdown.clone();
+        Controller::new(jobs, watcher::Config::default())
+            .owns(deployments, children.clone())
+            .owns(config_maps, children.clone())
+            .owns(services, children.clone())
+            // A kept PVC has no owner reference: map it back through its instance label.
+            .watches(pvcs, children, |pvc: PersistentVolumeClaim| {
+                let instance = pvc.labels().get(labels::INSTANCE)?.clone();
+                Some(ObjectRef::<StreamJob>::new(&instance).within(&pvc.namespace()?))
+            })
+            .graceful_shutdown_on(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    warn!(%error, "controller error");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}
