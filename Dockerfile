@@ -58,6 +58,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 # zlib and zstd are linked statically (zstd-sys does so by default; libz-sys on this variable),
 # so the runtime needs only libssl3, which the distroless cc image carries and keeps patched.
+# (Checked on Debian 12 with rdkafka 0.39 [ssl, zstd]: the binary then links libssl.so.3,
+# libcrypto.so.3, libgcc_s, libm and libc only; the ldd check below enforces it.)
 ENV LIBZ_SYS_STATIC=1
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json -p streamjob-worker
@@ -106,6 +108,9 @@ LABEL org.opencontainers.image.title="streamjob-worker" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 COPY --from=build-worker /out/streamjob-worker /usr/local/bin/streamjob-worker
+# The operator starts workers with `command: [streamjob-worker]`, resolved through PATH (and runs
+# them as uid 65532, the same user as here).
+ENV PATH=/usr/local/bin:/usr/bin:/bin
 USER 65532:65532
 # 8081: jobmanager REST API, /healthz, /metrics; 9249: taskmanager metrics.
 EXPOSE 8081 9249

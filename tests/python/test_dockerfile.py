@@ -254,6 +254,22 @@ def test_runtime_stages_hold_one_binary_as_non_root_with_labels(dockerfile):
         assert exposed == ports, f"{target}: EXPOSE {exposed}, expected {ports}"
 
 
+def test_worker_image_fits_the_pods_the_operator_creates(dockerfile):
+    """The operator runs workers as `command: [streamjob-worker]` (a PATH lookup) with
+    runAsNonRoot and its own uid constant: the image must agree on both."""
+    global_args, stages = dockerfile
+    worker = stages["worker"]
+    env = " ".join(i.args for i in worker.all("ENV"))
+    m = re.search(r"PATH=(\S+)", env)
+    assert m, "worker stage sets no PATH"
+    assert "/usr/local/bin" in m[1].split(":")
+    children = (ROOT / "operator" / "src" / "planner" / "children.rs").read_text()
+    run_as = re.search(r"const RUN_AS: i64 = (\d+);", children)
+    assert run_as, "operator/src/planner/children.rs no longer defines RUN_AS: update this test"
+    assert int(worker.all("USER")[-1].args.split(":")[0]) == int(run_as[1])
+    assert '"streamjob-worker"' in children, "the operator no longer runs `streamjob-worker`"
+
+
 def test_operator_port_and_uid_match_the_chart(dockerfile):
     _, stages = dockerfile
     values = yaml.safe_load((CHART / "values.yaml").read_text())
