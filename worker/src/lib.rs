@@ -14,3 +14,17 @@ pub mod sink;
 pub mod testkit;
 #[cfg(feature = "engine")]
 pub mod transform;
+#[cfg(feature = "engine")]
+pub mod demo;
+#[cfg(feature = "engine")]
+pub mod embedded_kafka;
+#[cfg(feature = "engine")]
+pub mod http;
+#[cfg(feature = "engine")]
+pub mod metrics;
+#[cfg(feature = "engine")]
+pub mod pipeline;
+#[cfg(feature = "engine")]
+pub mod source;
+#[cfg(feature = "engine")]
+pub mod standalone;

@@ -1,1 +1,154 @@
-fn main() {}
+//! `streamjob-worker`: `standalone | taskmanager | jobmanager --config PATH`.
+//!
+//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT or `--duration`), 1 on a runtime failure,
+//! 2 on an invalid command line or configuration (one message naming the field).
+
+mod cli;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use streamjob_worker::config::{JobConfig, LogFormat};
+use streamjob_worker::embedded_kafka::EmbeddedKafka;
+use streamjob_worker::standalone::{self, StandaloneOptions};
+
+use cli::{Cli, Command, LogFormatArg};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Standalone(args) => load_config(args.config.as_deref()),
+        Command::Taskmanager(args) => load_config(Some(&args.config)),
+        Command::Jobmanager(args) => load_config(Some(&args.config)),
+        Command::MockKafka(_) => Ok(JobConfig::default()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&config, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = runtime.block_on(run(cli.command, config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+async fn run(command: Command, config: JobConfig) -> anyhow::Result<()> {
+    match command {
+        Command::Standalone(args) => {
+            let options = StandaloneOptions {
+                taskmanagers: usize::from(args.taskmanagers),
+                embedded_kafka: args.embedded_kafka.then_some(args.partitions),
+                demo_rate: args.demo,
+                duration: args.duration,
+                ..StandaloneOptions::default()
+            };
+            let summary = standalone::run(config, options, shutdown_signal()).await?;
+            println!(
+                "streamjob standalone stopped: {} events read, {} written to Redis, {} dead-lettered, {} Redis commands",
+                summary.events_in, summary.events_written, summary.events_dead_lettered, summary.redis_commands
+            );
+            Ok(())
+        }
+        // Filled in by the jobmanager/taskmanager runtimes (jobmanager::run, taskmanager client).
+        Command::Jobmanager(_) => {
+            anyhow::bail!("the jobmanager mode is not yet available in this build")
+        }
+        Command::Taskmanager(_) => {
+            anyhow::bail!("the taskmanager mode is not yet available in this build")
+        }
+        Command::MockKafka(args) => {
+            let topics: Vec<(&str, i32)> = args
+                .topics
+                .iter()
+                .map(|t| (t.as_str(), args.partitions))
+                .collect();
+            let broker = EmbeddedKafka::start(args.brokers, &topics)?;
+            // The harness reads this line to learn where the broker listens.
+            println!("BOOTSTRAP {}", broker.bootstrap_servers());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            shutdown_signal().await;
+            drop(broker);
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<JobConfig, String> {
+    let mut config = match path {
+        Some(path) => JobConfig::load(path).map_err(|e| e.to_string())?,
+        None => JobConfig::default(),
+    };
+    config.apply_env(|name| std::env::var(name).ok());
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn init_logging(config: &JobConfig, format: Option<LogFormatArg>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.logging.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormatArg::Json) => true,
+        Some(LogFormatArg::Text) => false,
+        None => config.logging.format == LogFormat::Json,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,480 @@
+//! The pipeline of one worker process (a taskmanager, or each in-process taskmanager of standalone
+//! mode): one Kafka consumer whose partitions are assigned explicitly, one task per partition
+//! (see [`partition`]), one Redis sink, one DLQ producer.
+//!
+//! Whoever owns the process (the taskmanager's jobmanager client, or standalone mode) drives it
+//! with [`Pipeline::assign`] / [`Pipeline::revoke`] / [`Pipeline::shutdown`] and reads
+//! [`Pipeline::progress`].
+
+pub mod backoff;
+mod partition;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use backoff::Backoff;
+pub use partition::PartitionExit;
+
+use crate::api::{Assignment, PartitionProgress};
+use crate::config::{JobConfig, StartingOffsets};
+use crate::metrics::Metrics;
+use crate::sink::redis::{Fence, RedisSink, SinkError};
+use crate::source::{create_consumer, DlqProducer, SourceConsumer};
+use partition::{Control, PartitionState, PartitionTask};
+
+/// Why the pipeline could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("redis sink: {0}")]
+    Sink(#[from] SinkError),
+    #[error("partition {partition} gave up: {reason}")]
+    Partition { partition: i32, reason: String },
+    #[error("pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// Tunables that are not part of `job.yaml`.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Retry delays for Redis and DLQ errors.
+    pub backoff: Backoff,
+    /// How long `assign` keeps retrying a retryable claim error before giving up (the caller may
+    /// assign again).
+    pub claim_timeout: Duration,
+    /// How often high watermarks are refreshed for lag.
+    pub watermark_interval: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            claim_timeout: Duration::from_secs(60),
+            watermark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What every partition task shares.
+pub(crate) struct Shared {
+    pub config: Arc<JobConfig>,
+    pub sink: RedisSink,
+    pub dlq: DlqProducer,
+    pub consumer: Arc<SourceConsumer>,
+    pub metrics: Metrics,
+    pub backoff: Backoff,
+}
+
+struct PartitionHandle {
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<PartitionExit>,
+    state: Arc<PartitionState>,
+}
+
+type Partitions = Arc<Mutex<HashMap<i32, PartitionHandle>>>;
+
+/// One process's consumer, sink and partition tasks.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    partitions: Partitions,
+    options: PipelineOptions,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("job", &self.shared.config.job.name)
+            .field("partitions", &self.owned_partitions())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Connects to Redis (retrying while it is unavailable) and creates the consumer and the DLQ
+    /// producer. Nothing is consumed until [`Pipeline::assign`].
+    pub async fn start(config: Arc<JobConfig>, metrics: Metrics) -> Result<Self, PipelineError> {
+        Self::start_with(config, metrics, PipelineOptions::default()).await
+    }
+
+    pub async fn start_with(
+        config: Arc<JobConfig>,
+        metrics: Metrics,
+        options: PipelineOptions,
+    ) -> Result<Self, PipelineError> {
+        let span = tracing::info_span!("pipeline", job = %config.job.name);
+        async {
+            let sink = connect_sink(&config, &options.backoff, &metrics).await?;
+            let consumer = Arc::new(create_consumer(&config.source.kafka, &metrics)?);
+            let dlq = DlqProducer::create(&config.source.kafka, &metrics)?;
+            let shared = Arc::new(Shared {
+                config: config.clone(),
+                sink,
+                dlq,
+                consumer,
+                metrics,
+                backoff: options.backoff,
+            });
+            let partitions: Partitions = Arc::default();
+            let background = vec![
+                tokio::spawn(serve_main_queue(shared.clone()).in_current_span()),
+                tokio::spawn(
+                    refresh_watermarks(
+                        shared.clone(),
+                        partitions.clone(),
+                        options.watermark_interval,
+                    )
+                    .in_current_span(),
+                ),
+            ];
+            Ok(Self {
+                shared,
+                partitions,
+                options,
+                background,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Partitions with a running task.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owned: Vec<i32> = partitions
+            .iter()
+            .filter(|(_, h)| !h.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// Partitions whose task ended on its own (fenced, or a non-retryable error), with the reason.
+    /// They stay listed until revoked or assigned again.
+    pub fn stopped_partitions(&self) -> Vec<(i32, PartitionExit)> {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stopped: Vec<(i32, PartitionExit)> = partitions
+            .iter()
+            .filter_map(|(p, h)| h.state.exit().map(|exit| (*p, exit)))
+            .collect();
+        stopped.sort_by_key(|(p, _)| *p);
+        stopped
+    }
+
+    /// Starts consuming a partition: claims it in Redis (which bumps the fence epoch and shuts out
+    /// any older owner), then resumes at the fence's `next_offset`, else `start_offset`, else the
+    /// configured starting offsets. When both the fence and `start_offset` are known the larger wins.
+    /// Assigning a partition that is already running is a no-op.
+    pub async fn assign(&self, assignment: Assignment) -> Result<(), PipelineError> {
+        let partition = assignment.partition;
+        {
+            let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(handle) = partitions.get(&partition) {
+                if !handle.task.is_finished() {
+                    return Ok(());
+                }
+                partitions.remove(&partition);
+            }
+        }
+        let config = &self.shared.config;
+        let span = tracing::info_span!("partition", job = %config.job.name, partition);
+        let fence = claim_with_retry(&self.shared, partition, &self.options)
+            .instrument(span.clone())
+            .await?;
+        let resume = resume_offset(fence, assignment.start_offset);
+        let topic = &config.source.kafka.topic;
+        let offset = match resume {
+            Some(offset) => Offset::Offset(offset),
+            None => match config.source.kafka.starting_offsets {
+                StartingOffsets::Earliest => Offset::Beginning,
+                StartingOffsets::Latest => Offset::End,
+            },
+        };
+        // Split the partition's queue off before assigning it, so none of its messages land in the
+        // main queue.
+        let queue = self
+            .shared
+            .consumer
+            .split_partition_queue(topic, partition)
+            .ok_or_else(|| PipelineError::Partition {
+                partition,
+                reason: "cannot create the partition queue".into(),
+            })?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, offset)?;
+        self.shared.consumer.incremental_assign(&tpl)?;
+
+        let metrics = self.shared.metrics.pipeline();
+        let state = Arc::new(PartitionState::new(
+            partition,
+            fence.epoch,
+            resume,
+            metrics.partition_gauges(partition),
+        ));
+        let (control, control_rx) = mpsc::channel(1);
+        let task = PartitionTask {
+            shared: self.shared.clone(),
+            state: state.clone(),
+            queue,
+            control: control_rx,
+        };
+        let span = tracing::info_span!(
+            "partition",
+            job = %config.job.name,
+            topic = %topic,
+            partition,
+            epoch = fence.epoch
+        );
+        tracing::info!(parent: &span, ?offset, generation = assignment.generation, "partition assigned");
+        let task = tokio::spawn(task.run().instrument(span));
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        partitions.insert(
+            partition,
+            PartitionHandle {
+                control,
+                task,
+                state,
+            },
+        );
+        metrics.partitions_owned.set(partitions.len() as i64);
+        Ok(())
+    }
+
+    /// Stops a partition: flushes its in-flight batch, stops consuming it, returns its committed
+    /// next offset (`None` if it never had one). Revoking a partition that is not owned returns
+    /// `Ok(None)`.
+    pub async fn revoke(&self, partition: i32) -> Result<Option<i64>, PipelineError> {
+        let handle = {
+            let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            let handle = partitions.remove(&partition);
+            self.shared
+                .metrics
+                .pipeline()
+                .partitions_owned
+                .set(partitions.len() as i64);
+            handle
+        };
+        let Some(handle) = handle else {
+            return Ok(None);
+        };
+        let (reply, reply_rx) = oneshot::channel();
+        let committed = if handle.control.send(Control::Stop { reply }).await.is_ok() {
+            reply_rx.await.unwrap_or_else(|_| handle.state.committed())
+        } else {
+            handle.state.committed()
+        };
+        let exit = handle
+            .task
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.shared.config.source.kafka.topic, partition);
+        if exit == PartitionExit::Stopped {
+            if let Err(err) = self.shared.consumer.incremental_unassign(&tpl) {
+                tracing::warn!(partition, %err, "cannot unassign the revoked partition");
+            }
+        }
+        self.shared.metrics.pipeline().forget_partition(partition);
+        tracing::info!(partition, committed, ?exit, "partition revoked");
+        Ok(committed)
+    }
+
+    /// Per-partition progress of the partitions this process holds.
+    pub fn progress(&self) -> Vec<PartitionProgress> {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut progress: Vec<PartitionProgress> = partitions
+            .values()
+            .map(|h| PartitionProgress {
+                partition: h.state.partition,
+                epoch: h.state.epoch,
+                committed_offset: h.state.committed(),
+                high_watermark: h.state.high_watermark(),
+                lag: h.state.lag(),
+                events_per_second: h.state.events_per_second(),
+            })
+            .collect();
+        progress.sort_by_key(|p| p.partition);
+        progress
+    }
+
+    /// Whether any partition is paused, backing off after a Redis or DLQ error.
+    pub fn is_retrying(&self) -> bool {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        partitions.values().any(|h| h.state.is_retrying())
+    }
+
+    /// Graceful stop: flushes every partition's in-flight batch, then returns.
+    pub async fn shutdown(self) -> Result<(), PipelineError> {
+        let owned: Vec<i32> = {
+            let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+            partitions.keys().copied().collect()
+        };
+        let results = futures::future::join_all(owned.iter().map(|p| self.revoke(*p))).await;
+        // Wait for the background tasks to end, so the consumer is closed when this returns.
+        for task in &self.background {
+            task.abort();
+        }
+        let mut this = self;
+        for task in std::mem::take(&mut this.background) {
+            let _ = task.await;
+        }
+        for result in results {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        for handle in partitions.values() {
+            handle.task.abort();
+        }
+    }
+}
+
+/// Where a claimed partition resumes: the fence, else the assignment's offset; the larger when
+/// both are known (the fence wins when it is ahead; an assignment ahead of the fence comes from a
+/// savepoint taken after data the fence lost).
+pub fn resume_offset(fence: Fence, start_offset: Option<i64>) -> Option<i64> {
+    match (fence.next_offset, start_offset) {
+        (Some(f), Some(s)) => Some(f.max(s)),
+        (f, s) => f.or(s),
+    }
+}
+
+async fn connect_sink(
+    config: &JobConfig,
+    backoff: &Backoff,
+    metrics: &Metrics,
+) -> Result<RedisSink, PipelineError> {
+    let mut attempt = 0;
+    loop {
+        match RedisSink::connect(
+            &config.sink.redis,
+            &config.job.name,
+            &config.source.kafka.topic,
+        )
+        .await
+        {
+            Ok(sink) => return Ok(sink),
+            Err(err) if err.is_retryable() => {
+                metrics.pipeline().redis_error(err.kind());
+                tracing::warn!(%err, attempt, "redis unavailable at start; retrying");
+                tokio::time::sleep(backoff.delay(attempt, backoff::jitter_unit())).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+async fn claim_with_retry(
+    shared: &Shared,
+    partition: i32,
+    options: &PipelineOptions,
+) -> Result<Fence, PipelineError> {
+    let deadline = tokio::time::Instant::now() + options.claim_timeout;
+    let mut attempt = 0;
+    loop {
+        match shared.sink.claim(partition).await {
+            Ok(fence) => return Ok(fence),
+            Err(err) if err.is_retryable() && tokio::time::Instant::now() < deadline => {
+                shared.metrics.pipeline().redis_error(err.kind());
+                tracing::warn!(%err, attempt, "cannot claim the partition yet; retrying");
+                tokio::time::sleep(options.backoff.delay(attempt, backoff::jitter_unit())).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Polls the consumer's main queue: with every partition split off it only serves callbacks and
+/// carries client-level errors.
+async fn serve_main_queue(shared: Arc<Shared>) {
+    loop {
+        match shared.consumer.recv().await {
+            Ok(message) => {
+                use rdkafka::Message;
+                tracing::error!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "record on the consumer's main queue (not split off); it is re-read after a restart"
+                );
+                shared.metrics.pipeline().kafka_error("main_queue_record");
+            }
+            Err(err) => {
+                tracing::warn!(%err, "kafka consumer error (librdkafka retries)");
+                shared.metrics.pipeline().kafka_error("consumer");
+            }
+        }
+    }
+}
+
+/// Refreshes each owned partition's high watermark (for lag), off the async threads.
+async fn refresh_watermarks(shared: Arc<Shared>, partitions: Partitions, every: Duration) {
+    let topic = shared.config.source.kafka.topic.clone();
+    loop {
+        tokio::time::sleep(every).await;
+        let states: Vec<Arc<PartitionState>> = {
+            let partitions = partitions.lock().unwrap_or_else(|e| e.into_inner());
+            partitions.values().map(|h| h.state.clone()).collect()
+        };
+        if states.is_empty() {
+            continue;
+        }
+        let consumer = shared.consumer.clone();
+        let topic = topic.clone();
+        let metrics = shared.metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for state in states {
+                match consumer.fetch_watermarks(&topic, state.partition, Duration::from_secs(2)) {
+                    Ok((_low, high)) => state.set_high_watermark(high),
+                    Err(err) => {
+                        tracing::debug!(partition = state.partition, %err, "cannot fetch watermarks");
+                        metrics.pipeline().kafka_error("watermarks");
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_wins_when_ahead_and_the_assignment_fills_in_when_there_is_none() {
+        let fence = |next_offset| Fence {
+            epoch: 3,
+            next_offset,
+        };
+        assert_eq!(resume_offset(fence(Some(100)), Some(40)), Some(100));
+        assert_eq!(resume_offset(fence(Some(100)), None), Some(100));
+        assert_eq!(resume_offset(fence(None), Some(40)), Some(40));
+        assert_eq!(resume_offset(fence(Some(40)), Some(100)), Some(100));
+        assert_eq!(resume_offset(fence(None), None), None);
+    }
+}

@@ -1,0 +1,472 @@
+//! One partition's task: read its queue, decode, batch by `batch.maxEvents`/`batch.linger`,
+//! dead-letter, apply, commit. Exactly-once order per batch:
+//!
+//! 1. every dead-lettered record of the batch is acknowledged by the DLQ topic's broker;
+//! 2. the batch (writes + fence advance past every offset it covers, dead-lettered ones included)
+//!    is applied by one Redis script;
+//! 3. only then is the offset reported as committed (and, asynchronously, committed to the
+//!    consumer group for Kafka tooling).
+//!
+//! While a batch cannot be applied (Redis down) the task keeps it, pauses the partition's fetches
+//! and retries with capped exponential backoff and jitter: backpressure, not unbounded buffering.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::backoff::jitter_unit;
+use super::Shared;
+use crate::metrics::PartitionGauges;
+use crate::sink::redis::{ApplyOutcome, BatchBuilder, SinkError};
+use crate::source::{DeadLetter, KafkaContext};
+use crate::transform::decode;
+
+/// How often a partition commits its offset to the consumer group (for tooling only).
+const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+const NONE: i64 = i64::MIN;
+
+fn to_opt(v: i64) -> Option<i64> {
+    (v != NONE).then_some(v)
+}
+
+/// Why a partition task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionExit {
+    /// Revoked or shut down after flushing.
+    Stopped,
+    /// A newer owner claimed the partition in Redis; this owner stopped consuming it.
+    Fenced { stored_epoch: u64 },
+    /// A non-retryable error (script, config, overlap): consuming stopped, nothing was skipped.
+    Failed(String),
+}
+
+/// What the owning [`super::Pipeline`] and the progress reports see of a partition.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    pub partition: i32,
+    pub epoch: u64,
+    committed: AtomicI64,
+    high_watermark: AtomicI64,
+    applied_events: AtomicU64,
+    retrying: AtomicBool,
+    rate: Mutex<RateMeter>,
+    exit: Mutex<Option<PartitionExit>>,
+    pub gauges: PartitionGauges,
+}
+
+impl PartitionState {
+    pub fn new(
+        partition: i32,
+        epoch: u64,
+        committed: Option<i64>,
+        gauges: PartitionGauges,
+    ) -> Self {
+        if let Some(c) = committed {
+            gauges.committed_offset.set(c);
+        }
+        Self {
+            partition,
+            epoch,
+            committed: AtomicI64::new(committed.unwrap_or(NONE)),
+            high_watermark: AtomicI64::new(NONE),
+            applied_events: AtomicU64::new(0),
+            retrying: AtomicBool::new(false),
+            rate: Mutex::new(RateMeter::default()),
+            exit: Mutex::new(None),
+            gauges,
+        }
+    }
+
+    pub fn committed(&self) -> Option<i64> {
+        to_opt(self.committed.load(Ordering::Acquire))
+    }
+
+    fn set_committed(&self, next_offset: i64) {
+        self.committed.store(next_offset, Ordering::Release);
+        self.gauges.committed_offset.set(next_offset);
+        self.update_lag();
+    }
+
+    pub fn high_watermark(&self) -> Option<i64> {
+        to_opt(self.high_watermark.load(Ordering::Acquire))
+    }
+
+    pub fn set_high_watermark(&self, hw: i64) {
+        self.high_watermark.store(hw, Ordering::Release);
+        self.update_lag();
+    }
+
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.high_watermark()? - self.committed()?).max(0))
+    }
+
+    fn update_lag(&self) {
+        if let Some(lag) = self.lag() {
+            self.gauges.lag.set(lag);
+        }
+    }
+
+    pub fn is_retrying(&self) -> bool {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
+    pub fn events_per_second(&self) -> f64 {
+        let total = self.applied_events.load(Ordering::Relaxed);
+        self.rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(Instant::now(), total)
+    }
+
+    pub fn exit(&self) -> Option<PartitionExit> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_exit(&self, exit: PartitionExit) {
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+    }
+}
+
+/// Events per second over windows of at least one second.
+#[derive(Debug, Default)]
+struct RateMeter {
+    last: Option<(Instant, u64)>,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn observe(&mut self, now: Instant, total: u64) -> f64 {
+        match self.last {
+            None => self.last = Some((now, total)),
+            Some((at, seen)) => {
+                let elapsed = now.duration_since(at).as_secs_f64();
+                if elapsed >= 1.0 {
+                    self.rate = total.saturating_sub(seen) as f64 / elapsed;
+                    self.last = Some((now, total));
+                }
+            }
+        }
+        self.rate
+    }
+}
+
+/// Messages from the owning pipeline.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Flush the in-flight batch, stop, reply with the committed next offset.
+    Stop { reply: oneshot::Sender<Option<i64>> },
+}
+
+pub(crate) struct PartitionTask {
+    pub shared: Arc<Shared>,
+    pub state: Arc<PartitionState>,
+    pub queue: StreamPartitionQueue<KafkaContext>,
+    pub control: mpsc::Receiver<Control>,
+}
+
+/// The in-flight batch.
+struct InFlight {
+    builder: BatchBuilder,
+    dead_letters: Vec<DeadLetter>,
+    /// Kafka timestamps (ms) of the batch's events, for the produce → Redis latency histogram.
+    timestamps: Vec<i64>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl PartitionTask {
+    pub async fn run(mut self) -> PartitionExit {
+        let mut last_group_commit = Instant::now();
+        let mut in_flight = self.new_in_flight();
+        let max_events = self.shared.config.batch.max_events;
+        let linger = self.shared.config.batch.linger;
+        let exit = loop {
+            let deadline = in_flight.deadline;
+            tokio::select! {
+                biased;
+                control = self.control.recv() => {
+                    let result = self.flush(&mut in_flight).await;
+                    let committed = self.state.committed();
+                    if let Some(Control::Stop { reply }) = control {
+                        let _ = reply.send(committed);
+                    }
+                    if let Err(exit) = result {
+                        break exit;
+                    }
+                    self.commit_to_group();
+                    break PartitionExit::Stopped;
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    if let Err(exit) = self.flush(&mut in_flight).await {
+                        break exit;
+                    }
+                }
+                message = self.queue.recv() => match message {
+                    Ok(message) => {
+                        self.take(&mut in_flight, &message);
+                        if in_flight.deadline.is_none() {
+                            in_flight.deadline = Some(tokio::time::Instant::now() + linger);
+                        }
+                        if in_flight.builder.len() >= max_events {
+                            if let Err(exit) = self.flush(&mut in_flight).await {
+                                break exit;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "kafka fetch error (librdkafka retries)");
+                        self.shared.metrics.pipeline().kafka_error("fetch");
+                    }
+                },
+            }
+            if last_group_commit.elapsed() >= GROUP_COMMIT_INTERVAL {
+                self.commit_to_group();
+                last_group_commit = Instant::now();
+            }
+        };
+        if exit != PartitionExit::Stopped {
+            // Stop fetching at once; the owner learns about it from `exit`.
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.shared.config.source.kafka.topic, self.state.partition);
+            if let Err(err) = self.shared.consumer.incremental_unassign(&tpl) {
+                tracing::warn!(%err, "cannot unassign the stopped partition");
+            }
+        }
+        self.state.set_exit(exit.clone());
+        exit
+    }
+
+    fn new_in_flight(&self) -> InFlight {
+        InFlight {
+            builder: self
+                .shared
+                .sink
+                .batch_builder(self.state.partition, self.state.epoch),
+            dead_letters: Vec::new(),
+            timestamps: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    fn take(&self, in_flight: &mut InFlight, message: &BorrowedMessage<'_>) {
+        let metrics = self.shared.metrics.pipeline();
+        metrics.events_in.inc();
+        let offset = message.offset();
+        let payload = message.payload().unwrap_or_default();
+        match decode(payload) {
+            Ok(event) => {
+                in_flight.builder.push_event(offset, &event);
+                if let Some(ts) = message.timestamp().to_millis() {
+                    in_flight.timestamps.push(ts);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(offset, reason = %err, "dead-lettering an undecodable record");
+                in_flight.dead_letters.push(DeadLetter {
+                    partition: self.state.partition,
+                    offset,
+                    payload: payload.to_vec(),
+                    reason: err.reason(),
+                    kind: err.kind(),
+                });
+                in_flight.builder.push_skipped(offset);
+            }
+        }
+    }
+
+    /// Pauses fetching for this partition while a retry loop holds its batch.
+    fn set_paused(&self, paused: bool) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.shared.config.source.kafka.topic, self.state.partition);
+        let result = if paused {
+            self.shared.consumer.pause(&tpl)
+        } else {
+            self.shared.consumer.resume(&tpl)
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, paused, "cannot pause/resume the partition");
+        }
+        self.state.retrying.store(paused, Ordering::Relaxed);
+        self.state.gauges.retrying.set(i64::from(paused));
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        self.shared.metrics.pipeline().retries.inc();
+        let delay = self.shared.backoff.delay(attempt, jitter_unit());
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Dead-letters, then applies the in-flight batch; retries what is retryable.
+    async fn flush(&self, in_flight: &mut InFlight) -> Result<(), PartitionExit> {
+        in_flight.deadline = None;
+        if in_flight.builder.is_empty() {
+            return Ok(());
+        }
+        let mut paused = false;
+        let result = self.flush_inner(in_flight, &mut paused).await;
+        if paused {
+            self.set_paused(false);
+        }
+        result
+    }
+
+    async fn flush_inner(
+        &self,
+        in_flight: &mut InFlight,
+        paused: &mut bool,
+    ) -> Result<(), PartitionExit> {
+        let metrics = self.shared.metrics.pipeline();
+        // 1. The DLQ records, acknowledged before the fence moves past their offsets.
+        let mut pending = std::mem::take(&mut in_flight.dead_letters);
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            match self.shared.dlq.deliver_all(&pending).await {
+                Ok(()) => {
+                    for record in &pending {
+                        metrics.dead_lettered(record.kind).inc();
+                    }
+                    pending.clear();
+                }
+                Err((failed, err)) => {
+                    tracing::warn!(%err, failed = failed.len(), attempt, "dead-letter delivery failed; retrying");
+                    metrics.kafka_error("dlq_delivery");
+                    let mut index = 0;
+                    pending.retain(|_| {
+                        let keep = failed.contains(&index);
+                        index += 1;
+                        keep
+                    });
+                    // Counted only once delivered; the ones delivered now are done.
+                    if !*paused {
+                        self.set_paused(true);
+                        *paused = true;
+                    }
+                    self.backoff(attempt).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+
+        // 2. One atomic script: writes + fence.
+        let builder = std::mem::replace(
+            &mut in_flight.builder,
+            self.shared
+                .sink
+                .batch_builder(self.state.partition, self.state.epoch),
+        );
+        let batch = builder.build(SystemTime::now());
+        let mut attempt = 0;
+        let outcome = loop {
+            let started = Instant::now();
+            match self.shared.sink.apply(&batch).await {
+                Ok(outcome) => {
+                    metrics
+                        .batch_apply_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break outcome;
+                }
+                Err(err) if err.is_retryable() => {
+                    metrics.redis_error(err.kind());
+                    tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
+                    if !*paused {
+                        self.set_paused(true);
+                        *paused = true;
+                    }
+                    self.backoff(attempt).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(SinkError::Fenced { stored_epoch, .. }) => {
+                    metrics.redis_error("fenced");
+                    tracing::warn!(
+                        stored_epoch,
+                        "partition fenced by a newer owner; stopping it"
+                    );
+                    return Err(PartitionExit::Fenced { stored_epoch });
+                }
+                Err(err) => {
+                    metrics.redis_error(err.kind());
+                    tracing::error!(%err, "batch apply failed for good; stopping the partition");
+                    return Err(PartitionExit::Failed(err.to_string()));
+                }
+            }
+        };
+        match outcome {
+            ApplyOutcome::Applied {
+                events,
+                commands,
+                write_errors,
+            } => {
+                metrics.batch("applied");
+                metrics.events_written.inc_by(events as u64);
+                metrics.redis_commands.inc_by(commands as u64);
+                metrics.redis_write_errors.inc_by(write_errors as u64);
+                metrics.batch_events.observe(events as f64);
+                self.state
+                    .applied_events
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                let now_ms = crate::sink::redis::system_time_ms(SystemTime::now());
+                for ts in in_flight.timestamps.drain(..) {
+                    metrics
+                        .produce_to_redis_seconds
+                        .observe((now_ms - ts).max(0) as f64 / 1000.0);
+                }
+            }
+            ApplyOutcome::AlreadyApplied => metrics.batch("already_applied"),
+        }
+        in_flight.timestamps.clear();
+        self.state.set_committed(batch.next_offset);
+        Ok(())
+    }
+
+    /// Reports the committed offset to the consumer group (Kafka tooling only; the fence is the
+    /// truth). Asynchronous: a failure is logged and retried on the next interval.
+    fn commit_to_group(&self) {
+        let Some(next) = self.state.committed() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(
+                &self.shared.config.source.kafka.topic,
+                self.state.partition,
+                Offset::Offset(next),
+            )
+            .is_err()
+        {
+            return;
+        }
+        if let Err(err) = self.shared.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(%err, "group offset commit failed (tooling only)");
+            self.shared.metrics.pipeline().kafka_error("group_commit");
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_meter_reports_over_windows_of_a_second() {
+        let mut meter = RateMeter::default();
+        let t0 = Instant::now();
+        assert_eq!(meter.observe(t0, 0), 0.0);
+        assert_eq!(meter.observe(t0 + Duration::from_millis(500), 100), 0.0);
+        let r = meter.observe(t0 + Duration::from_secs(2), 1000);
+        assert!((r - 500.0).abs() < 1e-6, "{r}");
+        assert!((meter.observe(t0 + Duration::from_millis(2500), 2000) - 500.0).abs() < 1e-6);
+    }
+}
