@@ -185,7 +185,7 @@ async fn an_existing_user_list_has_its_expiry_corrected_only_when_it_differs() {
     let _: () = query(&mut conn, &["RPUSH", "persistent", "old"]).await;
     let now = SystemTime::now();
     let ev = event(r#"{"businessId":1,"ids":["legacy","persistent"],"logTimestamp":1,"state":10}"#);
-    let batch = batch_of(&sink, 0, epoch, 0, &[ev.clone()], now);
+    let batch = batch_of(&sink, 0, epoch, 0, std::slice::from_ref(&ev), now);
     let first = sink.apply(&batch).await.expect("apply");
     let midnight = next_shanghai_midnight_after(now);
     for key in ["legacy", "persistent"] {

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::Cmd;
 
 use super::layout::{system_time_ms, Layout, MESSAGE_TTL, TEMPLATE_TTL};
-use super::script::{APPLY_SCRIPT, LPUSH_CHUNK};
+use super::script::APPLY_SCRIPT;
 use crate::transform::AnchorInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +263,6 @@ impl BatchBuilder {
                 cmd.arg(state).arg(increment);
             }
         }
-        debug_assert!(LPUSH_CHUNK < 8000);
         Batch {
             partition: self.partition,
             epoch: self.epoch,

@@ -25,9 +25,6 @@ use redis::{Script, Value};
 
 use super::SinkError;
 
-/// Values per `LPUSH`: Lua 5.1's `unpack` fails beyond ~8000 results (LUAI_MAXCSTACK).
-pub(crate) const LPUSH_CHUNK: usize = 4000;
-
 const APPLY_LUA: &str = r#"#!lua
 local fence = KEYS[1]
 local epoch = tonumber(ARGV[1])
@@ -99,6 +96,7 @@ for _ = 1, list_count do
   local len = nil
   local ok = true
   while a <= last do
+    -- at most 4000 values per LPUSH: Lua 5.1's unpack fails beyond ~8000 (LUAI_MAXCSTACK)
     local chunk_end = a + 3999
     if chunk_end > last then chunk_end = last end
     local reply = redis.pcall('LPUSH', key, unpack(ARGV, a, chunk_end))
