@@ -438,7 +438,7 @@ impl Default for CheckpointSpec {
 }
 
 /// Savepoints: where they live, how many are kept, what deletion does.
-#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SavepointSpec {
     /// The PersistentVolumeClaim holding checkpoints and savepoints.
@@ -458,6 +458,17 @@ pub struct SavepointSpec {
 
 fn zero_duration() -> String {
     "0s".into()
+}
+
+impl Default for SavepointSpec {
+    fn default() -> Self {
+        Self {
+            storage: SavepointStorage::default(),
+            retention: SavepointRetention::default(),
+            interval: zero_duration(),
+            on_delete: OnDeletePolicy::default(),
+        }
+    }
 }
 
 /// The savepoint volume.

@@ -1,0 +1,291 @@
+//! The CRD's CEL rules, evaluated client-side (kube's `cel` feature) on valid and invalid objects.
+//! Each invalid case checks that the message names the offending field.
+
+mod support;
+
+use serde_json::{json, Value};
+
+fn valid_object() -> Value {
+    serde_json::to_value(support::sample("minimal.yaml")).expect("serialises")
+}
+
+fn validate(object: &Value) -> Result<(), String> {
+    kube::core::cel::Validator::new()
+        .validate(&support::crd_schema(), object, None)
+        .map_err(|errors| errors.to_string())
+}
+
+/// Sets `value` at a dotted path below `spec`, creating objects on the way.
+fn with(path: &str, value: Value) -> Value {
+    let mut object = valid_object();
+    let mut cursor = &mut object["spec"];
+    let parts: Vec<&str> = path.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        if cursor.get(*part).is_none() {
+            cursor[*part] = json!({});
+        }
+        cursor = &mut cursor[*part];
+    }
+    cursor[parts[parts.len() - 1]] = value;
+    object
+}
+
+fn assert_refused(object: Value, expected_message: &str) {
+    match validate(&object) {
+        Ok(()) => panic!("accepted an object that should fail with {expected_message:?}: {object}"),
+        Err(errors) => assert!(
+            errors.contains(expected_message),
+            "expected {expected_message:?} in:\n{errors}"
+        ),
+    }
+}
+
+#[test]
+fn both_samples_pass_every_rule() {
+    for sample in ["minimal.yaml", "full.yaml"] {
+        let object = serde_json::to_value(support::sample(sample)).expect("serialises");
+        validate(&object).unwrap_or_else(|e| panic!("{sample}: {e}"));
+    }
+}
+
+#[test]
+fn replicas_must_be_in_range() {
+    assert_refused(
+        with("replicas", json!(-1)),
+        "spec.replicas must be between 0 and 1000",
+    );
+    assert_refused(
+        with("replicas", json!(1001)),
+        "spec.replicas must be between 0 and 1000",
+    );
+    validate(&with("replicas", json!(0))).expect("0 replicas is allowed");
+}
+
+#[test]
+fn image_must_not_be_empty() {
+    assert_refused(
+        with("image", json!("")),
+        "spec.image must be a non-empty image reference",
+    );
+}
+
+#[test]
+fn topic_names_follow_kafkas_rule() {
+    assert_refused(
+        with("kafka.topic", json!("bad topic")),
+        "spec.kafka.topic must be 1-249 characters",
+    );
+    assert_refused(
+        with("kafka.topic", json!("..")),
+        "spec.kafka.topic must be 1-249 characters",
+    );
+    assert_refused(
+        with("kafka.topic", json!("t".repeat(250))),
+        "spec.kafka.topic must be 1-249 characters",
+    );
+    assert_refused(
+        with("kafka.dlqTopic", json!("dlq/x")),
+        "spec.kafka.dlqTopic must be 1-249 characters",
+    );
+    validate(&with("kafka.topic", json!("austin.Trace_Log-2"))).expect("valid topic");
+}
+
+#[test]
+fn the_dlq_topic_must_differ_from_the_source_topic() {
+    assert_refused(
+        with("kafka.dlqTopic", json!("austinTraceLog")),
+        "spec.kafka.dlqTopic must differ from spec.kafka.topic",
+    );
+}
+
+#[test]
+fn brokers_are_host_port_lists() {
+    assert_refused(
+        with("kafka.brokers", json!("kafka")),
+        "spec.kafka.brokers must be a comma separated list",
+    );
+    assert_refused(
+        with("kafka.brokers", json!("a:1, b:2")),
+        "spec.kafka.brokers must be a comma separated list",
+    );
+    validate(&with("kafka.brokers", json!("a:1,b.c:9093"))).expect("valid brokers");
+}
+
+#[test]
+fn redis_urls_have_a_scheme_and_no_credentials() {
+    assert_refused(
+        with("redis.url", json!("http://redis:6379")),
+        "spec.redis.url must start with redis://",
+    );
+    assert_refused(
+        with("redis.url", json!("redis://:hunter2@redis:6379/0")),
+        "spec.redis.url must not carry credentials",
+    );
+    validate(&with("redis.url", json!("unix:///run/redis.sock"))).expect("unix socket url");
+}
+
+#[test]
+fn time_zones_look_like_iana_names() {
+    assert_refused(
+        with("redis.timeZone", json!("+08:00")),
+        "spec.redis.timeZone must be an IANA time zone",
+    );
+    validate(&with(
+        "redis.timeZone",
+        json!("America/Argentina/Buenos_Aires"),
+    ))
+    .expect("IANA zone");
+}
+
+#[test]
+fn durations_and_quantities_are_checked() {
+    assert_refused(
+        with("batch.linger", json!("20 ms")),
+        "spec.batch.linger must be a duration",
+    );
+    assert_refused(
+        with("checkpoint.interval", json!("10")),
+        "spec.checkpoint.interval must be a duration",
+    );
+    assert_refused(
+        with("savepoint.retention.maxAge", json!("1w")),
+        "spec.savepoint.retention.maxAge must be a duration",
+    );
+    assert_refused(
+        with("savepoint.storage.size", json!("lots")),
+        "spec.savepoint.storage.size must be a positive quantity",
+    );
+    assert_refused(
+        with("savepoint.storage.size", json!("0")),
+        "spec.savepoint.storage.size must be a positive quantity",
+    );
+    validate(&with("savepoint.storage.size", json!("500Mi"))).expect("valid quantity");
+    validate(&with("batch.linger", json!("1m30s"))).expect("compound duration");
+}
+
+#[test]
+fn counts_are_in_range() {
+    assert_refused(
+        with("batch.maxEvents", json!(0)),
+        "spec.batch.maxEvents must be between 1 and 100000",
+    );
+    assert_refused(
+        with("checkpoint.retain", json!(0)),
+        "spec.checkpoint.retain must be between 1 and 100",
+    );
+    assert_refused(
+        with("savepoint.retention.maxCount", json!(0)),
+        "spec.savepoint.retention.maxCount must be between 1 and 1000",
+    );
+}
+
+#[test]
+fn secret_refs_must_be_well_formed() {
+    assert_refused(
+        with(
+            "redis.passwordSecretRef",
+            json!({"name": "Bad_Name", "key": "password"}),
+        ),
+        "secret ref name must be a DNS-1123 subdomain",
+    );
+    assert_refused(
+        with(
+            "redis.passwordSecretRef",
+            json!({"name": "redis", "key": "pass word"}),
+        ),
+        "secret ref key must be 1-253 characters",
+    );
+    validate(&with(
+        "redis.passwordSecretRef",
+        json!({"name": "redis.creds", "key": "pass_word"}),
+    ))
+    .expect("valid ref");
+}
+
+#[test]
+fn sasl_and_tls_need_a_matching_security_protocol() {
+    let sasl = json!({
+        "mechanism": "PLAIN",
+        "usernameSecretRef": {"name": "kafka", "key": "user"},
+        "passwordSecretRef": {"name": "kafka", "key": "password"}
+    });
+    assert_refused(
+        with("kafka.sasl", sasl.clone()),
+        "spec.kafka.securityProtocol must be sasl_plaintext or sasl_ssl",
+    );
+    let mut ok = with("kafka.sasl", sasl);
+    ok["spec"]["kafka"]["securityProtocol"] = json!("sasl_plaintext");
+    validate(&ok).expect("sasl with sasl_plaintext");
+
+    let tls = json!({"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}});
+    assert_refused(
+        with("kafka.tls", tls),
+        "spec.kafka.securityProtocol must be ssl or sasl_ssl",
+    );
+    let mut half = with(
+        "kafka.tls",
+        json!({"certSecretRef": {"name": "c", "key": "tls.crt"}}),
+    );
+    half["spec"]["kafka"]["securityProtocol"] = json!("ssl");
+    assert_refused(
+        half,
+        "spec.kafka.tls.certSecretRef and spec.kafka.tls.keySecretRef must be set together",
+    );
+}
+
+#[test]
+fn cross_field_rules_hold() {
+    let mut last_state = with("upgradeMode", json!("last-state"));
+    last_state["spec"]["checkpoint"]["interval"] = json!("0s");
+    assert_refused(
+        last_state,
+        "spec.upgradeMode: last-state needs periodic checkpoints",
+    );
+    let mut ok = with("upgradeMode", json!("last-state"));
+    ok["spec"]["checkpoint"]["interval"] = json!("30s");
+    validate(&ok).expect("last-state with checkpoints");
+
+    assert_refused(
+        with(
+            "savepoint.onDelete",
+            json!({"pvc": "delete", "finalSavepoint": true}),
+        ),
+        "spec.savepoint.onDelete: a final savepoint is pointless",
+    );
+    validate(&with(
+        "savepoint.onDelete",
+        json!({"pvc": "delete", "finalSavepoint": false}),
+    ))
+    .expect("delete without final savepoint");
+}
+
+#[test]
+fn reserved_labels_and_secret_properties_are_refused() {
+    assert_refused(
+        with(
+            "podTemplate.labels",
+            json!({"app.kubernetes.io/instance": "x"}),
+        ),
+        "spec.podTemplate.labels must not set app.kubernetes.io/* labels",
+    );
+    assert_refused(
+        with("kafka.properties", json!({"sasl.password": "x"})),
+        "spec.kafka.properties must not set credentials",
+    );
+}
+
+#[test]
+fn enums_are_closed_in_the_schema_and_in_serde() {
+    let schema = support::crd_schema();
+    let spec = &schema["properties"]["spec"]["properties"];
+    assert_eq!(
+        spec["upgradeMode"]["enum"],
+        json!(["savepoint", "last-state", "stateless"])
+    );
+    assert_eq!(spec["state"]["enum"], json!(["running", "suspended"]));
+    let text =
+        support::sample_text("minimal.yaml").replace("spec:\n", "spec:\n  upgradeMode: rolling\n");
+    let error = serde_yaml::from_str::<streamjob_operator::crd::StreamJob>(&text)
+        .expect_err("unknown mode");
+    assert!(error.to_string().contains("rolling"), "{error}");
+}
