@@ -485,20 +485,25 @@ def test_helm_test_hook_checks_the_operator_through_its_service(render, mode_val
 
 
 def test_notes_tell_the_next_commands(render, mode, mode_values):
-    notes = render(mode_values).notes
-    deploy = render(mode_values).one("Deployment")["metadata"]["name"]
+    rendered = render(mode_values)
+    notes = rendered.notes
+    deploy = rendered.one("Deployment")["metadata"]["name"]
     assert f"kubectl -n {RELEASE_NAMESPACE} rollout status deployment/{deploy}" in notes
-    ns = mode_values["watchNamespaces"][0] if mode == "namespaced" else "default"
-    assert f"kubectl -n {ns} apply -f operator/samples/minimal.yaml" in notes
-    assert f"kubectl -n {ns} get sj" in notes
+    assert "operator/samples/minimal.yaml" in notes
+    if mode == "cluster":
+        assert "kubectl apply -f operator/samples/minimal.yaml" in notes
+        assert "kubectl get sj -A" in notes
+    else:
+        ns = mode_values["watchNamespaces"][0]
+        assert ", ".join(mode_values["watchNamespaces"]) in notes
+        assert f"kubectl -n {ns} get sj" in notes and f"kubectl -n {ns} scale sj/" in notes
     assert f"helm test {RELEASE} -n {RELEASE_NAMESPACE}" in notes
-    assert "crds/streamjob.yaml" in render({"crds": {"install": False}}).notes
+    assert "kubectl apply --server-side -f crds/streamjob.yaml" in render({"crds": {"install": False}}).notes
 
 
 def test_files_the_notes_point_to_exist():
-    assert (ROOT / "operator" / "samples" / "minimal.yaml").is_file(), (
-        "NOTES.txt tells users to apply operator/samples/minimal.yaml, which does not exist"
-    )
+    for rel in ["operator/samples/minimal.yaml", "crds/streamjob.yaml"]:
+        assert (ROOT / rel).is_file(), f"NOTES.txt points users to {rel}, which does not exist"
 
 
 # --- values documentation -------------------------------------------------------------------
