@@ -1,0 +1,719 @@
+//! The pure planner: desired children, status and events from (StreamJob, observed, report, now).
+
+mod support;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
+use k8s_openapi::jiff::Timestamp;
+use proptest::prelude::*;
+use streamjob_operator::crd::{JobState, Phase, PvcPolicy, SecretKeyRef, StreamJob};
+use streamjob_operator::planner::children::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
+use streamjob_operator::planner::{
+    self, Action, EventSeverity, JobManagerReport, Observed, Plan, PlanInput,
+};
+use streamjob_worker::api::PartitionProgress;
+use streamjob_worker::config::JobConfig;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_763_700_000).expect("valid time")
+}
+
+fn plan_for(job: &StreamJob, observed: &Observed) -> Plan {
+    planner::plan(PlanInput {
+        job,
+        observed,
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans")
+}
+
+/// The Deployment as the cluster shows it once its rollout finished.
+fn rolled_out(desired: &Deployment, ready: i32) -> Deployment {
+    let mut deployment = desired.clone();
+    deployment.metadata.generation = Some(1);
+    let replicas = desired.spec.replicas.unwrap_or(1);
+    deployment.status = Some(DeploymentStatus {
+        observed_generation: Some(1),
+        replicas: Some(replicas),
+        updated_replicas: Some(replicas),
+        ready_replicas: Some(ready.min(replicas)),
+        available_replicas: Some(ready.min(replicas)),
+        ..DeploymentStatus::default()
+    });
+    deployment
+}
+
+fn observed_after(plan: &Plan) -> Observed {
+    Observed {
+        jobmanager: Some(rolled_out(&plan.children.jobmanager, 1)),
+        taskmanager: Some(rolled_out(&plan.children.taskmanager, i32::MAX)),
+        savepoint_pvc: Some(plan.children.savepoint_pvc.clone()),
+    }
+}
+
+fn pod_annotation(deployment: &Deployment, key: &str) -> Option<String> {
+    deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+fn events(plan: &Plan) -> Vec<(EventSeverity, String)> {
+    plan.actions
+        .iter()
+        .map(|Action::Publish(note)| (note.severity, note.reason.clone()))
+        .collect()
+}
+
+fn condition<'a>(
+    plan: &'a Plan,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+#[test]
+fn the_config_map_holds_the_workers_own_config_without_secrets() {
+    let job = support::sample("full.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("the worker accepts the rendered config");
+    assert_eq!(config.job.name, "trace-eu");
+    assert_eq!(config.jobmanager.bind, "0.0.0.0:8081");
+    assert_eq!(
+        config.jobmanager.url,
+        "http://trace-eu-jobmanager.austin.svc:8081"
+    );
+    assert_eq!(config.metrics.bind, "0.0.0.0:9249");
+    assert_eq!(config.checkpoint.dir.to_str(), Some("/var/lib/streamjob"));
+    assert_eq!(config.source.kafka.security_protocol, "sasl_ssl");
+    assert_eq!(
+        config
+            .source
+            .kafka
+            .properties
+            .get("ssl.ca.location")
+            .map(String::as_str),
+        Some("/etc/streamjob-tls/ca.crt")
+    );
+    assert_eq!(config.batch.max_events, 2000);
+    assert_eq!(config.savepoint.max_count, 10);
+    assert!(
+        !yaml.contains("password:") && !yaml.contains("username:"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("kafka-credentials") && !yaml.contains("redis-credentials"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn secrets_reach_the_pods_only_by_secret_key_ref() {
+    let job = support::sample("full.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    for deployment in [&plan.children.jobmanager, &plan.children.taskmanager] {
+        let pod = deployment.spec.template.spec.as_ref().expect("pod spec");
+        let env = pod.containers[0].env.as_ref().expect("env");
+        let by_name = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("{name} set"))
+        };
+        for (name, secret, key) in [
+            ("STREAMJOB_REDIS_PASSWORD", "redis-credentials", "password"),
+            (
+                "STREAMJOB_KAFKA_SASL_USERNAME",
+                "kafka-credentials",
+                "username",
+            ),
+            (
+                "STREAMJOB_KAFKA_SASL_PASSWORD",
+                "kafka-credentials",
+                "password",
+            ),
+        ] {
+            let var = by_name(name);
+            assert!(var.value.is_none(), "{name} must not carry a literal value");
+            let reference = var
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .expect("secretKeyRef");
+            assert_eq!(
+                (reference.name.as_str(), reference.key.as_str()),
+                (secret, key)
+            );
+        }
+        for name in ["POD_NAME", "POD_NAMESPACE"] {
+            assert!(by_name(name)
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .is_some());
+        }
+    }
+}
+
+#[test]
+fn pods_run_hardened_with_probes_and_the_contracted_commands() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    for (deployment, role, port) in [
+        (&plan.children.jobmanager, "jobmanager", ("rest", 8081)),
+        (&plan.children.taskmanager, "taskmanager", ("metrics", 9249)),
+    ] {
+        let pod = deployment.spec.template.spec.as_ref().expect("pod spec");
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&["streamjob-worker".to_string()][..])
+        );
+        assert_eq!(
+            container.args.as_deref(),
+            Some(
+                &[
+                    role.to_string(),
+                    "--config".into(),
+                    "/etc/streamjob/job.yaml".into()
+                ][..]
+            )
+        );
+        let ports = container.ports.as_ref().expect("ports");
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].container_port),
+            (Some(port.0), port.1)
+        );
+        for probe in [&container.liveness_probe, &container.readiness_probe] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("http probe");
+            assert_eq!(get.path.as_deref(), Some("/healthz"));
+        }
+        let security = container
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            pod.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root),
+            Some(true)
+        );
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        assert!(
+            mounts.iter().any(|m| m.mount_path == "/tmp"),
+            "writable /tmp"
+        );
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == "/etc/streamjob" && m.read_only == Some(true)));
+    }
+    let jm = &plan.children.jobmanager;
+    assert_eq!(jm.spec.replicas, Some(1));
+    assert_eq!(
+        jm.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate")
+    );
+    let jm_pod = jm.spec.template.spec.as_ref().expect("pod spec");
+    assert!(jm_pod.containers[0]
+        .volume_mounts
+        .as_ref()
+        .expect("mounts")
+        .iter()
+        .any(|m| m.mount_path == "/var/lib/streamjob"));
+    assert!(jm_pod.volumes.as_ref().expect("volumes").iter().any(|v| v
+        .persistent_volume_claim
+        .as_ref()
+        .is_some_and(|c| c.claim_name == "trace-savepoints")));
+    let tm_pod = plan
+        .children
+        .taskmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    assert!(
+        tm_pod.termination_grace_period_seconds.unwrap_or(0) >= 30,
+        "graceful termination"
+    );
+}
+
+#[test]
+fn pod_overrides_reach_every_pod() {
+    let job = support::sample("full.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    for deployment in [&plan.children.jobmanager, &plan.children.taskmanager] {
+        let template = &deployment.spec.template;
+        let pod = template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some("trace-eu"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("streaming"));
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .and_then(|n| n.get("kubernetes.io/os"))
+                .map(String::as_str),
+            Some("linux")
+        );
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+        assert!(pod.affinity.is_some());
+        assert_eq!(
+            pod.image_pull_secrets.as_ref().map(|s| s[0].name.as_str()),
+            Some("registry-credentials")
+        );
+        let meta = template.metadata.as_ref().expect("template metadata");
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get("team"))
+                .map(String::as_str),
+            Some("austin")
+        );
+        assert_eq!(
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get("prometheus.io/scrape"))
+                .map(String::as_str),
+            Some("true")
+        );
+        let container = &pod.containers[0];
+        assert_eq!(container.image_pull_policy.as_deref(), Some("Always"));
+        assert!(container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_some());
+        assert!(pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.name == "kafka-tls"));
+    }
+}
+
+#[test]
+fn replicas_flow_to_the_taskmanagers_and_back_into_status() {
+    let mut job = support::sample("minimal.yaml");
+    job.spec.replicas = 3;
+    let first = plan_for(&job, &Observed::default());
+    assert_eq!(first.children.taskmanager.spec.replicas, Some(3));
+    let mut observed = observed_after(&first);
+    if let Some(status) = observed
+        .taskmanager
+        .as_mut()
+        .and_then(|d| d.status.as_mut())
+    {
+        status.ready_replicas = Some(2);
+    }
+    let second = plan_for(&job, &observed);
+    assert_eq!(second.status.replicas, 3);
+    assert_eq!(second.status.ready_replicas, 2);
+    let selector = &first
+        .children
+        .taskmanager
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .expect("selector");
+    let expected: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(second.status.selector, expected.join(","));
+    assert_eq!(condition(&second, "Ready").status, "False");
+    assert_eq!(condition(&second, "Ready").reason, "WaitingForPods");
+}
+
+#[test]
+fn a_first_plan_creates_and_a_finished_rollout_runs() {
+    let job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    assert_eq!(first.status.phase, Phase::Deploying);
+    assert_eq!(first.status.observed_generation, Some(1));
+    assert_eq!(condition(&first, "Progressing").reason, "Creating");
+    assert!(events(&first).contains(&(EventSeverity::Normal, "Deploying".into())));
+
+    let mut job = job;
+    job.status = Some(first.status.clone());
+    let second = plan_for(&job, &observed_after(&first));
+    assert_eq!(second.status.phase, Phase::Running);
+    assert_eq!(condition(&second, "Ready").status, "True");
+    assert_eq!(condition(&second, "Progressing").status, "False");
+    assert_eq!(condition(&second, "Degraded").status, "False");
+    assert!(events(&second).contains(&(EventSeverity::Normal, "Running".into())));
+    assert!(
+        second.requeue_after > first.requeue_after,
+        "stable jobs are requeued less often"
+    );
+
+    // Nothing changed: no transition, no event.
+    job.status = Some(second.status.clone());
+    let third = plan_for(&job, &observed_after(&first));
+    assert_eq!(third.status, second.status);
+    assert!(third.actions.is_empty(), "{:?}", third.actions);
+}
+
+#[test]
+fn a_spec_change_rolls_the_pods_and_is_announced() {
+    let job = support::sample("minimal.yaml");
+    let before = plan_for(&job, &Observed::default());
+    let mut running = job.clone();
+    running.status = Some(
+        plan_for(
+            &{
+                let mut j = job.clone();
+                j.status = Some(before.status.clone());
+                j
+            },
+            &observed_after(&before),
+        )
+        .status,
+    );
+    let mut changed = running.clone();
+    changed.spec.batch.linger = "50ms".into();
+    changed.metadata.generation = Some(2);
+    let after = plan_for(&changed, &observed_after(&before));
+    let hash = |p: &Plan, d: &Deployment| {
+        pod_annotation(d, CONFIG_HASH_ANNOTATION).unwrap_or_else(|| panic!("hash on {p:?}"))
+    };
+    assert_ne!(
+        hash(&before, &before.children.taskmanager),
+        hash(&after, &after.children.taskmanager)
+    );
+    assert_ne!(
+        hash(&before, &before.children.jobmanager),
+        hash(&after, &after.children.jobmanager)
+    );
+    assert_eq!(after.status.phase, Phase::Upgrading);
+    assert_eq!(condition(&after, "Progressing").reason, "RollingOut");
+    assert!(
+        events(&after).contains(&(EventSeverity::Normal, "ConfigChanged".into())),
+        "{:?}",
+        events(&after)
+    );
+}
+
+#[test]
+fn a_restart_nonce_rolls_the_pods_without_changing_the_config() {
+    let mut job = support::sample("minimal.yaml");
+    let before = plan_for(&job, &Observed::default());
+    job.spec.restart_nonce = Some(7);
+    let after = plan_for(&job, &Observed::default());
+    assert_eq!(before.children.config_map, after.children.config_map);
+    assert_eq!(
+        pod_annotation(&after.children.taskmanager, RESTART_NONCE_ANNOTATION).as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        pod_annotation(&before.children.taskmanager, RESTART_NONCE_ANNOTATION),
+        None
+    );
+}
+
+#[test]
+fn suspending_scales_everything_to_zero() {
+    let mut job = support::sample("minimal.yaml");
+    let running = plan_for(&job, &Observed::default());
+    job.spec.state = JobState::Suspended;
+    let suspending = plan_for(&job, &observed_after(&running));
+    assert_eq!(suspending.children.jobmanager.spec.replicas, Some(0));
+    assert_eq!(suspending.children.taskmanager.spec.replicas, Some(0));
+    assert_eq!(suspending.status.phase, Phase::Suspending);
+    assert_eq!(
+        pod_annotation(&suspending.children.taskmanager, CONFIG_HASH_ANNOTATION),
+        pod_annotation(&running.children.taskmanager, CONFIG_HASH_ANNOTATION),
+        "suspending must not change the pod template"
+    );
+    let suspended = plan_for(&job, &observed_after(&suspending));
+    assert_eq!(suspended.status.phase, Phase::Suspended);
+    assert_eq!(condition(&suspended, "Ready").reason, "Suspended");
+}
+
+#[test]
+fn a_stuck_rollout_is_degraded_with_a_warning() {
+    let job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    let mut observed = observed_after(&first);
+    if let Some(status) = observed
+        .taskmanager
+        .as_mut()
+        .and_then(|d| d.status.as_mut())
+    {
+        status.conditions = Some(vec![DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some("False".into()),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet has timed out progressing".into()),
+            ..DeploymentCondition::default()
+        }]);
+    }
+    let plan = plan_for(&job, &observed);
+    assert_eq!(plan.status.phase, Phase::Failed);
+    let degraded = condition(&plan, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded.message.contains("trace-taskmanager") && degraded.message.contains("timed out"),
+        "{}",
+        degraded.message
+    );
+    assert!(events(&plan)
+        .iter()
+        .any(|(s, r)| *s == EventSeverity::Warning && r == "RolloutFailed"));
+}
+
+#[test]
+fn a_failure_keeps_observations_and_sets_degraded() {
+    let mut job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    job.status = Some(
+        plan_for(
+            &{
+                let mut j = job.clone();
+                j.status = Some(first.status.clone());
+                j
+            },
+            &observed_after(&first),
+        )
+        .status,
+    );
+    let (status, actions) =
+        planner::failed_status(&job, "ApplyFailed", "deployments.apps is forbidden", now());
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.replicas, 1, "observations are kept");
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ApplyFailed")
+    );
+    assert!(degraded.message.contains("forbidden"));
+    assert!(actions.iter().any(
+        |Action::Publish(n)| n.severity == EventSeverity::Warning && n.reason == "ApplyFailed"
+    ));
+}
+
+#[test]
+fn an_invalid_spec_is_refused_with_the_field_name() {
+    let mut job = support::sample("minimal.yaml");
+    job.spec.batch.linger = "soon".into();
+    let error = planner::plan(PlanInput {
+        job: &job,
+        observed: &Observed::default(),
+        jobmanager: None,
+        now: now(),
+    })
+    .expect_err("linger is not a duration");
+    assert!(error.to_string().contains("spec.batch.linger"), "{error}");
+    assert_eq!(error.reason(), "InvalidSpec");
+}
+
+#[test]
+fn the_jobmanager_report_becomes_job_progress() {
+    let job = support::sample("minimal.yaml");
+    let report = JobManagerReport {
+        partitions: vec![
+            PartitionProgress {
+                partition: 0,
+                lag: Some(5),
+                committed_offset: Some(10),
+                high_watermark: Some(15),
+                events_per_second: 100.0,
+                epoch: 1,
+            },
+            PartitionProgress {
+                partition: 1,
+                lag: Some(7),
+                committed_offset: Some(3),
+                high_watermark: Some(10),
+                events_per_second: 50.0,
+                epoch: 1,
+            },
+        ],
+        observed_at: now(),
+    };
+    let plan = planner::plan(PlanInput {
+        job: &job,
+        observed: &Observed::default(),
+        jobmanager: Some(&report),
+        now: now(),
+    })
+    .expect("plans");
+    let progress = plan.status.job.expect("job progress");
+    assert_eq!(progress.lag, Some(12));
+    assert_eq!(progress.events_per_second, Some(150.0));
+    assert_eq!(progress.partitions.len(), 2);
+}
+
+#[test]
+fn the_finalizer_hook_announces_what_happens_to_the_pvc() {
+    let job = support::sample("minimal.yaml");
+    let cleanup = planner::plan_cleanup(&job);
+    assert!(cleanup.done);
+    let Action::Publish(note) = &cleanup.actions[0];
+    assert!(
+        note.message.contains("trace-savepoints is kept"),
+        "{}",
+        note.message
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct SpecChoice {
+    replicas: i32,
+    suspended: bool,
+    keep_pvc: bool,
+    restart_nonce: Option<i64>,
+    linger_ms: u32,
+    image_tag: u8,
+    with_password: bool,
+}
+
+fn spec_choice() -> impl Strategy<Value = SpecChoice> {
+    (
+        0..50i32,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(0..5i64),
+        1..500u32,
+        0..4u8,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                replicas,
+                suspended,
+                keep_pvc,
+                restart_nonce,
+                linger_ms,
+                image_tag,
+                with_password,
+            )| SpecChoice {
+                replicas,
+                suspended,
+                keep_pvc,
+                restart_nonce,
+                linger_ms,
+                image_tag,
+                with_password,
+            },
+        )
+}
+
+fn job_from(choice: &SpecChoice) -> StreamJob {
+    let mut job = support::sample("minimal.yaml");
+    job.spec.replicas = choice.replicas;
+    job.spec.state = if choice.suspended {
+        JobState::Suspended
+    } else {
+        JobState::Running
+    };
+    job.spec.savepoint.on_delete.pvc = if choice.keep_pvc {
+        PvcPolicy::Keep
+    } else {
+        PvcPolicy::Delete
+    };
+    job.spec.savepoint.on_delete.final_savepoint = choice.keep_pvc;
+    job.spec.restart_nonce = choice.restart_nonce;
+    job.spec.batch.linger = format!("{}ms", choice.linger_ms);
+    job.spec.image = format!("registry.example/streamjob-worker:0.{}.0", choice.image_tag);
+    job.spec.redis.password_secret_ref = choice.with_password.then(|| SecretKeyRef {
+        name: "redis".into(),
+        key: "password".into(),
+    });
+    job
+}
+
+fn owner_uids(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Vec<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn the_same_input_gives_the_same_plan(choice in spec_choice()) {
+        let job = job_from(&choice);
+        let observed = observed_after(&plan_for(&job, &Observed::default()));
+        prop_assert_eq!(plan_for(&job, &observed), plan_for(&job, &observed));
+    }
+
+    #[test]
+    fn every_child_is_owned_except_a_kept_pvc(choice in spec_choice()) {
+        let job = job_from(&choice);
+        let plan = plan_for(&job, &Observed::default());
+        let uid = job.metadata.uid.clone().expect("uid");
+        let c = &plan.children;
+        for meta in [&c.config_map.metadata, &c.jobmanager_service.metadata, &c.jobmanager.metadata, &c.taskmanager.metadata] {
+            prop_assert_eq!(owner_uids(meta), vec![uid.clone()]);
+            prop_assert_eq!(meta.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/managed-by")).map(String::as_str), Some("streamjob-operator"));
+        }
+        if choice.keep_pvc {
+            prop_assert!(c.savepoint_pvc.metadata.owner_references.is_none(), "a kept PVC must never be garbage-collected");
+        } else {
+            prop_assert_eq!(owner_uids(&c.savepoint_pvc.metadata), vec![uid]);
+        }
+    }
+
+    #[test]
+    fn replicas_reach_the_taskmanagers_and_only_pod_changes_change_the_hash(a in spec_choice(), b in spec_choice()) {
+        let (job_a, job_b) = (job_from(&a), job_from(&b));
+        let (plan_a, plan_b) = (plan_for(&job_a, &Observed::default()), plan_for(&job_b, &Observed::default()));
+        let expected = if b.suspended { 0 } else { b.replicas };
+        prop_assert_eq!(plan_b.children.taskmanager.spec.replicas, Some(expected));
+        let pod_affecting = |c: &SpecChoice| (c.linger_ms, c.image_tag, c.with_password);
+        let same_hash = pod_annotation(&plan_a.children.taskmanager, CONFIG_HASH_ANNOTATION)
+            == pod_annotation(&plan_b.children.taskmanager, CONFIG_HASH_ANNOTATION);
+        prop_assert_eq!(same_hash, pod_affecting(&a) == pod_affecting(&b));
+    }
+
+    /// Across any sequence of spec edits (including switching the PVC policy back and forth), a plan
+    /// never deletes anything, and a PVC the spec keeps never carries an owner reference.
+    #[test]
+    fn no_plan_ever_deletes_a_kept_pvc(choices in proptest::collection::vec(spec_choice(), 1..6)) {
+        let mut job = job_from(&choices[0]);
+        let mut observed = Observed::default();
+        for choice in &choices {
+            let status = job.status.clone();
+            job = job_from(choice);
+            job.status = status;
+            let plan = plan_for(&job, &observed);
+            for action in &plan.actions {
+                let Action::Publish(_) = action;
+            }
+            if choice.keep_pvc {
+                prop_assert!(plan.children.savepoint_pvc.metadata.owner_references.is_none());
+            }
+            observed = observed_after(&plan);
+            job.status = Some(plan.status);
+        }
+    }
+}
