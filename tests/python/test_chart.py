@@ -30,8 +30,20 @@ from conftest import (
     ROOT,
 )
 
+
+def _min_kube_version() -> tuple[int, int]:
+    kube = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    m = re.fullmatch(r">=\s*(\d+)\.(\d+)\.\d+(-0)?", kube)
+    assert m, f"Chart.yaml kubeVersion {kube!r} is not of the form >=X.Y.Z-0"
+    return int(m[1]), int(m[2])
+
+
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
-KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
+KUBE_VERSIONS = ["%d.%d.0" % _min_kube_version(), kubernetes_validate.utils.latest_version()]
+
+# CEL libraries in CRD validation rules, and the first Kubernetes minor whose API server accepts
+# them in a new CRD (a library introduced in 1.N is usable in new expressions from 1.N+1 on).
+CEL_LIBRARY_MIN_KUBE = {r"\bquantity\(|\bisQuantity\(": (1, 29)}
 
 # Leader election is the one permission the operator needs in its own namespace only.
 LEADER_ELECTION_RESOURCES = {("coordination.k8s.io", "leases")}
@@ -424,6 +436,31 @@ def test_rendered_crd_is_the_generated_crd_plus_release_metadata(render, mode_va
             assert original.items() <= added.items(), key
             stripped["metadata"][key] = original
     assert stripped == source
+
+
+def test_supported_kubernetes_versions_accept_the_crds_validation_rules():
+    crd = yaml.safe_load(_require_crd_source())
+    rules = [r["rule"] for r in _all_validations(crd)]
+    assert rules, "the CRD has no CEL validation rules (expected some)"
+    need = max(
+        [v for pattern, v in CEL_LIBRARY_MIN_KUBE.items() if any(re.search(pattern, r) for r in rules)],
+        default=(1, 25),
+    )
+    assert _min_kube_version() >= need, (
+        f"the CRD's CEL rules need Kubernetes >= {need}, Chart.yaml allows {_min_kube_version()}"
+    )
+
+
+def _all_validations(node) -> list[dict]:
+    found: list[dict] = []
+    if isinstance(node, dict):
+        found += node.get("x-kubernetes-validations", [])
+        for v in node.values():
+            found += _all_validations(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _all_validations(v)
+    return found
 
 
 def test_crd_options(render):
