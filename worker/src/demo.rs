@@ -116,7 +116,7 @@ impl EventGenerator {
 
     /// The businessId of template number `t` (half CLOCKING = 10, half REALTIME = 20).
     pub fn business_id(&self, t: u64) -> i64 {
-        let template_type = if t % 2 == 0 { 10 } else { 20 };
+        let template_type = if t.is_multiple_of(2) { 10 } else { 20 };
         let template_id = 100 + t as i64;
         (template_type * 1_000_000 + template_id) * 100_000_000 + i64::from(self.shape.date)
     }

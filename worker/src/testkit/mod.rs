@@ -4,3 +4,7 @@
 pub mod redis;
 #[cfg(feature = "engine")]
 pub mod upstream;
+#[cfg(feature = "engine")]
+pub mod kafka;
+#[cfg(feature = "engine")]
+pub mod trace_state;

@@ -1,0 +1,205 @@
+//! The trace data in Redis, as a comparable value: what a data set must produce (computed from
+//! the payloads with upstream's rules) and what a Redis actually holds.
+//!
+//! Lists are compared as sorted multisets (events of different partitions interleave in any
+//! order); template counters exactly.
+
+use std::collections::BTreeMap;
+
+use redis::Commands;
+
+use crate::sink::redis::MESSAGE_KEY_PREFIX;
+use crate::transform::decode;
+
+/// Every trace key: list contents (sorted) and template counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceState {
+    pub lists: BTreeMap<String, Vec<String>>,
+    pub hashes: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+/// The expected state of a data set, and how many records must be dead-lettered.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub state: TraceState,
+    pub malformed: usize,
+    pub events: usize,
+}
+
+impl Expected {
+    /// Applies upstream's writes of every decodable payload (each exactly once).
+    pub fn from_payloads<'a>(
+        key_prefix: &str,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Self {
+        let mut expected = Expected::default();
+        for payload in payloads {
+            let Ok(event) = decode(payload) else {
+                expected.malformed += 1;
+                continue;
+            };
+            expected.events += 1;
+            let value = event.simple_json();
+            let state = &mut expected.state;
+            if let Some(message_id) = event.message_id.as_deref() {
+                state
+                    .lists
+                    .entry(format!("{key_prefix}{MESSAGE_KEY_PREFIX}{message_id}"))
+                    .or_default()
+                    .push(value.clone());
+            }
+            for id in &event.ids {
+                state
+                    .lists
+                    .entry(format!("{key_prefix}{id}"))
+                    .or_default()
+                    .push(value.clone());
+            }
+            *state
+                .hashes
+                .entry(format!("{key_prefix}{}", event.business_id))
+                .or_default()
+                .entry(event.state.to_string())
+                .or_default() += event.ids.len() as i64;
+        }
+        for values in expected.state.lists.values_mut() {
+            values.sort_unstable();
+        }
+        expected
+    }
+}
+
+impl TraceState {
+    /// Reads every key of the Redis at `url` except streamjob's own (`…streamjob:…` fences).
+    pub fn read(url: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_connection()?;
+        let keys: Vec<String> = conn.scan()?.collect::<Result<_, _>>()?;
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.contains("streamjob:"))
+            .collect();
+        let mut state = TraceState::default();
+        for chunk in keys.chunks(2000) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("TYPE").arg(key);
+            }
+            let types: Vec<String> = pipe.query(&mut conn)?;
+            let mut pipe = redis::pipe();
+            for (key, kind) in chunk.iter().zip(&types) {
+                match kind.as_str() {
+                    "list" => pipe.cmd("LRANGE").arg(key).arg(0).arg(-1),
+                    "hash" => pipe.cmd("HGETALL").arg(key),
+                    other => {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "unexpected key type",
+                            format!("{key} is a {other}"),
+                        )))
+                    }
+                };
+            }
+            let values: Vec<redis::Value> = pipe.query(&mut conn)?;
+            for ((key, kind), value) in chunk.iter().zip(&types).zip(values) {
+                if kind == "list" {
+                    let mut items: Vec<String> = redis::from_redis_value(value)?;
+                    items.sort_unstable();
+                    state.lists.insert(key.clone(), items);
+                } else {
+                    let fields: BTreeMap<String, i64> = redis::from_redis_value(value)?;
+                    state.hashes.insert(key.clone(), fields);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Human-readable differences (at most `limit`), empty when equal.
+    pub fn diff(&self, actual: &TraceState, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, want) in &self.lists {
+            match actual.lists.get(key) {
+                None => out.push(format!("list {key}: missing (want {} values)", want.len())),
+                Some(have) if have != want => out.push(format!(
+                    "list {key}: have {} values, want {} (have {:?}, want {:?})",
+                    have.len(),
+                    want.len(),
+                    have.iter().take(4).collect::<Vec<_>>(),
+                    want.iter().take(4).collect::<Vec<_>>()
+                )),
+                Some(_) => {}
+            }
+        }
+        for key in actual.lists.keys().filter(|k| !self.lists.contains_key(*k)) {
+            out.push(format!("list {key}: unexpected"));
+        }
+        for (key, want) in &self.hashes {
+            match actual.hashes.get(key) {
+                Some(have) if have == want => {}
+                have => out.push(format!("hash {key}: have {have:?}, want {want:?}")),
+            }
+        }
+        for key in actual
+            .hashes
+            .keys()
+            .filter(|k| !self.hashes.contains_key(*k))
+        {
+            out.push(format!("hash {key}: unexpected"));
+        }
+        out.truncate(limit);
+        out
+    }
+
+    /// Total list values.
+    pub fn list_values(&self) -> usize {
+        self.lists.values().map(Vec::len).sum()
+    }
+}
+
+/// Keys (other than streamjob's own) without a TTL: every trace key must expire.
+pub fn keys_without_ttl(url: &str) -> redis::RedisResult<Vec<String>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection()?;
+    let keys: Vec<String> = conn.scan()?.collect::<Result<_, _>>()?;
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| !k.contains("streamjob:"))
+        .collect();
+    let mut missing = Vec::new();
+    for chunk in keys.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let ttls: Vec<i64> = pipe.query(&mut conn)?;
+        missing.extend(
+            chunk
+                .iter()
+                .zip(ttls)
+                .filter(|(_, ttl)| *ttl <= 0)
+                .map(|(k, _)| k.clone()),
+        );
+    }
+    Ok(missing)
+}
+
+/// The `next_offset` of every partition's fence of `job`/`topic` (key prefix `prefix`).
+pub fn fence_offsets(
+    url: &str,
+    prefix: &str,
+    job: &str,
+    topic: &str,
+    partitions: i32,
+) -> redis::RedisResult<Vec<Option<i64>>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection()?;
+    (0..partitions)
+        .map(|p| {
+            conn.hget(
+                format!("{prefix}streamjob:{job}:fence:{topic}:{p}"),
+                "next_offset",
+            )
+        })
+        .collect()
+}

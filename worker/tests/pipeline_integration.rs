@@ -1,0 +1,365 @@
+//! The pipeline end to end in one process: a real Kafka-protocol broker (librdkafka's mock
+//! cluster on TCP ports), a real redis-server, real pipelines. Every test compares the full Redis
+//! state with the state computed from the data set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use streamjob_worker::api::Assignment;
+use streamjob_worker::config::JobConfig;
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::metrics::{sample, sample_sum, Metrics};
+use streamjob_worker::pipeline::{PartitionExit, Pipeline};
+use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
+use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
+use streamjob_worker::testkit::trace_state::{
+    fence_offsets, keys_without_ttl, Expected, TraceState,
+};
+
+const TOPIC: &str = "trace-it";
+const DLQ: &str = "trace-it-dlq";
+const JOB: &str = "it";
+
+struct Env {
+    redis: RedisServer,
+    kafka: EmbeddedKafka,
+    partitions: i32,
+}
+
+impl Env {
+    fn start(partitions: i32, redis: RedisOptions) -> Self {
+        Self {
+            redis: RedisServer::start_with(redis).expect("redis-server starts"),
+            kafka: kafka::start_mock(TOPIC, partitions, DLQ),
+            partitions,
+        }
+    }
+
+    fn config(&self, max_events: usize, linger: Duration) -> Arc<JobConfig> {
+        let mut config = JobConfig::default();
+        config.job.name = JOB.into();
+        config.source.kafka.brokers = self.kafka.bootstrap_servers().into();
+        config.source.kafka.topic = TOPIC.into();
+        config.source.kafka.dlq_topic = Some(DLQ.into());
+        config
+            .source
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), "10".into());
+        config.sink.redis.url = self.redis.url();
+        config.batch.max_events = max_events;
+        config.batch.linger = linger;
+        config.validate().expect("valid config");
+        Arc::new(config)
+    }
+
+    fn produce(&self, payloads: &[Vec<u8>]) {
+        kafka::produce(
+            self.kafka.bootstrap_servers(),
+            TOPIC,
+            self.partitions,
+            payloads,
+            ProduceMode::Batched,
+        )
+        .expect("data set produced");
+    }
+
+    fn fences(&self) -> Vec<Option<i64>> {
+        fence_offsets(&self.redis.url(), "", JOB, TOPIC, self.partitions).expect("fences readable")
+    }
+
+    /// Waits until every partition's fence reached its high watermark.
+    async fn wait_caught_up(&self, timeout: Duration) {
+        let ends = kafka::high_watermarks(self.kafka.bootstrap_servers(), TOPIC, self.partitions)
+            .expect("watermarks");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let fences = self.fences();
+            if fences
+                .iter()
+                .zip(&ends)
+                .all(|(f, e)| *e == 0 || *f == Some(*e))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not caught up after {timeout:?}: fences {fences:?}, ends {ends:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn assert_state(&self, payloads: &[Vec<u8>]) -> Expected {
+        let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
+        let actual = TraceState::read(&self.redis.url()).expect("redis readable");
+        let diff = expected.state.diff(&actual, 10);
+        assert!(
+            diff.is_empty(),
+            "redis state differs from the data set:\n{}",
+            diff.join("\n")
+        );
+        assert_eq!(actual.list_values(), expected.state.list_values());
+        let no_ttl = keys_without_ttl(&self.redis.url()).expect("ttls readable");
+        assert!(
+            no_ttl.is_empty(),
+            "keys without TTL: {:?}",
+            &no_ttl[..no_ttl.len().min(5)]
+        );
+        expected
+    }
+}
+
+fn data_set(seed: u64, n: usize, malformed_ppm: u32) -> Vec<Vec<u8>> {
+    let mut generator = EventGenerator::new(
+        seed,
+        TrafficShape {
+            users: 5_000,
+            messages: 3_000,
+            malformed_ppm,
+            ..TrafficShape::default()
+        },
+    );
+    (0..n).map(|_| generator.next_payload()).collect()
+}
+
+async fn assign_all(pipeline: &Pipeline, partitions: impl IntoIterator<Item = i32>) {
+    for partition in partitions {
+        pipeline
+            .assign(Assignment {
+                partition,
+                generation: 1,
+                start_offset: None,
+            })
+            .await
+            .expect("assigned");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq() {
+    let env = Env::start(4, RedisOptions::default());
+    let payloads = data_set(11, 20_000, 5_000);
+    env.produce(&payloads);
+    let config = env.config(500, Duration::from_millis(20));
+    let metrics = Metrics::new();
+    let a = Pipeline::start(config.clone(), metrics.clone())
+        .await
+        .expect("pipeline a");
+    let b = Pipeline::start(config.clone(), metrics.clone())
+        .await
+        .expect("pipeline b");
+    assign_all(&a, [0, 2]).await;
+    assign_all(&b, [1, 3]).await;
+    env.wait_caught_up(Duration::from_secs(60)).await;
+
+    let expected = env.assert_state(&payloads);
+    assert!(expected.malformed > 50, "data set has malformed records");
+
+    // Every malformed record is in the DLQ once, with its original bytes and provenance.
+    let dlq = kafka::read_all(env.kafka.bootstrap_servers(), DLQ, 1).expect("dlq readable");
+    assert_eq!(dlq.len(), expected.malformed);
+    let positions =
+        kafka::read_all(env.kafka.bootstrap_servers(), TOPIC, 4).expect("source readable");
+    for record in &dlq {
+        let partition: i32 = record.header("source.partition").unwrap().parse().unwrap();
+        let offset: i64 = record.header("source.offset").unwrap().parse().unwrap();
+        assert_eq!(
+            record.key_str(),
+            Some(format!("{partition}:{offset}").as_str())
+        );
+        assert_eq!(record.header("source.topic"), Some(TOPIC));
+        assert!(!record.header("reason").unwrap_or("").is_empty());
+        let source = positions
+            .iter()
+            .find(|r| r.partition == partition && r.offset == offset)
+            .expect("source record exists");
+        assert_eq!(source.payload, record.payload, "original bytes kept");
+        assert!(streamjob_worker::transform::decode(&record.payload).is_err());
+    }
+
+    let progress: Vec<_> = a.progress().into_iter().chain(b.progress()).collect();
+    assert_eq!(progress.len(), 4);
+    assert!(progress
+        .iter()
+        .all(|p| p.epoch == 1 && p.committed_offset.is_some()));
+    assert_eq!(a.revoke(0).await.expect("revoked"), env.fences()[0]);
+    a.shutdown().await.expect("a stops");
+    b.shutdown().await.expect("b stops");
+
+    let text = metrics.encode();
+    assert_eq!(
+        sample_sum(&text, "streamjob_events_dead_lettered_total") as usize,
+        expected.malformed
+    );
+    assert_eq!(
+        sample(&text, "streamjob_events_written_total", "").unwrap() as usize,
+        expected.events
+    );
+    assert_eq!(
+        sample(&text, "streamjob_events_in_total", "").unwrap() as usize,
+        payloads.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_dead_letter_is_acknowledged_before_the_fence_passes_it() {
+    let env = Env::start(1, RedisOptions::default());
+    let mut payloads = data_set(5, 300, 0);
+    payloads[120] = b"{\"businessId\":\"oops\"}".to_vec();
+    env.produce(&payloads);
+    // The DLQ broker refuses every produce: the batch holding offset 120 must not be applied.
+    env.kafka.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
+    );
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(env.config(50, Duration::from_millis(10)), metrics.clone())
+        .await
+        .expect("pipeline");
+    assign_all(&pipeline, [0]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.fences()[0] != Some(100)
+        || sample(
+            &metrics.encode(),
+            "streamjob_kafka_errors_total",
+            "kind=\"dlq_delivery\"",
+        )
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "fence {:?}", env.fences());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.fences()[0],
+        Some(100),
+        "fence passed an unacknowledged dead letter"
+    );
+    assert!(pipeline.is_retrying(), "partition paused while retrying");
+    assert!(kafka::read_all(env.kafka.bootstrap_servers(), DLQ, 1)
+        .unwrap()
+        .is_empty());
+
+    env.kafka
+        .cluster()
+        .clear_request_errors(RDKafkaApiKey::Produce);
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let dlq = kafka::read_all(env.kafka.bootstrap_servers(), DLQ, 1).expect("dlq readable");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].key_str(), Some("0:120"));
+    assert_eq!(dlq[0].payload, payloads[120]);
+    env.assert_state(&payloads);
+    assert!(!pipeline.is_retrying());
+    pipeline.shutdown().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_zombie_owner_is_fenced_and_nothing_is_applied_twice() {
+    let env = Env::start(1, RedisOptions::default());
+    let payloads = data_set(21, 8_000, 1_000);
+    env.produce(&payloads[..4_000]);
+    let config = env.config(200, Duration::from_millis(10));
+    let old = Pipeline::start(config.clone(), Metrics::new())
+        .await
+        .expect("old owner");
+    assign_all(&old, [0]).await;
+    env.wait_caught_up(Duration::from_secs(60)).await;
+
+    // A new owner claims the partition while the old one still runs (a network partition).
+    let new = Pipeline::start(config, Metrics::new())
+        .await
+        .expect("new owner");
+    assign_all(&new, [0]).await;
+    env.produce(&payloads[4_000..]);
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.stopped_partitions().is_empty() {
+        assert!(Instant::now() < deadline, "old owner never fenced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        old.stopped_partitions()[0],
+        (0, PartitionExit::Fenced { stored_epoch: 2 })
+    ));
+    assert_eq!(new.progress()[0].epoch, 2);
+    env.assert_state(&payloads);
+    old.shutdown().await.expect("old stops");
+    new.shutdown().await.expect("new stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_shutdown_flushes_the_in_flight_batch() {
+    let env = Env::start(2, RedisOptions::default());
+    let payloads = data_set(3, 600, 10_000);
+    env.produce(&payloads);
+    // Neither the size nor the time limit would ever flush this batch.
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(
+        env.config(1_000_000, Duration::from_secs(3600)),
+        metrics.clone(),
+    )
+    .await
+    .expect("pipeline");
+    assign_all(&pipeline, [0, 1]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(600.0) {
+        assert!(Instant::now() < deadline, "records not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.fences(),
+        vec![None, None],
+        "nothing applied before the flush"
+    );
+    pipeline.shutdown().await.expect("graceful stop");
+    assert_eq!(env.fences(), vec![Some(300), Some(300)]);
+    env.assert_state(&payloads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_redis_outage_pauses_the_partition_and_loses_nothing() {
+    let mut env = Env::start(
+        2,
+        RedisOptions {
+            persistence: true,
+            ..RedisOptions::default()
+        },
+    );
+    let payloads = data_set(8, 6_000, 2_000);
+    env.produce(&payloads[..3_000]);
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(env.config(300, Duration::from_millis(10)), metrics.clone())
+        .await
+        .expect("pipeline");
+    assign_all(&pipeline, [0, 1]).await;
+    env.wait_caught_up(Duration::from_secs(60)).await;
+
+    env.redis.stop();
+    env.produce(&payloads[3_000..]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pipeline.is_retrying() {
+        assert!(
+            Instant::now() < deadline,
+            "pipeline never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.redis.restart().expect("redis restarts with its data");
+    env.wait_caught_up(Duration::from_secs(90)).await;
+    env.assert_state(&payloads);
+    let text = metrics.encode();
+    assert!(
+        sample(
+            &text,
+            "streamjob_redis_errors_total",
+            "kind=\"unavailable\""
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert!(sample(&text, "streamjob_retries_total", "").unwrap_or(0.0) > 0.0);
+    pipeline.shutdown().await.expect("stops");
+}
