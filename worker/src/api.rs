@@ -55,6 +55,17 @@ pub enum JobState {
     Finished,
 }
 
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Initializing => "INITIALIZING",
+            JobState::Running => "RUNNING",
+            JobState::Stopping => "STOPPING",
+            JobState::Finished => "FINISHED",
+        })
+    }
+}
+
 /// `GET /jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

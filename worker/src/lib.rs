@@ -9,6 +9,8 @@ pub mod config;
 #[cfg(feature = "engine")]
 pub mod jobmanager;
 #[cfg(feature = "engine")]
+pub mod taskmanager;
+#[cfg(feature = "engine")]
 pub mod sink;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -73,11 +73,21 @@ async fn run(command: Command, config: JobConfig) -> anyhow::Result<()> {
             Ok(())
         }
         // Filled in by the jobmanager/taskmanager runtimes (jobmanager::run, taskmanager client).
-        Command::Jobmanager(_) => {
-            anyhow::bail!("the jobmanager mode is not yet available in this build")
+        Command::Jobmanager(args) => {
+            let mut options = streamjob_worker::jobmanager::JobManagerOptions::from_config(&config);
+            if args.from_savepoint.is_some() {
+                options.from_savepoint = args.from_savepoint;
+            }
+            options.allow_non_restored_state |= args.allow_non_restored_state;
+            streamjob_worker::jobmanager::run(std::sync::Arc::new(config), options, shutdown_signal()).await?;
+            Ok(())
         }
         Command::Taskmanager(_) => {
-            anyhow::bail!("the taskmanager mode is not yet available in this build")
+            let options = streamjob_worker::taskmanager::TaskManagerOptions::from_env();
+            streamjob_worker::taskmanager::run(std::sync::Arc::new(config), options, shutdown_signal())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Ok(())
         }
         Command::MockKafka(args) => {
             let topics: Vec<(&str, i32)> = args

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionProgress, PartitionState,
-    PartitionStatus, RegisterRequest, ReleasedPartition, TaskManagerInfo,
+    Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionProgress,
+    PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, TaskManagerInfo,
 };
 
 use super::planner::{self, OwnerView};
@@ -44,7 +44,9 @@ enum Holding {
     /// Sent to the owner, not yet reported back as held.
     Assigning,
     Running,
-    Revoking { since: Instant },
+    Revoking {
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -87,14 +89,17 @@ pub struct SnapshotData {
 pub enum SnapshotOutcome {
     Ready(SnapshotData),
     /// Timed out waiting for the listed members.
-    TimedOut { id: u64, missing: Vec<String> },
+    TimedOut {
+        id: u64,
+        missing: Vec<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CoordinatorError {
     #[error("unknown taskmanager {0:?}: register first")]
     UnknownMember(String),
-    #[error("the job is {0:?}; this needs a running job")]
+    #[error("the job is {0}; this needs a running job")]
     NotRunning(JobState),
 }
 
@@ -121,7 +126,12 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// `offsets`/`generation` come from the restored checkpoint or savepoint.
-    pub fn new(config: CoordinatorConfig, now: Instant, offsets: BTreeMap<i32, i64>, generation: u64) -> Self {
+    pub fn new(
+        config: CoordinatorConfig,
+        now: Instant,
+        offsets: BTreeMap<i32, i64>,
+        generation: u64,
+    ) -> Self {
         Self {
             config,
             started: now,
@@ -175,7 +185,12 @@ impl Coordinator {
     pub fn register(&mut self, id: &str, request: &RegisterRequest, now: Instant) {
         // A re-registration is a new incarnation: forget what the old one held unless it still
         // reports holding it.
-        let old: Vec<i32> = self.owners.iter().filter(|(_, o)| o.member == id).map(|(p, _)| *p).collect();
+        let old: Vec<i32> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| o.member == id)
+            .map(|(p, _)| *p)
+            .collect();
         for p in old {
             self.owners.remove(&p);
         }
@@ -216,7 +231,12 @@ impl Coordinator {
 
     /// Processes one heartbeat. Returns whether the answer should go out at once (something for
     /// this member to do) rather than be held as a long poll.
-    pub fn heartbeat(&mut self, id: &str, request: &HeartbeatRequest, now: Instant) -> Result<bool, CoordinatorError> {
+    pub fn heartbeat(
+        &mut self,
+        id: &str,
+        request: &HeartbeatRequest,
+        now: Instant,
+    ) -> Result<bool, CoordinatorError> {
         let member = self
             .members
             .get_mut(id)
@@ -228,7 +248,11 @@ impl Coordinator {
                 member.snapshot_ack = member.snapshot_ack.max(ack);
             }
             self.apply_released(id, &request.released);
-            let reported: BTreeMap<i32, u64> = request.owned.iter().map(|o| (o.partition, o.generation)).collect();
+            let reported: BTreeMap<i32, u64> = request
+                .owned
+                .iter()
+                .map(|o| (o.partition, o.generation))
+                .collect();
             let mine: Vec<(i32, Ownership)> = self
                 .owners
                 .iter()
@@ -257,6 +281,11 @@ impl Coordinator {
             self.record_progress(id, &request.progress);
             self.rebalance(now);
         }
+        self.needs_answer(id, request.desired_version)
+    }
+
+    /// Whether a member that last applied `desired_version` has something to do now.
+    pub fn needs_answer(&self, id: &str, desired_version: u64) -> Result<bool, CoordinatorError> {
         let member = self
             .members
             .get(id)
@@ -265,11 +294,28 @@ impl Coordinator {
             .pending_snapshots
             .iter()
             .any(|s| s.waiting_for.contains(id) && member.snapshot_ack < s.id);
-        Ok(request.desired_version != member.desired_version || snapshot_due)
+        Ok(desired_version != member.desired_version || snapshot_due)
+    }
+
+    /// Seeds the restored offsets and generation (before the partition count is known).
+    pub fn seed(&mut self, offsets: &BTreeMap<i32, i64>, generation: u64) {
+        for (partition, offset) in offsets {
+            self.raise_offset(*partition, *offset);
+        }
+        self.next_generation = self.next_generation.max(generation + 1);
+    }
+
+    /// Whether a snapshot is still collecting reports.
+    pub fn snapshot_pending(&self) -> bool {
+        !self.pending_snapshots.is_empty()
     }
 
     /// The answer for a member (after [`Self::heartbeat`], possibly after a long poll).
-    pub fn response(&mut self, id: &str, now: Instant) -> Result<HeartbeatResponse, CoordinatorError> {
+    pub fn response(
+        &mut self,
+        id: &str,
+        now: Instant,
+    ) -> Result<HeartbeatResponse, CoordinatorError> {
         let snapshot_request = {
             let member = self
                 .members
@@ -295,7 +341,12 @@ impl Coordinator {
     }
 
     /// Graceful leave: the member flushed and released everything it lists.
-    pub fn leave(&mut self, id: &str, released: &[ReleasedPartition], now: Instant) -> Result<(), CoordinatorError> {
+    pub fn leave(
+        &mut self,
+        id: &str,
+        released: &[ReleasedPartition],
+        now: Instant,
+    ) -> Result<(), CoordinatorError> {
         if !self.members.contains_key(id) {
             return Err(CoordinatorError::UnknownMember(id.to_string()));
         }
@@ -335,7 +386,10 @@ impl Coordinator {
 
     fn record_progress(&mut self, id: &str, progress: &[PartitionProgress]) {
         for p in progress {
-            let mine = self.owners.get(&p.partition).is_some_and(|o| o.member == id);
+            let mine = self
+                .owners
+                .get(&p.partition)
+                .is_some_and(|o| o.member == id);
             if !mine {
                 continue;
             }
@@ -352,7 +406,9 @@ impl Coordinator {
         let dead: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > self.config.heartbeat_timeout)
+            .filter(|(_, m)| {
+                now.saturating_duration_since(m.last_seen) > self.config.heartbeat_timeout
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in &dead {
@@ -386,7 +442,8 @@ impl Coordinator {
     pub fn request_snapshot(&mut self, now: Instant) -> u64 {
         self.snapshot_requested += 1;
         let id = self.snapshot_requested;
-        let waiting_for: BTreeSet<String> = self.owners.values().map(|o| o.member.clone()).collect();
+        let waiting_for: BTreeSet<String> =
+            self.owners.values().map(|o| o.member.clone()).collect();
         self.pending_snapshots.push(PendingSnapshot {
             id,
             started: now,
@@ -455,7 +512,11 @@ impl Coordinator {
     /// resumes (`false`).
     pub fn end_stop(&mut self, savepoint_written: bool, now: Instant) {
         if self.state == JobState::Stopping {
-            self.state = if savepoint_written { JobState::Finished } else { JobState::Running };
+            self.state = if savepoint_written {
+                JobState::Finished
+            } else {
+                JobState::Running
+            };
             self.rebalance(now);
         }
     }
@@ -543,13 +604,19 @@ impl Coordinator {
         self.members
             .iter()
             .map(|(id, m)| {
-                let partitions: Vec<i32> = self.owners.iter().filter(|(_, o)| &o.member == id).map(|(p, _)| *p).collect();
+                let partitions: Vec<i32> = self
+                    .owners
+                    .iter()
+                    .filter(|(_, o)| &o.member == id)
+                    .map(|(p, _)| *p)
+                    .collect();
                 TaskManagerInfo {
                     id: id.clone(),
                     address: m.address.clone(),
                     idle: partitions.is_empty() && self.state == JobState::Running,
                     partitions,
-                    last_heartbeat_ms_ago: now.saturating_duration_since(m.last_seen).as_millis() as u64,
+                    last_heartbeat_ms_ago: now.saturating_duration_since(m.last_seen).as_millis()
+                        as u64,
                 }
             })
             .collect()
@@ -576,7 +643,11 @@ impl Coordinator {
                     high_watermark: progress.and_then(|p| p.high_watermark),
                     lag: progress.and_then(|p| {
                         let hw = p.high_watermark?;
-                        let committed = self.offsets.get(&partition).copied().or(p.committed_offset)?;
+                        let committed = self
+                            .offsets
+                            .get(&partition)
+                            .copied()
+                            .or(p.committed_offset)?;
                         Some((hw - committed).max(0))
                     }),
                     events_per_second: if owner.is_some() {

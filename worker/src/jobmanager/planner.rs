@@ -32,7 +32,11 @@ impl Plan {
 
 /// How many partitions each member should own: ⌊P/N⌋, plus one for the `P mod N` members that
 /// already hold the most (ties broken by id, so the plan is deterministic).
-pub fn quotas(partition_count: u32, members: &[String], load: &BTreeMap<&str, u32>) -> BTreeMap<String, u32> {
+pub fn quotas(
+    partition_count: u32,
+    members: &[String],
+    load: &BTreeMap<&str, u32>,
+) -> BTreeMap<String, u32> {
     let mut quotas = BTreeMap::new();
     if members.is_empty() {
         return quotas;
@@ -63,7 +67,8 @@ pub fn plan(partition_count: u32, members: &[String], owners: &BTreeMap<i32, Own
     let is_member = |m: &str| members.iter().any(|x| x == m);
 
     // Active holdings per member (revoking ones are on their way out).
-    let mut held: BTreeMap<&str, Vec<i32>> = members.iter().map(|m| (m.as_str(), Vec::new())).collect();
+    let mut held: BTreeMap<&str, Vec<i32>> =
+        members.iter().map(|m| (m.as_str(), Vec::new())).collect();
     for (&partition, owner) in owners {
         if owner.revoking {
             continue;
@@ -126,7 +131,11 @@ mod tests {
     }
 
     /// Applies a plan as if every revoke were acknowledged at once.
-    fn settle(owners: &mut BTreeMap<i32, OwnerView>, partition_count: u32, members: &[String]) -> usize {
+    fn settle(
+        owners: &mut BTreeMap<i32, OwnerView>,
+        partition_count: u32,
+        members: &[String],
+    ) -> usize {
         let mut moved = 0;
         for _ in 0..4 {
             let p = plan(partition_count, members, owners);
@@ -134,20 +143,34 @@ mod tests {
                 break;
             }
             for (member, partition) in &p.revoke {
-                let owner = owners.remove(partition).expect("revoked partition had an owner");
+                let owner = owners
+                    .remove(partition)
+                    .expect("revoked partition had an owner");
                 assert_eq!(&owner.member, member);
                 moved += 1;
             }
             for (member, partition) in &p.assign {
-                let previous = owners.insert(*partition, OwnerView { member: member.clone(), revoking: false });
-                assert!(previous.is_none(), "partition {partition} assigned while owned");
+                let previous = owners.insert(
+                    *partition,
+                    OwnerView {
+                        member: member.clone(),
+                        revoking: false,
+                    },
+                );
+                assert!(
+                    previous.is_none(),
+                    "partition {partition} assigned while owned"
+                );
             }
         }
         moved
     }
 
     fn loads(owners: &BTreeMap<i32, OwnerView>, members: &[String]) -> Vec<usize> {
-        members.iter().map(|m| owners.values().filter(|o| &o.member == m).count()).collect()
+        members
+            .iter()
+            .map(|m| owners.values().filter(|o| &o.member == m).count())
+            .collect()
     }
 
     #[test]
@@ -165,7 +188,10 @@ mod tests {
         let moved = settle(&mut owners, 12, &names(3));
         assert_eq!(moved, 4, "exactly the new member's quota moves");
         assert_eq!(loads(&owners, &names(3)), vec![4, 4, 4]);
-        let stayed = before.iter().filter(|(p, o)| owners.get(p) == Some(o)).count();
+        let stayed = before
+            .iter()
+            .filter(|(p, o)| owners.get(p) == Some(o))
+            .count();
         assert_eq!(stayed, 8);
     }
 
@@ -173,19 +199,38 @@ mod tests {
     fn revoking_partitions_are_never_handed_out() {
         let members = names(2);
         let mut owners = BTreeMap::new();
-        owners.insert(0, OwnerView { member: "gone".into(), revoking: true });
+        owners.insert(
+            0,
+            OwnerView {
+                member: "gone".into(),
+                revoking: true,
+            },
+        );
         let p = plan(2, &members, &owners);
-        assert!(p.assign.iter().all(|(_, partition)| *partition != 0), "{p:?}");
+        assert!(
+            p.assign.iter().all(|(_, partition)| *partition != 0),
+            "{p:?}"
+        );
         assert!(p.revoke.is_empty());
     }
 
     #[test]
     fn a_leaving_member_is_revoked_and_extra_members_idle() {
         let mut owners = BTreeMap::new();
-        owners.insert(0, OwnerView { member: "leaver".into(), revoking: false });
+        owners.insert(
+            0,
+            OwnerView {
+                member: "leaver".into(),
+                revoking: false,
+            },
+        );
         let p = plan(2, &names(4), &owners);
         assert_eq!(p.revoke, vec![("leaver".to_string(), 0)]);
-        assert_eq!(p.assign.len(), 1, "partition 1 is free, partition 0 waits for the release");
+        assert_eq!(
+            p.assign.len(),
+            1,
+            "partition 1 is free, partition 0 waits for the release"
+        );
         let mut owners = BTreeMap::new();
         settle(&mut owners, 2, &names(4));
         let mut l = loads(&owners, &names(4));
@@ -202,7 +247,11 @@ mod tests {
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![Just(Step::Join), (0usize..8).prop_map(Step::Leave), (0usize..8).prop_map(Step::Ack)]
+        prop_oneof![
+            Just(Step::Join),
+            (0usize..8).prop_map(Step::Leave),
+            (0usize..8).prop_map(Step::Ack)
+        ]
     }
 
     proptest! {

@@ -100,7 +100,10 @@ impl Snapshot {
     }
 
     pub fn offsets_map(&self) -> BTreeMap<i32, i64> {
-        self.offsets.iter().map(|o| (o.partition, o.offset)).collect()
+        self.offsets
+            .iter()
+            .map(|o| (o.partition, o.offset))
+            .collect()
     }
 
     fn canonical_checksum(&self) -> String {
@@ -125,7 +128,8 @@ impl Snapshot {
             path: path.to_path_buf(),
             reason,
         };
-        let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| corrupt(format!("unreadable JSON ({e})")))?;
+        let snapshot: Snapshot =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(format!("unreadable JSON ({e})")))?;
         if snapshot.format != FORMAT_VERSION {
             return Err(corrupt(format!("unsupported format {}", snapshot.format)));
         }
@@ -215,7 +219,7 @@ impl SnapshotStore {
             };
             found.push((id, entry.path()));
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|e| std::cmp::Reverse(e.0));
         Ok(found)
     }
 
@@ -227,7 +231,9 @@ impl SnapshotStore {
                 let snapshot = Snapshot::from_bytes(&path, &b)?;
                 Ok((b.len() as u64, snapshot))
             }) {
-                Ok((size, snapshot)) => complete.push((self.info(&path, size, &snapshot), snapshot)),
+                Ok((size, snapshot)) => {
+                    complete.push((self.info(&path, size, &snapshot), snapshot))
+                }
                 Err(e) => tracing::warn!(error = %e, "skipping a torn or corrupt {:?}", self.kind),
             }
         }
@@ -256,7 +262,10 @@ impl SnapshotStore {
 
     /// Writes a snapshot atomically under the next id and indexes it in the manifest.
     pub fn write(&self, snapshot: &Snapshot) -> Result<SnapshotInfo, StoreError> {
-        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let id = self.scan()?.first().map(|(id, _)| id + 1).unwrap_or(1);
         let mut snapshot = snapshot.clone();
         snapshot.id = id;
@@ -282,16 +291,23 @@ impl SnapshotStore {
 
     /// Deletes what the policy does not keep, plus corrupt files and leftovers of interrupted
     /// writes. The newest complete snapshot is always kept. Returns the deleted paths.
-    pub fn apply_retention(&self, retention: Retention, now_ms: u64) -> Result<Vec<PathBuf>, StoreError> {
-        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn apply_retention(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let complete = self.complete()?;
         let keep: Vec<&Path> = complete
             .iter()
             .enumerate()
             .filter(|(rank, (info, _))| {
-                let young_enough = retention
-                    .max_age
-                    .is_none_or(|age| now_ms.saturating_sub(info.created_at_ms) <= age.as_millis() as u64);
+                let young_enough = retention.max_age.is_none_or(|age| {
+                    now_ms.saturating_sub(info.created_at_ms) <= age.as_millis() as u64
+                });
                 *rank == 0 || (*rank < retention.max_count && young_enough)
             })
             .map(|(_, (info, _))| Path::new(&info.path))
@@ -306,7 +322,10 @@ impl SnapshotStore {
         for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
             let entry = entry.map_err(io("list", &self.dir))?;
             let name = entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+            {
                 let path = entry.path();
                 fs::remove_file(&path).map_err(io("delete", &path))?;
                 deleted.push(path);
@@ -323,7 +342,10 @@ impl SnapshotStore {
 /// temp file → fsync → rename → fsync directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("snapshot");
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
     file.write_all(bytes).map_err(io("write", &tmp))?;
@@ -345,7 +367,15 @@ mod tests {
 
     fn snapshot(created_at_ms: u64, offset: i64) -> Snapshot {
         let offsets: BTreeMap<i32, i64> = [(0, offset), (1, offset + 1)].into_iter().collect();
-        Snapshot::new(SnapshotKind::Checkpoint, "trace", "austinTraceLog", 2, 3, created_at_ms, &offsets)
+        Snapshot::new(
+            SnapshotKind::Checkpoint,
+            "trace",
+            "austinTraceLog",
+            2,
+            3,
+            created_at_ms,
+            &offsets,
+        )
     }
 
     #[test]
@@ -359,7 +389,8 @@ mod tests {
         assert_eq!(info, second);
         assert_eq!(newest.offsets_map().get(&1), Some(&21));
         let manifest: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.path().join(MANIFEST)).expect("manifest")).expect("json");
+            serde_json::from_slice(&fs::read(dir.path().join(MANIFEST)).expect("manifest"))
+                .expect("json");
         assert_eq!(manifest["snapshots"].as_array().map(Vec::len), Some(2));
         assert_eq!(manifest["snapshots"][0]["id"], 2);
         assert!(fs::read_dir(dir.path()).expect("ls").all(|e| !e
@@ -379,9 +410,14 @@ mod tests {
         // Third: torn (cut in half). Second: one digit changed, still valid JSON.
         let bytes = fs::read(&third.path).expect("read");
         fs::write(&third.path, &bytes[..bytes.len() / 2]).expect("tear");
-        let text = fs::read_to_string(&second.path).expect("read").replace("\"offset\": 20", "\"offset\": 29");
+        let text = fs::read_to_string(&second.path)
+            .expect("read")
+            .replace("\"offset\": 20", "\"offset\": 29");
         fs::write(&second.path, text).expect("corrupt");
-        assert!(matches!(read_snapshot(Path::new(&second.path)), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            read_snapshot(Path::new(&second.path)),
+            Err(StoreError::Corrupt { .. })
+        ));
         let (info, newest) = store.newest().expect("list").expect("one left");
         assert_eq!(info.id, 1);
         assert_eq!(newest.offsets_map().get(&0), Some(&10));
@@ -400,7 +436,13 @@ mod tests {
             store.write(&snapshot(t * 1000, t as i64)).expect("write");
         }
         let deleted = store
-            .apply_retention(Retention { max_count: 3, max_age: None }, 5000)
+            .apply_retention(
+                Retention {
+                    max_count: 3,
+                    max_age: None,
+                },
+                5000,
+            )
             .expect("retention");
         assert_eq!(deleted.len(), 2);
         assert!(deleted.iter().all(|p| !p.exists()));

@@ -28,11 +28,22 @@ impl Tm {
         HeartbeatRequest {
             seq: self.seq,
             desired_version: self.desired_version,
-            owned: self.held.iter().map(|(p, g)| OwnedPartition { partition: *p, generation: *g }).collect(),
+            owned: self
+                .held
+                .iter()
+                .map(|(p, g)| OwnedPartition {
+                    partition: *p,
+                    generation: *g,
+                })
+                .collect(),
             progress: self
                 .held
                 .keys()
-                .map(|p| PartitionProgress { partition: *p, committed_offset: Some(self.offset), ..Default::default() })
+                .map(|p| PartitionProgress {
+                    partition: *p,
+                    committed_offset: Some(self.offset),
+                    ..Default::default()
+                })
                 .collect(),
             released: std::mem::take(&mut self.released),
             snapshot_ack: self.snapshot_ack,
@@ -42,12 +53,20 @@ impl Tm {
 
     fn apply(&mut self, response: &HeartbeatResponse) {
         self.desired_version = response.desired_version;
-        let desired: BTreeMap<i32, u64> = response.assignments.iter().map(|a| (a.partition, a.generation)).collect();
+        let desired: BTreeMap<i32, u64> = response
+            .assignments
+            .iter()
+            .map(|a| (a.partition, a.generation))
+            .collect();
         let held: Vec<(i32, u64)> = self.held.iter().map(|(p, g)| (*p, *g)).collect();
         for (p, g) in held {
             if desired.get(&p) != Some(&g) {
                 self.held.remove(&p);
-                self.released.push(ReleasedPartition { partition: p, generation: g, committed_offset: Some(self.offset) });
+                self.released.push(ReleasedPartition {
+                    partition: p,
+                    generation: g,
+                    committed_offset: Some(self.offset),
+                });
             }
         }
         for (p, g) in desired {
@@ -70,7 +89,11 @@ impl Sim {
         let now = Instant::now();
         let mut c = Coordinator::new(config(), now, BTreeMap::new(), 0);
         c.set_partition_count(partitions, now);
-        Self { c, now, tms: BTreeMap::new() }
+        Self {
+            c,
+            now,
+            tms: BTreeMap::new(),
+        }
     }
 
     fn advance(&mut self, d: Duration) -> Vec<SnapshotOutcome> {
@@ -82,7 +105,14 @@ impl Sim {
         let tm = self.tms.entry(id.to_string()).or_default();
         let request = RegisterRequest {
             address: None,
-            owned: tm.held.iter().map(|(p, g)| OwnedPartition { partition: *p, generation: *g }).collect(),
+            owned: tm
+                .held
+                .iter()
+                .map(|(p, g)| OwnedPartition {
+                    partition: *p,
+                    generation: *g,
+                })
+                .collect(),
             progress: Vec::new(),
         };
         self.c.register(id, &request, self.now);
@@ -93,7 +123,10 @@ impl Sim {
     fn beat(&mut self, id: &str) -> bool {
         let tm = self.tms.get_mut(id).expect("known tm");
         let request = tm.report();
-        let immediate = self.c.heartbeat(id, &request, self.now).expect("registered");
+        let immediate = self
+            .c
+            .heartbeat(id, &request, self.now)
+            .expect("registered");
         let response = self.c.response(id, self.now).expect("registered");
         tm.apply(&response);
         immediate
@@ -152,7 +185,13 @@ fn a_joiner_gets_partitions_only_after_their_owner_released_them() {
     sim.beat("b");
     assert!(sim.held("b").is_empty());
     let overview: Vec<PartitionState> = sim.c.partitions().iter().map(|p| p.state).collect();
-    assert_eq!(overview.iter().filter(|s| **s == PartitionState::Revoking).count(), 2);
+    assert_eq!(
+        overview
+            .iter()
+            .filter(|s| **s == PartitionState::Revoking)
+            .count(),
+        2
+    );
     // a's answer revokes two; its next report releases them; then b gets them.
     assert!(sim.beat("a"), "a has something to do: answered at once");
     assert_eq!(sim.held("a").len(), 2);
@@ -163,7 +202,10 @@ fn a_joiner_gets_partitions_only_after_their_owner_released_them() {
     sim.assert_disjoint();
     // Released offsets become the new owner's start offsets.
     let response = sim.c.response("b", sim.now).expect("registered");
-    assert!(response.assignments.iter().all(|a| a.start_offset == Some(0)));
+    assert!(response
+        .assignments
+        .iter()
+        .all(|a| a.start_offset == Some(0)));
     // Nothing left to do: the next heartbeat may be held.
     assert!(!sim.beat("b"));
 }
@@ -186,7 +228,10 @@ fn a_silent_member_is_dropped_and_its_partitions_reassigned() {
     // b comes back: unknown now, so it must register again.
     let mut tm = sim.tms["b"].clone();
     let request = tm.report();
-    assert_eq!(sim.c.heartbeat("b", &request, sim.now), Err(CoordinatorError::UnknownMember("b".into())));
+    assert_eq!(
+        sim.c.heartbeat("b", &request, sim.now),
+        Err(CoordinatorError::UnknownMember("b".into()))
+    );
 }
 
 #[test]
@@ -200,7 +245,11 @@ fn a_graceful_leave_frees_partitions_at_once_with_exact_offsets() {
     let released: Vec<ReleasedPartition> = sim.tms["b"]
         .held
         .iter()
-        .map(|(p, g)| ReleasedPartition { partition: *p, generation: *g, committed_offset: Some(42) })
+        .map(|(p, g)| ReleasedPartition {
+            partition: *p,
+            generation: *g,
+            committed_offset: Some(42),
+        })
         .collect();
     sim.c.leave("b", &released, sim.now).expect("known");
     sim.tms.remove("b");
@@ -230,7 +279,10 @@ fn a_restarted_jobmanager_adopts_what_running_members_hold() {
     assert_eq!(sim.held("a"), a, "no partition moved");
     assert_eq!(sim.held("b"), b);
     assert_eq!(sim.c.rebalances(), 0);
-    assert!(sim.c.generation() >= generation, "generations never go back");
+    assert!(
+        sim.c.generation() >= generation,
+        "generations never go back"
+    );
 }
 
 #[test]
@@ -283,7 +335,10 @@ fn a_snapshot_times_out_when_an_owner_never_reports() {
         outcomes.extend(sim.advance(Duration::from_secs(1)));
     }
     // The silent member was dropped at 5 s, which completes the snapshot with what is known.
-    assert!(matches!(outcomes.as_slice(), [SnapshotOutcome::Ready(_)]), "{outcomes:?}");
+    assert!(
+        matches!(outcomes.as_slice(), [SnapshotOutcome::Ready(_)]),
+        "{outcomes:?}"
+    );
 }
 
 #[test]
@@ -299,7 +354,10 @@ fn stop_revokes_everything_and_finishes() {
     assert!(sim.c.all_released());
     sim.c.end_stop(true, sim.now);
     assert_eq!(sim.c.state(), JobState::Finished);
-    assert_eq!(sim.c.begin_stop(sim.now), Err(CoordinatorError::NotRunning(JobState::Finished)));
+    assert_eq!(
+        sim.c.begin_stop(sim.now),
+        Err(CoordinatorError::NotRunning(JobState::Finished))
+    );
     sim.beat_all(2);
     assert!(sim.held("a").is_empty(), "a finished job assigns nothing");
 }
@@ -314,7 +372,14 @@ fn stale_reports_are_ignored() {
     stale.owned.clear();
     stale.seq = 1;
     sim.c.heartbeat("a", &stale, sim.now).expect("known");
-    assert_eq!(sim.c.partitions().iter().filter(|p| p.owner.is_some()).count(), 2);
+    assert_eq!(
+        sim.c
+            .partitions()
+            .iter()
+            .filter(|p| p.owner.is_some())
+            .count(),
+        2
+    );
 }
 
 #[derive(Debug, Clone)]

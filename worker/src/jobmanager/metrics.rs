@@ -1,0 +1,182 @@
+//! Prometheus metrics of the jobmanager, refreshed from the coordinator at every scrape.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::api::{JobState, PartitionState};
+
+use super::coordinator::Coordinator;
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug)]
+pub struct JobManagerMetrics {
+    registry: Registry,
+    job_state: Family<Labels, Gauge>,
+    taskmanagers: Gauge,
+    partitions: Family<Labels, Gauge>,
+    partition_committed_offset: Family<Labels, Gauge>,
+    partition_lag: Family<Labels, Gauge>,
+    rebalances: Counter,
+    rebalances_seen: AtomicU64,
+    pub checkpoints: Family<Labels, Counter>,
+    pub savepoints: Family<Labels, Counter>,
+    pub last_checkpoint_duration_seconds: Gauge<f64, AtomicU64>,
+    pub last_savepoint_duration_seconds: Gauge<f64, AtomicU64>,
+    pub partition_discovery_errors: Counter,
+}
+
+impl JobManagerMetrics {
+    pub fn new(job: &str) -> Self {
+        let mut root = Registry::with_prefix_and_labels(
+            "streamjob_jobmanager",
+            [(
+                std::borrow::Cow::Borrowed("job"),
+                std::borrow::Cow::Owned(job.to_string()),
+            )]
+            .into_iter(),
+        );
+        let metrics = Self {
+            registry: Registry::default(),
+            job_state: Family::default(),
+            taskmanagers: Gauge::default(),
+            partitions: Family::default(),
+            partition_committed_offset: Family::default(),
+            partition_lag: Family::default(),
+            rebalances: Counter::default(),
+            rebalances_seen: AtomicU64::new(0),
+            checkpoints: Family::default(),
+            savepoints: Family::default(),
+            last_checkpoint_duration_seconds: Gauge::default(),
+            last_savepoint_duration_seconds: Gauge::default(),
+            partition_discovery_errors: Counter::default(),
+        };
+        let r = &mut root;
+        r.register(
+            "job_state",
+            "1 for the job's current state",
+            metrics.job_state.clone(),
+        );
+        r.register(
+            "taskmanagers",
+            "Registered taskmanagers",
+            metrics.taskmanagers.clone(),
+        );
+        r.register(
+            "partitions",
+            "Partitions by assignment state",
+            metrics.partitions.clone(),
+        );
+        r.register(
+            "partition_committed_offset",
+            "Next offset to apply per partition, as last reported",
+            metrics.partition_committed_offset.clone(),
+        );
+        r.register(
+            "partition_lag",
+            "Records behind the high watermark per partition",
+            metrics.partition_lag.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Assignment plans that moved partitions",
+            metrics.rebalances.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "Checkpoints by result",
+            metrics.checkpoints.clone(),
+        );
+        r.register(
+            "savepoints",
+            "Savepoints by result",
+            metrics.savepoints.clone(),
+        );
+        r.register(
+            "last_checkpoint_duration_seconds",
+            "Trigger to written file, last checkpoint",
+            metrics.last_checkpoint_duration_seconds.clone(),
+        );
+        r.register(
+            "last_savepoint_duration_seconds",
+            "Trigger to written file, last savepoint",
+            metrics.last_savepoint_duration_seconds.clone(),
+        );
+        r.register(
+            "partition_discovery_errors",
+            "Failed attempts to read the topic's partition count",
+            metrics.partition_discovery_errors.clone(),
+        );
+        Self {
+            registry: root,
+            ..metrics
+        }
+    }
+
+    /// Refreshes the gauges from the coordinator and renders the text exposition.
+    pub fn render(&self, coordinator: &Coordinator) -> String {
+        for state in [
+            JobState::Initializing,
+            JobState::Running,
+            JobState::Stopping,
+            JobState::Finished,
+        ] {
+            let name = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            self.job_state
+                .get_or_create(&vec![("state".into(), name)])
+                .set(i64::from(coordinator.state() == state));
+        }
+        self.taskmanagers.set(coordinator.member_count() as i64);
+        let partitions = coordinator.partitions();
+        for state in [
+            PartitionState::Unassigned,
+            PartitionState::Assigning,
+            PartitionState::Running,
+            PartitionState::Revoking,
+        ] {
+            let name = format!("{state:?}").to_lowercase();
+            let n = partitions.iter().filter(|p| p.state == state).count();
+            self.partitions
+                .get_or_create(&vec![("state".into(), name)])
+                .set(n as i64);
+        }
+        for p in &partitions {
+            let labels = vec![("partition".to_string(), p.partition.to_string())];
+            if let Some(offset) = p.committed_offset {
+                self.partition_committed_offset
+                    .get_or_create(&labels)
+                    .set(offset);
+            }
+            if let Some(lag) = p.lag {
+                self.partition_lag.get_or_create(&labels).set(lag);
+            }
+        }
+        let total = coordinator.rebalances();
+        let seen = self
+            .rebalances_seen
+            .swap(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.rebalances.inc_by(total - seen);
+        }
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    pub fn result_labels(ok: bool) -> Labels {
+        vec![(
+            "result".into(),
+            if ok { "completed" } else { "failed" }.into(),
+        )]
+    }
+}
