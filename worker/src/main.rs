@@ -79,14 +79,23 @@ async fn run(command: Command, config: JobConfig) -> anyhow::Result<()> {
                 options.from_savepoint = args.from_savepoint;
             }
             options.allow_non_restored_state |= args.allow_non_restored_state;
-            streamjob_worker::jobmanager::run(std::sync::Arc::new(config), options, shutdown_signal()).await?;
+            streamjob_worker::jobmanager::run(
+                std::sync::Arc::new(config),
+                options,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Taskmanager(_) => {
             let options = streamjob_worker::taskmanager::TaskManagerOptions::from_env();
-            streamjob_worker::taskmanager::run(std::sync::Arc::new(config), options, shutdown_signal())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            streamjob_worker::taskmanager::run(
+                std::sync::Arc::new(config),
+                options,
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
             Ok(())
         }
         Command::MockKafka(args) => {
