@@ -147,6 +147,7 @@ ALL_FEATURES = {
     "extraEnv": [{"name": "EXTRA", "value": "1"}],
     "extraArgs": ["--log-format", "text"],
     "serviceAccount": {"annotations": {"example.com/role": "x"}},
+    "podDisruptionBudget": {"enabled": True},
 }
 
 
@@ -161,6 +162,9 @@ def test_every_rendered_object_is_a_valid_kubernetes_object(render, mode_values,
         _validate_k8s(obj)
     if variant == "all-features":
         assert rendered.of_kind("ServiceMonitor"), "serviceMonitor.enabled rendered no ServiceMonitor"
+        pdb = rendered.one("PodDisruptionBudget")
+        pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_names_and_namespaces_are_valid_for_any_release_name(render, mode_values):
