@@ -1,0 +1,374 @@
+//! A distributed job in real processes for the jobmanager tests and benchmark: the
+//! `streamjob-worker` binary as one jobmanager and N taskmanagers, a real redis-server, a real
+//! Kafka-protocol broker (librdkafka's mock cluster on TCP ports, hosted by the test process).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use streamjob_worker::api::{JobOverview, OperationInfo, OperationStatus, TriggerResponse};
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::taskmanager::JobManagerClient;
+use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
+use streamjob_worker::testkit::redis::RedisServer;
+use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
+
+pub const TOPIC: &str = "trace-jm";
+pub const DLQ: &str = "trace-jm-dlq";
+pub const JOB: &str = "jm";
+const T: Duration = Duration::from_secs(5);
+
+pub fn data_set(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut generator = EventGenerator::new(
+        seed,
+        TrafficShape {
+            users: 5_000,
+            messages: 3_000,
+            malformed_ppm: 200,
+            ..TrafficShape::default()
+        },
+    );
+    (0..n).map(|_| generator.next_payload()).collect()
+}
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub kafka: EmbeddedKafka,
+    pub partitions: i32,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+    pub client: JobManagerClient,
+    jobmanager: Option<Child>,
+    taskmanagers: BTreeMap<String, Child>,
+    log_seq: usize,
+}
+
+impl Cluster {
+    /// `checkpoint_interval`: e.g. `"1s"` or `"0s"` (off).
+    pub fn start(partitions: i32, checkpoint_interval: &str) -> Self {
+        let redis = RedisServer::start().expect("redis-server starts");
+        let kafka = kafka::start_mock(TOPIC, partitions, DLQ);
+        let dir = tempfile::Builder::new()
+            .prefix("streamjob-jm-")
+            .tempdir()
+            .expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config_path = dir.path().join("job.yaml");
+        let yaml = format!(
+            r#"job:
+  name: {JOB}
+source:
+  kafka:
+    brokers: "{brokers}"
+    topic: {TOPIC}
+    dlqTopic: {DLQ}
+    properties:
+      fetch.wait.max.ms: "10"
+sink:
+  redis:
+    url: "{redis}"
+batch:
+  maxEvents: 500
+  linger: 20ms
+checkpoint:
+  interval: {checkpoint_interval}
+  dir: "{state}"
+  retain: 3
+jobmanager:
+  bind: "127.0.0.1:{port}"
+  url: "http://127.0.0.1:{port}"
+  heartbeatInterval: 250ms
+  heartbeatTimeout: 2s
+metrics:
+  bind: "127.0.0.1:0"
+logging:
+  level: "info"
+"#,
+            brokers = kafka.bootstrap_servers(),
+            redis = redis.url(),
+            state = dir.path().join("state").display(),
+        );
+        std::fs::write(&config_path, yaml).expect("config written");
+        let client = JobManagerClient::new(&format!("http://127.0.0.1:{port}"));
+        Self {
+            redis,
+            kafka,
+            partitions,
+            dir,
+            config_path,
+            port,
+            client,
+            jobmanager: None,
+            taskmanagers: BTreeMap::new(),
+            log_seq: 0,
+        }
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str], id: Option<&str>) -> Child {
+        self.log_seq += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("{:02}-{name}.log", self.log_seq));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_streamjob-worker"));
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"));
+        if let Some(id) = id {
+            command.env("STREAMJOB_TASKMANAGER_ID", id);
+        }
+        command.spawn().expect("worker binary starts")
+    }
+
+    pub fn start_jobmanager(&mut self, extra: &[&str]) {
+        let mut args = vec!["jobmanager"];
+        args.extend_from_slice(extra);
+        let child = self.spawn("jobmanager", &args, None);
+        self.jobmanager = Some(child);
+    }
+
+    pub fn start_taskmanager(&mut self, id: &str) {
+        let child = self.spawn(id, &["taskmanager"], Some(id));
+        self.taskmanagers.insert(id.to_string(), child);
+    }
+
+    fn signal(pid: u32, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+    }
+
+    fn wait_exit(child: &mut Child, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("process {} did not exit within {timeout:?}", child.id());
+    }
+
+    /// SIGTERM (graceful leave) and wait for the exit.
+    pub fn stop_taskmanager(&mut self, id: &str) {
+        let mut child = self.taskmanagers.remove(id).expect("running taskmanager");
+        Self::signal(child.id(), "TERM");
+        Self::wait_exit(&mut child, Duration::from_secs(20));
+    }
+
+    pub fn kill_taskmanager(&mut self, id: &str) {
+        let mut child = self.taskmanagers.remove(id).expect("running taskmanager");
+        Self::signal(child.id(), "KILL");
+        let _ = child.wait();
+    }
+
+    pub fn kill_jobmanager(&mut self) {
+        let mut child = self.jobmanager.take().expect("running jobmanager");
+        Self::signal(child.id(), "KILL");
+        let _ = child.wait();
+    }
+
+    pub fn stop_all(&mut self) {
+        let ids: Vec<String> = self.taskmanagers.keys().cloned().collect();
+        for id in ids {
+            self.stop_taskmanager(&id);
+        }
+        if let Some(mut child) = self.jobmanager.take() {
+            Self::signal(child.id(), "TERM");
+            Self::wait_exit(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Produces on a background thread (the caller may rescale meanwhile).
+    pub fn produce_in_background(&self, payloads: Vec<Vec<u8>>) -> std::thread::JoinHandle<()> {
+        let bootstrap = self.kafka.bootstrap_servers().to_string();
+        let partitions = self.partitions;
+        std::thread::spawn(move || {
+            kafka::produce(
+                &bootstrap,
+                TOPIC,
+                partitions,
+                &payloads,
+                ProduceMode::Batched,
+            )
+            .expect("produced");
+        })
+    }
+
+    pub fn fences(&self) -> Vec<Option<i64>> {
+        fence_offsets(&self.redis.url(), "", JOB, TOPIC, self.partitions).expect("fences readable")
+    }
+
+    pub fn applied(&self) -> i64 {
+        self.fences().iter().map(|f| f.unwrap_or(0)).sum()
+    }
+
+    /// Waits until the fences account for `total` records (every record produced so far).
+    pub fn wait_applied(&self, total: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = self.applied();
+            if applied >= total {
+                assert_eq!(
+                    applied,
+                    total,
+                    "fences past the data set: {:?}",
+                    self.fences()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "only {applied} of {total} applied after {timeout:?}; logs:\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {}\n", log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn assert_exact(&self, payloads: &[Vec<u8>]) {
+        let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
+        let actual = TraceState::read(&self.redis.url()).expect("redis readable");
+        let diff = expected.state.diff(&actual, 10);
+        assert!(
+            diff.is_empty(),
+            "redis state differs from the data set:\n{}",
+            diff.join("\n")
+        );
+        assert_eq!(actual.list_values(), expected.state.list_values());
+    }
+
+    pub async fn overview(&self) -> Option<JobOverview> {
+        self.client
+            .call::<(), JobOverview>(Method::GET, &format!("/jobs/{JOB}"), None, T)
+            .await
+            .ok()
+    }
+
+    /// Polls the overview until `f` holds.
+    pub async fn wait_overview(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&JobOverview) -> bool,
+    ) -> JobOverview {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(o) = self.overview().await {
+                if f(&o) {
+                    return o;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: not reached in {timeout:?}; overview {:#?}\nlogs:\n{}",
+                    self.overview().await,
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until exactly `ids` are registered and share every partition evenly.
+    pub async fn wait_balanced(&self, ids: &[&str], timeout: Duration) -> JobOverview {
+        let partitions = self.partitions as usize;
+        self.wait_overview(&format!("balanced over {ids:?}"), timeout, |o| {
+            let mut registered: Vec<&str> = o.taskmanagers.iter().map(|t| t.id.as_str()).collect();
+            registered.sort_unstable();
+            let mut want = ids.to_vec();
+            want.sort_unstable();
+            let loads: Vec<usize> = o.taskmanagers.iter().map(|t| t.partitions.len()).collect();
+            registered == want
+                && o.partitions
+                    .iter()
+                    .all(|p| p.state == streamjob_worker::api::PartitionState::Running)
+                && loads.iter().sum::<usize>() == partitions
+                && loads.iter().max().copied().unwrap_or(0)
+                    - loads.iter().min().copied().unwrap_or(0)
+                    <= 1
+        })
+        .await
+    }
+
+    /// POSTs a trigger and polls it to the end.
+    pub async fn trigger(&self, path: &str, body: &str) -> OperationInfo {
+        let raw = self
+            .client
+            .raw(Method::POST, path, Some(body.as_bytes().to_vec()), T)
+            .await
+            .expect("trigger answered");
+        assert_eq!(raw.status, 202, "{}", String::from_utf8_lossy(&raw.body));
+        let accepted: TriggerResponse = serde_json::from_slice(&raw.body).expect("trigger id");
+        let poll = format!("/jobs/{JOB}/savepoints/{}", accepted.request_id);
+        for _ in 0..1200 {
+            let info: OperationInfo = self
+                .client
+                .call::<(), _>(Method::GET, &poll, None, T)
+                .await
+                .expect("poll");
+            if info.status != OperationStatus::InProgress {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("operation {} never finished", accepted.request_id);
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .taskmanagers
+            .values_mut()
+            .chain(self.jobmanager.as_mut())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
