@@ -262,6 +262,18 @@ def test_deployment_passes_leader_election_identity_by_downward_api(render, mode
     ]["type"] == "Recreate", "without leader election two operators must never overlap"
 
 
+def test_deployment_env_is_read_by_the_operator(render, mode_values):
+    """Every variable the chart sets is one the operator's code reads (a renamed variable would
+    silently stop leader election or logging from being configured)."""
+    source = "\n".join(p.read_text() for p in (ROOT / "operator" / "src").rglob("*.rs"))
+    for var in _container(render(mode_values))["env"]:
+        name = var["name"]
+        if name == "RUST_LOG":
+            assert "from_default_env" in source or '"RUST_LOG"' in source, "the operator ignores RUST_LOG"
+        else:
+            assert f'"{name}"' in source, f"the chart sets {name}, which the operator never reads"
+
+
 def test_deployment_watches_exactly_the_configured_namespaces(render, mode, mode_values):
     args = _container(render(mode_values))["args"]
     watched = [args[i + 1] for i, a in enumerate(args) if a == "--watch-namespace"]
