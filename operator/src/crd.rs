@@ -24,6 +24,8 @@ pub const SAVEPOINT_HISTORY_CAP: usize = 10;
 
 /// A streaming job: the austin message-trace pipeline (Kafka AnchorInfo events to Redis trace data),
 /// run by one jobmanager and `spec.replicas` taskmanagers.
+// Several printer columns share a `type_`: not a duplicate, whatever the lint thinks.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "streaming.austin.dev",

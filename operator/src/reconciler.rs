@@ -276,6 +276,16 @@ pub struct Scope {
     pub namespaces: Vec<String>,
 }
 
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -289,31 +299,11 @@ pub async fn run(
         scope.namespaces.iter().cloned().map(Some).collect()
     };
     let controllers = apis.into_iter().map(|namespace| {
-        let api = |client: &Client| -> (
-            Api<StreamJob>,
-            Api<Deployment>,
-            Api<ConfigMap>,
-            Api<Service>,
-            Api<PersistentVolumeClaim>,
-        ) {
-            match &namespace {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-                None => (
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                ),
-            }
-        };
-        let (jobs, deployments, config_maps, services, pvcs) = api(&client);
+        let jobs: Api<StreamJob> = scoped(&client, namespace.as_deref());
+        let deployments: Api<Deployment> = scoped(&client, namespace.as_deref());
+        let config_maps: Api<ConfigMap> = scoped(&client, namespace.as_deref());
+        let services: Api<Service> = scoped(&client, namespace.as_deref());
+        let pvcs: Api<PersistentVolumeClaim> = scoped(&client, namespace.as_deref());
         let children = watcher::Config::default().labels(&labels::managed_selector());
         let mut shutdown = shutdown.clone();
         Controller::new(jobs, watcher::Config::default())

@@ -404,12 +404,21 @@ pub fn transition_events(
             || (condition.type_ == READY
                 && condition.status == "False"
                 && before.is_some_and(|c| c.status == "True"));
+        let severity = if warning {
+            EventSeverity::Warning
+        } else {
+            EventSeverity::Normal
+        };
+        // Several conditions often change for one cause (Ready=False and Degraded=True, both
+        // ApplyFailed): one Event per cause, as severe as the worst of them.
+        if let Some(same) = events.iter_mut().find(|e| e.reason == condition.reason) {
+            if severity == EventSeverity::Warning {
+                same.severity = EventSeverity::Warning;
+            }
+            continue;
+        }
         events.push(EventNote {
-            severity: if warning {
-                EventSeverity::Warning
-            } else {
-                EventSeverity::Normal
-            },
+            severity,
             reason: condition.reason.clone(),
             message: format!(
                 "{}={}: {}",

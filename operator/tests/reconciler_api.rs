@@ -1,0 +1,418 @@
+//! The reconciler's API calls, asserted against a mocked API server (method, path, query, body):
+//! create, update, drift repair, status write, a failing call, the finalizer; and every request
+//! it makes is covered by the RBAC table.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+use streamjob_operator::crd::StreamJob;
+use streamjob_operator::metrics::Metrics;
+use streamjob_operator::planner::FINALIZER;
+use streamjob_operator::rbac;
+use streamjob_operator::reconciler::{self, Context};
+use support::fake_api::{FakeApi, Recorded};
+
+const NS: &str = "default";
+const JOB: &str = "/apis/streaming.austin.dev/v1alpha1/namespaces/default/streamjobs/trace";
+const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/trace-config";
+const PVC: &str = "/api/v1/namespaces/default/persistentvolumeclaims/trace-savepoints";
+const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
+const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
+const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+fn fixed_now() -> Timestamp {
+    Timestamp::from_second(1_763_700_000).expect("valid time")
+}
+
+/// The minimal sample as stored in the API server, with our finalizer already in place.
+fn stored_job(api: &FakeApi) -> StreamJob {
+    let mut job = support::sample("minimal.yaml");
+    job.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    job
+}
+
+fn setup() -> (Arc<Context>, FakeApi, Arc<Metrics>) {
+    let (client, api) = FakeApi::start();
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(Context::with_clock(client, metrics.clone(), fixed_now));
+    (ctx, api, metrics)
+}
+
+fn assert_rbac_covers(requests: &[Recorded]) {
+    for r in requests {
+        let attributes = rbac::classify(&r.method, &r.path, &r.query)
+            .unwrap_or_else(|| panic!("unclassifiable request {} {}", r.method, r.path));
+        assert!(
+            rbac::allows(&attributes.group, &attributes.resource, &attributes.verb),
+            "the RBAC table does not allow {attributes:?} ({} {})",
+            r.method,
+            r.path
+        );
+    }
+}
+
+fn applies(requests: &[Recorded]) -> Vec<&str> {
+    requests
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.content_type.contains("apply-patch"))
+        .map(|r| r.path.as_str())
+        .collect()
+}
+
+fn body_of<'a>(requests: &'a [Recorded], method: &str, path: &str) -> &'a Value {
+    requests
+        .iter()
+        .rev()
+        .find(|r| r.is(method, path))
+        .and_then(|r| r.body.as_ref())
+        .unwrap_or_else(|| panic!("no {method} {path}"))
+}
+
+fn event_reasons(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.is("POST", EVENTS))
+        .filter_map(|r| r.body.as_ref()?["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Marks the stored Deployments as rolled out and ready, as the Deployment controller would.
+fn finish_rollouts(api: &FakeApi) {
+    for path in [JOBMANAGER, TASKMANAGER] {
+        let mut deployment = api.get(path).expect("deployment stored");
+        let replicas = deployment["spec"]["replicas"].clone();
+        let generation = deployment["metadata"]["generation"].clone();
+        deployment["status"] = json!({
+            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": replicas, "availableReplicas": replicas
+        });
+        api.put(path, deployment);
+    }
+}
+
+fn job_from_store(api: &FakeApi) -> Arc<StreamJob> {
+    Arc::new(serde_json::from_value(api.get(JOB).expect("job stored")).expect("job parses"))
+}
+
+#[tokio::test]
+async fn a_new_streamjob_gets_its_children_status_and_events() {
+    let (ctx, api, metrics) = setup();
+    let job = stored_job(&api);
+    let action = reconciler::reconcile(Arc::new(job), ctx)
+        .await
+        .expect("reconciles");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+
+    let requests = api.requests();
+    let reads: Vec<(&str, &str)> = requests
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        reads,
+        [("GET", JOBMANAGER), ("GET", TASKMANAGER), ("GET", PVC)]
+    );
+    assert_eq!(
+        applies(&requests),
+        [
+            CONFIG_MAP,
+            PVC,
+            SERVICE,
+            JOBMANAGER,
+            TASKMANAGER,
+            &format!("{JOB}/status")[..]
+        ]
+    );
+    for r in requests
+        .iter()
+        .filter(|r| r.content_type.contains("apply-patch"))
+    {
+        let mut pairs: Vec<&str> = r.query.split('&').filter(|p| !p.is_empty()).collect();
+        pairs.sort_unstable();
+        assert_eq!(
+            pairs,
+            ["fieldManager=streamjob-operator", "force=true"],
+            "one field manager, forced: {}",
+            r.path
+        );
+    }
+
+    let config_map = body_of(&requests, "PATCH", CONFIG_MAP);
+    assert_eq!(config_map["kind"], "ConfigMap");
+    assert!(config_map["data"]["job.yaml"]
+        .as_str()
+        .is_some_and(|y| y.contains("url: http://trace-jobmanager.default.svc:8081")));
+    assert_eq!(
+        config_map["metadata"]["ownerReferences"][0]["kind"],
+        "StreamJob"
+    );
+    let pvc = body_of(&requests, "PATCH", PVC);
+    assert!(
+        pvc["metadata"].get("ownerReferences").is_none(),
+        "kept PVC is not owned: {pvc}"
+    );
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let taskmanager = body_of(&requests, "PATCH", TASKMANAGER);
+    assert_eq!(taskmanager["spec"]["replicas"], 1);
+    assert_eq!(
+        taskmanager["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "streamjob-operator"
+    );
+
+    let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
+    assert_eq!(status["phase"], "Deploying");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["selector"], "app.kubernetes.io/component=taskmanager,app.kubernetes.io/instance=trace,app.kubernetes.io/name=streamjob");
+    let conditions: Vec<(&str, &str)> = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or(""),
+                c["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            ("Ready", "False"),
+            ("Progressing", "True"),
+            ("Degraded", "False")
+        ]
+    );
+    assert!(
+        event_reasons(&requests).contains(&"Deploying".to_string()),
+        "{:?}",
+        event_reasons(&requests)
+    );
+    assert!(metrics
+        .encode()
+        .contains("streamjob_operator_reconciles_total 1"));
+    assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn a_finished_rollout_becomes_running_and_a_steady_job_writes_no_status() {
+    let (ctx, api, _) = setup();
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    finish_rollouts(&api);
+    api.clear_requests();
+    let action = reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("second");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let requests = api.requests();
+    let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["readyReplicas"], 1);
+    assert!(event_reasons(&requests).contains(&"Running".to_string()));
+
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx)
+        .await
+        .expect("third");
+    let requests = api.requests();
+    assert!(
+        !requests.iter().any(|r| r.path.ends_with("/status")),
+        "unchanged status is not rewritten"
+    );
+    assert!(
+        !requests.iter().any(|r| r.path == EVENTS),
+        "no transition, no event"
+    );
+    assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn a_spec_update_rolls_out_a_new_config() {
+    let (ctx, api, _) = setup();
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    finish_rollouts(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("running");
+    let old_hash = api.get(TASKMANAGER).expect("tm")["spec"]["template"]["metadata"]["annotations"]
+        ["streaming.austin.dev/config-hash"]
+        .clone();
+
+    let mut job = (*job_from_store(&api)).clone();
+    job.spec.redis.key_prefix = "eu:".into();
+    job.spec.replicas = 3;
+    job.metadata.generation = Some(2);
+    api.clear_requests();
+    reconciler::reconcile(Arc::new(job), ctx)
+        .await
+        .expect("update");
+    let requests = api.requests();
+    let config = body_of(&requests, "PATCH", CONFIG_MAP)["data"]["job.yaml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        config.contains("keyPrefix: 'eu:'") || config.contains("keyPrefix: \"eu:\""),
+        "{config}"
+    );
+    let taskmanager = body_of(&requests, "PATCH", TASKMANAGER);
+    assert_eq!(taskmanager["spec"]["replicas"], 3);
+    assert_ne!(
+        taskmanager["spec"]["template"]["metadata"]["annotations"]
+            ["streaming.austin.dev/config-hash"],
+        old_hash
+    );
+    let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
+    assert_eq!(status["phase"], "Upgrading");
+    assert_eq!(status["observedGeneration"], 2);
+    let reasons = event_reasons(&requests);
+    for expected in ["Upgrading", "ConfigChanged", "Scaled"] {
+        assert!(
+            reasons.contains(&expected.to_string()),
+            "{expected} missing from {reasons:?}"
+        );
+    }
+    assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_child_is_repaired() {
+    let (ctx, api, _) = setup();
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    finish_rollouts(&api);
+    // Someone scales the taskmanagers by hand and deletes the ConfigMap.
+    let mut taskmanager = api.get(TASKMANAGER).expect("tm");
+    taskmanager["spec"]["replicas"] = json!(7);
+    api.put(TASKMANAGER, taskmanager);
+    api.remove(CONFIG_MAP);
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx)
+        .await
+        .expect("repair");
+    let requests = api.requests();
+    assert_eq!(
+        body_of(&requests, "PATCH", TASKMANAGER)["spec"]["replicas"],
+        1,
+        "forced back to spec.replicas"
+    );
+    assert!(api.get(CONFIG_MAP).is_some(), "ConfigMap recreated");
+    assert!(applies(&requests).contains(&CONFIG_MAP));
+    assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn a_failing_call_shows_as_degraded_and_backs_off() {
+    let (ctx, api, metrics) = setup();
+    let job = stored_job(&api);
+    api.fail_when(|r| {
+        (r.method == "PATCH" && r.path == JOBMANAGER).then(|| {
+            (
+                403,
+                "deployments.apps \"trace-jobmanager\" is forbidden".to_string(),
+            )
+        })
+    });
+    let error = reconciler::reconcile(Arc::new(job.clone()), ctx.clone())
+        .await
+        .expect_err("apply fails");
+    assert!(error.to_string().contains("forbidden"), "{error}");
+    let requests = api.requests();
+    assert!(
+        !applies(&requests).contains(&TASKMANAGER),
+        "stops at the first failure"
+    );
+    let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
+    assert_eq!(status["phase"], "Failed");
+    let degraded = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+        .expect("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(degraded["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("forbidden")));
+    let warning = requests
+        .iter()
+        .filter(|r| r.is("POST", EVENTS))
+        .filter_map(|r| r.body.as_ref())
+        .find(|e| e["reason"] == "ApplyFailed")
+        .expect("a Warning event");
+    assert_eq!(warning["type"], "Warning");
+
+    let job = Arc::new(job);
+    let first = reconciler::error_policy(job.clone(), &error, ctx.clone());
+    let second = reconciler::error_policy(job, &error, ctx);
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    assert!(
+        metrics.encode().contains("reason=\"KubeApi\""),
+        "{}",
+        metrics.encode()
+    );
+    assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn the_finalizer_is_added_first_and_cleanup_removes_it() {
+    let (ctx, api, _) = setup();
+    let job = support::sample("minimal.yaml");
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    let action = reconciler::reconcile(Arc::new(job), ctx.clone())
+        .await
+        .expect("adds finalizer");
+    assert_eq!(action, Action::await_change());
+    let requests = api.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].is("PATCH", JOB) && requests[0].content_type.contains("json-patch"));
+    assert!(requests[0]
+        .body
+        .as_ref()
+        .is_some_and(|b| b.to_string().contains(FINALIZER)));
+    assert_eq!(
+        api.get(JOB).expect("job")["metadata"]["finalizers"],
+        json!([FINALIZER])
+    );
+
+    // Deletion: the hook runs, announces what happens to the PVC, and the finalizer goes.
+    let mut deleting = (*job_from_store(&api)).clone();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(fixed_now()),
+    );
+    api.put(JOB, serde_json::to_value(&deleting).expect("serialises"));
+    api.clear_requests();
+    reconciler::reconcile(Arc::new(deleting), ctx)
+        .await
+        .expect("cleans up");
+    let requests = api.requests();
+    assert!(event_reasons(&requests).contains(&"Deleting".to_string()));
+    let removal = requests
+        .iter()
+        .find(|r| r.is("PATCH", JOB))
+        .expect("finalizer removal");
+    assert!(
+        removal
+            .body
+            .as_ref()
+            .is_some_and(|b| b.to_string().contains("remove")),
+        "{removal:?}"
+    );
+    assert_rbac_covers(&requests);
+    let _ = NS;
+}
