@@ -104,6 +104,10 @@ def test_jobmanager_api_commands_match_the_job_and_the_worker_image(quick_start,
     name = sample["metadata"]["name"]
     forward = _find(quick_start, "kubectl", "port-forward")
     assert forward and forward[0][2] == f"svc/{name}-jobmanager"
+    planner = (ROOT / "operator" / "src" / "planner" / "mod.rs").read_text()
+    assert 'format!("{job}-jobmanager")' in planner, (
+        "the operator no longer names the jobmanager Service <job>-jobmanager: update the README"
+    )
     local, remote = map(int, forward[0][3].split(":"))
     assert remote in TARGETS["worker"][2], "the jobmanager REST port is one the worker image serves"
     urls = [a for c in quick_start if c[0] == "curl" for a in c if a.startswith("localhost:")]
