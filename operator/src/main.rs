@@ -43,6 +43,12 @@ enum Command {
     Crd,
     /// Print the RBAC PolicyRules the operator needs, as JSON.
     Rbac,
+    /// Print, offline, the children the operator would create for a StreamJob manifest.
+    Render {
+        /// The StreamJob manifest (YAML).
+        #[arg(short, long)]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -84,10 +90,43 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => print!("{}", streamjob_operator::crd::crd_yaml()?),
         Some(Command::Rbac) => println!("{}", streamjob_operator::rbac::policy_rules_json()),
+        Some(Command::Render { file }) => print!("{}", render(&file)?),
         Some(Command::Run(args)) => run(args)?,
         None => run(cli.run)?,
     }
     Ok(())
+}
+
+/// The children of a StreamJob manifest as multi-document YAML, planned as for a new object.
+fn render(file: &std::path::Path) -> anyhow::Result<String> {
+    use streamjob_operator::planner::{self, Observed, PlanInput};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut job: streamjob_operator::crd::StreamJob = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a StreamJob", file.display()))?;
+    job.metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    // Owner references need a uid; a placeholder stands in for the one the API server assigns.
+    job.metadata
+        .uid
+        .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    let observed = Observed::default();
+    let plan = planner::plan(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: Timestamp::now(),
+    })?;
+    let c = &plan.children;
+    let docs = [
+        serde_yaml::to_string(&c.config_map)?,
+        serde_yaml::to_string(&c.savepoint_pvc)?,
+        serde_yaml::to_string(&c.jobmanager_service)?,
+        serde_yaml::to_string(&c.jobmanager)?,
+        serde_yaml::to_string(&c.taskmanager)?,
+    ];
+    Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
 }
 
 fn init_tracing(format: LogFormat) {

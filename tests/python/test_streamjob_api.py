@@ -1,0 +1,137 @@
+"""The StreamJob API offline: the generated CRD is a valid CustomResourceDefinition, the samples
+validate against its openAPIV3Schema (types, enums, ranges), bad objects are refused by the schema,
+and the children the operator renders for the samples are valid Kubernetes objects."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "streamjob.yaml"
+SAMPLES = sorted((ROOT / "operator" / "samples").glob("*.yaml"))
+K8S_VERSION = "1.33.0"
+
+
+def crd() -> dict:
+    return yaml.safe_load(CRD.read_text())
+
+
+def schema() -> dict:
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def to_json_schema(node):
+    """OpenAPI v3 structural schema -> JSON Schema: drop Kubernetes extensions, map
+    `x-kubernetes-int-or-string` and `nullable`."""
+    if isinstance(node, list):
+        return [to_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-"):
+            continue
+        out[key] = to_json_schema(value)
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    out.pop("nullable", None)
+    return out
+
+
+def validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(to_json_schema(schema()))
+
+
+def test_the_crd_is_a_valid_custom_resource_definition():
+    kubernetes_validate.validate(crd(), K8S_VERSION, strict=True)
+
+
+def test_there_are_a_minimal_and_a_full_sample():
+    assert {p.name for p in SAMPLES} >= {"minimal.yaml", "full.yaml"}
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_every_sample_validates_against_the_crd_schema(sample):
+    document = yaml.safe_load(sample.read_text())
+    errors = sorted(validator().iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+@pytest.mark.parametrize(
+    "path, value, fragment",
+    [
+        (["spec", "replicas"], -1, "minimum"),
+        (["spec", "replicas"], "3", "not of type"),
+        (["spec", "upgradeMode"], "rolling", "is not one of"),
+        (["spec", "state"], "paused", "is not one of"),
+        (["spec", "kafka", "startingOffsets"], "middle", "is not one of"),
+        (["spec", "batch", "maxEvents"], 0, "minimum"),
+        (["spec", "savepoint", "onDelete", "pvc"], "archive", "is not one of"),
+    ],
+)
+def test_the_schema_refuses_bad_types_enums_and_ranges(path, value, fragment):
+    document = yaml.safe_load((ROOT / "operator" / "samples" / "full.yaml").read_text())
+    bad = copy.deepcopy(document)
+    cursor = bad
+    for key in path[:-1]:
+        cursor = cursor[key]
+    cursor[path[-1]] = value
+    messages = [e.message for e in validator().iter_errors(bad)]
+    assert any(fragment in m for m in messages), messages
+
+
+def test_required_fields_are_required():
+    document = yaml.safe_load((ROOT / "operator" / "samples" / "minimal.yaml").read_text())
+    del document["spec"]["kafka"]
+    messages = [e.message for e in validator().iter_errors(document)]
+    assert any("'kafka' is a required property" in m for m in messages), messages
+
+
+def test_every_rule_has_a_message_naming_a_field():
+    rules = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            rules.extend(node.get("x-kubernetes-validations", []))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema()["properties"]["spec"])
+    assert len(rules) >= 20
+    for rule in rules:
+        message = rule.get("message", "")
+        assert message.startswith("spec.") or message.startswith("secret ref"), rule
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_rendered_children_are_valid_kubernetes_objects(sample):
+    rendered = subprocess.run(
+        ["cargo", "run", "-q", "-p", "streamjob-operator", "--", "render", "-f", str(sample)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    assert [d["kind"] for d in documents] == [
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Service",
+        "Deployment",
+        "Deployment",
+    ]
+    for document in documents:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
