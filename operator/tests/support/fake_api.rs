@@ -140,6 +140,14 @@ impl State {
             },
             "POST" => {
                 let mut object = request.body.clone().unwrap_or(Value::Null);
+                if let Some(name) = object["metadata"]["name"].as_str() {
+                    if self
+                        .objects
+                        .contains_key(&format!("{}/{}", request.path, name))
+                    {
+                        return (409, conflict(&format!("{name} already exists")));
+                    }
+                }
                 let name = object["metadata"]["name"]
                     .as_str()
                     .map(str::to_string)
@@ -159,7 +167,20 @@ impl State {
                 (201, object)
             }
             "PUT" => {
-                let object = request.body.clone().unwrap_or(Value::Null);
+                let mut object = request.body.clone().unwrap_or(Value::Null);
+                // Optimistic concurrency: a replace must name the stored resourceVersion.
+                let stored = self
+                    .objects
+                    .get(&item_path)
+                    .map(|o| o["metadata"]["resourceVersion"].clone());
+                match stored {
+                    None => return (404, not_found(&item_path)),
+                    Some(version) if version != object["metadata"]["resourceVersion"] => {
+                        return (409, conflict("the object has been modified"));
+                    }
+                    Some(_) => {}
+                }
+                object["metadata"]["resourceVersion"] = json!(self.next_version());
                 self.objects.insert(item_path, object.clone());
                 (200, object)
             }
@@ -241,6 +262,13 @@ fn not_found(path: &str) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("{path} not found"), "reason": "NotFound", "code": 404
+    })
+}
+
+fn conflict(message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": "Conflict", "code": 409
     })
 }
 
