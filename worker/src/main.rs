@@ -154,20 +154,21 @@ fn init_logging(config: &JobConfig, format: Option<LogFormatArg>) {
 /// when first polled), so a signal during start-up is never fatal.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
     async move {
-        let recv = |s: Option<&mut tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = recv(int.as_mut()) => tracing::info!("SIGINT received"),
-            _ = recv(term.as_mut()) => tracing::info!("SIGTERM received"),
+            _ = next_signal(int) => tracing::info!("SIGINT received"),
+            _ = next_signal(term) => tracing::info!("SIGTERM received"),
         }
+    }
+}
+
+async fn next_signal(signal: Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
