@@ -1,0 +1,423 @@
+//! Worker pipeline benchmark (run by `scripts/bench-worker.sh`, not a test).
+//!
+//! 1. A broker in its own process (`streamjob-worker mock-kafka`, or tansu with `--broker tansu`)
+//!    preloaded with a deterministic data set (default 1,000,000 events, 4 partitions, 1–3 ids per
+//!    event from 100k users, 50 businessIds, real state codes).
+//! 2. References measured in the same run: the broker's raw consume rate (a plain librdkafka
+//!    consumer reading the whole topic) and `redis-benchmark -P 64` LPUSH and HINCRBY rates.
+//! 3. End to end, `--runs` times (median reported): a fresh redis-server, the worker binary in
+//!    standalone mode (exactly-once on: fences, one script per batch), timed from process start until
+//!    every partition's fence reached the topic's end. Also Redis commands per event (the sink's
+//!    counters), worker CPU per event and peak RSS (/proc/PID/status VmHWM).
+//! 4. Latency: the worker running, events produced at a fixed rate (default 10k/s) for 20 s;
+//!    p50/p99 of the worker's `produce_to_redis_seconds` histogram (Kafka CreateTime → batch applied).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use streamjob_tests::{free_port, http_get, worker_binary, write_config, Worker};
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::metrics::{histogram_quantile, sample};
+use streamjob_worker::testkit::kafka::{self, ProduceMode, Tansu};
+use streamjob_worker::testkit::redis::RedisServer;
+use streamjob_worker::testkit::trace_state::fence_offsets;
+
+const TOPIC: &str = "austinTraceLog";
+const DLQ: &str = "austinTraceLog-dlq";
+const PARTITIONS: i32 = 4;
+
+struct Args {
+    events: usize,
+    runs: usize,
+    broker: String,
+    latency_rate: u64,
+    latency_secs: u64,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        events: 1_000_000,
+        runs: 3,
+        broker: "mock".into(),
+        latency_rate: 10_000,
+        latency_secs: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--events" => args.events = value.parse().expect("--events N"),
+            "--runs" => args.runs = value.parse().expect("--runs N"),
+            "--broker" => args.broker = value,
+            "--latency-rate" => args.latency_rate = value.parse().expect("--latency-rate N"),
+            "--latency-secs" => args.latency_secs = value.parse().expect("--latency-secs N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+enum Broker {
+    Mock(Child, String),
+    Tansu(Tansu),
+}
+
+impl Broker {
+    fn start(kind: &str) -> Self {
+        if kind == "tansu" {
+            let binary = kafka::tansu_binary().expect("tansu binary (scripts/setup.sh --test)");
+            let tansu = Tansu::start(&binary).expect("tansu starts");
+            tansu.create_topic(TOPIC, PARTITIONS).expect("topic");
+            tansu.create_topic(DLQ, 1).expect("dlq topic");
+            return Broker::Tansu(tansu);
+        }
+        let mut child = Command::new(worker_binary())
+            .args(["mock-kafka", "--topic", TOPIC, "--topic", DLQ])
+            .args(["--partitions", &PARTITIONS.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mock-kafka starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("bootstrap line");
+        let bootstrap = line.trim().trim_start_matches("BOOTSTRAP ").to_string();
+        Broker::Mock(child, bootstrap)
+    }
+
+    fn bootstrap(&self) -> &str {
+        match self {
+            Broker::Mock(_, b) => b,
+            Broker::Tansu(t) => t.bootstrap_servers(),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Mock(child, _) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn raw_consume_rate(bootstrap: &str, events: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut n = 0;
+    while n < events {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "raw consume stuck at {n}"
+        );
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-P", "64", "-n", "2000000", "-q"])
+        .args(args)
+        .output()
+        .expect("redis-benchmark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "LPUSH: 1234567.00 requests per second, p50=..." (last \r-separated segment)
+    let line = text.rsplit('\r').next().unwrap_or("").trim().to_string();
+    line.split_whitespace()
+        .find_map(|w| w.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("cannot parse redis-benchmark output {text:?}"))
+}
+
+fn job_yaml(bootstrap: &str, redis_url: &str, metrics_port: u16, dir: &std::path::Path) -> String {
+    format!(
+        r#"job:
+  name: trace
+source:
+  kafka:
+    brokers: "{bootstrap}"
+    topic: {TOPIC}
+    dlqTopic: {DLQ}
+    properties:
+      fetch.wait.max.ms: "10"
+sink:
+  redis:
+    url: "{redis_url}"
+batch:
+  maxEvents: 2000
+  linger: 5ms
+metrics:
+  bind: "127.0.0.1:{metrics_port}"
+jobmanager:
+  bind: "127.0.0.1:{jm}"
+  url: "http://127.0.0.1:{jm}"
+checkpoint:
+  dir: "{dir}"
+"#,
+        jm = free_port(),
+        dir = dir.display()
+    )
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+struct RunResult {
+    events_per_second: f64,
+    commands_per_event: f64,
+    cpu_us_per_event: f64,
+    peak_rss_mb: f64,
+}
+
+fn e2e_run(bootstrap: &str, ends: &[i64], events: usize, run: usize) -> RunResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::start().expect("redis");
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &job_yaml(bootstrap, &redis.url(), port, dir.path()),
+    );
+    let started = Instant::now();
+    let mut worker = Worker::start(
+        &["standalone", "--config", config.to_str().unwrap()],
+        &dir.path().join("worker.log"),
+    );
+    let pid = worker.pid().expect("pid");
+    loop {
+        let fences =
+            fence_offsets(&redis.url(), "", "trace", TOPIC, PARTITIONS).unwrap_or_default();
+        if fences.len() == ends.len() && fences.iter().zip(ends).all(|(f, e)| *f == Some(*e)) {
+            break;
+        }
+        assert!(worker.is_running(), "worker died:\n{}", worker.log_tail(20));
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "run {run} stuck"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics").unwrap_or_default();
+    let written = sample(&metrics, "streamjob_events_written_total", "").unwrap_or(0.0);
+    let commands = sample(&metrics, "streamjob_redis_commands_total", "").unwrap_or(0.0);
+    let cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let rss_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "worker stop: {status:?}"
+    );
+    let result = RunResult {
+        events_per_second: events as f64 / elapsed,
+        commands_per_event: commands / written.max(1.0),
+        cpu_us_per_event: cpu * 1e6 / events as f64,
+        peak_rss_mb: rss_kb as f64 / 1024.0,
+    };
+    eprintln!(
+        "run {run}: {:.0} events/s end to end ({elapsed:.2} s), {:.2} Redis commands/event, {:.2} µs CPU/event, peak RSS {:.1} MB",
+        result.events_per_second, result.commands_per_event, result.cpu_us_per_event, result.peak_rss_mb
+    );
+    result
+}
+
+fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = RedisServer::start().expect("redis");
+    let port = free_port();
+    let mut yaml = job_yaml(bootstrap, &redis.url(), port, dir.path());
+    // Start at the end of the preloaded data: only the paced events are measured.
+    yaml = yaml.replace(
+        "    dlqTopic:",
+        "    startingOffsets: latest\n    dlqTopic:",
+    );
+    let config = write_config(dir.path(), &yaml);
+    let mut worker = Worker::start(
+        &["standalone", "--config", config.to_str().unwrap()],
+        &dir.path().join("worker.log"),
+    );
+    let fences_ready = Instant::now();
+    while fence_offsets(&redis.url(), "", "trace", TOPIC, PARTITIONS)
+        .map(|f| f.len())
+        .unwrap_or(0)
+        == 0
+        || http_get(&format!("127.0.0.1:{port}"), "/metrics")
+            .map(|m| sample(&m, "streamjob_partitions_owned", "").unwrap_or(0.0) < 1.0)
+            .unwrap_or(true)
+    {
+        assert!(
+            fences_ready.elapsed() < Duration::from_secs(60),
+            "worker not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let mut generator = EventGenerator::new(99, TrafficShape::default());
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let payload = generator.next_payload_at(Some(now_ms));
+            let partition = (sent % PARTITIONS as u64) as i32;
+            if producer
+                .send(
+                    BaseRecord::<(), _>::to(TOPIC)
+                        .payload(&payload)
+                        .partition(partition),
+                )
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = http_get(&format!("127.0.0.1:{port}"), "/metrics").unwrap_or_default();
+    let p50 =
+        histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.5).unwrap_or(f64::NAN);
+    let p99 = histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.99)
+        .unwrap_or(f64::NAN);
+    let _ = worker.terminate(Duration::from_secs(30));
+    (p50 * 1000.0, p99 * 1000.0, sent)
+}
+
+fn main() {
+    let args = parse_args();
+    eprintln!("worker binary: {}", worker_binary().display());
+    let broker = Broker::start(&args.broker);
+    let bootstrap = broker.bootstrap().to_string();
+    eprintln!("broker: {} at {bootstrap}", args.broker);
+
+    let mut generator = EventGenerator::new(
+        20_240_101,
+        TrafficShape {
+            users: 100_000,
+            templates: 50,
+            max_ids: 3,
+            malformed_ppm: 0,
+            ..TrafficShape::default()
+        },
+    );
+    let payloads: Vec<Vec<u8>> = (0..args.events).map(|_| generator.next_payload()).collect();
+    let mode = if args.broker == "tansu" {
+        ProduceMode::OnePerRequest
+    } else {
+        ProduceMode::Batched
+    };
+    let t = Instant::now();
+    kafka::produce(&bootstrap, TOPIC, PARTITIONS, &payloads, mode).expect("preload");
+    eprintln!(
+        "preloaded {} events in {:.1} s",
+        args.events,
+        t.elapsed().as_secs_f64()
+    );
+    drop(payloads);
+    let ends = kafka::high_watermarks(&bootstrap, TOPIC, PARTITIONS).expect("watermarks");
+
+    let raw = (0..args.runs)
+        .map(|_| raw_consume_rate(&bootstrap, args.events))
+        .collect::<Vec<_>>();
+    let raw = median(raw);
+    eprintln!("raw consume: {raw:.0} records/s");
+    let redis = RedisServer::start().expect("redis");
+    let lpush = median(
+        (0..args.runs)
+            .map(|_| redis_benchmark(redis.port(), &["-t", "lpush"]))
+            .collect(),
+    );
+    let hincrby = median(
+        (0..args.runs)
+            .map(|_| redis_benchmark(redis.port(), &["hincrby", "bench:h", "60", "1"]))
+            .collect(),
+    );
+    drop(redis);
+    eprintln!("redis-benchmark -P 64: LPUSH {lpush:.0}/s, HINCRBY {hincrby:.0}/s");
+
+    let results: Vec<RunResult> = (0..args.runs)
+        .map(|i| e2e_run(&bootstrap, &ends, args.events, i + 1))
+        .collect();
+    let eps = median(results.iter().map(|r| r.events_per_second).collect());
+    let cmds = median(results.iter().map(|r| r.commands_per_event).collect());
+    let cpu = median(results.iter().map(|r| r.cpu_us_per_event).collect());
+    let rss = results.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
+    let (p50, p99, sent) = latency_run(&bootstrap, args.latency_rate, args.latency_secs);
+
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| data set | {} events, {PARTITIONS} partitions, broker {} |",
+        args.events, args.broker
+    );
+    println!(
+        "| end to end broker → Redis, exactly-once (median of {}) | {eps:.0} events/s |",
+        args.runs
+    );
+    println!(
+        "| each run (events/s) | {} |",
+        results
+            .iter()
+            .map(|r| format!("{:.0}", r.events_per_second))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| reference: raw consume, plain librdkafka consumer (median) | {raw:.0} records/s |");
+    println!("| reference: redis-benchmark -P 64 LPUSH (median) | {lpush:.0} ops/s |");
+    println!("| reference: redis-benchmark -P 64 HINCRBY (median) | {hincrby:.0} ops/s |");
+    println!("| Redis commands per event (sink counters, median) | {cmds:.2} |");
+    println!("| worker CPU per event (median) | {cpu:.2} µs |");
+    println!("| worker peak RSS (max of runs, VmHWM) | {rss:.1} MB |");
+    println!("| produce → Redis latency at {} events/s ({sent} events) | p50 {p50:.1} ms, p99 {p99:.1} ms |", args.latency_rate);
+}

@@ -1,0 +1,191 @@
+//! The worker binary's process contract: SIGTERM flushes the in-flight batch and exits 0; an
+//! invalid config is one clear error naming the field and exit code 2; `/metrics` and `/healthz`
+//! answer while it runs; the hidden `mock-kafka` subcommand hosts a broker another process can use.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use streamjob_tests::{free_port, http_get, worker_binary, write_config, Worker};
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::metrics::sample;
+use streamjob_worker::testkit::kafka::{self, ProduceMode};
+use streamjob_worker::testkit::redis::RedisServer;
+use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
+
+fn job_yaml(
+    broker: &str,
+    redis_url: &str,
+    metrics_port: u16,
+    linger: &str,
+    state_dir: &std::path::Path,
+) -> String {
+    format!(
+        r#"job:
+  name: trace
+source:
+  kafka:
+    brokers: "{broker}"
+    topic: austinTraceLog
+    properties:
+      fetch.wait.max.ms: "10"
+sink:
+  redis:
+    url: "{redis_url}"
+batch:
+  maxEvents: 1000000
+  linger: {linger}
+metrics:
+  bind: "127.0.0.1:{metrics_port}"
+jobmanager:
+  bind: "127.0.0.1:{jm}"
+  url: "http://127.0.0.1:{jm}"
+checkpoint:
+  dir: "{state}"
+"#,
+        jm = free_port(),
+        state = state_dir.display()
+    )
+}
+
+/// A mock broker in its own process (`streamjob-worker mock-kafka`), killed on drop.
+struct MockKafkaProcess {
+    child: std::process::Child,
+    bootstrap: String,
+}
+
+impl MockKafkaProcess {
+    fn start() -> Self {
+        let mut child = Command::new(worker_binary())
+            .args([
+                "mock-kafka",
+                "--topic",
+                "austinTraceLog",
+                "--topic",
+                "austinTraceLog-dlq",
+            ])
+            .args(["--partitions", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mock-kafka starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("bootstrap line");
+        let bootstrap = line
+            .trim()
+            .strip_prefix("BOOTSTRAP ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, bootstrap }
+    }
+}
+
+impl Drop for MockKafkaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = RedisServer::start().expect("redis-server");
+    let broker = MockKafkaProcess::start();
+    let mut generator = EventGenerator::new(9, TrafficShape::default());
+    let payloads: Vec<Vec<u8>> = (0..1_000).map(|_| generator.next_payload()).collect();
+    kafka::produce(
+        &broker.bootstrap,
+        "austinTraceLog",
+        2,
+        &payloads,
+        ProduceMode::Batched,
+    )
+    .expect("produced");
+    let port = free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    // A one-hour linger: nothing is written unless the shutdown flushes it.
+    let config = write_config(
+        dir.path(),
+        &job_yaml(
+            &broker.bootstrap,
+            &redis.url(),
+            port,
+            "1h",
+            &dir.path().join("state"),
+        ),
+    );
+    let mut worker = Worker::start(
+        &[
+            "standalone",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &dir.path().join("worker.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = http_get(&metrics_addr, "/metrics").unwrap_or_default();
+        if sample(&text, "streamjob_events_in_total", "") == Some(1_000.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not consumed:\n{}",
+            worker.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&metrics_addr, "/healthz").as_deref(), Some("ok\n"));
+    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
+    assert_eq!(fences, vec![None, None], "nothing applied before SIGTERM");
+
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{status:?}\n{}",
+        worker.log_tail(20)
+    );
+    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
+    assert_eq!(fences, vec![Some(500), Some(500)]);
+    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
+    let diff = expected
+        .state
+        .diff(&TraceState::read(&redis.url()).unwrap(), 5);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    // JSON logs carry the job and partition of their span.
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.starts_with('{')
+            && l.contains("\"partition\":1")
+            && l.contains("\"job\":\"trace\"")),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_invalid_config_is_one_error_naming_the_field_and_exit_code_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), "batch:\n  maxEvents: 0\n");
+    let output = Command::new(worker_binary())
+        .args(["standalone", "--config", config.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("batch.maxEvents"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let config = write_config(dir.path(), "sink:\n  redis:\n    urll: x\n");
+    let output = Command::new(worker_binary())
+        .args(["standalone", "--config", config.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("urll"));
+}
