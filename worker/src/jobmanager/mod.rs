@@ -37,6 +37,9 @@ pub use topic::{FixedPartitions, KafkaPartitions, PartitionDiscovery};
 pub struct JobManagerOptions {
     pub from_savepoint: Option<PathBuf>,
     pub allow_non_restored_state: bool,
+    /// How long to wait for running taskmanagers to re-register before assigning; default two
+    /// heartbeat intervals. Standalone mode uses zero (its taskmanagers start with it).
+    pub startup_grace: Option<Duration>,
 }
 
 impl JobManagerOptions {
@@ -44,6 +47,7 @@ impl JobManagerOptions {
         Self {
             from_savepoint: config.savepoint.restore_from.clone(),
             allow_non_restored_state: config.savepoint.allow_non_restored_state,
+            startup_grace: None,
         }
     }
 }

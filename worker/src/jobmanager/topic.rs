@@ -4,10 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::config::KafkaSourceConfig;
+use crate::source::{consumer_config, topic_partitions};
 
 pub type CountFuture = Pin<Box<dyn Future<Output = Result<u32, String>> + Send>>;
 
@@ -30,58 +30,30 @@ impl PartitionDiscovery for FixedPartitions {
 /// Asks the brokers for the topic's metadata.
 #[derive(Debug, Clone)]
 pub struct KafkaPartitions {
-    client: ClientConfig,
-    topic: String,
+    kafka: KafkaSourceConfig,
 }
 
 impl KafkaPartitions {
     pub fn new(kafka: &KafkaSourceConfig) -> Self {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("security.protocol", &kafka.security_protocol)
-            .set("group.id", format!("{}-jobmanager", kafka.group))
-            .set("enable.auto.commit", "false")
-            .set("allow.auto.create.topics", "false");
-        if let Some(sasl) = &kafka.sasl {
-            client.set("sasl.mechanism", &sasl.mechanism);
-            if let Some(username) = &sasl.username {
-                client.set("sasl.username", username);
-            }
-            if let Some(password) = &sasl.password {
-                client.set("sasl.password", password);
-            }
-        }
-        for (key, value) in &kafka.properties {
-            client.set(key, value);
-        }
         Self {
-            client,
-            topic: kafka.topic.clone(),
+            kafka: kafka.clone(),
         }
     }
 }
 
 impl PartitionDiscovery for KafkaPartitions {
     fn partition_count(&self) -> CountFuture {
-        let client = self.client.clone();
-        let topic = self.topic.clone();
+        let kafka = self.kafka.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let consumer: BaseConsumer = client
+                let topic = &kafka.topic;
+                let consumer: BaseConsumer = consumer_config(&kafka)
                     .create()
                     .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-                let metadata = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                let partitions = topic_partitions(&consumer, topic, Duration::from_secs(5))
                     .map_err(|e| format!("cannot fetch metadata of topic {topic:?}: {e}"))?;
-                let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                    return Err(format!("topic {topic:?} not found"));
-                };
-                if let Some(err) = t.error() {
-                    return Err(format!("topic {topic:?}: {err:?}"));
-                }
-                match t.partitions().len() {
-                    0 => Err(format!("topic {topic:?} has no partitions")),
+                match partitions.len() {
+                    0 => Err(format!("topic {topic:?} not found or has no partitions")),
                     n => Ok(n as u32),
                 }
             })

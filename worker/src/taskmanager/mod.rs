@@ -164,6 +164,11 @@ impl TaskManager {
         self.inner.local().entries.keys().copied().collect()
     }
 
+    /// Progress of the partitions this taskmanager runs.
+    pub fn progress(&self) -> Vec<crate::api::PartitionProgress> {
+        self.inner.progress()
+    }
+
     /// Graceful leave: stop talking to the jobmanager, flush and release every partition, tell
     /// the jobmanager (so the partitions move at once), stop the pipeline.
     pub async fn shutdown(self) -> Result<(), TaskManagerError> {

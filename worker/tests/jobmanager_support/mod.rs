@@ -24,6 +24,18 @@ pub const DLQ: &str = "trace-jm-dlq";
 pub const JOB: &str = "jm";
 const T: Duration = Duration::from_secs(5);
 
+/// The `streamjob-worker` binary: `STREAMJOB_WORKER_BIN` (benchmarks), else the one Cargo built
+/// for these tests.
+pub fn worker_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("STREAMJOB_WORKER_BIN") {
+        return path.into();
+    }
+    match option_env!("CARGO_BIN_EXE_streamjob-worker") {
+        Some(path) => path.into(),
+        None => panic!("set STREAMJOB_WORKER_BIN to the streamjob-worker binary"),
+    }
+}
+
 pub fn data_set(seed: u64, n: usize) -> Vec<Vec<u8>> {
     let mut generator = EventGenerator::new(
         seed,
@@ -53,6 +65,10 @@ pub struct Cluster {
 impl Cluster {
     /// `checkpoint_interval`: e.g. `"1s"` or `"0s"` (off).
     pub fn start(partitions: i32, checkpoint_interval: &str) -> Self {
+        Self::start_with(partitions, checkpoint_interval, 500)
+    }
+
+    pub fn start_with(partitions: i32, checkpoint_interval: &str, max_events: usize) -> Self {
         let redis = RedisServer::start().expect("redis-server starts");
         let kafka = kafka::start_mock(TOPIC, partitions, DLQ);
         let dir = tempfile::Builder::new()
@@ -78,7 +94,7 @@ sink:
   redis:
     url: "{redis}"
 batch:
-  maxEvents: 500
+  maxEvents: {max_events}
   linger: 20ms
 checkpoint:
   interval: {checkpoint_interval}
@@ -120,7 +136,7 @@ logging:
             .dir
             .path()
             .join(format!("{:02}-{name}.log", self.log_seq));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_streamjob-worker"));
+        let mut command = Command::new(worker_binary());
         command
             .args(args)
             .arg("--config")

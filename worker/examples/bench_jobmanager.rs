@@ -1,0 +1,273 @@
+//! Benchmark of the distributed job (scripts/bench-jobmanager.sh): one jobmanager and
+//! taskmanagers as real `streamjob-worker` processes, a real redis-server, librdkafka's mock
+//! cluster as the broker.
+//!
+//! 1. Rescale gap: under steady load, a taskmanager joins or leaves (SIGTERM) repeatedly. The
+//!    fences of all partitions are sampled every 2 ms; a rescale's gap is the longest time any
+//!    partition's fence stood still between the change and one second after the new assignment
+//!    was in place (last event applied before → first after). Reference, same run: the longest
+//!    stall of any partition in equally long windows without a rescale.
+//! 2. Savepoint duration under the same load (trigger → file written).
+//! 3. Checkpoint overhead: time to apply a pre-produced data set with `checkpoint.interval` 1 s
+//!    vs off, alternating, medians.
+
+#[path = "../tests/jobmanager_support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use support::{data_set, Cluster, JOB, TOPIC};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Produces at `rate` events/s until `stop`.
+fn steady_producer(
+    bootstrap: String,
+    partitions: i32,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer");
+        let mut generator = EventGenerator::new(99, TrafficShape::default());
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                let payload = generator.next_payload();
+                let partition = (sent % partitions as u64) as i32;
+                let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(TOPIC)
+                    .payload(payload.as_slice())
+                    .partition(partition);
+                if producer.send(record).is_err() {
+                    producer.poll(Duration::from_millis(5));
+                    continue;
+                }
+                sent += 1;
+            }
+            producer.poll(Duration::from_millis(1));
+        }
+        let _ = producer.flush(Duration::from_secs(10));
+        sent
+    })
+}
+
+/// Samples every partition's fence every 2 ms: (time, fences).
+type Samples = Arc<Mutex<Vec<(Instant, Vec<i64>)>>>;
+
+fn fence_sampler(
+    url: String,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+) -> (Samples, std::thread::JoinHandle<()>) {
+    let samples: Samples = Arc::default();
+    let out = samples.clone();
+    let handle = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut conn = client.get_connection().expect("redis connection");
+        while !stop.load(Ordering::Relaxed) {
+            let mut pipe = redis::pipe();
+            for p in 0..partitions {
+                pipe.hget(format!("streamjob:{JOB}:fence:{TOPIC}:{p}"), "next_offset");
+            }
+            let fences: Vec<Option<i64>> = pipe.query(&mut conn).unwrap_or_default();
+            let fences = fences.into_iter().map(|f| f.unwrap_or(0)).collect();
+            out.lock().expect("samples").push((Instant::now(), fences));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    (samples, handle)
+}
+
+/// Longest time any partition's fence stood still within [from, to].
+fn longest_stall(samples: &[(Instant, Vec<i64>)], from: Instant, to: Instant) -> f64 {
+    let window: Vec<&(Instant, Vec<i64>)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .collect();
+    let Some(first) = window.first() else {
+        return f64::NAN;
+    };
+    let partitions = first.1.len();
+    let mut worst = 0.0f64;
+    for p in 0..partitions {
+        let mut last_change = first.0;
+        let mut last_value = first.1[p];
+        for (t, fences) in &window {
+            if fences[p] != last_value {
+                worst = worst.max(t.duration_since(last_change).as_secs_f64());
+                last_change = *t;
+                last_value = fences[p];
+            }
+        }
+        worst = worst.max(
+            to.min(window.last().map(|w| w.0).unwrap_or(to))
+                .duration_since(last_change)
+                .as_secs_f64(),
+        );
+    }
+    worst
+}
+
+async fn rescale_and_savepoints(rescales: usize, savepoints: usize, rate: u64) {
+    let mut c = Cluster::start_with(6, "1s", 1000);
+    c.start_jobmanager(&[]);
+    c.start_taskmanager("tm-1");
+    c.start_taskmanager("tm-2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = steady_producer(
+        c.kafka.bootstrap_servers().to_string(),
+        c.partitions,
+        rate,
+        stop.clone(),
+    );
+    c.wait_balanced(&["tm-1", "tm-2"], Duration::from_secs(60))
+        .await;
+    let (samples, sampler) = fence_sampler(c.redis.url(), c.partitions, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut windows = Vec::new();
+    let mut quiet = Vec::new();
+    for i in 0..rescales {
+        // A quiet window of the same length first: the reference.
+        let q0 = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        quiet.push((q0, Instant::now()));
+        let t0 = Instant::now();
+        if i % 2 == 0 {
+            c.start_taskmanager("tm-3");
+            c.wait_balanced(&["tm-1", "tm-2", "tm-3"], Duration::from_secs(60))
+                .await;
+        } else {
+            c.stop_taskmanager("tm-3");
+            c.wait_balanced(&["tm-1", "tm-2"], Duration::from_secs(60))
+                .await;
+        }
+        let balanced = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        windows.push((t0, balanced + Duration::from_secs(1)));
+    }
+
+    let mut durations = Vec::new();
+    for _ in 0..savepoints {
+        let op = c.trigger(&format!("/jobs/{JOB}/savepoints"), "").await;
+        if let Some(done) = op.completed_at_ms {
+            durations.push((done - op.triggered_at_ms) as f64);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = producer.join().expect("producer");
+    sampler.join().expect("sampler");
+    let samples = samples.lock().expect("samples").clone();
+    let gaps = sorted(
+        windows
+            .iter()
+            .map(|(a, b)| longest_stall(&samples, *a, *b) * 1000.0)
+            .collect(),
+    );
+    let reference = sorted(
+        quiet
+            .iter()
+            .map(|(a, b)| longest_stall(&samples, *a, *b) * 1000.0)
+            .collect(),
+    );
+    println!("## rescale gap ({rescales} rescales 2<->3 taskmanagers, 6 partitions, {rate} events/s, {sent} events)");
+    println!(
+        "rescale gap ms: p50 {:.0}  p99 {:.0}  max {:.0}  all {:?}",
+        percentile(&gaps, 50.0),
+        percentile(&gaps, 99.0),
+        gaps.last().copied().unwrap_or(f64::NAN),
+        gaps.iter().map(|g| g.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "reference (no rescale) longest stall ms: p50 {:.0}  p99 {:.0}",
+        percentile(&reference, 50.0),
+        percentile(&reference, 99.0)
+    );
+    let durations = sorted(durations);
+    println!(
+        "## savepoint duration under load ({} savepoints)",
+        durations.len()
+    );
+    println!(
+        "savepoint ms: p50 {:.0}  max {:.0}",
+        percentile(&durations, 50.0),
+        durations.last().copied().unwrap_or(f64::NAN)
+    );
+    c.stop_all();
+}
+
+/// Seconds to apply `events` pre-produced events with the given checkpoint interval.
+async fn time_to_apply(events: usize, interval: &str) -> f64 {
+    let payloads = data_set(5, events);
+    let mut c = Cluster::start_with(4, interval, 1000);
+    c.produce_in_background(payloads).join().expect("producer");
+    c.start_jobmanager(&[]);
+    let started = Instant::now();
+    c.start_taskmanager("tm-1");
+    c.start_taskmanager("tm-2");
+    c.wait_applied(events as i64, Duration::from_secs(600));
+    let seconds = started.elapsed().as_secs_f64();
+    c.stop_all();
+    seconds
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rescales = arg("--rescales", 10);
+    let savepoints = arg("--savepoints", 10);
+    let runs = arg("--runs", 3);
+    let events = arg("--events", 300_000);
+    let rate = arg("--rate", 6000) as u64;
+    rescale_and_savepoints(rescales, savepoints, rate).await;
+
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        off.push(events as f64 / time_to_apply(events, "0s").await);
+        on.push(events as f64 / time_to_apply(events, "1s").await);
+    }
+    let (on, off) = (sorted(on), sorted(off));
+    let (m_on, m_off) = (percentile(&on, 50.0), percentile(&off, 50.0));
+    println!("## checkpoint overhead ({events} pre-produced events, 2 taskmanagers, 4 partitions, {runs} runs each, alternating)");
+    println!(
+        "events/s with checkpoints off: median {m_off:.0}  all {:?}",
+        off.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "events/s with checkpoint.interval 1s: median {m_on:.0}  all {:?}",
+        on.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!("overhead: {:.1}%", (m_off - m_on) / m_off * 100.0);
+}
