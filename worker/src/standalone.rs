@@ -1,8 +1,9 @@
 //! Standalone mode: the whole job in one process, for a laptop or a small deployment. Optionally
 //! with an embedded broker (librdkafka's mock cluster) and demo traffic.
 //!
-//! Partitions are spread over `--taskmanagers N` in-process pipelines by [`spread_partitions`];
-//! that is the one place to replace with an in-process jobmanager.
+//! Runs an in-process jobmanager (with its REST API on `jobmanager.bind`, or an ephemeral port when
+//! that is taken) and `--taskmanagers N` in-process taskmanagers, which get their partitions from
+//! it exactly as separate processes would.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,13 +12,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::consumer::BaseConsumer;
 
-use crate::api::Assignment;
 use crate::config::JobConfig;
 use crate::embedded_kafka::EmbeddedKafka;
 use crate::http::{self, Health};
+use crate::jobmanager::{JobManager, JobManagerOptions, KafkaPartitions};
 use crate::metrics::{sample, Metrics};
-use crate::pipeline::Pipeline;
 use crate::source::{base_client_config, consumer_config, topic_partitions};
+use crate::taskmanager::{TaskManager, TaskManagerOptions};
 
 /// Flags of `streamjob-worker standalone`.
 #[derive(Debug, Clone)]
@@ -108,31 +109,19 @@ pub async fn run(
     .await?;
     tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz");
 
-    let partitions = discover_partitions(&config).await?;
-    let mut pipelines = Vec::with_capacity(options.taskmanagers);
-    for _ in 0..options.taskmanagers.max(1) {
-        pipelines.push(Pipeline::start(config.clone(), metrics.clone()).await?);
-    }
-    for (pipeline, owned) in pipelines
-        .iter()
-        .zip(spread_partitions(&partitions, pipelines.len()))
-    {
-        for partition in owned {
-            pipeline
-                .assign(Assignment {
-                    partition,
-                    generation: 1,
-                    start_offset: None,
-                })
-                .await
-                .with_context(|| format!("assigning partition {partition}"))?;
-        }
-    }
-    tracing::info!(
-        partitions = partitions.len(),
-        taskmanagers = pipelines.len(),
-        "job running"
-    );
+    tokio::pin!(shutdown);
+    // A stop request during start-up ends the run at once: nothing was applied that a restart
+    // would not redo exactly once.
+    let started = tokio::select! {
+        started = start_pipelines(&config, &metrics, options.taskmanagers, addr) => Some(started?),
+        _ = &mut shutdown => None,
+    };
+    let Some(((jobmanager, taskmanagers), partitions)) = started else {
+        tracing::info!("stop requested during start-up");
+        let _ = stop_http.send(());
+        let _ = http_task.await;
+        return Ok(StandaloneSummary::default());
+    };
 
     let (stop_demo, stop_demo_rx) = tokio::sync::oneshot::channel::<()>();
     let demo = match options.demo_rate {
@@ -158,18 +147,19 @@ pub async fn run(
 
     let duration = options.duration;
     tokio::select! {
-        _ = shutdown => tracing::info!("stop requested; flushing in-flight batches"),
+        _ = &mut shutdown => tracing::info!("stop requested; flushing in-flight batches"),
         _ = sleep_opt(duration) => tracing::info!(?duration, "run duration reached; stopping"),
     }
     let _ = stop_demo.send(());
     let mut summary = StandaloneSummary::default();
     if let Some(demo) = demo {
         summary.demo_events_sent = demo.await.unwrap_or(0);
-        drain(&pipelines, options.drain_timeout).await;
+        drain(&taskmanagers, options.drain_timeout).await;
     }
-    for pipeline in pipelines {
-        pipeline.shutdown().await?;
+    for taskmanager in taskmanagers {
+        taskmanager.shutdown().await?;
     }
+    jobmanager.shutdown();
     let text = metrics.encode();
     let read = |name: &str| sample(&text, name, "").unwrap_or(0.0) as u64;
     summary.events_in = read("streamjob_events_in_total");
@@ -184,6 +174,33 @@ pub async fn run(
     Ok(summary)
 }
 
+/// Starts the in-process jobmanager and `taskmanagers` in-process taskmanagers; the jobmanager
+/// assigns them the topic's partitions exactly as it does for separate processes.
+async fn start_pipelines(
+    config: &Arc<JobConfig>,
+    metrics: &Metrics,
+    taskmanagers: usize,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<((JobManager, Vec<TaskManager>), Vec<i32>)> {
+    let partitions = discover_partitions(config).await?;
+    let (jobmanager, config) = start_jobmanager(config.clone()).await?;
+    let mut started = Vec::with_capacity(taskmanagers.max(1));
+    for i in 0..taskmanagers.max(1) {
+        let options = TaskManagerOptions {
+            id: format!("standalone-{i}"),
+            address: Some(metrics_addr.to_string()),
+        };
+        started.push(TaskManager::start(config.clone(), options, metrics.clone()).await?);
+    }
+    tracing::info!(
+        partitions = partitions.len(),
+        taskmanagers = started.len(),
+        jobmanager = %jobmanager.local_addr(),
+        "job running"
+    );
+    Ok(((jobmanager, started), partitions))
+}
+
 async fn sleep_opt(duration: Option<Duration>) {
     match duration {
         Some(d) => tokio::time::sleep(d).await,
@@ -192,14 +209,14 @@ async fn sleep_opt(duration: Option<Duration>) {
 }
 
 /// Waits until every partition's committed offset reached its high watermark (or the timeout).
-async fn drain(pipelines: &[Pipeline], timeout: Duration) {
+async fn drain(taskmanagers: &[TaskManager], timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     // Let the watermark refresh see the last produced records first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     while tokio::time::Instant::now() < deadline {
-        let behind: i64 = pipelines
+        let behind: i64 = taskmanagers
             .iter()
-            .flat_map(|p| p.progress())
+            .flat_map(|t| t.progress())
             .map(|p| p.lag.unwrap_or(1))
             .sum();
         if behind == 0 {
@@ -235,6 +252,36 @@ async fn discover_partitions(config: &JobConfig) -> anyhow::Result<Vec<i32>> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Starts the in-process jobmanager; returns it and the config its taskmanagers use (pointing at
+/// it). Checkpoints go to `checkpoint.dir`, or a temp directory when that cannot be created (a
+/// laptop without `/var/lib/streamjob`).
+async fn start_jobmanager(
+    mut config: Arc<JobConfig>,
+) -> anyhow::Result<(JobManager, Arc<JobConfig>)> {
+    if let Err(err) = std::fs::create_dir_all(&config.checkpoint.dir) {
+        let fallback = std::env::temp_dir().join(format!("streamjob-{}", config.job.name));
+        tracing::warn!(dir = %config.checkpoint.dir.display(), %err, fallback = %fallback.display(), "checkpoint directory unusable; using a temp directory");
+        Arc::make_mut(&mut config).checkpoint.dir = fallback;
+    }
+    let listener = match tokio::net::TcpListener::bind(&config.jobmanager.bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(bind = %config.jobmanager.bind, %err, "jobmanager port taken; using an ephemeral port");
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?
+        }
+    };
+    let options = JobManagerOptions {
+        startup_grace: Some(Duration::ZERO),
+        ..JobManagerOptions::from_config(&config)
+    };
+    let discovery = Arc::new(KafkaPartitions::new(&config.source.kafka));
+    let jobmanager = JobManager::start(config.clone(), options, discovery, listener).await?;
+    let port = jobmanager.local_addr().port();
+    Arc::make_mut(&mut config).jobmanager.url = format!("http://127.0.0.1:{port}");
+    tracing::info!(url = %config.jobmanager.url, "REST API of the in-process jobmanager");
+    Ok((jobmanager, config))
 }
 
 #[cfg(test)]
