@@ -479,10 +479,14 @@ impl Default for SavepointSpec {
 pub struct SavepointStorage {
     /// Size of the PersistentVolumeClaim (a quantity, e.g. `1Gi`).
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.savepoint.storage.size must be a positive quantity such as 1Gi"))]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.savepoint.storage.size must be a positive quantity such as 1Gi"),
+        validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("spec.savepoint.storage.size can only grow (a PersistentVolumeClaim cannot shrink)")
+    )]
     pub size: String,
-    /// StorageClass of the claim; the cluster default when unset.
+    /// StorageClass of the claim; the cluster default when unset. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.savepoint.storage.storageClassName is immutable (a PersistentVolumeClaim cannot change class)"))]
     pub storage_class_name: Option<String>,
 }
 

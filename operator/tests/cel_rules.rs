@@ -289,3 +289,41 @@ fn enums_are_closed_in_the_schema_and_in_serde() {
         .expect_err("unknown mode");
     assert!(error.to_string().contains("rolling"), "{error}");
 }
+
+fn validate_update(new: &Value, old: &Value) -> Result<(), String> {
+    kube::core::cel::Validator::new()
+        .validate(&support::crd_schema(), new, Some(old))
+        .map_err(|errors| errors.to_string())
+}
+
+#[test]
+fn the_savepoint_volume_can_grow_but_not_shrink_or_change_class() {
+    let old = with(
+        "savepoint.storage",
+        json!({"size": "2Gi", "storageClassName": "standard"}),
+    );
+    let grown = with(
+        "savepoint.storage",
+        json!({"size": "5Gi", "storageClassName": "standard"}),
+    );
+    validate_update(&grown, &old).expect("growing is allowed");
+    let shrunk = with(
+        "savepoint.storage",
+        json!({"size": "1Gi", "storageClassName": "standard"}),
+    );
+    let error = validate_update(&shrunk, &old).expect_err("shrinking is refused");
+    assert!(
+        error.contains("spec.savepoint.storage.size can only grow"),
+        "{error}"
+    );
+    let reclassed = with(
+        "savepoint.storage",
+        json!({"size": "2Gi", "storageClassName": "fast"}),
+    );
+    let error = validate_update(&reclassed, &old).expect_err("class change is refused");
+    assert!(
+        error.contains("spec.savepoint.storage.storageClassName is immutable"),
+        "{error}"
+    );
+    validate(&shrunk).expect("transition rules do not apply on create");
+}
