@@ -34,21 +34,28 @@ const UPSTREAM_EVENTS_PER_PIPELINE: usize = 1000;
 struct Args {
     events: usize,
     runs: usize,
+    /// Print Redis' per-command statistics after each path (where Redis spends its time).
+    stats: bool,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         events: 400_000,
         runs: 3,
+        stats: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--stats" {
+            args.stats = true;
+            continue;
+        }
         let value = it.next().and_then(|v| v.parse().ok());
         match (a.as_str(), value) {
             ("--events", Some(v)) => args.events = v,
             ("--runs", Some(v)) => args.runs = v,
             _ => {
-                eprintln!("usage: bench_sink [--events N] [--runs R]");
+                eprintln!("usage: bench_sink [--events N] [--runs R] [--stats]");
                 std::process::exit(2);
             }
         }
@@ -180,6 +187,23 @@ async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
         .query_async(conn)
         .await
         .expect("FLUSHALL");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+async fn print_command_stats(label: &str, conn: &mut redis::aio::MultiplexedConnection) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    eprintln!("-- {label}: Redis commandstats");
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        eprintln!("   {line}");
+    }
 }
 
 struct Measure {
@@ -365,7 +389,13 @@ async fn main() {
             &["HINCRBY", "h:__rand_int__", "f", "1"],
         ));
         upstream.push(run_upstream(&server, &decoded, &mut conn).await);
+        if args.stats {
+            print_command_stats("upstream replay", &mut conn).await;
+        }
         ours.push(run_sink(&server, payloads, &mut conn).await);
+        if args.stats {
+            print_command_stats("streamjob sink", &mut conn).await;
+        }
         eprintln!(
             "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s",
             run + 1,

@@ -57,6 +57,13 @@ async fn the_sink_survives_a_redis_restart_without_losing_or_repeating_writes() 
     assert!(err.is_retryable(), "{err}");
     assert!(matches!(err, SinkError::Unavailable(_)), "{err}");
 
+    // A longer outage: every attempt fails fast and stays retryable.
+    for _ in 0..10 {
+        let err = sink.apply(&second).await.expect_err("still down");
+        assert!(err.is_retryable(), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     server.restart().expect("restart on the same port");
     let (outcome, _) = apply_until_done(&sink, &second).await;
     assert_eq!(applied_events(&outcome), 2);

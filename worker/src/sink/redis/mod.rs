@@ -293,3 +293,18 @@ impl RedisSink {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn sink_handles_and_batches_can_cross_tasks() {
+        assert_send_sync::<RedisSink>();
+        assert_send_sync::<Batch>();
+        assert_send_sync::<BatchBuilder>();
+        assert_send_sync::<SinkError>();
+    }
+}
