@@ -215,13 +215,24 @@ impl BatchBuilder {
         for (key, &slot) in &self.list_slots {
             keys_by_slot[slot as usize] = key;
         }
+        // The script's four list groups (see `script.rs`), in this order.
+        let group_of = |list: &ListPlan| match (list.ttl, list.values.len() == 1) {
+            (ListTtl::Message, false) => 0,
+            (ListTtl::Message, true) => 1,
+            (ListTtl::User, false) => 2,
+            (ListTtl::User, true) => 3,
+        };
+        let mut groups: [Vec<usize>; 4] = Default::default();
+        for (slot, list) in self.lists.iter().enumerate() {
+            groups[group_of(list)].push(slot);
+        }
 
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(APPLY_SCRIPT.hash())
             .arg(1 + self.lists.len() + self.templates.len())
             .arg(self.layout.fence_key(self.partition));
-        for key in &keys_by_slot {
-            cmd.arg(*key);
+        for slot in groups.iter().flatten() {
+            cmd.arg(keys_by_slot[*slot]);
         }
         let mut template_key = String::new();
         for template in &self.templates {
@@ -236,26 +247,30 @@ impl BatchBuilder {
             .arg(MESSAGE_TTL.as_millis() as u64)
             .arg(user_expire_at)
             .arg(user_expire_at_next)
-            .arg(TEMPLATE_TTL.as_millis() as u64)
-            .arg(self.lists.len())
-            .arg(self.templates.len());
+            .arg(TEMPLATE_TTL.as_millis() as u64);
+        for group in &groups {
+            cmd.arg(group.len());
+        }
+        cmd.arg(self.templates.len());
         let mut values = 0;
-        for list in &self.lists {
-            cmd.arg(match list.ttl {
-                ListTtl::Message => "m",
-                ListTtl::User => "u",
-            });
-            cmd.arg(list.values.len());
-            for &v in &list.values {
-                let start = if v == 0 {
-                    0
-                } else {
-                    self.value_ends[v as usize - 1] as usize
-                };
-                let end = self.value_ends[v as usize] as usize;
-                cmd.arg(&self.values[start..end]);
+        for (group, slots) in groups.iter().enumerate() {
+            let single = group % 2 == 1;
+            for &slot in slots {
+                let list = &self.lists[slot];
+                if !single {
+                    cmd.arg(list.values.len());
+                }
+                for &v in &list.values {
+                    let start = if v == 0 {
+                        0
+                    } else {
+                        self.value_ends[v as usize - 1] as usize
+                    };
+                    let end = self.value_ends[v as usize] as usize;
+                    cmd.arg(&self.values[start..end]);
+                }
+                values += list.values.len();
             }
-            values += list.values.len();
         }
         for template in &self.templates {
             cmd.arg(template.fields.len());

@@ -2,13 +2,16 @@
 //!
 //! # Apply script calling convention
 //!
-//! `KEYS[1]` is the partition's fence hash; then every list key of the batch, then every
-//! template hash key (all keys are in `KEYS` so a Cluster-aware version can route them).
+//! `KEYS[1]` is the partition's fence hash, then the batch's data keys in four list groups and
+//! the template hashes (all keys are in `KEYS` so a Cluster-aware version can route them):
+//! message lists with several values, message lists with one value, user lists with several
+//! values, user lists with one value, template hashes.
 //!
 //! `ARGV`: `epoch, first_offset, next_offset, message_ttl_ms, user_expire_at_ms,
-//! user_expire_at_next_ms, template_ttl_ms, list_count, template_count`, then per list key
-//! `kind ('m' message | 'u' user), n, v1..vn` (values in upstream's LPUSH order), then per
-//! template key `n, field1, incr1, …, fieldn, incrn`.
+//! user_expire_at_next_ms, template_ttl_ms`, the five group sizes, then per multi-value list
+//! `n, v1..vn` (values in upstream's LPUSH order), per single-value list just its value, and per
+//! template `n, field1, incr1, …, fieldn, incrn`. Most keys of a batch get one value, so passing
+//! them bare halves the arguments Redis must parse and turn into Lua strings.
 //!
 //! Reply: `{status, stored_epoch|nil, stored_next_offset|nil, commands, write_errors,
 //! first_write_error|nil}` with status 0 applied, 1 already applied, 2 fenced, 3 overlap.
@@ -48,8 +51,6 @@ end
 local message_ttl = ARGV[4]
 local user_at_arg = ARGV[5]
 local template_ttl = ARGV[7]
-local list_count = tonumber(ARGV[8])
-local template_count = tonumber(ARGV[9])
 local commands = 1
 local write_errors = 0
 local first_error = false
@@ -84,49 +85,75 @@ local function user_expire_at()
   return user_at
 end
 
-local a = 10
-local k = 2
-for _ = 1, list_count do
-  local key = KEYS[k]
-  k = k + 1
-  local kind = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
-  local last = a + n - 1
-  local len = nil
-  local ok = true
-  while a <= last do
-    -- at most 4000 values per LPUSH: Lua 5.1's unpack fails beyond ~8000 (LUAI_MAXCSTACK)
-    local chunk_end = a + 3999
-    if chunk_end > last then chunk_end = last end
-    local reply = redis.pcall('LPUSH', key, unpack(ARGV, a, chunk_end))
+-- One TTL command per list, after its pushes: message lists live 3 days after their latest
+-- event; a user list created by this batch (length == values pushed) gets tonight's midnight,
+-- an existing one only if its expiry differs (a list written by someone else).
+local function expire_message(key)
+  failed(redis.pcall('PEXPIRE', key, message_ttl))
+  commands = commands + 1
+end
+
+local function expire_user(key, len, n)
+  local at = user_expire_at()
+  if len == n then
+    failed(redis.pcall('PEXPIREAT', key, user_at_arg))
     commands = commands + 1
-    if failed(reply) then ok = false else len = reply end
-    a = chunk_end + 1
-  end
-  if ok then
-    if kind == 'm' then
-      failed(redis.pcall('PEXPIRE', key, message_ttl))
+  else
+    local current = redis.call('PEXPIRETIME', key)
+    commands = commands + 1
+    if current ~= at then
+      failed(redis.pcall('PEXPIREAT', key, user_at_arg))
       commands = commands + 1
-    else
-      local at = user_expire_at()
-      if len == n then
-        -- created by this batch
-        failed(redis.pcall('PEXPIREAT', key, user_at_arg))
-        commands = commands + 1
-      else
-        local current = redis.call('PEXPIRETIME', key)
-        commands = commands + 1
-        if current ~= at then
-          failed(redis.pcall('PEXPIREAT', key, user_at_arg))
-          commands = commands + 1
-        end
-      end
     end
   end
 end
 
-for _ = 1, template_count do
+local k = 2
+local a = 13
+
+local function push_multi(count, is_message)
+  for _ = 1, count do
+    local key = KEYS[k]
+    k = k + 1
+    local n = tonumber(ARGV[a])
+    a = a + 1
+    local last = a + n - 1
+    local len = nil
+    local ok = true
+    while a <= last do
+      -- at most 4000 values per LPUSH: Lua 5.1's unpack fails beyond ~8000 (LUAI_MAXCSTACK)
+      local chunk_end = a + 3999
+      if chunk_end > last then chunk_end = last end
+      local reply = redis.pcall('LPUSH', key, unpack(ARGV, a, chunk_end))
+      commands = commands + 1
+      if failed(reply) then ok = false else len = reply end
+      a = chunk_end + 1
+    end
+    if ok then
+      if is_message then expire_message(key) else expire_user(key, len, n) end
+    end
+  end
+end
+
+local function push_single(count, is_message)
+  for _ = 1, count do
+    local key = KEYS[k]
+    k = k + 1
+    local reply = redis.pcall('LPUSH', key, ARGV[a])
+    a = a + 1
+    commands = commands + 1
+    if not failed(reply) then
+      if is_message then expire_message(key) else expire_user(key, reply, 1) end
+    end
+  end
+end
+
+push_multi(tonumber(ARGV[8]), true)
+push_single(tonumber(ARGV[9]), true)
+push_multi(tonumber(ARGV[10]), false)
+push_single(tonumber(ARGV[11]), false)
+
+for _ = 1, tonumber(ARGV[12]) do
   local key = KEYS[k]
   k = k + 1
   local n = tonumber(ARGV[a])
