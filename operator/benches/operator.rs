@@ -8,7 +8,7 @@
 //!    StreamJobs) and with 1,000 StreamJobs cached and reconciled.
 //!
 //! Every figure is the median of several runs. Environment: BENCH_RUNS (default 5), BENCH_JOBS
-//! (default 1000).
+//! (default 1000), BENCH_ONLY (planner|reconcile|rss).
 
 #[path = "../tests/support/fake_api.rs"]
 mod fake_api;
@@ -374,7 +374,15 @@ fn main() {
     let count = env_usize("BENCH_JOBS", 1000);
     let jobs: Vec<StreamJob> = (0..count).map(|i| job(i, "bench")).collect();
     println!("streamjob-operator benchmark: {count} StreamJobs (operator/samples/full.yaml, varied), {runs} runs");
-    bench_planner(&jobs, runs);
-    bench_reconcile_loop(&jobs, runs);
-    bench_rss(count, runs);
+    // BENCH_ONLY=planner|reconcile|rss runs one section.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "planner" {
+        bench_planner(&jobs, runs);
+    }
+    if only.is_empty() || only == "reconcile" {
+        bench_reconcile_loop(&jobs, runs);
+    }
+    if only.is_empty() || only == "rss" {
+        bench_rss(count, runs);
+    }
 }

@@ -80,6 +80,9 @@ struct RunArgs {
     /// Reconcile without leader election (a single replica).
     #[arg(long = "no-leader-election")]
     no_leader_election: bool,
+    /// Reconciliations running at once (per watched namespace); 0 = unbounded.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -180,6 +183,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .filter(|ns| !ns.is_empty())
             .cloned()
             .collect(),
+        concurrency: args.concurrency,
     };
     info!(namespaces = ?scope.namespaces, leader_election, "starting");
 
@@ -221,9 +225,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controllers = reconciler::run(client, scope, ctx, stop_rx.clone());
     let result = match &elector {
         Some(elector) => {
+            let mut controllers = std::pin::pin!(controllers);
+            let lease = keep_lease(elector.clone(), stop_rx.clone());
             tokio::select! {
-                _ = controllers => Ok(()),
-                lost = keep_lease(elector.clone(), stop_rx.clone()) => lost,
+                _ = &mut controllers => Ok(()),
+                lease = lease => match lease {
+                    // Shutdown: the controllers stop gracefully (in-flight reconciles finish).
+                    Ok(()) => {
+                        controllers.await;
+                        Ok(())
+                    }
+                    // Lost the Lease: stop reconciling at once.
+                    Err(error) => Err(error),
+                },
             }
         }
         None => {

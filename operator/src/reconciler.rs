@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as ControllerAction, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -37,8 +38,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Shared state of the reconciler.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// `reportingInstance` of the Events (the pod name).
+    instance: String,
     /// Consecutive failures per StreamJob (namespace/name), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// The clock (fixed in tests).
@@ -52,14 +54,10 @@ impl Context {
 
     /// A context with a given clock (tests pin it to make requests comparable).
     pub fn with_clock(client: Client, metrics: Arc<Metrics>, now: fn() -> Timestamp) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.to_string()),
             failures: Mutex::new(HashMap::new()),
             now,
         }
@@ -250,30 +248,61 @@ async fn write_status(client: &Client, job: &StreamJob, status: &StreamJobStatus
     Ok(())
 }
 
+/// Publishes the planner's Events (`events.k8s.io/v1`). Events are only emitted on transitions,
+/// so there is nothing to aggregate into series: unlike kube's `Recorder`, no per-event cache is
+/// kept (it grows with the number of StreamJobs and is scanned on every publish).
 async fn publish(ctx: &Context, job: &StreamJob, actions: &[Action]) {
+    let Some(namespace) = job.namespace() else {
+        return;
+    };
+    let api: Api<KubeEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     let reference = job.object_ref(&());
     for action in actions {
         let Action::Publish(note) = action;
-        let event = Event {
-            type_: match note.severity {
-                EventSeverity::Normal => EventType::Normal,
-                EventSeverity::Warning => EventType::Warning,
+        let event = KubeEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", job.name_any())),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
             },
-            reason: note.reason.clone(),
-            note: Some(note.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
+            event_time: Some(MicroTime((ctx.now)())),
+            action: Some("Reconcile".into()),
+            reason: Some(note.reason.clone()),
+            note: Some(truncate(&note.message, 1024)),
+            regarding: Some(reference.clone()),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(ctx.instance.clone()),
+            type_: Some(
+                match note.severity {
+                    EventSeverity::Normal => "Normal",
+                    EventSeverity::Warning => "Warning",
+                }
+                .into(),
+            ),
+            ..KubeEvent::default()
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
             warn!(%error, reason = %note.reason, "could not publish event");
         }
     }
+}
+
+/// At most `max` bytes, cut at a character boundary (the API refuses Event notes over 1 kB).
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Which StreamJobs to watch: all namespaces, or the listed ones.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     pub namespaces: Vec<String>,
+    /// Reconciliations running at once (per watched namespace). Bounds memory and API load when
+    /// many StreamJobs need work at the same time (e.g. on start-up); 0 = unbounded.
+    pub concurrency: u16,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -307,6 +336,9 @@ pub async fn run(
         let children = watcher::Config::default().labels(&labels::managed_selector());
         let mut shutdown = shutdown.clone();
         Controller::new(jobs, watcher::Config::default())
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(scope.concurrency),
+            )
             .owns(deployments, children.clone())
             .owns(config_maps, children.clone())
             .owns(services, children.clone())
