@@ -7,7 +7,7 @@ mod jobmanager_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jobmanager_support::{data_set, Cluster, JOB};
+use jobmanager_support::{data_set, Cluster, Proxy, JOB};
 use streamjob_worker::api::{JobState, OperationStatus, RestoreSource};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -164,6 +164,48 @@ async fn heavy_stop_with_savepoint_then_restore_with_more_taskmanagers_continues
         "{:?}",
         overview.restored_from
     );
+    producing.join().expect("producer");
+    c.wait_applied(payloads.len() as i64, Duration::from_secs(120));
+    c.assert_exact(&payloads);
+    c.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_taskmanager_cut_off_from_the_jobmanager_is_fenced_in_redis() {
+    let payloads = data_set(14, 120_000);
+    let chunks: Vec<Vec<Vec<u8>>> = payloads.chunks(40_000).map(<[Vec<u8>]>::to_vec).collect();
+    let mut c = Cluster::start(4, "1s");
+    let proxy = Proxy::start(c.port).await;
+    c.start_jobmanager(&[]);
+    c.start_taskmanager("tm-a");
+    c.start_taskmanager_via("tm-z", &proxy.url());
+    let producing = c.produce_in_background(chunks[0].clone());
+    c.wait_balanced(&["tm-a", "tm-z"], SETTLE).await;
+    producing.join().expect("producer");
+
+    // tm-z loses the jobmanager but keeps consuming: the jobmanager times it out and hands its
+    // partitions to tm-a, whose claim bumps the fence epochs; the data produced after that
+    // reaches both, and tm-z's writes of it are refused.
+    proxy.cut();
+    c.wait_balanced(&["tm-a"], SETTLE).await;
+    let producing = c.produce_in_background(chunks[1].clone());
+    producing.join().expect("producer");
+    c.wait_applied(80_000, Duration::from_secs(60));
+    assert!(
+        c.is_running("tm-z"),
+        "the cut-off taskmanager is still alive (a zombie)"
+    );
+    let zombie_log = c.log_of("tm-z");
+    assert!(
+        zombie_log.contains("fenced by a newer owner"),
+        "tm-z kept consuming its old partitions and must have been refused by the fence:\n{}",
+        c.log_tails()
+    );
+
+    // Reconnected, it registers again and gets its share back.
+    proxy.heal();
+    let producing = c.produce_in_background(chunks[2].clone());
+    c.wait_balanced(&["tm-a", "tm-z"], SETTLE).await;
     producing.join().expect("producer");
     c.wait_applied(payloads.len() as i64, Duration::from_secs(120));
     c.assert_exact(&payloads);

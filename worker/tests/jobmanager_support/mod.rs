@@ -131,6 +131,17 @@ logging:
     }
 
     fn spawn(&mut self, name: &str, args: &[&str], id: Option<&str>) -> Child {
+        let config = self.config_path.clone();
+        self.spawn_with_config(name, args, id, &config)
+    }
+
+    fn spawn_with_config(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        id: Option<&str>,
+        config: &Path,
+    ) -> Child {
         self.log_seq += 1;
         let log = self
             .dir
@@ -140,7 +151,7 @@ logging:
         command
             .args(args)
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"));
         if let Some(id) = id {
@@ -183,6 +194,27 @@ logging:
     }
 
     /// SIGTERM (graceful leave) and wait for the exit.
+    /// A taskmanager that reaches the jobmanager at `jobmanager_url` (e.g. through a proxy).
+    pub fn start_taskmanager_via(&mut self, id: &str, jobmanager_url: &str) {
+        let yaml = std::fs::read_to_string(&self.config_path).expect("config");
+        let direct = format!("url: \"http://127.0.0.1:{}\"", self.port);
+        assert!(yaml.contains(&direct));
+        let path = self.dir.path().join(format!("job-{id}.yaml"));
+        std::fs::write(
+            &path,
+            yaml.replace(&direct, &format!("url: \"{jobmanager_url}\"")),
+        )
+        .expect("config written");
+        let child = self.spawn_with_config(id, &["taskmanager"], Some(id), &path);
+        self.taskmanagers.insert(id.to_string(), child);
+    }
+
+    pub fn is_running(&mut self, id: &str) -> bool {
+        self.taskmanagers
+            .get_mut(id)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn stop_taskmanager(&mut self, id: &str) {
         let mut child = self.taskmanagers.remove(id).expect("running taskmanager");
         Self::signal(child.id(), "TERM");
@@ -258,6 +290,20 @@ logging:
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Everything the processes whose log name contains `name` wrote.
+    pub fn log_of(&self, name: &str) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| {
+            p.extension().is_some_and(|x| x == "log") && p.to_string_lossy().contains(name)
+        });
+        logs.sort();
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 
     pub fn log_tails(&self) -> String {
@@ -386,5 +432,73 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A TCP proxy that can cut every connection through it (a network partition between one
+/// taskmanager and the jobmanager, while both still reach Redis and the broker).
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let (cut2, conns2) = (cut.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().expect("connections").push(task);
+            }
+        });
+        Self {
+            port,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().expect("connections").drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }
