@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamjob_worker::config::RedisSinkConfig;
-use streamjob_worker::sink::redis::{ApplyOutcome, Layout, RedisSink};
+use streamjob_worker::sink::redis::{ApplyOutcome, Layout, RedisSink, SinkOptions};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::upstream::upstream_pipeline;
 use streamjob_worker::transform::{decode, AnchorInfo};
@@ -147,6 +147,11 @@ fn generate(events: usize) -> Vec<Vec<Vec<u8>>> {
     partitions
 }
 
+/// Big pipelines on a loaded machine outlive redis-rs' default 500 ms response timeout.
+fn no_timeout() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(None)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -240,7 +245,7 @@ async fn run_upstream(
     let mut tasks = Vec::new();
     for per_partition in pipelines {
         let mut c = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&no_timeout())
             .await
             .expect("connect");
         tasks.push(tokio::spawn(async move {
@@ -272,7 +277,10 @@ async fn run_sink(
         url: server.url(),
         ..RedisSinkConfig::default()
     };
-    let sink = RedisSink::connect(&cfg, "bench", "austinTraceLog")
+    let options = SinkOptions {
+        call_timeout: Duration::from_secs(60),
+    };
+    let sink = RedisSink::connect_with(&cfg, "bench", "austinTraceLog", options)
         .await
         .expect("connect");
     let events: usize = payloads.iter().map(Vec::len).sum();
@@ -349,7 +357,7 @@ async fn main() {
     let server = RedisServer::start().expect("redis-server");
     let mut conn = redis::Client::open(server.url())
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&no_timeout())
         .await
         .expect("connect");
     let payloads: &'static [Vec<Vec<u8>>] = Box::leak(generate(args.events).into_boxed_slice());

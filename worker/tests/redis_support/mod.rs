@@ -29,10 +29,14 @@ pub async fn connect_sink(server: &RedisServer, prefix: &str) -> RedisSink {
         .expect("sink connects")
 }
 
+/// A plain connection for inspecting Redis. redis-rs' default 500 ms response timeout is too
+/// tight for the big replay pipelines on a loaded CI machine.
 pub async fn raw(server: &RedisServer) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
     redis::Client::open(server.url())
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("raw connection")
 }
