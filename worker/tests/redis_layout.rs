@@ -207,3 +207,38 @@ async fn an_existing_user_list_has_its_expiry_corrected_only_when_it_differs() {
         "{first:?} vs {second:?}: the second batch skips both PEXPIREATs"
     );
 }
+
+#[tokio::test]
+async fn with_the_existing_expiry_check_off_only_created_user_lists_get_an_expiry() {
+    use streamjob_worker::sink::redis::{RedisSink, SinkOptions};
+    let server = RedisServer::start().expect("redis-server");
+    let sink = RedisSink::connect_with(
+        &sink_config(&server, ""),
+        JOB,
+        TOPIC,
+        SinkOptions {
+            verify_existing_user_expiry: false,
+            ..SinkOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let mut conn = raw(&server).await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let _: () = query(&mut conn, &["RPUSH", "foreign", "old"]).await;
+    let now = SystemTime::now();
+    let ev = event(r#"{"businessId":1,"ids":["foreign","fresh"],"logTimestamp":1,"state":10}"#);
+    let batch = batch_of(&sink, 0, epoch, 0, std::slice::from_ref(&ev), now);
+    let outcome = sink.apply(&batch).await.expect("apply");
+    // HMGET, TIME, 2 LPUSH, 1 PEXPIREAT (fresh), HINCRBY, PEXPIRE, HSET: no PEXPIRETIME.
+    assert!(
+        matches!(outcome, ApplyOutcome::Applied { commands: 8, .. }),
+        "{outcome:?}"
+    );
+    let fresh: i64 = query(&mut conn, &["PEXPIRETIME", "fresh"]).await;
+    assert_eq!(fresh, next_shanghai_midnight_after(now));
+    let foreign: i64 = query(&mut conn, &["PEXPIRETIME", "foreign"]).await;
+    assert_eq!(foreign, -1, "trusted as it is");
+    let list: Vec<String> = query(&mut conn, &["LRANGE", "foreign", "0", "-1"]).await;
+    assert_eq!(list, vec![ev.simple_json(), "old".to_string()]);
+}

@@ -108,6 +108,7 @@ async fn a_hung_redis_is_a_retryable_timeout_and_the_retry_does_not_double_apply
         TOPIC,
         SinkOptions {
             call_timeout: Duration::from_millis(300),
+            ..SinkOptions::default()
         },
     )
     .await

@@ -252,6 +252,11 @@ impl BatchBuilder {
             cmd.arg(group.len());
         }
         cmd.arg(self.templates.len());
+        cmd.arg(if self.layout.verify_existing_user_expiry() {
+            "1"
+        } else {
+            "0"
+        });
         let mut values = 0;
         for (group, slots) in groups.iter().enumerate() {
             let single = group % 2 == 1;

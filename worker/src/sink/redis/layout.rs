@@ -29,6 +29,7 @@ struct LayoutInner {
     time_zone: Tz,
     job: String,
     topic: String,
+    verify_existing_user_expiry: bool,
 }
 
 impl Layout {
@@ -50,6 +51,7 @@ impl Layout {
                 time_zone,
                 job: job.to_owned(),
                 topic: topic.to_owned(),
+                verify_existing_user_expiry: true,
             }),
         })
     }
@@ -57,6 +59,25 @@ impl Layout {
     /// The layout a job's config describes.
     pub fn from_config(cfg: &RedisSinkConfig, job: &str, topic: &str) -> Result<Self, SinkError> {
         Self::new(&cfg.key_prefix, &cfg.time_zone, job, topic)
+    }
+
+    /// Whether a user list that already existed has its expiry read and corrected (the default).
+    /// See [`crate::sink::redis::SinkOptions::verify_existing_user_expiry`].
+    pub fn verify_existing_user_expiry(&self) -> bool {
+        self.inner.verify_existing_user_expiry
+    }
+
+    /// The same layout with the existing-user-list expiry check switched on or off.
+    pub fn with_verify_existing_user_expiry(&self, verify: bool) -> Self {
+        Self {
+            inner: Arc::new(LayoutInner {
+                key_prefix: self.inner.key_prefix.clone(),
+                time_zone: self.inner.time_zone,
+                job: self.inner.job.clone(),
+                topic: self.inner.topic.clone(),
+                verify_existing_user_expiry: verify,
+            }),
+        }
     }
 
     pub fn key_prefix(&self) -> &str {

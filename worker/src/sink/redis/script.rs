@@ -8,7 +8,8 @@
 //! values, user lists with one value, template hashes.
 //!
 //! `ARGV`: `epoch, first_offset, next_offset, message_ttl_ms, user_expire_at_ms,
-//! user_expire_at_next_ms, template_ttl_ms`, the five group sizes, then per multi-value list
+//! user_expire_at_next_ms, template_ttl_ms`, the five group sizes, `verify_existing_user_expiry
+//! ('1'|'0')`, then per multi-value list
 //! `n, v1..vn` (values in upstream's LPUSH order), per single-value list just its value, and per
 //! template `n, field1, incr1, …, fieldn, incrn`. Most keys of a batch get one value, so passing
 //! them bare halves the arguments Redis must parse and turn into Lua strings.
@@ -93,12 +94,15 @@ local function expire_message(key)
   commands = commands + 1
 end
 
+local verify_existing = ARGV[13] == '1'
+
 local function expire_user(key, len, n)
-  local at = user_expire_at()
   if len == n then
+    user_expire_at()
     failed(redis.pcall('PEXPIREAT', key, user_at_arg))
     commands = commands + 1
-  else
+  elseif verify_existing then
+    local at = user_expire_at()
     local current = redis.call('PEXPIRETIME', key)
     commands = commands + 1
     if current ~= at then
@@ -109,7 +113,7 @@ local function expire_user(key, len, n)
 end
 
 local k = 2
-local a = 13
+local a = 14
 
 local function push_multi(count, is_message)
   for _ = 1, count do
