@@ -456,6 +456,25 @@ pub struct SavepointSpec {
     /// What deleting the StreamJob does to its state.
     #[serde(default)]
     pub on_delete: OnDeletePolicy,
+    /// How long one savepoint (triggered by the operator) may take before the attempt counts as
+    /// failed; also the deadline of the final savepoint on deletion, after which deletion goes
+    /// ahead without it (and says so in an Event).
+    #[serde(default = "default_savepoint_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.timeout must be a duration like 5m"))]
+    pub timeout: String,
+    /// Failed savepoint attempts (retried with backoff) before an upgrade, suspend or manual
+    /// savepoint gives up with a Degraded condition.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("spec.savepoint.maxAttempts must be between 1 and 20"))]
+    pub max_attempts: i32,
+}
+
+fn default_savepoint_timeout() -> String {
+    "5m".into()
+}
+fn default_max_attempts() -> i32 {
+    3
 }
 
 fn zero_duration() -> String {
@@ -469,6 +488,8 @@ impl Default for SavepointSpec {
             retention: SavepointRetention::default(),
             interval: zero_duration(),
             on_delete: OnDeletePolicy::default(),
+            timeout: default_savepoint_timeout(),
+            max_attempts: default_max_attempts(),
         }
     }
 }
@@ -742,6 +763,18 @@ pub struct JobProgress {
     /// When the jobmanager was last asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Time>,
+    /// The job's state in the jobmanager (`INITIALIZING`, `RUNNING`, `STOPPING`, `FINISHED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Registered taskmanagers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taskmanagers: Option<i32>,
+    /// Where the running jobmanager took its starting state from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// When the newest complete checkpoint was taken (its age shows whether checkpoints stall).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_at: Option<Time>,
 }
 
 /// Progress of one partition.
@@ -810,8 +843,8 @@ pub enum OperationKind {
 pub struct Operation {
     /// What is being done.
     pub kind: OperationKind,
-    /// The step in progress (e.g. `TriggerSavepoint`, `AwaitSavepoint`, `ScaleDown`, `Apply`).
-    pub step: String,
+    /// The step in progress.
+    pub step: OperationStep,
     /// When the operation started.
     pub started_at: Time,
     /// When the current step started.
@@ -829,6 +862,51 @@ pub struct Operation {
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The restore point: the savepoint this operation took, or restores from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
+    /// The upgrade mode the operation runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_mode: Option<UpgradeMode>,
+    /// The pod configuration hash being rolled out, for upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_config_hash: Option<String>,
+    /// The `spec.savepointTriggerNonce` a manual savepoint answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<i64>,
+    /// A failed attempt is retried no earlier than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
+}
+
+/// Steps of an operation. Each is recorded before it runs, and each can be run again.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationStep {
+    /// Ask the jobmanager for a savepoint (stop-with-savepoint for upgrades, suspend, deletion).
+    TriggerSavepoint,
+    /// Poll the triggered savepoint until it is complete and on the volume.
+    AwaitSavepoint,
+    /// last-state: check that a complete checkpoint exists before anything is torn down.
+    CheckRestorePoint,
+    /// Apply the new children (new pod template, or zero replicas) and wait until they run.
+    RollOut,
+    /// Finished (deletion: the finalizer may go).
+    Done,
+    /// Gave up; see `message` and the Degraded condition. Changing the spec starts over.
+    Failed,
+}
+
+impl OperationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationStep::TriggerSavepoint => "TriggerSavepoint",
+            OperationStep::AwaitSavepoint => "AwaitSavepoint",
+            OperationStep::CheckRestorePoint => "CheckRestorePoint",
+            OperationStep::RollOut => "RollOut",
+            OperationStep::Done => "Done",
+            OperationStep::Failed => "Failed",
+        }
+    }
 }
 
 /// The generated CRD as YAML (what `streamjob-operator crd` prints and `crds/streamjob.yaml` holds).

@@ -4,11 +4,13 @@
 //! - [`planner`]: pure decisions: (StreamJob, observed children, jobmanager status, now) → desired
 //!   children, actions and next status.
 //! - [`reconciler`]: thin I/O around the planner (reads, server-side apply, status, events).
+//! - [`jobmanager_client`]: the typed client of the jobmanager's REST API.
 //! - [`rbac`]: the one table of permissions.
 //! - [`leader`], [`http`], [`metrics`]: the binary's plumbing.
 
 pub mod crd;
 pub mod http;
+pub mod jobmanager_client;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
@@ -30,6 +32,10 @@ pub enum Error {
     /// Adding, running or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Deletion waits for a step (the final savepoint); the finalizer stays until it is done.
+    /// Not a failure: retried after the given delay.
+    #[error("deletion waits: {0}")]
+    CleanupPending(String, std::time::Duration),
 }
 
 impl Error {
@@ -39,11 +45,26 @@ impl Error {
             Error::Kube(_) => "KubeApi",
             Error::Plan(e) => e.reason(),
             Error::MissingObjectKey(_) => "InvalidObject",
+            Error::CleanupPending(..) => "CleanupPending",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
                 _ => "Finalizer",
             },
+        }
+    }
+}
+
+impl Error {
+    /// The requeue delay of a wait that is not a failure (see [`Error::CleanupPending`]).
+    pub fn pending(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::CleanupPending(_, delay) => Some(*delay),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.pending(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }

@@ -23,7 +23,9 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
+use crate::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
 use crate::metrics::Metrics;
+use crate::planner::lifecycle::{self, JobManagerAction};
 use crate::planner::{self, labels, names, Action, EventSeverity, Observed, PlanInput, FINALIZER};
 use crate::{Error, Result};
 
@@ -39,6 +41,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
+    /// The jobmanagers' REST API.
+    pub jobmanager: JobManagerClient,
     /// `reportingInstance` of the Events (the pod name).
     instance: String,
     /// Consecutive failures per StreamJob (namespace/name), for the backoff.
@@ -58,9 +62,16 @@ impl Context {
             client,
             metrics,
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.to_string()),
+            jobmanager: JobManagerClient::new(BaseUrl::ClusterDns, jm::DEFAULT_TIMEOUT),
             failures: Mutex::new(HashMap::new()),
             now,
         }
+    }
+
+    /// Talks to the jobmanagers through `client` (tests: a fixed address and a short timeout).
+    pub fn with_jobmanager(mut self, client: JobManagerClient) -> Self {
+        self.jobmanager = client;
+        self
     }
 
     fn record_failure(&self, key: &str) -> u32 {
@@ -118,6 +129,9 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
 
 /// What the controller does after a failed reconciliation: count it and retry with backoff.
 pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
+    if let Some(delay) = error.pending() {
+        return ControllerAction::requeue(delay);
+    }
     let failures = ctx.record_failure(&key(&job));
     ctx.metrics.failed(error.reason());
     let delay = backoff(failures);
@@ -144,11 +158,14 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
         Ok(observed) => observed,
         Err(error) => return fail(&job, ctx, "ObserveFailed", error).await,
     };
+    let now = (ctx.now)();
+    let queries = lifecycle::queries(&job, &observed);
+    let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let input = PlanInput {
         job: &job,
         observed: &observed,
-        jobmanager: None,
-        now: (ctx.now)(),
+        jobmanager: report.as_ref(),
+        now,
     };
     let plan = match planner::plan(input) {
         Ok(plan) => plan,
@@ -157,35 +174,116 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
             return fail(&job, ctx, reason, Error::Plan(error)).await;
         }
     };
+    // The next step of an operation is recorded before anything acts on it, so an operator that
+    // restarts from here on finds it and carries on.
+    let stored = job.status.as_ref();
+    let mut written = stored.cloned();
+    if stored.and_then(|s| s.current_operation.as_ref()) != plan.status.current_operation.as_ref() {
+        write_status(&ctx.client, &job, &plan.status).await?;
+        written = Some(plan.status.clone());
+    }
     let children = &plan.children;
     let applied = async {
-        apply_child(&ctx.client, &namespace, &children.config_map).await?;
+        // The ConfigMap first: a new pod reads the config (and restore point) it finds.
+        if plan.apply_workloads {
+            apply_child(&ctx.client, &namespace, &children.config_map).await?;
+        }
         apply_child(&ctx.client, &namespace, &children.savepoint_pvc).await?;
         apply_child(&ctx.client, &namespace, &children.jobmanager_service).await?;
-        apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
-        apply_child(&ctx.client, &namespace, &children.taskmanager).await
+        if plan.apply_workloads {
+            apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
+            apply_child(&ctx.client, &namespace, &children.taskmanager).await?;
+        }
+        Ok::<_, Error>(())
     }
     .await;
     if let Err(error) = applied {
         return fail(&job, ctx, "ApplyFailed", error).await;
     }
     publish(ctx, &job, &plan.actions).await;
-    if job.status.as_ref() != Some(&plan.status) {
-        write_status(&ctx.client, &job, &plan.status).await?;
+    let status = run_actions(
+        ctx,
+        &job,
+        &namespace,
+        &name,
+        plan.status.clone(),
+        &plan.jobmanager_actions,
+        &mut written,
+    )
+    .await?;
+    if written.as_ref() != Some(&status) {
+        write_status(&ctx.client, &job, &status).await?;
     }
-    info!(phase = plan.status.phase.as_str(), requeue = ?plan.requeue_after, "reconciled");
+    info!(phase = status.phase.as_str(), requeue = ?plan.requeue_after, "reconciled");
     Ok(ControllerAction::requeue(plan.requeue_after))
 }
 
-/// The finalizer's cleanup hook (the lifecycle issue adds the final savepoint here).
+/// Calls the jobmanager for each action and records each outcome in status at once.
+async fn run_actions(
+    ctx: &Context,
+    job: &StreamJob,
+    namespace: &str,
+    name: &str,
+    mut status: StreamJobStatus,
+    actions: &[JobManagerAction],
+    written: &mut Option<StreamJobStatus>,
+) -> Result<StreamJobStatus> {
+    for action in actions {
+        let outcome = jm::execute(&ctx.jobmanager, namespace, name, *action).await;
+        info!(?action, ?outcome, "jobmanager action");
+        let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
+        status = next;
+        write_status(&ctx.client, job, &status).await?;
+        *written = Some(status.clone());
+        let events: Vec<Action> = events.into_iter().map(Action::Publish).collect();
+        publish(ctx, job, &events).await;
+    }
+    Ok(status)
+}
+
+/// The finalizer's cleanup hook: the final savepoint (when asked for), then release.
 async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
-    let plan = planner::plan_cleanup(&job);
+    let namespace = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let name = job.name_any();
+    let observed = observe(&ctx.client, &namespace, &name).await?;
+    let now = (ctx.now)();
+    let queries = lifecycle::queries(&job, &observed);
+    let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
+    let plan = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: report.as_ref(),
+        now,
+    })?;
+    let mut written = job.status.clone();
+    if !plan.done && written.as_ref() != Some(&plan.status) {
+        write_status(&ctx.client, &job, &plan.status).await?;
+        written = Some(plan.status.clone());
+    }
+    if let Some(pvc) = &plan.savepoint_pvc {
+        apply_child(&ctx.client, &namespace, pvc).await?;
+    }
     publish(ctx, &job, &plan.actions).await;
     if plan.done {
-        Ok(ControllerAction::await_change())
-    } else {
-        Ok(ControllerAction::requeue(Duration::from_secs(5)))
+        return Ok(ControllerAction::await_change());
     }
+    run_actions(
+        ctx,
+        &job,
+        &namespace,
+        &name,
+        plan.status.clone(),
+        &plan.jobmanager_actions,
+        &mut written,
+    )
+    .await?;
+    // The finalizer helper removes the finalizer on Ok: keep it with a (non-failure) error.
+    Err(Error::CleanupPending(
+        "final savepoint in progress".into(),
+        plan.requeue_after,
+    ))
 }
 
 /// Records the failure in status (Degraded) and Events, then returns the error for the backoff.

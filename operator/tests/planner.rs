@@ -7,10 +7,11 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use streamjob_operator::crd::{JobState, Phase, PvcPolicy, SecretKeyRef, StreamJob};
 use streamjob_operator::planner::children::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
+use streamjob_operator::planner::lifecycle::JobManagerView;
 use streamjob_operator::planner::{
     self, Action, EventSeverity, JobManagerReport, Observed, Plan, PlanInput,
 };
-use streamjob_worker::api::PartitionProgress;
+use streamjob_worker::api::{PartitionState, PartitionStatus};
 use streamjob_worker::config::JobConfig;
 
 fn now() -> Timestamp {
@@ -530,26 +531,30 @@ fn an_invalid_spec_is_refused_with_the_field_name() {
 #[test]
 fn the_jobmanager_report_becomes_job_progress() {
     let job = support::sample("minimal.yaml");
+    let mut overview = support::fake_jobmanager::overview("trace");
+    overview.total_lag = Some(12);
+    overview.events_per_second = 150.0;
+    overview.partitions = [(0, 5, 10, 15, 100.0), (1, 7, 3, 10, 50.0)]
+        .into_iter()
+        .map(|(partition, lag, committed, high, rate)| PartitionStatus {
+            partition,
+            state: PartitionState::Running,
+            owner: Some("tm-0".into()),
+            generation: Some(1),
+            committed_offset: Some(committed),
+            high_watermark: Some(high),
+            lag: Some(lag),
+            events_per_second: rate,
+        })
+        .collect();
     let report = JobManagerReport {
-        partitions: vec![
-            PartitionProgress {
-                partition: 0,
-                lag: Some(5),
-                committed_offset: Some(10),
-                high_watermark: Some(15),
-                events_per_second: 100.0,
-                epoch: 1,
-            },
-            PartitionProgress {
-                partition: 1,
-                lag: Some(7),
-                committed_offset: Some(3),
-                high_watermark: Some(10),
-                events_per_second: 50.0,
-                epoch: 1,
-            },
-        ],
         observed_at: now(),
+        view: JobManagerView {
+            overview: Ok(overview),
+            poll: None,
+            savepoints: None,
+            checkpoints: None,
+        },
     };
     let plan = planner::plan(PlanInput {
         job: &job,
@@ -562,12 +567,20 @@ fn the_jobmanager_report_becomes_job_progress() {
     assert_eq!(progress.lag, Some(12));
     assert_eq!(progress.events_per_second, Some(150.0));
     assert_eq!(progress.partitions.len(), 2);
+    assert_eq!(progress.state.as_deref(), Some("RUNNING"));
+    assert_eq!(progress.restored_from.as_deref(), Some("starting offsets"));
 }
 
 #[test]
 fn the_finalizer_hook_announces_what_happens_to_the_pvc() {
     let job = support::sample("minimal.yaml");
-    let cleanup = planner::plan_cleanup(&job);
+    let cleanup = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &Observed::default(),
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans cleanup");
     assert!(cleanup.done);
     let Action::Publish(note) = &cleanup.actions[0];
     assert!(

@@ -10,7 +10,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
-use streamjob_operator::crd::StreamJob;
+use streamjob_operator::crd::{StreamJob, UpgradeMode};
+use streamjob_operator::jobmanager_client::{BaseUrl, JobManagerClient};
 use streamjob_operator::metrics::Metrics;
 use streamjob_operator::planner::FINALIZER;
 use streamjob_operator::rbac;
@@ -41,7 +42,14 @@ fn stored_job(api: &FakeApi) -> StreamJob {
 fn setup() -> (Arc<Context>, FakeApi, Arc<Metrics>) {
     let (client, api) = FakeApi::start();
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(Context::with_clock(client, metrics.clone(), fixed_now));
+    // No jobmanager answers here (a closed port): the lifecycle sees it as unreachable.
+    let jobmanager = JobManagerClient::new(
+        BaseUrl::Fixed("http://127.0.0.1:9".into()),
+        Duration::from_millis(500),
+    );
+    let ctx = Arc::new(
+        Context::with_clock(client, metrics.clone(), fixed_now).with_jobmanager(jobmanager),
+    );
     (ctx, api, metrics)
 }
 
@@ -252,6 +260,9 @@ async fn a_spec_update_rolls_out_a_new_config() {
         .clone();
 
     let mut job = (*job_from_store(&api)).clone();
+    // Stateless: the new config rolls out at once (savepoint mode is covered with a jobmanager
+    // in reconciler_lifecycle.rs).
+    job.spec.upgrade_mode = UpgradeMode::Stateless;
     job.spec.redis.key_prefix = "eu:".into();
     job.spec.replicas = 3;
     job.metadata.generation = Some(2);

@@ -4,17 +4,21 @@
 
 pub mod children;
 pub mod config;
+pub mod lifecycle;
 pub mod status;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
-use streamjob_worker::api::PartitionProgress;
 
-use crate::crd::{StreamJob, StreamJobStatus};
+use crate::crd::{OperationKind, OperationStep, Phase, StreamJob, StreamJobStatus};
+use lifecycle::{JobManagerAction, LifecycleInput, LATEST_SAVEPOINT_ANNOTATION};
 
 /// Name of the finalizer that gives the lifecycle a say before a StreamJob goes away.
 pub const FINALIZER: &str = "streaming.austin.dev/cleanup";
@@ -110,11 +114,11 @@ pub struct Observed {
     pub savepoint_pvc: Option<PersistentVolumeClaim>,
 }
 
-/// What the jobmanager reported (the lifecycle issue fills this from its REST API).
+/// What the jobmanager answered this round (see [`lifecycle::queries`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobManagerReport {
-    pub partitions: Vec<PartitionProgress>,
     pub observed_at: Timestamp,
+    pub view: lifecycle::JobManagerView,
 }
 
 /// Everything the planner looks at.
@@ -162,8 +166,16 @@ pub enum Action {
 /// The planner's decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The children the spec asks for.
     pub children: Children,
+    /// Whether the ConfigMap and Deployments may be applied now. `false` while an operation
+    /// must first take a savepoint (or gave up): the running processes are left as they are.
+    /// The PVC and the Service are always applied.
+    pub apply_workloads: bool,
+    /// Events to publish.
     pub actions: Vec<Action>,
+    /// Calls to the jobmanager, made after `status` is written.
+    pub jobmanager_actions: Vec<JobManagerAction>,
     pub status: StreamJobStatus,
     pub requeue_after: Duration,
 }
@@ -172,13 +184,29 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CleanupPlan {
     pub actions: Vec<Action>,
+    /// Calls to the jobmanager, made after `status` is written.
+    pub jobmanager_actions: Vec<JobManagerAction>,
+    /// The status to write (the final savepoint's step).
+    pub status: StreamJobStatus,
+    /// The savepoint PVC to apply (it names the final savepoint), when it is kept.
+    pub savepoint_pvc: Option<PersistentVolumeClaim>,
     /// `true` when the finalizer may be removed now.
     pub done: bool,
+    pub requeue_after: Duration,
 }
 
-/// Plans one reconciliation.
-pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
-    let job = input.job;
+struct Rendered {
+    children: Children,
+    config_hash: String,
+}
+
+/// The children for a restore point (`savepoint.restoreFrom`, left out of the hash: a restore
+/// path alone never rolls pods) and the savepoint the PVC should name.
+fn render(
+    job: &StreamJob,
+    restore_from: Option<&str>,
+    latest_savepoint: Option<&str>,
+) -> Result<Rendered, PlanError> {
     let name = job
         .metadata
         .name
@@ -193,11 +221,20 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         .controller_owner_ref(&())
         .ok_or(PlanError::MissingMetadata("metadata.uid"))?;
 
-    let job_config = config::render(job, name, namespace)?;
-    let job_yaml = job_config
-        .to_yaml()
-        .map_err(|e| PlanError::InvalidConfig(e.to_string()))?;
-    let config_hash = pod_hash(job, &job_yaml);
+    let mut job_config = config::render(job, name, namespace)?;
+    let to_yaml = |c: &streamjob_worker::config::JobConfig| {
+        c.to_yaml()
+            .map_err(|e| PlanError::InvalidConfig(e.to_string()))
+    };
+    let hashed_yaml = to_yaml(&job_config)?;
+    let config_hash = pod_hash(job, &hashed_yaml);
+    let job_yaml = match restore_from {
+        Some(path) => {
+            job_config.savepoint.restore_from = Some(PathBuf::from(path));
+            to_yaml(&job_config)?
+        }
+        None => hashed_yaml,
+    };
     let ctx = children::Context {
         job,
         name,
@@ -205,26 +242,162 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         owner,
         config_hash: &config_hash,
     };
+    let mut savepoint_pvc = children::savepoint_pvc(&ctx);
+    if let Some(path) = latest_savepoint {
+        savepoint_pvc
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(LATEST_SAVEPOINT_ANNOTATION.to_string(), path.to_string());
+    }
     let children = Children {
         config_map: children::config_map(&ctx, job_yaml),
-        savepoint_pvc: children::savepoint_pvc(&ctx),
+        savepoint_pvc,
         jobmanager_service: children::jobmanager_service(&ctx),
         jobmanager: children::jobmanager_deployment(&ctx),
         taskmanager: children::taskmanager_deployment(&ctx),
     };
-    let next = status::next(&input, name, &config_hash);
+    Ok(Rendered {
+        children,
+        config_hash,
+    })
+}
+
+/// The savepoint the PVC names: the newest recorded, else what a kept PVC already names.
+fn latest_savepoint(status: &StreamJobStatus, observed: &Observed) -> Option<String> {
+    status
+        .last_savepoint
+        .as_ref()
+        .map(|s| s.path.clone())
+        .or_else(|| {
+            observed
+                .savepoint_pvc
+                .as_ref()?
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(LATEST_SAVEPOINT_ANNOTATION)
+                .cloned()
+        })
+}
+
+/// Plans one reconciliation.
+pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
+    let job = input.job;
+    let name = job
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(PlanError::MissingMetadata("metadata.name"))?;
+    // The hash does not depend on the restore point: render once to learn it.
+    let config_hash = render(job, None, None)?.config_hash;
+    let decision = lifecycle::decide(&LifecycleInput {
+        job,
+        observed: input.observed,
+        jobmanager: input.jobmanager.map(|r| &r.view),
+        desired_hash: &config_hash,
+        now: input.now,
+    });
+
+    let mut next = status::next(&input, name, &config_hash);
+    let status = &mut next.status;
+    status.current_operation = decision.operation.clone();
+    lifecycle::record_savepoints(status, &decision.new_savepoints);
+    status.observed_savepoint_trigger_nonce = decision.observed_savepoint_trigger_nonce;
+    overlay(
+        status,
+        job.status.as_ref(),
+        &decision,
+        job.metadata.generation,
+        input.now,
+    );
+    let latest = latest_savepoint(status, input.observed);
+    let children = render(job, decision.restore_from.as_deref(), latest.as_deref())?.children;
+
     let mut actions: Vec<Action> =
         status::transition_events(job, job.status.as_ref(), &next.status, input.observed)
             .into_iter()
+            .chain(decision.events.iter().cloned())
             .map(Action::Publish)
             .collect();
     actions.dedup();
+    let requeue_after = match decision.requeue {
+        Some(requeue) => requeue.min(next.requeue_after),
+        None => next.requeue_after,
+    };
     Ok(Plan {
         children,
+        apply_workloads: decision.apply_workloads,
         actions,
+        jobmanager_actions: decision.actions,
         status: next.status,
-        requeue_after: next.requeue_after,
+        requeue_after,
     })
+}
+
+fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == condition.type_)
+    {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+/// The lifecycle's say in phase and conditions: an operation in flight, a job that does not
+/// process, a Degraded cause.
+fn overlay(
+    status: &mut StreamJobStatus,
+    previous: Option<&StreamJobStatus>,
+    decision: &lifecycle::Decision,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if let Some(op) = &decision.operation {
+        if !matches!(op.step, OperationStep::Failed | OperationStep::Done) {
+            match op.kind {
+                OperationKind::Upgrade | OperationKind::Restart => status.phase = Phase::Upgrading,
+                OperationKind::Resume => status.phase = Phase::Deploying,
+                OperationKind::Suspend => status.phase = Phase::Suspending,
+                OperationKind::Delete => status.phase = Phase::Deleting,
+                OperationKind::Savepoint => {}
+            }
+        }
+    }
+    let ready_now = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    if let (true, Some((reason, message))) = (ready_now, &decision.not_ready) {
+        let condition = status::condition(
+            previous,
+            status::READY,
+            false,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        );
+        replace_condition(status, condition);
+    }
+    let degraded_now = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::DEGRADED && c.status == "True");
+    if let (false, Some((reason, message))) = (degraded_now, &decision.degraded) {
+        let condition = status::condition(
+            previous,
+            status::DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        );
+        replace_condition(status, condition);
+    }
 }
 
 /// The status (and Events) after a failure: the planner refused the spec, or an API call failed.
@@ -243,29 +416,61 @@ pub fn failed_status(
     (next, actions)
 }
 
-/// The finalizer's hook: what must happen before a StreamJob may go. The lifecycle issue adds the
-/// final savepoint (`spec.savepoint.onDelete.finalSavepoint`) as steps recorded in
-/// `status.currentOperation`; for now deletion proceeds at once and says what happens to the PVC.
-pub fn plan_cleanup(job: &StreamJob) -> CleanupPlan {
+/// The finalizer's hook: a final savepoint when `spec.savepoint.onDelete.finalSavepoint` asks
+/// for it (steps recorded in `status.currentOperation`, bounded by `spec.savepoint.timeout`), then
+/// release. A kept PVC is annotated with the newest savepoint, so a StreamJob re-created with the
+/// same name restores from it.
+pub fn plan_cleanup(input: PlanInput<'_>) -> Result<CleanupPlan, PlanError> {
+    let job = input.job;
     let name = job.name_any();
-    let pvc = match job.spec.savepoint.on_delete.pvc {
-        crate::crd::PvcPolicy::Keep => format!(
-            "savepoint volume {} is kept; recreate the StreamJob to resume from it",
-            names::savepoints(&name)
-        ),
-        crate::crd::PvcPolicy::Delete => format!(
-            "savepoint volume {} is deleted with the job",
-            names::savepoints(&name)
-        ),
+    let decision = lifecycle::cleanup(&LifecycleInput {
+        job,
+        observed: input.observed,
+        jobmanager: input.jobmanager.map(|r| &r.view),
+        desired_hash: "",
+        now: input.now,
+    });
+    let mut status = job.status.clone().unwrap_or_default();
+    status.current_operation = decision.operation.clone();
+    lifecycle::record_savepoints(&mut status, &decision.new_savepoints);
+    if !decision.done {
+        status.phase = Phase::Deleting;
+    }
+    let keep = job.spec.savepoint.on_delete.pvc == crate::crd::PvcPolicy::Keep;
+    let savepoint_pvc = match (keep, decision.new_savepoints.is_empty()) {
+        (true, false) => {
+            let latest = latest_savepoint(&status, input.observed);
+            Some(render(job, None, latest.as_deref())?.children.savepoint_pvc)
+        }
+        _ => None,
     };
-    CleanupPlan {
-        actions: vec![Action::Publish(EventNote {
+    let mut actions: Vec<Action> = decision.events.into_iter().map(Action::Publish).collect();
+    if decision.done {
+        let pvc = if keep {
+            format!(
+                "savepoint volume {} is kept; recreate the StreamJob to resume from it",
+                names::savepoints(&name)
+            )
+        } else {
+            format!(
+                "savepoint volume {} is deleted with the job",
+                names::savepoints(&name)
+            )
+        };
+        actions.push(Action::Publish(EventNote {
             severity: EventSeverity::Normal,
             reason: "Deleting".into(),
             message: format!("StreamJob {name} is being deleted; {pvc}"),
-        })],
-        done: true,
+        }));
     }
+    Ok(CleanupPlan {
+        actions,
+        jobmanager_actions: decision.actions,
+        status,
+        savepoint_pvc,
+        done: decision.done,
+        requeue_after: decision.requeue,
+    })
 }
 
 /// Hash of everything that reaches the pods: the rendered config and the pod-shaping parts of the

@@ -9,6 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use crate::crd::{JobProgress, JobState, PartitionSummary, Phase, StreamJob, StreamJobStatus};
 use crate::planner::children::CONFIG_HASH_ANNOTATION;
 use crate::planner::children::RESTART_NONCE_ANNOTATION;
+use streamjob_worker::api::RestoreSource;
+
 use crate::planner::{labels, EventNote, EventSeverity, JobManagerReport, Observed, PlanInput};
 
 pub const READY: &str = "Ready";
@@ -94,7 +96,7 @@ fn rollout(
     (Rollout::Done, None)
 }
 
-fn condition(
+pub(crate) fn condition(
     previous: Option<&StreamJobStatus>,
     type_: &str,
     value: bool,
@@ -119,8 +121,9 @@ fn condition(
     }
 }
 
-fn progress(report: &JobManagerReport) -> JobProgress {
-    let partitions: Vec<PartitionSummary> = report
+fn progress(report: &JobManagerReport) -> Option<JobProgress> {
+    let overview = report.view.overview.as_ref().ok()?;
+    let partitions: Vec<PartitionSummary> = overview
         .partitions
         .iter()
         .map(|p| PartitionSummary {
@@ -130,13 +133,26 @@ fn progress(report: &JobManagerReport) -> JobProgress {
             lag: p.lag,
         })
         .collect();
-    let lags: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
-    JobProgress {
-        lag: (!lags.is_empty()).then(|| lags.iter().sum()),
-        events_per_second: Some(report.partitions.iter().map(|p| p.events_per_second).sum()),
+    let restored_from = match &overview.restored_from {
+        RestoreSource::Savepoint { path, .. } => format!("savepoint {path}"),
+        RestoreSource::Checkpoint { path, .. } => format!("checkpoint {path}"),
+        RestoreSource::StartingOffsets => "starting offsets".to_string(),
+    };
+    Some(JobProgress {
+        lag: overview.total_lag,
+        events_per_second: Some(overview.events_per_second),
         partitions,
         observed_at: Some(Time(report.observed_at)),
-    }
+        state: Some(overview.state.to_string()),
+        taskmanagers: i32::try_from(overview.taskmanagers.len()).ok(),
+        restored_from: Some(restored_from),
+        last_checkpoint_at: overview.last_checkpoint.as_ref().map(|c| {
+            Time(
+                Timestamp::from_millisecond(i64::try_from(c.created_at_ms).unwrap_or(0))
+                    .unwrap_or(Timestamp::UNIX_EPOCH),
+            )
+        }),
+    })
 }
 
 /// The next status from what was observed.
@@ -310,8 +326,8 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     status.selector =
         labels::selector_string(&labels::selector(name, labels::COMPONENT_TASKMANAGER));
     status.config_hash = Some(config_hash.to_string());
-    if let Some(report) = input.jobmanager {
-        status.job = Some(progress(report));
+    if let Some(progress) = input.jobmanager.and_then(progress) {
+        status.job = Some(progress);
     }
     status.observed_restart_nonce = spec.restart_nonce;
     let requeue_after = if settled && !degraded {

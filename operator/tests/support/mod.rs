@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod fake_jobmanager;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,322 @@
+//! A small typed client of the jobmanager's REST API (`streamjob_worker::api`), plain HTTP over
+//! hyper (already linked through kube: no OpenSSL, no librdkafka). Every call has a timeout; an
+//! unreachable or slow jobmanager is an [`JobManagerError::Unreachable`], never a hang.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use streamjob_worker::api::{
+    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList, TriggerResponse,
+};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::planner::config::REST_PORT;
+use crate::planner::{lifecycle, names, JobManagerReport};
+
+/// Default time one REST call may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobManagerError {
+    /// No connection, no answer in time, or a broken answer.
+    #[error("jobmanager at {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The jobmanager answered with an error status.
+    #[error("jobmanager answered {status} to {path}: {message}")]
+    Status {
+        status: u16,
+        path: String,
+        message: String,
+    },
+    /// The answer is not what the API promises.
+    #[error("unexpected answer to {path}: {reason}")]
+    Decode { path: String, reason: String },
+}
+
+impl JobManagerError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, JobManagerError::Status { status: 404, .. })
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, JobManagerError::Status { status: 409, .. })
+    }
+}
+
+/// Computes a jobmanager's base URL from (namespace, name).
+pub type UrlFn = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
+/// Where a job's jobmanager answers: `http://<job>-jobmanager.<ns>.svc:8081` in a cluster, or a
+/// fixed address (tests, or an operator run outside the cluster through a port-forward).
+#[derive(Clone)]
+pub enum BaseUrl {
+    ClusterDns,
+    Fixed(String),
+    /// Computed per job (namespace, name).
+    Custom(UrlFn),
+}
+
+impl std::fmt::Debug for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BaseUrl::ClusterDns => f.write_str("ClusterDns"),
+            BaseUrl::Fixed(url) => write!(f, "Fixed({url})"),
+            BaseUrl::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+impl BaseUrl {
+    pub fn for_job(&self, namespace: &str, name: &str) -> String {
+        match self {
+            BaseUrl::ClusterDns => format!(
+                "http://{}.{namespace}.svc:{REST_PORT}",
+                names::jobmanager(name)
+            ),
+            BaseUrl::Fixed(url) => url.trim_end_matches('/').to_string(),
+            BaseUrl::Custom(f) => f(namespace, name).trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// The client (cheap to clone; one connection pool).
+#[derive(Clone, Debug)]
+pub struct JobManagerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    base: BaseUrl,
+    timeout: Duration,
+}
+
+/// The jobmanager of one job.
+pub struct JobEndpoint<'a> {
+    client: &'a JobManagerClient,
+    base: String,
+    job_id: String,
+}
+
+impl JobManagerClient {
+    pub fn new(base: BaseUrl, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        Self {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            base,
+            timeout,
+        }
+    }
+
+    /// The jobmanager of StreamJob `namespace/name` (its job id is the StreamJob's name).
+    pub fn job(&self, namespace: &str, name: &str) -> JobEndpoint<'_> {
+        JobEndpoint {
+            client: self,
+            base: self.base.for_job(namespace, name),
+            job_id: name.to_string(),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+    ) -> Result<T, JobManagerError> {
+        let url = format!("{base}{path}");
+        let unreachable = |reason: String| JobManagerError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let body = if method == Method::POST {
+            Bytes::from_static(b"{}")
+        } else {
+            Bytes::new()
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let timeout = self.timeout;
+        let answer = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, JobManagerError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(timeout, answer)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .map(|e| e.errors.join("; "))
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(JobManagerError::Status {
+                status: status.as_u16(),
+                path: path.to_string(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| JobManagerError::Decode {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl JobEndpoint<'_> {
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn path(&self, tail: &str) -> String {
+        format!("/jobs/{}{tail}", self.job_id)
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn overview(&self) -> Result<JobOverview, JobManagerError> {
+        self.client
+            .call(Method::GET, &self.base, &self.path(""))
+            .await
+    }
+
+    /// `GET /jobs/{id}/savepoints/{requestId}`; `Ok(None)` when the jobmanager does not know the
+    /// request (it restarted since, or never got it).
+    pub async fn operation(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<OperationInfo>, JobManagerError> {
+        match self
+            .client
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path(&format!("/savepoints/{request_id}")),
+            )
+            .await
+        {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /jobs/{id}/savepoints`, newest first.
+    pub async fn savepoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
+        let list: SnapshotList = self
+            .client
+            .call(Method::GET, &self.base, &self.path("/savepoints"))
+            .await?;
+        Ok(list.snapshots)
+    }
+
+    /// `GET /jobs/{id}/checkpoints`, newest first.
+    pub async fn checkpoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
+        let list: SnapshotList = self
+            .client
+            .call(Method::GET, &self.base, &self.path("/checkpoints"))
+            .await?;
+        Ok(list.snapshots)
+    }
+
+    /// `POST /jobs/{id}/savepoints`: the request id to poll.
+    pub async fn trigger_savepoint(&self) -> Result<String, JobManagerError> {
+        let answer: TriggerResponse = self
+            .client
+            .call(Method::POST, &self.base, &self.path("/savepoints"))
+            .await?;
+        Ok(answer.request_id)
+    }
+
+    /// `POST /jobs/{id}/stop` (stop-with-savepoint): the request id to poll.
+    pub async fn stop_with_savepoint(&self) -> Result<String, JobManagerError> {
+        let answer: TriggerResponse = self
+            .client
+            .call(Method::POST, &self.base, &self.path("/stop"))
+            .await?;
+        Ok(answer.request_id)
+    }
+}
+
+/// Asks the jobmanager what the lifecycle needs this round (see [`lifecycle::queries`]). Every
+/// failure is part of the answer: the planner decides what an unreachable jobmanager means.
+pub async fn observe(
+    client: &JobManagerClient,
+    namespace: &str,
+    name: &str,
+    queries: &lifecycle::Queries,
+    now: Timestamp,
+) -> Option<JobManagerReport> {
+    if !queries.any() {
+        return None;
+    }
+    let endpoint = client.job(namespace, name);
+    let text = |e: JobManagerError| e.to_string();
+    let overview = if queries.overview {
+        endpoint.overview().await.map_err(text)
+    } else {
+        Err("not asked".to_string())
+    };
+    let poll = match &queries.poll {
+        Some(id) => Some(match endpoint.operation(id).await {
+            Ok(Some(info)) => lifecycle::TriggerPoll::Known(info),
+            Ok(None) => lifecycle::TriggerPoll::Unknown,
+            Err(e) => lifecycle::TriggerPoll::Error(e.to_string()),
+        }),
+        None => None,
+    };
+    let savepoints = if queries.savepoints {
+        Some(endpoint.savepoints().await.map_err(text))
+    } else {
+        None
+    };
+    let checkpoints = if queries.checkpoints {
+        Some(endpoint.checkpoints().await.map_err(text))
+    } else {
+        None
+    };
+    Some(JobManagerReport {
+        observed_at: now,
+        view: lifecycle::JobManagerView {
+            overview,
+            poll,
+            savepoints,
+            checkpoints,
+        },
+    })
+}
+
+/// Runs one action against the jobmanager.
+pub async fn execute(
+    client: &JobManagerClient,
+    namespace: &str,
+    name: &str,
+    action: lifecycle::JobManagerAction,
+) -> lifecycle::ActionOutcome {
+    let endpoint = client.job(namespace, name);
+    let result = match action {
+        lifecycle::JobManagerAction::TriggerSavepoint => endpoint.trigger_savepoint().await,
+        lifecycle::JobManagerAction::StopWithSavepoint => endpoint.stop_with_savepoint().await,
+    };
+    match result {
+        Ok(id) => lifecycle::ActionOutcome::Accepted(id),
+        Err(e) => lifecycle::ActionOutcome::Failed(e.to_string()),
+    }
+}

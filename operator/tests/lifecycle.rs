@@ -1,0 +1,1112 @@
+//! The lifecycle state machine, driven step by step through the pure planner against a simulated
+//! cluster (Deployments roll out at once) and a simulated jobmanager (savepoints, stop, restore,
+//! faults). The driver does what the reconciler does, in its order: write the status when the
+//! operation changed, apply the children, call the jobmanager, record the outcome. An operator
+//! "restart" abandons a reconcile after any of those points; the next one starts from the stored
+//! status alone. Every scenario is replayed with a restart at every point of every round, and
+//! with a jobmanager that fails or times out at every round.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use streamjob_operator::crd::{
+    JobState, OperationKind, OperationStep, Phase, SavepointTrigger, StreamJob, UpgradeMode,
+};
+use streamjob_operator::planner::children::CONFIG_HASH_ANNOTATION;
+use streamjob_operator::planner::lifecycle::{
+    self, ActionOutcome, JobManagerAction, JobManagerView, TriggerPoll, LATEST_SAVEPOINT_ANNOTATION,
+};
+use streamjob_operator::planner::{self, Action, JobManagerReport, Observed, PlanInput};
+use streamjob_worker::api::{
+    JobOverview, JobState as JmState, OperationInfo, OperationKind as JmOpKind, OperationStatus,
+    RestoreSource, SnapshotInfo, SnapshotKind, TaskManagerInfo,
+};
+use streamjob_worker::config::JobConfig;
+
+fn start_time() -> Timestamp {
+    Timestamp::from_second(1_763_700_000).expect("valid time")
+}
+
+/// What the simulated jobmanager does wrong, per round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// No answer at all (down or timing out).
+    Unreachable,
+    /// Answers reads, but refuses triggers with 500.
+    RefuseTriggers,
+    /// Accepts triggers; the savepoint then fails.
+    SavepointFails,
+}
+
+#[derive(Debug, Clone)]
+struct SimOp {
+    info: OperationInfo,
+    /// Rounds until it completes.
+    remaining: u32,
+}
+
+/// A jobmanager process (one per pod incarnation).
+#[derive(Debug, Clone)]
+struct SimJobManager {
+    instance: u32,
+    state: JmState,
+    restored_from: RestoreSource,
+    ops: BTreeMap<String, SimOp>,
+    last_savepoint: Option<SnapshotInfo>,
+    last_checkpoint: Option<SnapshotInfo>,
+}
+
+/// Cluster + jobmanager + savepoint volume.
+struct World {
+    job: StreamJob,
+    config_map: Option<ConfigMap>,
+    jobmanager: Option<Deployment>,
+    taskmanager: Option<Deployment>,
+    pvc: Option<PersistentVolumeClaim>,
+    process: Option<SimJobManager>,
+    /// Files on the savepoint volume.
+    savepoints: Vec<SnapshotInfo>,
+    checkpoints: Vec<SnapshotInfo>,
+    instances: u32,
+    seq: u64,
+    now: Timestamp,
+    fault: Fault,
+    /// Most snapshot operations ever in flight at once on one jobmanager.
+    max_in_flight: usize,
+    /// Every trigger the jobmanager accepted: (kind, instance).
+    triggers: Vec<JmOpKind>,
+    events: Vec<String>,
+}
+
+/// Where a reconcile may be cut short by an operator restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    StatusWritten,
+    Applied,
+    ActionSent,
+}
+
+const CUTS: [Cut; 3] = [Cut::StatusWritten, Cut::Applied, Cut::ActionSent];
+
+impl World {
+    fn new(mut job: StreamJob) -> Self {
+        job.spec.checkpoint.interval = "10s".into();
+        let mut world = World {
+            job,
+            config_map: None,
+            jobmanager: None,
+            taskmanager: None,
+            pvc: None,
+            process: None,
+            savepoints: Vec::new(),
+            checkpoints: Vec::new(),
+            instances: 0,
+            seq: 0,
+            now: start_time(),
+            fault: Fault::None,
+            max_in_flight: 0,
+            triggers: Vec::new(),
+            events: Vec::new(),
+        };
+        world.settle(20);
+        assert_eq!(world.phase(), Phase::Running, "the job starts running");
+        world.take_checkpoint();
+        world
+    }
+
+    fn phase(&self) -> Phase {
+        self.job
+            .status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    fn status(&self) -> streamjob_operator::crd::StreamJobStatus {
+        self.job.status.clone().unwrap_or_default()
+    }
+
+    fn file(&mut self, kind: SnapshotKind) -> SnapshotInfo {
+        self.seq += 1;
+        let dir = match kind {
+            SnapshotKind::Checkpoint => "checkpoints",
+            SnapshotKind::Savepoint => "savepoints",
+        };
+        SnapshotInfo {
+            id: self.seq,
+            kind,
+            path: format!("/var/lib/streamjob/{dir}/{}-{}.json", dir, self.seq),
+            created_at_ms: u64::try_from(self.now.as_millisecond()).unwrap_or(0),
+            size_bytes: 100,
+            partitions: 4,
+        }
+    }
+
+    fn take_checkpoint(&mut self) {
+        let file = self.file(SnapshotKind::Checkpoint);
+        self.checkpoints.insert(0, file.clone());
+        if let Some(p) = self.process.as_mut() {
+            p.last_checkpoint = Some(file);
+        }
+    }
+
+    fn reachable(&self) -> bool {
+        self.process.is_some() && self.fault != Fault::Unreachable
+    }
+
+    fn overview(&self) -> Result<JobOverview, String> {
+        let p = match (&self.process, self.fault) {
+            (Some(p), f) if f != Fault::Unreachable => p,
+            _ => return Err("connection refused".into()),
+        };
+        Ok(JobOverview {
+            job_id: "trace".into(),
+            state: p.state,
+            topic: "austinTraceLog".into(),
+            partition_count: Some(4),
+            generation: 1,
+            taskmanagers: vec![TaskManagerInfo {
+                id: "tm-0".into(),
+                address: None,
+                partitions: vec![0, 1, 2, 3],
+                idle: false,
+                last_heartbeat_ms_ago: 10,
+            }],
+            idle_taskmanagers: 0,
+            unassigned_partitions: 0,
+            total_lag: Some(0),
+            events_per_second: 10.0,
+            partitions: Vec::new(),
+            restored_from: p.restored_from.clone(),
+            last_checkpoint: p.last_checkpoint.clone(),
+            last_savepoint: p.last_savepoint.clone(),
+        })
+    }
+
+    fn view(&self, queries: &lifecycle::Queries) -> Option<JobManagerReport> {
+        if !queries.any() {
+            return None;
+        }
+        let reachable = self.reachable();
+        let unreachable = || Err::<Vec<SnapshotInfo>, String>("connection refused".into());
+        let poll = queries.poll.as_ref().map(|id| {
+            if !reachable {
+                return TriggerPoll::Error("connection refused".into());
+            }
+            match self.process.as_ref().and_then(|p| p.ops.get(id)) {
+                Some(op) => TriggerPoll::Known(op.info.clone()),
+                None => TriggerPoll::Unknown,
+            }
+        });
+        Some(JobManagerReport {
+            observed_at: self.now,
+            view: JobManagerView {
+                overview: self.overview(),
+                poll,
+                savepoints: queries.savepoints.then(|| {
+                    if reachable {
+                        Ok(self.savepoints.clone())
+                    } else {
+                        unreachable()
+                    }
+                }),
+                checkpoints: queries.checkpoints.then(|| {
+                    if reachable {
+                        Ok(self.checkpoints.clone())
+                    } else {
+                        unreachable()
+                    }
+                }),
+            },
+        })
+    }
+
+    /// The jobmanager answers a trigger.
+    fn act(&mut self, action: JobManagerAction) -> ActionOutcome {
+        if !self.reachable() {
+            return ActionOutcome::Failed("connection refused".into());
+        }
+        if self.fault == Fault::RefuseTriggers {
+            return ActionOutcome::Failed("jobmanager answered 500: internal error".into());
+        }
+        let in_flight = self
+            .process
+            .as_ref()
+            .map(|p| {
+                p.ops
+                    .values()
+                    .filter(|o| o.info.status == OperationStatus::InProgress)
+                    .count()
+            })
+            .unwrap_or(0);
+        let Some(p) = self.process.as_mut() else {
+            return ActionOutcome::Failed("no jobmanager".into());
+        };
+        let kind = match action {
+            JobManagerAction::TriggerSavepoint => JmOpKind::Savepoint,
+            JobManagerAction::StopWithSavepoint => JmOpKind::StopWithSavepoint,
+        };
+        if p.state != JmState::Running {
+            return ActionOutcome::Failed(format!(
+                "jobmanager answered 409: the job is {}",
+                p.state
+            ));
+        }
+        if kind == JmOpKind::StopWithSavepoint {
+            p.state = JmState::Stopping;
+        }
+        self.seq += 1;
+        let id = format!("sp-{}-{}", self.seq, p.instance);
+        p.ops.insert(
+            id.clone(),
+            SimOp {
+                info: OperationInfo {
+                    request_id: id.clone(),
+                    kind,
+                    status: OperationStatus::InProgress,
+                    triggered_at_ms: u64::try_from(self.now.as_millisecond()).unwrap_or(0),
+                    completed_at_ms: None,
+                    location: None,
+                    failure_cause: None,
+                },
+                remaining: 1,
+            },
+        );
+        self.max_in_flight = self.max_in_flight.max(in_flight + 1);
+        self.triggers.push(kind);
+        ActionOutcome::Accepted(id)
+    }
+
+    /// Time passes: operations progress, checkpoints are taken, pods roll.
+    fn tick(&mut self) {
+        self.now += SignedDuration::from_secs(3);
+        if self
+            .process
+            .as_ref()
+            .is_some_and(|p| p.state == JmState::Running)
+        {
+            self.take_checkpoint();
+        }
+        let fault = self.fault;
+        let ids: Vec<String> = self
+            .process
+            .as_ref()
+            .map(|p| {
+                p.ops
+                    .iter()
+                    .filter(|(_, o)| o.info.status == OperationStatus::InProgress)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids {
+            let done = {
+                let Some(op) = self.process.as_mut().and_then(|p| p.ops.get_mut(&id)) else {
+                    continue;
+                };
+                if op.remaining > 0 {
+                    op.remaining -= 1;
+                    false
+                } else {
+                    true
+                }
+            };
+            if !done {
+                continue;
+            }
+            let file = (fault != Fault::SavepointFails).then(|| self.file(SnapshotKind::Savepoint));
+            let now_ms = u64::try_from(self.now.as_millisecond()).unwrap_or(0);
+            if let Some(file) = &file {
+                self.savepoints.insert(0, file.clone());
+            }
+            let Some(p) = self.process.as_mut() else {
+                continue;
+            };
+            let Some(op) = p.ops.get_mut(&id) else {
+                continue;
+            };
+            op.info.completed_at_ms = Some(now_ms);
+            match file {
+                Some(file) => {
+                    op.info.status = OperationStatus::Completed;
+                    op.info.location = Some(file.path.clone());
+                    p.last_savepoint = Some(file);
+                    if op.info.kind == JmOpKind::StopWithSavepoint {
+                        p.state = JmState::Finished;
+                    }
+                }
+                None => {
+                    op.info.status = OperationStatus::Failed;
+                    op.info.failure_cause = Some("the savepoint volume is full".into());
+                    if op.info.kind == JmOpKind::StopWithSavepoint {
+                        p.state = JmState::Running;
+                    }
+                }
+            }
+        }
+        self.kubelet();
+    }
+
+    /// Plays the Deployment controller and kubelet: the applied Deployments roll out at once.
+    fn kubelet(&mut self) {
+        let restore_from = self
+            .config_map
+            .as_ref()
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get("job.yaml"))
+            .and_then(|yaml| JobConfig::from_yaml(yaml).ok())
+            .and_then(|c| c.savepoint.restore_from)
+            .map(|p| p.display().to_string());
+        if let Some(jm) = self.jobmanager.as_mut() {
+            let replicas = jm.spec.replicas.unwrap_or(1);
+            let hash = jm
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default();
+            let running_template = jm
+                .status
+                .as_ref()
+                .and_then(|_| jm.metadata.annotations.clone())
+                .unwrap_or_default();
+            let rolled = running_template != hash || (replicas > 0) != self.process.is_some();
+            if rolled {
+                self.process = None;
+                if replicas > 0 {
+                    self.instances += 1;
+                    let restored_from = match &restore_from {
+                        Some(path) => RestoreSource::Savepoint {
+                            path: path.clone(),
+                            id: 0,
+                        },
+                        None => match self.checkpoints.first() {
+                            Some(c) => RestoreSource::Checkpoint {
+                                path: c.path.clone(),
+                                id: c.id,
+                            },
+                            None => RestoreSource::StartingOffsets,
+                        },
+                    };
+                    self.process = Some(SimJobManager {
+                        instance: self.instances,
+                        state: JmState::Running,
+                        restored_from,
+                        ops: BTreeMap::new(),
+                        last_savepoint: None,
+                        last_checkpoint: self.checkpoints.first().cloned(),
+                    });
+                }
+                // Remember which template runs (kept in metadata.annotations of the stored copy).
+                jm.metadata.annotations = Some(hash);
+            }
+            finish(jm);
+        }
+        if let Some(tm) = self.taskmanager.as_mut() {
+            finish(tm);
+        }
+    }
+
+    /// One reconcile, optionally cut short by an operator restart.
+    fn reconcile(&mut self, cut: Option<Cut>) {
+        let observed = Observed {
+            jobmanager: self.jobmanager.clone(),
+            taskmanager: self.taskmanager.clone(),
+            savepoint_pvc: self.pvc.clone(),
+        };
+        let queries = lifecycle::queries(&self.job, &observed);
+        let report = self.view(&queries);
+        let plan = planner::plan(PlanInput {
+            job: &self.job,
+            observed: &observed,
+            jobmanager: report.as_ref(),
+            now: self.now,
+        })
+        .expect("plans");
+        for Action::Publish(note) in &plan.actions {
+            self.events.push(note.reason.clone());
+        }
+        let stored_op = self.status().current_operation;
+        if stored_op != plan.status.current_operation {
+            self.job.status = Some(plan.status.clone());
+            if cut == Some(Cut::StatusWritten) {
+                return;
+            }
+        }
+        self.pvc = Some(plan.children.savepoint_pvc.clone());
+        if plan.apply_workloads {
+            self.config_map = Some(plan.children.config_map.clone());
+            self.jobmanager = Some(merge(self.jobmanager.take(), &plan.children.jobmanager));
+            self.taskmanager = Some(merge(self.taskmanager.take(), &plan.children.taskmanager));
+        }
+        if cut == Some(Cut::Applied) {
+            return;
+        }
+        let mut status = plan.status.clone();
+        for action in &plan.jobmanager_actions {
+            let outcome = self.act(*action);
+            if cut == Some(Cut::ActionSent) {
+                return;
+            }
+            let (next, events) = lifecycle::after_action(&self.job, &status, &outcome, self.now);
+            self.events.extend(events.into_iter().map(|e| e.reason));
+            status = next;
+            self.job.status = Some(status.clone());
+        }
+        self.job.status = Some(status);
+    }
+
+    /// Reconciles and lets time pass until the operation ends (or `rounds` run out).
+    fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.reconcile(None);
+            self.tick();
+        }
+    }
+
+    fn running_hash(&self) -> Option<String> {
+        self.process.as_ref()?;
+        self.jobmanager
+            .as_ref()?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(CONFIG_HASH_ANNOTATION)
+            .cloned()
+    }
+
+    fn desired_hash(&self) -> Option<String> {
+        self.status().config_hash
+    }
+
+    fn edit(&mut self, change: impl FnOnce(&mut StreamJob)) {
+        change(&mut self.job);
+        let generation = self.job.metadata.generation.unwrap_or(1) + 1;
+        self.job.metadata.generation = Some(generation);
+    }
+}
+
+/// The applied Deployment, keeping what the cluster tracks (status, running template).
+fn merge(existing: Option<Deployment>, desired: &Deployment) -> Deployment {
+    let mut next = desired.clone();
+    if let Some(existing) = existing {
+        next.metadata.annotations = existing.metadata.annotations;
+        next.status = existing.status;
+        let generation = existing.metadata.generation.unwrap_or(1);
+        let changed = existing.spec != desired.spec;
+        next.metadata.generation = Some(generation + i64::from(changed));
+    } else {
+        next.metadata.generation = Some(1);
+    }
+    next
+}
+
+fn finish(d: &mut Deployment) {
+    let replicas = d.spec.replicas.unwrap_or(1);
+    d.status = Some(DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: Some(replicas),
+        updated_replicas: Some(replicas),
+        ready_replicas: Some(replicas),
+        available_replicas: Some(replicas),
+        ..DeploymentStatus::default()
+    });
+}
+
+fn job() -> StreamJob {
+    support::sample("minimal.yaml")
+}
+
+fn restored_savepoint(world: &World) -> Option<String> {
+    match &world.process.as_ref()?.restored_from {
+        RestoreSource::Savepoint { path, .. } => Some(path.clone()),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A savepoint-mode upgrade, with an optional operator restart at round `r`, point `cut`.
+fn savepoint_upgrade(restart: Option<(usize, Cut)>) -> World {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
+    for round in 0..30 {
+        let cut = restart.and_then(|(r, c)| (r == round).then_some(c));
+        world.reconcile(cut);
+        world.tick();
+    }
+    world
+}
+
+fn assert_upgraded_through_one_savepoint(world: &World, context: &str) {
+    let status = world.status();
+    assert_eq!(
+        status.current_operation, None,
+        "{context}: operation finished"
+    );
+    assert_eq!(world.phase(), Phase::Running, "{context}");
+    assert_eq!(
+        world.running_hash(),
+        world.desired_hash(),
+        "{context}: the new template runs"
+    );
+    let upgrade_savepoints: Vec<_> = status
+        .savepoint_history
+        .iter()
+        .filter(|s| s.trigger == SavepointTrigger::Upgrade)
+        .collect();
+    assert_eq!(upgrade_savepoints.len(), 1, "{context}: {status:?}");
+    assert_eq!(
+        restored_savepoint(world).as_deref(),
+        Some(upgrade_savepoints[0].path.as_str()),
+        "{context}: the new jobmanager restored from the recorded savepoint"
+    );
+    assert_eq!(
+        world
+            .triggers
+            .iter()
+            .filter(|k| **k == JmOpKind::StopWithSavepoint)
+            .count(),
+        1,
+        "{context}: exactly one stop-with-savepoint"
+    );
+    assert!(
+        world.max_in_flight <= 1,
+        "{context}: one snapshot at a time"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "True", "{context}: {ready:?}");
+}
+
+#[test]
+fn a_savepoint_upgrade_stops_records_and_restores() {
+    let world = savepoint_upgrade(None);
+    assert_upgraded_through_one_savepoint(&world, "no restart");
+    for reason in [
+        "UpgradeStarted",
+        "SavepointTriggered",
+        "SavepointCompleted",
+        "UpgradeCompleted",
+    ] {
+        assert!(
+            world.events.contains(&reason.to_string()),
+            "{reason}: {:?}",
+            world.events
+        );
+    }
+    // Restore path left the config once the upgrade completed, without another rollout.
+    let yaml = world
+        .config_map
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("job.yaml"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(!yaml.contains("restoreFrom"), "{yaml}");
+    assert_eq!(world.instances, 2, "exactly one jobmanager restart");
+}
+
+#[test]
+fn a_savepoint_upgrade_survives_an_operator_restart_at_every_point() {
+    for round in 0..12 {
+        for cut in CUTS {
+            let world = savepoint_upgrade(Some((round, cut)));
+            assert_upgraded_through_one_savepoint(
+                &world,
+                &format!("restart at round {round} {cut:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn while_the_savepoint_is_pending_nothing_is_torn_down() {
+    let mut world = World::new(job());
+    let before = world.running_hash();
+    world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
+    world.reconcile(None);
+    let op = world
+        .status()
+        .current_operation
+        .expect("operation recorded");
+    assert_eq!(op.kind, OperationKind::Upgrade);
+    assert_eq!(op.step, OperationStep::AwaitSavepoint);
+    assert!(op.trigger_id.is_some());
+    assert_eq!(
+        world.running_hash(),
+        before,
+        "old pods untouched until the savepoint exists"
+    );
+}
+
+#[test]
+fn a_jobmanager_failing_at_every_round_is_retried_then_gives_up_with_advice() {
+    for fault in [
+        Fault::Unreachable,
+        Fault::RefuseTriggers,
+        Fault::SavepointFails,
+    ] {
+        let mut world = World::new(job());
+        world.job.spec.savepoint.timeout = "20s".into();
+        let before = world.running_hash();
+        world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
+        world.fault = fault;
+        let mut rounds = 0;
+        while rounds < 400 {
+            world.reconcile(None);
+            world.tick();
+            rounds += 1;
+            if world
+                .status()
+                .current_operation
+                .is_some_and(|o| o.step == OperationStep::Failed)
+            {
+                break;
+            }
+        }
+        let status = world.status();
+        let op = status.current_operation.clone().expect("operation kept");
+        assert_eq!(op.step, OperationStep::Failed, "{fault:?}");
+        assert_eq!(
+            op.attempts, world.job.spec.savepoint.max_attempts,
+            "{fault:?}"
+        );
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .expect("Degraded");
+        assert_eq!(degraded.status, "True", "{fault:?}");
+        assert!(
+            degraded.message.contains("last-state"),
+            "{fault:?}: {}",
+            degraded.message
+        );
+        assert_eq!(
+            world
+                .jobmanager
+                .as_ref()
+                .and_then(|d| d.metadata.annotations.clone())
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned()),
+            before,
+            "{fault:?}: nothing torn down"
+        );
+        assert!(world.events.contains(&"SavepointGaveUp".to_string()));
+
+        // The advice works: switching to last-state upgrades from the newest checkpoint.
+        world.fault = Fault::None;
+        world.edit(|j| j.spec.upgrade_mode = UpgradeMode::LastState);
+        world.settle(15);
+        let status = world.status();
+        assert_eq!(status.current_operation, None, "{fault:?}: {status:?}");
+        assert_eq!(world.running_hash(), world.desired_hash(), "{fault:?}");
+        assert!(matches!(
+            world.process.as_ref().map(|p| &p.restored_from),
+            Some(RestoreSource::Checkpoint { .. })
+        ));
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .expect("Degraded");
+        assert_eq!(degraded.status, "False", "{fault:?}");
+    }
+}
+
+#[test]
+fn a_jobmanager_failing_for_a_while_only_delays_the_upgrade() {
+    // Faults in rounds 0..k for each k, then a healthy jobmanager: the upgrade completes through
+    // exactly one successful stop-with-savepoint.
+    for fault in [
+        Fault::Unreachable,
+        Fault::RefuseTriggers,
+        Fault::SavepointFails,
+    ] {
+        for bad_rounds in [1usize, 2, 3, 5] {
+            let mut world = World::new(job());
+            world.job.spec.savepoint.max_attempts = 20;
+            world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
+            for round in 0..200 {
+                world.fault = if round < bad_rounds {
+                    fault
+                } else {
+                    Fault::None
+                };
+                world.reconcile(None);
+                world.tick();
+            }
+            let context = format!("{fault:?} for {bad_rounds} rounds");
+            let status = world.status();
+            assert_eq!(status.current_operation, None, "{context}: {status:?}");
+            assert_eq!(world.running_hash(), world.desired_hash(), "{context}");
+            assert!(restored_savepoint(&world).is_some(), "{context}");
+            assert!(world.max_in_flight <= 1, "{context}");
+        }
+    }
+}
+
+#[test]
+fn last_state_upgrades_without_stopping_even_when_the_jobmanager_is_down() {
+    let mut world = World::new(job());
+    world.job.spec.upgrade_mode = UpgradeMode::LastState;
+    world.settle(2);
+    world.fault = Fault::Unreachable;
+    world.edit(|j| j.spec.batch.linger = "50ms".into());
+    world.settle(10);
+    world.fault = Fault::None;
+    world.settle(10);
+    assert_eq!(world.status().current_operation, None);
+    assert_eq!(world.running_hash(), world.desired_hash());
+    assert!(world.triggers.is_empty(), "no savepoint for last-state");
+    assert!(matches!(
+        world.process.as_ref().map(|p| &p.restored_from),
+        Some(RestoreSource::Checkpoint { .. })
+    ));
+}
+
+#[test]
+fn stateless_upgrades_roll_out_at_once() {
+    let mut world = World::new(job());
+    world.job.spec.upgrade_mode = UpgradeMode::Stateless;
+    world.edit(|j| j.spec.batch.linger = "50ms".into());
+    world.reconcile(None);
+    assert_eq!(
+        world.status().current_operation.map(|o| o.step),
+        Some(OperationStep::RollOut)
+    );
+    world.settle(5);
+    assert_eq!(world.running_hash(), world.desired_hash());
+    assert!(world.triggers.is_empty());
+}
+
+#[test]
+fn replicas_alone_are_never_an_upgrade() {
+    let mut world = World::new(job());
+    let instances = world.instances;
+    world.edit(|j| j.spec.replicas = 4);
+    world.reconcile(None);
+    assert_eq!(world.status().current_operation, None);
+    assert_eq!(
+        world.taskmanager.as_ref().and_then(|d| d.spec.replicas),
+        Some(4),
+        "applied at once"
+    );
+    world.settle(3);
+    assert_eq!(world.instances, instances, "the jobmanager keeps running");
+    assert!(world.triggers.is_empty());
+    assert_eq!(world.status().replicas, 4);
+}
+
+fn suspend_resume(restart: Option<(usize, Cut)>) -> World {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.state = JobState::Suspended);
+    for round in 0..12 {
+        let cut = restart.and_then(|(r, c)| (r == round).then_some(c));
+        world.reconcile(cut);
+        world.tick();
+    }
+    let context = format!("{restart:?}");
+    assert_eq!(world.phase(), Phase::Suspended, "{context}");
+    assert!(world.process.is_none(), "{context}: nothing runs");
+    assert!(world.pvc.is_some(), "{context}: the volume stays");
+    let status = world.status();
+    let suspend = status.last_savepoint.clone().expect("suspend savepoint");
+    assert_eq!(suspend.trigger, SavepointTrigger::Suspend, "{context}");
+    world.edit(|j| j.spec.state = JobState::Running);
+    for round in 12..30 {
+        let cut = restart.and_then(|(r, c)| (r == round).then_some(c));
+        world.reconcile(cut);
+        world.tick();
+    }
+    assert_eq!(world.phase(), Phase::Running, "{context}");
+    assert_eq!(world.status().current_operation, None, "{context}");
+    assert_eq!(
+        restored_savepoint(&world),
+        Some(suspend.path.clone()),
+        "{context}"
+    );
+    world
+}
+
+#[test]
+fn suspend_takes_a_savepoint_scales_to_zero_and_resume_restores_it() {
+    let world = suspend_resume(None);
+    for reason in ["Suspending", "Suspended", "Resuming", "Resumed"] {
+        assert!(
+            world.events.contains(&reason.to_string()),
+            "{reason}: {:?}",
+            world.events
+        );
+    }
+}
+
+#[test]
+fn suspend_and_resume_survive_an_operator_restart_at_every_point() {
+    for round in 0..20 {
+        for cut in CUTS {
+            suspend_resume(Some((round, cut)));
+        }
+    }
+}
+
+#[test]
+fn a_savepoint_trigger_nonce_takes_one_savepoint() {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(1));
+    world.settle(6);
+    let status = world.status();
+    assert_eq!(status.current_operation, None);
+    assert_eq!(status.observed_savepoint_trigger_nonce, Some(1));
+    let manual: Vec<_> = status
+        .savepoint_history
+        .iter()
+        .filter(|s| s.trigger == SavepointTrigger::Manual)
+        .collect();
+    assert_eq!(manual.len(), 1);
+    assert_eq!(manual[0].nonce, Some(1));
+    assert_eq!(world.triggers, vec![JmOpKind::Savepoint]);
+    // The same nonce again does nothing; a new one takes another.
+    world.settle(4);
+    assert_eq!(world.triggers.len(), 1);
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(2));
+    world.settle(6);
+    assert_eq!(world.triggers.len(), 2);
+    assert_eq!(world.status().last_savepoint.and_then(|s| s.nonce), Some(2));
+}
+
+#[test]
+fn a_manual_savepoint_survives_a_restart_at_every_point_without_a_second_trigger() {
+    for round in 0..4 {
+        for cut in CUTS {
+            let mut world = World::new(job());
+            world.edit(|j| j.spec.savepoint_trigger_nonce = Some(9));
+            for r in 0..20 {
+                world.reconcile((r == round).then_some(cut));
+                world.tick();
+            }
+            let status = world.status();
+            assert_eq!(status.current_operation, None, "{round} {cut:?}");
+            assert_eq!(status.observed_savepoint_trigger_nonce, Some(9));
+            assert!(status.savepoint_history.iter().any(|s| s.nonce == Some(9)));
+            // A restart between the trigger and recording its id adopts the savepoint it made.
+            assert_eq!(world.triggers, vec![JmOpKind::Savepoint], "{round} {cut:?}");
+            assert!(world.max_in_flight <= 1);
+        }
+    }
+}
+
+#[test]
+fn a_restart_nonce_restarts_from_the_last_state() {
+    let mut world = World::new(job());
+    let instances = world.instances;
+    world.edit(|j| j.spec.restart_nonce = Some(3));
+    world.settle(5);
+    assert_eq!(world.status().current_operation, None);
+    assert_eq!(world.instances, instances + 1, "restarted once");
+    assert!(world.triggers.is_empty());
+    assert!(matches!(
+        world.process.as_ref().map(|p| &p.restored_from),
+        Some(RestoreSource::Checkpoint { .. })
+    ));
+    assert!(world.events.contains(&"Restarted".to_string()));
+}
+
+#[test]
+fn periodic_savepoints_are_recorded_and_the_history_is_capped() {
+    let mut world = World::new(job());
+    for _ in 0..15 {
+        let file = world.file(SnapshotKind::Savepoint);
+        world.savepoints.insert(0, file.clone());
+        if let Some(p) = world.process.as_mut() {
+            p.last_savepoint = Some(file);
+        }
+        world.settle(1);
+    }
+    let status = world.status();
+    assert_eq!(
+        status.savepoint_history.len(),
+        streamjob_operator::crd::SAVEPOINT_HISTORY_CAP
+    );
+    assert!(status
+        .savepoint_history
+        .iter()
+        .all(|s| s.trigger == SavepointTrigger::Periodic));
+    assert_eq!(
+        status.last_savepoint.as_ref().map(|s| &s.path),
+        world.savepoints.first().map(|s| &s.path)
+    );
+    assert_eq!(
+        status.savepoint_history[0].path, world.savepoints[0].path,
+        "newest first"
+    );
+}
+
+/// Deletion: the finalizer's plan, step by step (with restarts: all state is in status).
+fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
+    let mut events = Vec::new();
+    for _ in 0..rounds {
+        let observed = Observed {
+            jobmanager: world.jobmanager.clone(),
+            taskmanager: world.taskmanager.clone(),
+            savepoint_pvc: world.pvc.clone(),
+        };
+        let queries = lifecycle::queries(&world.job, &observed);
+        let report = world.view(&queries);
+        let plan = planner::plan_cleanup(PlanInput {
+            job: &world.job,
+            observed: &observed,
+            jobmanager: report.as_ref(),
+            now: world.now,
+        })
+        .expect("plans cleanup");
+        events.extend(
+            plan.actions
+                .iter()
+                .map(|Action::Publish(n)| n.reason.clone()),
+        );
+        world.job.status = Some(plan.status.clone());
+        if let Some(pvc) = plan.savepoint_pvc.clone() {
+            world.pvc = Some(pvc);
+        }
+        if plan.done {
+            return (true, events);
+        }
+        let mut status = plan.status.clone();
+        for action in &plan.jobmanager_actions {
+            let outcome = world.act(*action);
+            status = lifecycle::after_action(&world.job, &status, &outcome, world.now).0;
+        }
+        world.job.status = Some(status);
+        world.tick();
+    }
+    (false, events)
+}
+
+#[test]
+fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
+    let mut world = World::new(job());
+    let (done, events) = delete(&mut world, 10);
+    assert!(done, "{events:?}");
+    assert!(events.contains(&"FinalSavepoint".to_string()), "{events:?}");
+    let final_sp = world
+        .savepoints
+        .first()
+        .cloned()
+        .expect("final savepoint on the volume");
+    assert_eq!(world.triggers, vec![JmOpKind::StopWithSavepoint]);
+    let pvc = world.pvc.clone().expect("kept pvc");
+    assert_eq!(
+        pvc.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LATEST_SAVEPOINT_ANNOTATION)),
+        Some(&final_sp.path),
+        "the kept volume names its newest savepoint"
+    );
+    // The StreamJob is gone, its Deployments garbage-collected; the PVC stays. Re-create it.
+    let checkpoints = world.checkpoints.clone();
+    let savepoints = world.savepoints.clone();
+    let mut fresh = World {
+        job: job(),
+        config_map: None,
+        jobmanager: None,
+        taskmanager: None,
+        pvc: Some(pvc),
+        process: None,
+        savepoints,
+        checkpoints,
+        instances: 0,
+        seq: 100,
+        now: world.now,
+        fault: Fault::None,
+        max_in_flight: 0,
+        triggers: Vec::new(),
+        events: Vec::new(),
+    };
+    fresh.settle(10);
+    assert_eq!(fresh.phase(), Phase::Running);
+    assert_eq!(restored_savepoint(&fresh), Some(final_sp.path.clone()));
+    assert!(fresh.events.contains(&"RestoringKeptState".to_string()));
+}
+
+#[test]
+fn deletion_proceeds_after_the_timeout_and_says_so() {
+    let mut world = World::new(job());
+    world.job.spec.savepoint.timeout = "30s".into();
+    world.fault = Fault::Unreachable;
+    let (done, events) = delete(&mut world, 40);
+    assert!(done, "{events:?}");
+    assert!(
+        events.contains(&"FinalSavepointTimedOut".to_string()),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn deletion_without_a_final_savepoint_releases_at_once() {
+    let mut world = World::new(job());
+    world.job.spec.savepoint.on_delete.final_savepoint = false;
+    let (done, _) = delete(&mut world, 1);
+    assert!(done);
+    assert!(world.triggers.is_empty());
+}
+
+#[test]
+fn health_ready_only_while_the_job_processes_and_degraded_on_stalled_checkpoints() {
+    let mut world = World::new(job());
+    let ready = |w: &World| {
+        w.status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(ready(&world).map(|r| r.0), Some("True".into()));
+    let progress = world.status().job.expect("progress");
+    assert_eq!(progress.state.as_deref(), Some("RUNNING"));
+    assert!(progress.last_checkpoint_at.is_some());
+    // The jobmanager stops answering: not Ready.
+    world.fault = Fault::Unreachable;
+    world.settle(1);
+    assert_eq!(
+        ready(&world),
+        Some(("False".into(), "JobManagerUnreachable".into()))
+    );
+    // Back, but no checkpoint for a long time: Degraded.
+    world.fault = Fault::None;
+    world.settle(1);
+    assert_eq!(ready(&world).map(|r| r.0), Some("True".into()));
+    world.now += SignedDuration::from_secs(600);
+    world.settle(1);
+    let degraded = world
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .cloned()
+        .expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "CheckpointsStalled")
+    );
+    world.take_checkpoint();
+    world.settle(1);
+    let degraded = world
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .cloned()
+        .expect("Degraded");
+    assert_eq!(degraded.status, "False");
+}
