@@ -91,15 +91,22 @@ pub struct Worker {
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Worker {
     /// Starts `streamjob-worker ARGS…`, logging stdout and stderr to `log` (appended).
     pub fn start(args: &[&str], log: &Path) -> Self {
+        Self::start_with_env(args, &[], log)
+    }
+
+    /// Like [`Worker::start`], with extra environment variables (e.g. a pod's `POD_NAME`).
+    pub fn start_with_env(args: &[&str], env: &[(String, String)], log: &Path) -> Self {
         let mut worker = Self {
             child: None,
             log: log.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.to_vec(),
         };
         worker.spawn();
         worker
@@ -114,6 +121,7 @@ impl Worker {
         let err = out.try_clone().expect("log file");
         let child = Command::new(worker_binary())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)
