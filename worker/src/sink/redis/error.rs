@@ -101,3 +101,40 @@ impl From<RedisError> for SinkError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_loading_errors_are_retryable_and_others_are_not() {
+        let io: SinkError = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ))
+        .into();
+        assert!(io.is_retryable(), "{io}");
+        let loading: SinkError =
+            RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading")).into();
+        assert!(loading.is_retryable(), "{loading}");
+        let readonly: SinkError =
+            RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "replica")).into();
+        assert!(readonly.is_retryable());
+        let auth: SinkError = RedisError::from((ErrorKind::AuthenticationFailed, "bad")).into();
+        assert!(matches!(auth, SinkError::Config(_)), "{auth}");
+        let script: SinkError = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR boom",
+        ))
+        .into();
+        assert!(matches!(script, SinkError::Script(_)), "{script}");
+        assert!(!script.is_retryable());
+        let fenced = SinkError::Fenced {
+            partition: 1,
+            stored_epoch: 3,
+            our_epoch: 2,
+        };
+        assert!(!fenced.is_retryable());
+        assert_eq!(fenced.kind(), "fenced");
+    }
+}

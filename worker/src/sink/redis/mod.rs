@@ -240,7 +240,8 @@ impl RedisSink {
                 write_errors: 0,
             });
         };
-        let span = tracing::debug_span!(
+        // Info level so that the warnings inside (write errors, fenced) carry job and partition.
+        let span = tracing::info_span!(
             "redis_apply",
             job = self.layout.job(),
             topic = self.layout.topic(),

@@ -293,3 +293,96 @@ pub(crate) fn parse_claim_reply(value: &Value) -> Result<(u64, Option<i64>), Sin
     };
     Ok((epoch.max(0) as u64, next))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn apply_replies_decode_into_decisions() {
+        let applied = Value::Array(vec![
+            Value::Int(0),
+            bulk("3"),
+            Value::Nil,
+            Value::Int(12),
+            Value::Int(1),
+            bulk("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        ]);
+        assert_eq!(
+            parse_apply_reply(&applied).expect("parses"),
+            ApplyReply::Applied {
+                commands: 12,
+                write_errors: 1,
+                first_write_error: Some(
+                    "WRONGTYPE Operation against a key holding the wrong kind of value".into()
+                ),
+            }
+        );
+        let skipped = Value::Array(vec![
+            Value::Int(1),
+            bulk("3"),
+            bulk("9007199254740000"),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Nil,
+        ]);
+        assert_eq!(
+            parse_apply_reply(&skipped).expect("parses"),
+            ApplyReply::AlreadyApplied {
+                stored_next_offset: 9007199254740000
+            }
+        );
+        let fenced = Value::Array(vec![Value::Int(2), bulk("7"), bulk("10")]);
+        assert_eq!(
+            parse_apply_reply(&fenced).expect("parses"),
+            ApplyReply::Fenced { stored_epoch: 7 }
+        );
+        let overlap = Value::Array(vec![Value::Int(3), bulk("1"), bulk("5")]);
+        assert_eq!(
+            parse_apply_reply(&overlap).expect("parses"),
+            ApplyReply::Overlap {
+                stored_next_offset: 5
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_script_errors() {
+        for bad in [
+            Value::Int(0),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(9)]),
+            Value::Array(vec![Value::Int(0), bulk("x")]),
+        ] {
+            let err = parse_apply_reply(&bad).expect_err("refused");
+            assert!(matches!(err, SinkError::Script(_)), "{bad:?}: {err}");
+            assert!(!err.is_retryable());
+        }
+        assert!(parse_claim_reply(&Value::Array(vec![])).is_err());
+    }
+
+    #[test]
+    fn claim_replies_carry_the_epoch_and_the_resume_offset() {
+        let fresh = Value::Array(vec![Value::Int(1), Value::Nil]);
+        assert_eq!(parse_claim_reply(&fresh).expect("parses"), (1, None));
+        let resumed = Value::Array(vec![Value::Int(4), bulk("1200")]);
+        assert_eq!(
+            parse_claim_reply(&resumed).expect("parses"),
+            (4, Some(1200))
+        );
+    }
+
+    #[test]
+    fn the_scripts_have_distinct_stable_hashes() {
+        assert_eq!(APPLY_SCRIPT.hash().len(), 40);
+        assert_ne!(APPLY_SCRIPT.hash(), CLAIM_SCRIPT.hash());
+        assert!(
+            APPLY_SCRIPT.source.starts_with("#!lua\n"),
+            "shebang: OOM checked up front"
+        );
+    }
+}
