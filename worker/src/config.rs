@@ -359,7 +359,11 @@ impl JobConfig {
         let username = lookup(ENV_KAFKA_SASL_USERNAME);
         let password = lookup(ENV_KAFKA_SASL_PASSWORD);
         if username.is_some() || password.is_some() {
-            let sasl = self.source.kafka.sasl.get_or_insert_with(SaslConfig::default);
+            let sasl = self
+                .source
+                .kafka
+                .sasl
+                .get_or_insert_with(SaslConfig::default);
             if username.is_some() {
                 sasl.username = username;
             }
@@ -379,14 +383,20 @@ impl JobConfig {
         }
         let kafka = &self.source.kafka;
         if kafka.brokers.trim().is_empty() {
-            return Err(invalid("source.kafka.brokers", "must list at least one host:port"));
+            return Err(invalid(
+                "source.kafka.brokers",
+                "must list at least one host:port",
+            ));
         }
         validate_topic("source.kafka.topic", &kafka.topic)?;
         if let Some(dlq) = &kafka.dlq_topic {
             validate_topic("source.kafka.dlqTopic", dlq)?;
         }
         if kafka.dlq_topic() == kafka.topic {
-            return Err(invalid("source.kafka.dlqTopic", "must differ from source.kafka.topic"));
+            return Err(invalid(
+                "source.kafka.dlqTopic",
+                "must differ from source.kafka.topic",
+            ));
         }
         if kafka.group.is_empty() {
             return Err(invalid("source.kafka.group", "must not be empty"));
@@ -398,11 +408,17 @@ impl JobConfig {
         {
             return Err(invalid(
                 "sink.redis.url",
-                format!("must start with redis://, rediss:// or unix:// (got {:?})", redis.url),
+                format!(
+                    "must start with redis://, rediss:// or unix:// (got {:?})",
+                    redis.url
+                ),
             ));
         }
         if redis.time_zone.is_empty() {
-            return Err(invalid("sink.redis.timeZone", "must name an IANA time zone"));
+            return Err(invalid(
+                "sink.redis.timeZone",
+                "must name an IANA time zone",
+            ));
         }
         if self.batch.max_events == 0 {
             return Err(invalid("batch.maxEvents", "must be at least 1"));
@@ -414,7 +430,10 @@ impl JobConfig {
             return Err(invalid("savepoint.maxCount", "must be at least 1"));
         }
         if self.jobmanager.heartbeat_interval.is_zero() {
-            return Err(invalid("jobmanager.heartbeatInterval", "must be greater than 0"));
+            return Err(invalid(
+                "jobmanager.heartbeatInterval",
+                "must be greater than 0",
+            ));
         }
         if self.jobmanager.heartbeat_timeout <= self.jobmanager.heartbeat_interval {
             return Err(invalid(
@@ -441,10 +460,16 @@ fn is_name_char(c: char) -> bool {
 /// Kafka's own topic rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigError> {
     if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." {
-        return Err(invalid(field, "must be 1-249 characters and not '.' or '..'"));
+        return Err(invalid(
+            field,
+            "must be 1-249 characters and not '.' or '..'",
+        ));
     }
     if !topic.chars().all(is_name_char) {
-        return Err(invalid(field, format!("{topic:?} may only contain [a-zA-Z0-9._-]")));
+        return Err(invalid(
+            field,
+            format!("{topic:?} may only contain [a-zA-Z0-9._-]"),
+        ));
     }
     Ok(())
 }
