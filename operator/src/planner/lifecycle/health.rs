@@ -1,0 +1,91 @@
+//! Health from the jobmanager and the Deployments: Ready only while the job processes; Degraded
+//! when checkpoints stall or pods stay unavailable.
+
+use super::*;
+
+/// Health from the jobmanager: Ready only while the job processes; Degraded when checkpoints
+/// stall or pods stay unavailable.
+pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
+    let spec = &input.job.spec;
+    if spec.state != JobState::Running {
+        return;
+    }
+    let now = input.now;
+    for (role, deployment) in [
+        ("jobmanager", input.observed.jobmanager.as_ref()),
+        ("taskmanager", input.observed.taskmanager.as_ref()),
+    ] {
+        let unavailable = deployment
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| {
+                c.iter().find(|c| {
+                    c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("False")
+                })
+            })
+            .filter(|c| elapsed(c.last_transition_time.as_ref(), now) > UNAVAILABLE_GRACE);
+        if let Some(condition) = unavailable {
+            decision.degraded.get_or_insert_with(|| {
+                (
+                    "PodsUnavailable".into(),
+                    format!(
+                        "{role} pods have been unavailable for more than {}s (crash loop, image pull or scheduling failure?): {}; see kubectl describe/logs of the {role} pods",
+                        UNAVAILABLE_GRACE.as_secs(),
+                        condition.message.clone().unwrap_or_default()
+                    ),
+                )
+            });
+        }
+    }
+    if !jobmanager_expected(input.observed) {
+        return;
+    }
+    match input.jobmanager.map(|v| &v.overview) {
+        Some(Ok(overview)) => {
+            if overview.state != JmState::Running {
+                decision.not_ready.get_or_insert_with(|| {
+                    (
+                        "JobNotRunning".into(),
+                        format!("the jobmanager reports the job {}", overview.state),
+                    )
+                });
+            } else if overview.taskmanagers.is_empty() && spec.replicas > 0 {
+                decision.not_ready.get_or_insert_with(|| {
+                    (
+                        "NoTaskManagers".into(),
+                        "no taskmanager is registered".into(),
+                    )
+                });
+            }
+            let interval = parse_duration(&spec.checkpoint.interval, Duration::ZERO);
+            if let Some(checkpoint) = &overview.last_checkpoint {
+                let age = now
+                    .as_millisecond()
+                    .saturating_sub(i64::try_from(checkpoint.created_at_ms).unwrap_or(0));
+                let limit = interval.saturating_mul(3) + Duration::from_secs(30);
+                let age = Duration::from_millis(u64::try_from(age).unwrap_or(0));
+                if !interval.is_zero() && overview.state == JmState::Running && age > limit {
+                    decision.degraded.get_or_insert_with(|| {
+                        (
+                            "CheckpointsStalled".into(),
+                            format!(
+                                "the newest checkpoint is {}s old (spec.checkpoint.interval is {}s): are taskmanagers reporting and is the savepoint volume writable?",
+                                age.as_secs(),
+                                interval.as_secs()
+                            ),
+                        )
+                    });
+                }
+            }
+        }
+        Some(Err(error)) => {
+            decision.not_ready.get_or_insert_with(|| {
+                (
+                    "JobManagerUnreachable".into(),
+                    format!("cannot reach the jobmanager: {error}"),
+                )
+            });
+        }
+        None => {}
+    }
+}

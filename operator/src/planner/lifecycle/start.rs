@@ -1,0 +1,156 @@
+//! Which operation the spec asks for, when none is in flight.
+
+use super::*;
+
+/// Starts the operation the spec asks for, if any.
+pub(super) fn start(
+    input: &LifecycleInput<'_>,
+    status: &StreamJobStatus,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    let job = input.job;
+    let spec = &job.spec;
+    let now = input.now;
+    let observed = input.observed;
+    let jm_exists = observed.jobmanager.is_some();
+    let running = jobmanager_expected(observed);
+
+    if spec.state == JobState::Suspended {
+        let taskmanagers = spec_replicas(observed.taskmanager.as_ref());
+        if !running && taskmanagers == 0 {
+            return None;
+        }
+        let with_savepoint = running && spec.upgrade_mode == UpgradeMode::Savepoint;
+        let step = if with_savepoint {
+            OperationStep::TriggerSavepoint
+        } else {
+            OperationStep::RollOut
+        };
+        let mut op = new_operation(OperationKind::Suspend, step, now);
+        op.upgrade_mode = Some(spec.upgrade_mode);
+        decision.events.push(note(
+            EventSeverity::Normal,
+            "Suspending",
+            if with_savepoint {
+                "suspending: stop with a savepoint, then scale to zero".to_string()
+            } else {
+                format!(
+                    "suspending without a savepoint (upgradeMode {}): the newest checkpoint and the Redis fences keep the position",
+                    mode_word(spec.upgrade_mode)
+                )
+            },
+        ));
+        return Some(op);
+    }
+
+    // Running from here on.
+    if jm_exists && !running {
+        // Resume a suspended job.
+        let mut op = new_operation(OperationKind::Resume, OperationStep::RollOut, now);
+        op.upgrade_mode = Some(spec.upgrade_mode);
+        // The savepoint the suspension took is the exact position; without one (suspended in
+        // last-state or stateless mode) the newest checkpoint and the Redis fences are.
+        if spec.upgrade_mode != UpgradeMode::Stateless {
+            op.savepoint_path = status
+                .last_savepoint
+                .as_ref()
+                .filter(|s| s.trigger == SavepointTrigger::Suspend)
+                .map(|s| s.path.clone());
+        }
+        decision.events.push(note(
+            EventSeverity::Normal,
+            "Resuming",
+            match &op.savepoint_path {
+                Some(path) => format!("resuming from savepoint {path}"),
+                None => "resuming from the newest checkpoint (or the Redis fences)".to_string(),
+            },
+        ));
+        return Some(op);
+    }
+    if !jm_exists {
+        // A first deployment. A kept PVC of an earlier StreamJob of this name names its newest
+        // savepoint: restore from it.
+        let kept = observed
+            .savepoint_pvc
+            .as_ref()
+            .and_then(|pvc| pvc.metadata.annotations.as_ref())
+            .and_then(|a| a.get(LATEST_SAVEPOINT_ANNOTATION))
+            .cloned();
+        if status.last_savepoint.is_none() && spec.upgrade_mode != UpgradeMode::Stateless {
+            if let Some(path) = kept {
+                let mut op = new_operation(OperationKind::Resume, OperationStep::RollOut, now);
+                op.upgrade_mode = Some(spec.upgrade_mode);
+                op.savepoint_path = Some(path.clone());
+                decision.events.push(note(
+                    EventSeverity::Normal,
+                    "RestoringKeptState",
+                    format!("found the kept savepoint volume; restoring from savepoint {path}"),
+                ));
+                return Some(op);
+            }
+        }
+        // Nonces present at creation are not requests.
+        decision.observed_savepoint_trigger_nonce = spec.savepoint_trigger_nonce;
+        return None;
+    }
+
+    match template(input) {
+        Template::Changed => {
+            let mode = spec.upgrade_mode;
+            let step = match mode {
+                UpgradeMode::Savepoint => OperationStep::TriggerSavepoint,
+                UpgradeMode::LastState => OperationStep::CheckRestorePoint,
+                UpgradeMode::Stateless => OperationStep::RollOut,
+            };
+            let mut op = new_operation(OperationKind::Upgrade, step, now);
+            op.upgrade_mode = Some(mode);
+            op.target_config_hash = Some(input.desired_hash.to_string());
+            op.target_generation = job.metadata.generation;
+            decision.events.push(note(
+                EventSeverity::Normal,
+                "UpgradeStarted",
+                format!(
+                    "spec changed (generation {}): upgrading with upgradeMode {}",
+                    job.metadata.generation.unwrap_or_default(),
+                    mode_word(mode)
+                ),
+            ));
+            return Some(op);
+        }
+        Template::NonceOnly => {
+            let mut op = new_operation(OperationKind::Restart, OperationStep::RollOut, now);
+            op.target_config_hash = Some(input.desired_hash.to_string());
+            decision.events.push(note(
+                EventSeverity::Normal,
+                "RestartStarted",
+                format!(
+                    "spec.restartNonce is now {:?}: restarting every process from the last state",
+                    spec.restart_nonce
+                ),
+            ));
+            return Some(op);
+        }
+        Template::Current => {}
+    }
+
+    if spec.savepoint_trigger_nonce.is_some()
+        && spec.savepoint_trigger_nonce != status.observed_savepoint_trigger_nonce
+    {
+        let mut op = new_operation(
+            OperationKind::Savepoint,
+            OperationStep::TriggerSavepoint,
+            now,
+        );
+        op.nonce = spec.savepoint_trigger_nonce;
+        decision.events.push(note(
+            EventSeverity::Normal,
+            "SavepointRequested",
+            format!(
+                "spec.savepointTriggerNonce is now {:?}: taking a savepoint",
+                spec.savepoint_trigger_nonce
+            ),
+        ));
+        return Some(op);
+    }
+    None
+}
