@@ -132,8 +132,9 @@ async fn user_lists_written_just_before_midnight_end_at_that_midnight_and_just_a
     let sink = connect_sink(&server, "").await;
     let mut conn = raw(&server).await;
     let epoch = sink.claim(0).await.expect("claim").epoch;
-    // The next real Shanghai midnight, so the expiry Redis stores is in its future.
-    let midnight = next_shanghai_midnight_after(SystemTime::now());
+    // The next real Shanghai midnight (at least a minute away, so "200 ms before" is still in
+    // the future when the batch is applied), so the expiry Redis stores is in its future.
+    let midnight = next_shanghai_midnight_after(SystemTime::now() + Duration::from_secs(60));
     let following = next_shanghai_midnight_after(at_ms(midnight));
 
     let before = event(r#"{"businessId":1,"ids":["before"],"logTimestamp":1,"state":10}"#);

@@ -95,6 +95,30 @@ async fn a_batch_whose_reply_is_lost_is_applied_once_on_retry() {
     assert_eq!(len, 4);
 }
 
+/// Waits until the server stops answering (the `DEBUG SLEEP` has begun), at most 5 s.
+async fn wait_until_busy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let answered = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return true;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = s.write_all(b"*1\r\n$4\r\nPING\r\n");
+            let mut buf = [0u8; 16];
+            matches!(s.read(&mut buf), Ok(n) if n > 0)
+        })
+        .await
+        .expect("probe");
+        if !answered {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis never became busy");
+}
+
 #[tokio::test]
 async fn a_hung_redis_is_a_retryable_timeout_and_the_retry_does_not_double_apply() {
     let server = RedisServer::start_with(RedisOptions {
@@ -122,7 +146,7 @@ async fn a_hung_redis_is_a_retryable_timeout_and_the_retry_does_not_double_apply
         .stdout(std::process::Stdio::null())
         .status();
     let sleeper = tokio::spawn(sleeper);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_busy(server.port()).await;
     let err = sink.apply(&batch).await.expect_err("timed out");
     assert!(err.is_retryable(), "{err}");
     assert!(sleeper.await.expect("join").expect("redis-cli").success());
