@@ -863,6 +863,19 @@ fn suspend_and_resume_survive_an_operator_restart_at_every_point() {
 fn a_savepoint_trigger_nonce_takes_one_savepoint() {
     let mut world = World::new(job());
     world.edit(|j| j.spec.savepoint_trigger_nonce = Some(1));
+    world.reconcile(None);
+    let status = world.status();
+    assert_eq!(
+        status.current_operation.as_ref().map(|o| o.step),
+        Some(OperationStep::AwaitSavepoint)
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    assert_eq!(
+        ready.map(|c| c.status.as_str()),
+        Some("True"),
+        "a plain savepoint does not interrupt processing"
+    );
+    world.tick();
     world.settle(6);
     let status = world.status();
     assert_eq!(status.current_operation, None);

@@ -379,16 +379,19 @@ pub fn decide(input: &LifecycleInput<'_>) -> Decision {
                 o.message.clone().unwrap_or_default(),
             ));
         } else {
-            decision.not_ready.get_or_insert_with(|| {
-                (
-                    operation_reason(o.kind).into(),
-                    format!(
-                        "{} in progress: step {}",
-                        kind_word(o.kind),
-                        o.step.as_str()
-                    ),
-                )
-            });
+            // A plain savepoint does not interrupt processing: the job stays Ready meanwhile.
+            if o.kind != OperationKind::Savepoint {
+                decision.not_ready.get_or_insert_with(|| {
+                    (
+                        operation_reason(o.kind).into(),
+                        format!(
+                            "{} in progress: step {}",
+                            kind_word(o.kind),
+                            o.step.as_str()
+                        ),
+                    )
+                });
+            }
             let wait = o
                 .retry_after
                 .as_ref()
