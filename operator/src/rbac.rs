@@ -46,6 +46,8 @@ const TABLE: &[(&[&str], &[&str], &[&str])] = &[
         READ_WRITE,
     ),
     (&["apps"], &["deployments"], READ_WRITE),
+    // The job's pods, read only: crash loops show there, not in the Deployment.
+    (&[""], &["pods"], &["list"]),
     // Kubernetes Events for every transition (events.k8s.io/v1 through kube's Recorder).
     (&["events.k8s.io"], &["events"], &["create", "patch"]),
     // Leader election.

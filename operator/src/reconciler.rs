@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -142,10 +142,24 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Co
 async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Observed> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let jobmanager = deployments.get_opt(&names::jobmanager(name)).await?;
+    let taskmanager = deployments.get_opt(&names::taskmanager(name)).await?;
+    let savepoint_pvc = pvcs.get_opt(&names::savepoints(name)).await?;
+    // The job's pods (both components), for crash loops.
+    let selector = labels::selector_string(&std::collections::BTreeMap::from([
+        (labels::NAME.to_string(), labels::APP.to_string()),
+        (labels::INSTANCE.to_string(), name.to_string()),
+    ]));
+    let pods = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items;
     Ok(Observed {
-        jobmanager: deployments.get_opt(&names::jobmanager(name)).await?,
-        taskmanager: deployments.get_opt(&names::taskmanager(name)).await?,
-        savepoint_pvc: pvcs.get_opt(&names::savepoints(name)).await?,
+        jobmanager,
+        taskmanager,
+        savepoint_pvc,
+        pods,
     })
 }
 

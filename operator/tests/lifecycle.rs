@@ -11,7 +11,10 @@ mod support;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    PersistentVolumeClaim, Pod, PodStatus,
+};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use streamjob_operator::crd::{
     JobState, OperationKind, OperationStep, Phase, SavepointTrigger, StreamJob, UpgradeMode,
@@ -81,6 +84,8 @@ struct World {
     /// Every trigger the jobmanager accepted: (kind, instance).
     triggers: Vec<JmOpKind>,
     events: Vec<String>,
+    /// Pod states the kubelet reports (crash loops).
+    pods: Vec<Pod>,
 }
 
 /// Where a reconcile may be cut short by an operator restart.
@@ -112,6 +117,7 @@ impl World {
             max_in_flight: 0,
             triggers: Vec::new(),
             events: Vec::new(),
+            pods: Vec::new(),
         };
         world.settle(20);
         assert_eq!(world.phase(), Phase::Running, "the job starts running");
@@ -419,6 +425,7 @@ impl World {
             jobmanager: self.jobmanager.clone(),
             taskmanager: self.taskmanager.clone(),
             savepoint_pvc: self.pvc.clone(),
+            pods: self.pods.clone(),
         };
         let queries = lifecycle::queries(&self.job, &observed);
         let report = self.view(&queries);
@@ -972,6 +979,7 @@ fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
             jobmanager: world.jobmanager.clone(),
             taskmanager: world.taskmanager.clone(),
             savepoint_pvc: world.pvc.clone(),
+            pods: Vec::new(),
         };
         let queries = lifecycle::queries(&world.job, &observed);
         let report = world.view(&queries);
@@ -1045,6 +1053,7 @@ fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
         max_in_flight: 0,
         triggers: Vec::new(),
         events: Vec::new(),
+        pods: Vec::new(),
     };
     fresh.settle(10);
     assert_eq!(fresh.phase(), Phase::Running);
@@ -1122,4 +1131,60 @@ fn health_ready_only_while_the_job_processes_and_degraded_on_stalled_checkpoints
         .cloned()
         .expect("Degraded");
     assert_eq!(degraded.status, "False");
+}
+
+#[test]
+fn a_crash_looping_taskmanager_is_degraded_with_the_pod_and_exit_code() {
+    let mut world = World::new(job());
+    let degraded = |w: &World| {
+        w.status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    assert_eq!(degraded(&world).map(|d| d.0), Some("False".into()));
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-taskmanager-7d9f-abcde".into());
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "taskmanager".into(),
+            restart_count: 5,
+            ready: false,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..ContainerState::default()
+            }),
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 2,
+                    reason: Some("Error".into()),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    world.pods = vec![pod];
+    world.settle(1);
+    let (status, reason, message) = degraded(&world).expect("Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "CrashLoop"));
+    assert!(
+        message.contains("trace-taskmanager-7d9f-abcde") && message.contains("exit code 2"),
+        "{message}"
+    );
+    assert!(
+        world.events.contains(&"CrashLoop".to_string()),
+        "{:?}",
+        world.events
+    );
+    // Recovered: Degraded clears.
+    world.pods.clear();
+    world.settle(1);
+    assert_eq!(degraded(&world).map(|d| d.0), Some("False".into()));
 }

@@ -49,6 +49,7 @@ fn observed_after(plan: &Plan) -> Observed {
         jobmanager: Some(rolled_out(&plan.children.jobmanager, 1)),
         taskmanager: Some(rolled_out(&plan.children.taskmanager, i32::MAX)),
         savepoint_pvc: Some(plan.children.savepoint_pvc.clone()),
+        pods: Vec::new(),
     }
 }
 

@@ -126,7 +126,21 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
         .collect();
     assert_eq!(
         reads,
-        [("GET", JOBMANAGER), ("GET", TASKMANAGER), ("GET", PVC)]
+        [
+            ("GET", JOBMANAGER),
+            ("GET", TASKMANAGER),
+            ("GET", PVC),
+            ("GET", "/api/v1/namespaces/default/pods")
+        ]
+    );
+    let pods = requests
+        .iter()
+        .find(|r| r.path.ends_with("/pods"))
+        .expect("pods listed");
+    assert!(
+        pods.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dtrace%2Capp.kubernetes.io%2Fname%3Dstreamjob"),
+        "only this job's pods: {}",
+        pods.query
     );
     assert_eq!(
         applies(&requests),

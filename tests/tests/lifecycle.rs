@@ -326,6 +326,7 @@ impl Harness {
             jobmanager: jm,
             taskmanager: tm,
             savepoint_pvc: self.store.pvc.clone(),
+            pods: Vec::new(),
         }
     }
 

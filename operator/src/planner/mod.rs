@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -112,6 +112,8 @@ pub struct Observed {
     pub jobmanager: Option<Deployment>,
     pub taskmanager: Option<Deployment>,
     pub savepoint_pvc: Option<PersistentVolumeClaim>,
+    /// The job's pods (crash loops show here, not in the Deployments).
+    pub pods: Vec<Pod>,
 }
 
 /// What the jobmanager answered this round (see [`lifecycle::queries`]).

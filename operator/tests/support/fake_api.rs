@@ -136,6 +136,22 @@ impl State {
         match request.method.as_str() {
             "GET" => match self.objects.get(&item_path) {
                 Some(object) => (200, object.clone()),
+                None if is_collection(&item_path) => {
+                    // A list: the stored objects directly under the collection path.
+                    let prefix = format!("{item_path}/");
+                    let items: Vec<Value> = self
+                        .objects
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                        .map(|(_, v)| v.clone())
+                        .collect();
+                    (
+                        200,
+                        json!({"kind": "List", "apiVersion": "v1",
+                               "metadata": {"resourceVersion": self.resource_version.to_string()},
+                               "items": items}),
+                    )
+                }
                 None => (404, not_found(&item_path)),
             },
             "POST" => {
@@ -256,6 +272,15 @@ impl State {
             _ => (405, json!({})),
         }
     }
+}
+
+/// `/api/v1/namespaces/NS/RESOURCE` or `/apis/GROUP/VERSION/namespaces/NS/RESOURCE`.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        (segments.first().copied(), segments.len()),
+        (Some("api"), 5) | (Some("apis"), 6)
+    )
 }
 
 fn not_found(path: &str) -> Value {

@@ -1,5 +1,5 @@
-//! Health from the jobmanager and the Deployments: Ready only while the job processes; Degraded
-//! when checkpoints stall or pods stay unavailable.
+//! Health from the jobmanager, the Deployments and the pods: Ready only while the job processes;
+//! Degraded when checkpoints stall, a pod crash-loops or pods stay unavailable.
 
 use super::*;
 
@@ -11,6 +11,9 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
         return;
     }
     let now = input.now;
+    if let Some(message) = crash_loop(&input.observed.pods) {
+        decision.degraded = Some(("CrashLoop".into(), message));
+    }
     for (role, deployment) in [
         ("jobmanager", input.observed.jobmanager.as_ref()),
         ("taskmanager", input.observed.taskmanager.as_ref()),
@@ -88,4 +91,47 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
         }
         None => {}
     }
+}
+
+/// Restarts after which a container that keeps failing counts as crash-looping even before the
+/// kubelet reports `CrashLoopBackOff`.
+pub const CRASH_LOOP_RESTARTS: i32 = 3;
+
+/// The first crash-looping container of the job's pods, described for the user.
+fn crash_loop(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| {
+            let waiting = c
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone());
+            let looping = waiting.as_deref() == Some("CrashLoopBackOff")
+                || (c.restart_count >= CRASH_LOOP_RESTARTS && !c.ready);
+            if !looping {
+                return None;
+            }
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| {
+                    format!(
+                        "; last exit code {}{}",
+                        t.exit_code,
+                        t.reason
+                            .as_ref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "pod {name} is crash-looping ({} restarts{last}); see kubectl logs {name} --previous",
+                c.restart_count
+            ))
+        })
+    })
 }
