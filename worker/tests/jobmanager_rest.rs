@@ -605,3 +605,59 @@ async fn savepoint_retention_deletes_old_files_and_keeps_the_newest() {
     tm.abort();
     jm.shutdown();
 }
+
+#[tokio::test]
+async fn periodic_checkpoints_and_savepoints_keep_only_what_retention_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.checkpoint.interval = Duration::from_millis(150);
+    config.checkpoint.retain = 2;
+    config.savepoint.interval = Duration::from_millis(250);
+    config.savepoint.max_count = 2;
+    let (jm, client) = start(config, JobManagerOptions::default(), 2).await;
+    let tm = fake_taskmanager(client.clone(), "tm-a", Arc::new(Mutex::new(3)));
+    wait_for(&client, |o| {
+        o.last_savepoint.as_ref().is_some_and(|s| s.id >= 4)
+            && o.last_checkpoint.as_ref().is_some_and(|c| c.id >= 4)
+    })
+    .await;
+    let savepoints: SnapshotList = get(&client, "/jobs/trace/savepoints").await;
+    let checkpoints: SnapshotList = get(&client, "/jobs/trace/checkpoints").await;
+    assert_eq!(savepoints.snapshots.len(), 2, "{savepoints:?}");
+    assert_eq!(checkpoints.snapshots.len(), 2, "{checkpoints:?}");
+    let on_disk = |sub: &str| {
+        std::fs::read_dir(dir.path().join(sub))
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name().to_string_lossy().ends_with(".json")
+                        && e.file_name() != "MANIFEST.json"
+                })
+            })
+            .count()
+    };
+    assert!(
+        on_disk("savepoints") <= 3,
+        "old savepoint files are deleted"
+    );
+    assert!(
+        on_disk("checkpoints") <= 3,
+        "old checkpoint files are deleted"
+    );
+    let metrics = client
+        .raw(Method::GET, "/metrics", None, T)
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    let completed = text
+        .lines()
+        .find(|l| {
+            l.starts_with("streamjob_jobmanager_savepoints_total")
+                && l.contains("result=\"completed\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(completed.is_some_and(|n| n >= 4.0), "{text}");
+    tm.abort();
+    jm.shutdown();
+}
