@@ -128,7 +128,7 @@ fn bench_reconcile_loop(jobs: &[StreamJob], runs: usize) {
             create_us.push(started.elapsed().as_secs_f64() * 1e6 / jobs.len() as f64);
             requests_per_create = api.requests().len() as f64 / jobs.len() as f64;
             api.clear_requests();
-            // Steady pass: the stored objects now carry the status written by the first pass.
+            // Second pass: the stored objects carry the status written by the first pass.
             let stored: Vec<StreamJob> = jobs
                 .iter()
                 .map(|job| {
@@ -150,7 +150,7 @@ fn bench_reconcile_loop(jobs: &[StreamJob], runs: usize) {
         });
     }
     println!(
-        "reconcile loop, mocked API (tower-test, same process): create pass {:.0} µs per StreamJob ({requests_per_create:.1} API requests each), steady pass {:.0} µs ({requests_per_steady:.1} requests each); {} jobs, median of {runs} runs",
+        "reconcile loop, mocked API (tower-test, same process): create pass {:.0} µs per StreamJob ({requests_per_create:.1} API requests each), second pass, children present but not yet rolled out, {:.0} µs ({requests_per_steady:.1} requests each); {} jobs, median of {runs} runs",
         median(create_us),
         median(steady_us),
         jobs.len()
