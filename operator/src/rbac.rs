@@ -46,8 +46,9 @@ const TABLE: &[(&[&str], &[&str], &[&str])] = &[
         READ_WRITE,
     ),
     (&["apps"], &["deployments"], READ_WRITE),
-    // The job's pods, read only: crash loops show there, not in the Deployment.
-    (&[""], &["pods"], &["list"]),
+    // The job's pods, read only: crash loops show there, not in the Deployment (listed per
+    // reconcile, watched so a crash loop is reported when it starts).
+    (&[""], &["pods"], &["list", "watch"]),
     // Kubernetes Events for every transition (events.k8s.io/v1 through kube's Recorder).
     (&["events.k8s.io"], &["events"], &["create", "patch"]),
     // Leader election.

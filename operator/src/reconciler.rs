@@ -445,6 +445,7 @@ pub async fn run(
         let config_maps: Api<ConfigMap> = scoped(&client, namespace.as_deref());
         let services: Api<Service> = scoped(&client, namespace.as_deref());
         let pvcs: Api<PersistentVolumeClaim> = scoped(&client, namespace.as_deref());
+        let pods: Api<Pod> = scoped(&client, namespace.as_deref());
         let children = watcher::Config::default().labels(&labels::managed_selector());
         let mut shutdown = shutdown.clone();
         Controller::new(jobs, watcher::Config::default())
@@ -455,9 +456,15 @@ pub async fn run(
             .owns(config_maps, children.clone())
             .owns(services, children.clone())
             // A kept PVC has no owner reference: map it back through its instance label.
-            .watches(pvcs, children, |pvc: PersistentVolumeClaim| {
+            .watches(pvcs, children.clone(), |pvc: PersistentVolumeClaim| {
                 let instance = pvc.labels().get(labels::INSTANCE)?.clone();
                 Some(ObjectRef::<StreamJob>::new(&instance).within(&pvc.namespace()?))
+            })
+            // Pods belong to ReplicaSets, not to the StreamJob: map them back by label too, so a
+            // crash loop (Degraded CrashLoop) shows as soon as it starts.
+            .watches(pods, children, |pod: Pod| {
+                let instance = pod.labels().get(labels::INSTANCE)?.clone();
+                Some(ObjectRef::<StreamJob>::new(&instance).within(&pod.namespace()?))
             })
             .graceful_shutdown_on(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
