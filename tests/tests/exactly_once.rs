@@ -186,6 +186,7 @@ fn run(fault: Fault) {
         }
     }
     producer.join().expect("producer thread");
+    kafka::assert_nothing_truncated(&bootstrap, TOPIC, PARTITIONS);
     let ends = kafka::high_watermarks(&bootstrap, TOPIC, PARTITIONS).expect("watermarks");
     assert_eq!(ends.iter().sum::<i64>(), EVENTS as i64);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -63,6 +63,7 @@ impl Env {
             ProduceMode::Batched,
         )
         .expect("data set produced");
+        kafka::assert_nothing_truncated(self.kafka.bootstrap_servers(), TOPIC, self.partitions);
     }
 
     fn fences(&self) -> Vec<Option<i64>> {

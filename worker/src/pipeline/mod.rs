@@ -189,6 +189,7 @@ impl Pipeline {
                     return Ok(());
                 }
                 partitions.remove(&partition);
+                self.shared.metrics.pipeline().partitions_owned.dec();
             }
         }
         let config = &self.shared.config;
@@ -243,7 +244,7 @@ impl Pipeline {
         tracing::info!(parent: &span, ?offset, generation = assignment.generation, "partition assigned");
         let task = tokio::spawn(task.run().instrument(span));
         let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
-        partitions.insert(
+        let replaced = partitions.insert(
             partition,
             PartitionHandle {
                 control,
@@ -251,7 +252,10 @@ impl Pipeline {
                 state,
             },
         );
-        metrics.partitions_owned.set(partitions.len() as i64);
+        // Several pipelines may share one registry (standalone mode): count, don't set.
+        if replaced.is_none() {
+            metrics.partitions_owned.inc();
+        }
         Ok(())
     }
 
@@ -262,11 +266,9 @@ impl Pipeline {
         let handle = {
             let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
             let handle = partitions.remove(&partition);
-            self.shared
-                .metrics
-                .pipeline()
-                .partitions_owned
-                .set(partitions.len() as i64);
+            if handle.is_some() {
+                self.shared.metrics.pipeline().partitions_owned.dec();
+            }
             handle
         };
         let Some(handle) = handle else {

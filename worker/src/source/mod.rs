@@ -124,8 +124,9 @@ pub fn consumer_config(kafka: &KafkaSourceConfig) -> ClientConfig {
         // Only used when a resume offset is out of range (truncated by retention): take what is left.
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
-        .set("queued.min.messages", "20000")
-        .set("queued.max.messages.kbytes", "16384")
+        // Per partition: enough for a few batches, little enough that RSS stays small.
+        .set("queued.min.messages", "5000")
+        .set("queued.max.messages.kbytes", "2048")
         .set("topic.metadata.refresh.interval.ms", "30000");
     apply_overrides(&mut cfg, &kafka.properties);
     cfg

@@ -30,6 +30,9 @@ pub fn start_mock(topic: &str, partitions: i32, dlq: &str) -> EmbeddedKafka {
 pub enum ProduceMode {
     /// librdkafka's normal batching (mock cluster).
     Batched,
+    /// Batched, uncompressed (tansu: fast fetches, but it under-reports the high watermark of
+    /// multi-record requests, so take the ends from the delivery reports).
+    BatchedPlain,
     /// One record per produce request (tansu under-reports watermarks for multi-record requests).
     OnePerRequest,
 }
@@ -52,7 +55,13 @@ pub fn produce(
         .set("queue.buffering.max.kbytes", "1048576")
         .set("message.timeout.ms", "60000");
     match mode {
-        ProduceMode::Batched => cfg.set("linger.ms", "5"),
+        // Compressed batches: the mock cluster keeps at most 5 MB of record batches per partition
+        // (older ones are deleted), so compression lets it hold a few hundred thousand events.
+        ProduceMode::Batched => cfg
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("compression.type", "zstd"),
+        ProduceMode::BatchedPlain => cfg.set("linger.ms", "20").set("batch.size", "1000000"),
         ProduceMode::OnePerRequest => cfg.set("linger.ms", "0").set("batch.num.messages", "1"),
     };
     let producer: FutureProducer = cfg.create()?;
@@ -114,6 +123,26 @@ impl ConsumedRecord {
         self.key
             .as_deref()
             .and_then(|k| std::str::from_utf8(k).ok())
+    }
+}
+
+/// Fails when any partition of `topic` no longer starts at offset 0: the broker dropped records
+/// (the mock cluster keeps at most 5 MB per partition), so a comparison with the data set would
+/// be meaningless.
+pub fn assert_nothing_truncated(bootstrap: &str, topic: &str, partitions: i32) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "streamjob-testkit")
+        .create()
+        .expect("consumer");
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(
+            low, 0,
+            "the broker dropped records of {topic}[{p}] (log now {low}..{high}): data set too large for it"
+        );
     }
 }
 

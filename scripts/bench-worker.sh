@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Worker pipeline benchmark — a command, not a test. Re-runnable by anyone on a fresh machine:
+#
+#   scripts/bench-worker.sh                       # 1,000,000 events, 3 runs, tansu broker (own process)
+#   scripts/bench-worker.sh --broker mock --events 300000   # librdkafka's mock cluster in its own process
+#                                                 # (it keeps at most 5 MB per partition: ~300k events)
+#   scripts/bench-worker.sh --events 200000 --runs 5 --latency-rate 5000 --latency-secs 20
+#
+# Prints the machine, then a Markdown table (the "Worker pipeline" section of BENCHMARKS.md is a
+# copy of it). Method: see tests/src/bin/bench-worker.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test >/dev/null   # redis-server, redis-benchmark, tansu
+cargo build --release --locked -q -p streamjob-worker --bin streamjob-worker -p streamjob-tests --bin bench-worker
+
+echo "## machine"
+echo "- $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "- memory: $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo)"
+echo "- $(redis-server --version | cut -d' ' -f1-3), $(. /etc/os-release && echo "$PRETTY_NAME"), $(rustc --version)"
+echo "- commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (+ local changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo
+STREAMJOB_WORKER_BIN="$PWD/target/release/streamjob-worker" target/release/bench-worker "$@"
