@@ -7,26 +7,26 @@
 pub mod api;
 pub mod config;
 #[cfg(feature = "engine")]
-pub mod jobmanager;
-#[cfg(feature = "engine")]
-pub mod taskmanager;
-#[cfg(feature = "engine")]
-pub mod sink;
-#[cfg(any(test, feature = "testkit"))]
-pub mod testkit;
-#[cfg(feature = "engine")]
-pub mod transform;
-#[cfg(feature = "engine")]
 pub mod demo;
 #[cfg(feature = "engine")]
 pub mod embedded_kafka;
 #[cfg(feature = "engine")]
 pub mod http;
 #[cfg(feature = "engine")]
+pub mod jobmanager;
+#[cfg(feature = "engine")]
 pub mod metrics;
 #[cfg(feature = "engine")]
 pub mod pipeline;
 #[cfg(feature = "engine")]
+pub mod sink;
+#[cfg(feature = "engine")]
 pub mod source;
 #[cfg(feature = "engine")]
 pub mod standalone;
+#[cfg(feature = "engine")]
+pub mod taskmanager;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+#[cfg(feature = "engine")]
+pub mod transform;
