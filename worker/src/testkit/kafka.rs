@@ -136,9 +136,8 @@ pub fn assert_nothing_truncated(bootstrap: &str, topic: &str, partitions: i32) {
         .create()
         .expect("consumer");
     for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
+        let (low, high) = fetch_watermarks_patiently(&consumer, topic, p)
+            .unwrap_or_else(|err| panic!("watermarks of {topic}[{p}]: {err}"));
         assert_eq!(
             low, 0,
             "the broker dropped records of {topic}[{p}] (log now {low}..{high}): data set too large for it"
@@ -157,12 +156,27 @@ pub fn high_watermarks(
         .set("group.id", "streamjob-testkit")
         .create()?;
     (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map(|(_, hi)| hi)
-        })
+        .map(|p| fetch_watermarks_patiently(&consumer, topic, p).map(|(_, hi)| hi))
         .collect()
+}
+
+/// `fetch_watermarks`, retried for up to a minute: tests ask right after injected request errors
+/// or a broker outage, when one metadata request may still time out.
+fn fetch_watermarks_patiently(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}[{partition}]: {err}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Reads every record of `topic` present now (up to the current high watermarks).
