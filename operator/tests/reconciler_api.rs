@@ -91,18 +91,8 @@ fn event_reasons(requests: &[Recorded]) -> Vec<String> {
         .collect()
 }
 
-/// Marks the stored Deployments as rolled out and ready, as the Deployment controller would.
 fn finish_rollouts(api: &FakeApi) {
-    for path in [JOBMANAGER, TASKMANAGER] {
-        let mut deployment = api.get(path).expect("deployment stored");
-        let replicas = deployment["spec"]["replicas"].clone();
-        let generation = deployment["metadata"]["generation"].clone();
-        deployment["status"] = json!({
-            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas
-        });
-        api.put(path, deployment);
-    }
+    api.finish_rollouts(&[JOBMANAGER, TASKMANAGER]);
 }
 
 fn job_from_store(api: &FakeApi) -> Arc<StreamJob> {

@@ -58,16 +58,7 @@ fn stored(api: &FakeApi) -> Arc<StreamJob> {
 }
 
 fn finish_rollouts(api: &FakeApi) {
-    for path in [JOBMANAGER, TASKMANAGER] {
-        let mut deployment = api.get(path).expect("deployment stored");
-        let replicas = deployment["spec"]["replicas"].clone();
-        let generation = deployment["metadata"]["generation"].clone();
-        deployment["status"] = json!({
-            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas
-        });
-        api.put(path, deployment);
-    }
+    api.finish_rollouts(&[JOBMANAGER, TASKMANAGER]);
 }
 
 async fn reconcile(s: &Setup) -> Result<(), String> {

@@ -63,6 +63,21 @@ impl FakeApi {
         self.lock().objects.insert(path.to_string(), object);
     }
 
+    /// Marks the stored Deployments at `paths` as rolled out and ready, as the Deployment
+    /// controller would.
+    pub fn finish_rollouts(&self, paths: &[&str]) {
+        for path in paths {
+            let mut deployment = self.get(path).expect("deployment stored");
+            let replicas = deployment["spec"]["replicas"].clone();
+            let generation = deployment["metadata"]["generation"].clone();
+            deployment["status"] = json!({
+                "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                "readyReplicas": replicas, "availableReplicas": replicas
+            });
+            self.put(path, deployment);
+        }
+    }
+
     pub fn get(&self, path: &str) -> Option<Value> {
         self.lock().objects.get(path).cloned()
     }
