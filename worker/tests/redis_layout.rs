@@ -195,18 +195,37 @@ async fn an_existing_user_list_has_its_expiry_corrected_only_when_it_differs() {
         let list: Vec<String> = query(&mut conn, &["LRANGE", key, "0", "-1"]).await;
         assert_eq!(list, vec![ev.simple_json(), "old".to_string()]);
     }
-    // Same keys again: the expiry is already right, so no PEXPIREAT is issued.
-    let batch = batch_of(&sink, 0, epoch, 1, &[ev], now);
+    // Same keys again: this process set their expiry today, so neither PEXPIRETIME nor
+    // PEXPIREAT is issued for them.
+    let batch = batch_of(&sink, 0, epoch, 1, std::slice::from_ref(&ev), now);
     let second = sink.apply(&batch).await.expect("apply");
-    let commands = |o: &ApplyOutcome| match o {
-        ApplyOutcome::Applied { commands, .. } => *commands,
-        ApplyOutcome::AlreadyApplied => panic!("expected applied"),
-    };
     assert_eq!(
         commands(&first) - commands(&second),
-        2,
-        "{first:?} vs {second:?}: the second batch skips both PEXPIREATs"
+        5,
+        "{first:?} vs {second:?}: the second batch skips TIME, both checks and both PEXPIREATs"
     );
+    // A foreign writer changes one of them; another process (a new sink) checks each list once
+    // more and corrects it.
+    let _: () = query(&mut conn, &["PERSIST", "legacy"]).await;
+    let other_process = connect_sink(&server, "").await;
+    let batch = batch_of(&other_process, 0, epoch, 2, std::slice::from_ref(&ev), now);
+    let third = other_process.apply(&batch).await.expect("apply");
+    assert_eq!(
+        commands(&third) - commands(&second),
+        4,
+        "{third:?}: TIME, two checks, one PEXPIREAT (legacy)"
+    );
+    for key in ["legacy", "persistent"] {
+        let at: i64 = query(&mut conn, &["PEXPIRETIME", key]).await;
+        assert_eq!(at, midnight, "{key}");
+    }
+}
+
+fn commands(outcome: &ApplyOutcome) -> usize {
+    match outcome {
+        ApplyOutcome::Applied { commands, .. } => *commands,
+        ApplyOutcome::AlreadyApplied => panic!("expected applied"),
+    }
 }
 
 #[tokio::test]

@@ -23,9 +23,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use streamjob_tests::{free_port, http_get, worker_binary, write_config, Worker};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::{histogram_quantile, sample};
+use streamjob_worker::sink::redis::Layout;
 use streamjob_worker::testkit::kafka::{self, ProduceMode, Tansu};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::trace_state::fence_offsets;
+use streamjob_worker::testkit::upstream::upstream_pipeline;
+use streamjob_worker::transform::decode;
 
 const TOPIC: &str = "austinTraceLog";
 const DLQ: &str = "austinTraceLog-dlq";
@@ -37,6 +40,9 @@ struct Args {
     broker: String,
     latency_rate: u64,
     latency_secs: u64,
+    /// Only the end-to-end runs (no references, no latency): for iterating on the pipeline, not
+    /// for BENCHMARKS.md.
+    e2e_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,9 +52,14 @@ fn parse_args() -> Args {
         broker: "tansu".into(),
         latency_rate: 10_000,
         latency_secs: 20,
+        e2e_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--e2e-only" {
+            args.e2e_only = true;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--events" => args.events = value.parse().expect("--events N"),
@@ -168,6 +179,40 @@ fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("cannot parse redis-benchmark output {text:?}"))
 }
 
+/// Redis's own ceiling for this data: the same events as upstream's per-event command stream
+/// (LPUSH + EXPIRE per list, HINCRBY + EXPIRE per template; no fences, not atomic), pipelined
+/// 2,000 events at a time over one connection per partition, into a fresh redis-server. Pipelines
+/// are built before the clock starts, so only Redis is measured.
+fn upstream_replay_rate(payloads: &[Vec<u8>]) -> f64 {
+    let redis = RedisServer::start().expect("redis");
+    let layout = Layout::new("", "Asia/Shanghai", "trace", TOPIC).expect("layout");
+    let now = std::time::SystemTime::now();
+    let events: Vec<_> = payloads.iter().filter_map(|p| decode(p).ok()).collect();
+    let per_partition: Vec<Vec<redis::Pipeline>> = (0..PARTITIONS as usize)
+        .map(|p| {
+            let mine: Vec<_> = events.iter().skip(p).step_by(PARTITIONS as usize).collect();
+            mine.chunks(2000)
+                .map(|chunk| upstream_pipeline(&layout, chunk.iter().copied(), now))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for pipelines in &per_partition {
+            let url = redis.url();
+            scope.spawn(move || {
+                let mut conn = redis::Client::open(url)
+                    .and_then(|c| c.get_connection())
+                    .expect("connect");
+                for pipe in pipelines {
+                    let () = pipe.query(&mut conn).expect("pipeline");
+                }
+            });
+        }
+    });
+    events.len() as f64 / started.elapsed().as_secs_f64()
+}
+
 fn job_yaml(bootstrap: &str, redis_url: &str, metrics_port: u16, dir: &std::path::Path) -> String {
     format!(
         r#"job:
@@ -219,6 +264,9 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 
 struct RunResult {
     events_per_second: f64,
+    /// redis-server's CPU time (`INFO cpu`, user + sys) over the run's wall time: how close the
+    /// run came to Redis's one main thread being saturated.
+    redis_busy: f64,
     commands_per_event: f64,
     cpu_us_per_event: f64,
     peak_rss_mb: f64,
@@ -256,6 +304,14 @@ fn e2e_run(bootstrap: &str, ends: &[i64], events: usize, run: usize) -> RunResul
     let written = sample(&metrics, "streamjob_events_written_total", "").unwrap_or(0.0);
     let commands = sample(&metrics, "streamjob_redis_commands_total", "").unwrap_or(0.0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
+    let redis_cpu = redis_cpu_seconds(&redis.url()).unwrap_or(f64::NAN);
+    // Where Redis spent its time, per command (for profiling the sink; not in the table).
+    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
+        eprintln!(
+            "{}",
+            redis_info(&redis.url(), "commandstats").unwrap_or_default()
+        );
+    }
     let rss_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
     let status = worker.terminate(Duration::from_secs(30));
     assert!(
@@ -264,15 +320,34 @@ fn e2e_run(bootstrap: &str, ends: &[i64], events: usize, run: usize) -> RunResul
     );
     let result = RunResult {
         events_per_second: events as f64 / elapsed,
+        redis_busy: redis_cpu / elapsed,
         commands_per_event: commands / written.max(1.0),
         cpu_us_per_event: cpu * 1e6 / events as f64,
         peak_rss_mb: rss_kb as f64 / 1024.0,
     };
     eprintln!(
-        "run {run}: {:.0} events/s end to end ({elapsed:.2} s), {:.2} Redis commands/event, {:.2} µs CPU/event, peak RSS {:.1} MB",
-        result.events_per_second, result.commands_per_event, result.cpu_us_per_event, result.peak_rss_mb
+        "run {run}: {:.0} events/s end to end ({elapsed:.2} s), Redis busy {:.0}%, {:.2} Redis commands/event, {:.2} µs CPU/event, peak RSS {:.1} MB",
+        result.events_per_second, result.redis_busy * 100.0, result.commands_per_event, result.cpu_us_per_event, result.peak_rss_mb
     );
     result
+}
+
+fn redis_info(url: &str, section: &str) -> Option<String> {
+    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
+    redis::cmd("INFO").arg(section).query(&mut conn).ok()
+}
+
+/// redis-server's own CPU time so far (`INFO cpu`: used_cpu_user + used_cpu_sys), in seconds.
+fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let info = redis_info(url, "cpu")?;
+    let field = |name: &str| -> Option<f64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
@@ -381,7 +456,6 @@ fn main() {
         args.events,
         t.elapsed().as_secs_f64()
     );
-    drop(payloads);
     kafka::assert_nothing_truncated(&bootstrap, TOPIC, PARTITIONS);
     // The end of each partition from the delivery reports (tansu under-reports high watermarks).
     let mut ends = vec![0i64; PARTITIONS as usize];
@@ -390,6 +464,12 @@ fn main() {
         *end = (*end).max(offset + 1);
     }
     payloads_len_check(&ends, args.events);
+    if args.e2e_only {
+        for i in 0..args.runs {
+            e2e_run(&bootstrap, &ends, args.events, i + 1);
+        }
+        return;
+    }
 
     let raw = (0..args.runs)
         .map(|_| raw_consume_rate(&bootstrap, args.events))
@@ -409,6 +489,13 @@ fn main() {
     );
     drop(redis);
     eprintln!("redis-benchmark -P 64: LPUSH {lpush:.0}/s, HINCRBY {hincrby:.0}/s");
+    let upstream = median(
+        (0..args.runs)
+            .map(|_| upstream_replay_rate(&payloads))
+            .collect(),
+    );
+    eprintln!("upstream command stream replayed, pipelined: {upstream:.0} events/s");
+    drop(payloads);
 
     let results: Vec<RunResult> = (0..args.runs)
         .map(|i| e2e_run(&bootstrap, &ends, args.events, i + 1))
@@ -417,6 +504,7 @@ fn main() {
     let cmds = median(results.iter().map(|r| r.commands_per_event).collect());
     let cpu = median(results.iter().map(|r| r.cpu_us_per_event).collect());
     let rss = results.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
+    let redis_busy = median(results.iter().map(|r| r.redis_busy).collect());
     // Latency against a mock broker in its own process: tansu holds fetches and stores the paced
     // producer's one-record batches slowly, which would measure the broker, not the worker.
     drop(broker);
@@ -448,7 +536,17 @@ fn main() {
     println!("| reference: raw consume, plain librdkafka consumer (median) | {raw:.0} records/s |");
     println!("| reference: redis-benchmark -P 64 LPUSH (median) | {lpush:.0} ops/s |");
     println!("| reference: redis-benchmark -P 64 HINCRBY (median) | {hincrby:.0} ops/s |");
+    println!("| reference: the same events as upstream's command stream, pipelined, no fences (median) | {upstream:.0} events/s |");
     println!("| Redis commands per event (sink counters, median) | {cmds:.2} |");
+    println!(
+        "| Redis command rate end to end (events/s × commands/event) | {:.0} commands/s ({:.0}% of pipelined LPUSH) |",
+        eps * cmds,
+        eps * cmds * 100.0 / lpush
+    );
+    println!(
+        "| redis-server CPU busy during the run (INFO cpu / wall time, median) | {:.0}% |",
+        redis_busy * 100.0
+    );
     println!("| worker CPU per event (median) | {cpu:.2} µs |");
     println!("| worker peak RSS (max of runs, VmHWM) | {rss:.1} MB |");
     println!("| produce → Redis latency at {} events/s ({sent} events, mock broker) | p50 {p50:.1} ms, p99 {p99:.1} ms |", args.latency_rate);

@@ -13,10 +13,12 @@
 //! its index under every key it touches.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Cmd;
 
+use super::checked_expiries::CheckedExpiries;
 use super::layout::{system_time_ms, Layout, MESSAGE_TTL, TEMPLATE_TTL};
 use super::script::APPLY_SCRIPT;
 use crate::transform::AnchorInfo;
@@ -81,10 +83,16 @@ pub struct BatchBuilder {
     template_slots: HashMap<i64, u32>,
     templates: Vec<TemplatePlan>,
     scratch: String,
+    checked: Arc<Mutex<CheckedExpiries>>,
 }
 
 impl BatchBuilder {
-    pub fn new(partition: i32, epoch: u64, layout: &Layout) -> Self {
+    pub(crate) fn new(
+        partition: i32,
+        epoch: u64,
+        layout: &Layout,
+        checked: Arc<Mutex<CheckedExpiries>>,
+    ) -> Self {
         Self {
             layout: layout.clone(),
             partition,
@@ -100,6 +108,7 @@ impl BatchBuilder {
             template_slots: HashMap::new(),
             templates: Vec::new(),
             scratch: String::new(),
+            checked,
         }
     }
 
@@ -202,6 +211,8 @@ impl BatchBuilder {
                 keys: 0,
                 values: 0,
                 now,
+                user_expire_at: 0,
+                user_lists: Vec::new(),
                 cmd: None,
             };
         };
@@ -215,16 +226,40 @@ impl BatchBuilder {
         for (key, &slot) in &self.list_slots {
             keys_by_slot[slot as usize] = key;
         }
-        // The script's four list groups (see `script.rs`), in this order.
-        let group_of = |list: &ListPlan| match (list.ttl, list.values.len() == 1) {
-            (ListTtl::Message, false) => 0,
-            (ListTtl::Message, true) => 1,
-            (ListTtl::User, false) => 2,
-            (ListTtl::User, true) => 3,
-        };
-        let mut groups: [Vec<usize>; 4] = Default::default();
-        for (slot, list) in self.lists.iter().enumerate() {
-            groups[group_of(list)].push(slot);
+        // The script's six list groups (see `script.rs`), in this order: message lists, user
+        // lists whose expiry must be checked, user lists known to expire tonight; each split
+        // into several values / one value.
+        let verify = self.layout.verify_existing_user_expiry();
+        let message_prefix = self.layout.message_key("");
+        let mut user_lists = Vec::new();
+        let mut groups: [Vec<usize>; 6] = Default::default();
+        {
+            let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            for (slot, list) in self.lists.iter().enumerate() {
+                let group = match list.ttl {
+                    ListTtl::Message => 0,
+                    // A receiver id that looks like a message key can also get the message
+                    // TTL (from a message touch in another batch): never trusted.
+                    ListTtl::User if keys_by_slot[slot].starts_with(&message_prefix) => {
+                        if verify {
+                            2
+                        } else {
+                            4
+                        }
+                    }
+                    ListTtl::User => {
+                        let hash = checked.hash(keys_by_slot[slot]);
+                        user_lists.push(hash);
+                        if verify && !checked.contains(user_expire_at, hash) {
+                            2
+                        } else {
+                            4
+                        }
+                    }
+                };
+                let single = usize::from(list.values.len() == 1);
+                groups[group + single].push(slot);
+            }
         }
 
         let mut cmd = redis::cmd("EVALSHA");
@@ -252,11 +287,6 @@ impl BatchBuilder {
             cmd.arg(group.len());
         }
         cmd.arg(self.templates.len());
-        cmd.arg(if self.layout.verify_existing_user_expiry() {
-            "1"
-        } else {
-            "0"
-        });
         let mut values = 0;
         for (group, slots) in groups.iter().enumerate() {
             let single = group % 2 == 1;
@@ -293,6 +323,8 @@ impl BatchBuilder {
             keys: self.lists.len() + self.templates.len(),
             values,
             now,
+            user_expire_at,
+            user_lists,
             cmd: Some(cmd),
         }
     }
@@ -318,6 +350,10 @@ pub struct Batch {
     pub values: usize,
     /// Processing time the batch was built at.
     pub now: SystemTime,
+    /// The midnight user lists get, and the hashes of the user lists touched: once applied,
+    /// they are known to expire then (`checked_expiries.rs`).
+    pub(crate) user_expire_at: i64,
+    pub(crate) user_lists: Vec<u64>,
     pub(crate) cmd: Option<Cmd>,
 }
 

@@ -13,10 +13,12 @@
 //! becomes a retryable [`SinkError::Unavailable`].
 
 mod batch;
+mod checked_expiries;
 mod error;
 mod layout;
 mod script;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -24,6 +26,7 @@ use redis::{Cmd, IntoConnectionInfo, Value};
 use tracing::Instrument;
 
 pub use batch::{Batch, BatchBuilder};
+use checked_expiries::CheckedExpiries;
 pub use error::SinkError;
 pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLATE_TTL};
 
@@ -67,9 +70,10 @@ pub struct SinkOptions {
     /// When a batch pushes to a user list that already existed, read its expiry (`PEXPIRETIME`)
     /// and correct it if it is not tonight's midnight. Lists this sink creates always carry the
     /// right expiry and yesterday's have expired, so only lists written by someone else can
-    /// differ — upstream's 52-year-TTL keys while migrating from austin's Flink job. Turning it
-    /// off saves about one command per existing receiver key (see BENCHMARKS.md) on a Redis no
-    /// other writer ever touched. Default: on.
+    /// differ — upstream's 52-year-TTL keys while migrating from austin's Flink job. Each list
+    /// is checked once a day per process (`checked_expiries.rs`): later batches of the day skip
+    /// it. Turning the check off saves that first-touch command on a Redis no other writer ever
+    /// touched. Default: on.
     pub verify_existing_user_expiry: bool,
 }
 
@@ -88,6 +92,7 @@ pub struct RedisSink {
     conn: ConnectionManager,
     layout: Layout,
     timeout: Duration,
+    checked: Arc<Mutex<CheckedExpiries>>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -140,6 +145,7 @@ impl RedisSink {
             conn,
             layout,
             timeout,
+            checked: Arc::default(),
         };
         sink.load_scripts().await?;
         Ok(sink)
@@ -151,7 +157,7 @@ impl RedisSink {
 
     /// A builder for one batch of `partition`, owned at `epoch`.
     pub fn batch_builder(&self, partition: i32, epoch: u64) -> BatchBuilder {
-        BatchBuilder::new(partition, epoch, &self.layout)
+        BatchBuilder::new(partition, epoch, &self.layout, Arc::clone(&self.checked))
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
@@ -267,6 +273,10 @@ impl RedisSink {
                         );
                     }
                     tracing::debug!(commands, "applied");
+                    self.checked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert_all(batch.user_expire_at, &batch.user_lists);
                     Ok(ApplyOutcome::Applied {
                         events: batch.events,
                         commands,

@@ -2,17 +2,18 @@
 //!
 //! # Apply script calling convention
 //!
-//! `KEYS[1]` is the partition's fence hash, then the batch's data keys in four list groups and
+//! `KEYS[1]` is the partition's fence hash, then the batch's data keys in six list groups and
 //! the template hashes (all keys are in `KEYS` so a Cluster-aware version can route them):
-//! message lists with several values, message lists with one value, user lists with several
-//! values, user lists with one value, template hashes.
+//! message lists with several values, message lists with one value, user lists to check with
+//! several values / with one value, user lists known to expire tonight already (see
+//! `checked_expiries.rs`) with several values / with one value, template hashes.
 //!
 //! `ARGV`: `epoch, first_offset, next_offset, message_ttl_ms, user_expire_at_ms,
-//! user_expire_at_next_ms, template_ttl_ms`, the five group sizes, `verify_existing_user_expiry
-//! ('1'|'0')`, then per multi-value list
-//! `n, v1..vn` (values in upstream's LPUSH order), per single-value list just its value, and per
-//! template `n, field1, incr1, …, fieldn, incrn`. Most keys of a batch get one value, so passing
-//! them bare halves the arguments Redis must parse and turn into Lua strings.
+//! user_expire_at_next_ms, template_ttl_ms`, the six list group sizes, the template count, then
+//! per multi-value list `n, v1..vn` (values in upstream's LPUSH order), per single-value list
+//! just its value, and per template `n, field1, incr1, …, fieldn, incrn`. Most keys of a batch
+//! get one value, so passing them bare halves the arguments Redis must parse and turn into Lua
+//! strings.
 //!
 //! Reply: `{status, stored_epoch|nil, stored_next_offset|nil, commands, write_errors,
 //! first_write_error|nil}` with status 0 applied, 1 already applied, 2 fenced, 3 overlap.
@@ -88,20 +89,19 @@ end
 
 -- One TTL command per list, after its pushes: message lists live 3 days after their latest
 -- event; a user list created by this batch (length == values pushed) gets tonight's midnight,
--- an existing one only if its expiry differs (a list written by someone else).
+-- an existing one to check only if its expiry differs (a list written by someone else), an
+-- existing one known to expire tonight nothing.
 local function expire_message(key)
   failed(redis.pcall('PEXPIRE', key, message_ttl))
   commands = commands + 1
 end
 
-local verify_existing = ARGV[13] == '1'
-
-local function expire_user(key, len, n)
+local function expire_user(key, len, n, check)
   if len == n then
     user_expire_at()
     failed(redis.pcall('PEXPIREAT', key, user_at_arg))
     commands = commands + 1
-  elseif verify_existing then
+  elseif check then
     local at = user_expire_at()
     local current = redis.call('PEXPIRETIME', key)
     commands = commands + 1
@@ -113,9 +113,15 @@ local function expire_user(key, len, n)
 end
 
 local k = 2
-local a = 14
+local a = 15
 
-local function push_multi(count, is_message)
+-- kind: 'message', 'check' (a user list whose expiry may be foreign) or 'trusted' (a user list
+-- known to expire tonight).
+local function expire(kind, key, len, n)
+  if kind == 'message' then expire_message(key) else expire_user(key, len, n, kind == 'check') end
+end
+
+local function push_multi(count, kind)
   for _ = 1, count do
     local key = KEYS[k]
     k = k + 1
@@ -133,31 +139,29 @@ local function push_multi(count, is_message)
       if failed(reply) then ok = false else len = reply end
       a = chunk_end + 1
     end
-    if ok then
-      if is_message then expire_message(key) else expire_user(key, len, n) end
-    end
+    if ok then expire(kind, key, len, n) end
   end
 end
 
-local function push_single(count, is_message)
+local function push_single(count, kind)
   for _ = 1, count do
     local key = KEYS[k]
     k = k + 1
     local reply = redis.pcall('LPUSH', key, ARGV[a])
     a = a + 1
     commands = commands + 1
-    if not failed(reply) then
-      if is_message then expire_message(key) else expire_user(key, reply, 1) end
-    end
+    if not failed(reply) then expire(kind, key, reply, 1) end
   end
 end
 
-push_multi(tonumber(ARGV[8]), true)
-push_single(tonumber(ARGV[9]), true)
-push_multi(tonumber(ARGV[10]), false)
-push_single(tonumber(ARGV[11]), false)
+push_multi(tonumber(ARGV[8]), 'message')
+push_single(tonumber(ARGV[9]), 'message')
+push_multi(tonumber(ARGV[10]), 'check')
+push_single(tonumber(ARGV[11]), 'check')
+push_multi(tonumber(ARGV[12]), 'trusted')
+push_single(tonumber(ARGV[13]), 'trusted')
 
-for _ = 1, tonumber(ARGV[12]) do
+for _ = 1, tonumber(ARGV[14]) do
   local key = KEYS[k]
   k = k + 1
   local n = tonumber(ARGV[a])
