@@ -223,7 +223,7 @@ source:
     topic: {TOPIC}
     dlqTopic: {DLQ}
     properties:
-      fetch.wait.max.ms: "10"
+      fetch.wait.max.ms: "10"{extra}
 sink:
   redis:
     url: "{redis_url}"
@@ -239,7 +239,14 @@ checkpoint:
   dir: "{dir}"
 "#,
         jm = free_port(),
-        dir = dir.display()
+        dir = dir.display(),
+        // BENCH_KAFKA_PROPERTIES="key=value,…" tries librdkafka settings without a rebuild.
+        extra = std::env::var("BENCH_KAFKA_PROPERTIES")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| format!("\n      {k}: \"{v}\""))
+            .collect::<String>()
     )
 }
 
