@@ -43,6 +43,8 @@ struct Args {
     /// Only the end-to-end runs (no references, no latency): for iterating on the pipeline, not
     /// for BENCHMARKS.md.
     e2e_only: bool,
+    /// Only the latency run.
+    latency_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -53,11 +55,16 @@ fn parse_args() -> Args {
         latency_rate: 10_000,
         latency_secs: 20,
         e2e_only: false,
+        latency_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--e2e-only" {
             args.e2e_only = true;
+            continue;
+        }
+        if flag == "--latency-only" {
+            args.latency_only = true;
             continue;
         }
         let value = it.next().unwrap_or_default();
@@ -428,6 +435,13 @@ fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
         histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.5).unwrap_or(f64::NAN);
     let p99 = histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.99)
         .unwrap_or(f64::NAN);
+    let apply_p99 =
+        histogram_quantile(&metrics, "streamjob_batch_apply_seconds", 0.99).unwrap_or(f64::NAN);
+    let batch_p50 = histogram_quantile(&metrics, "streamjob_batch_events", 0.5).unwrap_or(f64::NAN);
+    eprintln!(
+        "latency run: batch apply p99 {:.1} ms, batch size p50 {batch_p50:.0} events",
+        apply_p99 * 1000.0
+    );
     let _ = worker.terminate(Duration::from_secs(30));
     (p50 * 1000.0, p99 * 1000.0, sent)
 }
@@ -435,6 +449,15 @@ fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
 fn main() {
     let args = parse_args();
     eprintln!("worker binary: {}", worker_binary().display());
+    if args.latency_only {
+        let broker = Broker::start("mock");
+        let (p50, p99, sent) = latency_run(broker.bootstrap(), args.latency_rate, args.latency_secs);
+        eprintln!(
+            "latency at {} events/s ({sent} events): p50 {p50:.1} ms, p99 {p99:.1} ms",
+            args.latency_rate
+        );
+        return;
+    }
     let broker = Broker::start(&args.broker);
     let bootstrap = broker.bootstrap().to_string();
     eprintln!("broker: {} at {bootstrap}", args.broker);
