@@ -435,6 +435,12 @@ fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
         histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.5).unwrap_or(f64::NAN);
     let p99 = histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.99)
         .unwrap_or(f64::NAN);
+    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
+        eprintln!(
+            "{}",
+            redis_info(&redis.url(), "commandstats").unwrap_or_default()
+        );
+    }
     let apply_p99 =
         histogram_quantile(&metrics, "streamjob_batch_apply_seconds", 0.99).unwrap_or(f64::NAN);
     let batch_p50 = histogram_quantile(&metrics, "streamjob_batch_events", 0.5).unwrap_or(f64::NAN);
@@ -451,7 +457,8 @@ fn main() {
     eprintln!("worker binary: {}", worker_binary().display());
     if args.latency_only {
         let broker = Broker::start("mock");
-        let (p50, p99, sent) = latency_run(broker.bootstrap(), args.latency_rate, args.latency_secs);
+        let (p50, p99, sent) =
+            latency_run(broker.bootstrap(), args.latency_rate, args.latency_secs);
         eprintln!(
             "latency at {} events/s ({sent} events): p50 {p50:.1} ms, p99 {p99:.1} ms",
             args.latency_rate
