@@ -46,6 +46,9 @@ pub struct PipelineMetrics {
     pub redis_commands: Counter,
     /// Data writes Redis refused inside a batch (e.g. WRONGTYPE), skipped and logged.
     pub redis_write_errors: Counter,
+    /// Offsets between a partition's fence and the first record the broker returned after a
+    /// (re)start: records deleted by retention or compaction before they were processed.
+    pub resume_gap_offsets: Counter,
     /// Failed Redis calls by error kind (`unavailable`, `fenced`, …).
     pub redis_errors: Family<KindLabel, Counter>,
     /// Kafka client errors (consumer, producer, DLQ deliveries) by kind.
@@ -80,6 +83,7 @@ impl PipelineMetrics {
             batches: Family::default(),
             redis_commands: Counter::default(),
             redis_write_errors: Counter::default(),
+            resume_gap_offsets: Counter::default(),
             redis_errors: Family::default(),
             kafka_errors: Family::default(),
             retries: Counter::default(),
@@ -116,6 +120,12 @@ impl PipelineMetrics {
             "redis_write_errors",
             "Data writes Redis refused inside an applied batch (skipped)",
             self.redis_write_errors.clone(),
+        );
+        r.register(
+            "resume_gap_offsets",
+            "Offsets between a partition's fence and the first record read after a (re)start: \
+             records deleted by retention or compaction before they were processed",
+            self.resume_gap_offsets.clone(),
         );
         r.register(
             "redis_errors",

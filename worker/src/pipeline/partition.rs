@@ -157,6 +157,30 @@ impl RateMeter {
     }
 }
 
+/// How the first record read after (re)starting a partition relates to its fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeCheck {
+    /// It is the fence's `next_offset` (or there is no fence yet).
+    Contiguous,
+    /// The broker no longer has `count` offsets from the fence on: retention or compaction
+    /// deleted them before they were processed (or they were transaction markers).
+    Gap { from: i64, count: i64 },
+    /// The log restarts below the fence (topic recreated, or unclean leader election): records
+    /// up to the fence are skipped as already applied.
+    Rewound { fence: i64, first: i64 },
+}
+
+fn resume_check(fence: Option<i64>, first: i64) -> ResumeCheck {
+    match fence {
+        Some(fence) if first > fence => ResumeCheck::Gap {
+            from: fence,
+            count: first - fence,
+        },
+        Some(fence) if first < fence => ResumeCheck::Rewound { fence, first },
+        _ => ResumeCheck::Contiguous,
+    }
+}
+
 /// Messages from the owning pipeline.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -186,6 +210,8 @@ impl PartitionTask {
         let mut in_flight = self.new_in_flight();
         let max_events = self.shared.config.batch.max_events;
         let linger = self.shared.config.batch.linger;
+        // Checked against the first record only: later gaps are normal (transaction markers).
+        let mut resume_from = Some(self.state.committed());
         let exit = loop {
             let deadline = in_flight.deadline;
             tokio::select! {
@@ -209,6 +235,9 @@ impl PartitionTask {
                 }
                 message = self.queue.recv() => match message {
                     Ok(message) => {
+                        if let Some(fence) = resume_from.take() {
+                            self.report_resume(resume_check(fence, message.offset()));
+                        }
                         self.take(&mut in_flight, &message);
                         if in_flight.deadline.is_none() {
                             in_flight.deadline = Some(tokio::time::Instant::now() + linger);
@@ -277,6 +306,32 @@ impl PartitionTask {
                 });
                 in_flight.builder.push_skipped(offset);
             }
+        }
+    }
+
+    fn report_resume(&self, check: ResumeCheck) {
+        match check {
+            ResumeCheck::Contiguous => {}
+            ResumeCheck::Gap { from, count } => {
+                self.shared
+                    .metrics
+                    .pipeline()
+                    .resume_gap_offsets
+                    .inc_by(count.max(0) as u64);
+                tracing::error!(
+                    from,
+                    count,
+                    "the broker no longer has {count} offsets from the partition's fence on \
+                     (retention or compaction deleted them before they were processed); \
+                     continuing after them"
+                );
+            }
+            ResumeCheck::Rewound { fence, first } => tracing::error!(
+                fence,
+                first,
+                "the partition's log restarts below its fence (topic recreated?); records \
+                 below the fence are skipped as already applied"
+            ),
         }
     }
 
@@ -458,6 +513,27 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_record_after_a_restart_is_checked_against_the_fence() {
+        assert_eq!(resume_check(None, 0), ResumeCheck::Contiguous);
+        assert_eq!(resume_check(None, 500), ResumeCheck::Contiguous);
+        assert_eq!(resume_check(Some(42), 42), ResumeCheck::Contiguous);
+        assert_eq!(
+            resume_check(Some(42), 1_042),
+            ResumeCheck::Gap {
+                from: 42,
+                count: 1_000
+            }
+        );
+        assert_eq!(
+            resume_check(Some(42), 0),
+            ResumeCheck::Rewound {
+                fence: 42,
+                first: 0
+            }
+        );
+    }
 
     #[test]
     fn rate_meter_reports_over_windows_of_a_second() {
