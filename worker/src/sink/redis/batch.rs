@@ -13,6 +13,8 @@
 //! its index under every key it touches.
 
 use std::collections::HashMap;
+
+use foldhash::quality::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +48,7 @@ struct TemplatePlan {
 
 /// The plan of list `key`, created on first use.
 fn list_plan<'p>(
-    slots: &mut HashMap<Box<str>, u32>,
+    slots: &mut HashMap<Box<str>, u32, RandomState>,
     lists: &'p mut Vec<ListPlan>,
     key: &str,
 ) -> &'p mut ListPlan {
@@ -78,9 +80,9 @@ pub struct BatchBuilder {
     values: Vec<u8>,
     value_ends: Vec<u32>,
     /// List key (prefixed) → index into `lists`.
-    list_slots: HashMap<Box<str>, u32>,
+    list_slots: HashMap<Box<str>, u32, RandomState>,
     lists: Vec<ListPlan>,
-    template_slots: HashMap<i64, u32>,
+    template_slots: HashMap<i64, u32, RandomState>,
     templates: Vec<TemplatePlan>,
     scratch: String,
     checked: Arc<Mutex<CheckedExpiries>>,
@@ -103,9 +105,10 @@ impl BatchBuilder {
             skipped: 0,
             values: Vec::new(),
             value_ends: Vec::new(),
-            list_slots: HashMap::new(),
+            // Sized for a typical batch (2–3 keys per event): fewer rehashes while it fills.
+            list_slots: HashMap::with_capacity_and_hasher(1024, RandomState::default()),
             lists: Vec::new(),
-            template_slots: HashMap::new(),
+            template_slots: HashMap::default(),
             templates: Vec::new(),
             scratch: String::new(),
             checked,

@@ -13,7 +13,29 @@
 //! foreign expiry until the next day's first touch — the same as with the check switched off.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use foldhash::quality::RandomState;
+
+/// The set's values are already seeded hashes: hashing them again would only cost time.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
 
 /// At most this many lists are remembered per day (~16 bytes each): a bound on memory, not on
 /// correctness (lists beyond it are simply checked every time).
@@ -23,7 +45,7 @@ pub(crate) const MAX_CHECKED_LISTS: usize = 1 << 18;
 pub(crate) struct CheckedExpiries {
     /// The midnight (epoch ms) the remembered lists expire at.
     day_end: i64,
-    lists: HashSet<u64>,
+    lists: HashSet<u64, BuildHasherDefault<PassThrough>>,
     capacity: usize,
     hasher: RandomState,
 }
@@ -38,9 +60,9 @@ impl CheckedExpiries {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Self {
             day_end: i64::MIN,
-            lists: HashSet::new(),
+            lists: HashSet::default(),
             capacity,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 
