@@ -36,7 +36,29 @@ enum ListTtl {
 #[derive(Debug)]
 struct ListPlan {
     ttl: ListTtl,
-    values: Vec<u32>,
+    values: ListValues,
+}
+
+/// A list's values (indexes into the arena) in event order. Most lists get one value per batch,
+/// so the first is stored inline and only further ones allocate.
+#[derive(Debug)]
+struct ListValues {
+    first: u32,
+    rest: Vec<u32>,
+}
+
+impl ListValues {
+    fn push(&mut self, value: u32) {
+        self.rest.push(value);
+    }
+
+    fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.first).chain(self.rest.iter().copied())
+    }
 }
 
 #[derive(Debug)]
@@ -46,19 +68,27 @@ struct TemplatePlan {
     fields: Vec<(i64, i64)>,
 }
 
-/// The plan of list `key`, created on first use.
-fn list_plan<'p>(
+/// Adds `value` to the plan of list `key` (created on first use) and returns the plan.
+fn push_to_list<'p>(
     slots: &mut HashMap<Box<str>, u32, RandomState>,
     lists: &'p mut Vec<ListPlan>,
     key: &str,
+    value: u32,
 ) -> &'p mut ListPlan {
     let slot = match slots.get(key) {
-        Some(&slot) => slot as usize,
+        Some(&slot) => {
+            let slot = slot as usize;
+            lists[slot].values.push(value);
+            slot
+        }
         None => {
             slots.insert(key.into(), lists.len() as u32);
             lists.push(ListPlan {
                 ttl: ListTtl::User,
-                values: Vec::with_capacity(2),
+                values: ListValues {
+                    first: value,
+                    rest: Vec::new(),
+                },
             });
             lists.len() - 1
         }
@@ -138,15 +168,13 @@ impl BatchBuilder {
         // Upstream's order per event: message list, then each receiver, then the template.
         if let Some(message_id) = ev.message_id.as_deref() {
             self.layout.write_message_key(&mut self.scratch, message_id);
-            let list = list_plan(&mut self.list_slots, &mut self.lists, &self.scratch);
+            let list = push_to_list(&mut self.list_slots, &mut self.lists, &self.scratch, value);
             list.ttl = ListTtl::Message;
-            list.values.push(value);
         }
         for id in &ev.ids {
             self.layout.write_user_key(&mut self.scratch, id);
-            let list = list_plan(&mut self.list_slots, &mut self.lists, &self.scratch);
+            let list = push_to_list(&mut self.list_slots, &mut self.lists, &self.scratch, value);
             list.ttl = ListTtl::User;
-            list.values.push(value);
         }
 
         let slot = *self
@@ -165,6 +193,15 @@ impl BatchBuilder {
             Some((_, total)) => *total = total.saturating_add(increment),
             None => fields.push((ev.state, increment)),
         }
+    }
+
+    fn value_len(&self, v: u32) -> usize {
+        let start = if v == 0 {
+            0
+        } else {
+            self.value_ends[v as usize - 1]
+        };
+        (self.value_ends[v as usize] - start) as usize
     }
 
     /// Records an offset that was consumed but not written (dead-lettered): the fence still moves
@@ -265,8 +302,21 @@ impl BatchBuilder {
             }
         }
 
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(APPLY_SCRIPT.hash())
+        // Sized up front: growing a command of several hundred KB by doubling copies it and,
+        // for a moment, holds it twice.
+        let pushes: usize = self.lists.iter().map(|l| l.values.len()).sum();
+        let value_bytes: usize = self
+            .lists
+            .iter()
+            .flat_map(|l| l.values.iter())
+            .map(|v| self.value_len(v))
+            .sum();
+        let key_bytes: usize = keys_by_slot.iter().map(|k| k.len()).sum();
+        let fields: usize = self.templates.iter().map(|t| t.fields.len()).sum();
+        let args = 24 + 2 * self.lists.len() + 2 * self.templates.len() + pushes + 2 * fields;
+        let mut cmd = Cmd::with_capacity(args, 256 + key_bytes + value_bytes + 24 * args);
+        cmd.arg("EVALSHA")
+            .arg(APPLY_SCRIPT.hash())
             .arg(1 + self.lists.len() + self.templates.len())
             .arg(self.layout.fence_key(self.partition));
         for slot in groups.iter().flatten() {
@@ -298,7 +348,7 @@ impl BatchBuilder {
                 if !single {
                     cmd.arg(list.values.len());
                 }
-                for &v in &list.values {
+                for v in list.values.iter() {
                     let start = if v == 0 {
                         0
                     } else {
