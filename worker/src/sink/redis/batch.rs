@@ -13,11 +13,10 @@
 //! its index under every key it touches.
 
 use std::collections::HashMap;
-
-use foldhash::quality::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use foldhash::quality::RandomState;
 use redis::Cmd;
 
 use super::checked_expiries::CheckedExpiries;
@@ -195,13 +194,13 @@ impl BatchBuilder {
         }
     }
 
-    fn value_len(&self, v: u32) -> usize {
-        let start = if v == 0 {
-            0
-        } else {
-            self.value_ends[v as usize - 1]
+    /// The SimpleAnchorInfo JSON of value `v`.
+    fn value(&self, v: u32) -> &[u8] {
+        let start = match v {
+            0 => 0,
+            _ => self.value_ends[v as usize - 1] as usize,
         };
-        (self.value_ends[v as usize] - start) as usize
+        &self.values[start..self.value_ends[v as usize] as usize]
     }
 
     /// Records an offset that was consumed but not written (dead-lettered): the fence still moves
@@ -278,19 +277,15 @@ impl BatchBuilder {
             for (slot, list) in self.lists.iter().enumerate() {
                 let group = match list.ttl {
                     ListTtl::Message => 0,
-                    // A receiver id that looks like a message key can also get the message
-                    // TTL (from a message touch in another batch): never trusted.
-                    ListTtl::User if keys_by_slot[slot].starts_with(&message_prefix) => {
-                        if verify {
-                            2
-                        } else {
-                            4
-                        }
-                    }
                     ListTtl::User => {
-                        let hash = checked.hash(keys_by_slot[slot]);
-                        user_lists.push(hash);
-                        if verify && !checked.contains(user_expire_at, hash) {
+                        // A receiver id that looks like a message key can also get the message
+                        // TTL (from a message touch in another batch): never trusted.
+                        let trusted = !keys_by_slot[slot].starts_with(&message_prefix) && {
+                            let hash = checked.hash(keys_by_slot[slot]);
+                            user_lists.push(hash);
+                            checked.contains(user_expire_at, hash)
+                        };
+                        if verify && !trusted {
                             2
                         } else {
                             4
@@ -309,7 +304,7 @@ impl BatchBuilder {
             .lists
             .iter()
             .flat_map(|l| l.values.iter())
-            .map(|v| self.value_len(v))
+            .map(|v| self.value(v).len())
             .sum();
         let key_bytes: usize = keys_by_slot.iter().map(|k| k.len()).sum();
         let fields: usize = self.templates.iter().map(|t| t.fields.len()).sum();
@@ -349,13 +344,7 @@ impl BatchBuilder {
                     cmd.arg(list.values.len());
                 }
                 for v in list.values.iter() {
-                    let start = if v == 0 {
-                        0
-                    } else {
-                        self.value_ends[v as usize - 1] as usize
-                    };
-                    let end = self.value_ends[v as usize] as usize;
-                    cmd.arg(&self.values[start..end]);
+                    cmd.arg(self.value(v));
                 }
                 values += list.values.len();
             }
