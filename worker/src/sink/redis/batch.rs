@@ -13,10 +13,12 @@
 //! its index under every key it touches.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::quality::RandomState;
+use hashbrown::HashTable;
 use redis::Cmd;
 
 use super::checked_expiries::CheckedExpiries;
@@ -67,31 +69,70 @@ struct TemplatePlan {
     fields: Vec<(i64, i64)>,
 }
 
+/// The batch's list keys back to back in one string (no allocation per key), and a table from a
+/// key to its slot in the list plans.
+#[derive(Debug, Default)]
+struct ListKeys {
+    text: String,
+    ends: Vec<u32>,
+    table: HashTable<u32>,
+    hasher: RandomState,
+}
+
+fn key_in<'t>(text: &'t str, ends: &[u32], slot: usize) -> &'t str {
+    let start = match slot {
+        0 => 0,
+        _ => ends[slot - 1] as usize,
+    };
+    &text[start..ends[slot] as usize]
+}
+
+impl ListKeys {
+    fn get(&self, slot: usize) -> &str {
+        key_in(&self.text, &self.ends, slot)
+    }
+
+    /// The slot of `key` and whether it was just added (as the next slot).
+    fn slot_of(&mut self, key: &str) -> (usize, bool) {
+        let hash = self.hasher.hash_one(key);
+        let Self {
+            text,
+            ends,
+            table,
+            hasher,
+        } = self;
+        if let Some(&slot) = table.find(hash, |&s| key_in(text, ends, s as usize) == key) {
+            return (slot as usize, false);
+        }
+        let slot = ends.len();
+        text.push_str(key);
+        ends.push(text.len() as u32);
+        table.insert_unique(hash, slot as u32, |&s| {
+            hasher.hash_one(key_in(text, ends, s as usize))
+        });
+        (slot, true)
+    }
+}
+
 /// Adds `value` to the plan of list `key` (created on first use) and returns the plan.
 fn push_to_list<'p>(
-    slots: &mut HashMap<Box<str>, u32, RandomState>,
+    keys: &mut ListKeys,
     lists: &'p mut Vec<ListPlan>,
     key: &str,
     value: u32,
 ) -> &'p mut ListPlan {
-    let slot = match slots.get(key) {
-        Some(&slot) => {
-            let slot = slot as usize;
-            lists[slot].values.push(value);
-            slot
-        }
-        None => {
-            slots.insert(key.into(), lists.len() as u32);
-            lists.push(ListPlan {
-                ttl: ListTtl::User,
-                values: ListValues {
-                    first: value,
-                    rest: Vec::new(),
-                },
-            });
-            lists.len() - 1
-        }
-    };
+    let (slot, new) = keys.slot_of(key);
+    if new {
+        lists.push(ListPlan {
+            ttl: ListTtl::User,
+            values: ListValues {
+                first: value,
+                rest: Vec::new(),
+            },
+        });
+    } else {
+        lists[slot].values.push(value);
+    }
     &mut lists[slot]
 }
 
@@ -108,8 +149,8 @@ pub struct BatchBuilder {
     /// SimpleAnchorInfo JSON of every event, back to back; `value_ends[i]` ends value `i`.
     values: Vec<u8>,
     value_ends: Vec<u32>,
-    /// List key (prefixed) → index into `lists`.
-    list_slots: HashMap<Box<str>, u32, RandomState>,
+    /// List keys (prefixed); a key's slot is its index into `lists`.
+    list_keys: ListKeys,
     lists: Vec<ListPlan>,
     template_slots: HashMap<i64, u32, RandomState>,
     templates: Vec<TemplatePlan>,
@@ -134,8 +175,7 @@ impl BatchBuilder {
             skipped: 0,
             values: Vec::new(),
             value_ends: Vec::new(),
-            // Sized for a typical batch (2–3 keys per event): fewer rehashes while it fills.
-            list_slots: HashMap::with_capacity_and_hasher(1024, RandomState::default()),
+            list_keys: ListKeys::default(),
             lists: Vec::new(),
             template_slots: HashMap::default(),
             templates: Vec::new(),
@@ -167,12 +207,12 @@ impl BatchBuilder {
         // Upstream's order per event: message list, then each receiver, then the template.
         if let Some(message_id) = ev.message_id.as_deref() {
             self.layout.write_message_key(&mut self.scratch, message_id);
-            let list = push_to_list(&mut self.list_slots, &mut self.lists, &self.scratch, value);
+            let list = push_to_list(&mut self.list_keys, &mut self.lists, &self.scratch, value);
             list.ttl = ListTtl::Message;
         }
         for id in &ev.ids {
             self.layout.write_user_key(&mut self.scratch, id);
-            let list = push_to_list(&mut self.list_slots, &mut self.lists, &self.scratch, value);
+            let list = push_to_list(&mut self.list_keys, &mut self.lists, &self.scratch, value);
             list.ttl = ListTtl::User;
         }
 
@@ -261,10 +301,9 @@ impl BatchBuilder {
             .user_expire_at_ms(UNIX_EPOCH + Duration::from_millis(user_expire_at.max(0) as u64));
         debug_assert!(user_expire_at > system_time_ms(now));
 
-        let mut keys_by_slot: Vec<&str> = vec![""; self.lists.len()];
-        for (key, &slot) in &self.list_slots {
-            keys_by_slot[slot as usize] = key;
-        }
+        let keys_by_slot: Vec<&str> = (0..self.lists.len())
+            .map(|slot| self.list_keys.get(slot))
+            .collect();
         // The script's six list groups (see `script.rs`), in this order: message lists, user
         // lists whose expiry must be checked, user lists known to expire tonight; each split
         // into several values / one value.
