@@ -13,10 +13,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 cargo build --release --locked -q -p streamjob-worker --features testkit --bin streamjob-worker --example bench_jobmanager
 
-echo "## machine"
-echo "- $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "- memory: $(awk '/MemTotal/ {printf "%.1f GB", $2/1048576}' /proc/meminfo)"
-echo "- $(redis-server --version | cut -d' ' -f1-3), $(. /etc/os-release && echo "$PRETTY_NAME"), $(rustc --version)"
-echo "- commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (+ local changes)'), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo
+scripts/machine-info.sh
 STREAMJOB_WORKER_BIN="$PWD/target/release/streamjob-worker" target/release/examples/bench_jobmanager "$@"
