@@ -1,4 +1,5 @@
-//! The worker binary's process contract: SIGTERM flushes the in-flight batch and exits 0; an
+//! The worker binary's process contract: SIGTERM flushes the in-flight batch and exits 0, and
+//! gives up on it after `batch.stopTimeout` when Redis is down (losing nothing); an
 //! invalid config is one clear error naming the field and exit code 2; `/metrics` and `/healthz`
 //! answer while it runs; the hidden `mock-kafka` subcommand hosts a broker another process can use.
 
@@ -10,7 +11,7 @@ use streamjob_tests::{free_port, http_get, worker_binary, write_config, Worker};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::sample;
 use streamjob_worker::testkit::kafka::{self, ProduceMode};
-use streamjob_worker::testkit::redis::RedisServer;
+use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
 
 fn job_yaml(
@@ -18,6 +19,7 @@ fn job_yaml(
     redis_url: &str,
     metrics_port: u16,
     linger: &str,
+    stop_timeout: &str,
     state_dir: &std::path::Path,
 ) -> String {
     format!(
@@ -35,6 +37,7 @@ sink:
 batch:
   maxEvents: 1000000
   linger: {linger}
+  stopTimeout: {stop_timeout}
 metrics:
   bind: "127.0.0.1:{metrics_port}"
 jobmanager:
@@ -115,6 +118,7 @@ fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
             &redis.url(),
             port,
             "1h",
+            "20s",
             &dir.path().join("state"),
         ),
     );
@@ -128,19 +132,7 @@ fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
         ],
         &dir.path().join("worker.log"),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = http_get(&metrics_addr, "/metrics").unwrap_or_default();
-        if sample(&text, "streamjob_events_in_total", "") == Some(1_000.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "records not consumed:\n{}",
-            worker.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
     assert_eq!(http_get(&metrics_addr, "/healthz").as_deref(), Some("ok\n"));
     let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
     assert_eq!(fences, vec![None, None], "nothing applied before SIGTERM");
@@ -166,6 +158,152 @@ fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
             && l.contains("\"job\":\"trace\"")),
         "{log}"
     );
+}
+
+/// Waits until the worker's `/metrics` shows `events` consumed records.
+fn wait_for_events_in(metrics_addr: &str, events: f64, worker: &Worker) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = http_get(metrics_addr, "/metrics").unwrap_or_default();
+        if sample(&text, "streamjob_events_in_total", "") == Some(events) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not consumed:\n{}",
+            worker.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_while_redis_is_down_stops_after_the_stop_timeout_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut redis = RedisServer::start_with(RedisOptions {
+        persistence: true,
+        ..RedisOptions::default()
+    })
+    .expect("redis-server");
+    let broker = MockKafkaProcess::start();
+    let mut generator = EventGenerator::new(11, TrafficShape::default());
+    let payloads: Vec<Vec<u8>> = (0..1_000).map(|_| generator.next_payload()).collect();
+    kafka::produce(
+        &broker.bootstrap,
+        "austinTraceLog",
+        2,
+        &payloads,
+        ProduceMode::Batched,
+    )
+    .expect("produced");
+    let port = free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    // Nothing is written before the stop (one-hour linger), so the stop's flush is the only write.
+    let config = write_config(
+        dir.path(),
+        &job_yaml(
+            &broker.bootstrap,
+            &redis.url(),
+            port,
+            "1h",
+            "2s",
+            &dir.path().join("state"),
+        ),
+    );
+    let log = dir.path().join("worker.log");
+    let mut worker = Worker::start(&["standalone", "--config", config.to_str().unwrap()], &log);
+    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
+
+    redis.stop();
+    let status = worker.terminate(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "the worker must stop on its own while Redis is down: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("stopping without the in-flight batch"),
+        "the give-up is logged:\n{text}"
+    );
+
+    // Nothing was applied; a new worker re-reads everything from the fence, exactly once.
+    redis.restart().expect("redis restarts");
+    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
+    assert_eq!(
+        fences,
+        vec![None, None],
+        "nothing applied while Redis was down"
+    );
+    worker.restart();
+    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
+    let status = worker.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(0)),
+        "{status:?}\n{}",
+        worker.log_tail(20)
+    );
+    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
+    assert_eq!(fences, vec![Some(500), Some(500)]);
+    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
+    let diff = expected
+        .state
+        .diff(&TraceState::read(&redis.url()).unwrap(), 5);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_without_waiting_for_the_in_flight_batch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut redis = RedisServer::start().expect("redis-server");
+    let broker = MockKafkaProcess::start();
+    let mut generator = EventGenerator::new(12, TrafficShape::default());
+    let payloads: Vec<Vec<u8>> = (0..100).map(|_| generator.next_payload()).collect();
+    kafka::produce(
+        &broker.bootstrap,
+        "austinTraceLog",
+        2,
+        &payloads,
+        ProduceMode::Batched,
+    )
+    .expect("produced");
+    let port = free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let config = write_config(
+        dir.path(),
+        &job_yaml(
+            &broker.bootstrap,
+            &redis.url(),
+            port,
+            "1h",
+            "1h",
+            &dir.path().join("state"),
+        ),
+    );
+    let log = dir.path().join("worker.log");
+    let mut worker = Worker::start(&["standalone", "--config", config.to_str().unwrap()], &log);
+    wait_for_events_in(&metrics_addr, 100.0, &worker);
+    redis.stop();
+    let pid = worker.pid().expect("running").to_string();
+    let signal = || {
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs")
+    };
+    signal();
+    // The first stop is now retrying the batch against the stopped Redis for up to an hour.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(worker.is_running(), "{}", worker.log_tail(20));
+    signal();
+    let status = worker.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(1)),
+        "{status:?}\n{}",
+        worker.log_tail(20)
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("second stop signal"), "{text}");
 }
 
 #[test]

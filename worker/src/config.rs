@@ -190,6 +190,13 @@ pub struct BatchConfig {
     /// Flush at the latest this long after the first buffered event.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// On SIGTERM or when a partition moves, how long its in-flight batch may keep retrying
+    /// against an unreachable Redis or broker before the partition stops without it. Nothing is
+    /// lost: the batch was not applied, and whoever owns the partition next re-reads it from the
+    /// fence. Keep it below the pod's `terminationGracePeriodSeconds` (30 s by default), so the
+    /// process exits on its own rather than being killed.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
 }
 
 impl Default for BatchConfig {
@@ -197,6 +204,7 @@ impl Default for BatchConfig {
         Self {
             max_events: 1000,
             linger: Duration::from_millis(20),
+            stop_timeout: Duration::from_secs(20),
         }
     }
 }

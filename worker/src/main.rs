@@ -1,7 +1,8 @@
 //! `streamjob-worker`: `standalone | taskmanager | jobmanager --config PATH`.
 //!
-//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT or `--duration`), 1 on a runtime failure,
-//! 2 on an invalid command line or configuration (one message naming the field).
+//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT or `--duration`), 1 on a runtime failure or
+//! a second SIGTERM/SIGINT (exit at once), 2 on an invalid command line or configuration (one
+//! message naming the field).
 
 mod cli;
 
@@ -179,22 +180,35 @@ fn init_logging(config: &JobConfig, format: Option<LogFormatArg>) {
 }
 
 /// Resolves at the first SIGTERM or SIGINT. The handlers are installed when this is called (not
-/// when first polled), so a signal during start-up is never fatal.
+/// when first polled), so a signal during start-up is never fatal. A second signal ends the
+/// process at once (exit code 1) without waiting for in-flight batches: exactly-once still holds,
+/// since a batch either moved its partition's fence in Redis or left no trace there.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate()).ok();
-    let int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
     async move {
         tokio::select! {
-            _ = next_signal(int) => tracing::info!("SIGINT received"),
-            _ = next_signal(term) => tracing::info!("SIGTERM received"),
+            _ = next_signal(&mut int) => tracing::info!("SIGINT received; stopping (a second signal exits at once)"),
+            _ = next_signal(&mut term) => tracing::info!("SIGTERM received; stopping (a second signal exits at once)"),
         }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = next_signal(&mut int) => {}
+                _ = next_signal(&mut term) => {}
+            }
+            tracing::warn!(
+                "second stop signal: exiting now; batches not yet applied are re-read from the \
+                 fence by the partitions' next owner"
+            );
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        });
     }
 }
 
-async fn next_signal(signal: Option<tokio::signal::unix::Signal>) {
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
     match signal {
-        Some(mut signal) => {
+        Some(signal) => {
             signal.recv().await;
         }
         None => std::future::pending::<()>().await,

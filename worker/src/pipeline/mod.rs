@@ -16,7 +16,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -77,6 +77,7 @@ pub(crate) struct Shared {
 
 struct PartitionHandle {
     control: mpsc::Sender<Control>,
+    abandon: watch::Sender<bool>,
     task: JoinHandle<PartitionExit>,
     state: Arc<PartitionState>,
 }
@@ -228,11 +229,13 @@ impl Pipeline {
             metrics.partition_gauges(partition),
         ));
         let (control, control_rx) = mpsc::channel(1);
+        let (abandon, abandon_rx) = watch::channel(false);
         let task = PartitionTask {
             shared: self.shared.clone(),
             state: state.clone(),
             queue,
             control: control_rx,
+            abandon: abandon_rx,
         };
         let span = tracing::info_span!(
             "partition",
@@ -248,6 +251,7 @@ impl Pipeline {
             partition,
             PartitionHandle {
                 control,
+                abandon,
                 task,
                 state,
             },
@@ -274,9 +278,24 @@ impl Pipeline {
         let Some(handle) = handle else {
             return Ok(None);
         };
-        let (reply, reply_rx) = oneshot::channel();
+        let (reply, mut reply_rx) = oneshot::channel();
         let committed = if handle.control.send(Control::Stop { reply }).await.is_ok() {
-            reply_rx.await.unwrap_or_else(|_| handle.state.committed())
+            let stop_timeout = self.shared.config.batch.stop_timeout;
+            let reply = match tokio::time::timeout(stop_timeout, &mut reply_rx).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    // Redis or the broker is unreachable: a stop must not wait for ever.
+                    tracing::warn!(
+                        partition,
+                        ?stop_timeout,
+                        "the in-flight batch was not applied within batch.stopTimeout; \
+                         stopping without it"
+                    );
+                    let _ = handle.abandon.send(true);
+                    reply_rx.await
+                }
+            };
+            reply.unwrap_or_else(|_| handle.state.committed())
         } else {
             handle.state.committed()
         };

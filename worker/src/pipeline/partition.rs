@@ -18,7 +18,7 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::jitter_unit;
 use super::Shared;
@@ -45,6 +45,10 @@ pub enum PartitionExit {
     Fenced { stored_epoch: u64 },
     /// A non-retryable error (script, config, overlap): consuming stopped, nothing was skipped.
     Failed(String),
+    /// Asked to stop while its in-flight batch could not be applied (Redis or the broker
+    /// unreachable) for `batch.stopTimeout`: stopped without it. Nothing is lost; the records
+    /// after the fence are re-read by the next owner.
+    Abandoned,
 }
 
 /// What the owning [`super::Pipeline`] and the progress reports see of a partition.
@@ -193,6 +197,8 @@ pub(crate) struct PartitionTask {
     pub state: Arc<PartitionState>,
     pub queue: StreamPartitionQueue<KafkaContext>,
     pub control: mpsc::Receiver<Control>,
+    /// Set by the owner when a stop has waited `batch.stopTimeout` for the in-flight batch.
+    pub abandon: watch::Receiver<bool>,
 }
 
 /// The in-flight batch.
@@ -369,7 +375,20 @@ impl PartitionTask {
             return Ok(());
         }
         let mut paused = false;
-        let result = self.flush_inner(in_flight, &mut paused).await;
+        // Dropping the flush half-way is safe: the apply script is atomic and fenced, so a
+        // batch either moved the fence or left no trace, and the next owner starts at the fence.
+        let result = tokio::select! {
+            result = self.flush_inner(in_flight, &mut paused) => result,
+            () = abandoned(self.abandon.clone()) => {
+                self.shared.metrics.pipeline().batch("abandoned");
+                tracing::warn!(
+                    from_offset = self.state.committed(),
+                    "stopping without the in-flight batch, which could not be applied within \
+                     batch.stopTimeout; the partition's next owner re-reads it from the fence"
+                );
+                Err(PartitionExit::Abandoned)
+            }
+        };
         if paused {
             self.set_paused(false);
         }
@@ -505,6 +524,13 @@ impl PartitionTask {
             tracing::debug!(%err, "group offset commit failed (tooling only)");
             self.shared.metrics.pipeline().kafka_error("group_commit");
         }
+    }
+}
+
+/// Resolves once the owner gives up on the in-flight batch (never if the owner is gone).
+async fn abandoned(mut abandon: watch::Receiver<bool>) {
+    if abandon.wait_for(|abandon| *abandon).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
