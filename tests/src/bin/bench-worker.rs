@@ -235,7 +235,7 @@ sink:
   redis:
     url: "{redis_url}"
 batch:
-  maxEvents: 2000
+  maxEvents: {max_events}
   linger: {linger}
 metrics:
   bind: "127.0.0.1:{metrics_port}"
@@ -248,6 +248,7 @@ checkpoint:
         jm = free_port(),
         dir = dir.display(),
         linger = std::env::var("BENCH_LINGER").unwrap_or_else(|_| "5ms".into()),
+        max_events = std::env::var("BENCH_MAX_EVENTS").unwrap_or_else(|_| "2000".into()),
         // BENCH_KAFKA_PROPERTIES="key=value,…" tries librdkafka settings without a rebuild.
         extra = std::env::var("BENCH_KAFKA_PROPERTIES")
             .unwrap_or_default()

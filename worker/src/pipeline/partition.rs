@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -218,8 +219,13 @@ impl PartitionTask {
         let linger = self.shared.config.batch.linger;
         // Checked against the first record only: later gaps are normal (transaction markers).
         let mut resume_from = Some(self.state.committed());
+        // One stream and one timer for the task's life: `recv()` registers a waker slot per
+        // record, and a fresh `sleep_until` per loop a timer entry (both were visible in
+        // profiles at 60k records/s).
+        let mut records = self.queue.stream();
+        let linger_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger_timer);
         let exit = loop {
-            let deadline = in_flight.deadline;
             let mut flushed = false;
             tokio::select! {
                 biased;
@@ -235,20 +241,36 @@ impl PartitionTask {
                     self.commit_to_group();
                     break PartitionExit::Stopped;
                 }
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                () = &mut linger_timer, if in_flight.deadline.is_some() => {
                     if let Err(exit) = self.flush(&mut in_flight).await {
                         break exit;
                     }
                     flushed = true;
                 }
-                message = self.queue.recv() => match message {
-                    Ok(message) => {
+                message = records.next() => match message {
+                    Some(Ok(message)) => {
                         if let Some(fence) = resume_from.take() {
                             self.report_resume(resume_check(fence, message.offset()));
                         }
                         self.take(&mut in_flight, &message);
+                        drop(message);
                         if in_flight.deadline.is_none() {
-                            in_flight.deadline = Some(tokio::time::Instant::now() + linger);
+                            let deadline = tokio::time::Instant::now() + linger;
+                            in_flight.deadline = Some(deadline);
+                            linger_timer.as_mut().reset(deadline);
+                        }
+                        // Take what is already fetched, up to a full batch, without a round
+                        // through `select!` per record (control and linger are checked between
+                        // bursts; a burst is at most one batch).
+                        while in_flight.builder.len() < max_events {
+                            match records.next().now_or_never() {
+                                Some(Some(Ok(message))) => self.take(&mut in_flight, &message),
+                                Some(Some(Err(err))) => {
+                                    self.fetch_error(&err);
+                                    break;
+                                }
+                                Some(None) | None => break,
+                            }
                         }
                         if in_flight.builder.len() >= max_events {
                             if let Err(exit) = self.flush(&mut in_flight).await {
@@ -257,10 +279,8 @@ impl PartitionTask {
                             flushed = true;
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "kafka fetch error (librdkafka retries)");
-                        self.shared.metrics.pipeline().kafka_error("fetch");
-                    }
+                    Some(Err(err)) => self.fetch_error(&err),
+                    None => break PartitionExit::Failed("the partition's stream ended".into()),
                 },
             }
             // Only a flush moves the committed offset; checking the clock per record would cost
@@ -270,6 +290,7 @@ impl PartitionTask {
                 last_group_commit = Instant::now();
             }
         };
+        drop(records);
         if exit != PartitionExit::Stopped {
             // Stop fetching at once; the owner learns about it from `exit`.
             let mut tpl = TopicPartitionList::new();
@@ -318,6 +339,11 @@ impl PartitionTask {
                 in_flight.builder.push_skipped(offset);
             }
         }
+    }
+
+    fn fetch_error(&self, err: &rdkafka::error::KafkaError) {
+        tracing::warn!(%err, "kafka fetch error (librdkafka retries)");
+        self.shared.metrics.pipeline().kafka_error("fetch");
     }
 
     fn report_resume(&self, check: ResumeCheck) {
@@ -531,13 +557,6 @@ impl PartitionTask {
 async fn abandoned(mut abandon: watch::Receiver<bool>) {
     if abandon.wait_for(|abandon| *abandon).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -124,9 +124,14 @@ pub fn consumer_config(kafka: &KafkaSourceConfig) -> ClientConfig {
         // Only used when a resume offset is out of range (truncated by retention): take what is left.
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
-        // Per partition: enough for a few batches, little enough that RSS stays small.
-        .set("queued.min.messages", "5000")
-        .set("queued.max.messages.kbytes", "2048")
+        // Per partition: two default batches, little enough that RSS stays small (each queued
+        // record is also a ~0.5 KB librdkafka op; the queue overshoots by one fetch).
+        .set("queued.min.messages", "2000")
+        .set("queued.max.messages.kbytes", "512")
+        // With queues this small a partition is often "full" when its fetch is due; librdkafka's
+        // default would then skip it for a whole second, starving the pipeline (measured:
+        // 37k instead of 55-60k events/s, see BENCHMARKS.md).
+        .set("fetch.queue.backoff.ms", "10")
         .set("topic.metadata.refresh.interval.ms", "30000");
     apply_overrides(&mut cfg, &kafka.properties);
     cfg
