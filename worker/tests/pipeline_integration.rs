@@ -364,3 +364,61 @@ async fn heavy_a_redis_outage_pauses_the_partition_and_loses_nothing() {
     assert!(sample(&text, "streamjob_retries_total", "").unwrap_or(0.0) > 0.0);
     pipeline.shutdown().await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() {
+    let mut env = Env::start(
+        2,
+        RedisOptions {
+            persistence: true,
+            ..RedisOptions::default()
+        },
+    );
+    let payloads = data_set(12, 600, 10_000);
+    env.produce(&payloads);
+    let mut config = (*env.config(1_000_000, Duration::from_secs(3600))).clone();
+    config.batch.stop_timeout = Duration::from_millis(500);
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(Arc::new(config), metrics.clone())
+        .await
+        .expect("pipeline");
+    assign_all(&pipeline, [0, 1]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(600.0) {
+        assert!(Instant::now() < deadline, "records not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A move (revoke) while Redis is down ends, without the batch and without a committed offset.
+    env.redis.stop();
+    let committed = tokio::time::timeout(Duration::from_secs(30), pipeline.revoke(0))
+        .await
+        .expect("the revoke gives up instead of retrying for ever")
+        .expect("revoked");
+    assert_eq!(committed, None);
+    assert_eq!(
+        sample(
+            &metrics.encode(),
+            "streamjob_batches_total",
+            "outcome=\"abandoned\""
+        ),
+        Some(1.0)
+    );
+
+    // The partition's next owner (here: the same process again) applies it exactly once.
+    env.redis.restart().expect("redis restarts with its data");
+    assert_eq!(
+        env.fences(),
+        vec![None, None],
+        "nothing applied during the outage"
+    );
+    assign_all(&pipeline, [0]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(900.0) {
+        assert!(Instant::now() < deadline, "partition 0 not read again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.shutdown().await.expect("graceful stop");
+    assert_eq!(env.fences(), vec![Some(300), Some(300)]);
+    env.assert_state(&payloads);
+}
