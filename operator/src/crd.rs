@@ -390,6 +390,13 @@ pub struct BatchSpec {
     #[serde(default = "default_linger")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.batch.linger must be a duration like 20ms, 1s or 1m30s"))]
     pub linger: String,
+    /// When a taskmanager stops or hands a partition on while Redis or Kafka is unreachable, how
+    /// long its in-flight batch may keep retrying before it is left to the partition's next
+    /// owner (nothing is lost). The taskmanager pods' termination grace period is at least this
+    /// plus 30 s.
+    #[serde(default = "default_stop_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.batch.stopTimeout must be a duration like 20s or 1m"))]
+    pub stop_timeout: String,
 }
 
 fn default_max_events() -> i64 {
@@ -398,12 +405,16 @@ fn default_max_events() -> i64 {
 fn default_linger() -> String {
     "20ms".into()
 }
+fn default_stop_timeout() -> String {
+    "20s".into()
+}
 
 impl Default for BatchSpec {
     fn default() -> Self {
         Self {
             max_events: default_max_events(),
             linger: default_linger(),
+            stop_timeout: default_stop_timeout(),
         }
     }
 }

@@ -144,6 +144,10 @@ fn durations_and_quantities_are_checked() {
         "spec.batch.linger must be a duration",
     );
     assert_refused(
+        with("batch.stopTimeout", json!("20 s")),
+        "spec.batch.stopTimeout must be a duration",
+    );
+    assert_refused(
         with("checkpoint.interval", json!("10")),
         "spec.checkpoint.interval must be a duration",
     );

@@ -108,6 +108,10 @@ fn the_config_map_holds_the_workers_own_config_without_secrets() {
         Some("/etc/streamjob-tls/ca.crt")
     );
     assert_eq!(config.batch.max_events, 2000);
+    assert_eq!(
+        config.batch.stop_timeout,
+        std::time::Duration::from_secs(45)
+    );
     assert_eq!(config.savepoint.max_count, 10);
     assert!(
         !yaml.contains("password:") && !yaml.contains("username:"),
@@ -117,6 +121,23 @@ fn the_config_map_holds_the_workers_own_config_without_secrets() {
         !yaml.contains("kafka-credentials") && !yaml.contains("redis-credentials"),
         "{yaml}"
     );
+}
+
+#[test]
+fn the_taskmanager_grace_period_outlasts_the_batch_stop_timeout() {
+    let grace = |job: &StreamJob| {
+        plan_for(job, &Observed::default())
+            .children
+            .taskmanager
+            .spec
+            .template
+            .spec
+            .and_then(|p| p.termination_grace_period_seconds)
+    };
+    // Default stopTimeout 20s: the 60 s floor.
+    assert_eq!(grace(&support::sample("minimal.yaml")), Some(60));
+    // stopTimeout 45s: 30 s more to hand the partitions back.
+    assert_eq!(grace(&support::sample("full.yaml")), Some(75));
 }
 
 #[test]

@@ -150,6 +150,12 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
 /// The taskmanager Deployment: `spec.replicas` pods (none when suspended). A long grace period lets
 /// a stopping taskmanager flush its batches and hand its partitions back.
 pub fn taskmanager_deployment(ctx: &Context) -> Deployment {
+    // The worker gives up on an in-flight batch after `stopTimeout` (Redis or Kafka down); the pod
+    // must not be killed before that, and needs a few seconds more to hand its partitions back.
+    // (An unparsable value never gets here: rendering the config refuses it first.)
+    let stop_timeout = humantime::parse_duration(&ctx.job.spec.batch.stop_timeout)
+        .map_or(20, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+    let grace_seconds = (stop_timeout + 30).max(60);
     let replicas = match ctx.job.spec.state {
         JobState::Running => ctx.job.spec.replicas,
         JobState::Suspended => 0,
@@ -170,7 +176,7 @@ pub fn taskmanager_deployment(ctx: &Context) -> Deployment {
         },
         container,
         common_volumes(ctx),
-        60,
+        grace_seconds,
     )
 }
 

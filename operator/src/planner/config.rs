@@ -87,6 +87,7 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
 
     config.batch.max_events = count("spec.batch.maxEvents", spec.batch.max_events)?;
     config.batch.linger = duration("spec.batch.linger", &spec.batch.linger)?;
+    config.batch.stop_timeout = duration("spec.batch.stopTimeout", &spec.batch.stop_timeout)?;
 
     config.checkpoint.interval = duration("spec.checkpoint.interval", &spec.checkpoint.interval)?;
     config.checkpoint.dir = PathBuf::from(STATE_DIR);
