@@ -661,3 +661,40 @@ async fn periodic_checkpoints_and_savepoints_keep_only_what_retention_allows() {
     tm.abort();
     jm.shutdown();
 }
+
+#[tokio::test]
+async fn the_start_up_grace_option_decides_when_partitions_are_first_assigned() {
+    // Heartbeats every 10 s: the default grace (two heartbeat intervals) is 20 s.
+    let slow = |dir: &Path| {
+        let mut config = config(dir);
+        config.jobmanager.heartbeat_interval = Duration::from_secs(10);
+        config.jobmanager.heartbeat_timeout = Duration::from_secs(60);
+        config
+    };
+    let all_owned = |o: &JobOverview| {
+        !o.partitions.is_empty() && o.partitions.iter().all(|p| p.owner.is_some())
+    };
+
+    // Standalone mode's zero grace: assigned as soon as a taskmanager is there (wait_for: ≤ 10 s).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = JobManagerOptions {
+        startup_grace: Some(Duration::ZERO),
+        ..JobManagerOptions::default()
+    };
+    let (jm, client) = start(slow(dir.path()), options, 4).await;
+    let tm = fake_taskmanager(client.clone(), "tm-a", Arc::new(Mutex::new(0)));
+    wait_for(&client, all_owned).await;
+    tm.abort();
+    jm.shutdown();
+
+    // The default grace waits for taskmanagers that may still be running from before a restart.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, client) = start(slow(dir.path()), JobManagerOptions::default(), 4).await;
+    let tm = fake_taskmanager(client.clone(), "tm-a", Arc::new(Mutex::new(0)));
+    wait_for(&client, |o| o.taskmanagers.len() == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let overview: JobOverview = get(&client, "/jobs/trace").await;
+    assert!(!all_owned(&overview), "{overview:#?}");
+    tm.abort();
+    jm.shutdown();
+}

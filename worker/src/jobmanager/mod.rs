@@ -141,12 +141,11 @@ impl JobManager {
         let restore = restore::choose(options.from_savepoint.as_deref(), &checkpoints)?;
         tracing::info!(job = %config.job.name, source = ?restore.source, "restore source chosen");
         let now = Instant::now();
-        let mut coordinator = Coordinator::new(
-            CoordinatorConfig::from_job(&config.jobmanager),
-            now,
-            Default::default(),
-            0,
-        );
+        let mut coordinator_config = CoordinatorConfig::from_job(&config.jobmanager);
+        if let Some(grace) = options.startup_grace {
+            coordinator_config.startup_grace = grace;
+        }
+        let mut coordinator = Coordinator::new(coordinator_config, now, Default::default(), 0);
         if let Some(snapshot) = &restore.snapshot {
             coordinator.seed(&Default::default(), snapshot.generation);
         }
