@@ -15,7 +15,7 @@ use rdkafka::consumer::BaseConsumer;
 use crate::config::JobConfig;
 use crate::embedded_kafka::EmbeddedKafka;
 use crate::http::{self, Health};
-use crate::jobmanager::{JobManager, JobManagerOptions, KafkaPartitions};
+use crate::jobmanager::{JobManager, JobManagerOptions, KnownPartitions};
 use crate::metrics::{sample, Metrics};
 use crate::source::{base_client_config, consumer_config, topic_partitions};
 use crate::taskmanager::{TaskManager, TaskManagerOptions};
@@ -183,7 +183,7 @@ async fn start_pipelines(
     metrics_addr: std::net::SocketAddr,
 ) -> anyhow::Result<((JobManager, Vec<TaskManager>), Vec<i32>)> {
     let partitions = discover_partitions(config).await?;
-    let (jobmanager, config) = start_jobmanager(config.clone()).await?;
+    let (jobmanager, config) = start_jobmanager(config.clone(), partitions.len() as u32).await?;
     let mut started = Vec::with_capacity(taskmanagers.max(1));
     for i in 0..taskmanagers.max(1) {
         let options = TaskManagerOptions {
@@ -259,6 +259,7 @@ async fn discover_partitions(config: &JobConfig) -> anyhow::Result<Vec<i32>> {
 /// laptop without `/var/lib/streamjob`).
 async fn start_jobmanager(
     mut config: Arc<JobConfig>,
+    partition_count: u32,
 ) -> anyhow::Result<(JobManager, Arc<JobConfig>)> {
     if let Err(err) = std::fs::create_dir_all(&config.checkpoint.dir) {
         let fallback = std::env::temp_dir().join(format!("streamjob-{}", config.job.name));
@@ -276,7 +277,7 @@ async fn start_jobmanager(
         startup_grace: Some(Duration::ZERO),
         ..JobManagerOptions::from_config(&config)
     };
-    let discovery = Arc::new(KafkaPartitions::new(&config.source.kafka));
+    let discovery = Arc::new(KnownPartitions::new(partition_count, &config.source.kafka));
     let jobmanager = JobManager::start(config.clone(), options, discovery, listener).await?;
     let port = jobmanager.local_addr().port();
     Arc::make_mut(&mut config).jobmanager.url = format!("http://127.0.0.1:{port}");

@@ -140,7 +140,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn raw_consume_rate(bootstrap: &str, events: usize) -> f64 {
+/// The plain consumer's records/s, and the time from creating it to its first record (the
+/// broker's share of a pipeline's time to first write).
+fn raw_consume_rate(bootstrap: &str, events: usize) -> (f64, f64) {
+    let created = Instant::now();
+    let mut first_record = None;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "bench-raw")
@@ -158,7 +162,10 @@ fn raw_consume_rate(bootstrap: &str, events: usize) -> f64 {
     let mut n = 0;
     while n < events {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(_)) => n += 1,
+            Some(Ok(_)) => {
+                first_record.get_or_insert_with(|| created.elapsed());
+                n += 1;
+            }
             Some(Err(err)) => eprintln!("raw consumer: {err}"),
             None => {}
         }
@@ -167,7 +174,8 @@ fn raw_consume_rate(bootstrap: &str, events: usize) -> f64 {
             "raw consume stuck at {n}"
         );
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    let first_ms = first_record.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    (n as f64 / started.elapsed().as_secs_f64(), first_ms)
 }
 
 fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
@@ -529,7 +537,8 @@ fn main() {
     let raw = (0..args.runs)
         .map(|_| raw_consume_rate(&bootstrap, args.events))
         .collect::<Vec<_>>();
-    let raw = median(raw);
+    let raw_first_ms = median(raw.iter().map(|r| r.1).collect());
+    let raw = median(raw.iter().map(|r| r.0).collect());
     eprintln!("raw consume: {raw:.0} records/s");
     let redis = RedisServer::start().expect("redis");
     let lpush = median(
@@ -606,5 +615,6 @@ fn main() {
     println!("| worker CPU per event (median) | {cpu:.2} µs |");
     println!("| worker peak RSS (max of runs, VmHWM) | {rss:.1} MB |");
     println!("| first batch in Redis after the process was spawned (median; polled every 2 ms) | {first_write:.0} ms |");
+    println!("| reference: plain librdkafka consumer, creation to first record (median) | {raw_first_ms:.0} ms |");
     println!("| produce → Redis latency at {} events/s ({sent} events, mock broker) | p50 {p50:.1} ms, p99 {p99:.1} ms |", args.latency_rate);
 }

@@ -30,7 +30,7 @@ use metrics::JobManagerMetrics;
 use operations::Operations;
 use restore::{RestoreError, RestorePlan};
 use store::{SnapshotStore, StoreError};
-pub use topic::{FixedPartitions, KafkaPartitions, PartitionDiscovery};
+pub use topic::{FixedPartitions, KafkaPartitions, KnownPartitions, PartitionDiscovery};
 
 /// How the jobmanager restores (from the command line, else `savepoint.*` in the config).
 #[derive(Debug, Clone, Default)]

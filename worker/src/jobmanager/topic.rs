@@ -27,6 +27,33 @@ impl PartitionDiscovery for FixedPartitions {
     }
 }
 
+/// A count the caller read already (standalone mode reads it before starting its jobmanager),
+/// then the brokers: saves one metadata round trip (a new client) before the first assignment.
+#[derive(Debug)]
+pub struct KnownPartitions {
+    known: std::sync::Mutex<Option<u32>>,
+    brokers: KafkaPartitions,
+}
+
+impl KnownPartitions {
+    pub fn new(count: u32, kafka: &KafkaSourceConfig) -> Self {
+        Self {
+            known: std::sync::Mutex::new(Some(count)),
+            brokers: KafkaPartitions::new(kafka),
+        }
+    }
+}
+
+impl PartitionDiscovery for KnownPartitions {
+    fn partition_count(&self) -> CountFuture {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match known {
+            Some(count) => Box::pin(async move { Ok(count) }),
+            None => self.brokers.partition_count(),
+        }
+    }
+}
+
 /// Asks the brokers for the topic's metadata.
 #[derive(Debug, Clone)]
 pub struct KafkaPartitions {
@@ -60,5 +87,22 @@ impl PartitionDiscovery for KafkaPartitions {
             .await
             .map_err(|e| format!("metadata task failed: {e}"))?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_known_count_is_answered_once_then_the_brokers_are_asked() {
+        // Nothing listens here: the second answer must come from (failing to reach) the brokers.
+        let kafka = KafkaSourceConfig {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaSourceConfig::default()
+        };
+        let discovery = KnownPartitions::new(6, &kafka);
+        assert_eq!(discovery.partition_count().await, Ok(6));
+        assert!(discovery.partition_count().await.is_err());
     }
 }
