@@ -175,6 +175,10 @@ impl TaskManager {
         for task in &self.tasks {
             task.abort();
         }
+        // Wait for them to end, so they drop their handles on the pipeline.
+        for task in self.tasks {
+            let _ = task.await;
+        }
         let inner = self.inner;
         // Let claims and releases in flight finish (they run on their own tasks).
         for _ in 0..200 {
@@ -220,6 +224,14 @@ impl TaskManager {
             Err(e) => {
                 tracing::warn!(error = %e, "could not tell the jobmanager we leave; it will time us out")
             }
+        }
+        // Close the consumer and the DLQ producer now, while the broker is surely still there
+        // (standalone mode stops its embedded broker next), rather than whenever the runtime
+        // drops the last handle: a Kafka client closed after its broker is gone waits for
+        // connection time-outs.
+        match Arc::try_unwrap(inner) {
+            Ok(inner) => inner.pipeline.shutdown().await?,
+            Err(_) => tracing::debug!("a claim or release task still holds the pipeline"),
         }
         Ok(())
     }
