@@ -4,6 +4,7 @@
 //! answer while it runs; the hidden `mock-kafka` subcommand hosts a broker another process can use.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -93,71 +94,97 @@ impl Drop for MockKafkaProcess {
     }
 }
 
-#[test]
-fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let redis = RedisServer::start().expect("redis-server");
-    let broker = MockKafkaProcess::start();
-    let mut generator = EventGenerator::new(9, TrafficShape::default());
-    let payloads: Vec<Vec<u8>> = (0..1_000).map(|_| generator.next_payload()).collect();
-    kafka::produce(
-        &broker.bootstrap,
-        "austinTraceLog",
-        2,
-        &payloads,
-        ProduceMode::Batched,
-    )
-    .expect("produced");
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    // A one-hour linger: nothing is written unless the shutdown flushes it.
-    let config = write_config(
-        dir.path(),
-        &job_yaml(
-            &broker.bootstrap,
-            &redis.url(),
-            port,
-            "1h",
-            "20s",
-            &dir.path().join("state"),
-        ),
-    );
-    let mut worker = Worker::start(
-        &[
-            "standalone",
-            "--config",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        &dir.path().join("worker.log"),
-    );
-    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
-    assert_eq!(http_get(&metrics_addr, "/healthz").as_deref(), Some("ok\n"));
-    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
-    assert_eq!(fences, vec![None, None], "nothing applied before SIGTERM");
+/// A standalone worker process (JSON logs) on a one-hour linger, so that nothing reaches Redis
+/// before it is stopped, that has read every one of `payloads` from a broker process.
+struct ReadButUnapplied {
+    // Dropped first: the worker is killed before its broker and Redis go.
+    worker: Worker,
+    log: PathBuf,
+    metrics_addr: String,
+    payloads: Vec<Vec<u8>>,
+    redis: RedisServer,
+    _broker: MockKafkaProcess,
+    _dir: tempfile::TempDir,
+}
 
-    let status = worker.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "{status:?}\n{}",
-        worker.log_tail(20)
-    );
-    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
-    assert_eq!(fences, vec![Some(500), Some(500)]);
-    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
-    let diff = expected
-        .state
-        .diff(&TraceState::read(&redis.url()).unwrap(), 5);
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    // JSON logs carry the job and partition of their span.
-    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
-    assert!(
-        log.lines().any(|l| l.starts_with('{')
-            && l.contains("\"partition\":1")
-            && l.contains("\"job\":\"trace\"")),
-        "{log}"
-    );
+impl ReadButUnapplied {
+    fn start(seed: u64, events: usize, redis: RedisOptions, stop_timeout: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let redis = RedisServer::start_with(redis).expect("redis-server");
+        let broker = MockKafkaProcess::start();
+        let mut generator = EventGenerator::new(seed, TrafficShape::default());
+        let payloads: Vec<Vec<u8>> = (0..events).map(|_| generator.next_payload()).collect();
+        kafka::produce(
+            &broker.bootstrap,
+            "austinTraceLog",
+            2,
+            &payloads,
+            ProduceMode::Batched,
+        )
+        .expect("produced");
+        let port = free_port();
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let config = write_config(
+            dir.path(),
+            &job_yaml(
+                &broker.bootstrap,
+                &redis.url(),
+                port,
+                "1h",
+                stop_timeout,
+                &dir.path().join("state"),
+            ),
+        );
+        let log = dir.path().join("worker.log");
+        let worker = Worker::start(
+            &[
+                "standalone",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ],
+            &log,
+        );
+        wait_for_events_in(&metrics_addr, events as f64, &worker);
+        Self {
+            worker,
+            log,
+            metrics_addr,
+            payloads,
+            redis,
+            _broker: broker,
+            _dir: dir,
+        }
+    }
+
+    fn fences(&self) -> Vec<Option<i64>> {
+        fence_offsets(&self.redis.url(), "", "trace", "austinTraceLog", 2).unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; the worker must exit 0 within `timeout`.
+    fn terminate_cleanly(&mut self, timeout: Duration) {
+        let status = self.worker.terminate(timeout);
+        assert!(
+            status.is_some_and(|s| s.code() == Some(0)),
+            "{status:?}\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Every payload applied exactly once: fences at the partitions' ends, Redis state as computed.
+    fn assert_all_applied_once(&self) {
+        assert_eq!(self.fences(), vec![Some(500), Some(500)]);
+        let expected = Expected::from_payloads("", self.payloads.iter().map(Vec::as_slice));
+        let diff = expected
+            .state
+            .diff(&TraceState::read(&self.redis.url()).unwrap(), 5);
+        assert!(diff.is_empty(), "{}", diff.join("\n"));
+    }
 }
 
 /// Waits until the worker's `/metrics` shows `events` consumed records.
@@ -178,113 +205,65 @@ fn wait_for_events_in(metrics_addr: &str, events: f64, worker: &Worker) {
 }
 
 #[test]
+fn sigterm_flushes_the_in_flight_batch_and_exits_zero() {
+    let mut run = ReadButUnapplied::start(9, 1_000, RedisOptions::default(), "20s");
+    assert_eq!(
+        http_get(&run.metrics_addr, "/healthz").as_deref(),
+        Some("ok\n")
+    );
+    assert_eq!(
+        run.fences(),
+        vec![None, None],
+        "nothing applied before SIGTERM"
+    );
+
+    run.terminate_cleanly(Duration::from_secs(30));
+    run.assert_all_applied_once();
+    // JSON logs carry the job and partition of their span.
+    let log = run.log_text();
+    assert!(
+        log.lines().any(|l| l.starts_with('{')
+            && l.contains("\"partition\":1")
+            && l.contains("\"job\":\"trace\"")),
+        "{log}"
+    );
+}
+
+#[test]
 fn sigterm_while_redis_is_down_stops_after_the_stop_timeout_and_loses_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut redis = RedisServer::start_with(RedisOptions {
+    let persistent = RedisOptions {
         persistence: true,
         ..RedisOptions::default()
-    })
-    .expect("redis-server");
-    let broker = MockKafkaProcess::start();
-    let mut generator = EventGenerator::new(11, TrafficShape::default());
-    let payloads: Vec<Vec<u8>> = (0..1_000).map(|_| generator.next_payload()).collect();
-    kafka::produce(
-        &broker.bootstrap,
-        "austinTraceLog",
-        2,
-        &payloads,
-        ProduceMode::Batched,
-    )
-    .expect("produced");
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    // Nothing is written before the stop (one-hour linger), so the stop's flush is the only write.
-    let config = write_config(
-        dir.path(),
-        &job_yaml(
-            &broker.bootstrap,
-            &redis.url(),
-            port,
-            "1h",
-            "2s",
-            &dir.path().join("state"),
-        ),
-    );
-    let log = dir.path().join("worker.log");
-    let mut worker = Worker::start(&["standalone", "--config", config.to_str().unwrap()], &log);
-    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
+    };
+    let mut run = ReadButUnapplied::start(11, 1_000, persistent, "2s");
 
-    redis.stop();
-    let status = worker.terminate(Duration::from_secs(60));
-    assert!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "the worker must stop on its own while Redis is down: {status:?}\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    run.redis.stop();
+    // Without the stop timeout the worker would retry its batch for ever (and be killed here).
+    run.terminate_cleanly(Duration::from_secs(60));
+    let text = run.log_text();
     assert!(
         text.contains("stopping without the in-flight batch"),
         "the give-up is logged:\n{text}"
     );
 
     // Nothing was applied; a new worker re-reads everything from the fence, exactly once.
-    redis.restart().expect("redis restarts");
-    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
+    run.redis.restart().expect("redis restarts");
     assert_eq!(
-        fences,
+        run.fences(),
         vec![None, None],
         "nothing applied while Redis was down"
     );
-    worker.restart();
-    wait_for_events_in(&metrics_addr, 1_000.0, &worker);
-    let status = worker.terminate(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| s.code() == Some(0)),
-        "{status:?}\n{}",
-        worker.log_tail(20)
-    );
-    let fences = fence_offsets(&redis.url(), "", "trace", "austinTraceLog", 2).unwrap();
-    assert_eq!(fences, vec![Some(500), Some(500)]);
-    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
-    let diff = expected
-        .state
-        .diff(&TraceState::read(&redis.url()).unwrap(), 5);
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    run.worker.restart();
+    wait_for_events_in(&run.metrics_addr, 1_000.0, &run.worker);
+    run.terminate_cleanly(Duration::from_secs(30));
+    run.assert_all_applied_once();
 }
 
 #[test]
 fn a_second_sigterm_exits_at_once_without_waiting_for_the_in_flight_batch() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut redis = RedisServer::start().expect("redis-server");
-    let broker = MockKafkaProcess::start();
-    let mut generator = EventGenerator::new(12, TrafficShape::default());
-    let payloads: Vec<Vec<u8>> = (0..100).map(|_| generator.next_payload()).collect();
-    kafka::produce(
-        &broker.bootstrap,
-        "austinTraceLog",
-        2,
-        &payloads,
-        ProduceMode::Batched,
-    )
-    .expect("produced");
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let config = write_config(
-        dir.path(),
-        &job_yaml(
-            &broker.bootstrap,
-            &redis.url(),
-            port,
-            "1h",
-            "1h",
-            &dir.path().join("state"),
-        ),
-    );
-    let log = dir.path().join("worker.log");
-    let mut worker = Worker::start(&["standalone", "--config", config.to_str().unwrap()], &log);
-    wait_for_events_in(&metrics_addr, 100.0, &worker);
-    redis.stop();
-    let pid = worker.pid().expect("running").to_string();
+    let mut run = ReadButUnapplied::start(12, 100, RedisOptions::default(), "1h");
+    run.redis.stop();
+    let pid = run.worker.pid().expect("running").to_string();
     let signal = || {
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -294,16 +273,15 @@ fn a_second_sigterm_exits_at_once_without_waiting_for_the_in_flight_batch() {
     signal();
     // The first stop is now retrying the batch against the stopped Redis for up to an hour.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(worker.is_running(), "{}", worker.log_tail(20));
+    assert!(run.worker.is_running(), "{}", run.log_text());
     signal();
-    let status = worker.wait(Duration::from_secs(30));
+    let status = run.worker.wait(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.code() == Some(1)),
         "{status:?}\n{}",
-        worker.log_tail(20)
+        run.log_text()
     );
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(text.contains("second stop signal"), "{text}");
+    assert!(run.log_text().contains("second stop signal"));
 }
 
 #[test]

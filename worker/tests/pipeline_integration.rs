@@ -125,6 +125,15 @@ fn data_set(seed: u64, n: usize, malformed_ppm: u32) -> Vec<Vec<u8>> {
     (0..n).map(|_| generator.next_payload()).collect()
 }
 
+/// Waits (at most 30 s) until the pipeline has read `events` records.
+async fn wait_for_events_in(metrics: &Metrics, events: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(events as f64) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn assign_all(pipeline: &Pipeline, partitions: impl IntoIterator<Item = i32>) {
     for partition in partitions {
         pipeline
@@ -304,11 +313,7 @@ async fn heavy_shutdown_flushes_the_in_flight_batch() {
     .await
     .expect("pipeline");
     assign_all(&pipeline, [0, 1]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(600.0) {
-        assert!(Instant::now() < deadline, "records not consumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_events_in(&metrics, 600, "records not consumed").await;
     assert_eq!(
         env.fences(),
         vec![None, None],
@@ -383,11 +388,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
         .await
         .expect("pipeline");
     assign_all(&pipeline, [0, 1]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(600.0) {
-        assert!(Instant::now() < deadline, "records not consumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_events_in(&metrics, 600, "records not consumed").await;
 
     // A move (revoke) while Redis is down ends, without the batch and without a committed offset.
     env.redis.stop();
@@ -413,11 +414,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
         "nothing applied during the outage"
     );
     assign_all(&pipeline, [0]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sample(&metrics.encode(), "streamjob_events_in_total", "") != Some(900.0) {
-        assert!(Instant::now() < deadline, "partition 0 not read again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_events_in(&metrics, 900, "partition 0 not read again").await;
     pipeline.shutdown().await.expect("graceful stop");
     assert_eq!(env.fences(), vec![Some(300), Some(300)]);
     env.assert_state(&payloads);
