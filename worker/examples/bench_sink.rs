@@ -3,14 +3,15 @@
 //! `cargo run --release -p streamjob-worker --features testkit --example bench_sink [-- --events N --runs R]`
 //!
 //! Starts a fresh `redis-server` (no persistence), generates a synthetic 4-partition AnchorInfo
-//! data set (messages with realistic state lifecycles, 1–3 receivers from 100k users, 50
-//! businessIds, keyless records spread by a sticky partitioner) and measures, in the same run:
+//! data set (`testkit::lifecycle`: messages with realistic state lifecycles, 1–3 receivers from
+//! 100k users, 50 businessIds, keyless records spread by a sticky partitioner) and measures, in
+//! the same run:
 //! - `redis-benchmark -P 64` LPUSH and HINCRBY rates (what this Redis does with raw commands);
 //! - upstream's per-event command stream (LPUSH+EXPIRE per messageId and per id, HINCRBY+EXPIRE per
 //!   template) replayed fully pipelined by 4 concurrent partition tasks: the ceiling of any
 //!   implementation that writes the way upstream does;
 //! - streamjob's path: decode + BatchBuilder (1000 events) + RedisSink::apply, 4 partitions
-//!   concurrently over one connection.
+//!   concurrently; without and with the fence's gap check.
 //!
 //! Each measurement runs `--runs` times on a flushed Redis; medians are printed as Markdown.
 
@@ -21,13 +22,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamjob_worker::config::RedisSinkConfig;
 use streamjob_worker::sink::redis::{ApplyOutcome, Layout, RedisSink, SinkOptions};
+use streamjob_worker::testkit::lifecycle;
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::upstream::upstream_pipeline;
 use streamjob_worker::transform::{decode, AnchorInfo};
 
 const PARTITIONS: usize = 4;
-const USERS: u32 = 100_000;
-const BUSINESS_IDS: i64 = 50;
 const BATCH_EVENTS: usize = 1000;
 const UPSTREAM_EVENTS_PER_PIPELINE: usize = 1000;
 
@@ -63,86 +63,18 @@ fn parse_args() -> Args {
     args
 }
 
-/// A message's states, as austin's handlers emit them.
-fn lifecycle(rng: &mut StdRng) -> Vec<i64> {
-    let roll = rng.random_range(0..100);
-    match roll {
-        0..=69 => {
-            if rng.random_range(0..5) == 0 {
-                vec![10, 60, 64]
-            } else {
-                vec![10, 60]
-            }
-        }
-        70..=79 => vec![10, 70],
-        80..=84 => vec![10, 20],
-        85..=87 => vec![10, 22],
-        88..=89 => vec![10, 24, 60],
-        90..=93 => vec![10, 30],
-        94..=96 => vec![10, 40],
-        97..=98 => vec![10, 50],
-        _ => vec![10, 40001],
-    }
-}
-
-/// Per partition, the record payloads in offset order.
+/// Per partition, the record payloads in offset order: the lifecycle data set
+/// (`testkit::lifecycle`), keyless records spread the way Java's sticky partitioner does (about
+/// 100 consecutive records per partition).
 fn generate(events: usize) -> Vec<Vec<Vec<u8>>> {
     let mut rng = StdRng::seed_from_u64(42);
     let mut partitions: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PARTITIONS];
     let mut sticky = 0usize;
-    let mut in_sticky = 0usize;
-    let mut produced = 0usize;
-    let mut message = 0u64;
-    let mut ts = 1_700_000_000_000i64;
-    // Messages in flight: their remaining states come a little later, interleaved with others.
-    let mut pending: Vec<(u64, i64, Vec<String>, Vec<i64>)> = Vec::new();
-    while produced < events {
-        let start_new = pending.len() < 50 || rng.random_range(0..3) == 0;
-        let (mid, business_id, ids, state) = if start_new {
-            message += 1;
-            let business_id = 1_000_000_000_000_000
-                + 100_000_000 * rng.random_range(0..BUSINESS_IDS)
-                + 20_240_101;
-            let ids: Vec<String> = (0..rng.random_range(1..=3))
-                .map(|_| format!("1{:010}", rng.random_range(0..USERS)))
-                .collect();
-            let mut states = lifecycle(&mut rng);
-            let first = states.remove(0);
-            if !states.is_empty() {
-                pending.push((message, business_id, ids.clone(), states));
-            }
-            (message, business_id, ids, first)
-        } else {
-            let i = rng.random_range(0..pending.len());
-            let state = pending[i].3.remove(0);
-            let entry = if pending[i].3.is_empty() {
-                pending.swap_remove(i)
-            } else {
-                pending[i].clone()
-            };
-            (entry.0, entry.1, entry.2, state)
-        };
-        ts += rng.random_range(0..3);
-        let payload = format!(
-            r#"{{"bizId":"biz{}","businessId":{},"ids":[{}],"logTimestamp":{},"messageId":"msg{:015}","state":{}}}"#,
-            mid % 1000,
-            business_id,
-            ids.iter()
-                .map(|i| format!("\"{i}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-            ts,
-            mid,
-            state
-        );
-        // Java's sticky partitioner for keyless records: fill a batch (~100 records), move on.
-        if in_sticky == 100 {
+    for (i, payload) in lifecycle::payloads(events, 42).into_iter().enumerate() {
+        if i % 100 == 0 && i > 0 {
             sticky = rng.random_range(0..PARTITIONS);
-            in_sticky = 0;
         }
-        in_sticky += 1;
-        partitions[sticky].push(payload.into_bytes());
-        produced += 1;
+        partitions[sticky].push(payload);
     }
     partitions
 }
@@ -185,6 +117,14 @@ fn own_cpu_secs() -> f64 {
     };
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn sink_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&no_timeout())
+        .await
+        .expect("connect")
 }
 
 async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
@@ -271,7 +211,7 @@ async fn run_sink(
     server: &RedisServer,
     payloads: &'static [Vec<Vec<u8>>],
     conn: &mut redis::aio::MultiplexedConnection,
-    verify_existing_user_expiry: bool,
+    gap_check: bool,
 ) -> Measure {
     flush(conn).await;
     let cfg = RedisSinkConfig {
@@ -280,20 +220,32 @@ async fn run_sink(
     };
     let options = SinkOptions {
         call_timeout: Duration::from_secs(60),
-        verify_existing_user_expiry,
+        gap_check,
+        ..SinkOptions::default()
     };
     let sink = RedisSink::connect_with(&cfg, "bench", "austinTraceLog", options)
         .await
         .expect("connect");
     let events: usize = payloads.iter().map(Vec::len).sum();
+    let url = server.url();
     let cpu0 = redis_cpu_secs(conn).await;
     let own0 = own_cpu_secs();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (partition, records) in payloads.iter().enumerate() {
         let sink = sink.clone();
+        let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let epoch = sink.claim(partition as i32).await.expect("claim").epoch;
+            // What a claim of the Redis-rollback work writes: where the partition starts.
+            let mut conn = sink_conn(&url).await;
+            let _: () = redis::cmd("HSET")
+                .arg(sink.layout().fence_key(partition as i32))
+                .arg("next_offset")
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .expect("fence start");
             let mut commands = 0usize;
             for (chunk_index, chunk) in records.chunks(BATCH_EVENTS).enumerate() {
                 let mut builder = sink.batch_builder(partition as i32, epoch);
@@ -403,16 +355,16 @@ async fn main() {
         if args.stats {
             print_command_stats("upstream replay", &mut conn).await;
         }
-        ours.push(run_sink(&server, payloads, &mut conn, true).await);
+        ours.push(run_sink(&server, payloads, &mut conn, false).await);
         if args.stats {
             print_command_stats("streamjob sink", &mut conn).await;
         }
-        trusting.push(run_sink(&server, payloads, &mut conn, false).await);
+        trusting.push(run_sink(&server, payloads, &mut conn, true).await);
         if args.stats {
-            print_command_stats("streamjob sink, existing user expiry trusted", &mut conn).await;
+            print_command_stats("streamjob sink, gap check on", &mut conn).await;
         }
         eprintln!(
-            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s ({:.0} ev/s trusting existing user expiry)",
+            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s ({:.0} ev/s with the gap check)",
             run + 1,
             upstream[run].events_per_sec,
             ours[run].events_per_sec,
@@ -450,9 +402,15 @@ async fn main() {
         pick(&upstream, |m| m.commands_per_event),
         pick(&upstream, |m| m.redis_cpu_us_per_event),
     );
+    let cpu_ratios = |runs: &[Measure]| -> Vec<f64> {
+        runs.iter()
+            .zip(&upstream)
+            .map(|(o, u)| o.redis_cpu_us_per_event / u.redis_cpu_us_per_event)
+            .collect()
+    };
     for (label, runs) in [
         ("streamjob RedisSink::apply", &ours),
-        ("streamjob, verify_existing_user_expiry off", &trusting),
+        ("streamjob, gap check on", &trusting),
     ] {
         println!(
             "| {label} | {:.0} | {:.2} | {:.2} | {:.2} |",
@@ -464,10 +422,15 @@ async fn main() {
     }
     println!();
     println!(
-        "speed-up (median of per-run ratios): {:.2}x, {:.2}x with verify_existing_user_expiry off; per-run: {:?}; decode alone: {:.0} ns/event",
+        "speed-up (median of per-run ratios): {:.2}x, {:.2}x with the gap check; per-run: {:?}; decode alone: {:.0} ns/event",
         median(ratios(&ours)),
         median(ratios(&trusting)),
         ratios(&ours).iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
         median(decode_ns)
+    );
+    println!(
+        "Redis CPU per event relative to the replay's (median of per-run ratios): {:.2}, {:.2} with the gap check",
+        median(cpu_ratios(&ours)),
+        median(cpu_ratios(&trusting)),
     );
 }

@@ -167,11 +167,12 @@ async fn skipped_offsets_advance_the_fence_without_writing() {
     assert_eq!(builder.len(), 2);
     assert_eq!(builder.first_offset(), Some(10));
     let batch = builder.build(SystemTime::now());
+    // WATCH, HMGET, TIME; MULTI, the fence's HSET, EXEC: no data command.
     assert_eq!(
         sink.apply(&batch).await.expect("apply"),
         ApplyOutcome::Applied {
             events: 0,
-            commands: 2,
+            commands: 6,
             write_errors: 0
         }
     );
@@ -236,4 +237,136 @@ async fn fences_of_different_jobs_and_prefixes_are_separate() {
         .await
         .expect("connect");
     assert_eq!(other_job.claim(0).await.expect("other job").epoch, 1);
+}
+
+async fn gap_checking_sink(server: &RedisServer) -> streamjob_worker::sink::redis::RedisSink {
+    use streamjob_worker::sink::redis::{RedisSink, SinkOptions};
+    RedisSink::connect_with(
+        &sink_config(server, ""),
+        JOB,
+        TOPIC,
+        SinkOptions {
+            gap_check: true,
+            ..SinkOptions::default()
+        },
+    )
+    .await
+    .expect("connect")
+}
+
+#[tokio::test]
+async fn with_the_gap_check_a_batch_past_the_fence_or_a_fence_without_offset_writes_nothing() {
+    let server = RedisServer::start().expect("redis-server");
+    let sink = gap_checking_sink(&server).await;
+    let mut conn = raw(&server).await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let evs = events(6, "g");
+    // The claim wrote no next_offset (Redis lost the fence, as far as the apply can tell).
+    let err = sink
+        .apply(&batch_of(&sink, 0, epoch, 0, &evs[..2], SystemTime::now()))
+        .await
+        .expect_err("no next_offset");
+    assert!(
+        matches!(
+            err,
+            SinkError::Gap {
+                partition: 0,
+                stored_next_offset: None,
+                first_offset: 0,
+                next_offset: 2
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    let fence_key = sink.layout().fence_key(0);
+    let _: () = query(&mut conn, &["HSET", &fence_key, "next_offset", "0"]).await;
+    let before = dump(&mut conn, "").await;
+    // [4, 6) while Redis holds [0, 0): offsets 0..4 would be skipped.
+    let err = sink
+        .apply(&batch_of(&sink, 0, epoch, 4, &evs[4..], SystemTime::now()))
+        .await
+        .expect_err("gap");
+    assert!(
+        matches!(
+            err,
+            SinkError::Gap {
+                stored_next_offset: Some(0),
+                first_offset: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(dump(&mut conn, "").await, before, "nothing written");
+    // From the fence on, it applies.
+    let outcome = sink
+        .apply(&batch_of(&sink, 0, epoch, 0, &evs, SystemTime::now()))
+        .await
+        .expect("apply");
+    assert_eq!(applied_events(&outcome), 6);
+    assert_eq!(
+        sink.read_fence(0).await.expect("fence"),
+        Some(Fence {
+            epoch,
+            next_offset: Some(6)
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_same_batch_applied_by_many_tasks_at_once_is_written_once() {
+    let server = RedisServer::start().expect("redis-server");
+    let sink = connect_sink(&server, "").await;
+    let mut conn = raw(&server).await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let evs = events(300, "c");
+    let mut rounds = Vec::new();
+    for (i, chunk) in evs.chunks(100).enumerate() {
+        let batch = batch_of(&sink, 0, epoch, (i * 100) as i64, chunk, SystemTime::now());
+        // Eight concurrent applies of the same batch (retries racing each other): each WATCHes
+        // the fence, exactly one EXEC moves it, the others abort and then see a replay.
+        let outcomes = futures::future::join_all((0..8).map(|_| sink.apply(&batch))).await;
+        let applied = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(ApplyOutcome::Applied { .. })))
+            .count();
+        let skipped = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(ApplyOutcome::AlreadyApplied)))
+            .count();
+        rounds.push((applied, skipped));
+    }
+    assert!(rounds.iter().all(|r| *r == (1, 7)), "{rounds:?}");
+    let shared: i64 = query(&mut conn, &["LLEN", "shared"]).await;
+    assert_eq!(shared, 300, "every event pushed once");
+}
+
+#[tokio::test]
+async fn a_claim_between_the_read_and_exec_aborts_the_stale_owners_transaction() {
+    // Many applies by the old owner race a claim by a new one: whichever order Redis sees, the
+    // old owner's batch is either applied before the claim or fenced, never after it.
+    let server = RedisServer::start().expect("redis-server");
+    let old = connect_sink(&server, "").await;
+    let new = connect_sink(&server, "").await;
+    let mut conn = raw(&server).await;
+    let epoch = old.claim(1).await.expect("claim").epoch;
+    let evs = events(2_000, "z");
+    let batch = batch_of(&old, 1, epoch, 0, &evs, SystemTime::now());
+    let (applied, claimed) = tokio::join!(old.apply(&batch), new.claim(1));
+    let claimed = claimed.expect("claim");
+    let fence = old.read_fence(1).await.expect("fence").expect("exists");
+    assert_eq!(fence.epoch, claimed.epoch);
+    let shared: i64 = query(&mut conn, &["LLEN", "shared"]).await;
+    match applied {
+        Ok(ApplyOutcome::Applied { .. }) => {
+            assert_eq!(claimed.next_offset, Some(2_000), "claimed after the apply");
+            assert_eq!(shared, 2_000);
+        }
+        Err(SinkError::Fenced { .. }) => {
+            assert_eq!(claimed.next_offset, None);
+            assert_eq!(shared, 0, "nothing written after the claim");
+        }
+        other => panic!("{other:?}"),
+    }
 }

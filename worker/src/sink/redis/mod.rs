@@ -3,20 +3,27 @@
 //! Every partition has a fence hash `{prefix}streamjob:{job}:fence:{topic}:{partition}` →
 //! `{epoch, next_offset}`. An owner [`RedisSink::claim`]s the partition (bumping the epoch, which
 //! shuts out every older owner) and resumes at the fence's `next_offset`. Each [`Batch`] is applied
-//! by one Lua script that, atomically: refuses it if the stored epoch is newer ([`SinkError::Fenced`]),
-//! skips it if `next_offset` is already past it ([`ApplyOutcome::AlreadyApplied`]), refuses it if
-//! the fence lies strictly inside it ([`SinkError::Overlap`], never a partial re-apply), and
-//! otherwise runs all its merged writes and moves `next_offset` to the batch's end.
+//! atomically with a check of its fence (`apply.rs`: `WATCH` the fence, read it, decide, then the
+//! batch's native commands in one `MULTI`/`EXEC` that moves the fence last): refused if the stored
+//! epoch is newer ([`SinkError::Fenced`]); refused if the fence has no `next_offset` or ends before
+//! the batch ([`SinkError::Gap`]: Redis lost acknowledged writes; with
+//! [`SinkOptions::gap_check`]); skipped if `next_offset` is already past it
+//! ([`ApplyOutcome::AlreadyApplied`]); refused if the fence lies strictly inside it
+//! ([`SinkError::Overlap`], never a partial re-apply); otherwise all its merged writes run and
+//! `next_offset` moves to the batch's end.
 //!
 //! The sink holds one multiplexed connection (redis-rs `ConnectionManager`, which reconnects
-//! in the background after the server goes away); every call has a timeout, so a hung Redis
-//! becomes a retryable [`SinkError::Unavailable`].
+//! in the background after the server goes away) for claims and reads, and a small pool of
+//! connections for applies (`WATCH` is per connection); every call has a timeout, so a hung
+//! Redis becomes a retryable [`SinkError::Unavailable`].
 
+mod apply;
 mod batch;
 mod checked_expiries;
 mod error;
 mod layout;
 mod script;
+mod writes;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,9 +38,8 @@ pub use error::SinkError;
 pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLATE_TTL};
 
 use crate::config::RedisSinkConfig;
-use script::{
-    parse_apply_reply, parse_claim_reply, ApplyReply, LuaScript, APPLY_SCRIPT, CLAIM_SCRIPT,
-};
+use apply::ApplyConnections;
+use script::{parse_claim_reply, ApplyReply, LuaScript, CLAIM_SCRIPT};
 
 /// Default limit for one Redis round trip (including a batch's script run).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,14 +73,18 @@ pub enum ApplyOutcome {
 pub struct SinkOptions {
     /// Limit for each call (connect, claim, read, apply).
     pub call_timeout: Duration,
-    /// When a batch pushes to a user list that already existed, read its expiry (`PEXPIRETIME`)
-    /// and correct it if it is not tonight's midnight. Lists this sink creates always carry the
-    /// right expiry and yesterday's have expired, so only lists written by someone else can
-    /// differ — upstream's 52-year-TTL keys while migrating from austin's Flink job. Each list
-    /// is checked once a day per process (`checked_expiries.rs`): later batches of the day skip
-    /// it. Turning the check off saves that first-touch command on a Redis no other writer ever
-    /// touched. Default: on.
+    /// The first time this process pushes to a user list on a given day, set its expiry to
+    /// tonight's midnight even if it already had another one (`PEXPIREAT`): lists this sink
+    /// creates always carry the right expiry, so only lists written by someone else can differ
+    /// — upstream's 52-year-TTL keys while migrating from austin's Flink job. Later batches of
+    /// the day skip the list (`checked_expiries.rs`). Off: that first touch uses
+    /// `PEXPIREAT … NX`, which gives an expiry only to a list without one. Default: on.
     pub verify_existing_user_expiry: bool,
+    /// Refuse a batch when the fence has no `next_offset` or ends before the batch
+    /// ([`SinkError::Gap`]: Redis lost writes it had acknowledged). Needs claims that write
+    /// `next_offset` and an owner that rewinds on a gap (the Redis-rollback work); until then,
+    /// off: such a batch is applied and moves the fence. Default: off.
+    pub gap_check: bool,
 }
 
 impl Default for SinkOptions {
@@ -82,6 +92,7 @@ impl Default for SinkOptions {
         Self {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             verify_existing_user_expiry: true,
+            gap_check: false,
         }
     }
 }
@@ -90,6 +101,8 @@ impl Default for SinkOptions {
 #[derive(Clone)]
 pub struct RedisSink {
     conn: ConnectionManager,
+    apply_conns: ApplyConnections,
+    gap_check: bool,
     layout: Layout,
     timeout: Duration,
     checked: Arc<Mutex<CheckedExpiries>>,
@@ -137,12 +150,14 @@ impl RedisSink {
             .set_max_delay(Duration::from_secs(1));
         let conn = tokio::time::timeout(
             timeout,
-            ConnectionManager::new_with_config(client, manager_config),
+            ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
         .map_err(|_| SinkError::timeout("connecting to redis", timeout))??;
         let sink = Self {
             conn,
+            apply_conns: ApplyConnections::new(client, timeout),
+            gap_check: options.gap_check,
             layout,
             timeout,
             checked: Arc::default(),
@@ -161,7 +176,7 @@ impl RedisSink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&*APPLY_SCRIPT, &*CLAIM_SCRIPT] {
+        for script in [&*CLAIM_SCRIPT] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.source);
             self.query(&load, "SCRIPT LOAD").await?;
@@ -239,7 +254,7 @@ impl RedisSink {
     /// Applies one batch atomically with its fence check. Safe to call again with the same batch
     /// after a retryable error.
     pub async fn apply(&self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
-        let Some(cmd) = batch.cmd.as_ref() else {
+        let Some(writes) = batch.writes.as_ref() else {
             return Ok(ApplyOutcome::Applied {
                 events: 0,
                 commands: 0,
@@ -258,59 +273,89 @@ impl RedisSink {
             events = batch.events,
         );
         async {
-            let reply = self.eval(&APPLY_SCRIPT, cmd, "apply batch").await?;
-            match parse_apply_reply(&reply)? {
-                ApplyReply::Applied {
-                    commands,
-                    write_errors,
-                    first_write_error,
-                } => {
-                    if write_errors > 0 {
-                        tracing::warn!(
-                            write_errors,
-                            first_error = first_write_error.as_deref().unwrap_or(""),
-                            "redis refused some writes of the batch (skipped, as upstream would)"
-                        );
-                    }
-                    tracing::debug!(commands, "applied");
-                    self.checked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert_all(batch.user_expire_at, &batch.user_lists);
-                    Ok(ApplyOutcome::Applied {
-                        events: batch.events,
-                        commands,
-                        write_errors,
-                    })
-                }
-                ApplyReply::AlreadyApplied { stored_next_offset } => {
-                    tracing::info!(stored_next_offset, "batch already applied; skipped");
-                    Ok(ApplyOutcome::AlreadyApplied)
-                }
-                ApplyReply::Fenced { stored_epoch } => {
-                    tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
-                    Err(SinkError::Fenced {
-                        partition: batch.partition,
-                        stored_epoch,
-                        our_epoch: batch.epoch,
-                    })
-                }
-                ApplyReply::Overlap { stored_next_offset } => {
-                    tracing::error!(
-                        stored_next_offset,
-                        "batch overlaps the applied range; refused"
-                    );
-                    Err(SinkError::Overlap {
-                        partition: batch.partition,
-                        stored_next_offset,
-                        first_offset: batch.first_offset,
-                        next_offset: batch.next_offset,
-                    })
-                }
-            }
+            let fence_key = self.layout.fence_key(batch.partition);
+            let (reply, day_end) = apply::apply(
+                &self.apply_conns,
+                &fence_key,
+                batch,
+                writes,
+                self.gap_check,
+                self.timeout,
+            )
+            .await?;
+            self.outcome(batch, reply, day_end)
         }
         .instrument(span)
         .await
+    }
+
+    fn outcome(
+        &self,
+        batch: &Batch,
+        reply: ApplyReply,
+        day_end: i64,
+    ) -> Result<ApplyOutcome, SinkError> {
+        match reply {
+            ApplyReply::Applied {
+                commands,
+                write_errors,
+                first_write_error,
+            } => {
+                if write_errors > 0 {
+                    tracing::warn!(
+                        write_errors,
+                        first_error = first_write_error.as_deref().unwrap_or(""),
+                        "redis refused some writes of the batch (skipped, as upstream would)"
+                    );
+                }
+                tracing::debug!(commands, "applied");
+                self.checked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert_all(day_end, &batch.user_lists);
+                Ok(ApplyOutcome::Applied {
+                    events: batch.events,
+                    commands,
+                    write_errors,
+                })
+            }
+            ApplyReply::AlreadyApplied { stored_next_offset } => {
+                tracing::info!(stored_next_offset, "batch already applied; skipped");
+                Ok(ApplyOutcome::AlreadyApplied)
+            }
+            ApplyReply::Fenced { stored_epoch } => {
+                tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
+                Err(SinkError::Fenced {
+                    partition: batch.partition,
+                    stored_epoch,
+                    our_epoch: batch.epoch,
+                })
+            }
+            ApplyReply::Gap { stored_next_offset } => {
+                tracing::error!(
+                    ?stored_next_offset,
+                    "the fence ends before the batch: Redis lost acknowledged writes; refused"
+                );
+                Err(SinkError::Gap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+            ApplyReply::Overlap { stored_next_offset } => {
+                tracing::error!(
+                    stored_next_offset,
+                    "batch overlaps the applied range; refused"
+                );
+                Err(SinkError::Overlap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+        }
     }
 }
 
