@@ -51,6 +51,11 @@ use crate::transform::decode;
 /// How often a partition commits its offset to the consumer group (for tooling only).
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often an idle partition (nothing in flight) reads its fence: Redis may lose writes while
+/// no batch comes to notice (a rollback after the last record), and the partition must still
+/// rewind and re-apply them.
+const IDLE_FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 const NONE: i64 = i64::MIN;
 
 fn to_opt(v: i64) -> Option<i64> {
@@ -278,6 +283,8 @@ impl PartitionTask {
         let mut records = self.queue.stream();
         let linger_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger_timer);
+        let mut fence_check = tokio::time::interval(IDLE_FENCE_CHECK_INTERVAL);
+        fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
             let mut flushed = false;
             tokio::select! {
@@ -337,6 +344,11 @@ impl PartitionTask {
                     Some(Err(err)) => self.fetch_error(&err),
                     None => break PartitionExit::Failed("the partition's stream ended".into()),
                 },
+                _ = fence_check.tick(), if in_flight.builder.is_empty() => {
+                    if let Err(exit) = Box::pin(self.check_idle_fence(&mut in_flight)).await {
+                        break exit;
+                    }
+                }
             }
             // Only a flush moves the committed offset; checking the clock per record would cost
             // a few percent of the worker's CPU.
@@ -632,6 +644,36 @@ impl PartitionTask {
         self.state.set_committed(batch.next_offset);
         in_flight.builder.cover_from(batch.next_offset);
         Ok(())
+    }
+
+    /// With nothing in flight, the fence must stand at the committed offset; behind it (or gone)
+    /// Redis lost writes that no batch will come to reveal: rewind now.
+    async fn check_idle_fence(&self, in_flight: &mut InFlight) -> Result<(), PartitionExit> {
+        let Some(committed) = self.state.committed() else {
+            return Ok(());
+        };
+        let fence = match self.shared.sink.read_fence(self.state.partition).await {
+            Ok(fence) => fence,
+            Err(err) => {
+                tracing::debug!(%err, "cannot read the idle partition's fence; next time");
+                return Ok(());
+            }
+        };
+        if fence.is_some_and(|f| f.epoch > self.state.epoch) {
+            // A newer owner: this one's next apply is fenced.
+            return Ok(());
+        }
+        match fence.and_then(|f| f.next_offset) {
+            Some(next) if next >= committed => Ok(()),
+            stored => {
+                self.shared.metrics.pipeline().redis_error("gap");
+                let to = Reposition::Rewind {
+                    fence: stored,
+                    from: committed,
+                };
+                self.reposition(in_flight, to).await
+            }
+        }
     }
 
     /// Drops the in-flight batch and continues reading at the fence: a rewind when Redis lost

@@ -265,15 +265,27 @@ impl RedisServer {
             request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
         }
         stream.write_all(&request)?;
-        let want = 1 + usize::from(self.options.password.is_some());
+        // The first bytes may take a while (SAVE); the rest of a long reply follows at once.
         let mut reply = Vec::new();
         let mut buf = [0u8; 4096];
-        while String::from_utf8_lossy(&reply).matches("\r\n").count() < want {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                }
+                Err(e)
+                    if !reply.is_empty()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
             }
-            reply.extend_from_slice(&buf[..n]);
         }
         Ok(String::from_utf8_lossy(&reply).into_owned())
     }
