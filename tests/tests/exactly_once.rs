@@ -377,9 +377,13 @@ fn inject(
             redis.servers[0]
                 .restore(snapshot)
                 .expect("redis restored from the snapshot");
+            // Long enough for the running worker to meet the fence that fell back.
+            thread::sleep(Duration::from_millis(rng.random_range(1_500..2_500)));
         }
         Fault::SentinelFailover if kill == 1 => {
             redis.fail_over(Duration::from_millis(rng.random_range(800..1_500)));
+            // Long enough for the running worker to follow the failover and meet the fence.
+            thread::sleep(Duration::from_millis(rng.random_range(2_000..3_000)));
         }
         Fault::BrokerErrors if kill == 1 => {
             broker.cluster().request_errors(
