@@ -167,10 +167,16 @@ impl RedisSide {
         )
     }
 
-    /// Pauses the replica, lets the primary take writes for `lag`, SIGKILLs the primary, resumes
+    /// Pauses the replica and drops its link, lets the primary take writes for `lag`, SIGKILLs the primary, resumes
     /// the replica and waits for the sentinels to promote it.
     fn fail_over(&mut self, lag: Duration) {
         self.servers[1].pause(true).expect("replica paused");
+        // Also drop the replication link: what the primary already sent sits in the paused
+        // replica's socket buffer and would still reach it after the primary's death.
+        let killed = self.servers[0]
+            .command(&["CLIENT", "KILL", "TYPE", "replica"])
+            .expect("replica link dropped");
+        assert!(killed.starts_with(":1"), "one replica link: {killed}");
         thread::sleep(lag);
         self.servers[0].stop();
         self.servers[1].pause(false).expect("replica resumed");
