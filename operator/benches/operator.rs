@@ -190,6 +190,7 @@ fn bench_calls_per_reconcile() {
         println!("API calls per reconcile (exact counts, fake API server):");
         step("new job, 1st reconcile (finalizer)").await;
         step("new job, 2nd reconcile (children, status, event)").await;
+        step("3rd reconcile (its own children now observed: jobmanager expected, unreachable)").await;
         step("no-op (nothing changed)").await;
         api.modify(path, |job| {
             job["spec"]["replicas"] = json!(3);
