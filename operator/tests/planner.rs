@@ -567,6 +567,12 @@ fn the_jobmanager_report_becomes_job_progress() {
             high_watermark: Some(high),
             lag: Some(lag),
             events_per_second: rate,
+            rewinds: u64::from(partition == 1),
+            last_rewind: (partition == 1).then_some(streamjob_worker::api::Rewind {
+                from_offset: 9,
+                to_offset: 3,
+                at_ms: 1_700_000_000_000,
+            }),
         })
         .collect();
     let report = JobManagerReport {
@@ -585,7 +591,28 @@ fn the_jobmanager_report_becomes_job_progress() {
         now: now(),
     })
     .expect("plans");
+    // Redis lost writes of partition 1: a Warning Event and the RedisRewound condition say so.
+    let message = "Redis lost acknowledged writes; partition 1 rewound from 9 to 3";
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Publish(note)
+            if note.reason == "RedisLostWrites" && note.message == message)),
+        "{:?}",
+        plan.actions
+    );
+    let rewound = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RedisRewound")
+        .expect("RedisRewound condition");
+    assert_eq!(
+        (rewound.status.as_str(), rewound.message.as_str()),
+        ("True", message)
+    );
     let progress = plan.status.job.expect("job progress");
+    assert_eq!(progress.partitions[1].rewinds, Some(1));
     assert_eq!(progress.lag, Some(12));
     assert_eq!(progress.events_per_second, Some(150.0));
     assert_eq!(progress.partitions.len(), 2);

@@ -502,6 +502,7 @@ fn pod_hash(job: &StreamJob, job_yaml: &str) -> String {
         "taskmanager": spec.taskmanager,
         "podTemplate": spec.pod_template,
         "redisPassword": spec.redis.password_secret_ref,
+        "redisSentinelPassword": spec.redis.sentinel.as_ref().map(|s| &s.password_secret_ref),
         "sasl": spec.kafka.sasl,
         "tls": spec.kafka.tls,
     });
