@@ -190,7 +190,8 @@ fn bench_calls_per_reconcile() {
         println!("API calls per reconcile (exact counts, fake API server):");
         step("new job, 1st reconcile (finalizer)").await;
         step("new job, 2nd reconcile (children, status, event)").await;
-        step("3rd reconcile (its own children now observed: jobmanager expected, unreachable)").await;
+        step("3rd reconcile (its own children now observed: jobmanager expected, unreachable)")
+            .await;
         step("no-op (nothing changed)").await;
         api.modify(path, |job| {
             job["spec"]["replicas"] = json!(3);
@@ -393,7 +394,7 @@ fn rss_of_operator(runtime: &tokio::runtime::Runtime, count: usize) -> Option<(f
         .ok()?;
     let operator = Operator(child);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(180);
+    let deadline = started + Duration::from_secs(600);
     let mut done_after = None;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
