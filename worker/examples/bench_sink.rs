@@ -11,7 +11,7 @@
 //!   template) replayed fully pipelined by 4 concurrent partition tasks: the ceiling of any
 //!   implementation that writes the way upstream does;
 //! - streamjob's path: decode + BatchBuilder (1000 events) + RedisSink::apply, 4 partitions
-//!   concurrently; without and with the fence's gap check.
+//!   concurrently.
 //!
 //! Each measurement runs `--runs` times on a flushed Redis; medians are printed as Markdown.
 
@@ -119,14 +119,6 @@ fn own_cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn sink_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(&no_timeout())
-        .await
-        .expect("connect")
-}
-
 async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
     let _: () = redis::cmd("FLUSHALL")
         .query_async(conn)
@@ -211,7 +203,6 @@ async fn run_sink(
     server: &RedisServer,
     payloads: &'static [Vec<Vec<u8>>],
     conn: &mut redis::aio::MultiplexedConnection,
-    gap_check: bool,
 ) -> Measure {
     flush(conn).await;
     let cfg = RedisSinkConfig {
@@ -220,32 +211,20 @@ async fn run_sink(
     };
     let options = SinkOptions {
         call_timeout: Duration::from_secs(60),
-        gap_check,
         ..SinkOptions::default()
     };
     let sink = RedisSink::connect_with(&cfg, "bench", "austinTraceLog", options)
         .await
         .expect("connect");
     let events: usize = payloads.iter().map(Vec::len).sum();
-    let url = server.url();
     let cpu0 = redis_cpu_secs(conn).await;
     let own0 = own_cpu_secs();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (partition, records) in payloads.iter().enumerate() {
         let sink = sink.clone();
-        let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let epoch = sink.claim(partition as i32).await.expect("claim").epoch;
-            // What a claim of the Redis-rollback work writes: where the partition starts.
-            let mut conn = sink_conn(&url).await;
-            let _: () = redis::cmd("HSET")
-                .arg(sink.layout().fence_key(partition as i32))
-                .arg("next_offset")
-                .arg(0)
-                .query_async(&mut conn)
-                .await
-                .expect("fence start");
             let mut commands = 0usize;
             for (chunk_index, chunk) in records.chunks(BATCH_EVENTS).enumerate() {
                 let mut builder = sink.batch_builder(partition as i32, epoch);
@@ -342,7 +321,6 @@ async fn main() {
     let mut hincrby = Vec::new();
     let mut upstream = Vec::new();
     let mut ours = Vec::new();
-    let mut trusting = Vec::new();
     for run in 0..args.runs {
         flush(&mut conn).await;
         lpush.push(redis_benchmark(server.port(), &["-t", "lpush"]));
@@ -355,20 +333,15 @@ async fn main() {
         if args.stats {
             print_command_stats("upstream replay", &mut conn).await;
         }
-        ours.push(run_sink(&server, payloads, &mut conn, false).await);
+        ours.push(run_sink(&server, payloads, &mut conn).await);
         if args.stats {
             print_command_stats("streamjob sink", &mut conn).await;
         }
-        trusting.push(run_sink(&server, payloads, &mut conn, true).await);
-        if args.stats {
-            print_command_stats("streamjob sink, gap check on", &mut conn).await;
-        }
         eprintln!(
-            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s ({:.0} ev/s with the gap check)",
+            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s",
             run + 1,
             upstream[run].events_per_sec,
             ours[run].events_per_sec,
-            trusting[run].events_per_sec,
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -408,29 +381,25 @@ async fn main() {
             .map(|(o, u)| o.redis_cpu_us_per_event / u.redis_cpu_us_per_event)
             .collect()
     };
-    for (label, runs) in [
-        ("streamjob RedisSink::apply", &ours),
-        ("streamjob, gap check on", &trusting),
-    ] {
-        println!(
-            "| {label} | {:.0} | {:.2} | {:.2} | {:.2} |",
-            pick(runs, |m| m.events_per_sec),
-            pick(runs, |m| m.commands_per_event),
-            pick(runs, |m| m.redis_cpu_us_per_event),
-            pick(runs, |m| m.client_cpu_us_per_event),
-        );
-    }
+    println!(
+        "| streamjob RedisSink::apply | {:.0} | {:.2} | {:.2} | {:.2} |",
+        pick(&ours, |m| m.events_per_sec),
+        pick(&ours, |m| m.commands_per_event),
+        pick(&ours, |m| m.redis_cpu_us_per_event),
+        pick(&ours, |m| m.client_cpu_us_per_event),
+    );
     println!();
     println!(
-        "speed-up (median of per-run ratios): {:.2}x, {:.2}x with the gap check; per-run: {:?}; decode alone: {:.0} ns/event",
+        "speed-up (median of per-run ratios): {:.2}x; per-run: {:?}; decode alone: {:.0} ns/event",
         median(ratios(&ours)),
-        median(ratios(&trusting)),
-        ratios(&ours).iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        ratios(&ours)
+            .iter()
+            .map(|r| (r * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
         median(decode_ns)
     );
     println!(
-        "Redis CPU per event relative to the replay's (median of per-run ratios): {:.2}, {:.2} with the gap check",
+        "Redis CPU per event relative to the replay's (median of per-run ratios): {:.2}",
         median(cpu_ratios(&ours)),
-        median(cpu_ratios(&trusting)),
     );
 }

@@ -325,7 +325,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
     actions.dedup();
     let requeue_after = match decision.requeue {
         Some(requeue) => requeue.min(next.requeue_after),
-        None => next.requeue_after,
+        None => requeue_by_need(next.requeue_after, input.observed),
     };
     Ok(Plan {
         children,
@@ -335,6 +335,21 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         status: next.status,
         requeue_after,
     })
+}
+
+/// Resync of a job that is not settled while its jobmanager is not up: the watches of its
+/// Deployments and pods bring every change, so this only catches time-based ones (pods unavailable
+/// for longer than [`lifecycle::UNAVAILABLE_GRACE`]).
+pub const WATCH_RESYNC: Duration = Duration::from_secs(60);
+
+/// Requeue by need: a job that is not settled is polled often only while its jobmanager is up
+/// (its REST API is not watched); otherwise the watches bring progress.
+fn requeue_by_need(status_requeue: Duration, observed: &Observed) -> Duration {
+    if status_requeue == status::REQUEUE_BUSY && !lifecycle::jobmanager_ready(observed) {
+        WATCH_RESYNC
+    } else {
+        status_requeue
+    }
 }
 
 fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
@@ -487,6 +502,7 @@ fn pod_hash(job: &StreamJob, job_yaml: &str) -> String {
         "taskmanager": spec.taskmanager,
         "podTemplate": spec.pod_template,
         "redisPassword": spec.redis.password_secret_ref,
+        "redisSentinelPassword": spec.redis.sentinel.as_ref().map(|s| &s.password_secret_ref),
         "sasl": spec.kafka.sasl,
         "tls": spec.kafka.tls,
     });

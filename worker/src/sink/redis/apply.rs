@@ -12,7 +12,7 @@
 //! pool ([`ApplyConnections`]) and returns it only after a clean round; one that saw an error or
 //! a timeout is dropped, with whatever `WATCH`/`MULTI` state it had.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -36,14 +36,10 @@ const MAX_ABORTED_ROUNDS: usize = 8;
 /// 4. a fence strictly inside the batch is an overlap, refused whole;
 /// 5. a fence before the batch's first offset is a gap: Redis lost acknowledged writes;
 /// 6. otherwise: apply. `None` means apply.
-///
-/// Rules 2 and 5 apply only with `gap_check` (see [`super::SinkOptions::gap_check`]); without
-/// it such a batch is applied, as before the gap check existed.
 pub(crate) fn decide(
     stored_epoch: Option<i64>,
     stored_next: Option<i64>,
     batch: &Batch,
-    gap_check: bool,
 ) -> Option<ApplyReply> {
     if let Some(stored) = stored_epoch.filter(|e| *e > 0 && *e as u64 > batch.epoch) {
         return Some(ApplyReply::Fenced {
@@ -51,7 +47,7 @@ pub(crate) fn decide(
         });
     }
     let Some(stored_next) = stored_next else {
-        return gap_check.then_some(ApplyReply::Gap {
+        return Some(ApplyReply::Gap {
             stored_next_offset: None,
         });
     };
@@ -63,7 +59,7 @@ pub(crate) fn decide(
         Some(ApplyReply::Overlap {
             stored_next_offset: stored_next,
         })
-    } else if stored_next < batch.first_offset && gap_check {
+    } else if stored_next < batch.first_offset {
         Some(ApplyReply::Gap {
             stored_next_offset: Some(stored_next),
         })
@@ -72,10 +68,11 @@ pub(crate) fn decide(
     }
 }
 
-/// Connections for applies, each used by one apply at a time.
+/// Connections for applies, each used by one apply at a time, all to the current primary.
 #[derive(Clone)]
 pub(crate) struct ApplyConnections {
-    client: redis::Client,
+    /// The current primary's client, replaced on a Sentinel failover (`primary.rs`).
+    client: Arc<RwLock<redis::Client>>,
     config: AsyncConnectionConfig,
     idle: Arc<Mutex<Vec<MultiplexedConnection>>>,
 }
@@ -86,24 +83,35 @@ impl ApplyConnections {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         Self {
-            client,
+            client: Arc::new(RwLock::new(client)),
             config,
             idle: Arc::default(),
         }
     }
 
-    async fn take(&self) -> Result<MultiplexedConnection, SinkError> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => Ok(self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await?),
-        }
+    /// New applies go to `client` (a new primary); the idle connections to the old one are
+    /// dropped.
+    pub(crate) fn switch_to(&self, client: redis::Client) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        self.clear();
     }
 
-    fn clear(&self) {
+    async fn take(&self) -> Result<MultiplexedConnection, SinkError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(conn) = idle {
+            return Ok(conn);
+        }
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?)
+    }
+
+    pub(crate) fn clear(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
@@ -131,24 +139,20 @@ pub(crate) async fn apply(
     fence_key: &str,
     batch: &Batch,
     writes: &Writes,
-    gap_check: bool,
     timeout: Duration,
 ) -> Result<(ApplyReply, i64), SinkError> {
     for _ in 0..MAX_ABORTED_ROUNDS {
         let mut conn = conns.take().await?;
-        let round = tokio::time::timeout(
-            timeout,
-            round(&mut conn, fence_key, batch, writes, gap_check),
-        )
-        .await
-        .map_err(|_| SinkError::timeout("apply batch", timeout))
-        .and_then(|round| round)
-        .inspect_err(|err| {
-            if err.is_retryable() {
-                // The server went away or hangs: the idle connections are as stale as this one.
-                conns.clear();
-            }
-        })?;
+        let round = tokio::time::timeout(timeout, round(&mut conn, fence_key, batch, writes))
+            .await
+            .map_err(|_| SinkError::timeout("apply batch", timeout))
+            .and_then(|round| round)
+            .inspect_err(|err| {
+                if err.is_retryable() {
+                    // The server went away or hangs: the idle connections are as stale as this one.
+                    conns.clear();
+                }
+            })?;
         // Only a connection that finished its round cleanly goes back (no WATCH/MULTI left).
         conns.put(conn);
         match round {
@@ -168,10 +172,9 @@ async fn round(
     fence_key: &str,
     batch: &Batch,
     writes: &Writes,
-    gap_check: bool,
 ) -> Result<Round, SinkError> {
     let (stored_epoch, stored_next, server_now_ms) = watch_fence(conn, fence_key).await?;
-    if let Some(refusal) = decide(stored_epoch, stored_next, batch, gap_check) {
+    if let Some(refusal) = decide(stored_epoch, stored_next, batch) {
         redis::cmd("UNWATCH").query_async::<()>(conn).await?;
         return Ok(Round::Done {
             reply: refusal,
@@ -287,22 +290,22 @@ mod tests {
         let b = batch(3, 10, 20);
         // 1. a newer owner, whatever the offsets
         assert_eq!(
-            decide(Some(4), None, &b, true),
+            decide(Some(4), None, &b),
             Some(ApplyReply::Fenced { stored_epoch: 4 })
         );
         assert_eq!(
-            decide(Some(4), Some(10), &b, true),
+            decide(Some(4), Some(10), &b),
             Some(ApplyReply::Fenced { stored_epoch: 4 })
         );
         // 2. no next_offset: Redis lost the fence
         assert_eq!(
-            decide(Some(3), None, &b, true),
+            decide(Some(3), None, &b),
             Some(ApplyReply::Gap {
                 stored_next_offset: None
             })
         );
         assert_eq!(
-            decide(None, None, &b, true),
+            decide(None, None, &b),
             Some(ApplyReply::Gap {
                 stored_next_offset: None
             })
@@ -310,7 +313,7 @@ mod tests {
         // 3. at or past the batch's end: a replay
         for stored in [20, 25] {
             assert_eq!(
-                decide(Some(3), Some(stored), &b, true),
+                decide(Some(3), Some(stored), &b),
                 Some(ApplyReply::AlreadyApplied {
                     stored_next_offset: stored
                 })
@@ -319,7 +322,7 @@ mod tests {
         // 4. strictly inside
         for stored in [11, 19] {
             assert_eq!(
-                decide(Some(3), Some(stored), &b, true),
+                decide(Some(3), Some(stored), &b),
                 Some(ApplyReply::Overlap {
                     stored_next_offset: stored
                 })
@@ -327,22 +330,13 @@ mod tests {
         }
         // 5. before the batch: Redis lost acknowledged writes
         assert_eq!(
-            decide(Some(3), Some(9), &b, true),
+            decide(Some(3), Some(9), &b),
             Some(ApplyReply::Gap {
                 stored_next_offset: Some(9)
             })
         );
         // 6. exactly at the batch's start, by this owner or an older one
-        assert_eq!(decide(Some(3), Some(10), &b, true), None);
-        assert_eq!(decide(Some(2), Some(10), &b, true), None);
-    }
-
-    #[test]
-    fn without_the_gap_check_missing_and_behind_fences_are_applied_over() {
-        let b = batch(3, 10, 20);
-        assert_eq!(decide(Some(3), None, &b, false), None);
-        assert_eq!(decide(Some(3), Some(9), &b, false), None);
-        assert!(decide(Some(3), Some(12), &b, false).is_some());
-        assert!(decide(Some(4), Some(9), &b, false).is_some());
+        assert_eq!(decide(Some(3), Some(10), &b), None);
+        assert_eq!(decide(Some(2), Some(10), &b), None);
     }
 }

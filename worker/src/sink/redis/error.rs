@@ -23,9 +23,10 @@ pub enum SinkError {
         next_offset: i64,
     },
     /// Redis holds less than the caller applied: the fence ends before the batch's first offset,
-    /// or (`stored_next_offset: None`) it has no `next_offset`. Redis lost acknowledged writes
-    /// (failover to a lagging replica, restart from an older snapshot). Nothing was written; the
-    /// owner must rewind its consumer to the fence and re-apply from there.
+    /// or (`stored_next_offset: None`) it has no `next_offset`, which every claim writes, so Redis
+    /// lost the fence itself. Redis lost acknowledged writes (failover to a lagging replica,
+    /// restart from an older snapshot). Nothing was written; the owner must rewind its consumer to
+    /// the fence and re-apply from there.
     #[error("redis lost acknowledged writes of partition {partition}: its fence ends at {stored_next_offset:?}, before the batch [{first_offset}, {next_offset})")]
     Gap {
         partition: i32,
