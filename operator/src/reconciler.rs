@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -26,7 +27,9 @@ use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
 use crate::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
 use crate::metrics::Metrics;
 use crate::planner::lifecycle::{self, JobManagerAction};
-use crate::planner::{self, labels, names, Action, EventSeverity, Observed, PlanInput, FINALIZER};
+use crate::planner::{
+    self, labels, names, Action, EventSeverity, NetworkPeers, Observed, PlanInput, FINALIZER,
+};
 use crate::{Error, Result};
 
 /// The one field manager of every server-side apply the operator makes.
@@ -49,6 +52,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The clock (fixed in tests).
     now: fn() -> Timestamp,
+    /// Who may connect to the jobs' pods besides their own namespace (NetworkPolicies).
+    network: NetworkPeers,
 }
 
 impl Context {
@@ -65,7 +70,14 @@ impl Context {
             jobmanager: JobManagerClient::new(BaseUrl::ClusterDns, jm::DEFAULT_TIMEOUT),
             failures: Mutex::new(HashMap::new()),
             now,
+            network: NetworkPeers::default(),
         }
+    }
+
+    /// The operator's namespace and the metrics namespaces, for the jobs' NetworkPolicies.
+    pub fn with_network_peers(mut self, peers: NetworkPeers) -> Self {
+        self.network = peers;
+        self
     }
 
     /// Talks to the jobmanagers through `client` (tests: a fixed address and a short timeout).
@@ -134,6 +146,11 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Co
     }
     let failures = ctx.record_failure(&key(&job));
     ctx.metrics.failed(error.reason());
+    ctx.metrics.job_failed(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        error.reason(),
+    );
     let delay = backoff(failures);
     warn!(job = %key(&job), %error, failures, retry_in = ?delay, "reconcile failed");
     ControllerAction::requeue(delay)
@@ -181,7 +198,7 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
         jobmanager: report.as_ref(),
         now,
     };
-    let plan = match planner::plan(input) {
+    let plan = match planner::plan_with(input, &ctx.network) {
         Ok(plan) => plan,
         Err(error) => {
             let reason = error.reason();
@@ -204,6 +221,7 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
         }
         apply_child(&ctx.client, &namespace, &children.savepoint_pvc).await?;
         apply_child(&ctx.client, &namespace, &children.jobmanager_service).await?;
+        apply_network_policies(&ctx.client, &job, &namespace, &children.network_policies).await?;
         if plan.apply_workloads {
             apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
             apply_child(&ctx.client, &namespace, &children.taskmanager).await?;
@@ -228,6 +246,8 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
     if written.as_ref() != Some(&status) {
         write_status(&ctx.client, &job, &status).await?;
     }
+    ctx.metrics
+        .record_job(&namespace, &name, job.spec.replicas, &status);
     info!(phase = status.phase.as_str(), requeue = ?plan.requeue_after, "reconciled");
     Ok(ControllerAction::requeue(plan.requeue_after))
 }
@@ -243,7 +263,7 @@ async fn run_actions(
     written: &mut Option<StreamJobStatus>,
 ) -> Result<StreamJobStatus> {
     for action in actions {
-        let outcome = jm::execute(&ctx.jobmanager, namespace, name, *action).await;
+        let outcome = jm::execute(&ctx.jobmanager, namespace, name, action).await;
         info!(?action, ?outcome, "jobmanager action");
         let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
         status = next;
@@ -281,6 +301,7 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction>
     }
     publish(ctx, &job, &plan.actions).await;
     if plan.done {
+        ctx.metrics.forget_job(&namespace, &name);
         return Ok(ControllerAction::await_change());
     }
     run_actions(
@@ -338,6 +359,31 @@ where
         &Patch::Apply(child),
     )
     .await?;
+    Ok(())
+}
+
+/// Applies the job's NetworkPolicies, or removes them when the spec opted out.
+async fn apply_network_policies(
+    client: &Client,
+    job: &StreamJob,
+    namespace: &str,
+    policies: &[NetworkPolicy],
+) -> Result<()> {
+    for policy in policies {
+        apply_child(client, namespace, policy).await?;
+    }
+    if job.spec.network_policy.enabled {
+        return Ok(());
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let name = job.name_any();
+    for policy in [names::jobmanager(&name), names::taskmanager(&name)] {
+        match api.delete(&policy, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
     Ok(())
 }
 
@@ -446,6 +492,7 @@ pub async fn run(
         let services: Api<Service> = scoped(&client, namespace.as_deref());
         let pvcs: Api<PersistentVolumeClaim> = scoped(&client, namespace.as_deref());
         let pods: Api<Pod> = scoped(&client, namespace.as_deref());
+        let network_policies: Api<NetworkPolicy> = scoped(&client, namespace.as_deref());
         let children = watcher::Config::default().labels(&labels::managed_selector());
         let mut shutdown = shutdown.clone();
         Controller::new(jobs, watcher::Config::default())
@@ -455,6 +502,7 @@ pub async fn run(
             .owns(deployments, children.clone())
             .owns(config_maps, children.clone())
             .owns(services, children.clone())
+            .owns(network_policies, children.clone())
             // A kept PVC has no owner reference: map it back through its instance label.
             .watches(pvcs, children.clone(), |pvc: PersistentVolumeClaim| {
                 let instance = pvc.labels().get(labels::INSTANCE)?.clone();

@@ -26,6 +26,10 @@ const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
 const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
 const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const JM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-jobmanager";
+const TM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-taskmanager";
 
 fn fixed_now() -> Timestamp {
     Timestamp::from_second(1_763_700_000).expect("valid time")
@@ -138,6 +142,8 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
             CONFIG_MAP,
             PVC,
             SERVICE,
+            JM_POLICY,
+            TM_POLICY,
             JOBMANAGER,
             TASKMANAGER,
             &format!("{JOB}/status")[..]
@@ -430,4 +436,34 @@ async fn the_finalizer_is_added_first_and_cleanup_removes_it() {
     );
     assert_rbac_covers(&requests);
     let _ = NS;
+}
+
+/// `spec.networkPolicy.enabled: false` removes the job's NetworkPolicies (a 404 — already gone —
+/// is fine) and applies none.
+#[tokio::test]
+async fn an_opted_out_job_has_its_network_policies_removed() {
+    let (ctx, api, _metrics) = setup();
+    let mut job = stored_job(&api);
+    job.spec.network_policy.enabled = false;
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    api.put(
+        JM_POLICY,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "trace-jobmanager", "namespace": NS}}),
+    );
+    reconciler::reconcile(Arc::new(job), ctx)
+        .await
+        .expect("reconciles");
+    let requests = api.requests();
+    assert!(!applies(&requests)
+        .iter()
+        .any(|p| p.contains("networkpolicies")));
+    let deletes: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(deletes, [JM_POLICY, TM_POLICY]);
+    assert!(api.get(JM_POLICY).is_none());
+    assert_rbac_covers(&requests);
 }

@@ -6,7 +6,6 @@ pub mod fake_jobmanager;
 
 use std::path::PathBuf;
 
-use kube::CustomResourceExt;
 use streamjob_operator::crd::StreamJob;
 
 pub fn operator_dir() -> PathBuf {
@@ -31,7 +30,7 @@ pub fn sample(name: &str) -> StreamJob {
 
 /// The CRD's openAPIV3Schema as JSON.
 pub fn crd_schema() -> serde_json::Value {
-    let crd = StreamJob::crd();
+    let crd = streamjob_operator::crd::crd();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
