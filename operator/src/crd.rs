@@ -371,6 +371,7 @@ pub struct TlsSpec {
 /// The Redis sink.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
 pub struct RedisSpec {
     /// `redis://host:port/db`, `rediss://...` or `unix:///path`. No password in it: use
     /// `passwordSecretRef`.
@@ -390,6 +391,26 @@ pub struct RedisSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.size() <= 64 && !self.contains(' ')").message("spec.redis.keyPrefix must be at most 64 characters without spaces"))]
     pub key_prefix: String,
+    /// A Sentinel-managed primary: the workers ask these sentinels where the primary is and
+    /// follow failovers. `url` then only selects the database (`redis://sentinel/0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelSpec>,
+}
+
+/// Redis Sentinel: the monitored primary's name and the sentinels' addresses.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelSpec {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,128}$')").message("spec.redis.sentinel.masterName must be 1-128 characters of [A-Za-z0-9._-]"))]
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`.
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 16 && self.all(n, n.matches('^[^:,\\\\s/@]+:[0-9]{1,5}$'))").message("spec.redis.sentinel.nodes must list 1-16 sentinels as host:port"))]
+    pub nodes: Vec<String>,
+    /// Secret key holding the sentinels' own password (passed as env
+    /// `STREAMJOB_REDIS_SENTINEL_PASSWORD`). The primary's password is `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_time_zone() -> String {
@@ -819,6 +840,27 @@ pub struct PartitionSummary {
     /// `highWatermark - committedOffset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Rewinds the jobmanager has seen: Redis lost acknowledged writes and the partition re-read
+    /// from its fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewinds: Option<u64>,
+    /// The latest rewind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<PartitionRewind>,
+}
+
+/// One rewind of a partition: Redis lost acknowledged writes, so `[toOffset, fromOffset)` is
+/// read and applied again.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionRewind {
+    /// Where the partition had been.
+    pub from_offset: i64,
+    /// Where Redis's fence stood.
+    pub to_offset: i64,
+    /// When it happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
 }
 
 /// What caused a savepoint.

@@ -136,6 +136,43 @@ fn redis_urls_have_a_scheme_and_no_credentials() {
 }
 
 #[test]
+fn a_sentinel_primary_needs_a_master_name_and_host_port_nodes() {
+    let sentinel = |master: &str, nodes: Value| {
+        with(
+            "redis.sentinel",
+            json!({"masterName": master, "nodes": nodes, "passwordSecretRef": {"name": "redis", "key": "sentinel"}}),
+        )
+    };
+    validate(&sentinel(
+        "trace",
+        json!(["s-0.sentinel:26379", "10.0.0.3:26379"]),
+    ))
+    .expect("valid sentinel");
+    assert_refused(
+        sentinel("", json!(["s:26379"])),
+        "spec.redis.sentinel.masterName must be",
+    );
+    assert_refused(
+        sentinel("trace", json!([])),
+        "spec.redis.sentinel.nodes must list 1-16 sentinels as host:port",
+    );
+    assert_refused(
+        sentinel("trace", json!(["s:26379", "no-port"])),
+        "spec.redis.sentinel.nodes must list 1-16 sentinels as host:port",
+    );
+    assert_refused(
+        sentinel("trace", json!(["user:pw@s:26379"])),
+        "spec.redis.sentinel.nodes must list 1-16 sentinels as host:port",
+    );
+    let mut unix = sentinel("trace", json!(["s:26379"]));
+    unix["spec"]["redis"]["url"] = json!("unix:///run/redis.sock");
+    assert_refused(
+        unix,
+        "spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel",
+    );
+}
+
+#[test]
 fn time_zones_look_like_iana_names() {
     assert_refused(
         with("redis.timeZone", json!("+08:00")),

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use streamjob_worker::config::{
     ENV_KAFKA_SASL_PASSWORD, ENV_KAFKA_SASL_USERNAME, ENV_REDIS_PASSWORD,
+    ENV_REDIS_SENTINEL_PASSWORD,
 };
 
 use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
@@ -314,6 +315,14 @@ fn env(ctx: &Context) -> Vec<EnvVar> {
     ];
     if let Some(password) = &spec.redis.password_secret_ref {
         env.push(secret_env(ENV_REDIS_PASSWORD, password));
+    }
+    if let Some(password) = spec
+        .redis
+        .sentinel
+        .as_ref()
+        .and_then(|s| s.password_secret_ref.as_ref())
+    {
+        env.push(secret_env(ENV_REDIS_SENTINEL_PASSWORD, password));
     }
     if let Some(sasl) = &spec.kafka.sasl {
         env.push(secret_env(

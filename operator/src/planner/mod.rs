@@ -370,7 +370,7 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
     actions.dedup();
     let requeue_after = match decision.requeue {
         Some(requeue) => requeue.min(next.requeue_after),
-        None => next.requeue_after,
+        None => requeue_by_need(next.requeue_after, input.observed),
     };
     Ok(Plan {
         children,
@@ -394,6 +394,21 @@ fn stopped_outside_an_operation(input: &PlanInput<'_>, decision: &lifecycle::Dec
         .and_then(|r| r.view.overview.as_ref().ok())
         .is_some_and(|o| o.state == streamjob_worker::api::JobState::Finished);
     input.job.spec.state == crate::crd::JobState::Running && idle_operation && finished
+}
+
+/// Resync of a job that is not settled while its jobmanager is not up: the watches of its
+/// Deployments and pods bring every change, so this only catches time-based ones (pods unavailable
+/// for longer than [`lifecycle::UNAVAILABLE_GRACE`]).
+pub const WATCH_RESYNC: Duration = Duration::from_secs(60);
+
+/// Requeue by need: a job that is not settled is polled often only while its jobmanager is up
+/// (its REST API is not watched); otherwise the watches bring progress.
+fn requeue_by_need(status_requeue: Duration, observed: &Observed) -> Duration {
+    if status_requeue == status::REQUEUE_BUSY && !lifecycle::jobmanager_ready(observed) {
+        WATCH_RESYNC
+    } else {
+        status_requeue
+    }
 }
 
 fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
@@ -551,6 +566,7 @@ fn pod_hash(job: &StreamJob, job_yaml: &str) -> String {
         "taskmanager": spec.taskmanager,
         "podTemplate": spec.pod_template,
         "redisPassword": spec.redis.password_secret_ref,
+        "redisSentinelPassword": spec.redis.sentinel.as_ref().map(|s| &s.password_secret_ref),
         "sasl": spec.kafka.sasl,
         "tls": spec.kafka.tls,
     });

@@ -179,6 +179,25 @@ pub fn jobmanager_expected(observed: &Observed) -> bool {
     spec_replicas(observed.jobmanager.as_ref()) > 0
 }
 
+/// Whether the jobmanager Deployment has a ready pod now.
+pub fn jobmanager_ready(observed: &Observed) -> bool {
+    observed
+        .jobmanager
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        > 0
+}
+
+/// Whether the job ever ran: its jobmanager is ready now, answered once (status.job), or a
+/// savepoint exists. A job that never ran has nothing a final savepoint could keep.
+pub fn ever_ran(job: &StreamJob, observed: &Observed) -> bool {
+    let status = job.status.as_ref();
+    jobmanager_ready(observed)
+        || status.is_some_and(|s| s.job.is_some() || s.last_savepoint.is_some())
+}
+
 /// What to ask the jobmanager for this StreamJob, before planning.
 pub fn queries(job: &StreamJob, observed: &Observed) -> Queries {
     let expected = jobmanager_expected(observed);

@@ -422,6 +422,41 @@ fn stale_reports_are_ignored() {
     );
 }
 
+#[test]
+fn a_reported_rewind_lowers_the_committed_offset_and_is_counted_once() {
+    let mut sim = Sim::new(1);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.tms.get_mut("a").expect("a").offset = 500;
+    sim.beat_all(3);
+    assert_eq!(sim.c.partitions()[0].committed_offset, Some(500));
+
+    // Redis lost writes: the owner rewound to 200 and says so in every report from now on.
+    let mut report = sim.tms.get_mut("a").expect("a").report();
+    let rewind = Rewind {
+        from_offset: 500,
+        to_offset: 200,
+        at_ms: 1,
+    };
+    for p in &mut report.progress {
+        p.committed_offset = Some(200);
+        p.rewinds = 1;
+        p.last_rewind = Some(rewind);
+    }
+    for _ in 0..2 {
+        report.seq += 1;
+        sim.c.heartbeat("a", &report, sim.now).expect("known");
+    }
+    let status = &sim.c.partitions()[0];
+    assert_eq!(
+        status.committed_offset,
+        Some(200),
+        "not kept at the old maximum"
+    );
+    assert_eq!(status.rewinds, 1, "counted once");
+    assert_eq!(status.last_rewind, Some(rewind));
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Join,
