@@ -60,6 +60,7 @@ fn kind_of(path: &str) -> Option<&'static str> {
         "persistentvolumeclaims" => "PersistentVolumeClaim",
         "services" => "Service",
         "deployments" => "Deployment",
+        "networkpolicies" => "NetworkPolicy",
         "pods" => "Pod",
         _ => return None,
     })
