@@ -139,6 +139,9 @@ def test_rendered_children_are_valid_kubernetes_objects(sample):
         "Service",
         "Deployment",
         "Deployment",
+        # one per component, on by default (spec.networkPolicy.enabled)
+        "NetworkPolicy",
+        "NetworkPolicy",
     ]
     for document in documents:
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
