@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -32,7 +33,9 @@ use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
 use crate::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
 use crate::metrics::Metrics;
 use crate::planner::lifecycle::{self, JobManagerAction};
-use crate::planner::{self, labels, Action, EventSeverity, PlanInput, FINALIZER};
+use crate::planner::{
+    self, labels, names, Action, EventSeverity, NetworkPeers, PlanInput, FINALIZER,
+};
 use crate::{Error, Result};
 use cache::Caches;
 
@@ -58,6 +61,8 @@ pub struct Context {
     now: fn() -> Timestamp,
     /// The watch caches of each watched scope (`None`: all namespaces).
     caches: RwLock<Vec<(Option<String>, Caches)>>,
+    /// Who may connect to the jobs' pods besides their own namespace (NetworkPolicies).
+    network: NetworkPeers,
 }
 
 impl Context {
@@ -75,7 +80,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             now,
             caches: RwLock::new(Vec::new()),
+            network: NetworkPeers::default(),
         }
+    }
+
+    /// The operator's namespace and the metrics namespaces, for the jobs' NetworkPolicies.
+    pub fn with_network_peers(mut self, peers: NetworkPeers) -> Self {
+        self.network = peers;
+        self
     }
 
     /// Talks to the jobmanagers through `client` (tests: a fixed address and a short timeout).
@@ -170,6 +182,11 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
 pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
     let failures = ctx.record_failure(&key(&job));
     ctx.metrics.failed(error.reason());
+    ctx.metrics.job_failed(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        error.reason(),
+    );
     let delay = backoff(failures);
     warn!(job = %key(&job), %error, failures, retry_in = ?delay, "reconcile failed");
     ControllerAction::requeue(delay)
@@ -243,7 +260,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         jobmanager: report.as_ref(),
         now,
     };
-    let plan = match planner::plan(input) {
+    let plan = match planner::plan_with(input, &ctx.network) {
         Ok(plan) => plan,
         Err(error) => {
             let reason = error.reason();
@@ -263,6 +280,12 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         Err(error) => Err(error),
     };
     let applied = match applied {
+        Ok(n) => remove_network_policies(&ctx.client, caches, job, &namespace)
+            .await
+            .map(|removed| n + removed),
+        Err(error) => Err(error),
+    };
+    let applied = match applied {
         Ok(applied) => applied,
         Err(error) => return fail(job, ctx, "ApplyFailed", error).await,
     };
@@ -277,6 +300,8 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         &mut written,
     )
     .await?;
+    ctx.metrics
+        .record_job(&namespace, &name, job.spec.replicas, &status);
     let status_changed = written.as_ref() != Some(&status);
     if status_changed {
         write_status(&ctx.client, job, &status).await?;
@@ -288,6 +313,35 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         debug!(phase = status.phase.as_str(), requeue = ?requeue, "unchanged");
     }
     Ok(ControllerAction::requeue(requeue))
+}
+
+/// A job whose spec opts out of NetworkPolicies: delete the ones the cache still shows (none
+/// there, no call). Returns how many were deleted.
+async fn remove_network_policies(
+    client: &Client,
+    caches: &Caches,
+    job: &StreamJob,
+    namespace: &str,
+) -> Result<usize> {
+    if job.spec.network_policy.enabled {
+        return Ok(0);
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let name = job.name_any();
+    let mut removed = 0;
+    for policy in [names::jobmanager(&name), names::taskmanager(&name)] {
+        if caches.watches("NetworkPolicy")
+            && caches.child("NetworkPolicy", namespace, &policy).is_none()
+        {
+            continue;
+        }
+        match api.delete(&policy, &Default::default()).await {
+            Ok(_) => removed += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(removed)
 }
 
 /// Requeue delays of a minute or more are spread over +0..20 % by the job's uid, so jobs created
@@ -314,7 +368,7 @@ async fn run_actions(
     written: &mut Option<StreamJobStatus>,
 ) -> Result<StreamJobStatus> {
     for action in actions {
-        let outcome = jm::execute(&ctx.jobmanager, namespace, name, *action).await;
+        let outcome = jm::execute(&ctx.jobmanager, namespace, name, action).await;
         info!(?action, ?outcome, "jobmanager action");
         let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
         status = next;
@@ -352,6 +406,7 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     publish(ctx, job, &plan.actions).await;
     if plan.done {
         remove_finalizer(&ctx.client, job).await?;
+        ctx.metrics.forget_job(&namespace, &name);
         info!("released");
         return Ok(ControllerAction::await_change());
     }

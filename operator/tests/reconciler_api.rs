@@ -26,6 +26,10 @@ const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
 const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
 const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const JM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-jobmanager";
+const TM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-taskmanager";
 
 fn fixed_now() -> Timestamp {
     Timestamp::from_second(1_763_700_000).expect("valid time")
@@ -131,25 +135,19 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
         .map(|r| (r.method.as_str(), r.path.as_str()))
         .collect();
     assert_eq!(reads, [], "children come from the watch caches, pods too");
-    let mut applied = applies(&requests);
-    assert_eq!(applied.first(), Some(&CONFIG_MAP), "the config first");
     assert_eq!(
-        applied.last(),
-        Some(&&format!("{JOB}/status")[..]),
-        "status last"
+        applies(&requests),
+        [
+            CONFIG_MAP,
+            PVC,
+            SERVICE,
+            JM_POLICY,
+            TM_POLICY,
+            JOBMANAGER,
+            TASKMANAGER,
+            &format!("{JOB}/status")[..]
+        ]
     );
-    applied.sort_unstable();
-    let status_path = format!("{JOB}/status");
-    let mut expected = vec![
-        CONFIG_MAP,
-        PVC,
-        SERVICE,
-        JOBMANAGER,
-        TASKMANAGER,
-        &status_path[..],
-    ];
-    expected.sort_unstable();
-    assert_eq!(applied, expected);
     for r in requests
         .iter()
         .filter(|r| r.content_type.contains("apply-patch"))
@@ -358,8 +356,10 @@ async fn a_failing_call_shows_as_degraded_and_backs_off() {
         .expect_err("apply fails");
     assert!(error.to_string().contains("forbidden"), "{error}");
     let requests = api.requests();
-    // The ConfigMap goes first; the other children are applied together (one round trip).
-    assert_eq!(applies(&requests).first(), Some(&CONFIG_MAP));
+    assert!(
+        !applies(&requests).contains(&TASKMANAGER),
+        "stops at the first failure"
+    );
     let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
     assert_eq!(status["phase"], "Failed");
     let degraded = status["conditions"]
@@ -466,4 +466,27 @@ fn routine_resyncs_are_spread_by_job_and_operation_polls_are_not() {
         reconciler::resync(Duration::from_secs(2), &job),
         Duration::from_secs(2)
     );
+}
+
+/// `spec.networkPolicy.enabled: false`: no NetworkPolicy is applied (and none the cache does not
+/// show is deleted: no call for nothing).
+#[tokio::test]
+async fn an_opted_out_job_gets_no_network_policies() {
+    let (ctx, api, _metrics) = setup().await;
+    let mut job = stored_job(&api);
+    job.spec.network_policy.enabled = false;
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    reconciler::reconcile(Arc::new(job), ctx)
+        .await
+        .expect("reconciles");
+    let requests = api.requests();
+    assert!(
+        !applies(&requests)
+            .iter()
+            .any(|p| p.contains("networkpolicies")),
+        "{:?}",
+        applies(&requests)
+    );
+    assert!(!requests.iter().any(|r| r.method == "DELETE"));
+    assert_rbac_covers(&requests);
 }

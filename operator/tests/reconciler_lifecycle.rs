@@ -170,6 +170,18 @@ async fn a_savepoint_upgrade_records_each_step_before_acting() {
         at_stop[0]["step"], "TriggerSavepoint",
         "recorded before the call"
     );
+    // The stop carries a trigger id derived from the operation recorded before it, so the same
+    // call after an operator restart is answered with the same stop.
+    let recorded: streamjob_operator::crd::Operation =
+        serde_json::from_value(at_stop[0].clone()).expect("operation");
+    let bodies = s.jm.with(|state| state.post_bodies.clone());
+    let body: Value = serde_json::from_str(&bodies[0]).expect("JSON body");
+    assert_eq!(
+        body["triggerId"],
+        json!(streamjob_operator::planner::lifecycle::trigger_id(
+            &recorded
+        ))
+    );
     let op = operation(&s.api);
     assert_eq!(op["step"], "AwaitSavepoint");
     assert_eq!(op["triggerId"], "req-1");

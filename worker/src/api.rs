@@ -228,6 +228,10 @@ pub struct TriggerSavepointRequest {
     /// Directory to write into instead of the configured savepoint directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id (`[A-Za-z0-9._-]`, at most 128): a trigger repeated with an id
+    /// the jobmanager knows answers that request again instead of taking a second savepoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// Body of `POST /jobs/{jobId}/stop` (may be empty).
@@ -236,6 +240,10 @@ pub struct TriggerSavepointRequest {
 pub struct StopWithSavepointRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id, as for [`TriggerSavepointRequest::trigger_id`]: a repeated stop
+    /// answers the stop already under way (or done) instead of `409`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// `202 Accepted` answer to a trigger: poll `GET /jobs/{jobId}/savepoints/{requestId}`

@@ -92,8 +92,13 @@ fn rollout(
     let replicas = status.replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let ready = status.ready_replicas.unwrap_or(0);
-    if !generation_seen || updated != desired_replicas || replicas != desired_replicas {
+    // Pods of an older template still run: that is a rollout. The template itself is the
+    // desired one (checked above), so anything else is pods joining or leaving: a scale.
+    if generation_seen && updated < replicas {
         return (Rollout::Outdated, None);
+    }
+    if !generation_seen || updated != desired_replicas || replicas != desired_replicas {
+        return (Rollout::Scaling, None);
     }
     if ready < desired_replicas {
         return (Rollout::Waiting, None);
@@ -238,10 +243,19 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
             "creating the jobmanager and taskmanagers".to_string(),
         ),
         (true, Rollout::Outdated) => ("RollingOut", "rolling out a new pod template".to_string()),
-        (true, Rollout::Scaling) => (
-            "Scaling",
-            format!("scaling taskmanagers from {observed_tm_replicas} to {desired_tm}"),
-        ),
+        (true, Rollout::Scaling) => ("Scaling", {
+            // Before the Deployment is resized its spec holds the old count; after, its pods do.
+            let from = if observed_tm_replicas != desired_tm {
+                observed_tm_replicas
+            } else {
+                replicas
+            };
+            if from == desired_tm {
+                format!("scaling taskmanagers to {desired_tm}: {ready_replicas} ready")
+            } else {
+                format!("scaling taskmanagers from {from} to {desired_tm}")
+            }
+        }),
         (true, Rollout::Waiting) => (
             "WaitingForPods",
             format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
@@ -260,7 +274,17 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
         ),
     };
     let settled = matches!(progress_reason, "Stable" | "Suspended");
-    let ready = running && progress_reason == "Stable";
+    // Taskmanagers joining or leaving a ready job (a rescale, a pod replaced) do not stop it
+    // processing: partitions move in place. Ready stays True meanwhile (Progressing says what
+    // moves), so an alert on Ready does not fire for every scale.
+    let was_ready = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "True");
+    let resizing = was_ready
+        && jm == Rollout::Done
+        && matches!(tm, Rollout::Scaling | Rollout::Waiting)
+        && (ready_replicas > 0 || desired_tm == 0);
+    let ready = running && (progress_reason == "Stable" || resizing);
     let degraded = failure.is_some();
 
     let previous_phase = previous.map(|s| s.phase).unwrap_or_default();

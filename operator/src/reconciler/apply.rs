@@ -126,6 +126,9 @@ pub fn desired(plan: &Plan) -> Result<Vec<DesiredChild>> {
     }
     children.push(DesiredChild::of(&c.savepoint_pvc)?);
     children.push(DesiredChild::of(&c.jobmanager_service)?);
+    for policy in &c.network_policies {
+        children.push(DesiredChild::of(policy)?);
+    }
     if plan.apply_workloads {
         children.push(DesiredChild::of(&c.jobmanager)?);
         children.push(DesiredChild::of(&c.taskmanager)?);
@@ -133,30 +136,23 @@ pub fn desired(plan: &Plan) -> Result<Vec<DesiredChild>> {
     Ok(children)
 }
 
-/// Applies each child that differs from its cached state; returns how many were applied. The
-/// ConfigMap goes first (a new pod reads the config it finds); the others then at once, so a
-/// job's first reconcile costs about two round trips, not five.
+/// Applies each child that differs from its cached state; returns how many were applied.
 pub async fn apply_changed(
     client: &Client,
     caches: &Caches,
     namespace: &str,
     children: &[DesiredChild],
 ) -> Result<usize> {
-    let changed: Vec<&DesiredChild> = children
-        .iter()
-        .filter(|child| {
-            let observed = caches.child(child.kind(), namespace, &child.name);
-            !caches.watches(child.kind()) || child.differs_from(observed.as_deref())
-        })
-        .collect();
-    let (first, rest): (Vec<&DesiredChild>, Vec<&DesiredChild>) = changed
-        .iter()
-        .partition(|child| child.kind() == "ConfigMap");
-    for child in &first {
+    let mut applied = 0;
+    for child in children {
+        let observed = caches.child(child.kind(), namespace, &child.name);
+        if caches.watches(child.kind()) && !child.differs_from(observed.as_deref()) {
+            continue;
+        }
         apply(client, namespace, child).await?;
+        applied += 1;
     }
-    futures::future::try_join_all(rest.iter().map(|child| apply(client, namespace, child))).await?;
-    Ok(changed.len())
+    Ok(applied)
 }
 
 /// One server-side apply (the operator's field manager, forced).

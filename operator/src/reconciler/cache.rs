@@ -2,9 +2,9 @@
 //! applies, watched by the `managed-by` label) and one of the jobs' pods. A reconcile reads the
 //! children from here, never with GETs, and the same watches are what trigger reconciles.
 //!
-//! The stores hold trimmed objects: no `managedFields` anywhere, Deployments without their pod
-//! spec, and pods only with their labels and container statuses (crash loops are all the planner
-//! reads from them), so the cache of 1,000 jobs stays small.
+//! The stores hold trimmed objects: no `managedFields` anywhere, and pods only with their labels
+//! and container statuses (crash loops are all the planner reads from them), so the cache of
+//! 1,000 jobs stays small.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -28,6 +29,7 @@ pub fn child_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<PersistentVolumeClaim>(&()),
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
     ]
 }
 
@@ -68,10 +70,9 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let api: Api<DynamicObject> = scoped(client, namespace, &resource);
-        let is_deployment = resource.kind == "Deployment";
         let stream = watcher(api, managed.clone())
             .default_backoff()
-            .modify(move |object: &mut DynamicObject| trim_child(object, is_deployment))
+            .modify(|object: &mut DynamicObject| object.managed_fields_mut().clear())
             .reflect(writer)
             .applied_objects()
             .boxed();
@@ -96,22 +97,6 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
             pods: pod_stream,
         },
     )
-}
-
-/// Drops what neither the planner nor the drift check reads: `managedFields` everywhere, and a
-/// Deployment's pod spec (the bulk of it; its changes are caught by the spec-hash annotation and
-/// the pod-template annotations).
-fn trim_child(object: &mut DynamicObject, is_deployment: bool) {
-    object.managed_fields_mut().clear();
-    if is_deployment {
-        if let Some(template) = object
-            .data
-            .pointer_mut("/spec/template")
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            template.remove("spec");
-        }
-    }
 }
 
 /// Keeps what crash-loop detection reads: labels and container statuses.

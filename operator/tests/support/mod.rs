@@ -7,7 +7,6 @@ pub mod scale;
 
 use std::path::PathBuf;
 
-use kube::CustomResourceExt;
 use streamjob_operator::crd::StreamJob;
 
 pub fn operator_dir() -> PathBuf {
@@ -32,7 +31,7 @@ pub fn sample(name: &str) -> StreamJob {
 
 /// The CRD's openAPIV3Schema as JSON.
 pub fn crd_schema() -> serde_json::Value {
-    let crd = StreamJob::crd();
+    let crd = streamjob_operator::crd::crd();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()
@@ -61,6 +60,7 @@ fn kind_of(path: &str) -> Option<&'static str> {
         "persistentvolumeclaims" => "PersistentVolumeClaim",
         "services" => "Service",
         "deployments" => "Deployment",
+        "networkpolicies" => "NetworkPolicy",
         "pods" => "Pod",
         _ => return None,
     })

@@ -443,7 +443,16 @@ impl Coordinator {
                     self.raise_offset(p.partition, offset);
                 }
             }
-            self.progress.insert(p.partition, p.clone());
+            // A new owner reports before its first watermark fetch: the high watermark seen
+            // before the move still holds (it only grows), so the partition's lag stays known.
+            let mut report = p.clone();
+            if let Some(previous) = self.progress.get(&p.partition) {
+                report.high_watermark = match (report.high_watermark, previous.high_watermark) {
+                    (Some(new), Some(old)) => Some(new.max(old)),
+                    (new, old) => new.or(old),
+                };
+            }
+            self.progress.insert(p.partition, report);
         }
     }
 

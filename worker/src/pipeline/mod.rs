@@ -546,14 +546,27 @@ async fn serve_main_queue(shared: Arc<Shared>) {
     }
 }
 
+/// A partition that has no high watermark yet (just assigned) gets its first fetch this soon, so
+/// its lag is known within the first heartbeat rather than after a full refresh interval.
+const FIRST_WATERMARK_FETCH: Duration = Duration::from_millis(250);
+
 /// Refreshes each owned partition's high watermark (for lag), off the async threads.
 async fn refresh_watermarks(shared: Arc<Shared>, partitions: Partitions, every: Duration) {
     let topic = shared.config.source.kafka.topic.clone();
+    let mut last_full = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(FIRST_WATERMARK_FETCH.min(every)).await;
+        let full = last_full.elapsed() >= every;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
         let states: Vec<Arc<PartitionState>> = {
             let partitions = partitions.lock().unwrap_or_else(|e| e.into_inner());
-            partitions.values().map(|h| h.state.clone()).collect()
+            partitions
+                .values()
+                .map(|h| h.state.clone())
+                .filter(|s| full || s.high_watermark().is_none())
+                .collect()
         };
         if states.is_empty() {
             continue;

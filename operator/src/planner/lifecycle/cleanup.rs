@@ -49,7 +49,6 @@ pub fn cleanup(input: &LifecycleInput<'_>) -> CleanupDecision {
         );
         return release(vec![skipped], Vec::new());
     }
-    let current_is_new = current.is_none();
     let op = match current {
         Some(op) => op,
         None if !wanted => return release(Vec::new(), Vec::new()),
@@ -66,8 +65,7 @@ pub fn cleanup(input: &LifecycleInput<'_>) -> CleanupDecision {
         }
     };
     let started = op.started_at.clone();
-    let fresh = current_is_new;
-    let op = advance(op, fresh, input, &mut decision);
+    let op = advance(op, input, &mut decision);
     let mut events = decision.events;
     match op {
         Some(op) if op.step == OperationStep::Done => release(events, decision.new_savepoints),

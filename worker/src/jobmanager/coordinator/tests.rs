@@ -20,6 +20,8 @@ struct Tm {
     desired_version: u64,
     snapshot_ack: Option<u64>,
     offset: i64,
+    /// The high watermark this member last fetched (None: not fetched yet).
+    high_watermark: Option<i64>,
 }
 
 impl Tm {
@@ -42,6 +44,7 @@ impl Tm {
                 .map(|p| PartitionProgress {
                     partition: *p,
                     committed_offset: Some(self.offset),
+                    high_watermark: self.high_watermark,
                     ..Default::default()
                 })
                 .collect(),
@@ -232,6 +235,43 @@ fn a_silent_member_is_dropped_and_its_partitions_reassigned() {
         sim.c.heartbeat("b", &request, sim.now),
         Err(CoordinatorError::UnknownMember("b".into()))
     );
+}
+
+/// A partition that moves keeps its lag in the overview while its new owner has not fetched a
+/// watermark yet (it used to vanish until the next fetch).
+#[test]
+fn a_moved_partition_keeps_its_lag_until_the_new_owner_knows_better() {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    if let Some(a) = sim.tms.get_mut("a") {
+        a.offset = 40;
+        a.high_watermark = Some(100);
+    }
+    sim.beat_all(3);
+    let lag =
+        |sim: &Sim| -> Vec<Option<i64>> { sim.c.partitions().iter().map(|p| p.lag).collect() };
+    assert_eq!(lag(&sim), vec![Some(60), Some(60)]);
+    // "b" joins, takes a partition and reports it before its first watermark fetch.
+    sim.join("b");
+    if let Some(b) = sim.tms.get_mut("b") {
+        b.offset = 40;
+    }
+    sim.beat_all(4);
+    assert_eq!(sim.held("b").len(), 1, "b took one partition");
+    assert_eq!(
+        lag(&sim),
+        vec![Some(60), Some(60)],
+        "{:?}",
+        sim.c.partitions()
+    );
+    // Once it fetched, its figure counts.
+    if let Some(b) = sim.tms.get_mut("b") {
+        b.high_watermark = Some(130);
+    }
+    sim.beat_all(1);
+    let moved = sim.held("b")[0] as usize;
+    assert_eq!(lag(&sim)[moved], Some(90));
 }
 
 #[test]
