@@ -167,8 +167,10 @@ impl RedisSide {
         )
     }
 
-    /// Pauses the replica and drops its link, lets the primary take writes for `lag`, SIGKILLs the primary, resumes
-    /// the replica and waits for the sentinels to promote it.
+    /// Pauses the replica and drops its link, lets the primary take writes for `lag` and until
+    /// its fences moved past what the replica has (right after a worker restart, partitions are
+    /// only assigned after the start-up grace, so `lag` alone may see no write and lose nothing),
+    /// SIGKILLs the primary, resumes the replica and waits for the sentinels to promote it.
     fn fail_over(&mut self, lag: Duration) {
         self.servers[1].pause(true).expect("replica paused");
         // Also drop the replication link: what the primary already sent sits in the paused
@@ -177,7 +179,16 @@ impl RedisSide {
             .command(&["CLIENT", "KILL", "TYPE", "replica"])
             .expect("replica link dropped");
         assert!(killed.starts_with(":1"), "one replica link: {killed}");
+        let replica_has = applied_offsets(&self.servers[0].url());
         thread::sleep(lag);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while applied_offsets(&self.servers[0].url()) <= replica_has {
+            assert!(
+                Instant::now() < deadline,
+                "the worker wrote nothing to the primary while the replica was paused"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
         self.servers[0].stop();
         self.servers[1].pause(false).expect("replica resumed");
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -250,6 +261,13 @@ checkpoint:
         redis_url = redis.url(),
         sentinel = redis.sentinel_yaml(),
     )
+}
+
+/// The sum of the fences' offsets in the Redis at `url` (0 while unreadable).
+fn applied_offsets(url: &str) -> i64 {
+    fence_offsets(url, "", JOB, TOPIC, PARTITIONS)
+        .map(|fences| fences.iter().flatten().sum())
+        .unwrap_or(0)
 }
 
 fn caught_up(redis: &RedisSide, ends: &[i64]) -> bool {

@@ -10,7 +10,7 @@ use streamjob_worker::api::Assignment;
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::{sample, sample_sum, Metrics};
-use streamjob_worker::pipeline::{PartitionExit, Pipeline};
+use streamjob_worker::pipeline::{PartitionExit, Pipeline, PipelineOptions};
 use streamjob_worker::sink::redis::epoch_floor;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
@@ -419,4 +419,44 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
     pipeline.shutdown().await.expect("graceful stop");
     assert_eq!(env.fences(), vec![Some(300), Some(300)]);
     env.assert_state(&payloads);
+}
+
+/// A just-assigned partition's lag is known at once, not after a full watermark refresh
+/// interval: the StreamJob's LAG column used to stay empty for the first seconds of a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_partition_reports_its_lag_long_before_the_first_full_watermark_refresh() {
+    let env = Env::start(2, RedisOptions::default());
+    env.produce(&data_set(5, 200, 0));
+    let refresh_every = Duration::from_secs(120);
+    let pipeline = Pipeline::start_with(
+        env.config(50, Duration::from_millis(10)),
+        Metrics::new(),
+        PipelineOptions {
+            watermark_interval: refresh_every,
+            ..PipelineOptions::default()
+        },
+    )
+    .await
+    .expect("pipeline");
+    let assigned = Instant::now();
+    assign_all(&pipeline, [0, 1]).await;
+    // Generous for a loaded machine, and still far below the refresh interval.
+    let deadline = assigned + Duration::from_secs(30);
+    loop {
+        let progress = pipeline.progress();
+        if progress.len() == 2
+            && progress
+                .iter()
+                .all(|p| p.high_watermark.is_some() && p.lag.is_some())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag unknown {:?} after assignment (full refresh every {refresh_every:?}): {progress:?}",
+            assigned.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.shutdown().await.expect("pipeline stops");
 }
