@@ -4,6 +4,7 @@
 #[cfg(feature = "engine")]
 pub mod kafka;
 pub mod redis;
+pub mod tls;
 #[cfg(feature = "engine")]
 pub mod trace_state;
 #[cfg(feature = "engine")]

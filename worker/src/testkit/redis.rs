@@ -18,6 +18,19 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Extra `--name value` arguments, e.g. `["--maxmemory", "1mb"]`.
     pub extra_args: Vec<String>,
+    /// TLS only: no plaintext TCP port (`--port 0`), TLS on the server's port; the test itself
+    /// reaches the server through a unix socket ([`RedisServer::url`]).
+    pub tls: Option<RedisTlsOptions>,
+}
+
+/// `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`, `--tls-auth-clients`.
+#[derive(Debug, Clone)]
+pub struct RedisTlsOptions {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// Require a client certificate signed by `ca_file` (mutual TLS).
+    pub auth_clients: bool,
 }
 
 /// A running `redis-server` child process.
@@ -28,6 +41,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     options: RedisOptions,
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,9 +80,26 @@ impl RedisServer {
 
     fn spawn(&mut self) -> io::Result<()> {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        match &self.options.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.auth_clients { "yes" } else { "no" },
+                ])
+                .arg("--unixsocket")
+                .arg(self.socket_path())
+                .args(["--unixsocketperm", "700"]),
+        };
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
@@ -129,8 +162,15 @@ impl RedisServer {
 
     /// Sends `PING` (after `AUTH` when a password is set); ready means `+PONG`.
     fn ping(&self) -> io::Result<()> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut stream: Box<dyn ReadWrite> = if self.options.tls.is_some() {
+            let socket = std::os::unix::net::UnixStream::connect(self.socket_path())?;
+            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+            Box::new(socket)
+        } else {
+            let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(1)))?;
+            Box::new(tcp)
+        };
         let mut request = Vec::new();
         if let Some(password) = &self.options.password {
             request.extend_from_slice(
@@ -166,9 +206,22 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:{port}/0` (no password in it: pass it separately).
+    /// `redis://127.0.0.1:{port}/0` (no password in it: pass it separately); for a TLS-only
+    /// server the unix socket, `unix://{dir}/redis.sock`, the test's own way in.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.options.tls {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(_) => format!("unix://{}", self.socket_path().display()),
+        }
+    }
+
+    /// `rediss://localhost:{port}/0`: the TLS port, by the name the test certificate carries.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     /// The server's working directory (AOF files, log).

@@ -14,6 +14,7 @@
 
 mod batch;
 mod checked_expiries;
+mod connection;
 mod error;
 mod layout;
 mod script;
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, IntoConnectionInfo, Value};
+use redis::{Cmd, Value};
 use tracing::Instrument;
 
 pub use batch::{Batch, BatchBuilder};
@@ -118,17 +119,7 @@ impl RedisSink {
     ) -> Result<Self, SinkError> {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
-        let mut info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
-        if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info)
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
+        let client = connection::client(cfg)?;
         let timeout = options.call_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -140,14 +131,19 @@ impl RedisSink {
             ConnectionManager::new_with_config(client, manager_config),
         )
         .await
-        .map_err(|_| SinkError::timeout("connecting to redis", timeout))??;
+        .map_err(|_| SinkError::timeout("connecting to redis", timeout))?
+        .map_err(|e| connection::explain(e, cfg))?;
         let sink = Self {
             conn,
             layout,
             timeout,
             checked: Arc::default(),
         };
-        sink.load_scripts().await?;
+        sink.load_scripts().await.map_err(|e| match e {
+            // The first command is where an ACL user without the needed permissions shows.
+            SinkError::Config(message) => SinkError::Config(format!("sink.redis: {message}")),
+            other => other,
+        })?;
         Ok(sink)
     }
 
