@@ -46,6 +46,8 @@ const TABLE: &[(&[&str], &[&str], &[&str])] = &[
         READ_WRITE,
     ),
     (&["apps"], &["deployments"], READ_WRITE),
+    // The job's NetworkPolicies (deleted when a spec opts out).
+    (&["networking.k8s.io"], &["networkpolicies"], READ_WRITE),
     // The job's pods, read only: crash loops show there, not in the Deployment (listed per
     // reconcile, watched so a crash loop is reported when it starts).
     (&[""], &["pods"], &["list", "watch"]),

@@ -49,6 +49,8 @@ pub struct JmState {
     /// Called with every request as it arrives (e.g. to look at the API server at that moment).
     pub on_request: Option<RequestHook>,
     seq: u64,
+    /// Bodies of the POSTs received, in order.
+    pub post_bodies: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -88,15 +90,26 @@ impl FakeJobManager {
             complete_at_once: true,
             on_request: None,
             seq: 0,
+            post_bodies: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shared = state.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, _body: Bytes| {
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
             let shared = shared.clone();
-            async move { answer(&shared, method, uri).await }
+            async move {
+                if method == Method::POST {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    shared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .post_bodies
+                        .push(text);
+                }
+                answer(&shared, method, uri).await
+            }
         });
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -64,8 +64,10 @@ impl From<CoordinatorError> for ApiError {
 impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         let status = match e {
-            TriggerError::BadTarget(_) => StatusCode::BAD_REQUEST,
-            TriggerError::WrongState(_) | TriggerError::PartitionsUnknown => StatusCode::CONFLICT,
+            TriggerError::BadTarget(_) | TriggerError::BadTriggerId(_) => StatusCode::BAD_REQUEST,
+            TriggerError::WrongState(_)
+            | TriggerError::PartitionsUnknown
+            | TriggerError::TriggerIdReused(_) => StatusCode::CONFLICT,
         };
         Self::new(status, e.to_string())
     }
@@ -275,6 +277,7 @@ async fn trigger_savepoint(
     Ok(accepted(operations::trigger_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 
@@ -288,6 +291,7 @@ async fn stop_with_savepoint(
     Ok(accepted(operations::stop_with_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 

@@ -1,25 +1,34 @@
 //! How the sink reaches Redis: the URL, the ACL user and password, and TLS (`rediss://` with the
-//! CA, client certificate and key files from `sink.redis.tls`), plus the translation of a failed
-//! connection into a message that names the field to fix.
+//! CA, client certificate and key files from `sink.redis.tls`), for a fixed address and for the
+//! sentinels and the primaries they name alike; plus the translation of a failed connection into
+//! a message that names the field to fix. `primary.rs` decides *where* to connect; this module is
+//! the one place that decides *how*.
 //!
 //! TLS is rustls (ring provider) through the redis crate's `tokio-rustls-comp` feature, so the
 //! worker links no TLS library beyond what its image has.
 
 use std::path::Path;
 
-use redis::{ClientTlsConfig, IntoConnectionInfo, RedisError, TlsCertificates};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    TlsCertificates, TlsMode,
+};
 
 use super::SinkError;
-use crate::config::{RedisSinkConfig, ENV_REDIS_PASSWORD};
+use crate::config::{RedisSentinelConfig, RedisSinkConfig, ENV_REDIS_PASSWORD};
 
-/// The redis client for `cfg`. Reads the TLS files now, so a missing or unreadable file is
-/// reported at start, naming the field.
-pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> {
-    let mut info = cfg
+fn config_error(field: &str, err: impl std::fmt::Display) -> SinkError {
+    SinkError::Config(format!("`{field}`: {err}"))
+}
+
+/// The URL's connection info with the ACL user and the password from the environment.
+fn connection_info(cfg: &RedisSinkConfig) -> Result<ConnectionInfo, SinkError> {
+    let info = cfg
         .url
         .as_str()
         .into_connection_info()
-        .map_err(|e| SinkError::Config(format!("`sink.redis.url`: {e}")))?;
+        .map_err(|e| config_error("sink.redis.url", e))?;
     let mut settings = info.redis_settings().clone();
     if let Some(username) = cfg.username.as_deref() {
         settings = settings.set_username(username);
@@ -27,12 +36,21 @@ pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> 
     if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
         settings = settings.set_password(password);
     }
-    info = info.set_redis_settings(settings);
+    Ok(info.set_redis_settings(settings))
+}
+
+/// Whether `sink.redis.url` is `rediss://`: then every connection, to sentinels included, is TLS.
+fn uses_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
+}
+
+/// The files of `sink.redis.tls`, read now, so a missing or unreadable file is reported at start,
+/// naming the field. `None` without a `tls` section: a `rediss://` URL then trusts the system's
+/// CA roots.
+fn certificates(cfg: &RedisSinkConfig) -> Result<Option<TlsCertificates>, SinkError> {
     let Some(tls) = &cfg.tls else {
-        return redis::Client::open(info)
-            .map_err(|e| SinkError::Config(format!("`sink.redis.url`: {e}")));
+        return Ok(None);
     };
-    install_crypto_provider();
     let root_cert = match &tls.ca_file {
         Some(path) => Some(read_pem("sink.redis.tls.caFile", path)?),
         None => None,
@@ -44,12 +62,78 @@ pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> 
         }),
         _ => None,
     };
-    let certificates = TlsCertificates {
+    Ok(Some(TlsCertificates {
         client_tls,
         root_cert,
-    };
-    redis::Client::build_with_tls(info, certificates)
-        .map_err(|e| SinkError::Config(format!("`sink.redis.tls`: {e}")))
+    }))
+}
+
+/// The redis client for the fixed address in `sink.redis.url`.
+pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> {
+    let info = connection_info(cfg)?;
+    if uses_tls(&info) {
+        install_crypto_provider();
+    }
+    match certificates(cfg)? {
+        None => redis::Client::open(info).map_err(|e| config_error("sink.redis.url", e)),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| config_error("sink.redis.tls", e)),
+    }
+}
+
+/// The client that asks `sentinel.nodes` for the primary. With a `rediss://` URL, both the
+/// sentinels and the primaries they name are reached over TLS with the same CA and client
+/// certificate (Redis' own TLS setup: `tls-port` on every node, `tls-replication yes`), and the
+/// primary's certificate must carry the address the sentinels announce for it.
+pub(crate) fn sentinel_client(
+    cfg: &RedisSinkConfig,
+    sentinel: &RedisSentinelConfig,
+) -> Result<SentinelClient, SinkError> {
+    let info = connection_info(cfg)?;
+    let tls = uses_tls(&info);
+    let mut nodes = Vec::with_capacity(sentinel.nodes.len());
+    for node in &sentinel.nodes {
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
+            .ok_or_else(|| config_error("sink.redis.sentinel.nodes", format!("{node:?}")))?;
+        nodes.push(match tls {
+            false => ConnectionAddr::Tcp(host, port),
+            true => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+        });
+    }
+    let settings = info.redis_settings();
+    let mut builder =
+        SentinelClientBuilder::new(nodes, &sentinel.master_name, SentinelServerType::Master)
+            .map_err(|e| config_error("sink.redis.sentinel", e))?
+            .set_client_to_redis_db(settings.db());
+    // The user may come from the URL (`rediss://user@sentinel/0`) or from `username`.
+    if let Some(username) = settings.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = settings.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(password) = sentinel.password.as_deref().filter(|p| !p.is_empty()) {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if tls {
+        install_crypto_provider();
+        builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(certificates) = certificates(cfg)? {
+            builder = builder
+                .set_client_to_sentinel_certificates(certificates.clone())
+                .set_client_to_redis_certificates(certificates);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| config_error("sink.redis.sentinel", e))
 }
 
 /// rustls needs one process-wide crypto provider; the redis crate uses the default one.
@@ -80,26 +164,35 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, SinkError> {
 /// settings cannot help; on Kubernetes the pod restarts with the kubelet's backoff, picking up a
 /// fixed Secret); everything else keeps its usual classification.
 pub(crate) fn explain(err: RedisError, cfg: &RedisSinkConfig) -> SinkError {
-    let chain = error_chain(&err);
+    match refusal(&err, cfg) {
+        Some(reason) => SinkError::Config(reason),
+        None => SinkError::from(err),
+    }
+}
+
+/// The user-facing reason when the server refused the TLS handshake or the credentials; `None`
+/// for every other failure.
+pub(crate) fn refusal(err: &RedisError, cfg: &RedisSinkConfig) -> Option<String> {
+    let chain = error_chain(err);
     if let Some(reason) = tls_refusal(&chain, cfg) {
-        return SinkError::Config(format!("{reason} [{chain}]"));
+        return Some(format!("{reason} [{chain}]"));
     }
     if chain.contains("WRONGPASS") || err.kind() == redis::ErrorKind::AuthenticationFailed {
         let user = cfg.username.clone().unwrap_or_else(|| "default".into());
-        return SinkError::Config(format!(
+        return Some(format!(
             "`sink.redis.username`/password: Redis refused the credentials of ACL user {user:?} \
              (wrong password in {ENV_REDIS_PASSWORD}, i.e. spec.redis.passwordSecretRef, unknown \
              user, or user disabled) [{chain}]"
         ));
     }
     if chain.contains("NOPERM") {
-        return SinkError::Config(format!(
+        return Some(format!(
             "`sink.redis.username`: the ACL user may not run the sink's commands; it needs at \
              least `~* +@read +@write +@scripting +ping +info` (e.g. `ACL SETUSER name on >pw ~* \
              +@all`) [{chain}]"
         ));
     }
-    SinkError::from(err)
+    None
 }
 
 /// The error and all its sources, as one line (the redis crate puts the TLS cause in a source).
