@@ -241,6 +241,15 @@ fn tls_refusal(chain: &str, cfg: &RedisSinkConfig) -> Option<String> {
         ));
     }
     if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        if cfg.sentinel.is_some() {
+            return Some(
+                "`sink.redis.sentinel.nodes`: a TLS certificate does not name the address it was \
+                 reached at: a sentinel's host in `nodes`, or the address the sentinels announce \
+                 for the primary (an IP unless they announce host names); the certificates must \
+                 carry those names or IPs"
+                    .into(),
+            );
+        }
         return Some(format!(
             "`sink.redis.url`: the Redis server's TLS certificate does not name the host in \
              {:?}; use the host name the certificate was issued for",
@@ -305,5 +314,24 @@ mod tests {
         assert!(text.contains("sink.redis.tls.caFile"), "{text}");
         assert!(text.contains("/nonexistent/streamjob/ca.crt"), "{text}");
         assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn the_sentinel_client_reads_the_same_tls_files_and_names_a_missing_one() {
+        let mut cfg = tls_config();
+        cfg.sentinel = Some(RedisSentinelConfig {
+            master_name: "trace".into(),
+            nodes: vec!["sentinel-0:26379".into()],
+            password: None,
+        });
+        cfg.tls.as_mut().unwrap().ca_file = Some("/nonexistent/streamjob/ca.crt".into());
+        let Err(err) = sentinel_client(&cfg, cfg.sentinel.as_ref().unwrap()) else {
+            panic!("a missing CA file must be refused");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, SinkError::Config(_)), "{text}");
+        assert!(text.contains("sink.redis.tls.caFile"), "{text}");
+        let name = tls_refusal("invalid peer certificate: NotValidForName", &cfg).unwrap();
+        assert!(name.contains("sink.redis.sentinel.nodes"), "{name}");
     }
 }
