@@ -188,7 +188,7 @@ pub(crate) fn refusal(err: &RedisError, cfg: &RedisSinkConfig) -> Option<String>
     if chain.contains("NOPERM") {
         return Some(format!(
             "`sink.redis.username`: the ACL user may not run the sink's commands; it needs at \
-             least `~* +@read +@write +@scripting +ping +info` (e.g. `ACL SETUSER name on >pw ~* \
+             least `~* +@read +@write +@transaction +@scripting +ping +info` (e.g. `ACL SETUSER name on >pw ~* \
              +@all`) [{chain}]"
         ));
     }
