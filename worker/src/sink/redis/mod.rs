@@ -374,6 +374,11 @@ impl RedisSink {
             match applied {
                 Ok((reply, day_end)) => self.outcome(batch, reply, day_end),
                 Err(err) => {
+                    if matches!(err, SinkError::Unavailable(_)) {
+                        // Whatever comes back may be another Redis (a promoted replica, an older
+                        // snapshot) that lacks lists this process trusts to expire tonight.
+                        self.forget_checked_expiries();
+                    }
                     self.primary.after_error(&err).await;
                     Err(err)
                 }
@@ -381,6 +386,13 @@ impl RedisSink {
         }
         .instrument(span)
         .await
+    }
+
+    fn forget_checked_expiries(&self) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_all();
     }
 
     fn outcome(
@@ -426,6 +438,8 @@ impl RedisSink {
                 })
             }
             ApplyReply::Gap { stored_next_offset } => {
+                // Redis lost acknowledged writes: user lists included.
+                self.forget_checked_expiries();
                 // Logged loudly by the partition's rewind, which knows the whole story.
                 tracing::debug!(?stored_next_offset, "batch starts after the fence; refused");
                 Err(SinkError::Gap {
