@@ -46,6 +46,9 @@ const TABLE: &[(&[&str], &[&str], &[&str])] = &[
         READ_WRITE,
     ),
     (&["apps"], &["deployments"], READ_WRITE),
+    // Each job's API token Secret: read (to learn the token) and applied; never listed or
+    // watched, so the operator sees no other Secret's data.
+    (&[""], &["secrets"], &["get", "create", "patch"]),
     // The job's pods, read only: crash loops show there, not in the Deployment (listed per
     // reconcile, watched so a crash loop is reported when it starts).
     (&[""], &["pods"], &["list", "watch"]),
@@ -178,8 +181,8 @@ mod tests {
         assert!(allows("apps", "deployments", "patch"));
         assert!(allows("streaming.austin.dev", "streamjobs/status", "patch"));
         assert!(
-            !allows("", "secrets", "get"),
-            "the operator never reads secrets"
+            allows("", "secrets", "get") && !allows("", "secrets", "list"),
+            "the operator reads its jobs' API token Secrets by name, never lists secrets"
         );
         assert!(!allows("streaming.austin.dev", "streamjobs", "delete"));
         let json: serde_json::Value =

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -155,11 +155,20 @@ async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Observe
         .list(&kube::api::ListParams::default().labels(&selector))
         .await?
         .items;
+    // The job's API token: what its Secret holds, else a fresh one (applied with the children).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let api_token = secrets
+        .get_opt(&names::api_token(name))
+        .await?
+        .as_ref()
+        .and_then(planner::children::api_token_of)
+        .unwrap_or_else(jm::generate_api_token);
     Ok(Observed {
         jobmanager,
         taskmanager,
         savepoint_pvc,
         pods,
+        api_token: Some(api_token),
     })
 }
 
@@ -173,6 +182,8 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
         Err(error) => return fail(&job, ctx, "ObserveFailed", error).await,
     };
     let now = (ctx.now)();
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
     let queries = lifecycle::queries(&job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let input = PlanInput {
@@ -203,6 +214,9 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
             apply_child(&ctx.client, &namespace, &children.config_map).await?;
         }
         apply_child(&ctx.client, &namespace, &children.savepoint_pvc).await?;
+        if let Some(secret) = &children.api_token {
+            apply_child(&ctx.client, &namespace, secret).await?;
+        }
         apply_child(&ctx.client, &namespace, &children.jobmanager_service).await?;
         if plan.apply_workloads {
             apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
@@ -263,6 +277,8 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction>
     let name = job.name_any();
     let observed = observe(&ctx.client, &namespace, &name).await?;
     let now = (ctx.now)();
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
     let queries = lifecycle::queries(&job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let plan = planner::plan_cleanup(PlanInput {
@@ -281,6 +297,7 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction>
     }
     publish(ctx, &job, &plan.actions).await;
     if plan.done {
+        ctx.jobmanager.set_token(&namespace, &name, None);
         return Ok(ControllerAction::await_change());
     }
     run_actions(

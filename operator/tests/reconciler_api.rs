@@ -23,6 +23,7 @@ const JOB: &str = "/apis/streaming.austin.dev/v1alpha1/namespaces/default/stream
 const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/trace-config";
 const PVC: &str = "/api/v1/namespaces/default/persistentvolumeclaims/trace-savepoints";
 const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
+const SECRET: &str = "/api/v1/namespaces/default/secrets/trace-api-token";
 const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
 const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
@@ -120,7 +121,8 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
             ("GET", JOBMANAGER),
             ("GET", TASKMANAGER),
             ("GET", PVC),
-            ("GET", "/api/v1/namespaces/default/pods")
+            ("GET", "/api/v1/namespaces/default/pods"),
+            ("GET", SECRET)
         ]
     );
     let pods = requests
@@ -137,6 +139,7 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
         [
             CONFIG_MAP,
             PVC,
+            SECRET,
             SERVICE,
             JOBMANAGER,
             TASKMANAGER,
@@ -430,4 +433,37 @@ async fn the_finalizer_is_added_first_and_cleanup_removes_it() {
     );
     assert_rbac_covers(&requests);
     let _ = NS;
+}
+
+#[tokio::test]
+async fn the_api_token_is_drawn_once_kept_across_reconciles_and_redrawn_when_deleted() {
+    let (ctx, api, _) = setup();
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    let first = body_of(&api.requests(), "PATCH", SECRET)["data"]["token"].clone();
+    assert!(first.as_str().is_some_and(|t| t.len() > 40), "{first}");
+    let secret = body_of(&api.requests(), "PATCH", SECRET).clone();
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "StreamJob"
+    );
+
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("second");
+    let requests = api.requests();
+    assert_eq!(body_of(&requests, "PATCH", SECRET)["data"]["token"], first);
+    assert_rbac_covers(&requests);
+
+    api.remove(SECRET);
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx)
+        .await
+        .expect("after the Secret was deleted");
+    let redrawn = body_of(&api.requests(), "PATCH", SECRET)["data"]["token"].clone();
+    assert!(redrawn.is_string());
+    assert_ne!(redrawn, first, "a deleted Secret gets a new token");
 }

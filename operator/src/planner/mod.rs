@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -58,6 +58,10 @@ pub mod names {
     pub fn savepoints(job: &str) -> String {
         format!("{job}-savepoints")
     }
+    /// The Secret with the bearer token of the jobmanager's mutating REST calls.
+    pub fn api_token(job: &str) -> String {
+        format!("{job}-api-token")
+    }
 }
 
 /// Labels every child carries.
@@ -74,6 +78,7 @@ pub mod labels {
     pub const COMPONENT_JOBMANAGER: &str = "jobmanager";
     pub const COMPONENT_TASKMANAGER: &str = "taskmanager";
     pub const COMPONENT_SAVEPOINTS: &str = "savepoints";
+    pub const COMPONENT_API_TOKEN: &str = "api-token";
 
     /// The label selector the operator's watches on children use.
     pub fn managed_selector() -> String {
@@ -114,6 +119,10 @@ pub struct Observed {
     pub savepoint_pvc: Option<PersistentVolumeClaim>,
     /// The job's pods (crash loops show here, not in the Deployments).
     pub pods: Vec<Pod>,
+    /// The bearer token of the jobmanager's mutating REST calls: what the job's
+    /// `<job>-api-token` Secret holds, or, when it has none yet, a fresh random token the
+    /// reconciler drew (the planner itself never draws randomness). `None`: no Secret is rendered.
+    pub api_token: Option<String>,
 }
 
 /// What the jobmanager answered this round (see [`lifecycle::queries`]).
@@ -140,6 +149,8 @@ pub struct Children {
     pub jobmanager_service: Service,
     pub jobmanager: Deployment,
     pub taskmanager: Deployment,
+    /// The job's API token Secret (when [`Observed::api_token`] is known); always applied.
+    pub api_token: Option<Secret>,
 }
 
 /// Severity of an Event.
@@ -208,6 +219,7 @@ fn render(
     job: &StreamJob,
     restore_from: Option<&str>,
     latest_savepoint: Option<&str>,
+    api_token: Option<&str>,
 ) -> Result<Rendered, PlanError> {
     let name = job
         .metadata
@@ -258,6 +270,7 @@ fn render(
         jobmanager_service: children::jobmanager_service(&ctx),
         jobmanager: children::jobmanager_deployment(&ctx),
         taskmanager: children::taskmanager_deployment(&ctx),
+        api_token: api_token.map(|token| children::api_token_secret(&ctx, token)),
     };
     Ok(Rendered {
         children,
@@ -292,7 +305,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         .as_deref()
         .ok_or(PlanError::MissingMetadata("metadata.name"))?;
     // The hash does not depend on the restore point: render once to learn it.
-    let config_hash = render(job, None, None)?.config_hash;
+    let config_hash = render(job, None, None, None)?.config_hash;
     let decision = lifecycle::decide(&LifecycleInput {
         job,
         observed: input.observed,
@@ -314,7 +327,13 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         input.now,
     );
     let latest = latest_savepoint(status, input.observed);
-    let children = render(job, decision.restore_from.as_deref(), latest.as_deref())?.children;
+    let children = render(
+        job,
+        decision.restore_from.as_deref(),
+        latest.as_deref(),
+        input.observed.api_token.as_deref(),
+    )?
+    .children;
 
     let mut actions: Vec<Action> =
         status::transition_events(job, job.status.as_ref(), &next.status, input.observed)
@@ -442,7 +461,11 @@ pub fn plan_cleanup(input: PlanInput<'_>) -> Result<CleanupPlan, PlanError> {
     let savepoint_pvc = match (keep, decision.new_savepoints.is_empty()) {
         (true, false) => {
             let latest = latest_savepoint(&status, input.observed);
-            Some(render(job, None, latest.as_deref())?.children.savepoint_pvc)
+            Some(
+                render(job, None, latest.as_deref(), None)?
+                    .children
+                    .savepoint_pvc,
+            )
         }
         _ => None,
     };

@@ -623,6 +623,11 @@ impl Coordinator {
     }
 
     /// Per-partition view for the job overview.
+    /// The newest progress report of each partition, as its owner sent it.
+    pub fn progress_reports(&self) -> &BTreeMap<i32, PartitionProgress> {
+        &self.progress
+    }
+
     pub fn partitions(&self) -> Vec<PartitionStatus> {
         let count = self.partition_count.unwrap_or(0) as i32;
         (0..count)
@@ -655,6 +660,11 @@ impl Coordinator {
                     } else {
                         0.0
                     },
+                    retrying: owner.is_some() && progress.is_some_and(|p| p.retrying),
+                    dead_lettered: progress
+                        .map(|p| p.dead_lettered.clone())
+                        .unwrap_or_default(),
+                    last_error: progress.and_then(|p| p.last_error.clone()),
                 }
             })
             .collect()

@@ -86,6 +86,21 @@ impl Default for SinkOptions {
     }
 }
 
+/// A client for the configured Redis (URL plus the password from the environment). The sink and
+/// the jobmanager's trace reads both open their connections from it.
+pub fn redis_client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> {
+    let mut info = cfg
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
+    if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info).map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))
+}
+
 /// Clone-able handle over one persistent multiplexed connection.
 #[derive(Clone)]
 pub struct RedisSink {
@@ -118,17 +133,7 @@ impl RedisSink {
     ) -> Result<Self, SinkError> {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
-        let mut info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
-        if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info)
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
+        let client = redis_client(cfg)?;
         let timeout = options.call_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
