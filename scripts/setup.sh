@@ -47,7 +47,7 @@ fi
 [ "$WANT_TEST" = 1 ] || exit 0
 
 # --- headless Chromium and its WebDriver, for the dashboard's browser test ---------------------
-TEST_APT_PKGS=(chromium chromium-driver)
+TEST_APT_PKGS=(chromium chromium-driver fonts-noto-cjk)   # the font: austin's state names are Chinese
 missing=()
 for p in "${TEST_APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
