@@ -168,15 +168,16 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
     // file at every mutating call).
     volumes.push(Volume {
         name: "api-token".into(),
+        // Struct update syntax: the k8s-openapi version features add fields to these types.
         secret: Some(SecretVolumeSource {
             secret_name: Some(names::api_token(ctx.name)),
             items: Some(vec![KeyToPath {
                 key: API_TOKEN_KEY.into(),
                 path: API_TOKEN_KEY.into(),
-                mode: Some(0o440),
+                ..KeyToPath::default()
             }]),
             default_mode: Some(0o440),
-            optional: Some(false),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     });
