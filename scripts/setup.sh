@@ -60,6 +60,16 @@ else
   log "chromium and chromium-driver present"
 fi
 
+# --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
+# The package's service is not needed (the tests only run promtool).
+if ! command -v promtool >/dev/null 2>&1; then
+  log "apt-get install prometheus (for promtool)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+else
+  log "promtool present"
+fi
+
 # --- Python tools for the tests --------------------------------------------------------------
 VENV="$ROOT/.local/venv"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -14,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use streamjob_worker::api::{
-    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList, TriggerResponse,
+    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList,
+    StopWithSavepointRequest, TriggerResponse, TriggerSavepointRequest,
 };
 
 use k8s_openapi::jiff::Timestamp;
@@ -171,15 +172,26 @@ impl JobManagerClient {
         path: &str,
         token: Option<&str>,
     ) -> Result<T, JobManagerError> {
-        let url = format!("{base}{path}");
-        let unreachable = |reason: String| JobManagerError::Unreachable {
-            url: url.clone(),
-            reason,
-        };
         let body = if method == Method::POST {
             Bytes::from_static(b"{}")
         } else {
             Bytes::new()
+        };
+        self.call_with(method, base, path, body, token).await
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        body: Bytes,
+        token: Option<&str>,
+    ) -> Result<T, JobManagerError> {
+        let url = format!("{base}{path}");
+        let unreachable = |reason: String| JobManagerError::Unreachable {
+            url: url.clone(),
+            reason,
         };
         let mut request = Request::builder()
             .method(method)
@@ -298,28 +310,43 @@ impl JobEndpoint<'_> {
         Ok(list.snapshots)
     }
 
-    /// `POST /jobs/{id}/savepoints`: the request id to poll.
-    pub async fn trigger_savepoint(&self) -> Result<String, JobManagerError> {
-        let answer: TriggerResponse = self
-            .client
-            .call(
-                Method::POST,
-                &self.base,
-                &self.path("/savepoints"),
-                self.token.as_deref(),
-            )
-            .await?;
-        Ok(answer.request_id)
+    /// `POST /jobs/{id}/savepoints` with a client-chosen trigger id: the request id to poll
+    /// (the same id; a repeated trigger answers the request already made).
+    pub async fn trigger_savepoint(&self, trigger_id: &str) -> Result<String, JobManagerError> {
+        let body = TriggerSavepointRequest {
+            target_directory: None,
+            trigger_id: Some(trigger_id.to_string()),
+        };
+        self.post("/savepoints", &body).await
     }
 
-    /// `POST /jobs/{id}/stop` (stop-with-savepoint): the request id to poll.
-    pub async fn stop_with_savepoint(&self) -> Result<String, JobManagerError> {
+    /// `POST /jobs/{id}/stop` (stop-with-savepoint) with a client-chosen trigger id: the request
+    /// id to poll.
+    pub async fn stop_with_savepoint(&self, trigger_id: &str) -> Result<String, JobManagerError> {
+        let body = StopWithSavepointRequest {
+            target_directory: None,
+            trigger_id: Some(trigger_id.to_string()),
+        };
+        self.post("/stop", &body).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<String, JobManagerError> {
+        let url = format!("{}{}", self.base, self.path(path));
+        let body = serde_json::to_vec(body).map_err(|e| JobManagerError::Unreachable {
+            url,
+            reason: e.to_string(),
+        })?;
         let answer: TriggerResponse = self
             .client
-            .call(
+            .call_with(
                 Method::POST,
                 &self.base,
-                &self.path("/stop"),
+                &self.path(path),
+                Bytes::from(body),
                 self.token.as_deref(),
             )
             .await?;
@@ -380,12 +407,16 @@ pub async fn execute(
     client: &JobManagerClient,
     namespace: &str,
     name: &str,
-    action: lifecycle::JobManagerAction,
+    action: &lifecycle::JobManagerAction,
 ) -> lifecycle::ActionOutcome {
     let endpoint = client.job(namespace, name);
     let result = match action {
-        lifecycle::JobManagerAction::TriggerSavepoint => endpoint.trigger_savepoint().await,
-        lifecycle::JobManagerAction::StopWithSavepoint => endpoint.stop_with_savepoint().await,
+        lifecycle::JobManagerAction::TriggerSavepoint { trigger_id } => {
+            endpoint.trigger_savepoint(trigger_id).await
+        }
+        lifecycle::JobManagerAction::StopWithSavepoint { trigger_id } => {
+            endpoint.stop_with_savepoint(trigger_id).await
+        }
     };
     match result {
         Ok(id) => lifecycle::ActionOutcome::Accepted(id),

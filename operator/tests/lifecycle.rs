@@ -56,7 +56,6 @@ struct SimOp {
 /// A jobmanager process (one per pod incarnation).
 #[derive(Debug, Clone)]
 struct SimJobManager {
-    instance: u32,
     state: JmState,
     restored_from: RestoreSource,
     ops: BTreeMap<String, SimOp>,
@@ -83,6 +82,10 @@ struct World {
     max_in_flight: usize,
     /// Every trigger the jobmanager accepted: (kind, instance).
     triggers: Vec<JmOpKind>,
+    /// Triggers sent again with an id the jobmanager knew (answered without a new snapshot).
+    repeated_triggers: usize,
+    /// Rounds a savepoint takes to complete.
+    savepoint_rounds: u32,
     events: Vec<String>,
     /// Pod states the kubelet reports (crash loops).
     pods: Vec<Pod>,
@@ -116,6 +119,8 @@ impl World {
             fault: Fault::None,
             max_in_flight: 0,
             triggers: Vec::new(),
+            repeated_triggers: 0,
+            savepoint_rounds: 1,
             events: Vec::new(),
             pods: Vec::new(),
         };
@@ -253,10 +258,17 @@ impl World {
         let Some(p) = self.process.as_mut() else {
             return ActionOutcome::Failed("no jobmanager".into());
         };
-        let kind = match action {
-            JobManagerAction::TriggerSavepoint => JmOpKind::Savepoint,
-            JobManagerAction::StopWithSavepoint => JmOpKind::StopWithSavepoint,
+        let (kind, trigger_id) = match action {
+            JobManagerAction::TriggerSavepoint { trigger_id } => (JmOpKind::Savepoint, trigger_id),
+            JobManagerAction::StopWithSavepoint { trigger_id } => {
+                (JmOpKind::StopWithSavepoint, trigger_id)
+            }
         };
+        // A trigger id it knows: the request already made, answered again (no second snapshot).
+        if p.ops.get(&trigger_id).is_some_and(|o| o.info.kind == kind) {
+            self.repeated_triggers += 1;
+            return ActionOutcome::Accepted(trigger_id);
+        }
         if p.state != JmState::Running {
             return ActionOutcome::Failed(format!(
                 "jobmanager answered 409: the job is {}",
@@ -267,7 +279,7 @@ impl World {
             p.state = JmState::Stopping;
         }
         self.seq += 1;
-        let id = format!("sp-{}-{}", self.seq, p.instance);
+        let id = trigger_id;
         p.ops.insert(
             id.clone(),
             SimOp {
@@ -280,7 +292,7 @@ impl World {
                     location: None,
                     failure_cause: None,
                 },
-                remaining: 1,
+                remaining: self.savepoint_rounds,
             },
         );
         self.max_in_flight = self.max_in_flight.max(in_flight + 1);
@@ -401,7 +413,6 @@ impl World {
                         },
                     };
                     self.process = Some(SimJobManager {
-                        instance: self.instances,
                         state: JmState::Running,
                         restored_from,
                         ops: BTreeMap::new(),
@@ -458,7 +469,7 @@ impl World {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = self.act(*action);
+            let outcome = self.act(action.clone());
             if cut == Some(Cut::ActionSent) {
                 return;
             }
@@ -926,6 +937,81 @@ fn a_manual_savepoint_survives_a_restart_at_every_point_without_a_second_trigger
     }
 }
 
+/// A savepoint slower than any grace period, and an operator restart between sending its
+/// trigger and recording the answer: the trigger is sent again with the same id, and the
+/// jobmanager answers it with the savepoint already under way. One savepoint, whatever the
+/// timing.
+#[test]
+fn a_slow_savepoint_and_a_restart_between_trigger_and_record_take_one_savepoint() {
+    for (kind, edit) in [
+        (
+            "manual",
+            (|j: &mut StreamJob| j.spec.savepoint_trigger_nonce = Some(4)) as fn(&mut StreamJob),
+        ),
+        ("upgrade", |j: &mut StreamJob| {
+            j.spec.image = "registry.example/streamjob-worker:0.2.0".into()
+        }),
+        ("suspend", |j: &mut StreamJob| {
+            j.spec.state = JobState::Suspended
+        }),
+    ] {
+        let mut world = World::new(job());
+        // 20 rounds of 3 s: a minute, longer than the 30 s grace the operator used to wait.
+        world.savepoint_rounds = 20;
+        world.edit(edit);
+        world.reconcile(Some(Cut::ActionSent));
+        for _ in 0..40 {
+            world.tick();
+            world.reconcile(None);
+        }
+        assert_eq!(world.triggers.len(), 1, "{kind}: {:?}", world.triggers);
+        if kind == "manual" {
+            assert_eq!(
+                world.repeated_triggers, 1,
+                "{kind}: the trigger was sent again, same id"
+            );
+        }
+        assert_eq!(
+            world.status().current_operation,
+            None,
+            "{kind}: {:?}",
+            world.status()
+        );
+        let taken: Vec<_> = world.savepoints.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(taken.len(), 1, "{kind}: {taken:?}");
+    }
+}
+
+#[test]
+fn trigger_ids_are_stable_per_attempt_and_new_per_retry_or_operation() {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(4));
+    world.reconcile(Some(Cut::StatusWritten));
+    let op = world
+        .status()
+        .current_operation
+        .expect("operation recorded before acting");
+    let first = lifecycle::trigger_id(&op);
+    assert_eq!(
+        lifecycle::trigger_id(&op),
+        first,
+        "derived from the stored operation only"
+    );
+    assert!(first.contains("n4"), "derived from the nonce: {first}");
+    let mut retry = op.clone();
+    retry.attempts += 1;
+    assert_ne!(lifecycle::trigger_id(&retry), first);
+    let mut later = op.clone();
+    later.started_at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        op.started_at.0 + SignedDuration::from_secs(60),
+    );
+    assert_ne!(
+        lifecycle::trigger_id(&later),
+        first,
+        "a nonce used again later is a new savepoint"
+    );
+}
+
 #[test]
 fn a_restart_nonce_restarts_from_the_last_state() {
     let mut world = World::new(job());
@@ -1006,7 +1092,7 @@ fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = world.act(*action);
+            let outcome = world.act(action.clone());
             status = lifecycle::after_action(&world.job, &status, &outcome, world.now).0;
         }
         world.job.status = Some(status);
@@ -1054,6 +1140,8 @@ fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
         fault: Fault::None,
         max_in_flight: 0,
         triggers: Vec::new(),
+        repeated_triggers: 0,
+        savepoint_rounds: 1,
         events: Vec::new(),
         pods: Vec::new(),
     };

@@ -572,6 +572,12 @@ fn the_jobmanager_report_becomes_job_progress() {
             high_watermark: Some(high),
             lag: Some(lag),
             events_per_second: rate,
+            rewinds: u64::from(partition == 1),
+            last_rewind: (partition == 1).then_some(streamjob_worker::api::Rewind {
+                from_offset: 9,
+                to_offset: 3,
+                at_ms: 1_700_000_000_000,
+            }),
             ..Default::default()
         })
         .collect();
@@ -591,7 +597,28 @@ fn the_jobmanager_report_becomes_job_progress() {
         now: now(),
     })
     .expect("plans");
+    // Redis lost writes of partition 1: a Warning Event and the RedisRewound condition say so.
+    let message = "Redis lost acknowledged writes; partition 1 rewound from 9 to 3";
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Publish(note)
+            if note.reason == "RedisLostWrites" && note.message == message)),
+        "{:?}",
+        plan.actions
+    );
+    let rewound = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RedisRewound")
+        .expect("RedisRewound condition");
+    assert_eq!(
+        (rewound.status.as_str(), rewound.message.as_str()),
+        ("True", message)
+    );
     let progress = plan.status.job.expect("job progress");
+    assert_eq!(progress.partitions[1].rewinds, Some(1));
     assert_eq!(progress.lag, Some(12));
     assert_eq!(progress.events_per_second, Some(150.0));
     assert_eq!(progress.partitions.len(), 2);
@@ -615,6 +642,79 @@ fn the_finalizer_hook_announces_what_happens_to_the_pvc() {
         note.message.contains("trace-savepoints is kept"),
         "{}",
         note.message
+    );
+}
+
+#[test]
+fn deleting_a_job_that_never_ran_skips_the_final_savepoint() {
+    let job = support::sample("minimal.yaml");
+    assert!(job.spec.savepoint.on_delete.final_savepoint);
+    let created = plan_for(&job, &Observed::default());
+    // Children exist, the jobmanager never became ready, it never reported progress.
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&created.children.jobmanager, 0)),
+        taskmanager: Some(rolled_out(&created.children.taskmanager, 0)),
+        savepoint_pvc: Some(created.children.savepoint_pvc.clone()),
+        pods: Vec::new(),
+        api_token: None,
+    };
+    let mut job = job;
+    job.status = Some(created.status.clone());
+    let cleanup = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans cleanup");
+    assert!(cleanup.done, "released at once");
+    assert!(cleanup.jobmanager_actions.is_empty());
+    let reasons: Vec<&str> = cleanup
+        .actions
+        .iter()
+        .map(|Action::Publish(n)| n.reason.as_str())
+        .collect();
+    assert_eq!(reasons, ["FinalSavepointSkipped", "Deleting"]);
+
+    // Once its jobmanager was ready, the final savepoint is taken.
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&created.children.jobmanager, 1)),
+        ..observed
+    };
+    let cleanup = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans cleanup");
+    assert!(!cleanup.done, "waits for the final savepoint");
+}
+
+#[test]
+fn a_deploying_job_is_polled_only_while_its_jobmanager_is_up() {
+    let job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    assert_eq!(
+        first.requeue_after,
+        planner::WATCH_RESYNC,
+        "nothing is up yet: the watches of the children bring progress"
+    );
+    let mut job = job;
+    job.status = Some(first.status.clone());
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&first.children.jobmanager, 1)),
+        taskmanager: Some(rolled_out(&first.children.taskmanager, 0)),
+        savepoint_pvc: Some(first.children.savepoint_pvc.clone()),
+        pods: Vec::new(),
+        api_token: None,
+    };
+    let second = plan_for(&job, &observed);
+    assert_ne!(second.status.phase, Phase::Running);
+    assert_eq!(
+        second.requeue_after,
+        planner::status::REQUEUE_BUSY,
+        "the jobmanager's REST API is not watched: polled while it is up"
     );
 }
 

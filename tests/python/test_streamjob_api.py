@@ -90,6 +90,13 @@ def test_the_schema_refuses_bad_types_enums_and_ranges(path, value, fragment):
     assert any(fragment in m for m in messages), messages
 
 
+def test_a_negative_replica_count_gets_one_message():
+    document = yaml.safe_load((ROOT / "operator" / "samples" / "minimal.yaml").read_text())
+    document["spec"]["replicas"] = -1
+    messages = [e.message for e in validator().iter_errors(document)]
+    assert len(messages) == 1 and "minimum" in messages[0], messages
+
+
 def test_required_fields_are_required():
     document = yaml.safe_load((ROOT / "operator" / "samples" / "minimal.yaml").read_text())
     del document["spec"]["kafka"]
@@ -132,6 +139,9 @@ def test_rendered_children_are_valid_kubernetes_objects(sample):
         "Service",
         "Deployment",
         "Deployment",
+        # one per component, on by default (spec.networkPolicy.enabled)
+        "NetworkPolicy",
+        "NetworkPolicy",
     ]
     for document in documents:
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)

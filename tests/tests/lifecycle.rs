@@ -395,7 +395,7 @@ impl Harness {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = jm::execute(&self.client, NS, NAME, *action).await;
+            let outcome = jm::execute(&self.client, NS, NAME, action).await;
             let (next, events) =
                 lifecycle::after_action(&self.store.job, &status, &outcome, Timestamp::now());
             self.store
@@ -681,7 +681,7 @@ async fn heavy_upgrade_rescale_suspend_resume_and_delete_with_real_processes() {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = jm::execute(&h.client, NS, NAME, *action).await;
+            let outcome = jm::execute(&h.client, NS, NAME, action).await;
             status = lifecycle::after_action(&h.store.job, &status, &outcome, Timestamp::now()).0;
         }
         h.store.job.status = Some(status);

@@ -14,10 +14,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub partition: i32,
-    /// Assignment generation chosen by the jobmanager (monotonic per job).
+    /// Assignment generation chosen by the jobmanager (monotonic per job). The claim's epoch is at
+    /// least `generation << 20`, which keeps it above every earlier owner's even after Redis
+    /// rolled the fence back.
     pub generation: u64,
-    /// Offset to start from when the Redis fence has none (from a savepoint/checkpoint).
-    /// The fence wins when it is ahead.
+    /// The job's committed offset for the partition (from a savepoint, a checkpoint or reports),
+    /// if any. The Redis fence always wins: a fence behind it means Redis lost writes (the
+    /// partition rewinds to the fence); no fence at all means Redis lost the fence (the partition
+    /// re-applies from the earliest retained offset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_offset: Option<i64>,
 }
@@ -48,6 +52,12 @@ pub struct PartitionProgress {
     /// The newest failure this owner met on the partition (retried or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<PartitionError>,
+    /// Rewinds since this owner took the partition: Redis lost writes it had acknowledged and
+    /// the partition re-read from the fence.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rewinds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<Rewind>,
 }
 
 /// One failure a partition met, as its owner reports it.
@@ -65,6 +75,23 @@ pub struct PartitionError {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One rewind of a partition: Redis lost acknowledged writes (its fence fell back, or vanished)
+/// and the partition re-reads `[to_offset, from_offset)` and applies it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewind {
+    /// Where the partition was: every offset below it had been applied (as far as it knew).
+    pub from_offset: i64,
+    /// Where Redis's fence stood (or the earliest retained offset when the fence vanished).
+    pub to_offset: i64,
+    /// Wall-clock time of the rewind (ms since the epoch).
+    pub at_ms: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,6 +212,12 @@ pub struct PartitionStatus {
     pub dead_lettered: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<PartitionError>,
+    /// Rewinds of this partition seen by this jobmanager (Redis lost acknowledged writes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rewinds: u64,
+    /// The latest of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<Rewind>,
 }
 
 /// Where the jobmanager took its starting offsets from.
@@ -234,6 +267,10 @@ pub struct TriggerSavepointRequest {
     /// Directory to write into instead of the configured savepoint directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id (`[A-Za-z0-9._-]`, at most 128): a trigger repeated with an id
+    /// the jobmanager knows answers that request again instead of taking a second savepoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// Body of `POST /jobs/{jobId}/stop` (may be empty).
@@ -242,6 +279,10 @@ pub struct TriggerSavepointRequest {
 pub struct StopWithSavepointRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id, as for [`TriggerSavepointRequest::trigger_id`]: a repeated stop
+    /// answers the stop already under way (or done) instead of `409`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// `202 Accepted` answer to a trigger: poll `GET /jobs/{jobId}/savepoints/{requestId}`

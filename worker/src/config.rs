@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variable that overrides `sink.redis.password`.
 pub const ENV_REDIS_PASSWORD: &str = "STREAMJOB_REDIS_PASSWORD";
+/// Environment variable that sets `sink.redis.sentinel.password` (the sentinels' own password).
+pub const ENV_REDIS_SENTINEL_PASSWORD: &str = "STREAMJOB_REDIS_SENTINEL_PASSWORD";
 /// Environment variable that overrides `source.kafka.sasl.username`.
 pub const ENV_KAFKA_SASL_USERNAME: &str = "STREAMJOB_KAFKA_SASL_USERNAME";
 /// Environment variable that overrides `source.kafka.sasl.password`.
@@ -171,6 +173,11 @@ pub struct RedisSinkConfig {
     pub time_zone: String,
     /// Prefix for every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
     pub key_prefix: String,
+    /// A Sentinel-managed primary: the sink asks these sentinels for the primary's address and
+    /// asks again after connection errors and `READONLY` replies (a failover). `url` then only
+    /// selects the database (`redis://sentinel/2`); its host and port are not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelConfig>,
 }
 
 impl Default for RedisSinkConfig {
@@ -180,8 +187,22 @@ impl Default for RedisSinkConfig {
             password: None,
             time_zone: "Asia/Shanghai".into(),
             key_prefix: String::new(),
+            sentinel: None,
         }
     }
+}
+
+/// `sink.redis.sentinel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisSentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`.
+    pub nodes: Vec<String>,
+    /// Never rendered by the operator; set from `STREAMJOB_REDIS_SENTINEL_PASSWORD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// How events of one partition are grouped into one atomic Redis script call.
@@ -382,6 +403,12 @@ impl JobConfig {
         if let Some(password) = lookup(ENV_REDIS_PASSWORD) {
             self.sink.redis.password = Some(password);
         }
+        if let (Some(sentinel), Some(password)) = (
+            self.sink.redis.sentinel.as_mut(),
+            lookup(ENV_REDIS_SENTINEL_PASSWORD),
+        ) {
+            sentinel.password = Some(password);
+        }
         let username = lookup(ENV_KAFKA_SASL_USERNAME);
         let password = lookup(ENV_KAFKA_SASL_PASSWORD);
         if username.is_some() || password.is_some() {
@@ -439,6 +466,9 @@ impl JobConfig {
                     redis.url
                 ),
             ));
+        }
+        if let Some(sentinel) = &redis.sentinel {
+            validate_sentinel(sentinel, &redis.url)?;
         }
         if redis.time_zone.is_empty() {
             return Err(invalid(
@@ -500,6 +530,39 @@ pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+fn validate_sentinel(sentinel: &RedisSentinelConfig, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("unix://") {
+        return Err(invalid(
+            "sink.redis.url",
+            "must be redis:// or rediss:// with sink.redis.sentinel (it selects the database)",
+        ));
+    }
+    if sentinel.master_name.trim().is_empty() {
+        return Err(invalid(
+            "sink.redis.sentinel.masterName",
+            "must not be empty",
+        ));
+    }
+    if sentinel.nodes.is_empty() {
+        return Err(invalid(
+            "sink.redis.sentinel.nodes",
+            "must list at least one sentinel as host:port",
+        ));
+    }
+    for node in &sentinel.nodes {
+        let port = node
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            return Err(invalid(
+                "sink.redis.sentinel.nodes",
+                format!("{node:?} is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +617,39 @@ mod tests {
         assert!(sasl.username.is_none());
         let rendered = JobConfig::default().to_yaml().expect("serialises");
         assert!(!rendered.contains("password"), "{rendered}");
+    }
+
+    #[test]
+    fn a_sentinel_primary_is_named_in_yaml_and_its_password_comes_from_the_environment() {
+        let yaml = "sink:\n  redis:\n    url: redis://sentinel/2\n    sentinel:\n      masterName: trace\n      nodes: [\"s1:26379\", \"s2:26379\"]\n";
+        let mut config = JobConfig::from_yaml(yaml).expect("valid");
+        let sentinel = config.sink.redis.sentinel.clone().expect("sentinel");
+        assert_eq!(sentinel.master_name, "trace");
+        assert_eq!(sentinel.nodes, ["s1:26379", "s2:26379"]);
+        assert_eq!(sentinel.password, None);
+        config.apply_env(|name| (name == ENV_REDIS_SENTINEL_PASSWORD).then(|| "s3cret".into()));
+        let sentinel = config.sink.redis.sentinel.clone().expect("sentinel");
+        assert_eq!(sentinel.password.as_deref(), Some("s3cret"));
+        let rendered = JobConfig::default().to_yaml().expect("yaml");
+        assert!(!rendered.contains("sentinel"), "{rendered}");
+
+        for (bad, field) in [
+            (
+                "masterName: ''\n      nodes: [\"s1:26379\"]",
+                "sink.redis.sentinel.masterName",
+            ),
+            (
+                "masterName: m\n      nodes: []",
+                "sink.redis.sentinel.nodes",
+            ),
+            (
+                "masterName: m\n      nodes: [\"s1\"]",
+                "sink.redis.sentinel.nodes",
+            ),
+        ] {
+            let yaml = format!("sink:\n  redis:\n    sentinel:\n      {bad}\n");
+            let err = JobConfig::from_yaml(&yaml).expect_err(bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 }

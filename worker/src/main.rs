@@ -4,6 +4,10 @@
 //! a second SIGTERM/SIGINT (exit at once), 2 on an invalid command line or configuration (one
 //! message naming the field).
 
+// The whole process is one future (standalone runs a jobmanager and taskmanagers in it); its
+// nesting is deeper than the compiler's default layout depth.
+#![recursion_limit = "256"]
+
 mod cli;
 
 use std::path::Path;

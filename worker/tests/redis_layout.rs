@@ -37,7 +37,7 @@ async fn check_layout(prefix: &str) {
     let events: Vec<_> = EVENTS.iter().map(|e| event(e)).collect();
     let fence = sink.claim(0).await.expect("claim");
     assert_eq!(fence.epoch, 1);
-    assert_eq!(fence.next_offset, None);
+    assert_eq!(fence.next_offset, Some(0), "the claim starts the fence");
 
     let now = SystemTime::now();
     let batch = batch_of(&sink, 0, fence.epoch, 0, &events, now);

@@ -11,12 +11,17 @@ use k8s_openapi::api::core::v1::{
     SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
     Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use streamjob_worker::config::{
     ENV_KAFKA_SASL_PASSWORD, ENV_KAFKA_SASL_USERNAME, ENV_REDIS_PASSWORD,
+    ENV_REDIS_SENTINEL_PASSWORD,
 };
 
 use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
@@ -24,7 +29,7 @@ use crate::planner::config::{
     API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REST_PORT, STATE_DIR,
     TLS_DIR,
 };
-use crate::planner::{labels, names};
+use crate::planner::{labels, names, NetworkPeers};
 
 /// Pod template annotation carrying the config hash: a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "streaming.austin.dev/config-hash";
@@ -40,6 +45,7 @@ pub struct Context<'a> {
     pub namespace: &'a str,
     pub owner: OwnerReference,
     pub config_hash: &'a str,
+    pub peers: &'a NetworkPeers,
 }
 
 impl Context<'_> {
@@ -359,6 +365,14 @@ fn env(ctx: &Context) -> Vec<EnvVar> {
     if let Some(password) = &spec.redis.password_secret_ref {
         env.push(secret_env(ENV_REDIS_PASSWORD, password));
     }
+    if let Some(password) = spec
+        .redis
+        .sentinel
+        .as_ref()
+        .and_then(|s| s.password_secret_ref.as_ref())
+    {
+        env.push(secret_env(ENV_REDIS_SENTINEL_PASSWORD, password));
+    }
     if let Some(sasl) = &spec.kafka.sasl {
         env.push(secret_env(
             ENV_KAFKA_SASL_USERNAME,
@@ -485,4 +499,107 @@ fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
 
 fn non_empty_map(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!map.is_empty()).then_some(map)
+}
+
+/// The namespace label every namespace carries (Kubernetes 1.21+).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn namespaces(labels: Option<&BTreeMap<String, String>>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        // `{}` selects every namespace.
+        namespace_selector: Some(LabelSelector {
+            match_labels: labels.cloned().filter(|l| !l.is_empty()),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    }
+}
+
+fn ingress_only(
+    ctx: &Context,
+    component: &str,
+    ingress: Vec<NetworkPolicyIngressRule>,
+) -> NetworkPolicy {
+    let name = match component {
+        labels::COMPONENT_JOBMANAGER => names::jobmanager(ctx.name),
+        _ => names::taskmanager(ctx.name),
+    };
+    NetworkPolicy {
+        metadata: ctx.meta(name, component),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(ctx.name, component)),
+                match_expressions: None,
+            }),
+            ingress: Some(ingress),
+            // Only ingress is restricted: Kafka and Redis may live anywhere.
+            policy_types: Some(vec!["Ingress".into()]),
+            egress: None,
+        }),
+    }
+}
+
+/// The job's NetworkPolicies (none when `spec.networkPolicy.enabled` is false):
+/// - jobmanager: its REST port (which also serves the taskmanagers' protocol and `/metrics`)
+///   accepts pods of the job's own namespace, of the operator's namespace and of the metrics
+///   namespaces;
+/// - taskmanagers: accept their jobmanager, and their metrics port the metrics namespaces.
+pub fn network_policies(ctx: &Context) -> Vec<NetworkPolicy> {
+    if !ctx.job.spec.network_policy.enabled {
+        return Vec::new();
+    }
+    let same_namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = ctx.peers.operator_namespace.as_ref().map(|ns| {
+        namespaces(Some(&BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
+            ns.clone(),
+        )])))
+    });
+    let metrics = namespaces(ctx.peers.metrics_namespace_labels.as_ref());
+    let rest_from = match operator {
+        Some(operator) => vec![same_namespace, operator, metrics.clone()],
+        // Where the operator runs is unknown (e.g. out of the cluster): any namespace.
+        None => vec![same_namespace, namespaces(None)],
+    };
+    let jobmanager = ingress_only(
+        ctx,
+        labels::COMPONENT_JOBMANAGER,
+        vec![NetworkPolicyIngressRule {
+            from: Some(rest_from),
+            ports: Some(vec![tcp(REST_PORT)]),
+        }],
+    );
+    let jobmanager_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels::selector(ctx.name, labels::COMPONENT_JOBMANAGER)),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let taskmanager = ingress_only(
+        ctx,
+        labels::COMPONENT_TASKMANAGER,
+        vec![
+            NetworkPolicyIngressRule {
+                from: Some(vec![jobmanager_pods]),
+                ports: None,
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![metrics]),
+                ports: Some(vec![tcp(METRICS_PORT)]),
+            },
+        ],
+    );
+    vec![jobmanager, taskmanager]
 }

@@ -88,6 +88,15 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
     redis.password = None;
     redis.time_zone = spec.redis.time_zone.clone();
     redis.key_prefix = spec.redis.key_prefix.clone();
+    redis.sentinel = spec
+        .redis
+        .sentinel
+        .as_ref()
+        .map(|sentinel| worker::RedisSentinelConfig {
+            master_name: sentinel.master_name.clone(),
+            nodes: sentinel.nodes.clone(),
+            password: None,
+        });
 
     config.batch.max_events = count("spec.batch.maxEvents", spec.batch.max_events)?;
     config.batch.linger = duration("spec.batch.linger", &spec.batch.linger)?;

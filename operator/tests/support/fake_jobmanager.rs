@@ -51,6 +51,8 @@ pub struct JmState {
     /// Called with every request as it arrives (e.g. to look at the API server at that moment).
     pub on_request: Option<RequestHook>,
     seq: u64,
+    /// Bodies of the POSTs received, in order.
+    pub post_bodies: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,7 @@ impl FakeJobManager {
             complete_at_once: true,
             on_request: None,
             seq: 0,
+            post_bodies: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -97,13 +100,23 @@ impl FakeJobManager {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shared = state.clone();
         let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: axum::http::HeaderMap, _body: Bytes| {
+            move |method: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
                 let shared = shared.clone();
                 let authorization = headers
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                async move { answer(&shared, method, uri, authorization).await }
+                async move {
+                    if method == Method::POST {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        shared
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .post_bodies
+                            .push(text);
+                    }
+                    answer(&shared, method, uri, authorization).await
+                }
             },
         );
         tokio::spawn(async move {

@@ -7,7 +7,7 @@
 pub mod auth;
 pub mod coordinator;
 pub mod dashboard;
-mod metrics;
+pub mod metrics;
 mod operations;
 pub mod planner;
 pub mod rest;
@@ -181,6 +181,16 @@ impl JobManager {
             operations: Mutex::new(Operations::default()),
             restore,
         });
+        // Until its first checkpoint the jobmanager counts a checkpoint's age from its start,
+        // so "no checkpoint for 3 intervals" also fires for one that never checkpoints.
+        shared
+            .metrics
+            .last_checkpoint_timestamp_seconds
+            .set(now_ms() as f64 / 1e3);
+        shared
+            .metrics
+            .checkpoint_interval_seconds
+            .set(config.checkpoint.interval.as_secs_f64());
         let local_addr = listener.local_addr().map_err(JobManagerError::Serve)?;
         let (fatal_tx, fatal) = watch::channel(None);
         let fatal_tx = Arc::new(fatal_tx);
@@ -357,7 +367,7 @@ async fn periodic(shared: Arc<Shared>, kind: SnapshotKind) {
         }
         let op = match kind {
             SnapshotKind::Checkpoint => operations::trigger_checkpoint(&shared),
-            SnapshotKind::Savepoint => operations::trigger_savepoint(&shared, None),
+            SnapshotKind::Savepoint => operations::trigger_savepoint(&shared, None, None),
         };
         if let Err(e) = op {
             tracing::warn!(error = %e, ?kind, "periodic snapshot not started");

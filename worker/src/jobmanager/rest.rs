@@ -93,8 +93,10 @@ impl From<CoordinatorError> for ApiError {
 impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         let status = match e {
-            TriggerError::BadTarget(_) => StatusCode::BAD_REQUEST,
-            TriggerError::WrongState(_) | TriggerError::PartitionsUnknown => StatusCode::CONFLICT,
+            TriggerError::BadTarget(_) | TriggerError::BadTriggerId(_) => StatusCode::BAD_REQUEST,
+            TriggerError::WrongState(_)
+            | TriggerError::PartitionsUnknown
+            | TriggerError::TriggerIdReused(_) => StatusCode::CONFLICT,
         };
         Self::new(status, e.to_string())
     }
@@ -314,6 +316,7 @@ async fn trigger_savepoint(
     Ok(accepted(operations::trigger_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 
@@ -329,6 +332,7 @@ async fn stop_with_savepoint(
     Ok(accepted(operations::stop_with_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 

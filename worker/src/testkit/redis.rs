@@ -18,6 +18,16 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Extra `--name value` arguments, e.g. `["--maxmemory", "1mb"]`.
     pub extra_args: Vec<String>,
+    /// Run as a Sentinel monitoring this primary (`redis-server FILE --sentinel`).
+    pub sentinel: Option<SentinelOf>,
+}
+
+/// What a sentinel monitors.
+#[derive(Debug, Clone)]
+pub struct SentinelOf {
+    pub master_name: String,
+    pub primary_port: u16,
+    pub quorum: u32,
 }
 
 /// A running `redis-server` child process.
@@ -64,6 +74,24 @@ impl RedisServer {
 
     fn spawn(&mut self) -> io::Result<()> {
         let mut cmd = Command::new("redis-server");
+        if let Some(sentinel) = &self.options.sentinel {
+            // A sentinel rewrites its config file: each gets its own, written once.
+            let conf = self.dir.path().join("sentinel.conf");
+            if !conf.exists() {
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "sentinel monitor {name} 127.0.0.1 {port} {quorum}\n\
+                         sentinel down-after-milliseconds {name} 1000\n\
+                         sentinel failover-timeout {name} 5000\n",
+                        name = sentinel.master_name,
+                        port = sentinel.primary_port,
+                        quorum = sentinel.quorum,
+                    ),
+                )?;
+            }
+            cmd.arg(&conf).arg("--sentinel");
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
@@ -76,7 +104,9 @@ impl RedisServer {
             .arg("no")
             .arg("--protected-mode")
             .arg("no");
-        if self.options.persistence {
+        if self.options.sentinel.is_some() {
+            // No data options for a sentinel.
+        } else if self.options.persistence {
             cmd.args([
                 "--appendonly",
                 "yes",
@@ -200,6 +230,94 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -STOP` (`pause: true`) or `kill -CONT` the server: a paused replica misses writes.
+    pub fn pause(&self, pause: bool) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("redis-server is not running"))?;
+        let signal = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends one command and returns the raw reply text (tests and tools).
+    pub fn command(&self, args: &[&str]) -> io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut request = Vec::new();
+        if let Some(password) = &self.options.password {
+            request.extend_from_slice(
+                format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()).as_bytes(),
+            );
+        }
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        stream.write_all(&request)?;
+        // The first bytes may take a while (SAVE); the rest of a long reply follows at once.
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                }
+                Err(e)
+                    if !reply.is_empty()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    /// `SAVE`s a snapshot and copies it to `to`: what Redis holds now.
+    pub fn snapshot(&self, to: &Path) -> io::Result<()> {
+        let reply = self.command(&["SAVE"])?;
+        if !reply.contains("+OK") {
+            return Err(io::Error::other(format!("SAVE failed: {reply}")));
+        }
+        std::fs::copy(self.dir.path().join("dump.rdb"), to)?;
+        Ok(())
+    }
+
+    /// SIGKILLs the server, puts `snapshot` back as its data and starts it again (no AOF):
+    /// Redis then holds an older but consistent state, having lost every write since the
+    /// snapshot, as after a failover to a lagging replica.
+    pub fn restore(&mut self, snapshot: &Path) -> io::Result<()> {
+        self.stop();
+        for aof in ["appendonlydir", "appendonly.aof"] {
+            let path = self.dir.path().join(aof);
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        std::fs::copy(snapshot, self.dir.path().join("dump.rdb"))?;
+        let persistence = std::mem::replace(&mut self.options.persistence, false);
+        let result = self.restart();
+        self.options.persistence = persistence;
+        result
     }
 
     /// Stops (if running) and starts again on the same port and directory.

@@ -45,7 +45,14 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
     }
     match input.jobmanager.map(|v| &v.overview) {
         Some(Ok(overview)) => {
-            if overview.state != JmState::Running {
+            if overview.state == JmState::Finished {
+                decision.not_ready.get_or_insert_with(|| {
+                    (
+                        "JobFinished".into(),
+                        "the job was stopped with a savepoint (the jobmanager reports it FINISHED) and consumes nothing: its taskmanagers are scaled to 0; set a new spec.restartNonce to start it again".into(),
+                    )
+                });
+            } else if overview.state != JmState::Running {
                 decision.not_ready.get_or_insert_with(|| {
                     (
                         "JobNotRunning".into(),

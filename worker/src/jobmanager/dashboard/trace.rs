@@ -16,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisSinkConfig;
-use crate::sink::redis::{redis_client, Layout};
+use crate::sink::redis::{Layout, Primary, SinkError};
 
 /// Limit of one Redis read.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -370,11 +370,13 @@ pub fn build_chart(business_id: i64, counts: &BTreeMap<String, String>) -> Echar
     }
 }
 
-/// Reads the job's Redis for the trace endpoints: one lazily opened, reconnecting connection.
+/// Reads the job's Redis for the trace endpoints: one lazily opened, reconnecting connection to
+/// the primary, the same way the sink finds it (the URL, or the primary Sentinel names, followed
+/// through a failover).
 pub struct TraceReader {
     config: RedisSinkConfig,
     layout: Layout,
-    conn: OnceCell<ConnectionManager>,
+    primary: OnceCell<Primary>,
 }
 
 impl TraceReader {
@@ -382,38 +384,39 @@ impl TraceReader {
         Self {
             config,
             layout,
-            conn: OnceCell::new(),
+            primary: OnceCell::new(),
         }
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, TraceError> {
-        let conn = self
-            .conn
+    async fn primary(&self) -> Result<&Primary, TraceError> {
+        self.primary
             .get_or_try_init(|| async {
-                let client = redis_client(&self.config).map_err(|e| e.to_string())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(READ_TIMEOUT))
                     .set_response_timeout(Some(READ_TIMEOUT))
                     .set_number_of_retries(2);
-                tokio::time::timeout(
-                    READ_TIMEOUT,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-                .map_err(|_| "connecting timed out".to_string())?
-                .map_err(|e| e.to_string())
+                Primary::connect(&self.config, config, READ_TIMEOUT).await
             })
             .await
-            .map_err(|e| TraceError::unavailable(format!("the job's Redis is unreachable: {e}")))?;
-        Ok(conn.clone())
+            .map_err(|e| TraceError::unavailable(format!("the job's Redis is unreachable: {e}")))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, TraceError> {
-        let mut conn = self.conn().await?;
-        tokio::time::timeout(READ_TIMEOUT, cmd.query_async(&mut conn))
-            .await
-            .map_err(|_| TraceError::unavailable("the job's Redis did not answer in time"))?
-            .map_err(|e| TraceError::unavailable(format!("reading the job's Redis failed: {e}")))
+        let primary = self.primary().await?;
+        let mut conn = primary.conn();
+        let result = match tokio::time::timeout(READ_TIMEOUT, cmd.query_async(&mut conn)).await {
+            Err(_) => Err(SinkError::timeout("reading the job's Redis", READ_TIMEOUT)),
+            Ok(result) => result.map_err(SinkError::from),
+        };
+        match result {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                primary.after_error(&err).await;
+                Err(TraceError::unavailable(format!(
+                    "reading the job's Redis failed: {err}"
+                )))
+            }
+        }
     }
 
     async fn list(&self, key: &str) -> Result<Vec<SimpleAnchorInfo>, TraceError> {

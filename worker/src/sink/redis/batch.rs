@@ -143,6 +143,8 @@ pub struct BatchBuilder {
     partition: i32,
     epoch: u64,
     first_offset: Option<i64>,
+    /// Where the batch starts covering, when known (see [`BatchBuilder::cover_from`]).
+    covers_from: Option<i64>,
     next_offset: i64,
     events: usize,
     skipped: usize,
@@ -170,6 +172,7 @@ impl BatchBuilder {
             partition,
             epoch,
             first_offset: None,
+            covers_from: None,
             next_offset: 0,
             events: 0,
             skipped: 0,
@@ -191,9 +194,20 @@ impl BatchBuilder {
             self.next_offset
         );
         if self.first_offset.is_none() {
-            self.first_offset = Some(offset);
+            let from = self.covers_from.filter(|from| *from <= offset);
+            self.first_offset = Some(from.unwrap_or(offset));
         }
         self.next_offset = self.next_offset.max(offset.saturating_add(1));
+    }
+
+    /// Makes the batch cover offsets from `offset` on (the owner's position: the previous batch's
+    /// end or where it resumed) even when its first record comes later, so consecutive batches are
+    /// contiguous: offsets without a record (transaction markers, compaction, retention) never
+    /// look like a gap in Redis to the apply's gap check. No effect once a record is in.
+    pub fn cover_from(&mut self, offset: i64) {
+        if self.first_offset.is_none() {
+            self.covers_from = Some(offset);
+        }
     }
 
     /// Adds one decoded event read at `offset` (offsets increase within a batch).

@@ -1,28 +1,43 @@
 //! The exactly-once Redis sink.
 //!
 //! Every partition has a fence hash `{prefix}streamjob:{job}:fence:{topic}:{partition}` →
-//! `{epoch, next_offset}`. An owner [`RedisSink::claim`]s the partition (bumping the epoch, which
-//! shuts out every older owner) and resumes at the fence's `next_offset`. Each [`Batch`] is applied
-//! by one Lua script that, atomically: refuses it if the stored epoch is newer ([`SinkError::Fenced`]),
-//! skips it if `next_offset` is already past it ([`ApplyOutcome::AlreadyApplied`]), refuses it if
-//! the fence lies strictly inside it ([`SinkError::Overlap`], never a partial re-apply), and
-//! otherwise runs all its merged writes and moves `next_offset` to the batch's end.
+//! `{epoch, next_offset}`. An owner [`RedisSink::claim_from`]s the partition (raising the epoch,
+//! which shuts out every older owner, and writing `next_offset` if the fence has none) and resumes
+//! at the fence's `next_offset`. Each [`Batch`] is applied by one Lua script that, atomically:
+//! refuses it if the stored epoch is newer ([`SinkError::Fenced`]); refuses it if the fence has no
+//! `next_offset` or ends before the batch ([`SinkError::Gap`]: Redis lost acknowledged writes, the
+//! partition rewinds); skips it if `next_offset` is already past it
+//! ([`ApplyOutcome::AlreadyApplied`]); refuses it if the fence lies strictly inside it
+//! ([`SinkError::Overlap`], never a partial re-apply); and otherwise runs all its merged writes and
+//! moves `next_offset` to the batch's end.
+//!
+//! # Epochs survive a rollback
+//!
+//! A claim's epoch is `max(stored + 1, generation << 20)`, where `generation` is the jobmanager's
+//! assignment generation (strictly increasing per assignment, kept in checkpoints and re-learnt
+//! from re-registering owners). If Redis rolls the fence back, `stored + 1` may be below epochs
+//! earlier owners used, but `generation << 20` is not: an earlier owner's epoch is at most
+//! `(its generation + 1) << 20 - 1` (it started at `its generation << 20` or at `stored + 1`,
+//! and fewer than 2^20 claims happen per generation), which is below the new floor. So once a
+//! claim is in Redis, no earlier owner can write, whatever Redis lost before it.
 //!
 //! The sink holds one multiplexed connection (redis-rs `ConnectionManager`, which reconnects
 //! in the background after the server goes away); every call has a timeout, so a hung Redis
-//! becomes a retryable [`SinkError::Unavailable`].
+//! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connection goes
+//! to the primary the sentinels name, and is replaced when they name another one (`primary.rs`).
 
 mod batch;
 mod checked_expiries;
 mod error;
 mod layout;
+mod primary;
 mod script;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, IntoConnectionInfo, Value};
+use redis::aio::ConnectionManagerConfig;
+use redis::{Cmd, Value};
 use tracing::Instrument;
 
 pub use batch::{Batch, BatchBuilder};
@@ -31,8 +46,10 @@ pub use error::SinkError;
 pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLATE_TTL};
 
 use crate::config::RedisSinkConfig;
+pub(crate) use primary::Primary;
 use script::{
-    parse_apply_reply, parse_claim_reply, ApplyReply, LuaScript, APPLY_SCRIPT, CLAIM_SCRIPT,
+    parse_apply_reply, parse_claim_reply, ApplyReply, ClaimReply, LuaScript, APPLY_SCRIPT,
+    CLAIM_SCRIPT,
 };
 
 /// Default limit for one Redis round trip (including a batch's script run).
@@ -45,6 +62,21 @@ pub struct Fence {
     pub epoch: u64,
     /// Every offset below this is applied; `None` before the first batch.
     pub next_offset: Option<i64>,
+}
+
+/// The lowest epoch a claim for assignment `generation` takes (see the module documentation).
+pub fn epoch_floor(generation: u64) -> u64 {
+    generation.min(1 << 32) << 20
+}
+
+/// What a claim found and wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The fence after the claim.
+    pub fence: Fence,
+    /// The fence had no `next_offset` (never claimed, or lost by Redis): the claim wrote the
+    /// caller's `resume_if_missing`, if any.
+    pub was_missing: bool,
 }
 
 /// What applying a batch did.
@@ -86,25 +118,10 @@ impl Default for SinkOptions {
     }
 }
 
-/// A client for the configured Redis (URL plus the password from the environment). The sink and
-/// the jobmanager's trace reads both open their connections from it.
-pub fn redis_client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> {
-    let mut info = cfg
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
-    if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    redis::Client::open(info).map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))
-}
-
 /// Clone-able handle over one persistent multiplexed connection.
 #[derive(Clone)]
 pub struct RedisSink {
-    conn: ConnectionManager,
+    primary: Primary,
     layout: Layout,
     timeout: Duration,
     checked: Arc<Mutex<CheckedExpiries>>,
@@ -133,21 +150,15 @@ impl RedisSink {
     ) -> Result<Self, SinkError> {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
-        let client = redis_client(cfg)?;
         let timeout = options.call_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| SinkError::timeout("connecting to redis", timeout))??;
+        let primary = Primary::connect(cfg, manager_config, timeout).await?;
         let sink = Self {
-            conn,
+            primary,
             layout,
             timeout,
             checked: Arc::default(),
@@ -175,16 +186,35 @@ impl RedisSink {
     }
 
     async fn query(&self, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
-            Err(_) => Err(SinkError::timeout(what, self.timeout)),
-            Ok(result) => Ok(result?),
+        let mut conn = self.primary.conn();
+        let result =
+            match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
+                Err(_) => Err(SinkError::timeout(what, self.timeout)),
+                Ok(result) => result.map_err(SinkError::from),
+            };
+        if let Err(err) = &result {
+            self.primary.after_error(err).await;
         }
+        result
     }
 
-    /// `EVALSHA`, loading the script once if the server lost it (restart, `SCRIPT FLUSH`).
+    /// `EVALSHA`, loading the script once if the server lost it (restart, `SCRIPT FLUSH`,
+    /// a failover to a server that never saw it).
     async fn eval(&self, script: &LuaScript, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
-        let mut conn = self.conn.clone();
+        let result = self.eval_once(script, cmd, what).await;
+        if let Err(err) = &result {
+            self.primary.after_error(err).await;
+        }
+        result
+    }
+
+    async fn eval_once(
+        &self,
+        script: &LuaScript,
+        cmd: &Cmd,
+        what: &str,
+    ) -> Result<Value, SinkError> {
+        let mut conn = self.primary.conn();
         let first = tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await;
         match first {
             Err(_) => Err(SinkError::timeout(what, self.timeout)),
@@ -202,24 +232,88 @@ impl RedisSink {
         }
     }
 
-    /// Atomically bumps the partition's fence epoch and returns the new fence: this owner's epoch
-    /// and where to resume. Every older owner is refused from then on.
+    /// [`RedisSink::claim_from`] for generation 0, starting a fence that has none at offset 0
+    /// (tests and tools).
     pub async fn claim(&self, partition: i32) -> Result<Fence, SinkError> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(CLAIM_SCRIPT.hash())
-            .arg(1)
-            .arg(self.layout.fence_key(partition));
-        let reply = self.eval(&CLAIM_SCRIPT, &cmd, "claim").await?;
-        let (epoch, next_offset) = parse_claim_reply(&reply)?;
+        Ok(self.claim_from(partition, 0, Some(0)).await?.fence)
+    }
+
+    /// Atomically raises the partition's fence epoch to `max(stored + 1, epoch_floor(generation))`
+    /// and returns the new fence: this owner's epoch and where to resume. A fence without
+    /// `next_offset` gets `resume_if_missing`. Every older owner is refused from then on.
+    pub async fn claim_from(
+        &self,
+        partition: i32,
+        generation: u64,
+        resume_if_missing: Option<i64>,
+    ) -> Result<Claim, SinkError> {
+        let floor = epoch_floor(generation);
+        let reply = self
+            .run_claim(partition, floor, resume_if_missing, "claim")
+            .await?;
+        let ClaimReply::Claimed {
+            epoch,
+            next_offset,
+            was_missing,
+        } = reply
+        else {
+            return Err(SinkError::Script(format!("claim refused: {reply:?}")));
+        };
         tracing::info!(
             job = self.layout.job(),
             topic = self.layout.topic(),
             partition,
             epoch,
             next_offset,
+            was_missing,
             "claimed partition fence"
         );
-        Ok(Fence { epoch, next_offset })
+        Ok(Claim {
+            fence: Fence { epoch, next_offset },
+            was_missing,
+        })
+    }
+
+    /// Rewrites a vanished fence for its current owner: keeps `epoch` (refused with
+    /// [`SinkError::Fenced`] if a newer one is stored) and writes `resume_if_missing` as
+    /// `next_offset` if the fence has none. Returns the fence after it.
+    pub async fn restore_fence(
+        &self,
+        partition: i32,
+        epoch: u64,
+        resume_if_missing: i64,
+    ) -> Result<Fence, SinkError> {
+        match self
+            .run_claim(partition, epoch, Some(resume_if_missing), "restore")
+            .await?
+        {
+            ClaimReply::Claimed {
+                epoch, next_offset, ..
+            } => Ok(Fence { epoch, next_offset }),
+            ClaimReply::Fenced { stored_epoch } => Err(SinkError::Fenced {
+                partition,
+                stored_epoch,
+                our_epoch: epoch,
+            }),
+        }
+    }
+
+    async fn run_claim(
+        &self,
+        partition: i32,
+        floor: u64,
+        resume_if_missing: Option<i64>,
+        mode: &str,
+    ) -> Result<ClaimReply, SinkError> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(CLAIM_SCRIPT.hash())
+            .arg(1)
+            .arg(self.layout.fence_key(partition))
+            .arg(floor)
+            .arg(resume_if_missing.map(|o| o.to_string()).unwrap_or_default())
+            .arg(mode);
+        let reply = self.eval(&CLAIM_SCRIPT, &cmd, "claim").await?;
+        parse_claim_reply(&reply)
     }
 
     /// The partition's fence, or `None` if it was never claimed.
@@ -300,8 +394,18 @@ impl RedisSink {
                         our_epoch: batch.epoch,
                     })
                 }
+                ApplyReply::Gap { stored_next_offset } => {
+                    // Logged loudly by the partition's rewind, which knows the whole story.
+                    tracing::debug!(?stored_next_offset, "batch starts after the fence; refused");
+                    Err(SinkError::Gap {
+                        partition: batch.partition,
+                        stored_next_offset,
+                        first_offset: batch.first_offset,
+                        next_offset: batch.next_offset,
+                    })
+                }
                 ApplyReply::Overlap { stored_next_offset } => {
-                    tracing::error!(
+                    tracing::warn!(
                         stored_next_offset,
                         "batch overlaps the applied range; refused"
                     );

@@ -16,7 +16,14 @@
 //! strings.
 //!
 //! Reply: `{status, stored_epoch|nil, stored_next_offset|nil, commands, write_errors,
-//! first_write_error|nil}` with status 0 applied, 1 already applied, 2 fenced, 3 overlap.
+//! first_write_error|nil}` with status 0 applied, 1 already applied, 2 fenced, 3 overlap, 4 gap.
+//!
+//! The decisions, in order (see [`ApplyReply`]): a newer stored epoch fences the caller; a fence
+//! without `next_offset` is a gap (every claim writes one, so Redis lost the fence); a fence at or
+//! past the batch's end makes it a replay; a fence strictly inside the batch is an overlap (the
+//! batch is refused whole, never applied in part: the partition seeks to the fence and re-reads);
+//! a fence before the batch's first offset is a gap (Redis lost acknowledged writes: nothing is
+//! written and the partition rewinds to the fence).
 //!
 //! The shebang makes Redis 7 check `OOM`/`READONLY` before the script starts, so such a refusal
 //! never leaves a half-applied batch. Data writes use `redis.pcall`: a write that fails on a key
@@ -48,6 +55,11 @@ if stored_next then
   if stored_next > first_offset then
     return {3, stored[1], stored[2], 1, 0, false}
   end
+  if stored_next < first_offset then
+    return {4, stored[1], stored[2], 1, 0, false}
+  end
+else
+  return {4, stored[1], false, 1, 0, false}
 end
 
 local message_ttl = ARGV[4]
@@ -184,10 +196,38 @@ commands = commands + 1
 return {0, stored[1], stored[2], commands, write_errors, first_error}
 "#;
 
+/// `KEYS[1]` the fence; `ARGV`: the epoch floor, the `next_offset` to write when the fence has
+/// none (`''`: none known), and the mode. `claim`: the epoch becomes `max(stored + 1, floor)`.
+/// `restore` (an owner whose fence vanished under it): the epoch stays the floor (the caller's
+/// own), refused with status 1 when a newer one is stored. Reply `{status, epoch, next_offset|nil,
+/// missing}`: status 0 done, 1 fenced; `missing` 1 when the fence had no `next_offset`. Epochs go
+/// through `%.0f`: Lua 5.1 prints numbers above 1e14 in exponent notation.
 const CLAIM_LUA: &str = r#"#!lua
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-local next_offset = redis.call('HGET', KEYS[1], 'next_offset')
-return {epoch, next_offset}
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'next_offset')
+local stored_epoch = tonumber(stored[1]) or 0
+local floor = tonumber(ARGV[1])
+local epoch = stored_epoch + 1
+if ARGV[3] == 'restore' then
+  if stored_epoch > floor then
+    return {1, stored[1], stored[2], 0}
+  end
+  epoch = floor
+elseif floor > epoch then
+  epoch = floor
+end
+local next_offset = stored[2]
+local missing = 0
+if not next_offset then
+  missing = 1
+  if ARGV[2] ~= '' then next_offset = ARGV[2] end
+end
+local epoch_text = string.format('%.0f', epoch)
+if next_offset then
+  redis.call('HSET', KEYS[1], 'epoch', epoch_text, 'next_offset', next_offset)
+else
+  redis.call('HSET', KEYS[1], 'epoch', epoch_text)
+end
+return {0, epoch_text, next_offset, missing}
 "#;
 
 /// A script's source and SHA1 (for `EVALSHA` / `SCRIPT LOAD`).
@@ -212,7 +252,7 @@ impl LuaScript {
 pub(crate) static APPLY_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(APPLY_LUA));
 pub(crate) static CLAIM_SCRIPT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(CLAIM_LUA));
 
-/// What the apply script decided.
+/// What the apply script decided (the decision table is in the module's documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ApplyReply {
     Applied {
@@ -228,6 +268,11 @@ pub(crate) enum ApplyReply {
     },
     Overlap {
         stored_next_offset: i64,
+    },
+    /// Redis holds less than this batch's owner applied: the fence ends before the batch's first
+    /// offset, or (`None`) has no `next_offset` at all. Nothing was written.
+    Gap {
+        stored_next_offset: Option<i64>,
     },
 }
 
@@ -278,24 +323,44 @@ pub(crate) fn parse_apply_reply(value: &Value) -> Result<ApplyReply, SinkError> 
         3 => ApplyReply::Overlap {
             stored_next_offset: stored_next.unwrap_or(0),
         },
+        4 => ApplyReply::Gap {
+            stored_next_offset: stored_next,
+        },
         _ => return Err(bad("status", item(0))),
     })
 }
 
-/// `(epoch, next_offset)` from the claim script.
-pub(crate) fn parse_claim_reply(value: &Value) -> Result<(u64, Option<i64>), SinkError> {
+/// What the claim script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimReply {
+    Claimed {
+        epoch: u64,
+        next_offset: Option<i64>,
+        /// The fence had no `next_offset` before this claim.
+        was_missing: bool,
+    },
+    /// `restore` only: a newer owner's epoch is stored.
+    Fenced { stored_epoch: u64 },
+}
+
+pub(crate) fn parse_claim_reply(value: &Value) -> Result<ClaimReply, SinkError> {
     let Value::Array(items) = value else {
         return Err(bad("reply", value));
     };
-    let epoch = items
-        .first()
-        .and_then(int_of)
-        .ok_or_else(|| bad("epoch", value))?;
-    let next = match items.get(1) {
-        None => None,
-        Some(v) => opt_int(v)?,
-    };
-    Ok((epoch.max(0) as u64, next))
+    let item = |i: usize| items.get(i).unwrap_or(&Value::Nil);
+    let status = int_of(item(0)).ok_or_else(|| bad("status", value))?;
+    let epoch = int_of(item(1)).ok_or_else(|| bad("epoch", value))?.max(0) as u64;
+    Ok(match status {
+        0 => ClaimReply::Claimed {
+            epoch,
+            next_offset: opt_int(item(2))?,
+            was_missing: int_of(item(3)) == Some(1),
+        },
+        1 => ClaimReply::Fenced {
+            stored_epoch: epoch,
+        },
+        _ => return Err(bad("status", item(0))),
+    })
 }
 
 #[cfg(test)]
@@ -352,6 +417,20 @@ mod tests {
                 stored_next_offset: 5
             }
         );
+        let gap = Value::Array(vec![Value::Int(4), bulk("1"), bulk("5")]);
+        assert_eq!(
+            parse_apply_reply(&gap).expect("parses"),
+            ApplyReply::Gap {
+                stored_next_offset: Some(5)
+            }
+        );
+        let lost = Value::Array(vec![Value::Int(4), Value::Nil, Value::Nil]);
+        assert_eq!(
+            parse_apply_reply(&lost).expect("parses"),
+            ApplyReply::Gap {
+                stored_next_offset: None
+            }
+        );
     }
 
     #[test]
@@ -371,12 +450,33 @@ mod tests {
 
     #[test]
     fn claim_replies_carry_the_epoch_and_the_resume_offset() {
-        let fresh = Value::Array(vec![Value::Int(1), Value::Nil]);
-        assert_eq!(parse_claim_reply(&fresh).expect("parses"), (1, None));
-        let resumed = Value::Array(vec![Value::Int(4), bulk("1200")]);
+        let fresh = Value::Array(vec![Value::Int(0), bulk("1"), bulk("0"), Value::Int(1)]);
+        assert_eq!(
+            parse_claim_reply(&fresh).expect("parses"),
+            ClaimReply::Claimed {
+                epoch: 1,
+                next_offset: Some(0),
+                was_missing: true
+            }
+        );
+        let resumed = Value::Array(vec![
+            Value::Int(0),
+            bulk("4194304"),
+            bulk("1200"),
+            Value::Int(0),
+        ]);
         assert_eq!(
             parse_claim_reply(&resumed).expect("parses"),
-            (4, Some(1200))
+            ClaimReply::Claimed {
+                epoch: 4_194_304,
+                next_offset: Some(1200),
+                was_missing: false
+            }
+        );
+        let fenced = Value::Array(vec![Value::Int(1), bulk("9"), bulk("5"), Value::Int(0)]);
+        assert_eq!(
+            parse_claim_reply(&fenced).expect("parses"),
+            ClaimReply::Fenced { stored_epoch: 9 }
         );
     }
 
