@@ -177,11 +177,12 @@ async fn skipped_offsets_advance_the_fence_without_writing() {
     assert_eq!(builder.len(), 2);
     assert_eq!(builder.first_offset(), Some(10));
     let batch = builder.build(SystemTime::now());
+    // WATCH, HMGET, TIME; MULTI, the fence's HSET, EXEC: no data command.
     assert_eq!(
         sink.apply(&batch).await.expect("apply"),
         ApplyOutcome::Applied {
             events: 0,
-            commands: 2,
+            commands: 6,
             write_errors: 0
         }
     );
@@ -461,4 +462,65 @@ async fn apply_retrying(
         }
     }
     sink.apply(batch).await
+}
+
+#[tokio::test]
+async fn the_same_batch_applied_by_many_tasks_at_once_is_written_once() {
+    let server = RedisServer::start().expect("redis-server");
+    let sink = connect_sink(&server, "").await;
+    let mut conn = raw(&server).await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let evs = events(300, "c");
+    let mut rounds = Vec::new();
+    for (i, chunk) in evs.chunks(100).enumerate() {
+        let batch = batch_of(&sink, 0, epoch, (i * 100) as i64, chunk, SystemTime::now());
+        // Eight concurrent applies of the same batch (retries racing each other): each WATCHes
+        // the fence, exactly one EXEC moves it, the others abort and then see a replay.
+        let outcomes = futures::future::join_all((0..8).map(|_| sink.apply(&batch))).await;
+        let applied = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(ApplyOutcome::Applied { .. })))
+            .count();
+        let skipped = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(ApplyOutcome::AlreadyApplied)))
+            .count();
+        rounds.push((applied, skipped));
+    }
+    assert!(rounds.iter().all(|r| *r == (1, 7)), "{rounds:?}");
+    let shared: i64 = query(&mut conn, &["LLEN", "shared"]).await;
+    assert_eq!(shared, 300, "every event pushed once");
+}
+
+#[tokio::test]
+async fn a_claim_between_the_read_and_exec_aborts_the_stale_owners_transaction() {
+    // Many applies by the old owner race a claim by a new one: whichever order Redis sees, the
+    // old owner's batch is either applied before the claim or fenced, never after it.
+    let server = RedisServer::start().expect("redis-server");
+    let old = connect_sink(&server, "").await;
+    let new = connect_sink(&server, "").await;
+    let mut conn = raw(&server).await;
+    let epoch = old.claim(1).await.expect("claim").epoch;
+    let evs = events(2_000, "z");
+    let batch = batch_of(&old, 1, epoch, 0, &evs, SystemTime::now());
+    let (applied, claimed) = tokio::join!(old.apply(&batch), new.claim(1));
+    let claimed = claimed.expect("claim");
+    let fence = old.read_fence(1).await.expect("fence").expect("exists");
+    assert_eq!(fence.epoch, claimed.epoch);
+    let shared: i64 = query(&mut conn, &["LLEN", "shared"]).await;
+    match applied {
+        Ok(ApplyOutcome::Applied { .. }) => {
+            assert_eq!(claimed.next_offset, Some(2_000), "claimed after the apply");
+            assert_eq!(shared, 2_000);
+        }
+        Err(SinkError::Fenced { .. }) => {
+            assert_eq!(
+                claimed.next_offset,
+                Some(0),
+                "the old owner's claim wrote 0"
+            );
+            assert_eq!(shared, 0, "nothing written after the claim");
+        }
+        other => panic!("{other:?}"),
+    }
 }

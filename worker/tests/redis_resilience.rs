@@ -106,9 +106,15 @@ async fn a_batch_whose_reply_is_lost_is_applied_once_on_retry() {
         ),
         "{err}"
     );
-    sink.restore_fence(0, epoch, 0)
-        .await
-        .expect("fence restored");
+    // Applies use their own connections, so the claim connection may only now find out that
+    // the server restarted: retry, as the partition's rewind does.
+    let restored = loop {
+        match sink.restore_fence(0, epoch, 0).await {
+            Err(err) if err.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => break other.expect("fence restored"),
+        }
+    };
+    assert_eq!(restored.next_offset, Some(0));
     let (outcome, _) = apply_until_done(&sink, &batch).await;
     assert_eq!(applied_events(&outcome), 4);
     let mut conn = raw(&server).await;

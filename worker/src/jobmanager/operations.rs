@@ -357,8 +357,7 @@ async fn write_snapshot(
                 },
             ),
         };
-        let info = store.write(&snapshot)?;
-        let deleted = store.apply_retention(retention, now_ms())?;
+        let (info, deleted) = store.write_retaining(&snapshot, retention, now_ms())?;
         if !deleted.is_empty() {
             tracing::info!(?deleted, ?kind, "retention deleted old snapshots");
         }

@@ -3,6 +3,8 @@
 
 #[cfg(feature = "engine")]
 pub mod kafka;
+#[cfg(feature = "engine")]
+pub mod lifecycle;
 pub mod redis;
 #[cfg(feature = "engine")]
 pub mod trace_state;

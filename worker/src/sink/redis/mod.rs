@@ -3,13 +3,14 @@
 //! Every partition has a fence hash `{prefix}streamjob:{job}:fence:{topic}:{partition}` →
 //! `{epoch, next_offset}`. An owner [`RedisSink::claim_from`]s the partition (raising the epoch,
 //! which shuts out every older owner, and writing `next_offset` if the fence has none) and resumes
-//! at the fence's `next_offset`. Each [`Batch`] is applied by one Lua script that, atomically:
-//! refuses it if the stored epoch is newer ([`SinkError::Fenced`]); refuses it if the fence has no
-//! `next_offset` or ends before the batch ([`SinkError::Gap`]: Redis lost acknowledged writes, the
-//! partition rewinds); skips it if `next_offset` is already past it
-//! ([`ApplyOutcome::AlreadyApplied`]); refuses it if the fence lies strictly inside it
-//! ([`SinkError::Overlap`], never a partial re-apply); and otherwise runs all its merged writes and
-//! moves `next_offset` to the batch's end.
+//! at the fence's `next_offset`. Each [`Batch`] is applied atomically with a check of its fence
+//! (`apply.rs`: `WATCH` the fence, read it, decide, then the batch's native commands in one
+//! `MULTI`/`EXEC` that moves the fence last): refused if the stored epoch is newer
+//! ([`SinkError::Fenced`]); refused if the fence has no `next_offset` or ends before the batch
+//! ([`SinkError::Gap`]: Redis lost acknowledged writes, the partition rewinds); skipped if
+//! `next_offset` is already past it ([`ApplyOutcome::AlreadyApplied`]); refused if the fence lies
+//! strictly inside it ([`SinkError::Overlap`], never a partial re-apply); otherwise all its merged
+//! writes run and `next_offset` moves to the batch's end.
 //!
 //! # Epochs survive a rollback
 //!
@@ -22,16 +23,19 @@
 //! claim is in Redis, no earlier owner can write, whatever Redis lost before it.
 //!
 //! The sink holds one multiplexed connection (redis-rs `ConnectionManager`, which reconnects
-//! in the background after the server goes away); every call has a timeout, so a hung Redis
-//! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connection goes
-//! to the primary the sentinels name, and is replaced when they name another one (`primary.rs`).
+//! in the background after the server goes away) for claims and reads, and a small pool of
+//! connections for applies (`WATCH` is per connection); every call has a timeout, so a hung Redis
+//! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connections go
+//! to the primary the sentinels name, and are replaced when they name another one (`primary.rs`).
 
+mod apply;
 mod batch;
 mod checked_expiries;
 mod error;
 mod layout;
 mod primary;
 mod script;
+mod writes;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,10 +51,7 @@ pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLA
 
 use crate::config::RedisSinkConfig;
 pub(crate) use primary::Primary;
-use script::{
-    parse_apply_reply, parse_claim_reply, ApplyReply, ClaimReply, LuaScript, APPLY_SCRIPT,
-    CLAIM_SCRIPT,
-};
+use script::{parse_claim_reply, ApplyReply, ClaimReply, LuaScript, CLAIM_SCRIPT};
 
 /// Default limit for one Redis round trip (including a batch's script run).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,13 +100,12 @@ pub enum ApplyOutcome {
 pub struct SinkOptions {
     /// Limit for each call (connect, claim, read, apply).
     pub call_timeout: Duration,
-    /// When a batch pushes to a user list that already existed, read its expiry (`PEXPIRETIME`)
-    /// and correct it if it is not tonight's midnight. Lists this sink creates always carry the
-    /// right expiry and yesterday's have expired, so only lists written by someone else can
-    /// differ — upstream's 52-year-TTL keys while migrating from austin's Flink job. Each list
-    /// is checked once a day per process (`checked_expiries.rs`): later batches of the day skip
-    /// it. Turning the check off saves that first-touch command on a Redis no other writer ever
-    /// touched. Default: on.
+    /// The first time this process pushes to a user list on a given day, set its expiry to
+    /// tonight's midnight even if it already had another one (`PEXPIREAT`): lists this sink
+    /// creates always carry the right expiry, so only lists written by someone else can differ
+    /// — upstream's 52-year-TTL keys while migrating from austin's Flink job. Later batches of
+    /// the day skip the list (`checked_expiries.rs`). Off: that first touch uses
+    /// `PEXPIREAT … NX`, which gives an expiry only to a list without one. Default: on.
     pub verify_existing_user_expiry: bool,
 }
 
@@ -177,7 +177,7 @@ impl RedisSink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&*APPLY_SCRIPT, &*CLAIM_SCRIPT] {
+        for script in [&*CLAIM_SCRIPT] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.source);
             self.query(&load, "SCRIPT LOAD").await?;
@@ -338,7 +338,7 @@ impl RedisSink {
     /// Applies one batch atomically with its fence check. Safe to call again with the same batch
     /// after a retryable error.
     pub async fn apply(&self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
-        let Some(cmd) = batch.cmd.as_ref() else {
+        let Some(writes) = batch.writes.as_ref() else {
             return Ok(ApplyOutcome::Applied {
                 events: 0,
                 commands: 0,
@@ -357,69 +357,92 @@ impl RedisSink {
             events = batch.events,
         );
         async {
-            let reply = self.eval(&APPLY_SCRIPT, cmd, "apply batch").await?;
-            match parse_apply_reply(&reply)? {
-                ApplyReply::Applied {
-                    commands,
-                    write_errors,
-                    first_write_error,
-                } => {
-                    if write_errors > 0 {
-                        tracing::warn!(
-                            write_errors,
-                            first_error = first_write_error.as_deref().unwrap_or(""),
-                            "redis refused some writes of the batch (skipped, as upstream would)"
-                        );
-                    }
-                    tracing::debug!(commands, "applied");
-                    self.checked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert_all(batch.user_expire_at, &batch.user_lists);
-                    Ok(ApplyOutcome::Applied {
-                        events: batch.events,
-                        commands,
-                        write_errors,
-                    })
-                }
-                ApplyReply::AlreadyApplied { stored_next_offset } => {
-                    tracing::info!(stored_next_offset, "batch already applied; skipped");
-                    Ok(ApplyOutcome::AlreadyApplied)
-                }
-                ApplyReply::Fenced { stored_epoch } => {
-                    tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
-                    Err(SinkError::Fenced {
-                        partition: batch.partition,
-                        stored_epoch,
-                        our_epoch: batch.epoch,
-                    })
-                }
-                ApplyReply::Gap { stored_next_offset } => {
-                    // Logged loudly by the partition's rewind, which knows the whole story.
-                    tracing::debug!(?stored_next_offset, "batch starts after the fence; refused");
-                    Err(SinkError::Gap {
-                        partition: batch.partition,
-                        stored_next_offset,
-                        first_offset: batch.first_offset,
-                        next_offset: batch.next_offset,
-                    })
-                }
-                ApplyReply::Overlap { stored_next_offset } => {
-                    tracing::warn!(
-                        stored_next_offset,
-                        "batch overlaps the applied range; refused"
-                    );
-                    Err(SinkError::Overlap {
-                        partition: batch.partition,
-                        stored_next_offset,
-                        first_offset: batch.first_offset,
-                        next_offset: batch.next_offset,
-                    })
+            let fence_key = self.layout.fence_key(batch.partition);
+            let applied = apply::apply(
+                self.primary.apply_conns(),
+                &fence_key,
+                batch,
+                writes,
+                self.timeout,
+            )
+            .await;
+            match applied {
+                Ok((reply, day_end)) => self.outcome(batch, reply, day_end),
+                Err(err) => {
+                    self.primary.after_error(&err).await;
+                    Err(err)
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    fn outcome(
+        &self,
+        batch: &Batch,
+        reply: ApplyReply,
+        day_end: i64,
+    ) -> Result<ApplyOutcome, SinkError> {
+        match reply {
+            ApplyReply::Applied {
+                commands,
+                write_errors,
+                first_write_error,
+            } => {
+                if write_errors > 0 {
+                    tracing::warn!(
+                        write_errors,
+                        first_error = first_write_error.as_deref().unwrap_or(""),
+                        "redis refused some writes of the batch (skipped, as upstream would)"
+                    );
+                }
+                tracing::debug!(commands, "applied");
+                self.checked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert_all(day_end, &batch.user_lists);
+                Ok(ApplyOutcome::Applied {
+                    events: batch.events,
+                    commands,
+                    write_errors,
+                })
+            }
+            ApplyReply::AlreadyApplied { stored_next_offset } => {
+                tracing::info!(stored_next_offset, "batch already applied; skipped");
+                Ok(ApplyOutcome::AlreadyApplied)
+            }
+            ApplyReply::Fenced { stored_epoch } => {
+                tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
+                Err(SinkError::Fenced {
+                    partition: batch.partition,
+                    stored_epoch,
+                    our_epoch: batch.epoch,
+                })
+            }
+            ApplyReply::Gap { stored_next_offset } => {
+                // Logged loudly by the partition's rewind, which knows the whole story.
+                tracing::debug!(?stored_next_offset, "batch starts after the fence; refused");
+                Err(SinkError::Gap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+            ApplyReply::Overlap { stored_next_offset } => {
+                tracing::warn!(
+                    stored_next_offset,
+                    "batch overlaps the applied range; refused"
+                );
+                Err(SinkError::Overlap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+        }
     }
 }
 

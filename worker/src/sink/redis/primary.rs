@@ -9,16 +9,19 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use super::apply::ApplyConnections;
 use super::SinkError;
 use crate::config::{RedisSentinelConfig, RedisSinkConfig};
 
 /// How often at most the sentinels are asked again while errors keep coming.
 const RESOLVE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The connection in use, replaced when Sentinel names another primary.
+/// The connections in use, replaced when Sentinel names another primary: one multiplexed
+/// connection for claims and reads, and the pool for applies (`apply.rs`).
 #[derive(Clone)]
 pub(crate) struct Primary {
     conn: Arc<RwLock<ConnectionManager>>,
+    apply_conns: ApplyConnections,
     sentinel: Option<Arc<SentinelPrimary>>,
 }
 
@@ -106,9 +109,11 @@ impl Primary {
         let Some(sentinel) = &cfg.sentinel else {
             let client = redis::Client::open(direct_info(cfg)?)
                 .map_err(|e| config_error("sink.redis.url", e))?;
+            let apply_conns = ApplyConnections::new(client.clone(), timeout);
             let conn = manager(client, manager_config, timeout).await?;
             return Ok(Self {
                 conn: Arc::new(RwLock::new(conn)),
+                apply_conns,
                 sentinel: None,
             });
         };
@@ -116,9 +121,11 @@ impl Primary {
         let primary = resolve(&mut client, timeout).await?;
         let address = primary.get_connection_info().addr().to_string();
         tracing::info!(master = %sentinel.master_name, %address, "sentinels name the redis primary");
+        let apply_conns = ApplyConnections::new(primary.clone(), timeout);
         let conn = manager(primary, manager_config.clone(), timeout).await?;
         Ok(Self {
             conn: Arc::new(RwLock::new(conn)),
+            apply_conns,
             sentinel: Some(Arc::new(SentinelPrimary {
                 client: tokio::sync::Mutex::new(client),
                 manager_config,
@@ -133,11 +140,23 @@ impl Primary {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The pool of connections for applies, to the current primary.
+    pub(crate) fn apply_conns(&self) -> &ApplyConnections {
+        &self.apply_conns
+    }
+
     /// After a failed call: with Sentinel, an unreachable or read-only server may mean a
     /// failover, so ask the sentinels again and switch to the primary they name. Errors here are
     /// only logged: the caller retries its call anyway.
     pub(crate) async fn after_error(&self, err: &SinkError) {
-        let (Some(sentinel), SinkError::Unavailable(reason)) = (&self.sentinel, err) else {
+        let SinkError::Unavailable(reason) = err else {
+            return;
+        };
+        if reason.contains("READONLY") {
+            // The apply connections talk to a replica now: none of them can write.
+            self.apply_conns.clear();
+        }
+        let Some(sentinel) = &self.sentinel else {
             return;
         };
         let mut client = sentinel.client.lock().await;
@@ -152,9 +171,11 @@ impl Primary {
             let primary = resolve(&mut client, sentinel.timeout).await?;
             let address = primary.get_connection_info().addr().to_string();
             if address != current {
+                let apply_client = primary.clone();
                 let conn =
                     manager(primary, sentinel.manager_config.clone(), sentinel.timeout).await?;
                 *self.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+                self.apply_conns.switch_to(apply_client);
                 tracing::warn!(from = %current, to = %address, %reason, "redis primary changed (Sentinel failover); switched to it");
             }
             Ok::<_, SinkError>(address)
