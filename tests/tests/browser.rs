@@ -8,11 +8,12 @@
 //! savepoint action is refused without the token and creates a savepoint with it.
 //!
 //! Screenshots go to a temp dir; with `STREAMJOB_UPDATE_SCREENSHOTS=1` to `tests/screenshots/`
-//! (the ones the README shows).
+//! (the ones the README shows: they are produced by this test, not by hand).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,9 +24,13 @@ use streamjob_tests::{free_port, worker_binary, Worker};
 use streamjob_worker::testkit::redis::RedisServer;
 
 const TOKEN: &str = "browser-test-token";
-const DEMO_EVENTS: u64 = 15_000;
+/// Demo traffic: long enough for the dashboard's 2 s throughput samples to draw a line while it
+/// flows, short enough to keep the test CI-sized.
+const DEMO_RATE: u64 = 1_000;
+const DEMO_EVENTS: u64 = 8_000;
 
-/// chromedriver, killed on drop.
+/// chromedriver in a process group of its own, killed with the Chromium it started on drop (a
+/// failing test never closes its session, and Chromium would outlive a killed chromedriver).
 struct ChromeDriver {
     child: Child,
     port: u16,
@@ -36,6 +41,7 @@ impl ChromeDriver {
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -51,6 +57,10 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        // The group's id is chromedriver's pid (process_group(0)).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -175,6 +185,7 @@ fn start_standalone(dir: &Path, redis: &RedisServer) -> (Worker, String) {
     .expect("job.yaml");
     let log = dir.join("standalone.log");
     let config = config.display().to_string();
+    let demo_rate = DEMO_RATE.to_string();
     let demo_events = DEMO_EVENTS.to_string();
     let worker = Worker::start_with_env(
         &[
@@ -185,7 +196,7 @@ fn start_standalone(dir: &Path, redis: &RedisServer) -> (Worker, String) {
             "--partitions",
             "4",
             "--demo",
-            "500",
+            &demo_rate,
             "--demo-events",
             &demo_events,
             "--taskmanagers",
@@ -448,6 +459,7 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     })
     .await;
     assert_eq!(chart_counts(&client).await, counts, "chart of {template}");
+    screenshot(&client, "trace-template.png").await;
 
     // The savepoint action: refused without the token, nothing written; done with it.
     client.goto(&format!("{base}/")).await.expect("dashboard");
@@ -511,7 +523,6 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         count(&client, "#savepoints tbody tr[data-id]").await == before + 1
     })
     .await;
-    screenshot(&client, "dashboard-savepoint.png").await;
 
     client.close().await.expect("browser closed");
     drop(driver);
