@@ -60,6 +60,19 @@ else
   log "chromium and chromium-driver present"
 fi
 
+# --- system packages for the tests -----------------------------------------------------------
+# openssl: the throw-away CAs of the TLS tests; stunnel4: the TLS listener in front of tansu in
+# worker/tests/kafka_tls.rs (no Kafka-protocol broker here serves TLS itself).
+test_missing=()
+for p in openssl stunnel4; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || test_missing+=("$p")
+done
+if [ ${#test_missing[@]} -gt 0 ]; then
+  log "apt-get install ${test_missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${test_missing[@]}" >/dev/null
+fi
+
 # --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
 # The package's service is not needed (the tests only run promtool).
 if ! command -v promtool >/dev/null 2>&1; then

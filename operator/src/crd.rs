@@ -368,9 +368,27 @@ pub struct TlsSpec {
     pub key_secret_ref: Option<SecretKeyRef>,
 }
 
+/// Redis TLS files from Secrets, mounted read-only under `/etc/streamjob-redis-tls`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)").message("spec.redis.tls.certSecretRef and spec.redis.tls.keySecretRef must be set together: a mutual-TLS client certificate is useless without its private key"))]
+pub struct RedisTlsSpec {
+    /// CA certificate (PEM) that signs the Redis server's certificate; without it the image's
+    /// system CA roots are trusted (managed services with public certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate (PEM) for mutual TLS (`tls-auth-clients yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// Client private key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
 /// The Redis sink.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('rediss://')").message("spec.redis.tls needs a rediss:// URL in spec.redis.url: its certificates are only used by TLS connections, so with redis:// they would silently do nothing"))]
 #[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
 pub struct RedisSpec {
     /// `redis://host:port/db`, `rediss://...` or `unix:///path`. No password in it: use
@@ -383,6 +401,17 @@ pub struct RedisSpec {
     /// Secret key holding the Redis password (passed as env `STREAMJOB_REDIS_PASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// Redis 6+ ACL user name (`AUTH username password`); the password comes from
+    /// `passwordSecretRef`. Without it the `default` user authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 128 && !self.contains(' ')").message("spec.redis.username must be 1-128 characters without spaces"))]
+    pub username: Option<String>,
+    /// TLS for a `rediss://` URL: the CA that signs the server's certificate and, for mutual TLS,
+    /// a client certificate and key, each from a Secret key, mounted read-only as files. With
+    /// `sentinel`, the same files secure the connections to the sentinels and to the primary
+    /// they name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsSpec>,
     /// IANA time zone whose midnight ends user-trace keys.
     #[serde(default = "default_time_zone")]
     #[x_kube(validation = Rule::new("self == 'UTC' || self.matches('^[A-Za-z_]+(/[A-Za-z0-9_+-]+)+$')").message("spec.redis.timeZone must be an IANA time zone such as Asia/Shanghai or UTC"))]
@@ -392,7 +421,9 @@ pub struct RedisSpec {
     #[x_kube(validation = Rule::new("self.size() <= 64 && !self.contains(' ')").message("spec.redis.keyPrefix must be at most 64 characters without spaces"))]
     pub key_prefix: String,
     /// A Sentinel-managed primary: the workers ask these sentinels where the primary is and
-    /// follow failovers. `url` then only selects the database (`redis://sentinel/0`).
+    /// follow failovers. `url` then only selects the database (`redis://sentinel/0`) and, as
+    /// `rediss://sentinel/0`, makes every connection TLS: to the sentinels and to the primary,
+    /// whose certificate must then carry the address the sentinels announce for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<RedisSentinelSpec>,
 }

@@ -41,8 +41,13 @@ fn assert_refused(object: Value, expected_message: &str) {
 }
 
 #[test]
-fn both_samples_pass_every_rule() {
-    for sample in ["minimal.yaml", "full.yaml"] {
+fn every_sample_passes_every_rule() {
+    for sample in [
+        "minimal.yaml",
+        "full.yaml",
+        "sentinel.yaml",
+        "sentinel-tls.yaml",
+    ] {
         let object = serde_json::to_value(support::sample(sample)).expect("serialises");
         validate(&object).unwrap_or_else(|e| panic!("{sample}: {e}"));
     }

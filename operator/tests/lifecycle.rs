@@ -1278,3 +1278,93 @@ fn a_crash_looping_taskmanager_is_degraded_with_the_pod_and_exit_code() {
     world.settle(1);
     assert_eq!(degraded(&world).map(|d| d.0), Some("False".into()));
 }
+
+fn degraded_of(world: &World) -> Option<(String, String, String)> {
+    world
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The worker's own last words (what it wrote to /dev/termination-log, e.g. a wrong CA) reach the
+/// StreamJob's Degraded condition and its Warning Event.
+#[test]
+fn a_crash_loop_carries_the_workers_termination_message() {
+    let mut world = World::new(job());
+    let cause = "redis sink: redis sink misconfigured: `sink.redis.tls.caFile`: the Redis \
+                 server's TLS certificate is not signed by the CA in /etc/streamjob-redis-tls/ca.crt (wrong CA?)";
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-taskmanager-7d9f-fghij".into());
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "taskmanager".into(),
+            restart_count: 4,
+            ready: false,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..ContainerState::default()
+            }),
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 1,
+                    reason: Some("Error".into()),
+                    message: Some(format!("{cause}\n")),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    world.pods = vec![pod];
+    world.settle(1);
+    let (status, reason, message) = degraded_of(&world).expect("Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "CrashLoop"));
+    assert!(message.contains(cause), "{message}");
+    assert!(world.events.contains(&"CrashLoop".to_string()));
+}
+
+/// A Secret (or key) that an environment variable refers to is missing: the kubelet cannot create
+/// the container; the StreamJob says which Secret and key, and recovers once it exists.
+#[test]
+fn a_missing_secret_key_is_degraded_with_the_kubelets_message() {
+    let mut world = World::new(job());
+    let kubelet = "couldn't find key password in Secret austin/redis-credentials";
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-jobmanager-5c6d-klmno".into());
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "jobmanager".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CreateContainerConfigError".into()),
+                    message: Some(kubelet.into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    world.pods = vec![pod];
+    world.settle(1);
+    let (status, reason, message) = degraded_of(&world).expect("Degraded");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ContainerConfigError")
+    );
+    assert!(
+        message.contains(kubelet) && message.contains("trace-jobmanager-5c6d-klmno"),
+        "{message}"
+    );
+    assert!(world.events.contains(&"ContainerConfigError".to_string()));
+    world.pods.clear();
+    world.settle(1);
+    assert_eq!(degraded_of(&world).map(|d| d.0), Some("False".into()));
+}

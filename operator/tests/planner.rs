@@ -118,8 +118,32 @@ fn the_config_map_holds_the_workers_own_config_without_secrets() {
         std::time::Duration::from_secs(45)
     );
     assert_eq!(config.savepoint.max_count, 10);
+    let redis = &config.sink.redis;
+    assert_eq!(redis.username.as_deref(), Some("streamjob"));
+    let tls = redis.tls.as_ref().expect("sink.redis.tls rendered");
+    assert_eq!(
+        (
+            tls.ca_file.as_deref().and_then(|p| p.to_str()),
+            tls.cert_file.as_deref().and_then(|p| p.to_str()),
+            tls.key_file.as_deref().and_then(|p| p.to_str()),
+        ),
+        (
+            Some("/etc/streamjob-redis-tls/ca.crt"),
+            Some("/etc/streamjob-redis-tls/tls.crt"),
+            Some("/etc/streamjob-redis-tls/tls.key")
+        )
+    );
     assert!(
-        !yaml.contains("password:") && !yaml.contains("username:"),
+        config
+            .source
+            .kafka
+            .sasl
+            .as_ref()
+            .expect("sasl")
+            .username
+            .is_none()
+            && !yaml.contains("password:")
+            && !yaml.contains("BEGIN"),
         "{yaml}"
     );
     assert!(
@@ -974,4 +998,133 @@ fn a_new_token_changes_the_secret_but_rolls_no_pod() {
     assert_eq!(a.children.jobmanager, b.children.jobmanager);
     assert_eq!(a.children.taskmanager, b.children.taskmanager);
     assert_eq!(a.children.config_map, b.children.config_map);
+}
+
+/// Every certificate and key of `spec.redis.tls` and `spec.kafka.tls` reaches the pods as a file
+/// of a read-only projected Secret volume, at the path job.yaml names; never as an environment
+/// variable or in the ConfigMap.
+#[test]
+fn tls_secrets_reach_the_pods_as_read_only_files_where_job_yaml_points() {
+    let job = support::sample("full.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("the worker accepts the rendered config");
+    let redis_tls = config.sink.redis.tls.as_ref().expect("redis tls");
+    let kafka = &config.source.kafka.properties;
+    // (volume, mount path, file, secret, key, the path job.yaml gives the worker)
+    let expected = [
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "ca.crt",
+            "redis-tls",
+            "ca.crt",
+            redis_tls.ca_file.clone(),
+        ),
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "tls.crt",
+            "redis-client-tls",
+            "tls.crt",
+            redis_tls.cert_file.clone(),
+        ),
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "tls.key",
+            "redis-client-tls",
+            "tls.key",
+            redis_tls.key_file.clone(),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "ca.crt",
+            "kafka-ca",
+            "ca.crt",
+            kafka.get("ssl.ca.location").map(Into::into),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "tls.crt",
+            "kafka-client-tls",
+            "tls.crt",
+            kafka.get("ssl.certificate.location").map(Into::into),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "tls.key",
+            "kafka-client-tls",
+            "tls.key",
+            kafka.get("ssl.key.location").map(Into::into),
+        ),
+    ];
+    for deployment in [&plan.children.jobmanager, &plan.children.taskmanager] {
+        let pod = deployment.spec.template.spec.as_ref().expect("pod spec");
+        let container = &pod.containers[0];
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        for (volume, dir, file, secret, key, configured) in &expected {
+            assert_eq!(
+                configured.as_deref(),
+                Some(std::path::Path::new(&format!("{dir}/{file}"))),
+                "job.yaml points at the mounted file {dir}/{file}"
+            );
+            let mount = mounts
+                .iter()
+                .find(|m| m.name == *volume)
+                .unwrap_or_else(|| panic!("{volume} mounted"));
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                (*dir, Some(true))
+            );
+            let projection = volumes
+                .iter()
+                .find(|v| v.name == *volume)
+                .and_then(|v| v.projected.as_ref())
+                .and_then(|p| p.sources.as_ref())
+                .unwrap_or_else(|| panic!("{volume} is a projected volume"))
+                .iter()
+                .filter_map(|s| s.secret.as_ref())
+                .find(|s| s.items.as_ref().is_some_and(|i| i[0].path == *file))
+                .unwrap_or_else(|| panic!("{volume} holds {file}"));
+            assert_eq!(projection.name, *secret);
+            let item = &projection.items.as_ref().expect("items")[0];
+            assert_eq!(item.key, *key);
+            assert_eq!(item.mode, Some(0o440), "not world-readable");
+        }
+        let env = container.env.as_ref().expect("env");
+        assert!(
+            env.iter()
+                .all(|e| e.value.is_none() || !e.value.as_deref().unwrap_or("").contains("BEGIN")),
+            "no certificate in the environment"
+        );
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError"),
+            "the worker's fatal error reaches the pod status"
+        );
+    }
+}
+
+#[test]
+fn without_tls_no_secret_volume_is_mounted() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    let pod = plan
+        .children
+        .taskmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    let volumes = pod.volumes.as_ref().expect("volumes");
+    assert!(volumes.iter().all(|v| v.projected.is_none()), "{volumes:?}");
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("valid");
+    assert!(config.sink.redis.tls.is_none() && config.sink.redis.username.is_none());
 }

@@ -164,11 +164,20 @@ pub struct SinkSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RedisSinkConfig {
-    /// `redis://host:port/db` or `unix:///path/to/socket`. No password in it: use the environment.
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `unix:///path/to/socket`. No
+    /// password in it: use the environment. A Redis 6+ ACL user may be given here
+    /// (`rediss://user@host:6380/0`) or in `username`.
     pub url: String,
+    /// Redis 6+ ACL user (`AUTH username password`); `None` is the `default` user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// Never rendered by the operator; set from `STREAMJOB_REDIS_PASSWORD`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Certificates for `rediss://` (PEM files, mounted from Secrets by the operator). Without it
+    /// a `rediss://` URL trusts the system's CA roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsConfig>,
     /// IANA time zone whose midnight ends user-trace keys.
     pub time_zone: String,
     /// Prefix for every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
@@ -180,11 +189,29 @@ pub struct RedisSinkConfig {
     pub sentinel: Option<RedisSentinelConfig>,
 }
 
+/// TLS files for the Redis connection: a CA to verify the server with, and an optional client
+/// certificate and key for mutual TLS (`tls-auth-clients yes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificate(s) that sign the server's certificate; `None` = the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `keyFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `certFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
 impl Default for RedisSinkConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            username: None,
             password: None,
+            tls: None,
             time_zone: "Asia/Shanghai".into(),
             key_prefix: String::new(),
             sentinel: None,
@@ -467,6 +494,7 @@ impl JobConfig {
                 ),
             ));
         }
+        validate_redis_security(redis)?;
         if let Some(sentinel) = &redis.sentinel {
             validate_sentinel(sentinel, &redis.url)?;
         }
@@ -511,6 +539,45 @@ impl JobConfig {
 
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// `sink.redis.tls` and `sink.redis.username`: TLS files only with `rediss://`, a client
+/// certificate only with its key, no password in the URL.
+fn validate_redis_security(redis: &RedisSinkConfig) -> Result<(), ConfigError> {
+    if let Some(tls) = &redis.tls {
+        if !redis.url.starts_with("rediss://") {
+            return Err(invalid(
+                "sink.redis.tls",
+                format!("needs a rediss:// URL (got {:?})", redis.url),
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid(
+                "sink.redis.tls.certFile",
+                "and sink.redis.tls.keyFile must be set together (mutual TLS)",
+            ));
+        }
+    }
+    if redis.username.as_deref() == Some("") {
+        return Err(invalid(
+            "sink.redis.username",
+            "must not be empty (leave it out for the default user)",
+        ));
+    }
+    let authority = redis
+        .url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if userinfo.contains(':') {
+            return Err(invalid(
+                "sink.redis.url",
+                "must not carry a password: set it in STREAMJOB_REDIS_PASSWORD (a Secret)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Kafka's own topic rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -585,6 +652,36 @@ mod tests {
         let yaml = config.to_yaml().expect("serialises");
         assert!(yaml.contains("linger: 50ms"), "{yaml}");
         assert_eq!(JobConfig::from_yaml(&yaml).expect("parses"), config);
+    }
+
+    #[test]
+    fn redis_tls_and_acl_settings_are_checked_naming_the_field() {
+        let ok = "sink:\n  redis:\n    url: rediss://redis.example:6380/0\n    username: app\n    tls:\n      caFile: /etc/ca.crt\n      certFile: /etc/tls.crt\n      keyFile: /etc/tls.key\n";
+        let config = JobConfig::from_yaml(ok).expect("valid TLS settings");
+        let tls = config.sink.redis.tls.as_ref().expect("tls");
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/ca.crt")));
+        assert_eq!(config.sink.redis.username.as_deref(), Some("app"));
+        for (yaml, field) in [
+            (
+                "sink:\n  redis:\n    url: redis://h:6379/0\n    tls:\n      caFile: /ca\n",
+                "sink.redis.tls",
+            ),
+            (
+                "sink:\n  redis:\n    url: rediss://h:6379/0\n    tls:\n      certFile: /c\n",
+                "sink.redis.tls.certFile",
+            ),
+            (
+                "sink:\n  redis:\n    url: rediss://app:pw@h:6379/0\n",
+                "sink.redis.url",
+            ),
+            ("sink:\n  redis:\n    username: ''\n", "sink.redis.username"),
+        ] {
+            let err = JobConfig::from_yaml(yaml).expect_err(yaml);
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+        // A user without a password in the URL is fine (the password comes from the env).
+        JobConfig::from_yaml("sink:\n  redis:\n    url: rediss://app@h:6380/0\n")
+            .expect("user in the URL");
     }
 
     #[test]

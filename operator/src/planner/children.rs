@@ -26,8 +26,8 @@ use streamjob_worker::config::{
 
 use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
 use crate::planner::config::{
-    API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REST_PORT, STATE_DIR,
-    TLS_DIR,
+    API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REDIS_TLS_DIR, REST_PORT,
+    STATE_DIR, TLS_DIR,
 };
 use crate::planner::{labels, names, NetworkPeers};
 
@@ -327,6 +327,14 @@ fn worker_container(ctx: &Context, role: &str, process: &ProcessSpec) -> Contain
             ..VolumeMount::default()
         });
     }
+    if spec.redis.tls.is_some() {
+        mounts.push(VolumeMount {
+            name: "redis-tls".into(),
+            mount_path: REDIS_TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     Container {
         name: role.into(),
         image: Some(spec.image.clone()),
@@ -340,6 +348,10 @@ fn worker_container(ctx: &Context, role: &str, process: &ProcessSpec) -> Contain
         env: Some(env(ctx)),
         resources: process.resources.clone(),
         volume_mounts: Some(mounts),
+        // The worker writes a fatal error (wrong CA, refused password, missing Secret key) to
+        // /dev/termination-log; without one the last log lines stand in. The planner shows it in
+        // the StreamJob's Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -435,12 +447,38 @@ fn common_volumes(ctx: &Context) -> Vec<Volume> {
         },
     ];
     if let Some(tls) = &ctx.job.spec.kafka.tls {
-        // The files may come from different Secrets: a projected volume puts them in one directory.
-        let sources = [
-            (&tls.ca_secret_ref, "ca.crt"),
-            (&tls.cert_secret_ref, "tls.crt"),
-            (&tls.key_secret_ref, "tls.key"),
-        ]
+        volumes.push(secret_files_volume(
+            "kafka-tls",
+            [
+                (&tls.ca_secret_ref, "ca.crt"),
+                (&tls.cert_secret_ref, "tls.crt"),
+                (&tls.key_secret_ref, "tls.key"),
+            ],
+        ));
+    }
+    if let Some(tls) = &ctx.job.spec.redis.tls {
+        volumes.push(secret_files_volume(
+            "redis-tls",
+            [
+                (&tls.ca_secret_ref, "ca.crt"),
+                (&tls.cert_secret_ref, "tls.crt"),
+                (&tls.key_secret_ref, "tls.key"),
+            ],
+        ));
+    }
+    volumes
+}
+
+/// Secret keys as files in one read-only directory (a projected volume: the keys may come from
+/// different Secrets). Never environment variables or ConfigMap contents. The projections are
+/// optional, so a missing Secret or key does not hold the pod in ContainerCreating: the worker
+/// starts, reports "cannot read /etc/...: the Secret key is missing" naming the job.yaml field,
+/// exits, and the kubelet restarts it with backoff until the Secret appears.
+fn secret_files_volume<const N: usize>(
+    name: &str,
+    files: [(&Option<SecretKeyRef>, &str); N],
+) -> Volume {
+    let sources = files
         .into_iter()
         .filter_map(|(secret, file)| secret.as_ref().map(|s| (s, file)))
         .map(|(secret, file)| VolumeProjection {
@@ -452,22 +490,20 @@ fn common_volumes(ctx: &Context) -> Vec<Volume> {
                     mode: Some(0o440),
                     ..KeyToPath::default()
                 }]),
-                optional: Some(false),
+                optional: Some(true),
             }),
             ..VolumeProjection::default()
         })
         .collect::<Vec<_>>();
-        volumes.push(Volume {
-            name: "kafka-tls".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(sources),
-                default_mode: Some(0o440),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
     }
-    volumes
 }
 
 fn port(name: &str, number: i32) -> ContainerPort {

@@ -22,6 +22,8 @@ pub const TLS_DIR: &str = "/etc/streamjob-tls";
 pub const API_TOKEN_DIR: &str = "/etc/streamjob-api";
 /// Key of the token in the `<job>-api-token` Secret (and its file name in [`API_TOKEN_DIR`]).
 pub const API_TOKEN_KEY: &str = "token";
+/// Mount point of the Redis TLS files (a projected volume of the Secret keys in `spec.redis.tls`).
+pub const REDIS_TLS_DIR: &str = "/etc/streamjob-redis-tls";
 /// jobmanager REST port.
 pub const REST_PORT: i32 = 8081;
 /// taskmanager metrics port.
@@ -85,7 +87,20 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
 
     let redis = &mut config.sink.redis;
     redis.url = spec.redis.url.clone();
+    redis.username = spec.redis.username.clone();
     redis.password = None;
+    redis.tls = spec.redis.tls.as_ref().map(|tls| {
+        let file = |secret: &Option<_>, name: &str| {
+            secret
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{REDIS_TLS_DIR}/{name}")))
+        };
+        worker::RedisTlsConfig {
+            ca_file: file(&tls.ca_secret_ref, "ca.crt"),
+            cert_file: file(&tls.cert_secret_ref, "tls.crt"),
+            key_file: file(&tls.key_secret_ref, "tls.key"),
+        }
+    });
     redis.time_zone = spec.redis.time_zone.clone();
     redis.key_prefix = spec.redis.key_prefix.clone();
     redis.sentinel = spec

@@ -6,6 +6,7 @@ pub mod kafka;
 #[cfg(feature = "engine")]
 pub mod lifecycle;
 pub mod redis;
+pub mod tls;
 #[cfg(feature = "engine")]
 pub mod trace_state;
 #[cfg(feature = "engine")]

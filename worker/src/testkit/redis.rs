@@ -20,6 +20,19 @@ pub struct RedisOptions {
     pub extra_args: Vec<String>,
     /// Run as a Sentinel monitoring this primary (`redis-server FILE --sentinel`).
     pub sentinel: Option<SentinelOf>,
+    /// TLS only: no plaintext TCP port (`--port 0`), TLS on the server's port; the test itself
+    /// reaches the server through a unix socket ([`RedisServer::url`]).
+    pub tls: Option<RedisTlsOptions>,
+}
+
+/// `--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`, `--tls-auth-clients`.
+#[derive(Debug, Clone)]
+pub struct RedisTlsOptions {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// Require a client certificate signed by `ca_file` (mutual TLS).
+    pub auth_clients: bool,
 }
 
 /// What a sentinel monitors.
@@ -92,9 +105,29 @@ impl RedisServer {
             }
             cmd.arg(&conf).arg("--sentinel");
         }
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        match &self.options.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.auth_clients { "yes" } else { "no" },
+                ])
+                // Replicas and sentinels reach this server over TLS too (they use the same
+                // certificate as their client certificate).
+                .args(["--tls-replication", "yes"])
+                .arg("--unixsocket")
+                .arg(self.socket_path())
+                .args(["--unixsocketperm", "700"]),
+        };
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
@@ -159,8 +192,7 @@ impl RedisServer {
 
     /// Sends `PING` (after `AUTH` when a password is set); ready means `+PONG`.
     fn ping(&self) -> io::Result<()> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut stream = self.plain_stream(Duration::from_secs(1))?;
         let mut request = Vec::new();
         if let Some(password) = &self.options.password {
             request.extend_from_slice(
@@ -192,13 +224,39 @@ impl RedisServer {
         )))
     }
 
+    /// The test's own plaintext way in: TCP, or the unix socket of a TLS-only server.
+    fn plain_stream(&self, read_timeout: Duration) -> io::Result<PlainStream> {
+        if self.options.tls.is_some() {
+            let socket = std::os::unix::net::UnixStream::connect(self.socket_path())?;
+            socket.set_read_timeout(Some(read_timeout))?;
+            Ok(PlainStream::Unix(socket))
+        } else {
+            let tcp = TcpStream::connect(("127.0.0.1", self.port))?;
+            tcp.set_read_timeout(Some(read_timeout))?;
+            Ok(PlainStream::Tcp(tcp))
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `redis://127.0.0.1:{port}/0` (no password in it: pass it separately).
+    /// `redis://127.0.0.1:{port}/0` (no password in it: pass it separately); for a TLS-only
+    /// server the unix socket, `unix://{dir}/redis.sock`, the test's own way in.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.options.tls {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(_) => format!("unix://{}", self.socket_path().display()),
+        }
+    }
+
+    /// `rediss://localhost:{port}/0`: the TLS port, by the name the test certificate carries.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/0", self.port)
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     /// The server's working directory (AOF files, log).
@@ -252,8 +310,7 @@ impl RedisServer {
 
     /// Sends one command and returns the raw reply text (tests and tools).
     pub fn command(&self, args: &[&str]) -> io::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut stream = self.plain_stream(Duration::from_secs(30))?;
         let mut request = Vec::new();
         if let Some(password) = &self.options.password {
             request.extend_from_slice(
@@ -273,7 +330,7 @@ impl RedisServer {
                 Ok(0) => break,
                 Ok(n) => {
                     reply.extend_from_slice(&buf[..n]);
-                    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                    stream.set_read_timeout(Duration::from_millis(100))?;
                 }
                 Err(e)
                     if !reply.is_empty()
@@ -334,6 +391,46 @@ impl RedisServer {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// TCP or unix socket, whichever [`RedisServer::plain_stream`] opened.
+enum PlainStream {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl PlainStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Self::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+}
+
+impl Read for PlainStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for PlainStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
         }
     }
 }

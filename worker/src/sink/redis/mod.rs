@@ -31,6 +31,7 @@
 mod apply;
 mod batch;
 mod checked_expiries;
+mod connection;
 mod error;
 mod layout;
 mod primary;
@@ -163,7 +164,11 @@ impl RedisSink {
             timeout,
             checked: Arc::default(),
         };
-        sink.load_scripts().await?;
+        sink.load_scripts().await.map_err(|e| match e {
+            // The first command is where an ACL user without the needed permissions shows.
+            SinkError::Config(message) => SinkError::Config(format!("sink.redis: {message}")),
+            other => other,
+        })?;
         Ok(sink)
     }
 

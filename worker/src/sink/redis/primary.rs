@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::sentinel::SentinelClient;
 
 use super::apply::ApplyConnections;
-use super::SinkError;
-use crate::config::{RedisSentinelConfig, RedisSinkConfig};
+use super::{connection, SinkError};
+use crate::config::RedisSinkConfig;
 
 /// How often at most the sentinels are asked again while errors keep coming.
 const RESOLVE_INTERVAL: Duration = Duration::from_millis(250);
@@ -29,75 +28,38 @@ struct SentinelPrimary {
     client: tokio::sync::Mutex<SentinelClient>,
     manager_config: ConnectionManagerConfig,
     timeout: Duration,
+    /// For the error messages of later reconnects (TLS, credentials).
+    cfg: RedisSinkConfig,
     /// The primary's address and when it was last resolved.
     resolved: Mutex<(String, Instant)>,
-}
-
-fn config_error(field: &str, err: impl std::fmt::Display) -> SinkError {
-    SinkError::Config(format!("{field}: {err}"))
-}
-
-/// The URL's connection info with the password from the environment.
-fn direct_info(cfg: &RedisSinkConfig) -> Result<ConnectionInfo, SinkError> {
-    let mut info = cfg
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| config_error("sink.redis.url", e))?;
-    if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    Ok(info)
-}
-
-fn sentinel_client(
-    cfg: &RedisSinkConfig,
-    sentinel: &RedisSentinelConfig,
-) -> Result<SentinelClient, SinkError> {
-    let db = direct_info(cfg)?.redis_settings().db();
-    let mut nodes = Vec::with_capacity(sentinel.nodes.len());
-    for node in &sentinel.nodes {
-        let (host, port) = node
-            .rsplit_once(':')
-            .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
-            .ok_or_else(|| config_error("sink.redis.sentinel.nodes", format!("{node:?}")))?;
-        nodes.push(ConnectionAddr::Tcp(host, port));
-    }
-    let mut builder =
-        SentinelClientBuilder::new(nodes, &sentinel.master_name, SentinelServerType::Master)
-            .map_err(|e| config_error("sink.redis.sentinel", e))?
-            .set_client_to_redis_db(db);
-    if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-        builder = builder.set_client_to_redis_password(password);
-    }
-    if let Some(password) = sentinel.password.as_deref().filter(|p| !p.is_empty()) {
-        builder = builder.set_client_to_sentinel_password(password);
-    }
-    builder
-        .build()
-        .map_err(|e| config_error("sink.redis.sentinel", e))
 }
 
 async fn manager(
     client: redis::Client,
     config: ConnectionManagerConfig,
     timeout: Duration,
+    cfg: &RedisSinkConfig,
 ) -> Result<ConnectionManager, SinkError> {
     tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
         .await
         .map_err(|_| SinkError::timeout("connecting to redis", timeout))?
-        .map_err(SinkError::from)
+        .map_err(|e| connection::explain(e, cfg))
 }
 
 async fn resolve(
     client: &mut SentinelClient,
     timeout: Duration,
+    cfg: &RedisSinkConfig,
 ) -> Result<redis::Client, SinkError> {
-    tokio::time::timeout(timeout, client.async_get_client())
+    let result = tokio::time::timeout(timeout, client.async_get_client())
         .await
-        .map_err(|_| SinkError::timeout("asking the sentinels for the primary", timeout))?
-        .map_err(|e| SinkError::Unavailable(format!("sentinels: {e}")))
+        .map_err(|_| SinkError::timeout("asking the sentinels for the primary", timeout))?;
+    // A refused TLS handshake or password (with a sentinel or with the primary it names) is a
+    // configuration error; anything else may heal (no quorum yet, sentinels restarting).
+    result.map_err(|e| match connection::refusal(&e, cfg) {
+        Some(reason) => SinkError::Config(format!("sentinels: {reason}")),
+        None => SinkError::Unavailable(format!("sentinels: {e}")),
+    })
 }
 
 impl Primary {
@@ -107,22 +69,21 @@ impl Primary {
         timeout: Duration,
     ) -> Result<Self, SinkError> {
         let Some(sentinel) = &cfg.sentinel else {
-            let client = redis::Client::open(direct_info(cfg)?)
-                .map_err(|e| config_error("sink.redis.url", e))?;
+            let client = connection::client(cfg)?;
             let apply_conns = ApplyConnections::new(client.clone(), timeout);
-            let conn = manager(client, manager_config, timeout).await?;
+            let conn = manager(client, manager_config, timeout, cfg).await?;
             return Ok(Self {
                 conn: Arc::new(RwLock::new(conn)),
                 apply_conns,
                 sentinel: None,
             });
         };
-        let mut client = sentinel_client(cfg, sentinel)?;
-        let primary = resolve(&mut client, timeout).await?;
+        let mut client = connection::sentinel_client(cfg, sentinel)?;
+        let primary = resolve(&mut client, timeout, cfg).await?;
         let address = primary.get_connection_info().addr().to_string();
         tracing::info!(master = %sentinel.master_name, %address, "sentinels name the redis primary");
         let apply_conns = ApplyConnections::new(primary.clone(), timeout);
-        let conn = manager(primary, manager_config.clone(), timeout).await?;
+        let conn = manager(primary, manager_config.clone(), timeout, cfg).await?;
         Ok(Self {
             conn: Arc::new(RwLock::new(conn)),
             apply_conns,
@@ -130,6 +91,7 @@ impl Primary {
                 client: tokio::sync::Mutex::new(client),
                 manager_config,
                 timeout,
+                cfg: cfg.clone(),
                 resolved: Mutex::new((address, Instant::now())),
             })),
         })
@@ -168,12 +130,17 @@ impl Primary {
             resolved.0.clone()
         };
         let result = async {
-            let primary = resolve(&mut client, sentinel.timeout).await?;
+            let primary = resolve(&mut client, sentinel.timeout, &sentinel.cfg).await?;
             let address = primary.get_connection_info().addr().to_string();
             if address != current {
                 let apply_client = primary.clone();
-                let conn =
-                    manager(primary, sentinel.manager_config.clone(), sentinel.timeout).await?;
+                let conn = manager(
+                    primary,
+                    sentinel.manager_config.clone(),
+                    sentinel.timeout,
+                    &sentinel.cfg,
+                )
+                .await?;
                 *self.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
                 self.apply_conns.switch_to(apply_client);
                 tracing::warn!(from = %current, to = %address, %reason, "redis primary changed (Sentinel failover); switched to it");
