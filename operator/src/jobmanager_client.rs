@@ -2,7 +2,8 @@
 //! hyper (already linked through kube: no OpenSSL, no librdkafka). Every call has a timeout; an
 //! unreachable or slow jobmanager is an [`JobManagerError::Unreachable`], never a hang.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -89,11 +90,22 @@ impl BaseUrl {
 }
 
 /// The client (cheap to clone; one connection pool).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobManagerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     base: BaseUrl,
     timeout: Duration,
+    /// Each job's API token (`namespace/name` → token), sent as a bearer token on every call.
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for JobManagerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManagerClient")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The jobmanager of one job.
@@ -101,6 +113,16 @@ pub struct JobEndpoint<'a> {
     client: &'a JobManagerClient,
     base: String,
     job_id: String,
+    token: Option<String>,
+}
+
+/// A fresh API token for a job's Secret: 32 random bytes from the thread's CSPRNG (seeded by the
+/// OS), hex-encoded.
+pub fn generate_api_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl JobManagerClient {
@@ -112,15 +134,34 @@ impl JobManagerClient {
             http: Client::builder(TokioExecutor::new()).build(connector),
             base,
             timeout,
+            tokens: Arc::default(),
         }
+    }
+
+    /// Remembers (or, with `None`, forgets) the API token of StreamJob `namespace/name`: what its
+    /// `<name>-api-token` Secret holds. The reconciler sets it every round before calling.
+    pub fn set_token(&self, namespace: &str, name: &str, token: Option<String>) {
+        let key = format!("{namespace}/{name}");
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            Some(token) => tokens.insert(key, token),
+            None => tokens.remove(&key),
+        };
     }
 
     /// The jobmanager of StreamJob `namespace/name` (its job id is the StreamJob's name).
     pub fn job(&self, namespace: &str, name: &str) -> JobEndpoint<'_> {
+        let token = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{namespace}/{name}"))
+            .cloned();
         JobEndpoint {
             client: self,
             base: self.base.for_job(namespace, name),
             job_id: name.to_string(),
+            token,
         }
     }
 
@@ -129,13 +170,14 @@ impl JobManagerClient {
         method: Method,
         base: &str,
         path: &str,
+        token: Option<&str>,
     ) -> Result<T, JobManagerError> {
         let body = if method == Method::POST {
             Bytes::from_static(b"{}")
         } else {
             Bytes::new()
         };
-        self.call_with(method, base, path, body).await
+        self.call_with(method, base, path, body, token).await
     }
 
     async fn call_with<T: DeserializeOwned>(
@@ -144,16 +186,21 @@ impl JobManagerClient {
         base: &str,
         path: &str,
         body: Bytes,
+        token: Option<&str>,
     ) -> Result<T, JobManagerError> {
         let url = format!("{base}{path}");
         let unreachable = |reason: String| JobManagerError::Unreachable {
             url: url.clone(),
             reason,
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|e| unreachable(e.to_string()))?;
         let timeout = self.timeout;
@@ -204,7 +251,12 @@ impl JobEndpoint<'_> {
     /// `GET /jobs/{id}`.
     pub async fn overview(&self) -> Result<JobOverview, JobManagerError> {
         self.client
-            .call(Method::GET, &self.base, &self.path(""))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path(""),
+                self.token.as_deref(),
+            )
             .await
     }
 
@@ -220,6 +272,7 @@ impl JobEndpoint<'_> {
                 Method::GET,
                 &self.base,
                 &self.path(&format!("/savepoints/{request_id}")),
+                self.token.as_deref(),
             )
             .await
         {
@@ -233,7 +286,12 @@ impl JobEndpoint<'_> {
     pub async fn savepoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
         let list: SnapshotList = self
             .client
-            .call(Method::GET, &self.base, &self.path("/savepoints"))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path("/savepoints"),
+                self.token.as_deref(),
+            )
             .await?;
         Ok(list.snapshots)
     }
@@ -242,7 +300,12 @@ impl JobEndpoint<'_> {
     pub async fn checkpoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
         let list: SnapshotList = self
             .client
-            .call(Method::GET, &self.base, &self.path("/checkpoints"))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path("/checkpoints"),
+                self.token.as_deref(),
+            )
             .await?;
         Ok(list.snapshots)
     }
@@ -284,6 +347,7 @@ impl JobEndpoint<'_> {
                 &self.base,
                 &self.path(path),
                 Bytes::from(body),
+                self.token.as_deref(),
             )
             .await?;
         Ok(answer.request_id)

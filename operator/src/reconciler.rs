@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -250,8 +251,16 @@ fn namespace_of(job: &StreamJob) -> Result<String> {
 async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<ControllerAction> {
     let namespace = namespace_of(job)?;
     let name = job.name_any();
-    let observed = caches.observe(&namespace, &name);
+    let mut observed = caches.observe(&namespace, &name);
+    if observed.api_token.is_none() {
+        observed.api_token = match api_token_uncached(&ctx.client, &namespace, &name).await {
+            Ok(token) => Some(token),
+            Err(error) => return fail(job, ctx, "ObserveFailed", error).await,
+        };
+    }
     let now = (ctx.now)();
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
     let queries = lifecycle::queries(job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let input = PlanInput {
@@ -313,6 +322,19 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         debug!(phase = status.phase.as_str(), requeue = ?requeue, "unchanged");
     }
     Ok(ControllerAction::requeue(requeue))
+}
+
+/// The job's API token when the cache has no Secret for it: the API server's copy (the watch
+/// may not have delivered the Secret this operator created a moment ago), else a fresh token that
+/// the apply creates the Secret with. Drawn once: afterwards the cache holds the Secret, so the
+/// token, and with it the Secret's body, stays the same from one reconcile to the next.
+async fn api_token_uncached(client: &Client, namespace: &str, name: &str) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let stored = secrets.get_opt(&names::api_token(name)).await?;
+    Ok(stored
+        .as_ref()
+        .and_then(planner::children::api_token_of)
+        .unwrap_or_else(jm::generate_api_token))
 }
 
 /// A job whose spec opts out of NetworkPolicies: delete the ones the cache still shows (none
@@ -387,6 +409,8 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     let name = job.name_any();
     let observed = caches.observe(&namespace, &name);
     let now = (ctx.now)();
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
     let queries = lifecycle::queries(job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let plan = planner::plan_cleanup(PlanInput {
@@ -405,6 +429,7 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     }
     publish(ctx, job, &plan.actions).await;
     if plan.done {
+        ctx.jobmanager.set_token(&namespace, &name, None);
         remove_finalizer(&ctx.client, job).await?;
         ctx.metrics.forget_job(&namespace, &name);
         info!("released");

@@ -437,6 +437,7 @@ impl World {
             taskmanager: self.taskmanager.clone(),
             savepoint_pvc: self.pvc.clone(),
             pods: self.pods.clone(),
+            api_token: Some("lifecycle-token".into()),
         };
         let queries = lifecycle::queries(&self.job, &observed);
         let report = self.view(&queries);
@@ -1066,6 +1067,7 @@ fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
             taskmanager: world.taskmanager.clone(),
             savepoint_pvc: world.pvc.clone(),
             pods: Vec::new(),
+            api_token: Some("lifecycle-token".into()),
         };
         let queries = lifecycle::queries(&world.job, &observed);
         let report = world.view(&queries);

@@ -50,6 +50,11 @@ fn observed_after(plan: &Plan) -> Observed {
         taskmanager: Some(rolled_out(&plan.children.taskmanager, i32::MAX)),
         savepoint_pvc: Some(plan.children.savepoint_pvc.clone()),
         pods: Vec::new(),
+        api_token: plan
+            .children
+            .api_token
+            .as_ref()
+            .and_then(streamjob_operator::planner::children::api_token_of),
     }
 }
 
@@ -597,6 +602,7 @@ fn the_jobmanager_report_becomes_job_progress() {
                 to_offset: 3,
                 at_ms: 1_700_000_000_000,
             }),
+            ..Default::default()
         })
         .collect();
     let report = JobManagerReport {
@@ -674,6 +680,7 @@ fn deleting_a_job_that_never_ran_skips_the_final_savepoint() {
         taskmanager: Some(rolled_out(&created.children.taskmanager, 0)),
         savepoint_pvc: Some(created.children.savepoint_pvc.clone()),
         pods: Vec::new(),
+        api_token: None,
     };
     let mut job = job;
     job.status = Some(created.status.clone());
@@ -724,6 +731,7 @@ fn a_deploying_job_is_polled_only_while_its_jobmanager_is_up() {
         taskmanager: Some(rolled_out(&first.children.taskmanager, 0)),
         savepoint_pvc: Some(first.children.savepoint_pvc.clone()),
         pods: Vec::new(),
+        api_token: None,
     };
     let second = plan_for(&job, &observed);
     assert_ne!(second.status.phase, Phase::Running);
@@ -873,6 +881,123 @@ proptest! {
             job.status = Some(plan.status);
         }
     }
+}
+
+fn with_token(token: &str) -> Observed {
+    Observed {
+        api_token: Some(token.into()),
+        ..Observed::default()
+    }
+}
+
+#[test]
+fn the_api_token_secret_is_an_owned_child_holding_the_observed_token() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &with_token("0123abcd"));
+    let secret = plan.children.api_token.as_ref().expect("a Secret child");
+    let meta = &secret.metadata;
+    assert_eq!(meta.name.as_deref(), Some("trace-api-token"));
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+    let owner = &meta.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("StreamJob", Some(true))
+    );
+    let labels = meta.labels.as_ref().expect("labels");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "streamjob-operator");
+    assert_eq!(labels["app.kubernetes.io/component"], "api-token");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        streamjob_operator::planner::children::api_token_of(secret).as_deref(),
+        Some("0123abcd")
+    );
+    // The planner never invents a token: without one observed there is no Secret to apply.
+    assert!(plan_for(&job, &Observed::default())
+        .children
+        .api_token
+        .is_none());
+}
+
+#[test]
+fn the_jobmanager_reads_the_token_from_the_mounted_secret_and_taskmanagers_never_see_it() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &with_token("t"));
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("valid config");
+    assert_eq!(
+        config.jobmanager.api_token_file.as_deref(),
+        Some(std::path::Path::new("/etc/streamjob-api/token"))
+    );
+    assert!(
+        !yaml.contains("apiToken:"),
+        "the token itself is never rendered: {yaml}"
+    );
+
+    let pod = plan
+        .children
+        .jobmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "api-token")
+        .expect("the token volume");
+    let source = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(source.secret_name.as_deref(), Some("trace-api-token"));
+    let items = source.items.as_ref().expect("items");
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("token", "token")
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "api-token")
+        .expect("mounted");
+    assert_eq!(mount.mount_path, "/etc/streamjob-api");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        !pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "STREAMJOB_API_TOKEN"),
+        "a file, so a rotated Secret applies without a restart"
+    );
+
+    let tm_pod = plan
+        .children
+        .taskmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    assert!(
+        !tm_pod
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "api-token"),
+        "taskmanagers do not get the token"
+    );
+}
+
+#[test]
+fn a_new_token_changes_the_secret_but_rolls_no_pod() {
+    let job = support::sample("minimal.yaml");
+    let a = plan_for(&job, &with_token("first"));
+    let b = plan_for(&job, &with_token("second"));
+    assert_ne!(a.children.api_token, b.children.api_token);
+    assert_eq!(a.children.jobmanager, b.children.jobmanager);
+    assert_eq!(a.children.taskmanager, b.children.taskmanager);
+    assert_eq!(a.children.config_map, b.children.config_map);
 }
 
 /// Every certificate and key of `spec.redis.tls` and `spec.kafka.tls` reaches the pods as a file

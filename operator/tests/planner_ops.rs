@@ -77,6 +77,7 @@ fn running(replicas: i32) -> (StreamJob, Plan) {
         )),
         savepoint_pvc: Some(first.children.savepoint_pvc.clone()),
         pods: Vec::new(),
+        api_token: None,
     };
     let plan = plan_for(&job, &observed);
     assert_eq!(plan.status.phase, Phase::Running);
@@ -108,6 +109,7 @@ fn an_in_place_scale_keeps_ready_true_and_says_from_and_to() {
             taskmanager: Some(tm),
             savepoint_pvc: Some(before.children.savepoint_pvc.clone()),
             pods: Vec::new(),
+            api_token: None,
         };
         let plan = plan_for(&job, &observed);
         job.status = Some(plan.status.clone());
@@ -168,6 +170,7 @@ fn a_scale_down_keeps_ready_true_too() {
         taskmanager: Some(deployment(&resized, true, 3, 3)),
         savepoint_pvc: None,
         pods: Vec::new(),
+        api_token: None,
     };
     let plan = plan_for(&job, &observed);
     assert_eq!(condition(&plan, "Ready").0, "True");
@@ -191,6 +194,7 @@ fn a_new_pod_template_is_still_a_rollout() {
         taskmanager: Some(tm),
         savepoint_pvc: None,
         pods: Vec::new(),
+        api_token: None,
     };
     job.spec.upgrade_mode = streamjob_operator::crd::UpgradeMode::Stateless;
     let plan = plan_for(&job, &observed);
@@ -339,6 +343,7 @@ fn a_stopped_job_holds_no_taskmanager() {
         taskmanager: Some(deployment(&before.children.taskmanager, true, 3, 3)),
         savepoint_pvc: None,
         pods: Vec::new(),
+        api_token: None,
     };
     let report = finished_report();
     let plan = planner::plan(PlanInput {

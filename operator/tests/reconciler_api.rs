@@ -23,6 +23,7 @@ const JOB: &str = "/apis/streaming.austin.dev/v1alpha1/namespaces/default/stream
 const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/trace-config";
 const PVC: &str = "/api/v1/namespaces/default/persistentvolumeclaims/trace-savepoints";
 const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
+const SECRET: &str = "/api/v1/namespaces/default/secrets/trace-api-token";
 const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
 const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
@@ -134,12 +135,18 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
         .filter(|r| r.method == "GET")
         .map(|r| (r.method.as_str(), r.path.as_str()))
         .collect();
-    assert_eq!(reads, [], "children come from the watch caches, pods too");
+    assert_eq!(
+        reads,
+        [("GET", SECRET)],
+        "children come from the watch caches, pods too; only the API token Secret the cache \
+         does not show yet is read, so a token is never drawn twice"
+    );
     assert_eq!(
         applies(&requests),
         [
             CONFIG_MAP,
             PVC,
+            SECRET,
             SERVICE,
             JM_POLICY,
             TM_POLICY,
@@ -489,4 +496,61 @@ async fn an_opted_out_job_gets_no_network_policies() {
     );
     assert!(!requests.iter().any(|r| r.method == "DELETE"));
     assert_rbac_covers(&requests);
+}
+
+/// The token is drawn once: the Secret is applied with it on the first reconcile and read back
+/// (from the API server until the watch shows it, then from the cache) on every later one, so
+/// its body, and hash, stay the same and it is not applied again. A deleted Secret gets a new one.
+#[tokio::test]
+async fn the_api_token_is_drawn_once_kept_across_reconciles_and_redrawn_when_deleted() {
+    let (ctx, api, _) = setup().await;
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    let secret = body_of(&api.requests(), "PATCH", SECRET).clone();
+    let first = secret["data"]["token"].clone();
+    assert!(first.as_str().is_some_and(|t| t.len() > 40), "{first}");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "StreamJob"
+    );
+
+    // At once, before the watch may have delivered the Secret: the same token (never a second).
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("second, unsettled");
+    let requests = api.requests();
+    if let Some(again) = requests.iter().find(|r| r.is("PATCH", SECRET)) {
+        let again = again.body.as_ref().expect("apply body");
+        assert_eq!(again["data"]["token"], first);
+    }
+    assert_rbac_covers(&requests);
+    assert_eq!(
+        api.get(SECRET).expect("secret stored")["data"]["token"],
+        first
+    );
+
+    // Settled: the token comes from the cache; the Secret is as planned, so nothing is sent.
+    api.clear_requests();
+    reconcile_settled(&ctx, &api).await.expect("third");
+    let requests = api.requests();
+    assert!(
+        !requests.iter().any(|r| r.path == SECRET),
+        "no read or apply of a cached, unchanged Secret: {:?}",
+        requests
+            .iter()
+            .map(|r| (&r.method, &r.path))
+            .collect::<Vec<_>>()
+    );
+
+    api.remove(SECRET);
+    api.clear_requests();
+    reconcile_settled(&ctx, &api)
+        .await
+        .expect("after the Secret was deleted");
+    let redrawn = body_of(&api.requests(), "PATCH", SECRET)["data"]["token"].clone();
+    assert!(redrawn.is_string());
+    assert_ne!(redrawn, first, "a deleted Secret gets a new token");
 }

@@ -9,6 +9,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -163,6 +164,26 @@ async fn a_savepoint_upgrade_records_each_step_before_acting() {
         ["GET /jobs/trace", "POST /jobs/trace/stop"],
         "stop-with-savepoint first"
     );
+    // Every call carries the job's API token: the one in the Secret the operator applied.
+    let secret = s
+        .api
+        .get("/api/v1/namespaces/default/secrets/trace-api-token")
+        .expect("the API token Secret");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().expect("token"))
+        .map(String::from_utf8)
+        .expect("base64")
+        .expect("utf-8");
+    assert_eq!(token.len(), 64, "32 random bytes, hex");
+    for request in s.jm.requests() {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(format!("Bearer {token}").as_str()),
+            "{} {}",
+            request.method,
+            request.path
+        );
+    }
     let at_stop = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(at_stop.len(), 1);
     assert_eq!(at_stop[0]["kind"], "upgrade", "{at_stop:?}");

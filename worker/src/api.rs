@@ -3,6 +3,8 @@
 //!
 //! JSON field names are camelCase, like Flink's REST API and the Kubernetes objects that show them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One partition handed to one taskmanager. The Redis fence epoch is what actually guards
@@ -39,12 +41,40 @@ pub struct PartitionProgress {
     pub lag: Option<i64>,
     /// Events applied per second over the last few seconds.
     pub events_per_second: f64,
+    /// The partition is paused, retrying a batch or a dead-letter delivery (Redis or broker
+    /// unavailable).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// Records dead-lettered since this owner took the partition, by reason kind
+    /// (`invalid_json`, `missing_ids`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// The newest failure this owner met on the partition (retried or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<PartitionError>,
     /// Rewinds since this owner took the partition: Redis lost writes it had acknowledged and
     /// the partition re-read from the fence.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rewinds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rewind: Option<Rewind>,
+}
+
+/// One failure a partition met, as its owner reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionError {
+    /// Wall-clock time, epoch milliseconds.
+    pub at_ms: u64,
+    /// `redis` or `kafka`.
+    pub source: String,
+    /// Machine-readable kind (`unavailable`, `dlq_delivery`, …).
+    pub kind: String,
+    pub message: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -148,9 +178,10 @@ pub struct TaskManagerInfo {
 }
 
 /// Where one partition stands in the assignment protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PartitionState {
+    #[default]
     Unassigned,
     /// Handed to an owner that has not yet confirmed it.
     Assigning,
@@ -159,7 +190,7 @@ pub enum PartitionState {
     Revoking,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionStatus {
     pub partition: i32,
@@ -173,6 +204,14 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     pub lag: Option<i64>,
     pub events_per_second: f64,
+    /// The owner is retrying (see [`PartitionProgress::retrying`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// Dead-lettered by the current owner, by reason kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_lettered: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<PartitionError>,
     /// Rewinds of this partition seen by this jobmanager (Redis lost acknowledged writes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rewinds: u64,

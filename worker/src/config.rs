@@ -23,6 +23,9 @@ pub const ENV_REDIS_SENTINEL_PASSWORD: &str = "STREAMJOB_REDIS_SENTINEL_PASSWORD
 pub const ENV_KAFKA_SASL_USERNAME: &str = "STREAMJOB_KAFKA_SASL_USERNAME";
 /// Environment variable that overrides `source.kafka.sasl.password`.
 pub const ENV_KAFKA_SASL_PASSWORD: &str = "STREAMJOB_KAFKA_SASL_PASSWORD";
+/// Environment variable with the bearer token the jobmanager's mutating REST endpoints require
+/// (`jobmanager.apiToken`).
+pub const ENV_API_TOKEN: &str = "STREAMJOB_API_TOKEN";
 
 /// A configuration that cannot run, with the dotted path of the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +330,16 @@ pub struct JobManagerConfig {
     /// A taskmanager silent for this long is considered dead and its partitions are reassigned.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// A file holding the bearer token the mutating REST endpoints require (savepoint and
+    /// checkpoint triggers, stop-with-savepoint). Read at every such request, so a rotated
+    /// Secret volume takes effect without a restart. The operator mounts the job's
+    /// `<job>-api-token` Secret here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
+    /// The token itself; never written out, set from `STREAMJOB_API_TOKEN`. Wins over
+    /// `apiTokenFile`.
+    #[serde(skip_serializing)]
+    pub api_token: Option<String>,
 }
 
 impl Default for JobManagerConfig {
@@ -336,6 +349,8 @@ impl Default for JobManagerConfig {
             url: "http://127.0.0.1:8081".into(),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
+            api_token_file: None,
+            api_token: None,
         }
     }
 }
@@ -409,6 +424,9 @@ impl JobConfig {
 
     /// Fills secrets from the environment (`lookup` is `std::env::var` outside tests).
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(token) = lookup(ENV_API_TOKEN).filter(|t| !t.trim().is_empty()) {
+            self.jobmanager.api_token = Some(token.trim().to_string());
+        }
         if let Some(password) = lookup(ENV_REDIS_PASSWORD) {
             self.sink.redis.password = Some(password);
         }

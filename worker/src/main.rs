@@ -116,6 +116,7 @@ async fn run(command: Command, config: JobConfig) -> anyhow::Result<()> {
                 taskmanagers: usize::from(args.taskmanagers),
                 embedded_kafka: args.embedded_kafka.then_some(args.partitions),
                 demo_rate: args.demo,
+                demo_events: args.demo_events,
                 duration: args.duration,
                 ..StandaloneOptions::default()
             };

@@ -7,9 +7,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector,
-    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, Secret, SecretKeySelector,
+    SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -18,6 +18,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 use streamjob_worker::config::{
     ENV_KAFKA_SASL_PASSWORD, ENV_KAFKA_SASL_USERNAME, ENV_REDIS_PASSWORD,
     ENV_REDIS_SENTINEL_PASSWORD,
@@ -25,7 +26,8 @@ use streamjob_worker::config::{
 
 use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
 use crate::planner::config::{
-    CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REDIS_TLS_DIR, REST_PORT, STATE_DIR, TLS_DIR,
+    API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REDIS_TLS_DIR, REST_PORT,
+    STATE_DIR, TLS_DIR,
 };
 use crate::planner::{labels, names, NetworkPeers};
 
@@ -93,6 +95,28 @@ pub fn savepoint_pvc(ctx: &Context) -> PersistentVolumeClaim {
     }
 }
 
+/// The job's API token: the bearer token the jobmanager's mutating REST calls (savepoint,
+/// checkpoint, stop) require. Owned by the StreamJob, so it goes with it. The jobmanager reads it
+/// from a volume, the operator from the Secret itself.
+pub fn api_token_secret(ctx: &Context, token: &str) -> Secret {
+    Secret {
+        metadata: ctx.meta(names::api_token(ctx.name), labels::COMPONENT_API_TOKEN),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            API_TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The token a job's API token Secret holds (`None` when it has none, or not as UTF-8 text).
+pub fn api_token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(API_TOKEN_KEY)?;
+    let token = std::str::from_utf8(&bytes.0).ok()?.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 /// The Service in front of the jobmanager's REST port.
 pub fn jobmanager_service(ctx: &Context) -> Service {
     Service {
@@ -130,6 +154,12 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
             mount_path: STATE_DIR.into(),
             ..VolumeMount::default()
         });
+        mounts.push(VolumeMount {
+            name: "api-token".into(),
+            mount_path: API_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
     let mut volumes = common_volumes(ctx);
     volumes.push(Volume {
@@ -137,6 +167,23 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
             claim_name: names::savepoints(ctx.name),
             read_only: None,
+        }),
+        ..Volume::default()
+    });
+    // A volume, not an env var: a rotated Secret reaches the running jobmanager (it reads the
+    // file at every mutating call).
+    volumes.push(Volume {
+        name: "api-token".into(),
+        // Struct update syntax: the k8s-openapi version features add fields to these types.
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::api_token(ctx.name)),
+            items: Some(vec![KeyToPath {
+                key: API_TOKEN_KEY.into(),
+                path: API_TOKEN_KEY.into(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     });

@@ -18,6 +18,10 @@ pub const CONFIG_DIR: &str = "/etc/streamjob";
 pub const CONFIG_KEY: &str = "job.yaml";
 /// Mount point of the Kafka TLS files (outside the read-only ConfigMap mount).
 pub const TLS_DIR: &str = "/etc/streamjob-tls";
+/// Mount point of the job's API token Secret in the jobmanager pod.
+pub const API_TOKEN_DIR: &str = "/etc/streamjob-api";
+/// Key of the token in the `<job>-api-token` Secret (and its file name in [`API_TOKEN_DIR`]).
+pub const API_TOKEN_KEY: &str = "token";
 /// Mount point of the Redis TLS files (a projected volume of the Secret keys in `spec.redis.tls`).
 pub const REDIS_TLS_DIR: &str = "/etc/streamjob-redis-tls";
 /// jobmanager REST port.
@@ -132,6 +136,10 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
         "http://{}.{namespace}.svc:{REST_PORT}",
         names::jobmanager(name)
     );
+    // The mutating REST calls need the job's token, read from the mounted Secret at each call
+    // (a rotated Secret applies without a restart). Taskmanagers never read it.
+    config.jobmanager.api_token_file =
+        Some(PathBuf::from(format!("{API_TOKEN_DIR}/{API_TOKEN_KEY}")));
     config.metrics.bind = format!("0.0.0.0:{METRICS_PORT}");
     config.logging.format = match spec.logging.format {
         LogFormat::Text => worker::LogFormat::Text,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
@@ -59,6 +59,10 @@ pub mod names {
     pub fn savepoints(job: &str) -> String {
         format!("{job}-savepoints")
     }
+    /// The Secret with the bearer token of the jobmanager's mutating REST calls.
+    pub fn api_token(job: &str) -> String {
+        format!("{job}-api-token")
+    }
 }
 
 /// Labels every child carries.
@@ -75,6 +79,7 @@ pub mod labels {
     pub const COMPONENT_JOBMANAGER: &str = "jobmanager";
     pub const COMPONENT_TASKMANAGER: &str = "taskmanager";
     pub const COMPONENT_SAVEPOINTS: &str = "savepoints";
+    pub const COMPONENT_API_TOKEN: &str = "api-token";
 
     /// The label selector the operator's watches on children use.
     pub fn managed_selector() -> String {
@@ -127,6 +132,10 @@ pub struct Observed {
     pub savepoint_pvc: Option<PersistentVolumeClaim>,
     /// The job's pods (crash loops show here, not in the Deployments).
     pub pods: Vec<Pod>,
+    /// The bearer token of the jobmanager's mutating REST calls: what the job's
+    /// `<job>-api-token` Secret holds, or, when it has none yet, a fresh random token the
+    /// reconciler drew (the planner itself never draws randomness). `None`: no Secret is rendered.
+    pub api_token: Option<String>,
 }
 
 /// What the jobmanager answered this round (see [`lifecycle::queries`]).
@@ -153,6 +162,8 @@ pub struct Children {
     pub jobmanager_service: Service,
     pub jobmanager: Deployment,
     pub taskmanager: Deployment,
+    /// The job's API token Secret (when [`Observed::api_token`] is known).
+    pub api_token: Option<Secret>,
     /// The job's NetworkPolicies (empty when `spec.networkPolicy.enabled` is false).
     pub network_policies: Vec<NetworkPolicy>,
 }
@@ -223,6 +234,7 @@ fn render(
     job: &StreamJob,
     restore_from: Option<&str>,
     latest_savepoint: Option<&str>,
+    api_token: Option<&str>,
     peers: &NetworkPeers,
 ) -> Result<Rendered, PlanError> {
     let name = job
@@ -275,6 +287,7 @@ fn render(
         jobmanager_service: children::jobmanager_service(&ctx),
         jobmanager: children::jobmanager_deployment(&ctx),
         taskmanager: children::taskmanager_deployment(&ctx),
+        api_token: api_token.map(|token| children::api_token_secret(&ctx, token)),
         network_policies: children::network_policies(&ctx),
     };
     Ok(Rendered {
@@ -316,7 +329,7 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
         .as_deref()
         .ok_or(PlanError::MissingMetadata("metadata.name"))?;
     // The hash does not depend on the restore point: render once to learn it.
-    let config_hash = render(job, None, None, peers)?.config_hash;
+    let config_hash = render(job, None, None, None, peers)?.config_hash;
     let decision = lifecycle::decide(&LifecycleInput {
         job,
         observed: input.observed,
@@ -357,6 +370,7 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
         job,
         decision.restore_from.as_deref(),
         latest.as_deref(),
+        input.observed.api_token.as_deref(),
         peers,
     )?
     .children;
@@ -518,7 +532,7 @@ pub fn plan_cleanup(input: PlanInput<'_>) -> Result<CleanupPlan, PlanError> {
             let latest = latest_savepoint(&status, input.observed);
             let peers = NetworkPeers::default();
             Some(
-                render(job, None, latest.as_deref(), &peers)?
+                render(job, None, latest.as_deref(), None, &peers)?
                     .children
                     .savepoint_pvc,
             )

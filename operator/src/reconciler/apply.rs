@@ -116,15 +116,18 @@ fn contains(actual: &Value, desired: &Value) -> bool {
 }
 
 /// The children of a plan, in the order they are applied: the ConfigMap first (a new pod reads
-/// the config and restore point it finds), the PVC and Service always, the workloads only when
-/// the lifecycle allows. Children added to the plan go in this list.
+/// the config and restore point it finds), the PVC, the API token Secret and the Service always,
+/// the workloads only when the lifecycle allows. Children added to the plan go in this list.
 pub fn desired(plan: &Plan) -> Result<Vec<DesiredChild>> {
     let c = &plan.children;
-    let mut children = Vec::with_capacity(5);
+    let mut children = Vec::with_capacity(8);
     if plan.apply_workloads {
         children.push(DesiredChild::of(&c.config_map)?);
     }
     children.push(DesiredChild::of(&c.savepoint_pvc)?);
+    if let Some(secret) = &c.api_token {
+        children.push(DesiredChild::of(secret)?);
+    }
     children.push(DesiredChild::of(&c.jobmanager_service)?);
     for policy in &c.network_policies {
         children.push(DesiredChild::of(policy)?);

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
-use crate::planner::{labels, names, Observed};
+use crate::planner::{children, labels, names, Observed};
 
 /// The kinds of children the operator applies, and so watches. A new child kind goes here (and
 /// in the RBAC table); a child whose kind is not watched is applied on every reconcile.
@@ -30,6 +30,7 @@ pub fn child_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<Deployment>(&()),
         ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<Secret>(&()),
     ]
 }
 
@@ -163,6 +164,10 @@ impl Caches {
             taskmanager: self.typed("Deployment", namespace, &names::taskmanager(name)),
             savepoint_pvc: self.typed("PersistentVolumeClaim", namespace, &names::savepoints(name)),
             pods: self.pods_of(namespace, name),
+            api_token: self
+                .typed::<Secret>("Secret", namespace, &names::api_token(name))
+                .as_ref()
+                .and_then(children::api_token_of),
         }
     }
 

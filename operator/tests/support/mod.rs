@@ -61,6 +61,7 @@ fn kind_of(path: &str) -> Option<&'static str> {
         "services" => "Service",
         "deployments" => "Deployment",
         "networkpolicies" => "NetworkPolicy",
+        "secrets" => "Secret",
         "pods" => "Pod",
         _ => return None,
     })

@@ -679,6 +679,11 @@ impl Coordinator {
     }
 
     /// Per-partition view for the job overview.
+    /// The newest progress report of each partition, as its owner sent it.
+    pub fn progress_reports(&self) -> &BTreeMap<i32, PartitionProgress> {
+        &self.progress
+    }
+
     pub fn partitions(&self) -> Vec<PartitionStatus> {
         let count = self.partition_count.unwrap_or(0) as i32;
         (0..count)
@@ -711,6 +716,11 @@ impl Coordinator {
                     } else {
                         0.0
                     },
+                    retrying: owner.is_some() && progress.is_some_and(|p| p.retrying),
+                    dead_lettered: progress
+                        .map(|p| p.dead_lettered.clone())
+                        .unwrap_or_default(),
+                    last_error: progress.and_then(|p| p.last_error.clone()),
                     rewinds: self.rewinds.get(&partition).map_or(0, |r| r.total),
                     last_rewind: self.rewinds.get(&partition).and_then(|r| r.last),
                 }

@@ -4,7 +4,9 @@
 //! The decisions live in pure modules ([`planner`], [`coordinator`], [`restore`]); this module
 //! wires them to a clock, the state directory and the HTTP server.
 
+pub mod auth;
 pub mod coordinator;
+pub mod dashboard;
 pub mod metrics;
 mod operations;
 pub mod planner;
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{JobState, SnapshotKind};
 use crate::config::JobConfig;
+use crate::sink::redis::Layout;
 
 use coordinator::{Coordinator, CoordinatorConfig};
 use metrics::JobManagerMetrics;
@@ -66,6 +69,8 @@ pub enum JobManagerError {
     },
     #[error("the REST server stopped: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("sink settings: {0}")]
+    Sink(#[from] crate::sink::redis::SinkError),
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -86,6 +91,12 @@ pub(crate) struct Shared {
     pub(crate) operations: Mutex<Operations>,
     pub(crate) restore: RestorePlan,
     pub(crate) metrics: JobManagerMetrics,
+    /// Wall-clock start, for the dashboard's uptime.
+    pub(crate) started_at_ms: u64,
+    /// Throughput samples, dead letters and problems for the dashboard.
+    pub(crate) activity: Mutex<dashboard::activity::Activity>,
+    /// Reads of the job's Redis for `/trace/*`.
+    pub(crate) trace: dashboard::trace::TraceReader,
 }
 
 impl Shared {
@@ -151,7 +162,15 @@ impl JobManager {
         }
         let instance = format!("{:x}{:x}", now_ms(), std::process::id());
         let (changed, _) = watch::channel(0);
+        let layout = Layout::from_config(
+            &config.sink.redis,
+            &config.job.name,
+            &config.source.kafka.topic,
+        )?;
         let shared = Arc::new(Shared {
+            started_at_ms: now_ms(),
+            activity: Mutex::default(),
+            trace: dashboard::trace::TraceReader::new(config.sink.redis.clone(), layout),
             metrics: JobManagerMetrics::new(&config.job.name),
             config: config.clone(),
             instance,
@@ -190,6 +209,7 @@ impl JobManager {
             fatal_tx.clone(),
         )));
         tasks.push(tokio::spawn(tick(shared.clone())));
+        tasks.push(tokio::spawn(dashboard::sample(shared.clone())));
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
             SnapshotKind::Checkpoint,

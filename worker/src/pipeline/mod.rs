@@ -333,6 +333,9 @@ impl Pipeline {
                 high_watermark: h.state.high_watermark(),
                 lag: h.state.lag(),
                 events_per_second: h.state.events_per_second(),
+                retrying: h.state.is_retrying(),
+                dead_lettered: h.state.dead_lettered(),
+                last_error: h.state.last_error(),
                 rewinds: h.state.rewinds().0,
                 last_rewind: h.state.rewinds().1,
             })

@@ -29,6 +29,7 @@
 //! owner never produce) is refused whole and the task seeks forward to the fence: the part of the
 //! batch below it is in Redis already, the rest is read again.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,7 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::jitter_unit;
 use super::Shared;
-use crate::api::Rewind;
+use crate::api::{PartitionError, Rewind};
 use crate::metrics::PartitionGauges;
 use crate::sink::redis::{system_time_ms, ApplyOutcome, BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
@@ -88,6 +89,9 @@ pub(crate) struct PartitionState {
     rewinds: AtomicU64,
     last_rewind: Mutex<Option<Rewind>>,
     retrying: AtomicBool,
+    /// Dead-lettered records by reason kind, and the newest failure: shown in progress reports.
+    dead_lettered: Mutex<BTreeMap<String, u64>>,
+    last_error: Mutex<Option<PartitionError>>,
     rate: Mutex<RateMeter>,
     exit: Mutex<Option<PartitionExit>>,
     pub gauges: PartitionGauges,
@@ -112,6 +116,8 @@ impl PartitionState {
             rewinds: AtomicU64::new(0),
             last_rewind: Mutex::new(None),
             retrying: AtomicBool::new(false),
+            dead_lettered: Mutex::new(BTreeMap::new()),
+            last_error: Mutex::new(None),
             rate: Mutex::new(RateMeter::default()),
             exit: Mutex::new(None),
             gauges,
@@ -174,6 +180,36 @@ impl PartitionState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .observe(Instant::now(), total)
+    }
+
+    pub fn dead_lettered(&self) -> BTreeMap<String, u64> {
+        self.dead_lettered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn last_error(&self) -> Option<PartitionError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count_dead_letter(&self, kind: &str) {
+        let mut counts = self.dead_lettered.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Remembers a failure for the progress reports (the dashboard's "recent problems").
+    fn note_error(&self, source: &str, kind: &str, message: impl std::fmt::Display) {
+        let error = PartitionError {
+            at_ms: system_time_ms(SystemTime::now()).max(0) as u64,
+            source: source.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+        };
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
     pub fn exit(&self) -> Option<PartitionExit> {
@@ -431,6 +467,7 @@ impl PartitionTask {
     fn fetch_error(&self, err: &rdkafka::error::KafkaError) {
         tracing::warn!(%err, "kafka fetch error (librdkafka retries)");
         self.shared.metrics.pipeline().kafka_error("fetch");
+        self.state.note_error("kafka", "fetch", err);
     }
 
     fn report_resume(&self, check: ResumeCheck) {
@@ -522,12 +559,14 @@ impl PartitionTask {
                 Ok(()) => {
                     for record in &pending {
                         metrics.dead_lettered(record.kind).inc();
+                        self.state.count_dead_letter(record.kind);
                     }
                     pending.clear();
                 }
                 Err((failed, err)) => {
                     tracing::warn!(%err, failed = failed.len(), attempt, "dead-letter delivery failed; retrying");
                     metrics.kafka_error("dlq_delivery");
+                    self.state.note_error("kafka", "dlq_delivery", &err);
                     let mut index = 0;
                     pending.retain(|_| {
                         let keep = failed.contains(&index);
@@ -564,6 +603,7 @@ impl PartitionTask {
                 }
                 Err(err) if err.is_retryable() => {
                     metrics.redis_error(err.kind());
+                    self.state.note_error("redis", err.kind(), &err);
                     tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
                     if !*paused {
                         self.set_paused(true);
@@ -574,6 +614,11 @@ impl PartitionTask {
                 }
                 Err(SinkError::Fenced { stored_epoch, .. }) => {
                     metrics.redis_error("fenced");
+                    self.state.note_error(
+                        "redis",
+                        "fenced",
+                        format!("fenced by a newer owner (epoch {stored_epoch})"),
+                    );
                     tracing::warn!(
                         stored_epoch,
                         "partition fenced by a newer owner; stopping it"
@@ -612,6 +657,7 @@ impl PartitionTask {
                 }
                 Err(err) => {
                     metrics.redis_error(err.kind());
+                    self.state.note_error("redis", err.kind(), &err);
                     tracing::error!(%err, "batch apply failed for good; stopping the partition");
                     return Err(PartitionExit::Failed(err.to_string()));
                 }

@@ -51,7 +51,7 @@ pub use error::SinkError;
 pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLATE_TTL};
 
 use crate::config::RedisSinkConfig;
-use primary::Primary;
+pub(crate) use primary::Primary;
 use script::{parse_claim_reply, ApplyReply, ClaimReply, LuaScript, CLAIM_SCRIPT};
 
 /// Default limit for one Redis round trip (including a batch's script run).
