@@ -263,6 +263,22 @@ checkpoint:
     )
 }
 
+/// Until the worker's log shows a rewind (at most 90 s: sentinels, backoff and a loaded machine).
+fn wait_for_rewind(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("ERROR") && l.contains("Redis lost acknowledged writes"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no rewind logged within 90 s of a failover that lost acknowledged writes"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The sum of the fences' offsets in the Redis at `url` (0 while unreadable).
 fn applied_offsets(url: &str) -> i64 {
     fence_offsets(url, "", JOB, TOPIC, PARTITIONS)
@@ -316,7 +332,7 @@ fn run(fault: Fault) {
     let kills = kills();
     for kill in 0..kills {
         thread::sleep(Duration::from_millis(rng.random_range(300..1_500)));
-        inject(fault, kill, &mut redis, &broker, &snapshot, &mut rng);
+        inject(fault, kill, &mut redis, &broker, &snapshot, &log, &mut rng);
         assert!(
             worker.is_running(),
             "worker died on its own:\n{}",
@@ -384,6 +400,7 @@ fn inject(
     redis: &mut RedisSide,
     broker: &EmbeddedKafka,
     snapshot: &Path,
+    log: &Path,
     rng: &mut rand::rngs::StdRng,
 ) {
     match fault {
@@ -406,8 +423,10 @@ fn inject(
         }
         Fault::SentinelFailover if kill == 1 => {
             redis.fail_over(Duration::from_millis(rng.random_range(800..1_500)));
-            // Long enough for the running worker to follow the failover and meet the fence.
-            thread::sleep(Duration::from_millis(rng.random_range(2_000..3_000)));
+            // The promoted replica lacks writes the worker saw acknowledged: the running worker
+            // must follow the failover and rewind before the next SIGKILL (a restarted one would
+            // just resume at the fence, with nothing to rewind).
+            wait_for_rewind(log);
         }
         Fault::BrokerErrors if kill == 1 => {
             broker.cluster().request_errors(
