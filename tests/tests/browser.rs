@@ -123,6 +123,33 @@ where
     }
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+/// Types `query` into the Trace page's emptied search box and searches.
+async fn search(client: &Client, query: &str) {
+    let box_ = client
+        .find(Locator::Id("trace-query"))
+        .await
+        .expect("search box");
+    box_.clear().await.expect("clear");
+    box_.send_keys(query).await.expect("type");
+    click(client, "#trace-search").await;
+}
+
+fn savepoint_count(addr: &str) -> usize {
+    get_json(addr, "/jobs/trace/savepoints")["snapshots"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
 async fn text(client: &Client, css: &str) -> String {
     match client.find(Locator::Css(css)).await {
         Ok(element) => element.text().await.unwrap_or_default(),
@@ -357,18 +384,7 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         .goto(&format!("{base}/trace"))
         .await
         .expect("trace page");
-    let query = client
-        .find(Locator::Id("trace-query"))
-        .await
-        .expect("search box");
-    query.send_keys(&receiver).await.expect("type");
-    client
-        .find(Locator::Id("trace-search"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("search");
+    search(&client, &receiver).await;
     wait_until("the timeline", Duration::from_secs(20), || async {
         attr(&client, "#trace-status", "data-done").await.as_deref() == Some("user")
     })
@@ -403,13 +419,7 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     let first_business_id = attr(&client, "#timeline .item", "data-business-id")
         .await
         .expect("an item");
-    client
-        .find(Locator::Css("#timeline .item .head a"))
-        .await
-        .expect("businessId link")
-        .click()
-        .await
-        .expect("open the template");
+    click(&client, "#timeline .item .head a").await;
     wait_until("the template chart", Duration::from_secs(20), || async {
         attr(&client, "#trace-status", "data-done").await.as_deref() == Some("messageTemplate")
     })
@@ -437,23 +447,8 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     assert_eq!(shown, linked, "chart of {first_business_id}");
 
     // A template searched by its businessId.
-    client
-        .find(Locator::Css("#trace-kind option[value=messageTemplate]"))
-        .await
-        .expect("option")
-        .click()
-        .await
-        .expect("select");
-    let query = client.find(Locator::Id("trace-query")).await.expect("box");
-    query.clear().await.expect("clear");
-    query.send_keys(&template).await.expect("type");
-    client
-        .find(Locator::Id("trace-search"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("search");
+    click(&client, "#trace-kind option[value=messageTemplate]").await;
+    search(&client, &template).await;
     wait_until("the searched template", Duration::from_secs(20), || async {
         text(&client, "#trace-status").await.contains(&template)
     })
@@ -464,24 +459,12 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     // The savepoint action: refused without the token, nothing written; done with it.
     client.goto(&format!("{base}/")).await.expect("dashboard");
     wait_until("the token field", Duration::from_secs(20), || async {
-        client
-            .find(Locator::Id("api-token"))
-            .await
-            .ok()
-            .is_some_and(|_| true)
+        client.find(Locator::Id("api-token")).await.is_ok()
             && text(&client, "#job-state").await == "RUNNING"
     })
     .await;
-    let before = get_json(&addr, "/jobs/trace/savepoints")["snapshots"]
-        .as_array()
-        .map_or(0, Vec::len);
-    client
-        .find(Locator::Id("savepoint-trigger"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    let before = savepoint_count(&addr);
+    click(&client, "#savepoint-trigger").await;
     wait_until("the refusal", Duration::from_secs(20), || async {
         text(&client, "#savepoint-result")
             .await
@@ -491,9 +474,7 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     let result = text(&client, "#savepoint-result").await;
     assert!(result.contains("API token"), "{result}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = get_json(&addr, "/jobs/trace/savepoints")["snapshots"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let after = savepoint_count(&addr);
     assert_eq!(after, before, "a refused trigger writes nothing");
 
     client
@@ -503,13 +484,7 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         .send_keys(TOKEN)
         .await
         .expect("type the token");
-    client
-        .find(Locator::Id("savepoint-trigger"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(&client, "#savepoint-trigger").await;
     wait_until("the savepoint", Duration::from_secs(60), || async {
         text(&client, "#savepoint-result")
             .await
