@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use streamjob_worker::api::Assignment;
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::Pipeline;
+use streamjob_worker::testkit;
 use streamjob_worker::testkit::kafka::{self, ProduceMode, Tansu};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::tls::{Stunnel, TestPki};
@@ -156,16 +156,7 @@ async fn pipeline_consumes_exactly_once_over_tls(mutual: bool) {
     let pipeline = Pipeline::start(Arc::new(config), Metrics::new())
         .await
         .expect("pipeline starts");
-    for partition in 0..PARTITIONS {
-        pipeline
-            .assign(Assignment {
-                partition,
-                generation: 1,
-                start_offset: None,
-            })
-            .await
-            .expect("assigned");
-    }
+    testkit::assign_all(&pipeline, 0..PARTITIONS).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let fences =

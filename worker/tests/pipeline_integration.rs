@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use streamjob_worker::api::Assignment;
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::{sample, sample_sum, Metrics};
 use streamjob_worker::pipeline::{PartitionExit, Pipeline, PipelineOptions};
 use streamjob_worker::sink::redis::epoch_floor;
+use streamjob_worker::testkit;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
 use streamjob_worker::testkit::trace_state::{
@@ -135,19 +135,6 @@ async fn wait_for_events_in(metrics: &Metrics, events: u64, what: &str) {
     }
 }
 
-async fn assign_all(pipeline: &Pipeline, partitions: impl IntoIterator<Item = i32>) {
-    for partition in partitions {
-        pipeline
-            .assign(Assignment {
-                partition,
-                generation: 1,
-                start_offset: None,
-            })
-            .await
-            .expect("assigned");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq() {
     let env = Env::start(4, RedisOptions::default());
@@ -161,8 +148,8 @@ async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq(
     let b = Pipeline::start(config.clone(), metrics.clone())
         .await
         .expect("pipeline b");
-    assign_all(&a, [0, 2]).await;
-    assign_all(&b, [1, 3]).await;
+    testkit::assign_all(&a, [0, 2]).await;
+    testkit::assign_all(&b, [1, 3]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     let expected = env.assert_state(&payloads);
@@ -229,7 +216,7 @@ async fn heavy_a_dead_letter_is_acknowledged_before_the_fence_passes_it() {
     let pipeline = Pipeline::start(env.config(50, Duration::from_millis(10)), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.fences()[0] != Some(100)
         || sample(
@@ -275,14 +262,14 @@ async fn heavy_a_zombie_owner_is_fenced_and_nothing_is_applied_twice() {
     let old = Pipeline::start(config.clone(), Metrics::new())
         .await
         .expect("old owner");
-    assign_all(&old, [0]).await;
+    testkit::assign_all(&old, [0]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     // A new owner claims the partition while the old one still runs (a network partition).
     let new = Pipeline::start(config, Metrics::new())
         .await
         .expect("new owner");
-    assign_all(&new, [0]).await;
+    testkit::assign_all(&new, [0]).await;
     env.produce(&payloads[4_000..]);
     env.wait_caught_up(Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -313,7 +300,7 @@ async fn heavy_shutdown_flushes_the_in_flight_batch() {
     )
     .await
     .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     wait_for_events_in(&metrics, 600, "records not consumed").await;
     assert_eq!(
         env.fences(),
@@ -340,7 +327,7 @@ async fn heavy_a_redis_outage_pauses_the_partition_and_loses_nothing() {
     let pipeline = Pipeline::start(env.config(300, Duration::from_millis(10)), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     env.redis.stop();
@@ -388,7 +375,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
     let pipeline = Pipeline::start(Arc::new(config), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     wait_for_events_in(&metrics, 600, "records not consumed").await;
 
     // A move (revoke) while Redis is down ends, without the batch and without a committed offset.
@@ -414,7 +401,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
         vec![Some(0), Some(0)],
         "nothing applied during the outage"
     );
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     wait_for_events_in(&metrics, 900, "partition 0 not read again").await;
     pipeline.shutdown().await.expect("graceful stop");
     assert_eq!(env.fences(), vec![Some(300), Some(300)]);
@@ -439,7 +426,7 @@ async fn a_new_partition_reports_its_lag_long_before_the_first_full_watermark_re
     .await
     .expect("pipeline");
     let assigned = Instant::now();
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     // Generous for a loaded machine, and still far below the refresh interval.
     let deadline = assigned + Duration::from_secs(30);
     loop {

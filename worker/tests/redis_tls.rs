@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use streamjob_worker::api::Assignment;
 use streamjob_worker::config::{JobConfig, RedisSinkConfig, RedisTlsConfig};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::Pipeline;
 use streamjob_worker::sink::redis::{RedisSink, SinkError};
+use streamjob_worker::testkit;
 use streamjob_worker::testkit::kafka::{self, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, RedisTlsOptions};
 use streamjob_worker::testkit::tls::TestPki;
@@ -107,16 +107,7 @@ async fn the_exactly_once_pipeline_runs_over_mutual_tls_with_an_acl_user() {
     let pipeline = Pipeline::start(Arc::new(config), Metrics::new())
         .await
         .expect("pipeline connects over TLS");
-    for partition in 0..2 {
-        pipeline
-            .assign(Assignment {
-                partition,
-                generation: 1,
-                start_offset: None,
-            })
-            .await
-            .expect("assigned");
-    }
+    testkit::assign_all(&pipeline, 0..2).await;
     let ends = kafka::high_watermarks(kafka.bootstrap_servers(), TOPIC, 2).expect("watermarks");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
