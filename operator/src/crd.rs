@@ -383,6 +383,12 @@ pub struct RedisTlsSpec {
     /// Client private key (PEM) for mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_ref: Option<SecretKeyRef>,
+    /// The DNS name the Redis server's certificate must carry (also sent as TLS SNI), when it
+    /// differs from the host the workers connect to: the host in `url`, or the address the
+    /// sentinels announce for the primary (usually an IP). Without it, that host itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')").message("spec.redis.tls.serverName must be a DNS name: dot-separated lower-case labels of [a-z0-9-] (1-63 characters, not starting or ending with '-'), at most 253 characters"))]
+    pub server_name: Option<String>,
 }
 
 /// The Redis sink.

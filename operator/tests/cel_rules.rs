@@ -368,3 +368,28 @@ fn the_savepoint_volume_can_grow_but_not_shrink_or_change_class() {
     );
     validate(&shrunk).expect("transition rules do not apply on create");
 }
+
+#[test]
+fn the_redis_tls_server_name_must_be_a_dns_name() {
+    let with_name = |name: &str| {
+        let mut object = with("redis.tls", json!({ "serverName": name }));
+        object["spec"]["redis"]["url"] = json!("rediss://10.0.0.5:6380/0");
+        object
+    };
+    validate(&with_name("redis.internal")).expect("a DNS name");
+    validate(&with_name("redis-0.redis.trace.svc.cluster.local")).expect("a service name");
+    let long_label = "a".repeat(64);
+    for bad in [
+        "Redis.Internal",
+        "redis_internal",
+        "-redis.internal",
+        "redis..internal",
+        "10.0.0.5:6380",
+        long_label.as_str(),
+    ] {
+        assert_refused(
+            with_name(bad),
+            "spec.redis.tls.serverName must be a DNS name",
+        );
+    }
+}

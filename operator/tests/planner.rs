@@ -88,6 +88,38 @@ fn condition<'a>(
         .expect("condition present")
 }
 
+/// `spec.redis.tls.serverName` reaches the workers' `job.yaml` as `sink.redis.tls.serverName`
+/// (and nothing is rendered without it).
+#[test]
+fn the_redis_tls_server_name_reaches_the_workers_config() {
+    let job_yaml = |job: &StreamJob| {
+        let plan = plan_for(job, &Observed::default());
+        plan.children.config_map.data.as_ref().expect("data")["job.yaml"].clone()
+    };
+    let mut job = support::sample("full.yaml");
+    let without = job_yaml(&job);
+    assert!(!without.contains("serverName"), "{without}");
+    job.spec
+        .redis
+        .tls
+        .as_mut()
+        .expect("full.yaml has redis.tls")
+        .server_name = Some("redis.internal".into());
+    let yaml = job_yaml(&job);
+    let config = JobConfig::from_yaml(&yaml).expect("the worker accepts the rendered config");
+    let tls = config
+        .sink
+        .redis
+        .tls
+        .as_ref()
+        .expect("sink.redis.tls rendered");
+    assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
+    assert_eq!(
+        tls.ca_file.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/streamjob-redis-tls/ca.crt")
+    );
+}
+
 #[test]
 fn the_config_map_holds_the_workers_own_config_without_secrets() {
     let job = support::sample("full.yaml");

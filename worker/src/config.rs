@@ -203,6 +203,11 @@ pub struct RedisTlsConfig {
     /// PEM private key of `certFile`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// The DNS name the server's certificate must carry (and the TLS SNI), when it differs from
+    /// the host the sink connects to: the URL's host, or the primary the sentinels name (an IP).
+    /// `None`: the connected host itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 impl Default for RedisSinkConfig {
@@ -557,6 +562,17 @@ fn validate_redis_security(redis: &RedisSinkConfig) -> Result<(), ConfigError> {
                 "and sink.redis.tls.keyFile must be set together (mutual TLS)",
             ));
         }
+        if let Some(name) = tls.server_name.as_deref() {
+            if !is_dns_name(name) {
+                return Err(invalid(
+                    "sink.redis.tls.serverName",
+                    format!(
+                        "{name:?} is not a DNS name (lower-case labels of [a-z0-9-], dot-separated, \
+                         at most 253 characters)"
+                    ),
+                ));
+            }
+        }
     }
     if redis.username.as_deref() == Some("") {
         return Err(invalid(
@@ -578,6 +594,21 @@ fn validate_redis_security(redis: &RedisSinkConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// An RFC 1123 DNS name, as a certificate's `subjectAltName` carries it: lower-case labels of
+/// 1-63 characters `[a-z0-9-]`, not starting or ending with `-`; at most 253 characters. The
+/// CRD's `spec.redis.tls.serverName` pattern is the same rule.
+pub fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
 }
 
 /// Kafka's own topic rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -675,10 +706,33 @@ mod tests {
                 "sink.redis.url",
             ),
             ("sink:\n  redis:\n    username: ''\n", "sink.redis.username"),
+            (
+                "sink:\n  redis:\n    url: rediss://10.0.0.5:6380/0\n    tls:\n      serverName: Redis_Internal\n",
+                "sink.redis.tls.serverName",
+            ),
         ] {
             let err = JobConfig::from_yaml(yaml).expect_err(yaml);
             assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
+        let with_name = "sink:\n  redis:\n    url: rediss://10.0.0.5:6380/0\n    tls:\n      serverName: redis.internal\n";
+        let config = JobConfig::from_yaml(with_name).expect("a DNS name");
+        let tls = config.sink.redis.tls.as_ref().expect("tls");
+        assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
+        for name in ["redis", "a-1.example.com", "x.y"] {
+            assert!(is_dns_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "-a.example",
+            "a-.example",
+            "a..b",
+            "A.example",
+            "a_b",
+            "10.0.0.5:1",
+        ] {
+            assert!(!is_dns_name(name), "{name}");
+        }
+        assert!(!is_dns_name(&format!("{}.example", "a".repeat(64))));
         // A user without a password in the URL is fine (the password comes from the env).
         JobConfig::from_yaml("sink:\n  redis:\n    url: rediss://app@h:6380/0\n")
             .expect("user in the URL");

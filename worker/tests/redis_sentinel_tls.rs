@@ -2,7 +2,8 @@
 //! (`--port 0 --tls-port P`, mutual TLS, `tls-replication yes`) and a TLS-only sentinel, all with
 //! a test CA made with openssl. The sink asks the sentinel for the primary over TLS, connects to
 //! the primary it names over TLS with the ACL user, and after a failover reaches the promoted
-//! replica the same way. A wrong CA is refused at the sentinel, naming the field.
+//! replica the same way; with `sink.redis.tls.serverName`, also when the servers' certificates
+//! lack the IPs the sentinel announces. A wrong CA is refused at the sentinel, naming the field.
 
 mod redis_support;
 
@@ -12,17 +13,17 @@ use redis_support::{applied_events, batch_of, event, JOB, TOPIC};
 use streamjob_worker::config::{RedisSentinelConfig, RedisSinkConfig, RedisTlsConfig};
 use streamjob_worker::sink::redis::{ApplyOutcome, Batch, Fence, RedisSink, SinkError};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, RedisTlsOptions, SentinelOf};
-use streamjob_worker::testkit::tls::TestPki;
+use streamjob_worker::testkit::tls::{TestPki, INTERNAL_NAME};
 use streamjob_worker::transform::AnchorInfo;
 
 const MASTER: &str = "trace-tls";
 const USER: &str = "streamjob";
 const PASSWORD: &str = "s3cret-acl-password";
 
-fn tls_options(pki: &TestPki) -> RedisTlsOptions {
+fn tls_options(pki: &TestPki, cert: &str) -> RedisTlsOptions {
     RedisTlsOptions {
-        cert_file: pki.cert("server"),
-        key_file: pki.key("server"),
+        cert_file: pki.cert(cert),
+        key_file: pki.key(cert),
         ca_file: pki.cert("ca"),
         auth_clients: true,
     }
@@ -48,15 +49,17 @@ struct TlsSentinelSet {
 }
 
 impl TlsSentinelSet {
-    fn start(pki: &TestPki) -> Self {
+    /// The sentinel presents the `server` certificate (`localhost`, 127.0.0.1), the primary and
+    /// the replica `data_cert` (Redis itself checks no host names, only the CA).
+    fn start(pki: &TestPki, data_cert: &str) -> Self {
         let primary = RedisServer::start_with(RedisOptions {
-            tls: Some(tls_options(pki)),
+            tls: Some(tls_options(pki, data_cert)),
             extra_args: outgoing_tls_args(pki),
             ..RedisOptions::default()
         })
         .expect("TLS primary");
         let replica = RedisServer::start_with(RedisOptions {
-            tls: Some(tls_options(pki)),
+            tls: Some(tls_options(pki, data_cert)),
             extra_args: [
                 vec![
                     "--replicaof".into(),
@@ -78,7 +81,7 @@ impl TlsSentinelSet {
             assert!(reply.contains("+OK"), "ACL SETUSER: {reply}");
         }
         let sentinel = RedisServer::start_with(RedisOptions {
-            tls: Some(tls_options(pki)),
+            tls: Some(tls_options(pki, "server")),
             sentinel: Some(SentinelOf {
                 master_name: MASTER.into(),
                 primary_port: primary.port(),
@@ -122,6 +125,7 @@ impl TlsSentinelSet {
                 ca_file: Some(pki.cert(ca)),
                 cert_file: Some(pki.cert("client")),
                 key_file: Some(pki.key("client")),
+                server_name: None,
             }),
             sentinel: Some(RedisSentinelConfig {
                 master_name: MASTER.into(),
@@ -177,13 +181,41 @@ async fn apply_retrying(sink: &RedisSink, batch: &Batch) -> ApplyOutcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_primary_named_by_tls_sentinels_is_used_and_followed_across_a_failover() {
     let pki = TestPki::generate().expect("test PKI");
-    let set = TlsSentinelSet::start(&pki);
+    let set = TlsSentinelSet::start(&pki, "server");
     let sink = RedisSink::connect(&set.sink_config(&pki, "ca"), JOB, TOPIC)
         .await
         .expect("the sink reaches the primary through the sentinel, both over TLS");
+    apply_across_a_failover(&set, &sink).await;
+}
+
+/// The primary's and the replica's certificates name only `redis.internal`, while the sentinel
+/// announces them by IP: refused without `sink.redis.tls.serverName`, naming it; with it, the
+/// sink reaches the primary and follows the failover, verifying the name each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_name_override_reaches_and_follows_primaries_announced_by_ip() {
+    let pki = TestPki::generate().expect("test PKI");
+    let set = TlsSentinelSet::start(&pki, "internal");
+    let mut cfg = set.sink_config(&pki, "ca");
+    let err = RedisSink::connect(&cfg, JOB, TOPIC)
+        .await
+        .expect_err("the primary's certificate lacks the announced IP");
+    let text = err.to_string();
+    assert!(matches!(err, SinkError::Config(_)), "{text}");
+    assert!(text.contains("sink.redis.tls.serverName"), "{text}");
+
+    cfg.tls.as_mut().expect("tls").server_name = Some(INTERNAL_NAME.into());
+    let sink = RedisSink::connect(&cfg, JOB, TOPIC)
+        .await
+        .expect("the primary's certificate carries the server name");
+    apply_across_a_failover(&set, &sink).await;
+}
+
+/// One batch to the primary, a forced failover, one batch to the promoted replica: each lands
+/// once, and the fence follows.
+async fn apply_across_a_failover(set: &TlsSentinelSet, sink: &RedisSink) {
     let epoch = sink.claim(0).await.expect("claim").epoch;
-    let first = batch_of(&sink, 0, epoch, 0, &events(5, "a"), SystemTime::now());
-    assert_eq!(applied_events(&apply_retrying(&sink, &first).await), 5);
+    let first = batch_of(sink, 0, epoch, 0, &events(5, "a"), SystemTime::now());
+    assert_eq!(applied_events(&apply_retrying(sink, &first).await), 5);
     assert_eq!(
         state_of(&set.primary),
         (":5".into(), "$1\r\n5".into()),
@@ -221,8 +253,8 @@ async fn a_tls_primary_named_by_tls_sentinels_is_used_and_followed_across_a_fail
             .is_ok_and(|role| role.contains("slave"))
     });
 
-    let second = batch_of(&sink, 0, epoch, 5, &events(3, "b"), SystemTime::now());
-    assert_eq!(applied_events(&apply_retrying(&sink, &second).await), 3);
+    let second = batch_of(sink, 0, epoch, 5, &events(3, "b"), SystemTime::now());
+    assert_eq!(applied_events(&apply_retrying(sink, &second).await), 3);
     assert_eq!(
         state_of(&set.replica),
         (":8".into(), "$1\r\n8".into()),
@@ -240,7 +272,7 @@ async fn a_tls_primary_named_by_tls_sentinels_is_used_and_followed_across_a_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_ca_is_refused_at_the_sentinel_naming_the_ca_field() {
     let pki = TestPki::generate().expect("test PKI");
-    let set = TlsSentinelSet::start(&pki);
+    let set = TlsSentinelSet::start(&pki, "server");
     let err = RedisSink::connect(&set.sink_config(&pki, "other-ca"), JOB, TOPIC)
         .await
         .expect_err("a sentinel signed by another CA must be refused");

@@ -1,20 +1,25 @@
 //! Redis over TLS against a real TLS-only redis-server (`--port 0 --tls-port P`, mutual TLS, a
 //! test CA made with openssl) with a Redis 6 ACL user: the exactly-once pipeline runs over it,
 //! and a wrong CA, an expired server certificate, a missing client certificate or a wrong
-//! password each fail at connect with a message that names the field and the cause.
+//! password each fail at connect with a message that names the field and the cause. A server
+//! whose certificate lacks the URL's host is reached with `sink.redis.tls.serverName`.
+
+mod redis_support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use redis_support::{batch_of, event};
 
 use streamjob_worker::config::{JobConfig, RedisSinkConfig, RedisTlsConfig};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::Pipeline;
-use streamjob_worker::sink::redis::{RedisSink, SinkError};
+use streamjob_worker::sink::redis::{Batch, Fence, RedisSink, SinkError};
 use streamjob_worker::testkit;
 use streamjob_worker::testkit::kafka::{self, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, RedisTlsOptions};
-use streamjob_worker::testkit::tls::TestPki;
+use streamjob_worker::testkit::tls::{TestPki, INTERNAL_NAME};
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
 
 const USER: &str = "streamjob";
@@ -56,6 +61,7 @@ fn sink_config(server: &RedisServer, pki: &TestPki, ca: &str) -> RedisSinkConfig
             ca_file: Some(pki.cert(ca)),
             cert_file: Some(pki.cert("client")),
             key_file: Some(pki.key("client")),
+            server_name: None,
         }),
         ..RedisSinkConfig::default()
     }
@@ -196,4 +202,81 @@ async fn mutual_tls_without_a_client_certificate_is_refused_naming_the_cert_fiel
         text.contains("sink.redis.tls.certFile") || text.contains("client certificate"),
         "{text}"
     );
+}
+
+fn one_event_batch(sink: &RedisSink, epoch: u64) -> Batch {
+    let json = r#"{"businessId":1000000120240101,"ids":["u1"],"logTimestamp":1,"messageId":"m1","state":60}"#;
+    batch_of(sink, 0, epoch, 0, &[event(json)], SystemTime::now())
+}
+
+/// A server whose certificate names only `redis.internal`, reached at 127.0.0.1 (as a pod
+/// reaches a managed Redis by an address its certificate does not carry).
+fn internal_name_config(pki: &TestPki) -> (RedisServer, RedisSinkConfig) {
+    let redis = tls_redis(pki, "internal", true);
+    let mut cfg = sink_config(&redis, pki, "ca");
+    cfg.url = format!("rediss://127.0.0.1:{}/0", redis.port());
+    (redis, cfg)
+}
+
+#[tokio::test]
+async fn a_certificate_without_the_url_host_is_refused_naming_the_server_name_field() {
+    let pki = TestPki::generate().expect("test PKI");
+    let (_redis, cfg) = internal_name_config(&pki);
+    let err = connect_error(&cfg).await;
+    let text = err.to_string();
+    assert!(matches!(err, SinkError::Config(_)), "{text}");
+    assert!(
+        text.contains("does not name the host") && text.contains("sink.redis.tls.serverName"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_name_override_verifies_the_certificate_against_that_name() {
+    let pki = TestPki::generate().expect("test PKI");
+    let (redis, mut cfg) = internal_name_config(&pki);
+    // A name the certificate does not carry is still refused, naming the field.
+    cfg.tls.as_mut().expect("tls").server_name = Some("redis.example".into());
+    let text = connect_error(&cfg).await.to_string();
+    assert!(
+        text.contains("sink.redis.tls.serverName") && text.contains("redis.example"),
+        "{text}"
+    );
+
+    cfg.tls.as_mut().expect("tls").server_name = Some(INTERNAL_NAME.into());
+    let sink = RedisSink::connect(&cfg, JOB, TOPIC)
+        .await
+        .expect("the certificate carries the server name");
+    // Claims and reads (main connection) and applies (the pool) both go over it.
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let batch = one_event_batch(&sink, epoch);
+    sink.apply(&batch).await.expect("apply");
+    assert_eq!(
+        sink.read_fence(0).await.expect("fence"),
+        Some(Fence {
+            epoch,
+            next_offset: Some(1)
+        })
+    );
+
+    // The main connection has no manager behind it: after the server dropped every client, the
+    // sink reconnects (retryable errors until then) and verifies the name again.
+    let killed = redis
+        .command(&["CLIENT", "KILL", "USER", USER])
+        .expect("CLIENT KILL");
+    assert!(!killed.trim().ends_with(":0"), "killed {killed}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sink.read_fence(0).await {
+            Ok(fence) => {
+                assert_eq!(fence.map(|f| f.epoch), Some(epoch));
+                break;
+            }
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                assert!(Instant::now() < deadline, "no reconnect: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -99,6 +99,7 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
             ca_file: file(&tls.ca_secret_ref, "ca.crt"),
             cert_file: file(&tls.cert_secret_ref, "tls.crt"),
             key_file: file(&tls.key_secret_ref, "tls.key"),
+            server_name: tls.server_name.clone(),
         }
     });
     redis.time_zone = spec.redis.time_zone.clone();

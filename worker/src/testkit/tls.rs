@@ -1,10 +1,14 @@
 //! A throw-away PKI for TLS tests, made with the `openssl` command (Debian's, always present with
 //! redis-server): a CA, a server certificate for `localhost`/`127.0.0.1`, a client certificate,
-//! a second unrelated CA ("wrong CA") and an expired server certificate.
+//! a second unrelated CA ("wrong CA"), an expired server certificate, and a server certificate
+//! that names only `redis.internal` (for a server reached by an address its certificate lacks).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// The only name the `internal` server certificate carries (no IP, not `localhost`).
+pub const INTERNAL_NAME: &str = "redis.internal";
 
 /// Files of the test PKI, all PEM, in a temp dir removed on drop.
 #[derive(Debug)]
@@ -24,15 +28,20 @@ impl TestPki {
             pki.path("server.ext"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )?;
+        std::fs::write(
+            pki.path("internal.ext"),
+            format!("subjectAltName=DNS:{INTERNAL_NAME}\nextendedKeyUsage=serverAuth\n"),
+        )?;
         std::fs::write(pki.path("client.ext"), "extendedKeyUsage=clientAuth\n")?;
         pki.signed("server", "localhost", "server.ext", "3")?;
+        pki.signed("internal", INTERNAL_NAME, "internal.ext", "3")?;
         pki.signed("client", "streamjob", "client.ext", "3")?;
         // notAfter before now: `-days -1` (OpenSSL 3) makes a certificate that expired yesterday.
         pki.signed("expired", "localhost", "server.ext", "-1")?;
         Ok(pki)
     }
 
-    /// `NAME.crt` / `NAME.key` (`ca`, `other-ca`, `server`, `client`, `expired`).
+    /// `NAME.crt` / `NAME.key` (`ca`, `other-ca`, `server`, `client`, `expired`, `internal`).
     pub fn cert(&self, name: &str) -> PathBuf {
         self.path(&format!("{name}.crt"))
     }

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
+use super::connection::Target;
 use super::script::{int_of, ApplyReply};
 use super::writes::{repair_expiry_cmd, user_expiry, ExecReply, UserExpiry, Writes};
 use super::{Batch, SinkError};
@@ -71,29 +72,34 @@ pub(crate) fn decide(
 /// Connections for applies, each used by one apply at a time, all to the current primary.
 #[derive(Clone)]
 pub(crate) struct ApplyConnections {
-    /// The current primary's client, replaced on a Sentinel failover (`primary.rs`).
-    client: Arc<RwLock<redis::Client>>,
-    config: AsyncConnectionConfig,
+    /// The current primary, replaced on a Sentinel failover (`primary.rs`).
+    target: Arc<RwLock<Target>>,
+    timeout: Duration,
     idle: Arc<Mutex<Vec<MultiplexedConnection>>>,
 }
 
 impl ApplyConnections {
-    pub(crate) fn new(client: redis::Client, timeout: Duration) -> Self {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+    pub(crate) fn new(target: Target, timeout: Duration) -> Self {
         Self {
-            client: Arc::new(RwLock::new(client)),
-            config,
+            target: Arc::new(RwLock::new(target)),
+            timeout,
             idle: Arc::default(),
         }
     }
 
-    /// New applies go to `client` (a new primary); the idle connections to the old one are
+    /// New applies go to `target` (a new primary); the idle connections to the old one are
     /// dropped.
-    pub(crate) fn switch_to(&self, client: redis::Client) {
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+    pub(crate) fn switch_to(&self, target: Target) {
+        *self.target.write().unwrap_or_else(|p| p.into_inner()) = target;
         self.clear();
+    }
+
+    /// The current primary.
+    pub(crate) fn target(&self) -> Target {
+        self.target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn take(&self) -> Result<MultiplexedConnection, SinkError> {
@@ -101,14 +107,7 @@ impl ApplyConnections {
         if let Some(conn) = idle {
             return Ok(conn);
         }
-        let client = self
-            .client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?)
+        Ok(self.target().connect(self.timeout).await?)
     }
 
     pub(crate) fn clear(&self) {

@@ -8,13 +8,16 @@
 //! worker links no TLS library beyond what its image has.
 
 use std::path::Path;
+use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
-    TlsCertificates, TlsMode,
+    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisError, RedisResult, TlsCertificates, TlsMode,
 };
 
+use super::server_name::{self, ServerNameRedirect};
 use super::SinkError;
 use crate::config::{RedisSentinelConfig, RedisSinkConfig, ENV_REDIS_PASSWORD};
 
@@ -22,8 +25,62 @@ fn config_error(field: &str, err: impl std::fmt::Display) -> SinkError {
     SinkError::Config(format!("`{field}`: {err}"))
 }
 
+/// One Redis server to connect to: its client and, with `sink.redis.tls.serverName`, the
+/// resolver that sends the certificate's name to the server's real address (`server_name.rs`).
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    client: redis::Client,
+    redirect: Option<ServerNameRedirect>,
+}
+
+impl From<redis::Client> for Target {
+    /// A server the redis crate reaches by itself (no server-name redirect).
+    fn from(client: redis::Client) -> Self {
+        Self {
+            client,
+            redirect: None,
+        }
+    }
+}
+
+impl Target {
+    /// `host:port` really connected to.
+    pub(crate) fn address(&self) -> String {
+        match (&self.redirect, self.client.get_connection_info().addr()) {
+            (Some(redirect), ConnectionAddr::TcpTls { port, .. }) => redirect.address(*port),
+            (_, addr) => addr.to_string(),
+        }
+    }
+
+    /// Whether the redis crate's `ConnectionManager` can reach this server: not through a
+    /// server-name redirect, which it cannot resolve.
+    pub(crate) fn manager_client(&self) -> Option<&redis::Client> {
+        match self.redirect {
+            None => Some(&self.client),
+            Some(_) => None,
+        }
+    }
+
+    pub(crate) fn connection_config(&self, timeout: Duration) -> AsyncConnectionConfig {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        match &self.redirect {
+            Some(redirect) => config.set_dns_resolver(redirect.clone()),
+            None => config,
+        }
+    }
+
+    /// A new multiplexed connection, its calls timing out after `timeout`.
+    pub(crate) async fn connect(&self, timeout: Duration) -> RedisResult<MultiplexedConnection> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.connection_config(timeout))
+            .await
+    }
+}
+
 /// The URL's connection info with the ACL user and the password from the environment.
-fn connection_info(cfg: &RedisSinkConfig) -> Result<ConnectionInfo, SinkError> {
+pub(crate) fn connection_info(cfg: &RedisSinkConfig) -> Result<ConnectionInfo, SinkError> {
     let info = cfg
         .url
         .as_str()
@@ -68,17 +125,38 @@ fn certificates(cfg: &RedisSinkConfig) -> Result<Option<TlsCertificates>, SinkEr
     }))
 }
 
-/// The redis client for the fixed address in `sink.redis.url`.
-pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<redis::Client, SinkError> {
+/// `sink.redis.tls.serverName`, if set.
+pub(crate) fn server_name(cfg: &RedisSinkConfig) -> Option<&str> {
+    cfg.tls.as_ref().and_then(|tls| tls.server_name.as_deref())
+}
+
+/// The fixed address in `sink.redis.url`.
+pub(crate) fn client(cfg: &RedisSinkConfig) -> Result<Target, SinkError> {
     let info = connection_info(cfg)?;
     if uses_tls(&info) {
         install_crypto_provider();
     }
-    match certificates(cfg)? {
-        None => redis::Client::open(info).map_err(|e| config_error("sink.redis.url", e)),
-        Some(certificates) => redis::Client::build_with_tls(info, certificates)
-            .map_err(|e| config_error("sink.redis.tls", e)),
+    match server_name(cfg) {
+        Some(name) => {
+            let (info, redirect) = server_name::redirect(info, name)?;
+            target_with_tls(info, Some(redirect), cfg)
+        }
+        None => target_with_tls(info, None, cfg),
     }
+}
+
+/// The target at `info` with the files of `sink.redis.tls` (if any).
+pub(crate) fn target_with_tls(
+    info: ConnectionInfo,
+    redirect: Option<ServerNameRedirect>,
+    cfg: &RedisSinkConfig,
+) -> Result<Target, SinkError> {
+    let client = match certificates(cfg)? {
+        None => redis::Client::open(info).map_err(|e| config_error("sink.redis.url", e))?,
+        Some(certificates) => redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| config_error("sink.redis.tls", e))?,
+    };
+    Ok(Target { client, redirect })
 }
 
 /// The client that asks `sentinel.nodes` for the primary. With a `rediss://` URL, both the
@@ -241,18 +319,36 @@ fn tls_refusal(chain: &str, cfg: &RedisSinkConfig) -> Option<String> {
         ));
     }
     if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        if cfg.sentinel.is_some() {
-            return Some(
-                "`sink.redis.sentinel.nodes`: a TLS certificate does not name the address it was \
-                 reached at: a sentinel's host in `nodes`, or the address the sentinels announce \
-                 for the primary (an IP unless they announce host names); the certificates must \
-                 carry those names or IPs"
-                    .into(),
-            );
+        match (cfg.sentinel.is_some(), server_name(cfg)) {
+            (true, Some(name)) => {
+                return Some(format!(
+                    "`sink.redis.tls.serverName`/`sink.redis.sentinel.nodes`: a TLS certificate \
+                     does not name what it was checked against: the primary's must carry \
+                     {name:?}, a sentinel's its host in `nodes`"
+                ))
+            }
+            (true, None) => {
+                return Some(
+                    "`sink.redis.sentinel.nodes`: a TLS certificate does not name the address it \
+                     was reached at: a sentinel's host in `nodes`, or the address the sentinels \
+                     announce for the primary (an IP unless they announce host names); the \
+                     certificates must carry those names or IPs, or set \
+                     sink.redis.tls.serverName to the name the primary's certificate carries"
+                        .into(),
+                )
+            }
+            (false, Some(name)) => {
+                return Some(format!(
+                    "`sink.redis.tls.serverName`: the Redis server's TLS certificate does not \
+                     carry the name {name:?}; set the name the certificate was issued for"
+                ))
+            }
+            (false, None) => {}
         }
         return Some(format!(
             "`sink.redis.url`: the Redis server's TLS certificate does not name the host in \
-             {:?}; use the host name the certificate was issued for",
+             {:?}; use the host name the certificate was issued for, or set \
+             sink.redis.tls.serverName to it",
             cfg.url
         ));
     }

@@ -23,7 +23,8 @@
 //! claim is in Redis, no earlier owner can write, whatever Redis lost before it.
 //!
 //! The sink holds one multiplexed connection (redis-rs `ConnectionManager`, which reconnects
-//! in the background after the server goes away) for claims and reads, and a small pool of
+//! in the background after the server goes away; with `sink.redis.tls.serverName` a plain one
+//! the sink replaces after errors, see `server_name.rs`) for claims and reads, and a small pool of
 //! connections for applies (`WATCH` is per connection); every call has a timeout, so a hung Redis
 //! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connections go
 //! to the primary the sentinels name, and are replaced when they name another one (`primary.rs`).
@@ -36,6 +37,7 @@ mod error;
 mod layout;
 mod primary;
 mod script;
+mod server_name;
 mod writes;
 
 use std::sync::{Arc, Mutex};
