@@ -52,8 +52,8 @@ impl Target {
         }
     }
 
-    /// Whether the redis crate's `ConnectionManager` can reach this server: not through a
-    /// server-name redirect, which it cannot resolve.
+    /// The client for a redis-rs `ConnectionManager`, which takes no resolver of ours: `None`
+    /// behind a server-name redirect (the sink then keeps a plain connection, `primary.rs`).
     pub(crate) fn manager_client(&self) -> Option<&redis::Client> {
         match self.redirect {
             None => Some(&self.client),

@@ -153,6 +153,9 @@ impl Primary {
                 (target, Some(Arc::new(sentinel)))
             }
         };
+        if let Some(name) = connection::server_name(cfg) {
+            tracing::info!(server_name = name, address = %target.address(), "redis TLS certificates are checked against sink.redis.tls.serverName");
+        }
         let apply_conns = ApplyConnections::new(target.clone(), timeout);
         let conn = main_connection(&target, manager_config.clone(), timeout, cfg).await?;
         Ok(Self {
