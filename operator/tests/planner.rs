@@ -567,6 +567,8 @@ fn the_jobmanager_report_becomes_job_progress() {
             high_watermark: Some(high),
             lag: Some(lag),
             events_per_second: rate,
+            watermark_ms: None,
+            idle: false,
         })
         .collect();
     let report = JobManagerReport {

@@ -91,6 +91,7 @@ fn fake_taskmanager(
                 released: std::mem::take(&mut released),
                 snapshot_ack,
                 wait: true,
+                watermark_ack_ms: None,
             };
             let Ok(response) = client
                 .heartbeat(id, &request, Duration::from_millis(200))

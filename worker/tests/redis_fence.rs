@@ -49,7 +49,9 @@ async fn a_replayed_batch_is_skipped_and_changes_nothing() {
         sink.read_fence(3).await.expect("fence"),
         Some(Fence {
             epoch,
-            next_offset: Some(105)
+            next_offset: Some(105),
+            max_event_ms: None,
+            final_watermark_ms: None,
         })
     );
 }
@@ -117,7 +119,9 @@ async fn a_new_owner_resumes_where_the_fence_says() {
         second,
         Fence {
             epoch: first.epoch + 1,
-            next_offset: Some(4)
+            next_offset: Some(4),
+            max_event_ms: None,
+            final_watermark_ms: None,
         }
     );
     // Fences are per partition.

@@ -10,6 +10,7 @@ mod operations;
 pub mod planner;
 pub mod rest;
 pub mod restore;
+mod series;
 pub mod store;
 pub mod topic;
 
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) operations: Mutex<Operations>,
     pub(crate) restore: RestorePlan,
     pub(crate) metrics: JobManagerMetrics,
+    /// Redis, for the event-time series: finality records and the series read side.
+    pub(crate) series: series::SeriesRedis,
 }
 
 impl Shared {
@@ -161,6 +164,7 @@ impl JobManager {
             savepoints,
             operations: Mutex::new(Operations::default()),
             restore,
+            series: series::SeriesRedis::new(&config),
         });
         let local_addr = listener.local_addr().map_err(JobManagerError::Serve)?;
         let (fatal_tx, fatal) = watch::channel(None);
@@ -180,6 +184,11 @@ impl JobManager {
             fatal_tx.clone(),
         )));
         tasks.push(tokio::spawn(tick(shared.clone())));
+        if config.window.enabled {
+            tasks.push(tokio::spawn(series::publish_final_watermark(
+                shared.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
             SnapshotKind::Checkpoint,
@@ -270,7 +279,15 @@ async fn discover_partitions(
                         Ok(offsets) => {
                             let generation =
                                 shared.restore.snapshot.as_ref().map_or(0, |s| s.generation);
-                            shared.with_coordinator(|c| c.seed(&offsets, generation));
+                            let watermark = shared
+                                .restore
+                                .snapshot
+                                .as_ref()
+                                .and_then(|s| s.watermark_ms);
+                            shared.with_coordinator(|c| {
+                                c.seed(&offsets, generation);
+                                c.seed_watermark(watermark, None);
+                            });
                             tracing::info!(
                                 partitions = count,
                                 restored = offsets.len(),

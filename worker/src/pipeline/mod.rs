@@ -8,6 +8,7 @@
 
 pub mod backoff;
 mod partition;
+pub mod watermark;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ pub use partition::PartitionExit;
 use crate::api::{Assignment, PartitionProgress};
 use crate::config::{JobConfig, StartingOffsets};
 use crate::metrics::Metrics;
+use crate::sink::redis::window::WindowRules;
 use crate::sink::redis::{Fence, RedisSink, SinkError};
 use crate::source::{create_consumer, DlqProducer, SourceConsumer};
 use partition::{Control, PartitionState, PartitionTask};
@@ -73,6 +75,9 @@ pub(crate) struct Shared {
     pub consumer: Arc<SourceConsumer>,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    /// The event-time series' rules; `None` with `window.enabled: false`.
+    pub window: Option<WindowRules>,
+    pub board: watermark::WatermarkBoard,
 }
 
 struct PartitionHandle {
@@ -125,6 +130,11 @@ impl Pipeline {
                 consumer,
                 metrics,
                 backoff: options.backoff,
+                window: config
+                    .window
+                    .enabled
+                    .then(|| WindowRules::from_config(&config.window)),
+                board: watermark::WatermarkBoard::default(),
             });
             let partitions: Partitions = Arc::default();
             let background = vec![
@@ -151,6 +161,16 @@ impl Pipeline {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Takes the job's event-time watermark from the jobmanager.
+    pub fn learn_job_watermark(&self, job_watermark: Option<i64>) {
+        self.shared.board.learn(job_watermark);
+    }
+
+    /// The job watermark this process acknowledges (see [`watermark::WatermarkBoard::ack`]).
+    pub fn watermark_ack(&self) -> Option<i64> {
+        self.shared.board.ack()
     }
 
     /// Partitions with a running task.
@@ -199,6 +219,8 @@ impl Pipeline {
             .instrument(span.clone())
             .await?;
         let resume = resume_offset(fence, assignment.start_offset);
+        // Never decide lateness below what Redis already records as final.
+        self.shared.board.learn(fence.final_watermark_ms);
         let topic = &config.source.kafka.topic;
         let offset = match resume {
             Some(offset) => Offset::Offset(offset),
@@ -226,6 +248,7 @@ impl Pipeline {
             partition,
             fence.epoch,
             resume,
+            fence.max_event_ms,
             metrics.partition_gauges(partition),
         ));
         let (control, control_rx) = mpsc::channel(1);
@@ -327,6 +350,11 @@ impl Pipeline {
                 high_watermark: h.state.high_watermark(),
                 lag: h.state.lag(),
                 events_per_second: h.state.events_per_second(),
+                watermark_ms: self
+                    .shared
+                    .window
+                    .and_then(|rules| h.state.clock().map(|clock| rules.watermark_of(clock))),
+                idle: h.state.is_idle(self.shared.config.window.idle_timeout),
             })
             .collect();
         progress.sort_by_key(|p| p.partition);
@@ -491,6 +519,8 @@ mod tests {
         let fence = |next_offset| Fence {
             epoch: 3,
             next_offset,
+            max_event_ms: None,
+            final_watermark_ms: None,
         };
         assert_eq!(resume_offset(fence(Some(100)), Some(40)), Some(100));
         assert_eq!(resume_offset(fence(Some(100)), None), Some(100));

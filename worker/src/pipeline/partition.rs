@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::backoff::jitter_unit;
 use super::Shared;
 use crate::metrics::PartitionGauges;
-use crate::sink::redis::{ApplyOutcome, BatchBuilder, SinkError};
+use crate::sink::redis::window::{SeriesAccumulator, SeriesPlan, CLOCK_FIELD};
+use crate::sink::redis::{system_time_ms, ApplyOutcome, BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
 
@@ -61,6 +62,11 @@ pub(crate) struct PartitionState {
     high_watermark: AtomicI64,
     applied_events: AtomicU64,
     retrying: AtomicBool,
+    /// Largest event time applied (the fence's `max_event_ms`); see `sink::redis::window`.
+    clock: AtomicI64,
+    started: Instant,
+    /// Milliseconds after `started` of the last flush that carried records.
+    last_active_ms: AtomicU64,
     rate: Mutex<RateMeter>,
     exit: Mutex<Option<PartitionExit>>,
     pub gauges: PartitionGauges,
@@ -71,6 +77,7 @@ impl PartitionState {
         partition: i32,
         epoch: u64,
         committed: Option<i64>,
+        clock: Option<i64>,
         gauges: PartitionGauges,
     ) -> Self {
         if let Some(c) = committed {
@@ -83,6 +90,9 @@ impl PartitionState {
             high_watermark: AtomicI64::new(NONE),
             applied_events: AtomicU64::new(0),
             retrying: AtomicBool::new(false),
+            clock: AtomicI64::new(clock.unwrap_or(NONE)),
+            started: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
             rate: Mutex::new(RateMeter::default()),
             exit: Mutex::new(None),
             gauges,
@@ -116,6 +126,28 @@ impl PartitionState {
         if let Some(lag) = self.lag() {
             self.gauges.lag.set(lag);
         }
+    }
+
+    /// Largest event time applied.
+    pub fn clock(&self) -> Option<i64> {
+        to_opt(self.clock.load(Ordering::Acquire))
+    }
+
+    fn set_clock(&self, clock: Option<i64>) {
+        if let Some(c) = clock {
+            self.clock.store(c, Ordering::Release);
+        }
+    }
+
+    fn mark_active(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// No records flushed for `timeout` (counted from the partition's start).
+    pub fn is_idle(&self, timeout: Duration) -> bool {
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) > timeout
     }
 
     pub fn is_retrying(&self) -> bool {
@@ -208,6 +240,8 @@ struct InFlight {
     dead_letters: Vec<DeadLetter>,
     /// Kafka timestamps (ms) of the batch's events, for the produce → Redis latency histogram.
     timestamps: Vec<i64>,
+    /// The batch's event-time series counts (when `window.enabled`).
+    series: SeriesAccumulator,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -311,6 +345,7 @@ impl PartitionTask {
                 .batch_builder(self.state.partition, self.state.epoch),
             dead_letters: Vec::new(),
             timestamps: Vec::new(),
+            series: SeriesAccumulator::default(),
             deadline: None,
         }
     }
@@ -323,6 +358,15 @@ impl PartitionTask {
         match decode(payload) {
             Ok(event) => {
                 in_flight.builder.push_event(offset, &event);
+                if let Some(rules) = &self.shared.window {
+                    in_flight.series.push(
+                        rules,
+                        event.business_id,
+                        event.state,
+                        event.log_timestamp,
+                        event.ids.len() as i64,
+                    );
+                }
                 if let Some(ts) = message.timestamp().to_millis() {
                     in_flight.timestamps.push(ts);
                 }
@@ -465,7 +509,15 @@ impl PartitionTask {
                 .sink
                 .batch_builder(self.state.partition, self.state.epoch),
         );
-        let batch = builder.build(SystemTime::now());
+        let mut builder = builder;
+        let now = SystemTime::now();
+        let series = self.plan_series(in_flight, &mut builder, now);
+        let _in_flight_floor = series.as_ref().map(|_| BatchFloor {
+            board: &self.shared.board,
+            partition: self.state.partition,
+        });
+        let batch = builder.build(now);
+        self.state.mark_active();
         let mut attempt = 0;
         let outcome = loop {
             let started = Instant::now();
@@ -521,12 +573,62 @@ impl PartitionTask {
                         .produce_to_redis_seconds
                         .observe((now_ms - ts).max(0) as f64 / 1000.0);
                 }
+                if let Some(plan) = &series {
+                    metrics.series("on_time", plan.on_time_events);
+                    metrics.series("late", plan.late_events);
+                    metrics.series("skewed", plan.skewed_events);
+                    self.set_clock(plan.clock);
+                }
             }
-            ApplyOutcome::AlreadyApplied => metrics.batch("already_applied"),
+            ApplyOutcome::AlreadyApplied => {
+                metrics.batch("already_applied");
+                if series.is_some() {
+                    // Someone applied this range: take the clock that went with it.
+                    match self.shared.sink.read_fence(self.state.partition).await {
+                        Ok(fence) => self.set_clock(fence.and_then(|f| f.max_event_ms)),
+                        Err(err) => tracing::warn!(%err, "cannot read the fence's clock"),
+                    }
+                }
+            }
         }
         in_flight.timestamps.clear();
         self.state.set_committed(batch.next_offset);
         Ok(())
+    }
+
+    /// Decides the batch's event-time series (window, late or skewed per group, against the
+    /// clock the fence holds and the job watermark learned) and adds its writes to the batch.
+    fn plan_series(
+        &self,
+        in_flight: &mut InFlight,
+        builder: &mut BatchBuilder,
+        now: SystemTime,
+    ) -> Option<SeriesPlan> {
+        let rules = self.shared.window?;
+        let series = std::mem::take(&mut in_flight.series);
+        if series.is_empty() {
+            return None;
+        }
+        let learned = self.shared.board.begin_batch(self.state.partition);
+        let clock = self.state.clock();
+        let plan = series.plan(&rules, clock, learned, system_time_ms(now));
+        let layout = self.shared.sink.layout();
+        let mut key = String::new();
+        for (business_id, field, delta) in &plan.increments {
+            layout.write_series_key(&mut key, *business_id);
+            builder.add_hash_increment(&key, field, *delta);
+        }
+        if let Some(new_clock) = plan.clock.filter(|c| Some(*c) != clock) {
+            builder.set_fence_field(CLOCK_FIELD, new_clock);
+        }
+        Some(plan)
+    }
+
+    fn set_clock(&self, clock: Option<i64>) {
+        self.state.set_clock(clock);
+        if let (Some(rules), Some(c)) = (self.shared.window, self.state.clock()) {
+            self.state.gauges.watermark.set(rules.watermark_of(c));
+        }
     }
 
     /// Reports the committed offset to the consumer group (Kafka tooling only; the fence is the
@@ -550,6 +652,18 @@ impl PartitionTask {
             tracing::debug!(%err, "group offset commit failed (tooling only)");
             self.shared.metrics.pipeline().kafka_error("group_commit");
         }
+    }
+}
+
+/// Holds a batch's learned watermark on the board until the batch is applied or given up.
+struct BatchFloor<'a> {
+    board: &'a super::watermark::WatermarkBoard,
+    partition: i32,
+}
+
+impl Drop for BatchFloor<'_> {
+    fn drop(&mut self) {
+        self.board.end_batch(self.partition);
     }
 }
 

@@ -48,6 +48,7 @@ impl Tm {
             released: std::mem::take(&mut self.released),
             snapshot_ack: self.snapshot_ack,
             wait: true,
+            watermark_ack_ms: None,
         }
     }
 

@@ -154,6 +154,11 @@ pub struct BatchBuilder {
     lists: Vec<ListPlan>,
     template_slots: HashMap<i64, u32, RandomState>,
     templates: Vec<TemplatePlan>,
+    /// Other hashes the batch increments (the event-time series), written like template hashes:
+    /// `HINCRBY` per field, then the template TTL.
+    extra_hashes: Vec<(String, Vec<(String, i64)>)>,
+    /// Fields stored in the fence hash with the batch's `next_offset` (a partition's clock).
+    fence_fields: Vec<(&'static str, i64)>,
     scratch: String,
     checked: Arc<Mutex<CheckedExpiries>>,
 }
@@ -179,6 +184,8 @@ impl BatchBuilder {
             lists: Vec::new(),
             template_slots: HashMap::default(),
             templates: Vec::new(),
+            extra_hashes: Vec::new(),
+            fence_fields: Vec::new(),
             scratch: String::new(),
             checked,
         }
@@ -231,6 +238,38 @@ impl BatchBuilder {
         match fields.iter_mut().find(|(state, _)| *state == ev.state) {
             Some((_, total)) => *total = total.saturating_add(increment),
             None => fields.push((ev.state, increment)),
+        }
+    }
+
+    /// Adds `delta` to `field` of hash `key` (a full key, prefix included), in the same atomic
+    /// apply as the events; the hash then gets the template TTL.
+    pub fn add_hash_increment(&mut self, key: &str, field: &str, delta: i64) {
+        // Callers add a key's fields together: look at the last key first.
+        let last = self.extra_hashes.len().checked_sub(1);
+        let found = match last {
+            Some(i) if self.extra_hashes[i].0 == key => Some(i),
+            _ => self.extra_hashes.iter().position(|(k, _)| k == key),
+        };
+        let slot = match found {
+            Some(slot) => slot,
+            None => {
+                self.extra_hashes.push((key.to_owned(), Vec::new()));
+                self.extra_hashes.len() - 1
+            }
+        };
+        let fields = &mut self.extra_hashes[slot].1;
+        match fields.iter_mut().find(|(f, _)| f == field) {
+            Some((_, total)) => *total = total.saturating_add(delta),
+            None => fields.push((field.to_owned(), delta)),
+        }
+    }
+
+    /// Stores `field = value` in the partition's fence hash when the batch applies (atomically
+    /// with its writes and `next_offset`). Only for a batch that covers at least one offset.
+    pub fn set_fence_field(&mut self, field: &'static str, value: i64) {
+        match self.fence_fields.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, v)) => *v = value,
+            None => self.fence_fields.push((field, value)),
         }
     }
 
@@ -346,12 +385,18 @@ impl BatchBuilder {
             .map(|v| self.value(v).len())
             .sum();
         let key_bytes: usize = keys_by_slot.iter().map(|k| k.len()).sum();
-        let fields: usize = self.templates.iter().map(|t| t.fields.len()).sum();
-        let args = 24 + 2 * self.lists.len() + 2 * self.templates.len() + pushes + 2 * fields;
+        let fields: usize = self.templates.iter().map(|t| t.fields.len()).sum::<usize>()
+            + self
+                .extra_hashes
+                .iter()
+                .map(|(_, f)| f.len())
+                .sum::<usize>();
+        let hashes = self.templates.len() + self.extra_hashes.len();
+        let args = 24 + 2 * self.lists.len() + 2 * hashes + pushes + 2 * fields;
         let mut cmd = Cmd::with_capacity(args, 256 + key_bytes + value_bytes + 24 * args);
         cmd.arg("EVALSHA")
             .arg(APPLY_SCRIPT.hash())
-            .arg(1 + self.lists.len() + self.templates.len())
+            .arg(1 + self.lists.len() + hashes)
             .arg(self.layout.fence_key(self.partition));
         for slot in groups.iter().flatten() {
             cmd.arg(keys_by_slot[*slot]);
@@ -363,6 +408,9 @@ impl BatchBuilder {
             template_key.push_str(itoa::Buffer::new().format(template.business_id));
             cmd.arg(template_key.as_str());
         }
+        for (key, _) in &self.extra_hashes {
+            cmd.arg(key.as_str());
+        }
         cmd.arg(self.epoch)
             .arg(first_offset)
             .arg(self.next_offset)
@@ -373,7 +421,7 @@ impl BatchBuilder {
         for group in &groups {
             cmd.arg(group.len());
         }
-        cmd.arg(self.templates.len());
+        cmd.arg(hashes);
         let mut values = 0;
         for (group, slots) in groups.iter().enumerate() {
             let single = group % 2 == 1;
@@ -394,6 +442,16 @@ impl BatchBuilder {
                 cmd.arg(state).arg(increment);
             }
         }
+        for (_, fields) in &self.extra_hashes {
+            cmd.arg(fields.len());
+            for (field, increment) in fields {
+                cmd.arg(field.as_str()).arg(*increment);
+            }
+        }
+        // The script stores whatever follows the data in the fence hash.
+        for (field, value) in &self.fence_fields {
+            cmd.arg(*field).arg(*value);
+        }
         Batch {
             partition: self.partition,
             epoch: self.epoch,
@@ -401,7 +459,7 @@ impl BatchBuilder {
             next_offset: self.next_offset,
             events: self.events,
             skipped: self.skipped,
-            keys: self.lists.len() + self.templates.len(),
+            keys: self.lists.len() + hashes,
             values,
             now,
             user_expire_at,

@@ -17,6 +17,8 @@ mod checked_expiries;
 mod error;
 mod layout;
 mod script;
+mod series;
+pub mod window;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +47,12 @@ pub struct Fence {
     pub epoch: u64,
     /// Every offset below this is applied; `None` before the first batch.
     pub next_offset: Option<i64>,
+    /// The partition's event-time clock stored with `next_offset` (largest event time applied;
+    /// see [`window`]); `None` before the first batch with events.
+    pub max_event_ms: Option<i64>,
+    /// The job watermark recorded in Redis as final when the partition was claimed (see
+    /// [`RedisSink::record_final_watermark`]); `None` from [`RedisSink::read_fence`].
+    pub final_watermark_ms: Option<i64>,
 }
 
 /// What applying a batch did.
@@ -202,19 +210,26 @@ impl RedisSink {
     pub async fn claim(&self, partition: i32) -> Result<Fence, SinkError> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(CLAIM_SCRIPT.hash())
-            .arg(1)
-            .arg(self.layout.fence_key(partition));
+            .arg(2)
+            .arg(self.layout.fence_key(partition))
+            .arg(self.layout.series_final_key());
         let reply = self.eval(&CLAIM_SCRIPT, &cmd, "claim").await?;
-        let (epoch, next_offset) = parse_claim_reply(&reply)?;
+        let (epoch, next_offset, max_event_ms, final_watermark_ms) = parse_claim_reply(&reply)?;
         tracing::info!(
             job = self.layout.job(),
             topic = self.layout.topic(),
             partition,
             epoch,
             next_offset,
+            max_event_ms,
             "claimed partition fence"
         );
-        Ok(Fence { epoch, next_offset })
+        Ok(Fence {
+            epoch,
+            next_offset,
+            max_event_ms,
+            final_watermark_ms,
+        })
     }
 
     /// The partition's fence, or `None` if it was never claimed.
@@ -222,7 +237,8 @@ impl RedisSink {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.layout.fence_key(partition))
             .arg("epoch")
-            .arg("next_offset");
+            .arg("next_offset")
+            .arg(window::CLOCK_FIELD);
         let reply = self.query(&cmd, "read fence").await?;
         let Value::Array(items) = &reply else {
             return Err(SinkError::Script(format!(
@@ -233,6 +249,8 @@ impl RedisSink {
         Ok(field(0).map(|epoch| Fence {
             epoch: epoch.max(0) as u64,
             next_offset: field(1),
+            max_event_ms: field(2),
+            final_watermark_ms: None,
         }))
     }
 

@@ -11,7 +11,9 @@
 //! `ARGV`: `epoch, first_offset, next_offset, message_ttl_ms, user_expire_at_ms,
 //! user_expire_at_next_ms, template_ttl_ms`, the six list group sizes, the template count, then
 //! per multi-value list `n, v1..vn` (values in upstream's LPUSH order), per single-value list
-//! just its value, and per template `n, field1, incr1, …, fieldn, incrn`. Most keys of a batch
+//! just its value, per template (then per other counter hash, e.g. the event-time series)
+//! `n, field1, incr1, …, fieldn, incrn`, and last any `field, value` pairs the fence hash stores
+//! with `next_offset` (a partition's clock, `window.rs`). Most keys of a batch
 //! get one value, so passing them bare halves the arguments Redis must parse and turn into Lua
 //! strings.
 //!
@@ -179,15 +181,17 @@ for _ = 1, tonumber(ARGV[14]) do
   end
 end
 
-redis.call('HSET', fence, 'epoch', ARGV[1], 'next_offset', ARGV[3])
+-- Any arguments left are field/value pairs the fence keeps with the offset (a partition's clock).
+redis.call('HSET', fence, 'epoch', ARGV[1], 'next_offset', ARGV[3], unpack(ARGV, a))
 commands = commands + 1
 return {0, stored[1], stored[2], commands, write_errors, first_error}
 "#;
 
 const CLAIM_LUA: &str = r#"#!lua
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-local next_offset = redis.call('HGET', KEYS[1], 'next_offset')
-return {epoch, next_offset}
+local stored = redis.call('HMGET', KEYS[1], 'next_offset', 'max_event_ms')
+local final = redis.call('HGET', KEYS[2], 'watermark_ms')
+return {epoch, stored[1], stored[2], final}
 "#;
 
 /// A script's source and SHA1 (for `EVALSHA` / `SCRIPT LOAD`).
@@ -282,8 +286,11 @@ pub(crate) fn parse_apply_reply(value: &Value) -> Result<ApplyReply, SinkError> 
     })
 }
 
-/// `(epoch, next_offset)` from the claim script.
-pub(crate) fn parse_claim_reply(value: &Value) -> Result<(u64, Option<i64>), SinkError> {
+/// What the claim script returns: `(epoch, next_offset, max_event_ms, recorded final job
+/// watermark)`.
+pub(crate) type ClaimReply = (u64, Option<i64>, Option<i64>, Option<i64>);
+
+pub(crate) fn parse_claim_reply(value: &Value) -> Result<ClaimReply, SinkError> {
     let Value::Array(items) = value else {
         return Err(bad("reply", value));
     };
@@ -291,11 +298,11 @@ pub(crate) fn parse_claim_reply(value: &Value) -> Result<(u64, Option<i64>), Sin
         .first()
         .and_then(int_of)
         .ok_or_else(|| bad("epoch", value))?;
-    let next = match items.get(1) {
-        None => None,
-        Some(v) => opt_int(v)?,
+    let field = |i: usize| match items.get(i) {
+        None => Ok(None),
+        Some(v) => opt_int(v),
     };
-    Ok((epoch.max(0) as u64, next))
+    Ok((epoch.max(0) as u64, field(1)?, field(2)?, field(3)?))
 }
 
 #[cfg(test)]
@@ -372,11 +379,24 @@ mod tests {
     #[test]
     fn claim_replies_carry_the_epoch_and_the_resume_offset() {
         let fresh = Value::Array(vec![Value::Int(1), Value::Nil]);
-        assert_eq!(parse_claim_reply(&fresh).expect("parses"), (1, None));
-        let resumed = Value::Array(vec![Value::Int(4), bulk("1200")]);
+        assert_eq!(
+            parse_claim_reply(&fresh).expect("parses"),
+            (1, None, None, None)
+        );
+        let resumed = Value::Array(vec![
+            Value::Int(4),
+            bulk("1200"),
+            bulk("1700000000000"),
+            bulk("1699999990000"),
+        ]);
         assert_eq!(
             parse_claim_reply(&resumed).expect("parses"),
-            (4, Some(1200))
+            (
+                4,
+                Some(1200),
+                Some(1_700_000_000_000),
+                Some(1_699_999_990_000)
+            )
         );
     }
 
