@@ -468,7 +468,11 @@ impl JobConfig {
         }
         let window = &self.window;
         let size = window.size.as_secs();
-        if window.size.subsec_nanos() != 0 || size == 0 || size % 60 != 0 || 3600 % size != 0 {
+        if window.size.subsec_nanos() != 0
+            || size == 0
+            || !size.is_multiple_of(60)
+            || !3600u64.is_multiple_of(size)
+        {
             return Err(invalid(
                 "window.size",
                 "must be a whole number of minutes that divides an hour (1m, 2m, 5m, … 60m)",
