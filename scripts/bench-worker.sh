@@ -5,6 +5,10 @@
 #   scripts/bench-worker.sh --broker mock --events 300000   # librdkafka's mock cluster in its own process
 #                                                 # (it keeps at most 5 MB per partition: ~300k events)
 #   scripts/bench-worker.sh --events 200000 --runs 5 --latency-rate 5000 --latency-secs 20
+#   scripts/bench-worker.sh --shape lifecycle     # messages through their states (received, sent,
+#                                                 # clicked) with the same receivers, instead of the
+#                                                 # demo generator's independent events
+#   scripts/bench-worker.sh --e2e-only --runs 3   # only streamjob and upstream's replay, alternating
 #
 # Prints the machine, then a Markdown table (the "Worker pipeline" section of BENCHMARKS.md is a
 # copy of it). Method: see tests/src/bin/bench-worker.rs.

@@ -3,8 +3,9 @@
 # machine (root). Safe to run again: every step checks first.
 #
 #   scripts/setup.sh          system packages + Rust tools (enough for `scripts/run-local.sh`)
-#   scripts/setup.sh --test   also the Python tools the tests use (Helm's library, schema validators,
-#                             hadolint, confluent-kafka) in .local/venv, and the tansu broker
+#   scripts/setup.sh --test   also headless Chromium and chromedriver (Debian packages), the Python
+#                             tools the tests use (Helm's library, schema validators, hadolint,
+#                             confluent-kafka) in .local/venv, and the tansu broker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -44,6 +45,43 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 [ "$WANT_TEST" = 1 ] || exit 0
+
+# --- headless Chromium and its WebDriver, for the dashboard's browser test ---------------------
+TEST_APT_PKGS=(chromium chromium-driver fonts-noto-cjk)   # the font: austin's state names are Chinese
+missing=()
+for p in "${TEST_APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  log "chromium and chromium-driver present"
+fi
+
+# --- system packages for the tests -----------------------------------------------------------
+# openssl: the throw-away CAs of the TLS tests; stunnel4: the TLS listener in front of tansu in
+# worker/tests/kafka_tls.rs (no Kafka-protocol broker here serves TLS itself).
+test_missing=()
+for p in openssl stunnel4; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || test_missing+=("$p")
+done
+if [ ${#test_missing[@]} -gt 0 ]; then
+  log "apt-get install ${test_missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${test_missing[@]}" >/dev/null
+fi
+
+# --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
+# The package's service is not needed (the tests only run promtool).
+if ! command -v promtool >/dev/null 2>&1; then
+  log "apt-get install prometheus (for promtool)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+else
+  log "promtool present"
+fi
 
 # --- Python tools for the tests --------------------------------------------------------------
 VENV="$ROOT/.local/venv"

@@ -1,32 +1,35 @@
 //! Operator benchmark (a command, not a test): `cargo bench -p streamjob-operator --bench operator`.
 //!
-//! 1. Planner time per StreamJob (1,000 distinct jobs), against a reference measured in the same
-//!    run: serialising the planned children to JSON (what server-side apply sends anyway).
-//! 2. Reconcile-loop overhead for 1,000 StreamJobs against the in-process mocked API server
-//!    (tower-test): a create pass and a steady pass.
-//! 3. RSS of the real `streamjob-operator run` binary against a fake HTTP API server: idle (no
-//!    StreamJobs) and with 1,000 StreamJobs cached and reconciled.
+//! 1. `planner`: planner time per StreamJob (1,000 distinct jobs), against a reference measured in
+//!    the same run: serialising the planned children to JSON (what server-side apply sends anyway).
+//! 2. `calls`: API calls of single reconciles (new job, no-op, spec.replicas change), counted
+//!    exactly by verb and resource by the fake API server the tests use.
+//! 3. `scale`: the controller as the binary runs it (watches, caches, concurrency, requeues) over
+//!    that fake API server with a latency per call (BENCH_LATENCY_MS, default 20): N StreamJobs
+//!    applied at once (BENCH_SCALE_JOBS, default 100,1000,5000), time until all have children and
+//!    status, reconciles/s, CPU; then a steady window (BENCH_STEADY_S, default 30) with API
+//!    calls/s, and the time a spec.replicas change takes to reach its Deployment under that load.
+//! 4. `rss`: RSS of the real `streamjob-operator run` binary against the same fake API server
+//!    behind an HTTP listener: idle (no StreamJobs) and with 1,000 StreamJobs cached and reconciled.
 //!
-//! Every figure is the median of several runs. Environment: BENCH_RUNS (default 5), BENCH_JOBS
-//! (default 1000), BENCH_ONLY (planner|reconcile|rss).
+//! Environment: BENCH_RUNS (default 5), BENCH_JOBS (default 1000), BENCH_ONLY
+//! (planner|calls|scale|rss), BENCH_CONCURRENCY (default 8, the binary's default).
 
-#[path = "../tests/support/fake_api.rs"]
-mod fake_api;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use k8s_openapi::jiff::Timestamp;
-use serde_json::{json, Value};
+use serde_json::json;
 use streamjob_operator::crd::StreamJob;
 use streamjob_operator::metrics::Metrics;
 use streamjob_operator::planner::{self, Observed, PlanInput, FINALIZER};
@@ -99,144 +102,208 @@ fn bench_planner(jobs: &[StreamJob], runs: usize) {
     );
 }
 
-fn bench_reconcile_loop(jobs: &[StreamJob], runs: usize) {
+fn env_duration_ms(name: &str, default_ms: u64) -> Duration {
+    Duration::from_millis(env_usize(name, default_ms as usize) as u64)
+}
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn format_counts(counts: &support::fake_api::CallCounts, per: f64) -> String {
+    let mut by_verb: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((verb, _), n) in counts {
+        *by_verb.entry(verb.as_str()).or_insert(0) += n;
+    }
+    if by_verb.is_empty() {
+        return "none".into();
+    }
+    by_verb
+        .iter()
+        .map(|(verb, n)| format!("{verb} {:.2}", *n as f64 / per))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn format_detail(counts: &support::fake_api::CallCounts) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|((verb, resource), n)| format!("{verb} {resource} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// API calls of single reconciles, counted exactly by the fake API server: a new job (finalizer,
+/// then children and status), a no-op, a spec.replicas change.
+fn bench_calls_per_reconcile() {
+    use support::fake_api::FakeApi;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let mut create_us = Vec::new();
-    let mut steady_us = Vec::new();
-    let mut requests_per_create = 0.0;
-    let mut requests_per_steady = 0.0;
-    for _ in 0..runs {
-        runtime.block_on(async {
-            let (client, api) = fake_api::FakeApi::start();
-            let ctx = Arc::new(Context::new(client, Arc::new(Metrics::default())));
-            for job in jobs {
-                let path = format!(
-                    "/apis/streaming.austin.dev/v1alpha1/namespaces/bench/streamjobs/{}",
-                    job.metadata.name.as_deref().unwrap_or_default()
-                );
-                api.put(&path, serde_json::to_value(job).expect("json"));
+    runtime.block_on(async {
+        let (client, api) = FakeApi::start();
+        let ctx = Arc::new(
+            Context::new(client.clone(), Arc::new(Metrics::default())).with_jobmanager(
+                streamjob_operator::jobmanager_client::JobManagerClient::new(
+                    streamjob_operator::jobmanager_client::BaseUrl::Fixed(
+                        "http://127.0.0.1:9".into(),
+                    ),
+                    Duration::from_millis(500),
+                ),
+            ),
+        );
+        support::start_caches(&ctx, &client).await;
+        let path = "/apis/streaming.austin.dev/v1alpha1/namespaces/default/streamjobs/trace";
+        let mut job = support::sample("minimal.yaml");
+        job.metadata.finalizers = None;
+        api.put(path, serde_json::to_value(&job).expect("json"));
+        let stored = || -> Arc<StreamJob> {
+            Arc::new(serde_json::from_value(api.get(path).expect("stored")).expect("parses"))
+        };
+        let step = |label: &'static str| {
+            let api = api.clone();
+            let ctx = ctx.clone();
+            let job = stored();
+            async move {
+                support::settle(&ctx, &api).await;
+                api.clear_requests();
+                reconciler::reconcile(job, ctx).await.expect("reconciles");
+                println!("  {label}: {}", format_detail(&api.counts()));
             }
-            let started = Instant::now();
-            for job in jobs {
-                reconciler::reconcile(Arc::new(job.clone()), ctx.clone())
-                    .await
-                    .expect("reconciles");
-            }
-            create_us.push(started.elapsed().as_secs_f64() * 1e6 / jobs.len() as f64);
-            requests_per_create = api.requests().len() as f64 / jobs.len() as f64;
-            api.clear_requests();
-            // Second pass: the stored objects carry the status written by the first pass.
-            let stored: Vec<StreamJob> = jobs
-                .iter()
-                .map(|job| {
-                    let path = format!(
-                        "/apis/streaming.austin.dev/v1alpha1/namespaces/bench/streamjobs/{}",
-                        job.metadata.name.as_deref().unwrap_or_default()
-                    );
-                    serde_json::from_value(api.get(&path).expect("stored")).expect("parses")
-                })
-                .collect();
-            let started = Instant::now();
-            for job in stored {
-                reconciler::reconcile(Arc::new(job), ctx.clone())
-                    .await
-                    .expect("reconciles");
-            }
-            steady_us.push(started.elapsed().as_secs_f64() * 1e6 / jobs.len() as f64);
-            requests_per_steady = api.requests().len() as f64 / jobs.len() as f64;
+        };
+        println!("API calls per reconcile (exact counts, fake API server):");
+        step("new job, 1st reconcile (finalizer)").await;
+        step("new job, 2nd reconcile (children, status, event)").await;
+        step("3rd reconcile (its own children now observed: jobmanager expected, unreachable)")
+            .await;
+        step("no-op (nothing changed)").await;
+        api.modify(path, |job| {
+            job["spec"]["replicas"] = json!(3);
+            job["metadata"]["generation"] = json!(2);
         });
-    }
-    println!(
-        "reconcile loop, mocked API (tower-test, same process): create pass {:.0} µs per StreamJob ({requests_per_create:.1} API requests each), second pass, children present but not yet rolled out, {:.0} µs ({requests_per_steady:.1} requests each); {} jobs, median of {runs} runs",
-        median(create_us),
-        median(steady_us),
-        jobs.len()
-    );
+        step("spec.replicas changed").await;
+        step("no-op after the change").await;
+    });
 }
 
+/// The controller as the binary runs it, over the fake API server with a latency per call:
+/// N StreamJobs applied at once, time until all have children and status, then a steady window.
+fn bench_scale() {
+    let latency = env_duration_ms("BENCH_LATENCY_MS", 20);
+    let steady_for = Duration::from_secs(env_usize("BENCH_STEADY_S", 30) as u64);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 8) as u16;
+    let sizes: Vec<usize> = std::env::var("BENCH_SCALE_JOBS")
+        .unwrap_or_else(|_| "100,1000,5000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    println!(
+        "scale (controller over the fake API server, {latency:?} per call, concurrency {concurrency}, jobmanagers unreachable):"
+    );
+    for count in sizes {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(scale_run(count, latency, steady_for, concurrency));
+    }
+}
+
+async fn scale_run(count: usize, latency: Duration, steady_for: Duration, concurrency: u16) {
+    use support::scale::{self, Harness};
+    let (client, api) = support::fake_api::FakeApi::start();
+    api.set_recording(false);
+    api.set_latency(latency);
+    let rss_before = rss_kib(std::process::id()).unwrap_or(0);
+    let harness = Harness::start(api.clone(), client, concurrency).await;
+    let names: Vec<String> = (0..count).map(|i| format!("job-{i}")).collect();
+    let cpu_start = cpu_time();
+    let started = Instant::now();
+    for i in 0..count {
+        harness.create(&scale::new_job(i));
+    }
+    let Some(converged) = harness.wait_ready(&names, Duration::from_secs(900)).await else {
+        println!("  N={count}: did not converge within 900 s");
+        harness.stop().await;
+        return;
+    };
+    let converge_cpu = cpu_time().saturating_sub(cpu_start);
+    let converge_counts = api.counts();
+    let converge_reconciles = harness.reconciles();
+    let _ = started;
+    // Follow-ups of the operator's own writes, then the steady window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.clear_requests();
+    let reconciles_before = harness.reconciles();
+    let cpu_before = cpu_time();
+    tokio::time::sleep(steady_for).await;
+    let steady_cpu = cpu_time().saturating_sub(cpu_before);
+    let steady_counts = api.counts();
+    let steady_calls: u64 = steady_counts.values().sum();
+    let steady_reconciles = harness.reconciles() - reconciles_before;
+    // A change under that load.
+    api.modify(&scale::job_path("job-7"), |job| {
+        job["spec"]["replicas"] = json!(3);
+        job["metadata"]["generation"] = json!(2);
+    });
+    let rescale = harness
+        .wait_for(
+            &scale::taskmanager_path("job-7"),
+            Duration::from_secs(120),
+            |d| d["spec"]["replicas"] == 3,
+        )
+        .await;
+    let rss_after = rss_kib(std::process::id()).unwrap_or(0);
+    harness.stop().await;
+    let secs = steady_for.as_secs_f64();
+    println!(
+        "  N={count}: all with children and status after {:.1} s; {:.0} reconciles/s ({converge_reconciles} reconciles), CPU {:.0} % of one core; calls per job: {}",
+        converged.as_secs_f64(),
+        converge_reconciles as f64 / converged.as_secs_f64(),
+        100.0 * converge_cpu.as_secs_f64() / converged.as_secs_f64(),
+        format_counts(&converge_counts, count as f64),
+    );
+    println!(
+        "         steady {secs:.0} s: {:.2} API calls/s ({}), {:.1} reconciles/s, CPU {:.1} % of one core; spec.replicas → Deployment {}; process RSS (operator + fake API server) {:.0} MiB (+{:.0} MiB)",
+        steady_calls as f64 / secs,
+        format_detail(&steady_counts),
+        steady_reconciles as f64 / secs,
+        100.0 * steady_cpu.as_secs_f64() / secs,
+        rescale.map_or("not within 120 s".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        rss_after as f64 / 1024.0,
+        rss_after.saturating_sub(rss_before) as f64 / 1024.0,
+    );
+}
 // ------------------------------------------------------------------------------------------------
 // A fake HTTP API server for the real binary.
 // ------------------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct FakeServer {
-    jobs: Arc<Mutex<BTreeMap<String, Value>>>,
-    status_writes: Arc<AtomicUsize>,
-}
-
-fn json_response(code: StatusCode, value: &Value) -> Response {
-    (
-        code,
-        [("content-type", "application/json")],
-        value.to_string(),
-    )
-        .into_response()
-}
-
-async fn serve(State(server): State<FakeServer>, request: Request) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = request.uri().query().unwrap_or_default().to_string();
-    let bytes = axum::body::to_bytes(request.into_body(), 16 << 20)
+/// The fake API server of the tests behind a real HTTP listener, for the real binary.
+async fn serve(State(api): State<support::fake_api::FakeApi>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 << 20)
         .await
         .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let is_watch = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    if is_watch {
-        // An open watch with no events.
-        let stream = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(stream))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    }
-    let is_jobs = path.contains("/streamjobs");
-    match (method.as_str(), segments.len()) {
-        // Collections: /apis/G/V/R or /api/V/R (all namespaces).
-        ("GET", 3) | ("GET", 4)
-            if !path.ends_with("/status")
-                && (segments[0] == "api" && segments.len() == 3
-                    || segments[0] == "apis" && segments.len() == 4) =>
-        {
-            let items: Vec<Value> = if is_jobs {
-                server
-                    .jobs
-                    .lock()
-                    .map(|j| j.values().cloned().collect())
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            json_response(
-                StatusCode::OK,
-                &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
-            )
-        }
-        ("GET", _) => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {}}),
-        ),
-        ("PATCH", _) if path.ends_with("/status") => {
-            server.status_writes.fetch_add(1, Ordering::Relaxed);
-            let name = segments[segments.len() - 2].to_string();
-            let mut job = server
-                .jobs
-                .lock()
-                .ok()
-                .and_then(|j| j.get(&name).cloned())
-                .unwrap_or(Value::Null);
-            job["status"] = body["status"].clone();
-            json_response(StatusCode::OK, &job)
-        }
-        ("PATCH", _) | ("POST", _) | ("PUT", _) => json_response(StatusCode::OK, &body),
-        _ => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({})),
-    }
+    let request = http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+    let (parts, body) = api.answer(request).await.into_parts();
+    Response::from_parts(parts, Body::new(body))
 }
 
 fn free_port() -> u16 {
@@ -269,23 +336,32 @@ impl Drop for Operator {
 /// Starts the real binary against a fake API server holding `count` StreamJobs; returns RSS (KiB)
 /// once every job's status was written (or after a settle time when there are none).
 fn rss_of_operator(runtime: &tokio::runtime::Runtime, count: usize) -> Option<(f64, f64)> {
-    let jobs: BTreeMap<String, Value> = (0..count)
+    let api = support::fake_api::FakeApi::default();
+    api.set_recording(false);
+    let names: Vec<String> = (0..count)
         .map(|i| {
             let job = job(i, "bench");
-            (
-                job.metadata.name.clone().unwrap_or_default(),
+            let name = job.metadata.name.clone().unwrap_or_default();
+            api.put(
+                &format!("/apis/streaming.austin.dev/v1alpha1/namespaces/bench/streamjobs/{name}"),
                 serde_json::to_value(&job).expect("json"),
-            )
+            );
+            name
         })
         .collect();
-    let server = FakeServer {
-        jobs: Arc::new(Mutex::new(jobs)),
-        status_writes: Arc::new(AtomicUsize::new(0)),
+    let ready = |name: &String| {
+        let job = api.get(&format!(
+            "/apis/streaming.austin.dev/v1alpha1/namespaces/bench/streamjobs/{name}"
+        ));
+        job.is_some_and(|j| j["status"]["phase"].is_string())
+            && api
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/bench/deployments/{name}-taskmanager"
+                ))
+                .is_some()
     };
     let api_port = free_port();
-    let app = axum::Router::new()
-        .fallback(serve)
-        .with_state(server.clone());
+    let app = axum::Router::new().fallback(serve).with_state(api.clone());
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", api_port)))
         .expect("bind");
@@ -318,13 +394,11 @@ fn rss_of_operator(runtime: &tokio::runtime::Runtime, count: usize) -> Option<(f
         .ok()?;
     let operator = Operator(child);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(180);
+    let deadline = started + Duration::from_secs(600);
     let mut done_after = None;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        if server.status_writes.load(Ordering::Relaxed) >= count
-            && (count > 0 || started.elapsed() > Duration::from_secs(3))
-        {
+        if names.iter().all(ready) && (count > 0 || started.elapsed() > Duration::from_secs(3)) {
             done_after = Some(started.elapsed().as_secs_f64());
             break;
         }
@@ -374,13 +448,16 @@ fn main() {
     let count = env_usize("BENCH_JOBS", 1000);
     let jobs: Vec<StreamJob> = (0..count).map(|i| job(i, "bench")).collect();
     println!("streamjob-operator benchmark: {count} StreamJobs (operator/samples/full.yaml, varied), {runs} runs");
-    // BENCH_ONLY=planner|reconcile|rss runs one section.
+    // BENCH_ONLY=planner|calls|scale|rss runs one section.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "planner" {
         bench_planner(&jobs, runs);
     }
-    if only.is_empty() || only == "reconcile" {
-        bench_reconcile_loop(&jobs, runs);
+    if only.is_empty() || only == "calls" {
+        bench_calls_per_reconcile();
+    }
+    if only.is_empty() || only == "scale" {
+        bench_scale();
     }
     if only.is_empty() || only == "rss" {
         bench_rss(count, runs);

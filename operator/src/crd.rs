@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -104,7 +105,6 @@ pub struct StreamJobSpec {
     /// `kubectl scale sj/NAME --replicas=N` and HorizontalPodAutoscalers set this field.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
-    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("spec.replicas must be between 0 and 1000"))]
     pub replicas: i32,
 
     /// Desired state of the job: `running`, or `suspended` (all processes stopped, state kept).
@@ -162,6 +162,27 @@ pub struct StreamJobSpec {
     /// Log format and level of the job's processes.
     #[serde(default)]
     pub logging: LoggingSpec,
+
+    /// NetworkPolicies that limit who may connect to the job's pods (egress is never restricted).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The job's NetworkPolicies: taskmanagers accept only their jobmanager (and metrics scrapers);
+/// the jobmanager's REST port accepts the job's own namespace, the operator's namespace and
+/// metrics scrapers. Egress is not restricted (Kafka and Redis can live anywhere).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicies (default). `false` removes them: every pod may connect.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -351,9 +372,28 @@ pub struct TlsSpec {
     pub key_secret_ref: Option<SecretKeyRef>,
 }
 
+/// Redis TLS files from Secrets, mounted read-only under `/etc/streamjob-redis-tls`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.certSecretRef) == has(self.keySecretRef)").message("spec.redis.tls.certSecretRef and spec.redis.tls.keySecretRef must be set together: a mutual-TLS client certificate is useless without its private key"))]
+pub struct RedisTlsSpec {
+    /// CA certificate (PEM) that signs the Redis server's certificate; without it the image's
+    /// system CA roots are trusted (managed services with public certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Client certificate (PEM) for mutual TLS (`tls-auth-clients yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// Client private key (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
+}
+
 /// The Redis sink.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('rediss://')").message("spec.redis.tls needs a rediss:// URL in spec.redis.url: its certificates are only used by TLS connections, so with redis:// they would silently do nothing"))]
+#[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
 pub struct RedisSpec {
     /// `redis://host:port/db`, `rediss://...` or `unix:///path`. No password in it: use
     /// `passwordSecretRef`.
@@ -365,6 +405,17 @@ pub struct RedisSpec {
     /// Secret key holding the Redis password (passed as env `STREAMJOB_REDIS_PASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// Redis 6+ ACL user name (`AUTH username password`); the password comes from
+    /// `passwordSecretRef`. Without it the `default` user authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 128 && !self.contains(' ')").message("spec.redis.username must be 1-128 characters without spaces"))]
+    pub username: Option<String>,
+    /// TLS for a `rediss://` URL: the CA that signs the server's certificate and, for mutual TLS,
+    /// a client certificate and key, each from a Secret key, mounted read-only as files. With
+    /// `sentinel`, the same files secure the connections to the sentinels and to the primary
+    /// they name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsSpec>,
     /// IANA time zone whose midnight ends user-trace keys.
     #[serde(default = "default_time_zone")]
     #[x_kube(validation = Rule::new("self == 'UTC' || self.matches('^[A-Za-z_]+(/[A-Za-z0-9_+-]+)+$')").message("spec.redis.timeZone must be an IANA time zone such as Asia/Shanghai or UTC"))]
@@ -373,6 +424,28 @@ pub struct RedisSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.size() <= 64 && !self.contains(' ')").message("spec.redis.keyPrefix must be at most 64 characters without spaces"))]
     pub key_prefix: String,
+    /// A Sentinel-managed primary: the workers ask these sentinels where the primary is and
+    /// follow failovers. `url` then only selects the database (`redis://sentinel/0`) and, as
+    /// `rediss://sentinel/0`, makes every connection TLS: to the sentinels and to the primary,
+    /// whose certificate must then carry the address the sentinels announce for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelSpec>,
+}
+
+/// Redis Sentinel: the monitored primary's name and the sentinels' addresses.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelSpec {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,128}$')").message("spec.redis.sentinel.masterName must be 1-128 characters of [A-Za-z0-9._-]"))]
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`.
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 16 && self.all(n, n.matches('^[^:,\\\\s/@]+:[0-9]{1,5}$'))").message("spec.redis.sentinel.nodes must list 1-16 sentinels as host:port"))]
+    pub nodes: Vec<String>,
+    /// Secret key holding the sentinels' own password (passed as env
+    /// `STREAMJOB_REDIS_SENTINEL_PASSWORD`). The primary's password is `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_time_zone() -> String {
@@ -388,7 +461,6 @@ pub struct BatchSpec {
     /// Flush when this many events are buffered for a partition.
     #[serde(default = "default_max_events")]
     #[schemars(range(min = 1, max = 100000))]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 100000").message("spec.batch.maxEvents must be between 1 and 100000"))]
     pub max_events: i64,
     /// Flush at the latest this long after the first buffered event (e.g. `20ms`).
     #[serde(default = "default_linger")]
@@ -484,7 +556,6 @@ pub struct CheckpointSpec {
     /// How many complete checkpoints to keep.
     #[serde(default = "default_retain")]
     #[schemars(range(min = 1, max = 100))]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.checkpoint.retain must be between 1 and 100"))]
     pub retain: i64,
 }
 
@@ -531,7 +602,6 @@ pub struct SavepointSpec {
     /// savepoint gives up with a Degraded condition.
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1, max = 20))]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("spec.savepoint.maxAttempts must be between 1 and 20"))]
     pub max_attempts: i32,
 }
 
@@ -596,7 +666,6 @@ pub struct SavepointRetention {
     /// Keep at most this many savepoints.
     #[serde(default = "default_max_count")]
     #[schemars(range(min = 1, max = 1000))]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("spec.savepoint.retention.maxCount must be between 1 and 1000"))]
     pub max_count: i64,
     /// Delete savepoints older than this (e.g. `168h`); `0s` = no age limit.
     #[serde(default = "zero_duration")]
@@ -862,6 +931,27 @@ pub struct PartitionSummary {
     /// `highWatermark - committedOffset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
+    /// Rewinds the jobmanager has seen: Redis lost acknowledged writes and the partition re-read
+    /// from its fence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewinds: Option<u64>,
+    /// The latest rewind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<PartitionRewind>,
+}
+
+/// One rewind of a partition: Redis lost acknowledged writes, so `[toOffset, fromOffset)` is
+/// read and applied again.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionRewind {
+    /// Where the partition had been.
+    pub from_offset: i64,
+    /// Where Redis's fence stood.
+    pub to_offset: i64,
+    /// When it happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
 }
 
 /// What caused a savepoint.
@@ -980,9 +1070,54 @@ impl OperationStep {
     }
 }
 
+/// The generated CRD, with every description as `kubectl explain` should print it: the line
+/// breaks of a doc comment are only source wrapping, so lines are joined with a space (a blank
+/// line, a paragraph break, is kept).
+pub fn crd() -> CustomResourceDefinition {
+    let crd = StreamJob::crd();
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    join_description_lines(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+fn join_description_lines(node: &mut serde_json::Value) {
+    match node {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = unwrap_lines(text);
+                    }
+                    other => join_description_lines(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(join_description_lines),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph with one space; paragraphs stay separated by a blank line.
+pub fn unwrap_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// The generated CRD as YAML (what `streamjob-operator crd` prints and `crds/streamjob.yaml` holds).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let body = serde_yaml::to_string(&StreamJob::crd())?;
+    let body = serde_yaml::to_string(&crd())?;
     Ok(format!(
         "# Generated by `streamjob-operator crd` from operator/src/crd.rs. Do not edit.\n---\n{body}"
     ))

@@ -2,7 +2,8 @@
 //! hyper (already linked through kube: no OpenSSL, no librdkafka). Every call has a timeout; an
 //! unreachable or slow jobmanager is an [`JobManagerError::Unreachable`], never a hang.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -13,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use streamjob_worker::api::{
-    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList, TriggerResponse,
+    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList,
+    StopWithSavepointRequest, TriggerResponse, TriggerSavepointRequest,
 };
 
 use k8s_openapi::jiff::Timestamp;
@@ -88,11 +90,22 @@ impl BaseUrl {
 }
 
 /// The client (cheap to clone; one connection pool).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobManagerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     base: BaseUrl,
     timeout: Duration,
+    /// Each job's API token (`namespace/name` → token), sent as a bearer token on every call.
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl std::fmt::Debug for JobManagerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobManagerClient")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The jobmanager of one job.
@@ -100,6 +113,16 @@ pub struct JobEndpoint<'a> {
     client: &'a JobManagerClient,
     base: String,
     job_id: String,
+    token: Option<String>,
+}
+
+/// A fresh API token for a job's Secret: 32 random bytes from the thread's CSPRNG (seeded by the
+/// OS), hex-encoded.
+pub fn generate_api_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl JobManagerClient {
@@ -111,15 +134,34 @@ impl JobManagerClient {
             http: Client::builder(TokioExecutor::new()).build(connector),
             base,
             timeout,
+            tokens: Arc::default(),
         }
+    }
+
+    /// Remembers (or, with `None`, forgets) the API token of StreamJob `namespace/name`: what its
+    /// `<name>-api-token` Secret holds. The reconciler sets it every round before calling.
+    pub fn set_token(&self, namespace: &str, name: &str, token: Option<String>) {
+        let key = format!("{namespace}/{name}");
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            Some(token) => tokens.insert(key, token),
+            None => tokens.remove(&key),
+        };
     }
 
     /// The jobmanager of StreamJob `namespace/name` (its job id is the StreamJob's name).
     pub fn job(&self, namespace: &str, name: &str) -> JobEndpoint<'_> {
+        let token = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{namespace}/{name}"))
+            .cloned();
         JobEndpoint {
             client: self,
             base: self.base.for_job(namespace, name),
             job_id: name.to_string(),
+            token,
         }
     }
 
@@ -128,21 +170,37 @@ impl JobManagerClient {
         method: Method,
         base: &str,
         path: &str,
+        token: Option<&str>,
+    ) -> Result<T, JobManagerError> {
+        let body = if method == Method::POST {
+            Bytes::from_static(b"{}")
+        } else {
+            Bytes::new()
+        };
+        self.call_with(method, base, path, body, token).await
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        base: &str,
+        path: &str,
+        body: Bytes,
+        token: Option<&str>,
     ) -> Result<T, JobManagerError> {
         let url = format!("{base}{path}");
         let unreachable = |reason: String| JobManagerError::Unreachable {
             url: url.clone(),
             reason,
         };
-        let body = if method == Method::POST {
-            Bytes::from_static(b"{}")
-        } else {
-            Bytes::new()
-        };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|e| unreachable(e.to_string()))?;
         let timeout = self.timeout;
@@ -193,7 +251,12 @@ impl JobEndpoint<'_> {
     /// `GET /jobs/{id}`.
     pub async fn overview(&self) -> Result<JobOverview, JobManagerError> {
         self.client
-            .call(Method::GET, &self.base, &self.path(""))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path(""),
+                self.token.as_deref(),
+            )
             .await
     }
 
@@ -209,6 +272,7 @@ impl JobEndpoint<'_> {
                 Method::GET,
                 &self.base,
                 &self.path(&format!("/savepoints/{request_id}")),
+                self.token.as_deref(),
             )
             .await
         {
@@ -222,7 +286,12 @@ impl JobEndpoint<'_> {
     pub async fn savepoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
         let list: SnapshotList = self
             .client
-            .call(Method::GET, &self.base, &self.path("/savepoints"))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path("/savepoints"),
+                self.token.as_deref(),
+            )
             .await?;
         Ok(list.snapshots)
     }
@@ -231,25 +300,55 @@ impl JobEndpoint<'_> {
     pub async fn checkpoints(&self) -> Result<Vec<SnapshotInfo>, JobManagerError> {
         let list: SnapshotList = self
             .client
-            .call(Method::GET, &self.base, &self.path("/checkpoints"))
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path("/checkpoints"),
+                self.token.as_deref(),
+            )
             .await?;
         Ok(list.snapshots)
     }
 
-    /// `POST /jobs/{id}/savepoints`: the request id to poll.
-    pub async fn trigger_savepoint(&self) -> Result<String, JobManagerError> {
-        let answer: TriggerResponse = self
-            .client
-            .call(Method::POST, &self.base, &self.path("/savepoints"))
-            .await?;
-        Ok(answer.request_id)
+    /// `POST /jobs/{id}/savepoints` with a client-chosen trigger id: the request id to poll
+    /// (the same id; a repeated trigger answers the request already made).
+    pub async fn trigger_savepoint(&self, trigger_id: &str) -> Result<String, JobManagerError> {
+        let body = TriggerSavepointRequest {
+            target_directory: None,
+            trigger_id: Some(trigger_id.to_string()),
+        };
+        self.post("/savepoints", &body).await
     }
 
-    /// `POST /jobs/{id}/stop` (stop-with-savepoint): the request id to poll.
-    pub async fn stop_with_savepoint(&self) -> Result<String, JobManagerError> {
+    /// `POST /jobs/{id}/stop` (stop-with-savepoint) with a client-chosen trigger id: the request
+    /// id to poll.
+    pub async fn stop_with_savepoint(&self, trigger_id: &str) -> Result<String, JobManagerError> {
+        let body = StopWithSavepointRequest {
+            target_directory: None,
+            trigger_id: Some(trigger_id.to_string()),
+        };
+        self.post("/stop", &body).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<String, JobManagerError> {
+        let url = format!("{}{}", self.base, self.path(path));
+        let body = serde_json::to_vec(body).map_err(|e| JobManagerError::Unreachable {
+            url,
+            reason: e.to_string(),
+        })?;
         let answer: TriggerResponse = self
             .client
-            .call(Method::POST, &self.base, &self.path("/stop"))
+            .call_with(
+                Method::POST,
+                &self.base,
+                &self.path(path),
+                Bytes::from(body),
+                self.token.as_deref(),
+            )
             .await?;
         Ok(answer.request_id)
     }
@@ -308,12 +407,16 @@ pub async fn execute(
     client: &JobManagerClient,
     namespace: &str,
     name: &str,
-    action: lifecycle::JobManagerAction,
+    action: &lifecycle::JobManagerAction,
 ) -> lifecycle::ActionOutcome {
     let endpoint = client.job(namespace, name);
     let result = match action {
-        lifecycle::JobManagerAction::TriggerSavepoint => endpoint.trigger_savepoint().await,
-        lifecycle::JobManagerAction::StopWithSavepoint => endpoint.stop_with_savepoint().await,
+        lifecycle::JobManagerAction::TriggerSavepoint { trigger_id } => {
+            endpoint.trigger_savepoint(trigger_id).await
+        }
+        lifecycle::JobManagerAction::StopWithSavepoint { trigger_id } => {
+            endpoint.stop_with_savepoint(trigger_id).await
+        }
     };
     match result {
         Ok(id) => lifecycle::ActionOutcome::Accepted(id),

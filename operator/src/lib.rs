@@ -29,13 +29,9 @@ pub enum Error {
     /// An object has no name or namespace.
     #[error("object is missing {0}")]
     MissingObjectKey(&'static str),
-    /// Adding, running or removing the finalizer failed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Deletion waits for a step (the final savepoint); the finalizer stays until it is done.
-    /// Not a failure: retried after the given delay.
-    #[error("deletion waits: {0}")]
-    CleanupPending(String, std::time::Duration),
+    /// No watch covers the StreamJob's namespace (it is outside the operator's scope).
+    #[error("namespace {0} is not watched")]
+    NotWatched(String),
 }
 
 impl Error {
@@ -45,26 +41,7 @@ impl Error {
             Error::Kube(_) => "KubeApi",
             Error::Plan(e) => e.reason(),
             Error::MissingObjectKey(_) => "InvalidObject",
-            Error::CleanupPending(..) => "CleanupPending",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
-                _ => "Finalizer",
-            },
-        }
-    }
-}
-
-impl Error {
-    /// The requeue delay of a wait that is not a failure (see [`Error::CleanupPending`]).
-    pub fn pending(&self) -> Option<std::time::Duration> {
-        match self {
-            Error::CleanupPending(_, delay) => Some(*delay),
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.pending(),
-                _ => None,
-            },
-            _ => None,
+            Error::NotWatched(_) => "NotWatched",
         }
     }
 }

@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use streamjob_operator::http::{router, HttpState};
 use streamjob_operator::leader::LeaderElector;
 use streamjob_operator::metrics::Metrics;
+use streamjob_operator::planner::NetworkPeers;
 use streamjob_operator::reconciler::{self, Context, Scope};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -86,6 +87,23 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Labels (`k=v,k=v`) of the namespaces whose pods may scrape the jobs' metrics through their
+    /// NetworkPolicies, e.g. `kubernetes.io/metadata.name=monitoring`; unset = every namespace.
+    #[arg(long, env = "METRICS_NAMESPACE_SELECTOR", value_parser = parse_labels)]
+    metrics_namespace_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `k=v,k=v` as a label map.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -129,7 +147,16 @@ fn render(file: &std::path::Path) -> anyhow::Result<String> {
         serde_yaml::to_string(&c.jobmanager)?,
         serde_yaml::to_string(&c.taskmanager)?,
     ];
-    Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
+    let policies = c
+        .network_policies
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(docs
+        .iter()
+        .chain(&policies)
+        .map(|d| format!("---\n{d}"))
+        .collect())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -221,7 +248,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
     }
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let peers = NetworkPeers {
+        operator_namespace: std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty()),
+        metrics_namespace_labels: args.metrics_namespace_selector.clone(),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()).with_network_peers(peers));
     let controllers = reconciler::run(client, scope, ctx, stop_rx.clone());
     let result = match &elector {
         Some(elector) => {

@@ -46,6 +46,16 @@ const TABLE: &[(&[&str], &[&str], &[&str])] = &[
         READ_WRITE,
     ),
     (&["apps"], &["deployments"], READ_WRITE),
+    // The job's NetworkPolicies (deleted when a spec opts out).
+    (&["networking.k8s.io"], &["networkpolicies"], READ_WRITE),
+    // Each job's API token Secret: applied, and watched (by the managed-by label, so the cache
+    // holds only these) to learn the token back. RBAC cannot narrow list/watch by label: the
+    // server filters, the permission covers the namespace's Secrets.
+    (
+        &[""],
+        &["secrets"],
+        &["get", "list", "watch", "create", "patch"],
+    ),
     // The job's pods, read only: crash loops show there, not in the Deployment (listed per
     // reconcile, watched so a crash loop is reported when it starts).
     (&[""], &["pods"], &["list", "watch"]),
@@ -178,8 +188,9 @@ mod tests {
         assert!(allows("apps", "deployments", "patch"));
         assert!(allows("streaming.austin.dev", "streamjobs/status", "patch"));
         assert!(
-            !allows("", "secrets", "get"),
-            "the operator never reads secrets"
+            allows("", "secrets", "watch") && !allows("", "secrets", "delete"),
+            "the operator watches its jobs' API token Secrets and never deletes one (the \
+             StreamJob's owner reference does)"
         );
         assert!(!allows("streaming.austin.dev", "streamjobs", "delete"));
         let json: serde_json::Value =

@@ -1,33 +1,44 @@
-//! Thin I/O around the planner: read the children, plan, apply with server-side apply (one field
-//! manager), publish Events, write status. Every failure becomes a Degraded condition and a
-//! requeue with backoff, never a silent loop.
+//! Thin I/O around the planner: read the children from the watch caches, plan, apply with
+//! server-side apply (one field manager) only what differs, publish Events on transitions, write
+//! status only when it changes. Every failure becomes a Degraded condition and a requeue with
+//! backoff, never a silent loop.
+//!
+//! Load, by design: a reconcile that finds everything as planned makes no API call (the issue #18
+//! targets: 0 writes, at most 1 read); progress arrives through watch events of the children;
+//! requeues are by need (operation steps, polling a starting jobmanager) and otherwise a long
+//! resync spread by job, so routine work never fills the controller's slots and a new or changed
+//! StreamJob is picked up at once.
+
+pub mod apply;
+pub mod cache;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action as ControllerAction, Controller};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::controller::{self, Action as ControllerAction, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
 use crate::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
 use crate::metrics::Metrics;
 use crate::planner::lifecycle::{self, JobManagerAction};
-use crate::planner::{self, labels, names, Action, EventSeverity, Observed, PlanInput, FINALIZER};
+use crate::planner::{
+    self, labels, names, Action, EventSeverity, NetworkPeers, PlanInput, FINALIZER,
+};
 use crate::{Error, Result};
+use cache::Caches;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "streamjob-operator";
@@ -49,6 +60,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The clock (fixed in tests).
     now: fn() -> Timestamp,
+    /// The watch caches of each watched scope (`None`: all namespaces).
+    caches: RwLock<Vec<(Option<String>, Caches)>>,
+    /// Who may connect to the jobs' pods besides their own namespace (NetworkPolicies).
+    network: NetworkPeers,
 }
 
 impl Context {
@@ -65,13 +80,39 @@ impl Context {
             jobmanager: JobManagerClient::new(BaseUrl::ClusterDns, jm::DEFAULT_TIMEOUT),
             failures: Mutex::new(HashMap::new()),
             now,
+            caches: RwLock::new(Vec::new()),
+            network: NetworkPeers::default(),
         }
+    }
+
+    /// The operator's namespace and the metrics namespaces, for the jobs' NetworkPolicies.
+    pub fn with_network_peers(mut self, peers: NetworkPeers) -> Self {
+        self.network = peers;
+        self
     }
 
     /// Talks to the jobmanagers through `client` (tests: a fixed address and a short timeout).
     pub fn with_jobmanager(mut self, client: JobManagerClient) -> Self {
         self.jobmanager = client;
         self
+    }
+
+    /// Registers the watch caches of a scope (`None`: all namespaces).
+    pub fn add_caches(&self, scope: Option<String>, caches: Caches) {
+        self.caches
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((scope, caches));
+    }
+
+    /// The watch caches that cover `namespace`.
+    pub fn caches_for(&self, namespace: &str) -> Option<Caches> {
+        self.caches
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .map(|(_, caches)| caches.clone())
     }
 
     fn record_failure(&self, key: &str) -> u32 {
@@ -101,7 +142,8 @@ fn key(job: &StreamJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
 
-/// Reconciles one StreamJob (the controller's reconcile function).
+/// Reconciles one StreamJob (the controller's reconcile function). Reads come from the watch
+/// caches; a reconcile that finds everything as planned makes no API call at all.
 #[instrument(skip_all, fields(job = %key(&job)))]
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<ControllerAction> {
     let started = Instant::now();
@@ -109,15 +151,25 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
     let namespace = job
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, job.clone(), |event| async {
-        match event {
-            FinalizerEvent::Apply(job) => apply(job, &ctx).await,
-            FinalizerEvent::Cleanup(job) => cleanup(job, &ctx).await,
+    let caches = ctx
+        .caches_for(&namespace)
+        .ok_or_else(|| Error::NotWatched(namespace.clone()))?;
+    caches.wait_until_ready().await;
+    let has_finalizer = job.finalizers().iter().any(|f| f == FINALIZER);
+    let result = if job.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            delete(&job, &ctx, &caches).await
+        } else {
+            Ok(ControllerAction::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else if !has_finalizer {
+        // The finalizer first, so a deletion always gets its say; the update brings us back.
+        add_finalizer(&ctx.client, &job)
+            .await
+            .map(|()| ControllerAction::await_change())
+    } else {
+        apply(&job, &ctx, &caches).await
+    };
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -129,63 +181,99 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
 
 /// What the controller does after a failed reconciliation: count it and retry with backoff.
 pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> ControllerAction {
-    if let Some(delay) = error.pending() {
-        return ControllerAction::requeue(delay);
-    }
     let failures = ctx.record_failure(&key(&job));
     ctx.metrics.failed(error.reason());
+    ctx.metrics.job_failed(
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        error.reason(),
+    );
     let delay = backoff(failures);
     warn!(job = %key(&job), %error, failures, retry_in = ?delay, "reconcile failed");
     ControllerAction::requeue(delay)
 }
 
-async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Observed> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let jobmanager = deployments.get_opt(&names::jobmanager(name)).await?;
-    let taskmanager = deployments.get_opt(&names::taskmanager(name)).await?;
-    let savepoint_pvc = pvcs.get_opt(&names::savepoints(name)).await?;
-    // The job's pods (both components), for crash loops.
-    let selector = labels::selector_string(&std::collections::BTreeMap::from([
-        (labels::NAME.to_string(), labels::APP.to_string()),
-        (labels::INSTANCE.to_string(), name.to_string()),
-    ]));
-    let pods = pods
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await?
-        .items;
-    Ok(Observed {
-        jobmanager,
-        taskmanager,
-        savepoint_pvc,
-        pods,
-    })
+async fn add_finalizer(client: &Client, job: &StreamJob) -> Result<()> {
+    let api: Api<StreamJob> = Api::namespaced(client.clone(), &namespace_of(job)?);
+    let patch = if job.finalizers().is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        json!([{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
+    Ok(())
 }
 
-async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
-    let namespace = job
-        .namespace()
-        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let name = job.name_any();
-    let observed = match observe(&ctx.client, &namespace, &name).await {
-        Ok(observed) => observed,
-        Err(error) => return fail(&job, ctx, "ObserveFailed", error).await,
+/// Removes the finalizer; an object that is already gone is released, not a failure.
+async fn remove_finalizer(client: &Client, job: &StreamJob) -> Result<()> {
+    let api: Api<StreamJob> = Api::namespaced(client.clone(), &namespace_of(job)?);
+    let Some(index) = job.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
     };
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    match api
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            debug!("already gone when releasing the finalizer");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn namespace_of(job: &StreamJob) -> Result<String> {
+    job.namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))
+}
+
+async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<ControllerAction> {
+    let namespace = namespace_of(job)?;
+    let name = job.name_any();
+    let mut observed = caches.observe(&namespace, &name);
+    if observed.api_token.is_none() {
+        observed.api_token = match api_token_uncached(&ctx.client, &namespace, &name).await {
+            Ok(token) => Some(token),
+            Err(error) => return fail(job, ctx, "ObserveFailed", error).await,
+        };
+    }
     let now = (ctx.now)();
-    let queries = lifecycle::queries(&job, &observed);
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
+    let queries = lifecycle::queries(job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let input = PlanInput {
-        job: &job,
+        job,
         observed: &observed,
         jobmanager: report.as_ref(),
         now,
     };
-    let plan = match planner::plan(input) {
+    let plan = match planner::plan_with(input, &ctx.network) {
         Ok(plan) => plan,
         Err(error) => {
             let reason = error.reason();
-            return fail(&job, ctx, reason, Error::Plan(error)).await;
+            return fail(job, ctx, reason, Error::Plan(error)).await;
         }
     };
     // The next step of an operation is recorded before anything acts on it, so an operator that
@@ -193,31 +281,27 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
     let stored = job.status.as_ref();
     let mut written = stored.cloned();
     if stored.and_then(|s| s.current_operation.as_ref()) != plan.status.current_operation.as_ref() {
-        write_status(&ctx.client, &job, &plan.status).await?;
+        write_status(&ctx.client, job, &plan.status).await?;
         written = Some(plan.status.clone());
     }
-    let children = &plan.children;
-    let applied = async {
-        // The ConfigMap first: a new pod reads the config (and restore point) it finds.
-        if plan.apply_workloads {
-            apply_child(&ctx.client, &namespace, &children.config_map).await?;
-        }
-        apply_child(&ctx.client, &namespace, &children.savepoint_pvc).await?;
-        apply_child(&ctx.client, &namespace, &children.jobmanager_service).await?;
-        if plan.apply_workloads {
-            apply_child(&ctx.client, &namespace, &children.jobmanager).await?;
-            apply_child(&ctx.client, &namespace, &children.taskmanager).await?;
-        }
-        Ok::<_, Error>(())
-    }
-    .await;
-    if let Err(error) = applied {
-        return fail(&job, ctx, "ApplyFailed", error).await;
-    }
-    publish(ctx, &job, &plan.actions).await;
+    let applied = match apply::desired(&plan) {
+        Ok(children) => apply::apply_changed(&ctx.client, caches, &namespace, &children).await,
+        Err(error) => Err(error),
+    };
+    let applied = match applied {
+        Ok(n) => remove_network_policies(&ctx.client, caches, job, &namespace)
+            .await
+            .map(|removed| n + removed),
+        Err(error) => Err(error),
+    };
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(error) => return fail(job, ctx, "ApplyFailed", error).await,
+    };
+    publish(ctx, job, &plan.actions).await;
     let status = run_actions(
         ctx,
-        &job,
+        job,
         &namespace,
         &name,
         plan.status.clone(),
@@ -225,11 +309,74 @@ async fn apply(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
         &mut written,
     )
     .await?;
-    if written.as_ref() != Some(&status) {
-        write_status(&ctx.client, &job, &status).await?;
+    ctx.metrics
+        .record_job(&namespace, &name, job.spec.replicas, &status);
+    let status_changed = written.as_ref() != Some(&status);
+    if status_changed {
+        write_status(&ctx.client, job, &status).await?;
     }
-    info!(phase = status.phase.as_str(), requeue = ?plan.requeue_after, "reconciled");
-    Ok(ControllerAction::requeue(plan.requeue_after))
+    let requeue = resync(plan.requeue_after, job);
+    if applied > 0 || status_changed || !plan.actions.is_empty() {
+        info!(phase = status.phase.as_str(), applied, status_changed, requeue = ?requeue, "reconciled");
+    } else {
+        debug!(phase = status.phase.as_str(), requeue = ?requeue, "unchanged");
+    }
+    Ok(ControllerAction::requeue(requeue))
+}
+
+/// The job's API token when the cache has no Secret for it: the API server's copy (the watch
+/// may not have delivered the Secret this operator created a moment ago), else a fresh token that
+/// the apply creates the Secret with. Drawn once: afterwards the cache holds the Secret, so the
+/// token, and with it the Secret's body, stays the same from one reconcile to the next.
+async fn api_token_uncached(client: &Client, namespace: &str, name: &str) -> Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let stored = secrets.get_opt(&names::api_token(name)).await?;
+    Ok(stored
+        .as_ref()
+        .and_then(planner::children::api_token_of)
+        .unwrap_or_else(jm::generate_api_token))
+}
+
+/// A job whose spec opts out of NetworkPolicies: delete the ones the cache still shows (none
+/// there, no call). Returns how many were deleted.
+async fn remove_network_policies(
+    client: &Client,
+    caches: &Caches,
+    job: &StreamJob,
+    namespace: &str,
+) -> Result<usize> {
+    if job.spec.network_policy.enabled {
+        return Ok(0);
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let name = job.name_any();
+    let mut removed = 0;
+    for policy in [names::jobmanager(&name), names::taskmanager(&name)] {
+        if caches.watches("NetworkPolicy")
+            && caches.child("NetworkPolicy", namespace, &policy).is_none()
+        {
+            continue;
+        }
+        match api.delete(&policy, &Default::default()).await {
+            Ok(_) => removed += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(removed)
+}
+
+/// Requeue delays of a minute or more are spread over +0..20 % by the job's uid, so jobs created
+/// together do not come back together.
+pub fn resync(delay: Duration, job: &StreamJob) -> Duration {
+    if delay < Duration::from_secs(60) {
+        return delay;
+    }
+    let uid = job.uid().unwrap_or_else(|| key(job));
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    delay + delay.mul_f64((hash % 1000) as f64 / 5000.0)
 }
 
 /// Calls the jobmanager for each action and records each outcome in status at once.
@@ -243,7 +390,7 @@ async fn run_actions(
     written: &mut Option<StreamJobStatus>,
 ) -> Result<StreamJobStatus> {
     for action in actions {
-        let outcome = jm::execute(&ctx.jobmanager, namespace, name, *action).await;
+        let outcome = jm::execute(&ctx.jobmanager, namespace, name, action).await;
         info!(?action, ?outcome, "jobmanager action");
         let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
         status = next;
@@ -255,37 +402,42 @@ async fn run_actions(
     Ok(status)
 }
 
-/// The finalizer's cleanup hook: the final savepoint (when asked for), then release.
-async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction> {
-    let namespace = job
-        .namespace()
-        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+/// Deletion: the final savepoint (when asked for and the job ever ran), then the finalizer goes.
+/// Waiting for the savepoint is a normal requeue, not an error.
+async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<ControllerAction> {
+    let namespace = namespace_of(job)?;
     let name = job.name_any();
-    let observed = observe(&ctx.client, &namespace, &name).await?;
+    let observed = caches.observe(&namespace, &name);
     let now = (ctx.now)();
-    let queries = lifecycle::queries(&job, &observed);
+    ctx.jobmanager
+        .set_token(&namespace, &name, observed.api_token.clone());
+    let queries = lifecycle::queries(job, &observed);
     let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
     let plan = planner::plan_cleanup(PlanInput {
-        job: &job,
+        job,
         observed: &observed,
         jobmanager: report.as_ref(),
         now,
     })?;
     let mut written = job.status.clone();
     if !plan.done && written.as_ref() != Some(&plan.status) {
-        write_status(&ctx.client, &job, &plan.status).await?;
+        write_status(&ctx.client, job, &plan.status).await?;
         written = Some(plan.status.clone());
     }
     if let Some(pvc) = &plan.savepoint_pvc {
-        apply_child(&ctx.client, &namespace, pvc).await?;
+        apply::apply(&ctx.client, &namespace, &apply::DesiredChild::of(pvc)?).await?;
     }
-    publish(ctx, &job, &plan.actions).await;
+    publish(ctx, job, &plan.actions).await;
     if plan.done {
+        ctx.jobmanager.set_token(&namespace, &name, None);
+        remove_finalizer(&ctx.client, job).await?;
+        ctx.metrics.forget_job(&namespace, &name);
+        info!("released");
         return Ok(ControllerAction::await_change());
     }
     run_actions(
         ctx,
-        &job,
+        job,
         &namespace,
         &name,
         plan.status.clone(),
@@ -293,11 +445,8 @@ async fn cleanup(job: Arc<StreamJob>, ctx: &Context) -> Result<ControllerAction>
         &mut written,
     )
     .await?;
-    // The finalizer helper removes the finalizer on Ok: keep it with a (non-failure) error.
-    Err(Error::CleanupPending(
-        "final savepoint in progress".into(),
-        plan.requeue_after,
-    ))
+    debug!(retry_in = ?plan.requeue_after, "deletion waits for the final savepoint");
+    Ok(ControllerAction::requeue(plan.requeue_after))
 }
 
 /// Records the failure in status (Degraded) and Events, then returns the error for the backoff.
@@ -316,29 +465,6 @@ async fn fail(
         }
     }
     Err(error)
-}
-
-async fn apply_child<K>(client: &Client, namespace: &str, child: &K) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = child
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("child name"))?;
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(child),
-    )
-    .await?;
-    Ok(())
 }
 
 async fn write_status(client: &Client, job: &StreamJob, status: &StreamJobStatus) -> Result<()> {
@@ -417,6 +543,17 @@ pub struct Scope {
     pub concurrency: u16,
 }
 
+/// Requests for one StreamJob that arrive within this window are merged into one reconcile (the
+/// operator's own applies of a job's children come back as a burst of watch events).
+pub const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// How the controller runs: bounded concurrency and a short debounce.
+pub fn controller_config(scope: &Scope) -> controller::Config {
+    controller::Config::default()
+        .concurrency(scope.concurrency)
+        .debounce(DEBOUNCE)
+}
+
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -427,7 +564,17 @@ where
     }
 }
 
-/// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
+/// The StreamJob an object belongs to, by its instance label: children (the kept PVC has no
+/// owner reference) and pods (which belong to ReplicaSets) alike.
+fn owning_job<K: Resource>(object: &K) -> Option<ObjectRef<StreamJob>> {
+    let meta = object.meta();
+    let instance = meta.labels.as_ref()?.get(labels::INSTANCE)?;
+    Some(ObjectRef::new(instance).within(meta.namespace.as_deref()?))
+}
+
+/// Runs one controller per watched namespace (or one for all) until `shutdown` resolves. Each
+/// one's triggers are the watches of the StreamJobs and of their children and pods; the latter
+/// fill the caches the reconciler reads ([`Context::caches_for`]).
 pub async fn run(
     client: Client,
     scope: Scope,
@@ -441,40 +588,44 @@ pub async fn run(
     };
     let controllers = apis.into_iter().map(|namespace| {
         let jobs: Api<StreamJob> = scoped(&client, namespace.as_deref());
-        let deployments: Api<Deployment> = scoped(&client, namespace.as_deref());
-        let config_maps: Api<ConfigMap> = scoped(&client, namespace.as_deref());
-        let services: Api<Service> = scoped(&client, namespace.as_deref());
-        let pvcs: Api<PersistentVolumeClaim> = scoped(&client, namespace.as_deref());
-        let pods: Api<Pod> = scoped(&client, namespace.as_deref());
-        let children = watcher::Config::default().labels(&labels::managed_selector());
+        let (caches, streams) = cache::watch(&client, namespace.as_deref());
+        ctx.add_caches(namespace.clone(), caches);
+        let mut controller = Controller::new(jobs, watcher::Config::default())
+            .with_config(controller_config(&scope));
+        for (resource, stream) in streams.children {
+            controller = controller.watches_stream_with(
+                stream,
+                |child: kube::api::DynamicObject| owning_job(&child),
+                resource,
+            );
+        }
         let mut shutdown = shutdown.clone();
-        Controller::new(jobs, watcher::Config::default())
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(scope.concurrency),
-            )
-            .owns(deployments, children.clone())
-            .owns(config_maps, children.clone())
-            .owns(services, children.clone())
-            // A kept PVC has no owner reference: map it back through its instance label.
-            .watches(pvcs, children.clone(), |pvc: PersistentVolumeClaim| {
-                let instance = pvc.labels().get(labels::INSTANCE)?.clone();
-                Some(ObjectRef::<StreamJob>::new(&instance).within(&pvc.namespace()?))
-            })
-            // Pods belong to ReplicaSets, not to the StreamJob: map them back by label too, so a
-            // crash loop (Degraded CrashLoop) shows as soon as it starts.
-            .watches(pods, children, |pod: Pod| {
-                let instance = pod.labels().get(labels::INSTANCE)?.clone();
-                Some(ObjectRef::<StreamJob>::new(&instance).within(&pod.namespace()?))
+        controller
+            .watches_stream(streams.pods, |pod: k8s_openapi::api::core::v1::Pod| {
+                owning_job(&pod)
             })
             .graceful_shutdown_on(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             })
             .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    warn!(%error, "controller error");
-                }
-            })
+            .for_each(|outcome| async move { log_outcome(outcome) })
     });
     futures::future::join_all(controllers).await;
+}
+
+type Outcome = std::result::Result<
+    (ObjectRef<StreamJob>, ControllerAction),
+    controller::Error<Error, watcher::Error>,
+>;
+
+/// Logs what deserves it: failed reconciles are logged by [`error_policy`] (with their backoff),
+/// and a request for a StreamJob that is gone by the time it runs is normal after a deletion.
+fn log_outcome(outcome: Outcome) {
+    match outcome {
+        Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+        Err(controller::Error::ObjectNotFound(object)) => {
+            debug!(%object, "gone before its reconcile ran");
+        }
+        Err(error) => warn!(%error, "controller error"),
+    }
 }

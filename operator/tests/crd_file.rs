@@ -3,7 +3,6 @@
 
 mod support;
 
-use kube::CustomResourceExt;
 use serde_json::{json, Value};
 use streamjob_operator::crd::{crd_yaml, StreamJob};
 
@@ -20,7 +19,7 @@ fn the_checked_in_crd_matches_the_rust_types() {
 
 #[test]
 fn names_subresources_and_columns_are_what_kubectl_needs() {
-    let crd = serde_json::to_value(StreamJob::crd()).expect("serialises");
+    let crd = serde_json::to_value(streamjob_operator::crd::crd()).expect("serialises");
     assert_eq!(crd["spec"]["group"], "streaming.austin.dev");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
     assert_eq!(crd["spec"]["names"]["kind"], "StreamJob");
@@ -122,4 +121,84 @@ fn the_crds_defaults_give_a_valid_object_equal_to_the_operators_view() {
         defaulted.spec, by_serde.spec,
         "CRD defaults and serde defaults disagree"
     );
+}
+
+fn descriptions(node: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match node {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("description", Value::String(text)) => {
+                        out.push((path.to_string(), text.clone()))
+                    }
+                    _ => descriptions(value, &format!("{path}.{key}"), out),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| descriptions(v, &format!("{path}[{i}]"), out)),
+        _ => {}
+    }
+}
+
+/// `kubectl explain` prints a description as it is: the line breaks of a wrapped doc comment
+/// must not reach the schema (only paragraph breaks may).
+#[test]
+fn descriptions_are_not_broken_mid_sentence() {
+    let crd: Value = serde_yaml::from_str(&crd_yaml().expect("CRD serialises")).expect("yaml");
+    let mut found = Vec::new();
+    descriptions(&crd, "", &mut found);
+    assert!(
+        found.len() > 50,
+        "expected many descriptions, found {}",
+        found.len()
+    );
+    let broken: Vec<&(String, String)> = found
+        .iter()
+        .filter(|(_, text)| text.replace("\n\n", "").contains('\n'))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "descriptions with line breaks: {broken:#?}"
+    );
+    let upgrade_mode = &support::crd_schema()["properties"]["spec"]["properties"]["upgradeMode"];
+    assert_eq!(
+        upgrade_mode["description"],
+        "How a spec change reaches running processes: `savepoint` (stop with a savepoint, restart from it), `last-state` (restart from the newest checkpoint) or `stateless` (restart from the Redis fences and configured starting offsets)."
+    );
+}
+
+/// One mistake, one message: a bound is checked once (by the schema's minimum/maximum, whose
+/// message names the field), not also by a CEL rule that repeats it in other words.
+#[test]
+fn no_field_is_bounded_twice() {
+    fn walk(path: &str, schema: &Value, twice: &mut Vec<String>) {
+        let has_rule = schema["x-kubernetes-validations"]
+            .as_array()
+            .is_some_and(|rules| !rules.is_empty());
+        let has_bound = schema.get("minimum").is_some() || schema.get("maximum").is_some();
+        if has_rule && has_bound {
+            twice.push(path.to_string());
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, child) in properties {
+                walk(&format!("{path}.{name}"), child, twice);
+            }
+        }
+    }
+    let schema = support::crd_schema();
+    let mut twice = Vec::new();
+    walk("", &schema, &mut twice);
+    assert!(
+        twice.is_empty(),
+        "bounded by both a rule and minimum/maximum: {twice:?}"
+    );
+    let replicas = &schema["properties"]["spec"]["properties"]["replicas"];
+    assert!(
+        replicas.get("x-kubernetes-validations").is_none(),
+        "{replicas}"
+    );
+    assert_eq!(replicas["minimum"].as_f64(), Some(0.0));
 }

@@ -56,7 +56,6 @@ struct SimOp {
 /// A jobmanager process (one per pod incarnation).
 #[derive(Debug, Clone)]
 struct SimJobManager {
-    instance: u32,
     state: JmState,
     restored_from: RestoreSource,
     ops: BTreeMap<String, SimOp>,
@@ -83,6 +82,10 @@ struct World {
     max_in_flight: usize,
     /// Every trigger the jobmanager accepted: (kind, instance).
     triggers: Vec<JmOpKind>,
+    /// Triggers sent again with an id the jobmanager knew (answered without a new snapshot).
+    repeated_triggers: usize,
+    /// Rounds a savepoint takes to complete.
+    savepoint_rounds: u32,
     events: Vec<String>,
     /// Pod states the kubelet reports (crash loops).
     pods: Vec<Pod>,
@@ -116,6 +119,8 @@ impl World {
             fault: Fault::None,
             max_in_flight: 0,
             triggers: Vec::new(),
+            repeated_triggers: 0,
+            savepoint_rounds: 1,
             events: Vec::new(),
             pods: Vec::new(),
         };
@@ -254,10 +259,17 @@ impl World {
         let Some(p) = self.process.as_mut() else {
             return ActionOutcome::Failed("no jobmanager".into());
         };
-        let kind = match action {
-            JobManagerAction::TriggerSavepoint => JmOpKind::Savepoint,
-            JobManagerAction::StopWithSavepoint => JmOpKind::StopWithSavepoint,
+        let (kind, trigger_id) = match action {
+            JobManagerAction::TriggerSavepoint { trigger_id } => (JmOpKind::Savepoint, trigger_id),
+            JobManagerAction::StopWithSavepoint { trigger_id } => {
+                (JmOpKind::StopWithSavepoint, trigger_id)
+            }
         };
+        // A trigger id it knows: the request already made, answered again (no second snapshot).
+        if p.ops.get(&trigger_id).is_some_and(|o| o.info.kind == kind) {
+            self.repeated_triggers += 1;
+            return ActionOutcome::Accepted(trigger_id);
+        }
         if p.state != JmState::Running {
             return ActionOutcome::Failed(format!(
                 "jobmanager answered 409: the job is {}",
@@ -268,7 +280,7 @@ impl World {
             p.state = JmState::Stopping;
         }
         self.seq += 1;
-        let id = format!("sp-{}-{}", self.seq, p.instance);
+        let id = trigger_id;
         p.ops.insert(
             id.clone(),
             SimOp {
@@ -281,7 +293,7 @@ impl World {
                     location: None,
                     failure_cause: None,
                 },
-                remaining: 1,
+                remaining: self.savepoint_rounds,
             },
         );
         self.max_in_flight = self.max_in_flight.max(in_flight + 1);
@@ -402,7 +414,6 @@ impl World {
                         },
                     };
                     self.process = Some(SimJobManager {
-                        instance: self.instances,
                         state: JmState::Running,
                         restored_from,
                         ops: BTreeMap::new(),
@@ -427,6 +438,7 @@ impl World {
             taskmanager: self.taskmanager.clone(),
             savepoint_pvc: self.pvc.clone(),
             pods: self.pods.clone(),
+            api_token: Some("lifecycle-token".into()),
         };
         let queries = lifecycle::queries(&self.job, &observed);
         let report = self.view(&queries);
@@ -458,7 +470,7 @@ impl World {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = self.act(*action);
+            let outcome = self.act(action.clone());
             if cut == Some(Cut::ActionSent) {
                 return;
             }
@@ -926,6 +938,81 @@ fn a_manual_savepoint_survives_a_restart_at_every_point_without_a_second_trigger
     }
 }
 
+/// A savepoint slower than any grace period, and an operator restart between sending its
+/// trigger and recording the answer: the trigger is sent again with the same id, and the
+/// jobmanager answers it with the savepoint already under way. One savepoint, whatever the
+/// timing.
+#[test]
+fn a_slow_savepoint_and_a_restart_between_trigger_and_record_take_one_savepoint() {
+    for (kind, edit) in [
+        (
+            "manual",
+            (|j: &mut StreamJob| j.spec.savepoint_trigger_nonce = Some(4)) as fn(&mut StreamJob),
+        ),
+        ("upgrade", |j: &mut StreamJob| {
+            j.spec.image = "registry.example/streamjob-worker:0.2.0".into()
+        }),
+        ("suspend", |j: &mut StreamJob| {
+            j.spec.state = JobState::Suspended
+        }),
+    ] {
+        let mut world = World::new(job());
+        // 20 rounds of 3 s: a minute, longer than the 30 s grace the operator used to wait.
+        world.savepoint_rounds = 20;
+        world.edit(edit);
+        world.reconcile(Some(Cut::ActionSent));
+        for _ in 0..40 {
+            world.tick();
+            world.reconcile(None);
+        }
+        assert_eq!(world.triggers.len(), 1, "{kind}: {:?}", world.triggers);
+        if kind == "manual" {
+            assert_eq!(
+                world.repeated_triggers, 1,
+                "{kind}: the trigger was sent again, same id"
+            );
+        }
+        assert_eq!(
+            world.status().current_operation,
+            None,
+            "{kind}: {:?}",
+            world.status()
+        );
+        let taken: Vec<_> = world.savepoints.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(taken.len(), 1, "{kind}: {taken:?}");
+    }
+}
+
+#[test]
+fn trigger_ids_are_stable_per_attempt_and_new_per_retry_or_operation() {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(4));
+    world.reconcile(Some(Cut::StatusWritten));
+    let op = world
+        .status()
+        .current_operation
+        .expect("operation recorded before acting");
+    let first = lifecycle::trigger_id(&op);
+    assert_eq!(
+        lifecycle::trigger_id(&op),
+        first,
+        "derived from the stored operation only"
+    );
+    assert!(first.contains("n4"), "derived from the nonce: {first}");
+    let mut retry = op.clone();
+    retry.attempts += 1;
+    assert_ne!(lifecycle::trigger_id(&retry), first);
+    let mut later = op.clone();
+    later.started_at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        op.started_at.0 + SignedDuration::from_secs(60),
+    );
+    assert_ne!(
+        lifecycle::trigger_id(&later),
+        first,
+        "a nonce used again later is a new savepoint"
+    );
+}
+
 #[test]
 fn a_restart_nonce_restarts_from_the_last_state() {
     let mut world = World::new(job());
@@ -981,6 +1068,7 @@ fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
             taskmanager: world.taskmanager.clone(),
             savepoint_pvc: world.pvc.clone(),
             pods: Vec::new(),
+            api_token: Some("lifecycle-token".into()),
         };
         let queries = lifecycle::queries(&world.job, &observed);
         let report = world.view(&queries);
@@ -1005,7 +1093,7 @@ fn delete(world: &mut World, rounds: usize) -> (bool, Vec<String>) {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = world.act(*action);
+            let outcome = world.act(action.clone());
             status = lifecycle::after_action(&world.job, &status, &outcome, world.now).0;
         }
         world.job.status = Some(status);
@@ -1053,6 +1141,8 @@ fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
         fault: Fault::None,
         max_in_flight: 0,
         triggers: Vec::new(),
+        repeated_triggers: 0,
+        savepoint_rounds: 1,
         events: Vec::new(),
         pods: Vec::new(),
     };
@@ -1188,4 +1278,94 @@ fn a_crash_looping_taskmanager_is_degraded_with_the_pod_and_exit_code() {
     world.pods.clear();
     world.settle(1);
     assert_eq!(degraded(&world).map(|d| d.0), Some("False".into()));
+}
+
+fn degraded_of(world: &World) -> Option<(String, String, String)> {
+    world
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The worker's own last words (what it wrote to /dev/termination-log, e.g. a wrong CA) reach the
+/// StreamJob's Degraded condition and its Warning Event.
+#[test]
+fn a_crash_loop_carries_the_workers_termination_message() {
+    let mut world = World::new(job());
+    let cause = "redis sink: redis sink misconfigured: `sink.redis.tls.caFile`: the Redis \
+                 server's TLS certificate is not signed by the CA in /etc/streamjob-redis-tls/ca.crt (wrong CA?)";
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-taskmanager-7d9f-fghij".into());
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "taskmanager".into(),
+            restart_count: 4,
+            ready: false,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..ContainerState::default()
+            }),
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 1,
+                    reason: Some("Error".into()),
+                    message: Some(format!("{cause}\n")),
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    world.pods = vec![pod];
+    world.settle(1);
+    let (status, reason, message) = degraded_of(&world).expect("Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "CrashLoop"));
+    assert!(message.contains(cause), "{message}");
+    assert!(world.events.contains(&"CrashLoop".to_string()));
+}
+
+/// A Secret (or key) that an environment variable refers to is missing: the kubelet cannot create
+/// the container; the StreamJob says which Secret and key, and recovers once it exists.
+#[test]
+fn a_missing_secret_key_is_degraded_with_the_kubelets_message() {
+    let mut world = World::new(job());
+    let kubelet = "couldn't find key password in Secret austin/redis-credentials";
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-jobmanager-5c6d-klmno".into());
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "jobmanager".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CreateContainerConfigError".into()),
+                    message: Some(kubelet.into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    world.pods = vec![pod];
+    world.settle(1);
+    let (status, reason, message) = degraded_of(&world).expect("Degraded");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ContainerConfigError")
+    );
+    assert!(
+        message.contains(kubelet) && message.contains("trace-jobmanager-5c6d-klmno"),
+        "{message}"
+    );
+    assert!(world.events.contains(&"ContainerConfigError".to_string()));
+    world.pods.clear();
+    world.settle(1);
+    assert_eq!(degraded_of(&world).map(|d| d.0), Some("False".into()));
 }

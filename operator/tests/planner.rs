@@ -50,6 +50,11 @@ fn observed_after(plan: &Plan) -> Observed {
         taskmanager: Some(rolled_out(&plan.children.taskmanager, i32::MAX)),
         savepoint_pvc: Some(plan.children.savepoint_pvc.clone()),
         pods: Vec::new(),
+        api_token: plan
+            .children
+            .api_token
+            .as_ref()
+            .and_then(streamjob_operator::planner::children::api_token_of),
     }
 }
 
@@ -113,8 +118,32 @@ fn the_config_map_holds_the_workers_own_config_without_secrets() {
         std::time::Duration::from_secs(45)
     );
     assert_eq!(config.savepoint.max_count, 10);
+    let redis = &config.sink.redis;
+    assert_eq!(redis.username.as_deref(), Some("streamjob"));
+    let tls = redis.tls.as_ref().expect("sink.redis.tls rendered");
+    assert_eq!(
+        (
+            tls.ca_file.as_deref().and_then(|p| p.to_str()),
+            tls.cert_file.as_deref().and_then(|p| p.to_str()),
+            tls.key_file.as_deref().and_then(|p| p.to_str()),
+        ),
+        (
+            Some("/etc/streamjob-redis-tls/ca.crt"),
+            Some("/etc/streamjob-redis-tls/tls.crt"),
+            Some("/etc/streamjob-redis-tls/tls.key")
+        )
+    );
     assert!(
-        !yaml.contains("password:") && !yaml.contains("username:"),
+        config
+            .source
+            .kafka
+            .sasl
+            .as_ref()
+            .expect("sasl")
+            .username
+            .is_none()
+            && !yaml.contains("password:")
+            && !yaml.contains("BEGIN"),
         "{yaml}"
     );
     assert!(
@@ -567,8 +596,13 @@ fn the_jobmanager_report_becomes_job_progress() {
             high_watermark: Some(high),
             lag: Some(lag),
             events_per_second: rate,
-            watermark_ms: None,
-            idle: false,
+            rewinds: u64::from(partition == 1),
+            last_rewind: (partition == 1).then_some(streamjob_worker::api::Rewind {
+                from_offset: 9,
+                to_offset: 3,
+                at_ms: 1_700_000_000_000,
+            }),
+            ..Default::default()
         })
         .collect();
     let report = JobManagerReport {
@@ -587,7 +621,28 @@ fn the_jobmanager_report_becomes_job_progress() {
         now: now(),
     })
     .expect("plans");
+    // Redis lost writes of partition 1: a Warning Event and the RedisRewound condition say so.
+    let message = "Redis lost acknowledged writes; partition 1 rewound from 9 to 3";
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Publish(note)
+            if note.reason == "RedisLostWrites" && note.message == message)),
+        "{:?}",
+        plan.actions
+    );
+    let rewound = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RedisRewound")
+        .expect("RedisRewound condition");
+    assert_eq!(
+        (rewound.status.as_str(), rewound.message.as_str()),
+        ("True", message)
+    );
     let progress = plan.status.job.expect("job progress");
+    assert_eq!(progress.partitions[1].rewinds, Some(1));
     assert_eq!(progress.lag, Some(12));
     assert_eq!(progress.events_per_second, Some(150.0));
     assert_eq!(progress.partitions.len(), 2);
@@ -611,6 +666,79 @@ fn the_finalizer_hook_announces_what_happens_to_the_pvc() {
         note.message.contains("trace-savepoints is kept"),
         "{}",
         note.message
+    );
+}
+
+#[test]
+fn deleting_a_job_that_never_ran_skips_the_final_savepoint() {
+    let job = support::sample("minimal.yaml");
+    assert!(job.spec.savepoint.on_delete.final_savepoint);
+    let created = plan_for(&job, &Observed::default());
+    // Children exist, the jobmanager never became ready, it never reported progress.
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&created.children.jobmanager, 0)),
+        taskmanager: Some(rolled_out(&created.children.taskmanager, 0)),
+        savepoint_pvc: Some(created.children.savepoint_pvc.clone()),
+        pods: Vec::new(),
+        api_token: None,
+    };
+    let mut job = job;
+    job.status = Some(created.status.clone());
+    let cleanup = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans cleanup");
+    assert!(cleanup.done, "released at once");
+    assert!(cleanup.jobmanager_actions.is_empty());
+    let reasons: Vec<&str> = cleanup
+        .actions
+        .iter()
+        .map(|Action::Publish(n)| n.reason.as_str())
+        .collect();
+    assert_eq!(reasons, ["FinalSavepointSkipped", "Deleting"]);
+
+    // Once its jobmanager was ready, the final savepoint is taken.
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&created.children.jobmanager, 1)),
+        ..observed
+    };
+    let cleanup = planner::plan_cleanup(PlanInput {
+        job: &job,
+        observed: &observed,
+        jobmanager: None,
+        now: now(),
+    })
+    .expect("plans cleanup");
+    assert!(!cleanup.done, "waits for the final savepoint");
+}
+
+#[test]
+fn a_deploying_job_is_polled_only_while_its_jobmanager_is_up() {
+    let job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    assert_eq!(
+        first.requeue_after,
+        planner::WATCH_RESYNC,
+        "nothing is up yet: the watches of the children bring progress"
+    );
+    let mut job = job;
+    job.status = Some(first.status.clone());
+    let observed = Observed {
+        jobmanager: Some(rolled_out(&first.children.jobmanager, 1)),
+        taskmanager: Some(rolled_out(&first.children.taskmanager, 0)),
+        savepoint_pvc: Some(first.children.savepoint_pvc.clone()),
+        pods: Vec::new(),
+        api_token: None,
+    };
+    let second = plan_for(&job, &observed);
+    assert_ne!(second.status.phase, Phase::Running);
+    assert_eq!(
+        second.requeue_after,
+        planner::status::REQUEUE_BUSY,
+        "the jobmanager's REST API is not watched: polled while it is up"
     );
 }
 
@@ -753,4 +881,250 @@ proptest! {
             job.status = Some(plan.status);
         }
     }
+}
+
+fn with_token(token: &str) -> Observed {
+    Observed {
+        api_token: Some(token.into()),
+        ..Observed::default()
+    }
+}
+
+#[test]
+fn the_api_token_secret_is_an_owned_child_holding_the_observed_token() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &with_token("0123abcd"));
+    let secret = plan.children.api_token.as_ref().expect("a Secret child");
+    let meta = &secret.metadata;
+    assert_eq!(meta.name.as_deref(), Some("trace-api-token"));
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+    let owner = &meta.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("StreamJob", Some(true))
+    );
+    let labels = meta.labels.as_ref().expect("labels");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "streamjob-operator");
+    assert_eq!(labels["app.kubernetes.io/component"], "api-token");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        streamjob_operator::planner::children::api_token_of(secret).as_deref(),
+        Some("0123abcd")
+    );
+    // The planner never invents a token: without one observed there is no Secret to apply.
+    assert!(plan_for(&job, &Observed::default())
+        .children
+        .api_token
+        .is_none());
+}
+
+#[test]
+fn the_jobmanager_reads_the_token_from_the_mounted_secret_and_taskmanagers_never_see_it() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &with_token("t"));
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("valid config");
+    assert_eq!(
+        config.jobmanager.api_token_file.as_deref(),
+        Some(std::path::Path::new("/etc/streamjob-api/token"))
+    );
+    assert!(
+        !yaml.contains("apiToken:"),
+        "the token itself is never rendered: {yaml}"
+    );
+
+    let pod = plan
+        .children
+        .jobmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "api-token")
+        .expect("the token volume");
+    let source = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(source.secret_name.as_deref(), Some("trace-api-token"));
+    let items = source.items.as_ref().expect("items");
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("token", "token")
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "api-token")
+        .expect("mounted");
+    assert_eq!(mount.mount_path, "/etc/streamjob-api");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        !pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "STREAMJOB_API_TOKEN"),
+        "a file, so a rotated Secret applies without a restart"
+    );
+
+    let tm_pod = plan
+        .children
+        .taskmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    assert!(
+        !tm_pod
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "api-token"),
+        "taskmanagers do not get the token"
+    );
+}
+
+#[test]
+fn a_new_token_changes_the_secret_but_rolls_no_pod() {
+    let job = support::sample("minimal.yaml");
+    let a = plan_for(&job, &with_token("first"));
+    let b = plan_for(&job, &with_token("second"));
+    assert_ne!(a.children.api_token, b.children.api_token);
+    assert_eq!(a.children.jobmanager, b.children.jobmanager);
+    assert_eq!(a.children.taskmanager, b.children.taskmanager);
+    assert_eq!(a.children.config_map, b.children.config_map);
+}
+
+/// Every certificate and key of `spec.redis.tls` and `spec.kafka.tls` reaches the pods as a file
+/// of a read-only projected Secret volume, at the path job.yaml names; never as an environment
+/// variable or in the ConfigMap.
+#[test]
+fn tls_secrets_reach_the_pods_as_read_only_files_where_job_yaml_points() {
+    let job = support::sample("full.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("the worker accepts the rendered config");
+    let redis_tls = config.sink.redis.tls.as_ref().expect("redis tls");
+    let kafka = &config.source.kafka.properties;
+    // (volume, mount path, file, secret, key, the path job.yaml gives the worker)
+    let expected = [
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "ca.crt",
+            "redis-tls",
+            "ca.crt",
+            redis_tls.ca_file.clone(),
+        ),
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "tls.crt",
+            "redis-client-tls",
+            "tls.crt",
+            redis_tls.cert_file.clone(),
+        ),
+        (
+            "redis-tls",
+            "/etc/streamjob-redis-tls",
+            "tls.key",
+            "redis-client-tls",
+            "tls.key",
+            redis_tls.key_file.clone(),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "ca.crt",
+            "kafka-ca",
+            "ca.crt",
+            kafka.get("ssl.ca.location").map(Into::into),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "tls.crt",
+            "kafka-client-tls",
+            "tls.crt",
+            kafka.get("ssl.certificate.location").map(Into::into),
+        ),
+        (
+            "kafka-tls",
+            "/etc/streamjob-tls",
+            "tls.key",
+            "kafka-client-tls",
+            "tls.key",
+            kafka.get("ssl.key.location").map(Into::into),
+        ),
+    ];
+    for deployment in [&plan.children.jobmanager, &plan.children.taskmanager] {
+        let pod = deployment.spec.template.spec.as_ref().expect("pod spec");
+        let container = &pod.containers[0];
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        for (volume, dir, file, secret, key, configured) in &expected {
+            assert_eq!(
+                configured.as_deref(),
+                Some(std::path::Path::new(&format!("{dir}/{file}"))),
+                "job.yaml points at the mounted file {dir}/{file}"
+            );
+            let mount = mounts
+                .iter()
+                .find(|m| m.name == *volume)
+                .unwrap_or_else(|| panic!("{volume} mounted"));
+            assert_eq!(
+                (mount.mount_path.as_str(), mount.read_only),
+                (*dir, Some(true))
+            );
+            let projection = volumes
+                .iter()
+                .find(|v| v.name == *volume)
+                .and_then(|v| v.projected.as_ref())
+                .and_then(|p| p.sources.as_ref())
+                .unwrap_or_else(|| panic!("{volume} is a projected volume"))
+                .iter()
+                .filter_map(|s| s.secret.as_ref())
+                .find(|s| s.items.as_ref().is_some_and(|i| i[0].path == *file))
+                .unwrap_or_else(|| panic!("{volume} holds {file}"));
+            assert_eq!(projection.name, *secret);
+            let item = &projection.items.as_ref().expect("items")[0];
+            assert_eq!(item.key, *key);
+            assert_eq!(item.mode, Some(0o440), "not world-readable");
+        }
+        let env = container.env.as_ref().expect("env");
+        assert!(
+            env.iter()
+                .all(|e| e.value.is_none() || !e.value.as_deref().unwrap_or("").contains("BEGIN")),
+            "no certificate in the environment"
+        );
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError"),
+            "the worker's fatal error reaches the pod status"
+        );
+    }
+}
+
+#[test]
+fn without_tls_no_secret_volume_is_mounted() {
+    let job = support::sample("minimal.yaml");
+    let plan = plan_for(&job, &Observed::default());
+    let pod = plan
+        .children
+        .taskmanager
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    let volumes = pod.volumes.as_ref().expect("volumes");
+    assert!(volumes.iter().all(|v| v.projected.is_none()), "{volumes:?}");
+    let yaml = &plan.children.config_map.data.as_ref().expect("data")["job.yaml"];
+    let config = JobConfig::from_yaml(yaml).expect("valid");
+    assert!(config.sink.redis.tls.is_none() && config.sink.redis.username.is_none());
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use streamjob_operator::crd::{StreamJob, UpgradeMode};
 use streamjob_operator::jobmanager_client::{BaseUrl, JobManagerClient};
 use streamjob_operator::metrics::Metrics;
-use streamjob_operator::planner::FINALIZER;
+use streamjob_operator::planner::{self, FINALIZER};
 use streamjob_operator::rbac;
 use streamjob_operator::reconciler::{self, Context};
 use support::fake_api::{FakeApi, Recorded};
@@ -23,9 +23,14 @@ const JOB: &str = "/apis/streaming.austin.dev/v1alpha1/namespaces/default/stream
 const CONFIG_MAP: &str = "/api/v1/namespaces/default/configmaps/trace-config";
 const PVC: &str = "/api/v1/namespaces/default/persistentvolumeclaims/trace-savepoints";
 const SERVICE: &str = "/api/v1/namespaces/default/services/trace-jobmanager";
+const SECRET: &str = "/api/v1/namespaces/default/secrets/trace-api-token";
 const JOBMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-jobmanager";
 const TASKMANAGER: &str = "/apis/apps/v1/namespaces/default/deployments/trace-taskmanager";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const JM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-jobmanager";
+const TM_POLICY: &str =
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/trace-taskmanager";
 
 fn fixed_now() -> Timestamp {
     Timestamp::from_second(1_763_700_000).expect("valid time")
@@ -39,7 +44,7 @@ fn stored_job(api: &FakeApi) -> StreamJob {
     job
 }
 
-fn setup() -> (Arc<Context>, FakeApi, Arc<Metrics>) {
+async fn setup() -> (Arc<Context>, FakeApi, Arc<Metrics>) {
     let (client, api) = FakeApi::start();
     let metrics = Arc::new(Metrics::default());
     // No jobmanager answers here (a closed port): the lifecycle sees it as unreachable.
@@ -48,8 +53,10 @@ fn setup() -> (Arc<Context>, FakeApi, Arc<Metrics>) {
         Duration::from_millis(500),
     );
     let ctx = Arc::new(
-        Context::with_clock(client, metrics.clone(), fixed_now).with_jobmanager(jobmanager),
+        Context::with_clock(client.clone(), metrics.clone(), fixed_now).with_jobmanager(jobmanager),
     );
+    support::start_caches(&ctx, &client).await;
+    api.clear_requests();
     (ctx, api, metrics)
 }
 
@@ -99,14 +106,28 @@ fn job_from_store(api: &FakeApi) -> Arc<StreamJob> {
     Arc::new(serde_json::from_value(api.get(JOB).expect("job stored")).expect("job parses"))
 }
 
+/// Reconciles the stored job once the watch caches show the API server's state, as a running
+/// controller does (it reconciles on the watch event of each change).
+async fn reconcile_settled(
+    ctx: &Arc<Context>,
+    api: &FakeApi,
+) -> Result<Action, streamjob_operator::Error> {
+    support::settle(ctx, api).await;
+    reconciler::reconcile(job_from_store(api), ctx.clone()).await
+}
+
 #[tokio::test]
 async fn a_new_streamjob_gets_its_children_status_and_events() {
-    let (ctx, api, metrics) = setup();
+    let (ctx, api, metrics) = setup().await;
     let job = stored_job(&api);
-    let action = reconciler::reconcile(Arc::new(job), ctx)
+    let action = reconciler::reconcile(Arc::new(job.clone()), ctx)
         .await
         .expect("reconciles");
-    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    // Deploying with no jobmanager up: the watches bring progress; a spread resync is the net.
+    assert_eq!(
+        action,
+        Action::requeue(reconciler::resync(planner::WATCH_RESYNC, &job))
+    );
 
     let requests = api.requests();
     let reads: Vec<(&str, &str)> = requests
@@ -116,28 +137,19 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
         .collect();
     assert_eq!(
         reads,
-        [
-            ("GET", JOBMANAGER),
-            ("GET", TASKMANAGER),
-            ("GET", PVC),
-            ("GET", "/api/v1/namespaces/default/pods")
-        ]
-    );
-    let pods = requests
-        .iter()
-        .find(|r| r.path.ends_with("/pods"))
-        .expect("pods listed");
-    assert!(
-        pods.query.contains("labelSelector=app.kubernetes.io%2Finstance%3Dtrace%2Capp.kubernetes.io%2Fname%3Dstreamjob"),
-        "only this job's pods: {}",
-        pods.query
+        [("GET", SECRET)],
+        "children come from the watch caches, pods too; only the API token Secret the cache \
+         does not show yet is read, so a token is never drawn twice"
     );
     assert_eq!(
         applies(&requests),
         [
             CONFIG_MAP,
             PVC,
+            SECRET,
             SERVICE,
+            JM_POLICY,
+            TM_POLICY,
             JOBMANAGER,
             TASKMANAGER,
             &format!("{JOB}/status")[..]
@@ -215,50 +227,50 @@ async fn a_new_streamjob_gets_its_children_status_and_events() {
 
 #[tokio::test]
 async fn a_finished_rollout_becomes_running_and_a_steady_job_writes_no_status() {
-    let (ctx, api, _) = setup();
+    let (ctx, api, _) = setup().await;
     stored_job(&api);
-    reconciler::reconcile(job_from_store(&api), ctx.clone())
-        .await
-        .expect("first");
+    reconcile_settled(&ctx, &api).await.expect("first");
     finish_rollouts(&api);
     api.clear_requests();
-    let action = reconciler::reconcile(job_from_store(&api), ctx.clone())
-        .await
-        .expect("second");
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let action = reconcile_settled(&ctx, &api).await.expect("second");
+    assert_eq!(
+        action,
+        Action::requeue(reconciler::resync(
+            Duration::from_secs(300),
+            &job_from_store(&api)
+        ))
+    );
     let requests = api.requests();
     let status = &body_of(&requests, "PATCH", &format!("{JOB}/status"))["status"];
     assert_eq!(status["phase"], "Running");
     assert_eq!(status["readyReplicas"], 1);
     assert!(event_reasons(&requests).contains(&"Running".to_string()));
 
+    // The no-op reconcile: nothing changed, so no API call at all (issue #18: 0 writes, <= 1
+    // read). Counted exactly, by verb and resource.
+    support::settle(&ctx, &api).await;
     api.clear_requests();
     reconciler::reconcile(job_from_store(&api), ctx)
         .await
         .expect("third");
-    let requests = api.requests();
+    let counts = api.counts();
+    let writes: u64 = api.requests().iter().filter(|r| r.is_write()).count() as u64;
+    let reads = counts.values().sum::<u64>() - writes;
+    assert_eq!(writes, 0, "a no-op reconcile writes nothing: {counts:?}");
     assert!(
-        !requests.iter().any(|r| r.path.ends_with("/status")),
-        "unchanged status is not rewritten"
+        reads <= 1,
+        "a no-op reconcile reads at most once: {counts:?}"
     );
-    assert!(
-        !requests.iter().any(|r| r.path == EVENTS),
-        "no transition, no event"
-    );
-    assert_rbac_covers(&requests);
+    assert_eq!(counts, Default::default(), "not even a read: {counts:?}");
 }
 
 #[tokio::test]
 async fn a_spec_update_rolls_out_a_new_config() {
-    let (ctx, api, _) = setup();
+    let (ctx, api, _) = setup().await;
     stored_job(&api);
-    reconciler::reconcile(job_from_store(&api), ctx.clone())
-        .await
-        .expect("first");
+    reconcile_settled(&ctx, &api).await.expect("first");
     finish_rollouts(&api);
-    reconciler::reconcile(job_from_store(&api), ctx.clone())
-        .await
-        .expect("running");
+    reconcile_settled(&ctx, &api).await.expect("running");
     let old_hash = api.get(TASKMANAGER).expect("tm")["spec"]["template"]["metadata"]["annotations"]
         ["streaming.austin.dev/config-hash"]
         .clone();
@@ -270,11 +282,18 @@ async fn a_spec_update_rolls_out_a_new_config() {
     job.spec.redis.key_prefix = "eu:".into();
     job.spec.replicas = 3;
     job.metadata.generation = Some(2);
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    support::settle(&ctx, &api).await;
     api.clear_requests();
-    reconciler::reconcile(Arc::new(job), ctx)
+    reconciler::reconcile(job_from_store(&api), ctx)
         .await
         .expect("update");
     let requests = api.requests();
+    assert!(
+        !applies(&requests).contains(&PVC) && !applies(&requests).contains(&SERVICE),
+        "children the update does not touch are not applied: {:?}",
+        applies(&requests)
+    );
     let config = body_of(&requests, "PATCH", CONFIG_MAP)["data"]["job.yaml"]
         .as_str()
         .unwrap_or_default()
@@ -305,11 +324,9 @@ async fn a_spec_update_rolls_out_a_new_config() {
 
 #[tokio::test]
 async fn an_edited_or_deleted_child_is_repaired() {
-    let (ctx, api, _) = setup();
+    let (ctx, api, _) = setup().await;
     stored_job(&api);
-    reconciler::reconcile(job_from_store(&api), ctx.clone())
-        .await
-        .expect("first");
+    reconcile_settled(&ctx, &api).await.expect("first");
     finish_rollouts(&api);
     // Someone scales the taskmanagers by hand and deletes the ConfigMap.
     let mut taskmanager = api.get(TASKMANAGER).expect("tm");
@@ -317,9 +334,7 @@ async fn an_edited_or_deleted_child_is_repaired() {
     api.put(TASKMANAGER, taskmanager);
     api.remove(CONFIG_MAP);
     api.clear_requests();
-    reconciler::reconcile(job_from_store(&api), ctx)
-        .await
-        .expect("repair");
+    reconcile_settled(&ctx, &api).await.expect("repair");
     let requests = api.requests();
     assert_eq!(
         body_of(&requests, "PATCH", TASKMANAGER)["spec"]["replicas"],
@@ -333,7 +348,7 @@ async fn an_edited_or_deleted_child_is_repaired() {
 
 #[tokio::test]
 async fn a_failing_call_shows_as_degraded_and_backs_off() {
-    let (ctx, api, metrics) = setup();
+    let (ctx, api, metrics) = setup().await;
     let job = stored_job(&api);
     api.fail_when(|r| {
         (r.method == "PATCH" && r.path == JOBMANAGER).then(|| {
@@ -386,7 +401,7 @@ async fn a_failing_call_shows_as_degraded_and_backs_off() {
 
 #[tokio::test]
 async fn the_finalizer_is_added_first_and_cleanup_removes_it() {
-    let (ctx, api, _) = setup();
+    let (ctx, api, _) = setup().await;
     let job = support::sample("minimal.yaml");
     api.put(JOB, serde_json::to_value(&job).expect("serialises"));
     let action = reconciler::reconcile(Arc::new(job), ctx.clone())
@@ -428,6 +443,114 @@ async fn the_finalizer_is_added_first_and_cleanup_removes_it() {
             .is_some_and(|b| b.to_string().contains("remove")),
         "{removal:?}"
     );
+    assert!(
+        api.get(JOB).is_none(),
+        "released: the API server deletes it"
+    );
     assert_rbac_covers(&requests);
     let _ = NS;
+}
+
+#[test]
+fn routine_resyncs_are_spread_by_job_and_operation_polls_are_not() {
+    let period = Duration::from_secs(300);
+    let mut buckets = [0u32; 10];
+    for i in 0..1000 {
+        let mut job = support::sample("minimal.yaml");
+        job.metadata.uid = Some(format!("7c8e7f3a-0000-4000-8000-{i:012}"));
+        let delay = reconciler::resync(period, &job);
+        assert!(delay >= period && delay < period.mul_f64(1.2), "{delay:?}");
+        let bucket = ((delay - period).as_secs_f64() / (period.as_secs_f64() * 0.02)) as usize;
+        buckets[bucket.min(9)] += 1;
+    }
+    // 1,000 jobs created together come back over a minute, not in one burst.
+    assert!(
+        buckets.iter().all(|&n| (50..=150).contains(&n)),
+        "{buckets:?}"
+    );
+    let job = support::sample("minimal.yaml");
+    assert_eq!(
+        reconciler::resync(Duration::from_secs(2), &job),
+        Duration::from_secs(2)
+    );
+}
+
+/// `spec.networkPolicy.enabled: false`: no NetworkPolicy is applied (and none the cache does not
+/// show is deleted: no call for nothing).
+#[tokio::test]
+async fn an_opted_out_job_gets_no_network_policies() {
+    let (ctx, api, _metrics) = setup().await;
+    let mut job = stored_job(&api);
+    job.spec.network_policy.enabled = false;
+    api.put(JOB, serde_json::to_value(&job).expect("serialises"));
+    reconciler::reconcile(Arc::new(job), ctx)
+        .await
+        .expect("reconciles");
+    let requests = api.requests();
+    assert!(
+        !applies(&requests)
+            .iter()
+            .any(|p| p.contains("networkpolicies")),
+        "{:?}",
+        applies(&requests)
+    );
+    assert!(!requests.iter().any(|r| r.method == "DELETE"));
+    assert_rbac_covers(&requests);
+}
+
+/// The token is drawn once: the Secret is applied with it on the first reconcile and read back
+/// (from the API server until the watch shows it, then from the cache) on every later one, so
+/// its body, and hash, stay the same and it is not applied again. A deleted Secret gets a new one.
+#[tokio::test]
+async fn the_api_token_is_drawn_once_kept_across_reconciles_and_redrawn_when_deleted() {
+    let (ctx, api, _) = setup().await;
+    stored_job(&api);
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("first");
+    let secret = body_of(&api.requests(), "PATCH", SECRET).clone();
+    let first = secret["data"]["token"].clone();
+    assert!(first.as_str().is_some_and(|t| t.len() > 40), "{first}");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "StreamJob"
+    );
+
+    // At once, before the watch may have delivered the Secret: the same token (never a second).
+    api.clear_requests();
+    reconciler::reconcile(job_from_store(&api), ctx.clone())
+        .await
+        .expect("second, unsettled");
+    let requests = api.requests();
+    if let Some(again) = requests.iter().find(|r| r.is("PATCH", SECRET)) {
+        let again = again.body.as_ref().expect("apply body");
+        assert_eq!(again["data"]["token"], first);
+    }
+    assert_rbac_covers(&requests);
+    assert_eq!(
+        api.get(SECRET).expect("secret stored")["data"]["token"],
+        first
+    );
+
+    // Settled: the token comes from the cache; the Secret is as planned, so nothing is sent.
+    api.clear_requests();
+    reconcile_settled(&ctx, &api).await.expect("third");
+    let requests = api.requests();
+    assert!(
+        !requests.iter().any(|r| r.path == SECRET),
+        "no read or apply of a cached, unchanged Secret: {:?}",
+        requests
+            .iter()
+            .map(|r| (&r.method, &r.path))
+            .collect::<Vec<_>>()
+    );
+
+    api.remove(SECRET);
+    api.clear_requests();
+    reconcile_settled(&ctx, &api)
+        .await
+        .expect("after the Secret was deleted");
+    let redrawn = body_of(&api.requests(), "PATCH", SECRET)["data"]["token"].clone();
+    assert!(redrawn.is_string());
+    assert_ne!(redrawn, first, "a deleted Secret gets a new token");
 }

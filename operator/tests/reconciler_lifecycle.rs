@@ -9,8 +9,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 use streamjob_operator::crd::StreamJob;
 use streamjob_operator::jobmanager_client::{BaseUrl, JobManagerClient};
@@ -44,9 +46,10 @@ async fn setup(timeout: Duration) -> Setup {
     let jm = FakeJobManager::start("trace").await;
     let jobmanager = JobManagerClient::new(BaseUrl::Fixed(jm.url.clone()), timeout);
     let ctx = Arc::new(
-        Context::with_clock(client, Arc::new(Metrics::default()), fixed_now)
+        Context::with_clock(client.clone(), Arc::new(Metrics::default()), fixed_now)
             .with_jobmanager(jobmanager),
     );
+    support::start_caches(&ctx, &client).await;
     let mut job = support::sample("minimal.yaml");
     job.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
     api.put(JOB, serde_json::to_value(&job).expect("serialises"));
@@ -61,11 +64,16 @@ fn finish_rollouts(api: &FakeApi) {
     api.finish_rollouts(&[JOBMANAGER, TASKMANAGER]);
 }
 
-async fn reconcile(s: &Setup) -> Result<(), String> {
+/// Reconciles the stored job once the watch caches show the API server's state.
+async fn reconcile_action(s: &Setup) -> Result<Action, String> {
+    support::settle(&s.ctx, &s.api).await;
     reconciler::reconcile(stored(&s.api), s.ctx.clone())
         .await
-        .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+async fn reconcile(s: &Setup) -> Result<(), String> {
+    reconcile_action(s).await.map(|_| ())
 }
 
 /// A running job: children created and rolled out, status Running.
@@ -156,12 +164,44 @@ async fn a_savepoint_upgrade_records_each_step_before_acting() {
         ["GET /jobs/trace", "POST /jobs/trace/stop"],
         "stop-with-savepoint first"
     );
+    // Every call carries the job's API token: the one in the Secret the operator applied.
+    let secret = s
+        .api
+        .get("/api/v1/namespaces/default/secrets/trace-api-token")
+        .expect("the API token Secret");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().expect("token"))
+        .map(String::from_utf8)
+        .expect("base64")
+        .expect("utf-8");
+    assert_eq!(token.len(), 64, "32 random bytes, hex");
+    for request in s.jm.requests() {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(format!("Bearer {token}").as_str()),
+            "{} {}",
+            request.method,
+            request.path
+        );
+    }
     let at_stop = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(at_stop.len(), 1);
     assert_eq!(at_stop[0]["kind"], "upgrade", "{at_stop:?}");
     assert_eq!(
         at_stop[0]["step"], "TriggerSavepoint",
         "recorded before the call"
+    );
+    // The stop carries a trigger id derived from the operation recorded before it, so the same
+    // call after an operator restart is answered with the same stop.
+    let recorded: streamjob_operator::crd::Operation =
+        serde_json::from_value(at_stop[0].clone()).expect("operation");
+    let bodies = s.jm.with(|state| state.post_bodies.clone());
+    let body: Value = serde_json::from_str(&bodies[0]).expect("JSON body");
+    assert_eq!(
+        body["triggerId"],
+        json!(streamjob_operator::planner::lifecycle::trigger_id(
+            &recorded
+        ))
     );
     let op = operation(&s.api);
     assert_eq!(op["step"], "AwaitSavepoint");
@@ -358,10 +398,14 @@ async fn deletion_takes_a_final_savepoint_annotates_the_kept_pvc_then_releases()
     s.api.put(JOB, deleting);
     s.api.clear_requests();
     s.jm.clear_requests();
-    let error = reconcile(&s)
+    // Waiting for the savepoint is a plain requeue, not a failure (no WARN, no backoff).
+    let action = reconcile_action(&s)
         .await
-        .expect_err("the finalizer stays while the savepoint runs");
-    assert!(error.contains("final savepoint in progress"), "{error}");
+        .expect("the finalizer stays while the savepoint runs");
+    assert_eq!(
+        action,
+        Action::requeue(streamjob_operator::planner::lifecycle::POLL_INTERVAL)
+    );
     assert_eq!(
         jm_calls(&s.jm.requests()),
         ["GET /jobs/trace", "POST /jobs/trace/stop"]
@@ -394,4 +438,38 @@ async fn deletion_takes_a_final_savepoint_annotates_the_kept_pvc_then_releases()
         .is_some_and(|b| b.to_string().contains("remove")));
     assert!(event_reasons(&requests).contains(&"Deleting".to_string()));
     assert_rbac_covers(&requests);
+}
+
+#[tokio::test]
+async fn deleting_a_job_that_never_ran_releases_at_once() {
+    let s = setup(Duration::from_secs(2)).await;
+    // Children created, but the jobmanager never becomes ready.
+    reconcile(&s).await.expect("creates");
+    let job = stored(&s.api);
+    assert!(
+        job.spec.savepoint.on_delete.final_savepoint,
+        "the sample asks for a final savepoint"
+    );
+    let mut deleting = s.api.get(JOB).expect("job");
+    deleting["metadata"]["deletionTimestamp"] =
+        serde_json::to_value(Time(fixed_now())).expect("time");
+    s.api.put(JOB, deleting);
+    s.api.clear_requests();
+    s.jm.clear_requests();
+    let action = reconcile_action(&s).await.expect("releases");
+    assert_eq!(action, Action::await_change());
+    assert!(
+        !jm_calls(&s.jm.requests())
+            .iter()
+            .any(|c| c.starts_with("POST")),
+        "no savepoint is asked of a jobmanager that never ran: {:?}",
+        jm_calls(&s.jm.requests())
+    );
+    assert!(s.api.get(JOB).is_none(), "finalizer removed, object gone");
+    let reasons = event_reasons(&s.api.requests());
+    assert!(
+        reasons.contains(&"FinalSavepointSkipped".to_string()),
+        "{reasons:?}"
+    );
+    assert_rbac_covers(&s.api.requests());
 }

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use k8s_openapi::jiff::Timestamp;
 use streamjob_operator::crd::{JobState, Phase, SavepointTrigger, StreamJob, StreamJobStatus};
 use streamjob_operator::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
 use streamjob_operator::planner::config::{CONFIG_DIR, CONFIG_KEY, STATE_DIR};
 use streamjob_operator::planner::lifecycle::{self, LATEST_SAVEPOINT_ANNOTATION};
-use streamjob_operator::planner::{self, Action, Observed, PlanInput};
+use streamjob_operator::planner::{self, children, Action, Observed, PlanInput};
 use streamjob_tests::{free_port, http_get, Worker};
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
@@ -62,6 +62,8 @@ struct Kubelet {
     taskmanagers: Vec<Pod>,
     pods: usize,
     jobmanager_starts: usize,
+    /// What the job's API token Secret holds (mounted into the jobmanager as a file).
+    api_token: Option<String>,
 }
 
 fn template_key(d: &Deployment) -> String {
@@ -80,6 +82,7 @@ impl Kubelet {
             taskmanagers: Vec::new(),
             pods: 0,
             jobmanager_starts: 0,
+            api_token: None,
         }
     }
 
@@ -123,6 +126,19 @@ impl Kubelet {
             if mounts_pvc {
                 config.checkpoint.dir = self.volume.clone();
             }
+        }
+        // The API token Secret volume: a file with what the Secret holds.
+        let mounts_token = pod.volumes.iter().flatten().any(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("trace-api-token")
+        });
+        if config.jobmanager.api_token_file.is_some() && mounts_token {
+            let file = self.dir.join(format!("{name}-api-token"));
+            let token = self
+                .api_token
+                .clone()
+                .expect("the API token Secret exists before its pod");
+            std::fs::write(&file, token).expect("token file written");
+            config.jobmanager.api_token_file = Some(file);
         }
         // Cluster DNS and pod IPs: the Service name becomes the jobmanager's local port.
         config.jobmanager.bind = format!("127.0.0.1:{}", self.jm_port);
@@ -282,6 +298,7 @@ struct Store {
     jobmanager: Option<Deployment>,
     taskmanager: Option<Deployment>,
     pvc: Option<PersistentVolumeClaim>,
+    api_token: Option<Secret>,
     events: Vec<String>,
 }
 
@@ -327,6 +344,14 @@ impl Harness {
             taskmanager: tm,
             savepoint_pvc: self.store.pvc.clone(),
             pods: Vec::new(),
+            // As the reconciler does: the Secret's token, else a fresh one.
+            api_token: Some(
+                self.store
+                    .api_token
+                    .as_ref()
+                    .and_then(children::api_token_of)
+                    .unwrap_or_else(jm::generate_api_token),
+            ),
         }
     }
 
@@ -334,6 +359,7 @@ impl Harness {
     async fn reconcile(&mut self) {
         let observed = self.observed();
         let now = Timestamp::now();
+        self.client.set_token(NS, NAME, observed.api_token.clone());
         let queries = lifecycle::queries(&self.store.job, &observed);
         let report = jm::observe(&self.client, NS, NAME, &queries, now).await;
         let plan = planner::plan(PlanInput {
@@ -353,6 +379,10 @@ impl Harness {
             self.store.config_map = Some(plan.children.config_map.clone());
         }
         self.store.pvc = Some(plan.children.savepoint_pvc.clone());
+        if let Some(secret) = &plan.children.api_token {
+            self.store.api_token = Some(secret.clone());
+            self.kubelet.api_token = children::api_token_of(secret);
+        }
         if plan.apply_workloads {
             self.store.jobmanager = Some(apply_deployment(
                 self.store.jobmanager.take(),
@@ -365,7 +395,7 @@ impl Harness {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = jm::execute(&self.client, NS, NAME, *action).await;
+            let outcome = jm::execute(&self.client, NS, NAME, action).await;
             let (next, events) =
                 lifecycle::after_action(&self.store.job, &status, &outcome, Timestamp::now());
             self.store
@@ -511,6 +541,7 @@ async fn heavy_upgrade_rescale_suspend_resume_and_delete_with_real_processes() {
             jobmanager: None,
             taskmanager: None,
             pvc: None,
+            api_token: None,
             events: Vec::new(),
         },
         kubelet,
@@ -650,7 +681,7 @@ async fn heavy_upgrade_rescale_suspend_resume_and_delete_with_real_processes() {
         }
         let mut status = plan.status.clone();
         for action in &plan.jobmanager_actions {
-            let outcome = jm::execute(&h.client, NS, NAME, *action).await;
+            let outcome = jm::execute(&h.client, NS, NAME, action).await;
             status = lifecycle::after_action(&h.store.job, &status, &outcome, Timestamp::now()).0;
         }
         h.store.job.status = Some(status);

@@ -3,14 +3,15 @@
 //! `cargo run --release -p streamjob-worker --features testkit --example bench_sink [-- --events N --runs R]`
 //!
 //! Starts a fresh `redis-server` (no persistence), generates a synthetic 4-partition AnchorInfo
-//! data set (messages with realistic state lifecycles, 1–3 receivers from 100k users, 50
-//! businessIds, keyless records spread by a sticky partitioner) and measures, in the same run:
+//! data set (`testkit::lifecycle`: messages with realistic state lifecycles, 1–3 receivers from
+//! 100k users, 50 businessIds, keyless records spread by a sticky partitioner) and measures, in
+//! the same run:
 //! - `redis-benchmark -P 64` LPUSH and HINCRBY rates (what this Redis does with raw commands);
 //! - upstream's per-event command stream (LPUSH+EXPIRE per messageId and per id, HINCRBY+EXPIRE per
 //!   template) replayed fully pipelined by 4 concurrent partition tasks: the ceiling of any
 //!   implementation that writes the way upstream does;
 //! - streamjob's path: decode + BatchBuilder (1000 events) + RedisSink::apply, 4 partitions
-//!   concurrently over one connection.
+//!   concurrently.
 //!
 //! Each measurement runs `--runs` times on a flushed Redis; medians are printed as Markdown.
 
@@ -21,13 +22,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use streamjob_worker::config::RedisSinkConfig;
 use streamjob_worker::sink::redis::{ApplyOutcome, Layout, RedisSink, SinkOptions};
+use streamjob_worker::testkit::lifecycle;
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::upstream::upstream_pipeline;
 use streamjob_worker::transform::{decode, AnchorInfo};
 
 const PARTITIONS: usize = 4;
-const USERS: u32 = 100_000;
-const BUSINESS_IDS: i64 = 50;
 const BATCH_EVENTS: usize = 1000;
 const UPSTREAM_EVENTS_PER_PIPELINE: usize = 1000;
 
@@ -63,86 +63,18 @@ fn parse_args() -> Args {
     args
 }
 
-/// A message's states, as austin's handlers emit them.
-fn lifecycle(rng: &mut StdRng) -> Vec<i64> {
-    let roll = rng.random_range(0..100);
-    match roll {
-        0..=69 => {
-            if rng.random_range(0..5) == 0 {
-                vec![10, 60, 64]
-            } else {
-                vec![10, 60]
-            }
-        }
-        70..=79 => vec![10, 70],
-        80..=84 => vec![10, 20],
-        85..=87 => vec![10, 22],
-        88..=89 => vec![10, 24, 60],
-        90..=93 => vec![10, 30],
-        94..=96 => vec![10, 40],
-        97..=98 => vec![10, 50],
-        _ => vec![10, 40001],
-    }
-}
-
-/// Per partition, the record payloads in offset order.
+/// Per partition, the record payloads in offset order: the lifecycle data set
+/// (`testkit::lifecycle`), keyless records spread the way Java's sticky partitioner does (about
+/// 100 consecutive records per partition).
 fn generate(events: usize) -> Vec<Vec<Vec<u8>>> {
     let mut rng = StdRng::seed_from_u64(42);
     let mut partitions: Vec<Vec<Vec<u8>>> = vec![Vec::new(); PARTITIONS];
     let mut sticky = 0usize;
-    let mut in_sticky = 0usize;
-    let mut produced = 0usize;
-    let mut message = 0u64;
-    let mut ts = 1_700_000_000_000i64;
-    // Messages in flight: their remaining states come a little later, interleaved with others.
-    let mut pending: Vec<(u64, i64, Vec<String>, Vec<i64>)> = Vec::new();
-    while produced < events {
-        let start_new = pending.len() < 50 || rng.random_range(0..3) == 0;
-        let (mid, business_id, ids, state) = if start_new {
-            message += 1;
-            let business_id = 1_000_000_000_000_000
-                + 100_000_000 * rng.random_range(0..BUSINESS_IDS)
-                + 20_240_101;
-            let ids: Vec<String> = (0..rng.random_range(1..=3))
-                .map(|_| format!("1{:010}", rng.random_range(0..USERS)))
-                .collect();
-            let mut states = lifecycle(&mut rng);
-            let first = states.remove(0);
-            if !states.is_empty() {
-                pending.push((message, business_id, ids.clone(), states));
-            }
-            (message, business_id, ids, first)
-        } else {
-            let i = rng.random_range(0..pending.len());
-            let state = pending[i].3.remove(0);
-            let entry = if pending[i].3.is_empty() {
-                pending.swap_remove(i)
-            } else {
-                pending[i].clone()
-            };
-            (entry.0, entry.1, entry.2, state)
-        };
-        ts += rng.random_range(0..3);
-        let payload = format!(
-            r#"{{"bizId":"biz{}","businessId":{},"ids":[{}],"logTimestamp":{},"messageId":"msg{:015}","state":{}}}"#,
-            mid % 1000,
-            business_id,
-            ids.iter()
-                .map(|i| format!("\"{i}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-            ts,
-            mid,
-            state
-        );
-        // Java's sticky partitioner for keyless records: fill a batch (~100 records), move on.
-        if in_sticky == 100 {
+    for (i, payload) in lifecycle::payloads(events, 42).into_iter().enumerate() {
+        if i % 100 == 0 && i > 0 {
             sticky = rng.random_range(0..PARTITIONS);
-            in_sticky = 0;
         }
-        in_sticky += 1;
-        partitions[sticky].push(payload.into_bytes());
-        produced += 1;
+        partitions[sticky].push(payload);
     }
     partitions
 }
@@ -271,7 +203,6 @@ async fn run_sink(
     server: &RedisServer,
     payloads: &'static [Vec<Vec<u8>>],
     conn: &mut redis::aio::MultiplexedConnection,
-    verify_existing_user_expiry: bool,
 ) -> Measure {
     flush(conn).await;
     let cfg = RedisSinkConfig {
@@ -280,7 +211,7 @@ async fn run_sink(
     };
     let options = SinkOptions {
         call_timeout: Duration::from_secs(60),
-        verify_existing_user_expiry,
+        ..SinkOptions::default()
     };
     let sink = RedisSink::connect_with(&cfg, "bench", "austinTraceLog", options)
         .await
@@ -390,7 +321,6 @@ async fn main() {
     let mut hincrby = Vec::new();
     let mut upstream = Vec::new();
     let mut ours = Vec::new();
-    let mut trusting = Vec::new();
     for run in 0..args.runs {
         flush(&mut conn).await;
         lpush.push(redis_benchmark(server.port(), &["-t", "lpush"]));
@@ -403,20 +333,15 @@ async fn main() {
         if args.stats {
             print_command_stats("upstream replay", &mut conn).await;
         }
-        ours.push(run_sink(&server, payloads, &mut conn, true).await);
+        ours.push(run_sink(&server, payloads, &mut conn).await);
         if args.stats {
             print_command_stats("streamjob sink", &mut conn).await;
         }
-        trusting.push(run_sink(&server, payloads, &mut conn, false).await);
-        if args.stats {
-            print_command_stats("streamjob sink, existing user expiry trusted", &mut conn).await;
-        }
         eprintln!(
-            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s ({:.0} ev/s trusting existing user expiry)",
+            "run {}: upstream replay {:.0} ev/s, streamjob sink {:.0} ev/s",
             run + 1,
             upstream[run].events_per_sec,
             ours[run].events_per_sec,
-            trusting[run].events_per_sec,
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -450,24 +375,31 @@ async fn main() {
         pick(&upstream, |m| m.commands_per_event),
         pick(&upstream, |m| m.redis_cpu_us_per_event),
     );
-    for (label, runs) in [
-        ("streamjob RedisSink::apply", &ours),
-        ("streamjob, verify_existing_user_expiry off", &trusting),
-    ] {
-        println!(
-            "| {label} | {:.0} | {:.2} | {:.2} | {:.2} |",
-            pick(runs, |m| m.events_per_sec),
-            pick(runs, |m| m.commands_per_event),
-            pick(runs, |m| m.redis_cpu_us_per_event),
-            pick(runs, |m| m.client_cpu_us_per_event),
-        );
-    }
+    let cpu_ratios = |runs: &[Measure]| -> Vec<f64> {
+        runs.iter()
+            .zip(&upstream)
+            .map(|(o, u)| o.redis_cpu_us_per_event / u.redis_cpu_us_per_event)
+            .collect()
+    };
+    println!(
+        "| streamjob RedisSink::apply | {:.0} | {:.2} | {:.2} | {:.2} |",
+        pick(&ours, |m| m.events_per_sec),
+        pick(&ours, |m| m.commands_per_event),
+        pick(&ours, |m| m.redis_cpu_us_per_event),
+        pick(&ours, |m| m.client_cpu_us_per_event),
+    );
     println!();
     println!(
-        "speed-up (median of per-run ratios): {:.2}x, {:.2}x with verify_existing_user_expiry off; per-run: {:?}; decode alone: {:.0} ns/event",
+        "speed-up (median of per-run ratios): {:.2}x; per-run: {:?}; decode alone: {:.0} ns/event",
         median(ratios(&ours)),
-        median(ratios(&trusting)),
-        ratios(&ours).iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        ratios(&ours)
+            .iter()
+            .map(|r| (r * 100.0).round() / 100.0)
+            .collect::<Vec<_>>(),
         median(decode_ns)
+    );
+    println!(
+        "Redis CPU per event relative to the replay's (median of per-run ratios): {:.2}",
+        median(cpu_ratios(&ours)),
     );
 }

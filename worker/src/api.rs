@@ -3,6 +3,8 @@
 //!
 //! JSON field names are camelCase, like Flink's REST API and the Kubernetes objects that show them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One partition handed to one taskmanager. The Redis fence epoch is what actually guards
@@ -12,10 +14,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub partition: i32,
-    /// Assignment generation chosen by the jobmanager (monotonic per job).
+    /// Assignment generation chosen by the jobmanager (monotonic per job). The claim's epoch is at
+    /// least `generation << 20`, which keeps it above every earlier owner's even after Redis
+    /// rolled the fence back.
     pub generation: u64,
-    /// Offset to start from when the Redis fence has none (from a savepoint/checkpoint).
-    /// The fence wins when it is ahead.
+    /// The job's committed offset for the partition (from a savepoint, a checkpoint or reports),
+    /// if any. The Redis fence always wins: a fence behind it means Redis lost writes (the
+    /// partition rewinds to the fence); no fence at all means Redis lost the fence (the partition
+    /// re-applies from the earliest retained offset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_offset: Option<i64>,
 }
@@ -42,6 +48,57 @@ pub struct PartitionProgress {
     /// No records for `window.idleTimeout`: the partition does not hold the job's watermark.
     #[serde(default)]
     pub idle: bool,
+    /// The partition is paused, retrying a batch or a dead-letter delivery (Redis or broker
+    /// unavailable).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// Records dead-lettered since this owner took the partition, by reason kind
+    /// (`invalid_json`, `missing_ids`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// The newest failure this owner met on the partition (retried or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<PartitionError>,
+    /// Rewinds since this owner took the partition: Redis lost writes it had acknowledged and
+    /// the partition re-read from the fence.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rewinds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<Rewind>,
+}
+
+/// One failure a partition met, as its owner reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionError {
+    /// Wall-clock time, epoch milliseconds.
+    pub at_ms: u64,
+    /// `redis` or `kafka`.
+    pub source: String,
+    /// Machine-readable kind (`unavailable`, `dlq_delivery`, …).
+    pub kind: String,
+    pub message: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One rewind of a partition: Redis lost acknowledged writes (its fence fell back, or vanished)
+/// and the partition re-reads `[to_offset, from_offset)` and applies it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewind {
+    /// Where the partition was: every offset below it had been applied (as far as it knew).
+    pub from_offset: i64,
+    /// Where Redis's fence stood (or the earliest retained offset when the fence vanished).
+    pub to_offset: i64,
+    /// Wall-clock time of the rewind (ms since the epoch).
+    pub at_ms: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,9 +231,10 @@ pub struct TaskManagerInfo {
 }
 
 /// Where one partition stands in the assignment protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PartitionState {
+    #[default]
     Unassigned,
     /// Handed to an owner that has not yet confirmed it.
     Assigning,
@@ -185,7 +243,7 @@ pub enum PartitionState {
     Revoking,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionStatus {
     pub partition: i32,
@@ -203,6 +261,20 @@ pub struct PartitionStatus {
     pub watermark_ms: Option<i64>,
     #[serde(default)]
     pub idle: bool,
+    /// The owner is retrying (see [`PartitionProgress::retrying`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrying: bool,
+    /// Dead-lettered by the current owner, by reason kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_lettered: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<PartitionError>,
+    /// Rewinds of this partition seen by this jobmanager (Redis lost acknowledged writes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rewinds: u64,
+    /// The latest of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rewind: Option<Rewind>,
 }
 
 /// Where the jobmanager took its starting offsets from.
@@ -252,6 +324,10 @@ pub struct TriggerSavepointRequest {
     /// Directory to write into instead of the configured savepoint directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id (`[A-Za-z0-9._-]`, at most 128): a trigger repeated with an id
+    /// the jobmanager knows answers that request again instead of taking a second savepoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// Body of `POST /jobs/{jobId}/stop` (may be empty).
@@ -260,6 +336,10 @@ pub struct TriggerSavepointRequest {
 pub struct StopWithSavepointRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_directory: Option<String>,
+    /// Client-chosen request id, as for [`TriggerSavepointRequest::trigger_id`]: a repeated stop
+    /// answers the stop already under way (or done) instead of `409`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_id: Option<String>,
 }
 
 /// `202 Accepted` answer to a trigger: poll `GET /jobs/{jobId}/savepoints/{requestId}`

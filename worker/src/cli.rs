@@ -77,6 +77,9 @@ pub struct StandaloneArgs {
     /// Produce realistic demo AnchorInfo traffic at RATE events per second.
     #[arg(long, value_name = "RATE")]
     pub demo: Option<u64>,
+    /// Stop the demo traffic after N events (the job keeps running).
+    #[arg(long, value_name = "N", requires = "demo")]
+    pub demo_events: Option<u64>,
     /// Stop after this long (e.g. `20s`, `5m`); otherwise run until SIGTERM/SIGINT.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,

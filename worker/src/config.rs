@@ -17,10 +17,15 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variable that overrides `sink.redis.password`.
 pub const ENV_REDIS_PASSWORD: &str = "STREAMJOB_REDIS_PASSWORD";
+/// Environment variable that sets `sink.redis.sentinel.password` (the sentinels' own password).
+pub const ENV_REDIS_SENTINEL_PASSWORD: &str = "STREAMJOB_REDIS_SENTINEL_PASSWORD";
 /// Environment variable that overrides `source.kafka.sasl.username`.
 pub const ENV_KAFKA_SASL_USERNAME: &str = "STREAMJOB_KAFKA_SASL_USERNAME";
 /// Environment variable that overrides `source.kafka.sasl.password`.
 pub const ENV_KAFKA_SASL_PASSWORD: &str = "STREAMJOB_KAFKA_SASL_PASSWORD";
+/// Environment variable with the bearer token the jobmanager's mutating REST endpoints require
+/// (`jobmanager.apiToken`).
+pub const ENV_API_TOKEN: &str = "STREAMJOB_API_TOKEN";
 
 /// A configuration that cannot run, with the dotted path of the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -160,26 +165,72 @@ pub struct SinkSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RedisSinkConfig {
-    /// `redis://host:port/db` or `unix:///path/to/socket`. No password in it: use the environment.
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `unix:///path/to/socket`. No
+    /// password in it: use the environment. A Redis 6+ ACL user may be given here
+    /// (`rediss://user@host:6380/0`) or in `username`.
     pub url: String,
+    /// Redis 6+ ACL user (`AUTH username password`); `None` is the `default` user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// Never rendered by the operator; set from `STREAMJOB_REDIS_PASSWORD`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Certificates for `rediss://` (PEM files, mounted from Secrets by the operator). Without it
+    /// a `rediss://` URL trusts the system's CA roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsConfig>,
     /// IANA time zone whose midnight ends user-trace keys.
     pub time_zone: String,
     /// Prefix for every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
     pub key_prefix: String,
+    /// A Sentinel-managed primary: the sink asks these sentinels for the primary's address and
+    /// asks again after connection errors and `READONLY` replies (a failover). `url` then only
+    /// selects the database (`redis://sentinel/2`); its host and port are not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinelConfig>,
+}
+
+/// TLS files for the Redis connection: a CA to verify the server with, and an optional client
+/// certificate and key for mutual TLS (`tls-auth-clients yes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// PEM CA certificate(s) that sign the server's certificate; `None` = the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `keyFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `certFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for RedisSinkConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            username: None,
             password: None,
+            tls: None,
             time_zone: "Asia/Shanghai".into(),
             key_prefix: String::new(),
+            sentinel: None,
         }
     }
+}
+
+/// `sink.redis.sentinel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisSentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`.
+    pub nodes: Vec<String>,
+    /// Never rendered by the operator; set from `STREAMJOB_REDIS_SENTINEL_PASSWORD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// How events of one partition are grouped into one atomic Redis script call.
@@ -314,6 +365,16 @@ pub struct JobManagerConfig {
     /// A taskmanager silent for this long is considered dead and its partitions are reassigned.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// A file holding the bearer token the mutating REST endpoints require (savepoint and
+    /// checkpoint triggers, stop-with-savepoint). Read at every such request, so a rotated
+    /// Secret volume takes effect without a restart. The operator mounts the job's
+    /// `<job>-api-token` Secret here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
+    /// The token itself; never written out, set from `STREAMJOB_API_TOKEN`. Wins over
+    /// `apiTokenFile`.
+    #[serde(skip_serializing)]
+    pub api_token: Option<String>,
 }
 
 impl Default for JobManagerConfig {
@@ -323,6 +384,8 @@ impl Default for JobManagerConfig {
             url: "http://127.0.0.1:8081".into(),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
+            api_token_file: None,
+            api_token: None,
         }
     }
 }
@@ -396,8 +459,17 @@ impl JobConfig {
 
     /// Fills secrets from the environment (`lookup` is `std::env::var` outside tests).
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(token) = lookup(ENV_API_TOKEN).filter(|t| !t.trim().is_empty()) {
+            self.jobmanager.api_token = Some(token.trim().to_string());
+        }
         if let Some(password) = lookup(ENV_REDIS_PASSWORD) {
             self.sink.redis.password = Some(password);
+        }
+        if let (Some(sentinel), Some(password)) = (
+            self.sink.redis.sentinel.as_mut(),
+            lookup(ENV_REDIS_SENTINEL_PASSWORD),
+        ) {
+            sentinel.password = Some(password);
         }
         let username = lookup(ENV_KAFKA_SASL_USERNAME);
         let password = lookup(ENV_KAFKA_SASL_PASSWORD);
@@ -456,6 +528,10 @@ impl JobConfig {
                     redis.url
                 ),
             ));
+        }
+        validate_redis_security(redis)?;
+        if let Some(sentinel) = &redis.sentinel {
+            validate_sentinel(sentinel, &redis.url)?;
         }
         if redis.time_zone.is_empty() {
             return Err(invalid(
@@ -521,6 +597,45 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
+/// `sink.redis.tls` and `sink.redis.username`: TLS files only with `rediss://`, a client
+/// certificate only with its key, no password in the URL.
+fn validate_redis_security(redis: &RedisSinkConfig) -> Result<(), ConfigError> {
+    if let Some(tls) = &redis.tls {
+        if !redis.url.starts_with("rediss://") {
+            return Err(invalid(
+                "sink.redis.tls",
+                format!("needs a rediss:// URL (got {:?})", redis.url),
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid(
+                "sink.redis.tls.certFile",
+                "and sink.redis.tls.keyFile must be set together (mutual TLS)",
+            ));
+        }
+    }
+    if redis.username.as_deref() == Some("") {
+        return Err(invalid(
+            "sink.redis.username",
+            "must not be empty (leave it out for the default user)",
+        ));
+    }
+    let authority = redis
+        .url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if userinfo.contains(':') {
+            return Err(invalid(
+                "sink.redis.url",
+                "must not carry a password: set it in STREAMJOB_REDIS_PASSWORD (a Secret)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Kafka's own topic rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigError> {
     if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." {
@@ -534,6 +649,39 @@ pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigErro
             field,
             format!("{topic:?} may only contain [a-zA-Z0-9._-]"),
         ));
+    }
+    Ok(())
+}
+
+fn validate_sentinel(sentinel: &RedisSentinelConfig, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("unix://") {
+        return Err(invalid(
+            "sink.redis.url",
+            "must be redis:// or rediss:// with sink.redis.sentinel (it selects the database)",
+        ));
+    }
+    if sentinel.master_name.trim().is_empty() {
+        return Err(invalid(
+            "sink.redis.sentinel.masterName",
+            "must not be empty",
+        ));
+    }
+    if sentinel.nodes.is_empty() {
+        return Err(invalid(
+            "sink.redis.sentinel.nodes",
+            "must list at least one sentinel as host:port",
+        ));
+    }
+    for node in &sentinel.nodes {
+        let port = node
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            return Err(invalid(
+                "sink.redis.sentinel.nodes",
+                format!("{node:?} is not host:port"),
+            ));
+        }
     }
     Ok(())
 }
@@ -560,6 +708,36 @@ mod tests {
         let yaml = config.to_yaml().expect("serialises");
         assert!(yaml.contains("linger: 50ms"), "{yaml}");
         assert_eq!(JobConfig::from_yaml(&yaml).expect("parses"), config);
+    }
+
+    #[test]
+    fn redis_tls_and_acl_settings_are_checked_naming_the_field() {
+        let ok = "sink:\n  redis:\n    url: rediss://redis.example:6380/0\n    username: app\n    tls:\n      caFile: /etc/ca.crt\n      certFile: /etc/tls.crt\n      keyFile: /etc/tls.key\n";
+        let config = JobConfig::from_yaml(ok).expect("valid TLS settings");
+        let tls = config.sink.redis.tls.as_ref().expect("tls");
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/ca.crt")));
+        assert_eq!(config.sink.redis.username.as_deref(), Some("app"));
+        for (yaml, field) in [
+            (
+                "sink:\n  redis:\n    url: redis://h:6379/0\n    tls:\n      caFile: /ca\n",
+                "sink.redis.tls",
+            ),
+            (
+                "sink:\n  redis:\n    url: rediss://h:6379/0\n    tls:\n      certFile: /c\n",
+                "sink.redis.tls.certFile",
+            ),
+            (
+                "sink:\n  redis:\n    url: rediss://app:pw@h:6379/0\n",
+                "sink.redis.url",
+            ),
+            ("sink:\n  redis:\n    username: ''\n", "sink.redis.username"),
+        ] {
+            let err = JobConfig::from_yaml(yaml).expect_err(yaml);
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
+        }
+        // A user without a password in the URL is fine (the password comes from the env).
+        JobConfig::from_yaml("sink:\n  redis:\n    url: rediss://app@h:6380/0\n")
+            .expect("user in the URL");
     }
 
     #[test]
@@ -598,5 +776,39 @@ mod tests {
         assert!(sasl.username.is_none());
         let rendered = JobConfig::default().to_yaml().expect("serialises");
         assert!(!rendered.contains("password"), "{rendered}");
+    }
+
+    #[test]
+    fn a_sentinel_primary_is_named_in_yaml_and_its_password_comes_from_the_environment() {
+        let yaml = "sink:\n  redis:\n    url: redis://sentinel/2\n    sentinel:\n      masterName: trace\n      nodes: [\"s1:26379\", \"s2:26379\"]\n";
+        let mut config = JobConfig::from_yaml(yaml).expect("valid");
+        let sentinel = config.sink.redis.sentinel.clone().expect("sentinel");
+        assert_eq!(sentinel.master_name, "trace");
+        assert_eq!(sentinel.nodes, ["s1:26379", "s2:26379"]);
+        assert_eq!(sentinel.password, None);
+        config.apply_env(|name| (name == ENV_REDIS_SENTINEL_PASSWORD).then(|| "s3cret".into()));
+        let sentinel = config.sink.redis.sentinel.clone().expect("sentinel");
+        assert_eq!(sentinel.password.as_deref(), Some("s3cret"));
+        let rendered = JobConfig::default().to_yaml().expect("yaml");
+        assert!(!rendered.contains("sentinel"), "{rendered}");
+
+        for (bad, field) in [
+            (
+                "masterName: ''\n      nodes: [\"s1:26379\"]",
+                "sink.redis.sentinel.masterName",
+            ),
+            (
+                "masterName: m\n      nodes: []",
+                "sink.redis.sentinel.nodes",
+            ),
+            (
+                "masterName: m\n      nodes: [\"s1\"]",
+                "sink.redis.sentinel.nodes",
+            ),
+        ] {
+            let yaml = format!("sink:\n  redis:\n    sentinel:\n      {bad}\n");
+            let err = JobConfig::from_yaml(&yaml).expect_err(bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 }

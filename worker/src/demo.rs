@@ -206,12 +206,14 @@ impl EventGenerator {
 }
 
 /// Produces demo traffic at `rate` events/s into `topic` (round-robin over `partitions`) until
-/// `stop` resolves. Returns how many records were handed to the producer.
+/// `stop` resolves, at most `limit` records when given. Returns how many records were handed to
+/// the producer.
 pub async fn run_demo_producer(
     producer: FutureProducer,
     topic: String,
     partitions: Vec<i32>,
     rate: u64,
+    limit: Option<u64>,
     stop: impl std::future::Future<Output = ()>,
 ) -> u64 {
     const TICK: Duration = Duration::from_millis(10);
@@ -240,6 +242,7 @@ pub async fn run_demo_producer(
             _ = ticker.tick() => {}
         }
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = limit.map_or(due, |limit| due.min(limit));
         while sent < due {
             let now_ms = crate::sink::redis::system_time_ms(std::time::SystemTime::now());
             let payload = generator.next_payload_at(Some(now_ms));

@@ -4,6 +4,10 @@
 //! a second SIGTERM/SIGINT (exit at once), 2 on an invalid command line or configuration (one
 //! message naming the field).
 
+// The whole process is one future (standalone runs a jobmanager and taskmanagers in it); its
+// nesting is deeper than the compiler's default layout depth.
+#![recursion_limit = "256"]
+
 mod cli;
 
 use std::path::Path;
@@ -79,8 +83,29 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("error: {err:#}");
+            write_termination_message(&format!("{err:#}"));
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+/// Kubernetes shows a container's termination message (`/dev/termination-log`, which the kubelet
+/// creates) in the pod's status; the operator puts it into the StreamJob's `Degraded` condition,
+/// so "wrong CA" or "wrong password" reaches `kubectl describe sj` without reading logs.
+fn write_termination_message(message: &str) {
+    const LIMIT: usize = 4096; // the kubelet's own cap
+    let path = std::env::var_os("STREAMJOB_TERMINATION_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    if !path.exists() {
+        return;
+    }
+    let mut end = message.len().min(LIMIT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(err) = std::fs::write(&path, &message[..end]) {
+        tracing::debug!(%err, path = %path.display(), "cannot write the termination message");
     }
 }
 
@@ -91,6 +116,7 @@ async fn run(command: Command, config: JobConfig) -> anyhow::Result<()> {
                 taskmanagers: usize::from(args.taskmanagers),
                 embedded_kafka: args.embedded_kafka.then_some(args.partitions),
                 demo_rate: args.demo,
+                demo_events: args.demo_events,
                 duration: args.duration,
                 ..StandaloneOptions::default()
             };

@@ -49,6 +49,13 @@ pub struct PipelineMetrics {
     /// Offsets between a partition's fence and the first record the broker returned after a
     /// (re)start: records deleted by retention or compaction before they were processed.
     pub resume_gap_offsets: Counter,
+    /// Rewinds per partition: Redis lost acknowledged writes (its fence fell behind what this
+    /// process applied, or vanished) and the partition re-read from the fence.
+    pub partition_rewinds: Family<PartitionLabel, Counter>,
+    /// Offsets re-read and re-applied per partition because of rewinds (the distance rewound).
+    pub partition_rewound_offsets: Family<PartitionLabel, Counter>,
+    /// Records of a rewound range that were dead-lettered before and not sent to the DLQ again.
+    pub dead_letters_not_repeated: Counter,
     /// Failed Redis calls by error kind (`unavailable`, `fenced`, …).
     pub redis_errors: Family<KindLabel, Counter>,
     /// Kafka client errors (consumer, producer, DLQ deliveries) by kind.
@@ -89,6 +96,9 @@ impl PipelineMetrics {
             redis_commands: Counter::default(),
             redis_write_errors: Counter::default(),
             resume_gap_offsets: Counter::default(),
+            partition_rewinds: Family::default(),
+            partition_rewound_offsets: Family::default(),
+            dead_letters_not_repeated: Counter::default(),
             redis_errors: Family::default(),
             kafka_errors: Family::default(),
             retries: Counter::default(),
@@ -133,6 +143,22 @@ impl PipelineMetrics {
             "Offsets between a partition's fence and the first record read after a (re)start: \
              records deleted by retention or compaction before they were processed",
             self.resume_gap_offsets.clone(),
+        );
+        r.register(
+            "partition_rewinds",
+            "Rewinds per partition: Redis lost acknowledged writes and the partition re-read \
+             from its fence",
+            self.partition_rewinds.clone(),
+        );
+        r.register(
+            "partition_rewound_offsets",
+            "Offsets re-read and re-applied per partition because Redis lost acknowledged writes",
+            self.partition_rewound_offsets.clone(),
+        );
+        r.register(
+            "dead_letters_not_repeated",
+            "Records of a rewound range dead-lettered before and not sent to the DLQ again",
+            self.dead_letters_not_repeated.clone(),
         );
         r.register(
             "redis_errors",
@@ -229,6 +255,15 @@ impl PipelineMetrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Counts one rewind of `partition` by `offsets`.
+    pub fn rewound(&self, partition: i32, offsets: u64) {
+        let label = PartitionLabel { partition };
+        self.partition_rewinds.get_or_create(&label).inc();
+        self.partition_rewound_offsets
+            .get_or_create(&label)
+            .inc_by(offsets);
     }
 
     pub fn partition_gauges(&self, partition: i32) -> PartitionGauges {

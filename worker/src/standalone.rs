@@ -29,6 +29,8 @@ pub struct StandaloneOptions {
     pub embedded_kafka: Option<i32>,
     /// Produce demo traffic at this many events per second.
     pub demo_rate: Option<u64>,
+    /// Stop the demo traffic after this many events.
+    pub demo_events: Option<u64>,
     /// Stop after this long (otherwise at SIGTERM/SIGINT).
     pub duration: Option<Duration>,
     /// After the demo stops, wait at most this long for the pipelines to catch up before stopping.
@@ -41,6 +43,7 @@ impl Default for StandaloneOptions {
             taskmanagers: 1,
             embedded_kafka: None,
             demo_rate: None,
+            demo_events: None,
             duration: None,
             drain_timeout: Duration::from_secs(10),
         }
@@ -137,6 +140,7 @@ pub async fn run(
                 config.source.kafka.topic.clone(),
                 partitions.clone(),
                 rate,
+                options.demo_events,
                 async move {
                     let _ = stop_demo_rx.await;
                 },
@@ -282,6 +286,12 @@ async fn start_jobmanager(
     let port = jobmanager.local_addr().port();
     Arc::make_mut(&mut config).jobmanager.url = format!("http://127.0.0.1:{port}");
     tracing::info!(url = %config.jobmanager.url, "REST API of the in-process jobmanager");
+    // On stdout too, for the person who started it: the dashboard and the Trace page.
+    println!(
+        "streamjob dashboard: {url}/  trace: {url}/trace  REST API: {url}/jobs/{job}",
+        url = config.jobmanager.url,
+        job = config.job.name
+    );
     Ok((jobmanager, config))
 }
 

@@ -699,3 +699,106 @@ async fn the_start_up_grace_option_decides_when_partitions_are_first_assigned() 
     tm.abort();
     jm.shutdown();
 }
+
+async fn post_accepted(client: &JobManagerClient, path: &str, body: &str) -> String {
+    let raw = client
+        .raw(Method::POST, path, Some(body.as_bytes().to_vec()), T)
+        .await
+        .expect("post");
+    assert_eq!(raw.status, 202, "{}", String::from_utf8_lossy(&raw.body));
+    let accepted: TriggerResponse = serde_json::from_slice(&raw.body).expect("trigger response");
+    accepted.request_id
+}
+
+/// A client-chosen trigger id makes a trigger idempotent: the same id again (an operator that
+/// restarted before recording the answer) is answered with the same request, in progress or
+/// done, and takes no second savepoint; a stop sent twice is the same stop, not a 409.
+#[tokio::test]
+async fn a_repeated_trigger_id_is_answered_with_the_same_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, client) = start(config(dir.path()), JobManagerOptions::default(), 3).await;
+    let offset = Arc::new(Mutex::new(100));
+    let a = fake_taskmanager(client.clone(), "tm-a", offset.clone());
+    wait_for(&client, |o| {
+        o.state == JobState::Running && o.partitions.iter().all(|p| p.committed_offset.is_some())
+    })
+    .await;
+
+    let body = r#"{"triggerId":"streamjob-savepoint-n4-1763700000000-a0"}"#;
+    let first = post_accepted(&client, "/jobs/trace/savepoints", body).await;
+    assert_eq!(first, "streamjob-savepoint-n4-1763700000000-a0");
+    // Sent again while it runs, and again once it completed: the same request each time.
+    assert_eq!(
+        post_accepted(&client, "/jobs/trace/savepoints", body).await,
+        first
+    );
+    let done = trigger(&client, "/jobs/trace/savepoints", body).await;
+    assert_eq!(done.request_id, first);
+    assert_eq!(done.status, OperationStatus::Completed, "{done:?}");
+    let listed: SnapshotList = get(&client, "/jobs/trace/savepoints").await;
+    assert_eq!(
+        listed.snapshots.len(),
+        1,
+        "one savepoint for one trigger id"
+    );
+    // A new id is a new savepoint.
+    let second = trigger(
+        &client,
+        "/jobs/trace/savepoints",
+        r#"{"triggerId":"streamjob-savepoint-n4-1763700000000-a1"}"#,
+    )
+    .await;
+    assert_ne!(second.location, done.location);
+    let listed: SnapshotList = get(&client, "/jobs/trace/savepoints").await;
+    assert_eq!(listed.snapshots.len(), 2);
+
+    // Bad ids and an id of another kind are refused.
+    for bad in [
+        r#"{"triggerId":""}"#,
+        r#"{"triggerId":"a b"}"#,
+        r#"{"triggerId":"../x"}"#,
+    ] {
+        expect_error(
+            &client,
+            Method::POST,
+            "/jobs/trace/savepoints",
+            Some(bad),
+            400,
+            "triggerId",
+        )
+        .await;
+    }
+    expect_error(
+        &client,
+        Method::POST,
+        "/jobs/trace/stop",
+        Some(body),
+        409,
+        "another kind",
+    )
+    .await;
+
+    let stop = r#"{"triggerId":"streamjob-upgrade-1763700000000-a0"}"#;
+    let stopping = post_accepted(&client, "/jobs/trace/stop", stop).await;
+    assert_eq!(
+        post_accepted(&client, "/jobs/trace/stop", stop).await,
+        stopping
+    );
+    let stopped = trigger(&client, "/jobs/trace/stop", stop).await;
+    assert_eq!(stopped.request_id, stopping);
+    assert_eq!(stopped.status, OperationStatus::Completed, "{stopped:?}");
+    let listed: SnapshotList = get(&client, "/jobs/trace/savepoints").await;
+    assert_eq!(listed.snapshots.len(), 3, "one stop, one savepoint");
+    // Another stop (a new id) on a finished job is still refused.
+    expect_error(
+        &client,
+        Method::POST,
+        "/jobs/trace/stop",
+        Some(r#"{"triggerId":"streamjob-upgrade-1763700000000-a1"}"#),
+        409,
+        "FINISHED",
+    )
+    .await;
+    a.abort();
+    jm.shutdown();
+}

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use streamjob_worker::api::Assignment;
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::{sample, sample_sum, Metrics};
-use streamjob_worker::pipeline::{PartitionExit, Pipeline};
+use streamjob_worker::pipeline::{PartitionExit, Pipeline, PipelineOptions};
+use streamjob_worker::sink::redis::epoch_floor;
+use streamjob_worker::testkit;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
 use streamjob_worker::testkit::trace_state::{
@@ -134,19 +135,6 @@ async fn wait_for_events_in(metrics: &Metrics, events: u64, what: &str) {
     }
 }
 
-async fn assign_all(pipeline: &Pipeline, partitions: impl IntoIterator<Item = i32>) {
-    for partition in partitions {
-        pipeline
-            .assign(Assignment {
-                partition,
-                generation: 1,
-                start_offset: None,
-            })
-            .await
-            .expect("assigned");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq() {
     let env = Env::start(4, RedisOptions::default());
@@ -160,8 +148,8 @@ async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq(
     let b = Pipeline::start(config.clone(), metrics.clone())
         .await
         .expect("pipeline b");
-    assign_all(&a, [0, 2]).await;
-    assign_all(&b, [1, 3]).await;
+    testkit::assign_all(&a, [0, 2]).await;
+    testkit::assign_all(&b, [1, 3]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     let expected = env.assert_state(&payloads);
@@ -193,7 +181,7 @@ async fn heavy_events_land_exactly_in_redis_and_malformed_records_go_to_the_dlq(
     assert_eq!(progress.len(), 4);
     assert!(progress
         .iter()
-        .all(|p| p.epoch == 1 && p.committed_offset.is_some()));
+        .all(|p| p.epoch == epoch_floor(1) && p.committed_offset.is_some()));
     assert_eq!(a.revoke(0).await.expect("revoked"), env.fences()[0]);
     a.shutdown().await.expect("a stops");
     b.shutdown().await.expect("b stops");
@@ -228,7 +216,7 @@ async fn heavy_a_dead_letter_is_acknowledged_before_the_fence_passes_it() {
     let pipeline = Pipeline::start(env.config(50, Duration::from_millis(10)), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.fences()[0] != Some(100)
         || sample(
@@ -274,14 +262,14 @@ async fn heavy_a_zombie_owner_is_fenced_and_nothing_is_applied_twice() {
     let old = Pipeline::start(config.clone(), Metrics::new())
         .await
         .expect("old owner");
-    assign_all(&old, [0]).await;
+    testkit::assign_all(&old, [0]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     // A new owner claims the partition while the old one still runs (a network partition).
     let new = Pipeline::start(config, Metrics::new())
         .await
         .expect("new owner");
-    assign_all(&new, [0]).await;
+    testkit::assign_all(&new, [0]).await;
     env.produce(&payloads[4_000..]);
     env.wait_caught_up(Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -291,9 +279,9 @@ async fn heavy_a_zombie_owner_is_fenced_and_nothing_is_applied_twice() {
     }
     assert!(matches!(
         old.stopped_partitions()[0],
-        (0, PartitionExit::Fenced { stored_epoch: 2 })
+        (0, PartitionExit::Fenced { stored_epoch }) if stored_epoch == epoch_floor(1) + 1
     ));
-    assert_eq!(new.progress()[0].epoch, 2);
+    assert_eq!(new.progress()[0].epoch, epoch_floor(1) + 1);
     env.assert_state(&payloads);
     old.shutdown().await.expect("old stops");
     new.shutdown().await.expect("new stops");
@@ -312,12 +300,12 @@ async fn heavy_shutdown_flushes_the_in_flight_batch() {
     )
     .await
     .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     wait_for_events_in(&metrics, 600, "records not consumed").await;
     assert_eq!(
         env.fences(),
-        vec![None, None],
-        "nothing applied before the flush"
+        vec![Some(0), Some(0)],
+        "nothing applied before the flush (the claims started the fences at 0)"
     );
     pipeline.shutdown().await.expect("graceful stop");
     assert_eq!(env.fences(), vec![Some(300), Some(300)]);
@@ -339,7 +327,7 @@ async fn heavy_a_redis_outage_pauses_the_partition_and_loses_nothing() {
     let pipeline = Pipeline::start(env.config(300, Duration::from_millis(10)), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
 
     env.redis.stop();
@@ -387,7 +375,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
     let pipeline = Pipeline::start(Arc::new(config), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0, 1]).await;
+    testkit::assign_all(&pipeline, [0, 1]).await;
     wait_for_events_in(&metrics, 600, "records not consumed").await;
 
     // A move (revoke) while Redis is down ends, without the batch and without a committed offset.
@@ -396,7 +384,7 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
         .await
         .expect("the revoke gives up instead of retrying for ever")
         .expect("revoked");
-    assert_eq!(committed, None);
+    assert_eq!(committed, Some(0), "where the claim started it");
     assert_eq!(
         sample(
             &metrics.encode(),
@@ -410,10 +398,10 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
     env.redis.restart().expect("redis restarts with its data");
     assert_eq!(
         env.fences(),
-        vec![None, None],
+        vec![Some(0), Some(0)],
         "nothing applied during the outage"
     );
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     wait_for_events_in(&metrics, 900, "partition 0 not read again").await;
     pipeline.shutdown().await.expect("graceful stop");
     assert_eq!(env.fences(), vec![Some(300), Some(300)]);
@@ -456,7 +444,7 @@ async fn heavy_the_series_counts_minutes_and_late_events_as_known_in_advance() {
     let pipeline = Pipeline::start(config.clone(), metrics.clone())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     env.wait_caught_up(Duration::from_secs(60)).await;
     let expected = env.assert_state(&payloads);
     let series = SeriesState::read(&env.redis.url(), "", JOB).expect("series readable");
@@ -523,7 +511,7 @@ async fn heavy_the_series_counts_minutes_and_late_events_as_known_in_advance() {
     let pipeline = Pipeline::start(config, Metrics::new())
         .await
         .expect("pipeline");
-    assign_all(&pipeline, [0]).await;
+    testkit::assign_all(&pipeline, [0]).await;
     let more: Vec<Vec<u8>> = (0..5usize)
         .map(|i| event_at(5_000 + i, B, 60, m0 + 60_000 + 5))
         .collect();
@@ -536,4 +524,44 @@ async fn heavy_the_series_counts_minutes_and_late_events_as_known_in_advance() {
         "the restored clock closes m1"
     );
     pipeline.shutdown().await.expect("stops");
+}
+
+/// A just-assigned partition's lag is known at once, not after a full watermark refresh
+/// interval: the StreamJob's LAG column used to stay empty for the first seconds of a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_partition_reports_its_lag_long_before_the_first_full_watermark_refresh() {
+    let env = Env::start(2, RedisOptions::default());
+    env.produce(&data_set(5, 200, 0));
+    let refresh_every = Duration::from_secs(120);
+    let pipeline = Pipeline::start_with(
+        env.config(50, Duration::from_millis(10)),
+        Metrics::new(),
+        PipelineOptions {
+            watermark_interval: refresh_every,
+            ..PipelineOptions::default()
+        },
+    )
+    .await
+    .expect("pipeline");
+    let assigned = Instant::now();
+    testkit::assign_all(&pipeline, [0, 1]).await;
+    // Generous for a loaded machine, and still far below the refresh interval.
+    let deadline = assigned + Duration::from_secs(30);
+    loop {
+        let progress = pipeline.progress();
+        if progress.len() == 2
+            && progress
+                .iter()
+                .all(|p| p.high_watermark.is_some() && p.lag.is_some())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag unknown {:?} after assignment (full refresh every {refresh_every:?}): {progress:?}",
+            assigned.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.shutdown().await.expect("pipeline stops");
 }

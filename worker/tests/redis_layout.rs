@@ -37,7 +37,7 @@ async fn check_layout(prefix: &str) {
     let events: Vec<_> = EVENTS.iter().map(|e| event(e)).collect();
     let fence = sink.claim(0).await.expect("claim");
     assert_eq!(fence.epoch, 1);
-    assert_eq!(fence.next_offset, None);
+    assert_eq!(fence.next_offset, Some(0), "the claim starts the fence");
 
     let now = SystemTime::now();
     let batch = batch_of(&sink, 0, fence.epoch, 0, &events, now);
@@ -175,7 +175,7 @@ async fn a_batch_applied_after_its_midnight_passed_gets_the_next_midnight_not_a_
 }
 
 #[tokio::test]
-async fn an_existing_user_list_has_its_expiry_corrected_only_when_it_differs() {
+async fn an_existing_user_list_has_its_expiry_corrected_on_the_first_touch_of_the_day() {
     let server = RedisServer::start().expect("redis-server");
     let sink = connect_sink(&server, "").await;
     let mut conn = raw(&server).await;
@@ -195,30 +195,53 @@ async fn an_existing_user_list_has_its_expiry_corrected_only_when_it_differs() {
         let list: Vec<String> = query(&mut conn, &["LRANGE", key, "0", "-1"]).await;
         assert_eq!(list, vec![ev.simple_json(), "old".to_string()]);
     }
-    // Same keys again: this process set their expiry today, so neither PEXPIRETIME nor
-    // PEXPIREAT is issued for them.
+    // Same keys again: this process set their expiry today, so no PEXPIREAT is issued for them.
     let batch = batch_of(&sink, 0, epoch, 1, std::slice::from_ref(&ev), now);
     let second = sink.apply(&batch).await.expect("apply");
     assert_eq!(
         commands(&first) - commands(&second),
-        5,
-        "{first:?} vs {second:?}: the second batch skips TIME, both checks and both PEXPIREATs"
+        2,
+        "{first:?} vs {second:?}: the second batch skips both PEXPIREATs"
     );
-    // A foreign writer changes one of them; another process (a new sink) checks each list once
-    // more and corrects it.
+    // A foreign writer changes one of them; another process (a new sink) sets each list's
+    // expiry once more on its first touch and so corrects it.
     let _: () = query(&mut conn, &["PERSIST", "legacy"]).await;
     let other_process = connect_sink(&server, "").await;
     let batch = batch_of(&other_process, 0, epoch, 2, std::slice::from_ref(&ev), now);
     let third = other_process.apply(&batch).await.expect("apply");
     assert_eq!(
         commands(&third) - commands(&second),
-        4,
-        "{third:?}: TIME, two checks, one PEXPIREAT (legacy)"
+        2,
+        "{third:?}: two PEXPIREATs"
     );
     for key in ["legacy", "persistent"] {
         let at: i64 = query(&mut conn, &["PEXPIRETIME", key]).await;
         assert_eq!(at, midnight, "{key}");
     }
+}
+
+#[tokio::test]
+async fn a_trusted_user_list_that_vanished_gets_its_expiry_again_when_recreated() {
+    let server = RedisServer::start().expect("redis-server");
+    let sink = connect_sink(&server, "").await;
+    let mut conn = raw(&server).await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let now = SystemTime::now();
+    let ev = event(r#"{"businessId":1,"ids":["gone"],"logTimestamp":1,"state":10}"#);
+    let batch = batch_of(&sink, 0, epoch, 0, std::slice::from_ref(&ev), now);
+    sink.apply(&batch).await.expect("apply");
+    // Deleted behind the sink's back (or lost by Redis): the sink still trusts its expiry.
+    let _: () = query(&mut conn, &["DEL", "gone"]).await;
+    let batch = batch_of(&sink, 0, epoch, 1, std::slice::from_ref(&ev), now);
+    sink.apply(&batch).await.expect("apply");
+    let at: i64 = query(&mut conn, &["PEXPIRETIME", "gone"]).await;
+    assert_eq!(
+        at,
+        next_shanghai_midnight_after(now),
+        "the LPUSH reply showed the list was created: its expiry is set again"
+    );
+    let len: i64 = query(&mut conn, &["LLEN", "gone"]).await;
+    assert_eq!(len, 1);
 }
 
 fn commands(outcome: &ApplyOutcome) -> usize {
@@ -229,7 +252,7 @@ fn commands(outcome: &ApplyOutcome) -> usize {
 }
 
 #[tokio::test]
-async fn with_the_existing_expiry_check_off_only_created_user_lists_get_an_expiry() {
+async fn with_the_existing_expiry_check_off_only_user_lists_without_an_expiry_get_one() {
     use streamjob_worker::sink::redis::{RedisSink, SinkOptions};
     let server = RedisServer::start().expect("redis-server");
     let sink = RedisSink::connect_with(
@@ -246,19 +269,20 @@ async fn with_the_existing_expiry_check_off_only_created_user_lists_get_an_expir
     let mut conn = raw(&server).await;
     let epoch = sink.claim(0).await.expect("claim").epoch;
     let _: () = query(&mut conn, &["RPUSH", "foreign", "old"]).await;
+    let _: () = query(&mut conn, &["PEXPIREAT", "foreign", "4102444800000"]).await;
     let now = SystemTime::now();
     let ev = event(r#"{"businessId":1,"ids":["foreign","fresh"],"logTimestamp":1,"state":10}"#);
     let batch = batch_of(&sink, 0, epoch, 0, std::slice::from_ref(&ev), now);
     let outcome = sink.apply(&batch).await.expect("apply");
-    // HMGET, TIME, 2 LPUSH, 1 PEXPIREAT (fresh), HINCRBY, PEXPIRE, HSET: no PEXPIRETIME.
+    // WATCH, HMGET, TIME; MULTI, 2 × (LPUSH, PEXPIREAT NX), HINCRBY, PEXPIRE, HSET, EXEC.
     assert!(
-        matches!(outcome, ApplyOutcome::Applied { commands: 8, .. }),
+        matches!(outcome, ApplyOutcome::Applied { commands: 12, .. }),
         "{outcome:?}"
     );
     let fresh: i64 = query(&mut conn, &["PEXPIRETIME", "fresh"]).await;
     assert_eq!(fresh, next_shanghai_midnight_after(now));
     let foreign: i64 = query(&mut conn, &["PEXPIRETIME", "foreign"]).await;
-    assert_eq!(foreign, -1, "trusted as it is");
+    assert_eq!(foreign, 4102444800000, "trusted as it is");
     let list: Vec<String> = query(&mut conn, &["LRANGE", "foreign", "0", "-1"]).await;
     assert_eq!(list, vec![ev.simple_json(), "old".to_string()]);
 }

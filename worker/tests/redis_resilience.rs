@@ -85,9 +85,36 @@ async fn a_batch_whose_reply_is_lost_is_applied_once_on_retry() {
     let epoch = sink.claim(0).await.expect("claim").epoch;
     let batch = batch_of(&sink, 0, epoch, 0, &events(4, "x"), SystemTime::now());
     sink.apply(&batch).await.expect("apply");
-    // Without persistence a restart loses everything, including the fence: the data set and
-    // fence vanish together, so a retry writes both again (still once).
+    // Without persistence a restart loses everything, including the fence: the apply refuses
+    // the next batch as a gap (Redis lost the fence), the owner rewrites the fence where it
+    // rewinds to, and re-applies (still once).
     server.restart().expect("restart");
+    let next = batch_of(&sink, 0, epoch, 4, &events(1, "y"), SystemTime::now());
+    let err = loop {
+        match sink.apply(&next).await {
+            Err(err) if err.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => break other.expect_err("the fence is gone"),
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            SinkError::Gap {
+                stored_next_offset: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Applies use their own connections, so the claim connection may only now find out that
+    // the server restarted: retry, as the partition's rewind does.
+    let restored = loop {
+        match sink.restore_fence(0, epoch, 0).await {
+            Err(err) if err.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => break other.expect("fence restored"),
+        }
+    };
+    assert_eq!(restored.next_offset, Some(0));
     let (outcome, _) = apply_until_done(&sink, &batch).await;
     assert_eq!(applied_events(&outcome), 4);
     let mut conn = raw(&server).await;
@@ -275,7 +302,8 @@ async fn out_of_memory_refuses_the_whole_batch_up_front() {
             .await
             .expect("fence")
             .and_then(|f| f.next_offset),
-        None
+        Some(0),
+        "the fence did not move"
     );
     // Memory freed: the same batch goes through.
     let _: () = query(&mut conn, &["CONFIG", "SET", "maxmemory", "0"]).await;

@@ -7,20 +7,29 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector,
-    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, Secret, SecretKeySelector,
+    SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 use streamjob_worker::config::{
     ENV_KAFKA_SASL_PASSWORD, ENV_KAFKA_SASL_USERNAME, ENV_REDIS_PASSWORD,
+    ENV_REDIS_SENTINEL_PASSWORD,
 };
 
 use crate::crd::{JobState, ProcessSpec, PvcPolicy, SecretKeyRef, StreamJob};
-use crate::planner::config::{CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REST_PORT, STATE_DIR, TLS_DIR};
-use crate::planner::{labels, names};
+use crate::planner::config::{
+    API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REDIS_TLS_DIR, REST_PORT,
+    STATE_DIR, TLS_DIR,
+};
+use crate::planner::{labels, names, NetworkPeers};
 
 /// Pod template annotation carrying the config hash: a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "streaming.austin.dev/config-hash";
@@ -36,6 +45,7 @@ pub struct Context<'a> {
     pub namespace: &'a str,
     pub owner: OwnerReference,
     pub config_hash: &'a str,
+    pub peers: &'a NetworkPeers,
 }
 
 impl Context<'_> {
@@ -85,6 +95,28 @@ pub fn savepoint_pvc(ctx: &Context) -> PersistentVolumeClaim {
     }
 }
 
+/// The job's API token: the bearer token the jobmanager's mutating REST calls (savepoint,
+/// checkpoint, stop) require. Owned by the StreamJob, so it goes with it. The jobmanager reads it
+/// from a volume, the operator from the Secret itself.
+pub fn api_token_secret(ctx: &Context, token: &str) -> Secret {
+    Secret {
+        metadata: ctx.meta(names::api_token(ctx.name), labels::COMPONENT_API_TOKEN),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            API_TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The token a job's API token Secret holds (`None` when it has none, or not as UTF-8 text).
+pub fn api_token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(API_TOKEN_KEY)?;
+    let token = std::str::from_utf8(&bytes.0).ok()?.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 /// The Service in front of the jobmanager's REST port.
 pub fn jobmanager_service(ctx: &Context) -> Service {
     Service {
@@ -122,6 +154,12 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
             mount_path: STATE_DIR.into(),
             ..VolumeMount::default()
         });
+        mounts.push(VolumeMount {
+            name: "api-token".into(),
+            mount_path: API_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
     let mut volumes = common_volumes(ctx);
     volumes.push(Volume {
@@ -129,6 +167,23 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
             claim_name: names::savepoints(ctx.name),
             read_only: None,
+        }),
+        ..Volume::default()
+    });
+    // A volume, not an env var: a rotated Secret reaches the running jobmanager (it reads the
+    // file at every mutating call).
+    volumes.push(Volume {
+        name: "api-token".into(),
+        // Struct update syntax: the k8s-openapi version features add fields to these types.
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names::api_token(ctx.name)),
+            items: Some(vec![KeyToPath {
+                key: API_TOKEN_KEY.into(),
+                path: API_TOKEN_KEY.into(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     });
@@ -272,6 +327,14 @@ fn worker_container(ctx: &Context, role: &str, process: &ProcessSpec) -> Contain
             ..VolumeMount::default()
         });
     }
+    if spec.redis.tls.is_some() {
+        mounts.push(VolumeMount {
+            name: "redis-tls".into(),
+            mount_path: REDIS_TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     Container {
         name: role.into(),
         image: Some(spec.image.clone()),
@@ -285,6 +348,10 @@ fn worker_container(ctx: &Context, role: &str, process: &ProcessSpec) -> Contain
         env: Some(env(ctx)),
         resources: process.resources.clone(),
         volume_mounts: Some(mounts),
+        // The worker writes a fatal error (wrong CA, refused password, missing Secret key) to
+        // /dev/termination-log; without one the last log lines stand in. The planner shows it in
+        // the StreamJob's Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -309,6 +376,14 @@ fn env(ctx: &Context) -> Vec<EnvVar> {
     ];
     if let Some(password) = &spec.redis.password_secret_ref {
         env.push(secret_env(ENV_REDIS_PASSWORD, password));
+    }
+    if let Some(password) = spec
+        .redis
+        .sentinel
+        .as_ref()
+        .and_then(|s| s.password_secret_ref.as_ref())
+    {
+        env.push(secret_env(ENV_REDIS_SENTINEL_PASSWORD, password));
     }
     if let Some(sasl) = &spec.kafka.sasl {
         env.push(secret_env(
@@ -372,12 +447,38 @@ fn common_volumes(ctx: &Context) -> Vec<Volume> {
         },
     ];
     if let Some(tls) = &ctx.job.spec.kafka.tls {
-        // The files may come from different Secrets: a projected volume puts them in one directory.
-        let sources = [
-            (&tls.ca_secret_ref, "ca.crt"),
-            (&tls.cert_secret_ref, "tls.crt"),
-            (&tls.key_secret_ref, "tls.key"),
-        ]
+        volumes.push(secret_files_volume(
+            "kafka-tls",
+            [
+                (&tls.ca_secret_ref, "ca.crt"),
+                (&tls.cert_secret_ref, "tls.crt"),
+                (&tls.key_secret_ref, "tls.key"),
+            ],
+        ));
+    }
+    if let Some(tls) = &ctx.job.spec.redis.tls {
+        volumes.push(secret_files_volume(
+            "redis-tls",
+            [
+                (&tls.ca_secret_ref, "ca.crt"),
+                (&tls.cert_secret_ref, "tls.crt"),
+                (&tls.key_secret_ref, "tls.key"),
+            ],
+        ));
+    }
+    volumes
+}
+
+/// Secret keys as files in one read-only directory (a projected volume: the keys may come from
+/// different Secrets). Never environment variables or ConfigMap contents. The projections are
+/// optional, so a missing Secret or key does not hold the pod in ContainerCreating: the worker
+/// starts, reports "cannot read /etc/...: the Secret key is missing" naming the job.yaml field,
+/// exits, and the kubelet restarts it with backoff until the Secret appears.
+fn secret_files_volume<const N: usize>(
+    name: &str,
+    files: [(&Option<SecretKeyRef>, &str); N],
+) -> Volume {
+    let sources = files
         .into_iter()
         .filter_map(|(secret, file)| secret.as_ref().map(|s| (s, file)))
         .map(|(secret, file)| VolumeProjection {
@@ -389,22 +490,20 @@ fn common_volumes(ctx: &Context) -> Vec<Volume> {
                     mode: Some(0o440),
                     ..KeyToPath::default()
                 }]),
-                optional: Some(false),
+                optional: Some(true),
             }),
             ..VolumeProjection::default()
         })
         .collect::<Vec<_>>();
-        volumes.push(Volume {
-            name: "kafka-tls".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(sources),
-                default_mode: Some(0o440),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
     }
-    volumes
 }
 
 fn port(name: &str, number: i32) -> ContainerPort {
@@ -436,4 +535,107 @@ fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
 
 fn non_empty_map(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!map.is_empty()).then_some(map)
+}
+
+/// The namespace label every namespace carries (Kubernetes 1.21+).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn namespaces(labels: Option<&BTreeMap<String, String>>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        // `{}` selects every namespace.
+        namespace_selector: Some(LabelSelector {
+            match_labels: labels.cloned().filter(|l| !l.is_empty()),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    }
+}
+
+fn ingress_only(
+    ctx: &Context,
+    component: &str,
+    ingress: Vec<NetworkPolicyIngressRule>,
+) -> NetworkPolicy {
+    let name = match component {
+        labels::COMPONENT_JOBMANAGER => names::jobmanager(ctx.name),
+        _ => names::taskmanager(ctx.name),
+    };
+    NetworkPolicy {
+        metadata: ctx.meta(name, component),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels::selector(ctx.name, component)),
+                match_expressions: None,
+            }),
+            ingress: Some(ingress),
+            // Only ingress is restricted: Kafka and Redis may live anywhere.
+            policy_types: Some(vec!["Ingress".into()]),
+            egress: None,
+        }),
+    }
+}
+
+/// The job's NetworkPolicies (none when `spec.networkPolicy.enabled` is false):
+/// - jobmanager: its REST port (which also serves the taskmanagers' protocol and `/metrics`)
+///   accepts pods of the job's own namespace, of the operator's namespace and of the metrics
+///   namespaces;
+/// - taskmanagers: accept their jobmanager, and their metrics port the metrics namespaces.
+pub fn network_policies(ctx: &Context) -> Vec<NetworkPolicy> {
+    if !ctx.job.spec.network_policy.enabled {
+        return Vec::new();
+    }
+    let same_namespace = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    };
+    let operator = ctx.peers.operator_namespace.as_ref().map(|ns| {
+        namespaces(Some(&BTreeMap::from([(
+            NAMESPACE_NAME_LABEL.to_string(),
+            ns.clone(),
+        )])))
+    });
+    let metrics = namespaces(ctx.peers.metrics_namespace_labels.as_ref());
+    let rest_from = match operator {
+        Some(operator) => vec![same_namespace, operator, metrics.clone()],
+        // Where the operator runs is unknown (e.g. out of the cluster): any namespace.
+        None => vec![same_namespace, namespaces(None)],
+    };
+    let jobmanager = ingress_only(
+        ctx,
+        labels::COMPONENT_JOBMANAGER,
+        vec![NetworkPolicyIngressRule {
+            from: Some(rest_from),
+            ports: Some(vec![tcp(REST_PORT)]),
+        }],
+    );
+    let jobmanager_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels::selector(ctx.name, labels::COMPONENT_JOBMANAGER)),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let taskmanager = ingress_only(
+        ctx,
+        labels::COMPONENT_TASKMANAGER,
+        vec![
+            NetworkPolicyIngressRule {
+                from: Some(vec![jobmanager_pods]),
+                ports: None,
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![metrics]),
+                ports: Some(vec![tcp(METRICS_PORT)]),
+            },
+        ],
+    );
+    vec![jobmanager, taskmanager]
 }

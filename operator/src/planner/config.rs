@@ -18,6 +18,12 @@ pub const CONFIG_DIR: &str = "/etc/streamjob";
 pub const CONFIG_KEY: &str = "job.yaml";
 /// Mount point of the Kafka TLS files (outside the read-only ConfigMap mount).
 pub const TLS_DIR: &str = "/etc/streamjob-tls";
+/// Mount point of the job's API token Secret in the jobmanager pod.
+pub const API_TOKEN_DIR: &str = "/etc/streamjob-api";
+/// Key of the token in the `<job>-api-token` Secret (and its file name in [`API_TOKEN_DIR`]).
+pub const API_TOKEN_KEY: &str = "token";
+/// Mount point of the Redis TLS files (a projected volume of the Secret keys in `spec.redis.tls`).
+pub const REDIS_TLS_DIR: &str = "/etc/streamjob-redis-tls";
 /// jobmanager REST port.
 pub const REST_PORT: i32 = 8081;
 /// taskmanager metrics port.
@@ -81,9 +87,31 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
 
     let redis = &mut config.sink.redis;
     redis.url = spec.redis.url.clone();
+    redis.username = spec.redis.username.clone();
     redis.password = None;
+    redis.tls = spec.redis.tls.as_ref().map(|tls| {
+        let file = |secret: &Option<_>, name: &str| {
+            secret
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{REDIS_TLS_DIR}/{name}")))
+        };
+        worker::RedisTlsConfig {
+            ca_file: file(&tls.ca_secret_ref, "ca.crt"),
+            cert_file: file(&tls.cert_secret_ref, "tls.crt"),
+            key_file: file(&tls.key_secret_ref, "tls.key"),
+        }
+    });
     redis.time_zone = spec.redis.time_zone.clone();
     redis.key_prefix = spec.redis.key_prefix.clone();
+    redis.sentinel = spec
+        .redis
+        .sentinel
+        .as_ref()
+        .map(|sentinel| worker::RedisSentinelConfig {
+            master_name: sentinel.master_name.clone(),
+            nodes: sentinel.nodes.clone(),
+            password: None,
+        });
 
     config.batch.max_events = count("spec.batch.maxEvents", spec.batch.max_events)?;
     config.batch.linger = duration("spec.batch.linger", &spec.batch.linger)?;
@@ -118,6 +146,10 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
         "http://{}.{namespace}.svc:{REST_PORT}",
         names::jobmanager(name)
     );
+    // The mutating REST calls need the job's token, read from the mounted Secret at each call
+    // (a rotated Secret applies without a restart). Taskmanagers never read it.
+    config.jobmanager.api_token_file =
+        Some(PathBuf::from(format!("{API_TOKEN_DIR}/{API_TOKEN_KEY}")));
     config.metrics.bind = format!("0.0.0.0:{METRICS_PORT}");
     config.logging.format = match spec.logging.format {
         LogFormat::Text => worker::LogFormat::Text,

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -58,6 +59,10 @@ pub mod names {
     pub fn savepoints(job: &str) -> String {
         format!("{job}-savepoints")
     }
+    /// The Secret with the bearer token of the jobmanager's mutating REST calls.
+    pub fn api_token(job: &str) -> String {
+        format!("{job}-api-token")
+    }
 }
 
 /// Labels every child carries.
@@ -74,6 +79,7 @@ pub mod labels {
     pub const COMPONENT_JOBMANAGER: &str = "jobmanager";
     pub const COMPONENT_TASKMANAGER: &str = "taskmanager";
     pub const COMPONENT_SAVEPOINTS: &str = "savepoints";
+    pub const COMPONENT_API_TOKEN: &str = "api-token";
 
     /// The label selector the operator's watches on children use.
     pub fn managed_selector() -> String {
@@ -106,6 +112,18 @@ pub mod labels {
     }
 }
 
+/// Who, besides the job's own namespace, may connect to a job's pods: the operator's settings
+/// (`--metrics-namespace-selector`, its own namespace), the same for every StreamJob.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPeers {
+    /// The operator's namespace (its REST calls to the jobmanagers come from there). `None`:
+    /// unknown (the operator runs outside the cluster), the jobmanager accepts every namespace.
+    pub operator_namespace: Option<String>,
+    /// Labels of the namespaces whose pods may scrape the job's metrics (e.g.
+    /// `kubernetes.io/metadata.name=monitoring`). `None`: every namespace.
+    pub metrics_namespace_labels: Option<BTreeMap<String, String>>,
+}
+
 /// The children as they are in the cluster (None: not there).
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
@@ -114,6 +132,10 @@ pub struct Observed {
     pub savepoint_pvc: Option<PersistentVolumeClaim>,
     /// The job's pods (crash loops show here, not in the Deployments).
     pub pods: Vec<Pod>,
+    /// The bearer token of the jobmanager's mutating REST calls: what the job's
+    /// `<job>-api-token` Secret holds, or, when it has none yet, a fresh random token the
+    /// reconciler drew (the planner itself never draws randomness). `None`: no Secret is rendered.
+    pub api_token: Option<String>,
 }
 
 /// What the jobmanager answered this round (see [`lifecycle::queries`]).
@@ -140,6 +162,10 @@ pub struct Children {
     pub jobmanager_service: Service,
     pub jobmanager: Deployment,
     pub taskmanager: Deployment,
+    /// The job's API token Secret (when [`Observed::api_token`] is known).
+    pub api_token: Option<Secret>,
+    /// The job's NetworkPolicies (empty when `spec.networkPolicy.enabled` is false).
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// Severity of an Event.
@@ -208,6 +234,8 @@ fn render(
     job: &StreamJob,
     restore_from: Option<&str>,
     latest_savepoint: Option<&str>,
+    api_token: Option<&str>,
+    peers: &NetworkPeers,
 ) -> Result<Rendered, PlanError> {
     let name = job
         .metadata
@@ -243,6 +271,7 @@ fn render(
         namespace,
         owner,
         config_hash: &config_hash,
+        peers,
     };
     let mut savepoint_pvc = children::savepoint_pvc(&ctx);
     if let Some(path) = latest_savepoint {
@@ -258,6 +287,8 @@ fn render(
         jobmanager_service: children::jobmanager_service(&ctx),
         jobmanager: children::jobmanager_deployment(&ctx),
         taskmanager: children::taskmanager_deployment(&ctx),
+        api_token: api_token.map(|token| children::api_token_secret(&ctx, token)),
+        network_policies: children::network_policies(&ctx),
     };
     Ok(Rendered {
         children,
@@ -283,8 +314,14 @@ fn latest_savepoint(status: &StreamJobStatus, observed: &Observed) -> Option<Str
         })
 }
 
-/// Plans one reconciliation.
+/// Plans one reconciliation, for an operator whose network settings are unknown (see
+/// [`NetworkPeers`]; [`plan_with`] takes them).
 pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
+    plan_with(input, &NetworkPeers::default())
+}
+
+/// Plans one reconciliation.
+pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, PlanError> {
     let job = input.job;
     let name = job
         .metadata
@@ -292,7 +329,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         .as_deref()
         .ok_or(PlanError::MissingMetadata("metadata.name"))?;
     // The hash does not depend on the restore point: render once to learn it.
-    let config_hash = render(job, None, None)?.config_hash;
+    let config_hash = render(job, None, None, None, peers)?.config_hash;
     let decision = lifecycle::decide(&LifecycleInput {
         job,
         observed: input.observed,
@@ -301,6 +338,21 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         now: input.now,
     });
 
+    // A job stopped with a savepoint outside an operation (by hand, or an operation that gave up
+    // after its stop) consumes nothing until it is restarted: its taskmanagers go to 0, so it
+    // holds no CPU. Planned as if `spec.replicas` were 0 (the user's value is kept).
+    let idle_job;
+    let job = if stopped_outside_an_operation(&input, &decision) {
+        idle_job = {
+            let mut idle = job.clone();
+            idle.spec.replicas = 0;
+            idle
+        };
+        &idle_job
+    } else {
+        job
+    };
+    let input = PlanInput { job, ..input };
     let mut next = status::next(&input, name, &config_hash);
     let status = &mut next.status;
     status.current_operation = decision.operation.clone();
@@ -314,7 +366,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         input.now,
     );
     let latest = latest_savepoint(status, input.observed);
-    let children = render(job, decision.restore_from.as_deref(), latest.as_deref())?.children;
+    let children = render(
+        job,
+        decision.restore_from.as_deref(),
+        latest.as_deref(),
+        input.observed.api_token.as_deref(),
+        peers,
+    )?
+    .children;
 
     let mut actions: Vec<Action> =
         status::transition_events(job, job.status.as_ref(), &next.status, input.observed)
@@ -325,7 +384,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
     actions.dedup();
     let requeue_after = match decision.requeue {
         Some(requeue) => requeue.min(next.requeue_after),
-        None => next.requeue_after,
+        None => requeue_by_need(next.requeue_after, input.observed),
     };
     Ok(Plan {
         children,
@@ -335,6 +394,35 @@ pub fn plan(input: PlanInput<'_>) -> Result<Plan, PlanError> {
         status: next.status,
         requeue_after,
     })
+}
+
+/// The jobmanager reports the job FINISHED (stopped with a savepoint) while no operation is
+/// going to roll it on.
+fn stopped_outside_an_operation(input: &PlanInput<'_>, decision: &lifecycle::Decision) -> bool {
+    let idle_operation = decision
+        .operation
+        .as_ref()
+        .is_none_or(|o| o.step == OperationStep::Failed);
+    let finished = input
+        .jobmanager
+        .and_then(|r| r.view.overview.as_ref().ok())
+        .is_some_and(|o| o.state == streamjob_worker::api::JobState::Finished);
+    input.job.spec.state == crate::crd::JobState::Running && idle_operation && finished
+}
+
+/// Resync of a job that is not settled while its jobmanager is not up: the watches of its
+/// Deployments and pods bring every change, so this only catches time-based ones (pods unavailable
+/// for longer than [`lifecycle::UNAVAILABLE_GRACE`]).
+pub const WATCH_RESYNC: Duration = Duration::from_secs(60);
+
+/// Requeue by need: a job that is not settled is polled often only while its jobmanager is up
+/// (its REST API is not watched); otherwise the watches bring progress.
+fn requeue_by_need(status_requeue: Duration, observed: &Observed) -> Duration {
+    if status_requeue == status::REQUEUE_BUSY && !lifecycle::jobmanager_ready(observed) {
+        WATCH_RESYNC
+    } else {
+        status_requeue
+    }
 }
 
 fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
@@ -442,7 +530,12 @@ pub fn plan_cleanup(input: PlanInput<'_>) -> Result<CleanupPlan, PlanError> {
     let savepoint_pvc = match (keep, decision.new_savepoints.is_empty()) {
         (true, false) => {
             let latest = latest_savepoint(&status, input.observed);
-            Some(render(job, None, latest.as_deref())?.children.savepoint_pvc)
+            let peers = NetworkPeers::default();
+            Some(
+                render(job, None, latest.as_deref(), None, &peers)?
+                    .children
+                    .savepoint_pvc,
+            )
         }
         _ => None,
     };
@@ -487,6 +580,7 @@ fn pod_hash(job: &StreamJob, job_yaml: &str) -> String {
         "taskmanager": spec.taskmanager,
         "podTemplate": spec.pod_template,
         "redisPassword": spec.redis.password_secret_ref,
+        "redisSentinelPassword": spec.redis.sentinel.as_ref().map(|s| &s.password_secret_ref),
         "sasl": spec.kafka.sasl,
         "tls": spec.kafka.tls,
     });

@@ -6,7 +6,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{JobProgress, JobState, PartitionSummary, Phase, StreamJob, StreamJobStatus};
+use crate::crd::{
+    JobProgress, JobState, PartitionRewind, PartitionSummary, Phase, StreamJob, StreamJobStatus,
+};
 use crate::planner::children::CONFIG_HASH_ANNOTATION;
 use crate::planner::children::RESTART_NONCE_ANNOTATION;
 use streamjob_worker::api::RestoreSource;
@@ -16,6 +18,9 @@ use crate::planner::{labels, EventNote, EventSeverity, JobManagerReport, Observe
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Present once the jobmanager reported a rewind: Redis lost acknowledged writes.
+pub const REDIS_REWOUND: &str = "RedisRewound";
+pub const REDIS_LOST_WRITES: &str = "RedisLostWrites";
 
 /// Requeue while something is moving.
 pub const REQUEUE_BUSY: Duration = Duration::from_secs(10);
@@ -87,8 +92,13 @@ fn rollout(
     let replicas = status.replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let ready = status.ready_replicas.unwrap_or(0);
-    if !generation_seen || updated != desired_replicas || replicas != desired_replicas {
+    // Pods of an older template still run: that is a rollout. The template itself is the
+    // desired one (checked above), so anything else is pods joining or leaving: a scale.
+    if generation_seen && updated < replicas {
         return (Rollout::Outdated, None);
+    }
+    if !generation_seen || updated != desired_replicas || replicas != desired_replicas {
+        return (Rollout::Scaling, None);
     }
     if ready < desired_replicas {
         return (Rollout::Waiting, None);
@@ -131,6 +141,14 @@ fn progress(report: &JobManagerReport) -> Option<JobProgress> {
             committed_offset: p.committed_offset,
             high_watermark: p.high_watermark,
             lag: p.lag,
+            rewinds: (p.rewinds > 0).then_some(p.rewinds),
+            last_rewind: p.last_rewind.map(|r| PartitionRewind {
+                from_offset: r.from_offset,
+                to_offset: r.to_offset,
+                at: Timestamp::from_millisecond(i64::try_from(r.at_ms).unwrap_or(0))
+                    .ok()
+                    .map(Time),
+            }),
         })
         .collect();
     let restored_from = match &overview.restored_from {
@@ -235,10 +253,19 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
             "creating the jobmanager and taskmanagers".to_string(),
         ),
         (true, Rollout::Outdated) => ("RollingOut", "rolling out a new pod template".to_string()),
-        (true, Rollout::Scaling) => (
-            "Scaling",
-            format!("scaling taskmanagers from {observed_tm_replicas} to {desired_tm}"),
-        ),
+        (true, Rollout::Scaling) => ("Scaling", {
+            // Before the Deployment is resized its spec holds the old count; after, its pods do.
+            let from = if observed_tm_replicas != desired_tm {
+                observed_tm_replicas
+            } else {
+                replicas
+            };
+            if from == desired_tm {
+                format!("scaling taskmanagers to {desired_tm}: {ready_replicas} ready")
+            } else {
+                format!("scaling taskmanagers from {from} to {desired_tm}")
+            }
+        }),
         (true, Rollout::Waiting) => (
             "WaitingForPods",
             format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
@@ -257,7 +284,17 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
         ),
     };
     let settled = matches!(progress_reason, "Stable" | "Suspended");
-    let ready = running && progress_reason == "Stable";
+    // Taskmanagers joining or leaving a ready job (a rescale, a pod replaced) do not stop it
+    // processing: partitions move in place. Ready stays True meanwhile (Progressing says what
+    // moves), so an alert on Ready does not fire for every scale.
+    let was_ready = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "True");
+    let resizing = was_ready
+        && jm == Rollout::Done
+        && matches!(tm, Rollout::Scaling | Rollout::Waiting)
+        && (ready_replicas > 0 || desired_tm == 0);
+    let ready = running && (progress_reason == "Stable" || resizing);
     let degraded = failure.is_some();
 
     let previous_phase = previous.map(|s| s.phase).unwrap_or_default();
@@ -339,6 +376,9 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     if let Some(progress) = input.jobmanager.and_then(progress) {
         status.job = Some(progress);
     }
+    if let Some(rewound) = rewind_condition(previous, status.job.as_ref(), generation, now) {
+        status.conditions.push(rewound);
+    }
     status.observed_restart_nonce = spec.restart_nonce;
     let requeue_after = if settled && !degraded {
         REQUEUE_IDLE
@@ -349,6 +389,65 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
         status,
         requeue_after,
     }
+}
+
+/// The message of a rewind, as the condition and the Event show it.
+pub fn rewind_message(partition: i32, rewind: &PartitionRewind) -> String {
+    format!(
+        "Redis lost acknowledged writes; partition {partition} rewound from {} to {}",
+        rewind.from_offset, rewind.to_offset
+    )
+}
+
+/// `RedisRewound`: absent until the jobmanager reports a rewind, then True for good (a
+/// jobmanager restart forgets its rewinds; the condition keeps the latest one), with the message
+/// of the latest rewind.
+fn rewind_condition(
+    previous: Option<&StreamJobStatus>,
+    job: Option<&JobProgress>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<Condition> {
+    let latest = job
+        .into_iter()
+        .flat_map(|j| j.partitions.iter())
+        .filter_map(|p| p.last_rewind.as_ref().map(|r| (p.partition, r)))
+        .max_by_key(|(partition, r)| (r.at.as_ref().map(|t| t.0), *partition));
+    let kept = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == REDIS_REWOUND));
+    match latest {
+        Some((partition, rewind)) => Some(condition(
+            previous,
+            REDIS_REWOUND,
+            true,
+            REDIS_LOST_WRITES,
+            rewind_message(partition, rewind),
+            generation,
+            now,
+        )),
+        None => kept.cloned(),
+    }
+}
+
+/// One Warning Event per rewind the previous status did not show yet.
+pub fn rewind_events(previous: Option<&StreamJobStatus>, next: &StreamJobStatus) -> Vec<EventNote> {
+    let before = |partition: i32| {
+        previous
+            .and_then(|s| s.job.as_ref())
+            .and_then(|j| j.partitions.iter().find(|p| p.partition == partition))
+            .and_then(|p| p.last_rewind.clone())
+    };
+    next.job
+        .iter()
+        .flat_map(|j| j.partitions.iter())
+        .filter_map(|p| {
+            let rewind = p.last_rewind.as_ref()?;
+            (before(p.partition).as_ref() != Some(rewind)).then(|| EventNote {
+                severity: EventSeverity::Warning,
+                reason: REDIS_LOST_WRITES.into(),
+                message: rewind_message(p.partition, rewind),
+            })
+        })
+        .collect()
 }
 
 /// The status after a failed reconciliation: previous observations kept, `Degraded` set.
@@ -414,7 +513,12 @@ pub fn transition_events(
             message: format!("phase {from} -> {}", next.phase.as_str()),
         });
     }
+    events.extend(rewind_events(previous, next));
     for condition in &next.conditions {
+        if condition.type_ == REDIS_REWOUND {
+            // One Event per rewind, above.
+            continue;
+        }
         let before =
             previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
         let changed =
@@ -493,4 +597,112 @@ pub fn transition_events(
         });
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Option<Time> {
+        Some(Time(Timestamp::from_millisecond(ms).expect("valid time")))
+    }
+
+    fn job_with(rewinds: &[(i32, i64, i64, i64)]) -> JobProgress {
+        JobProgress {
+            partitions: (0..4)
+                .map(|partition| {
+                    let rewind = rewinds.iter().find(|r| r.0 == partition);
+                    PartitionSummary {
+                        partition,
+                        committed_offset: Some(100),
+                        rewinds: rewind.map(|_| 1),
+                        last_rewind: rewind.map(|&(_, from, to, ms)| PartitionRewind {
+                            from_offset: from,
+                            to_offset: to,
+                            at: at(ms),
+                        }),
+                        ..PartitionSummary::default()
+                    }
+                })
+                .collect(),
+            ..JobProgress::default()
+        }
+    }
+
+    fn status_with(job: JobProgress, previous: Option<&StreamJobStatus>) -> StreamJobStatus {
+        let now = Timestamp::from_millisecond(9_000_000).expect("valid time");
+        let mut status = StreamJobStatus {
+            job: Some(job),
+            ..StreamJobStatus::default()
+        };
+        status.conditions.extend(rewind_condition(
+            previous,
+            status.job.as_ref(),
+            Some(1),
+            now,
+        ));
+        status
+    }
+
+    #[test]
+    fn no_rewind_means_no_condition_and_no_event() {
+        let status = status_with(job_with(&[]), None);
+        assert!(status.conditions.is_empty());
+        assert!(rewind_events(None, &status).is_empty());
+    }
+
+    #[test]
+    fn a_rewind_sets_the_condition_and_emits_one_warning_event() {
+        let before = status_with(job_with(&[]), None);
+        let after = status_with(job_with(&[(2, 5_000, 3_200, 1_000)]), Some(&before));
+        let condition = after
+            .conditions
+            .iter()
+            .find(|c| c.type_ == REDIS_REWOUND)
+            .expect("condition");
+        assert_eq!(condition.status, "True");
+        assert_eq!(condition.reason, REDIS_LOST_WRITES);
+        assert_eq!(
+            condition.message,
+            "Redis lost acknowledged writes; partition 2 rewound from 5000 to 3200"
+        );
+        let events = rewind_events(Some(&before), &after);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].severity, EventSeverity::Warning);
+        assert_eq!(events[0].message, condition.message);
+
+        // The same rewind seen again is not news; a later one on another partition is, and the
+        // condition then shows the latest.
+        assert!(rewind_events(Some(&after), &after).is_empty());
+        let later = status_with(
+            job_with(&[(2, 5_000, 3_200, 1_000), (0, 900, 10, 2_000)]),
+            Some(&after),
+        );
+        let events = rewind_events(Some(&after), &later);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0]
+            .message
+            .contains("partition 0 rewound from 900 to 10"));
+        let condition = later
+            .conditions
+            .iter()
+            .find(|c| c.type_ == REDIS_REWOUND)
+            .expect("condition");
+        assert!(condition.message.contains("partition 0"), "{condition:?}");
+    }
+
+    #[test]
+    fn the_condition_outlives_a_jobmanager_that_forgot_its_rewinds() {
+        let rewound = status_with(job_with(&[(1, 50, 0, 1_000)]), None);
+        let restarted = status_with(job_with(&[]), Some(&rewound));
+        let condition = restarted
+            .conditions
+            .iter()
+            .find(|c| c.type_ == REDIS_REWOUND)
+            .expect("kept");
+        assert!(condition
+            .message
+            .contains("partition 1 rewound from 50 to 0"));
+        assert!(rewind_events(Some(&rewound), &restarted).is_empty());
+    }
 }

@@ -21,6 +21,8 @@ use streamjob_worker::api::{
 pub struct JmRequest {
     pub method: String,
     pub path: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 /// Called with each request as it arrives.
@@ -49,6 +51,8 @@ pub struct JmState {
     /// Called with every request as it arrives (e.g. to look at the API server at that moment).
     pub on_request: Option<RequestHook>,
     seq: u64,
+    /// Bodies of the POSTs received, in order.
+    pub post_bodies: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -89,16 +93,33 @@ impl FakeJobManager {
             complete_at_once: true,
             on_request: None,
             seq: 0,
+            post_bodies: Vec::new(),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shared = state.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, _body: Bytes| {
-            let shared = shared.clone();
-            async move { answer(&shared, method, uri).await }
-        });
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: axum::http::HeaderMap, body: Bytes| {
+                let shared = shared.clone();
+                let authorization = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                async move {
+                    if method == Method::POST {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        shared
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .post_bodies
+                            .push(text);
+                    }
+                    answer(&shared, method, uri, authorization).await
+                }
+            },
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -163,13 +184,19 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"errors": [message]}))).into_response()
 }
 
-async fn answer(state: &Arc<Mutex<JmState>>, method: Method, uri: Uri) -> Response {
+async fn answer(
+    state: &Arc<Mutex<JmState>>,
+    method: Method,
+    uri: Uri,
+    authorization: Option<String>,
+) -> Response {
     let path = uri.path().to_string();
     let fault = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         let request = JmRequest {
             method: method.to_string(),
             path: path.clone(),
+            authorization,
         };
         if let Some(hook) = &s.on_request {
             hook(&request);

@@ -46,6 +46,9 @@ struct Args {
     e2e_only: bool,
     /// Only the latency run.
     latency_only: bool,
+    /// `demo` (the demo generator: each event a random message, state and receivers) or
+    /// `lifecycle` (`testkit::lifecycle`: messages through their states, same receivers).
+    shape: String,
 }
 
 fn parse_args() -> Args {
@@ -57,6 +60,7 @@ fn parse_args() -> Args {
         latency_secs: 20,
         e2e_only: false,
         latency_only: false,
+        shape: "demo".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +77,7 @@ fn parse_args() -> Args {
             "--events" => args.events = value.parse().expect("--events N"),
             "--runs" => args.runs = value.parse().expect("--runs N"),
             "--broker" => args.broker = value,
+            "--shape" if value == "demo" || value == "lifecycle" => args.shape = value,
             "--latency-rate" => args.latency_rate = value.parse().expect("--latency-rate N"),
             "--latency-secs" => args.latency_secs = value.parse().expect("--latency-secs N"),
             other => panic!("unknown flag {other}"),
@@ -199,7 +204,7 @@ fn redis_benchmark(port: u16, args: &[&str]) -> f64 {
 /// (LPUSH + EXPIRE per list, HINCRBY + EXPIRE per template; no fences, not atomic), pipelined
 /// 2,000 events at a time over one connection per partition, into a fresh redis-server. Pipelines
 /// are built before the clock starts, so only Redis is measured.
-fn upstream_replay_rate(payloads: &[Vec<u8>]) -> f64 {
+fn upstream_replay(payloads: &[Vec<u8>]) -> Replay {
     let redis = RedisServer::start().expect("redis");
     let layout = Layout::new("", "Asia/Shanghai", "trace", TOPIC).expect("layout");
     let now = std::time::SystemTime::now();
@@ -212,6 +217,12 @@ fn upstream_replay_rate(payloads: &[Vec<u8>]) -> f64 {
                 .collect()
         })
         .collect();
+    let commands: usize = per_partition
+        .iter()
+        .flatten()
+        .map(|p| p.cmd_iter().count())
+        .sum();
+    let cpu0 = redis_cpu_seconds(&redis.url()).unwrap_or(f64::NAN);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for pipelines in &per_partition {
@@ -226,7 +237,25 @@ fn upstream_replay_rate(payloads: &[Vec<u8>]) -> f64 {
             });
         }
     });
-    events.len() as f64 / started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = redis_cpu_seconds(&redis.url()).unwrap_or(f64::NAN) - cpu0;
+    let replay = Replay {
+        events_per_second: events.len() as f64 / elapsed,
+        redis_cpu_us_per_event: cpu * 1e6 / events.len() as f64,
+        commands_per_event: commands as f64 / events.len() as f64,
+    };
+    eprintln!(
+        "upstream replay: {:.0} events/s, Redis CPU {:.2} µs/event, {:.2} commands/event",
+        replay.events_per_second, replay.redis_cpu_us_per_event, replay.commands_per_event
+    );
+    replay
+}
+
+/// The upstream replay's figures.
+struct Replay {
+    events_per_second: f64,
+    redis_cpu_us_per_event: f64,
+    commands_per_event: f64,
 }
 
 fn job_yaml(bootstrap: &str, redis_url: &str, metrics_port: u16, dir: &std::path::Path) -> String {
@@ -297,6 +326,8 @@ struct RunResult {
     /// run came to Redis's one main thread being saturated.
     redis_busy: f64,
     commands_per_event: f64,
+    /// redis-server's own CPU time (INFO cpu, user + sys) over the run, per event.
+    redis_cpu_us_per_event: f64,
     cpu_us_per_event: f64,
     peak_rss_mb: f64,
     /// From spawning the process to the first batch's fence move in Redis (DESIGN: < 0.5 s).
@@ -361,14 +392,15 @@ fn e2e_run(bootstrap: &str, ends: &[i64], events: usize, run: usize) -> RunResul
     let result = RunResult {
         events_per_second: events as f64 / elapsed,
         redis_busy: redis_cpu / elapsed,
+        redis_cpu_us_per_event: redis_cpu * 1e6 / events as f64,
         commands_per_event: commands / written.max(1.0),
         cpu_us_per_event: cpu * 1e6 / events as f64,
         peak_rss_mb: rss_kb as f64 / 1024.0,
         first_write_ms: first_write.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
     };
     eprintln!(
-        "run {run}: {:.0} events/s end to end ({elapsed:.2} s), Redis busy {:.0}%, {:.2} Redis commands/event, {:.2} µs CPU/event, peak RSS {:.1} MB, first write {:.0} ms after start",
-        result.events_per_second, result.redis_busy * 100.0, result.commands_per_event, result.cpu_us_per_event, result.peak_rss_mb, result.first_write_ms
+        "run {run}: {:.0} events/s end to end ({elapsed:.2} s), Redis busy {:.0}%, Redis CPU {:.2} µs/event, {:.2} Redis commands/event, {:.2} µs CPU/event, peak RSS {:.1} MB, first write {:.0} ms after start",
+        result.events_per_second, result.redis_busy * 100.0, result.redis_cpu_us_per_event, result.commands_per_event, result.cpu_us_per_event, result.peak_rss_mb, result.first_write_ms
     );
     result
 }
@@ -516,7 +548,11 @@ fn main() {
             ..TrafficShape::default()
         },
     );
-    let payloads: Vec<Vec<u8>> = (0..args.events).map(|_| generator.next_payload()).collect();
+    let payloads: Vec<Vec<u8>> = if args.shape == "lifecycle" {
+        streamjob_worker::testkit::lifecycle::payloads(args.events, 20_240_101)
+    } else {
+        (0..args.events).map(|_| generator.next_payload()).collect()
+    };
     let mode = if args.broker == "tansu" {
         ProduceMode::BatchedPlain
     } else {
@@ -541,6 +577,7 @@ fn main() {
     if args.e2e_only {
         for i in 0..args.runs {
             e2e_run(&bootstrap, &ends, args.events, i + 1);
+            upstream_replay(&payloads);
         }
         return;
     }
@@ -564,17 +601,32 @@ fn main() {
     );
     drop(redis);
     eprintln!("redis-benchmark -P 64: LPUSH {lpush:.0}/s, HINCRBY {hincrby:.0}/s");
-    let upstream = median(
-        (0..args.runs)
-            .map(|_| upstream_replay_rate(&payloads))
+    // Alternating, so both see the same machine load.
+    let mut replays = Vec::new();
+    let mut results: Vec<RunResult> = Vec::new();
+    for i in 0..args.runs {
+        replays.push(upstream_replay(&payloads));
+        results.push(e2e_run(&bootstrap, &ends, args.events, i + 1));
+    }
+    drop(payloads);
+    let upstream = median(replays.iter().map(|r| r.events_per_second).collect());
+    let upstream_cpu = median(replays.iter().map(|r| r.redis_cpu_us_per_event).collect());
+    let upstream_cmds = median(replays.iter().map(|r| r.commands_per_event).collect());
+    let speedup = median(
+        results
+            .iter()
+            .zip(&replays)
+            .map(|(r, u)| r.events_per_second / u.events_per_second)
             .collect(),
     );
-    eprintln!("upstream command stream replayed, pipelined: {upstream:.0} events/s");
-    drop(payloads);
-
-    let results: Vec<RunResult> = (0..args.runs)
-        .map(|i| e2e_run(&bootstrap, &ends, args.events, i + 1))
-        .collect();
+    let cpu_ratio = median(
+        results
+            .iter()
+            .zip(&replays)
+            .map(|(r, u)| r.redis_cpu_us_per_event / u.redis_cpu_us_per_event)
+            .collect(),
+    );
+    let redis_cpu = median(results.iter().map(|r| r.redis_cpu_us_per_event).collect());
     let eps = median(results.iter().map(|r| r.events_per_second).collect());
     let cmds = median(results.iter().map(|r| r.commands_per_event).collect());
     let cpu = median(results.iter().map(|r| r.cpu_us_per_event).collect());
@@ -594,8 +646,8 @@ fn main() {
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| data set | {} events, {PARTITIONS} partitions, broker {} |",
-        args.events, args.broker
+        "| data set | {} events ({} shape), {PARTITIONS} partitions, broker {} |",
+        args.events, args.shape, args.broker
     );
     println!(
         "| end to end broker → Redis, exactly-once (median of {}) | {eps:.0} events/s |",
@@ -613,7 +665,14 @@ fn main() {
     println!("| reference: redis-benchmark -P 64 LPUSH (median) | {lpush:.0} ops/s |");
     println!("| reference: redis-benchmark -P 64 HINCRBY (median) | {hincrby:.0} ops/s |");
     println!("| reference: the same events as upstream's command stream, pipelined, no fences (median) | {upstream:.0} events/s |");
-    println!("| Redis commands per event (sink counters, median) | {cmds:.2} |");
+    println!(
+        "| streamjob ÷ upstream replay, events/s (median of per-run ratios) | {speedup:.2}× |"
+    );
+    println!("| Redis CPU per event: streamjob (INFO cpu, whole run incl. start-up, median) | {redis_cpu:.2} µs |");
+    println!("| Redis CPU per event: upstream replay (median) | {upstream_cpu:.2} µs |");
+    println!("| streamjob ÷ upstream replay, Redis CPU per event (median of per-run ratios) | {cpu_ratio:.2} |");
+    println!("| Redis commands per event: streamjob (sink counters, median) | {cmds:.2} |");
+    println!("| Redis commands per event: upstream replay | {upstream_cmds:.2} |");
     println!(
         "| Redis command rate end to end (events/s × commands/event) | {:.0} commands/s ({:.0}% of pipelined LPUSH) |",
         eps * cmds,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{
     Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionProgress,
-    PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, TaskManagerInfo,
+    PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, Rewind, TaskManagerInfo,
 };
 
 use super::planner::{self, OwnerView};
@@ -107,6 +107,15 @@ pub enum CoordinatorError {
     NotRunning(JobState),
 }
 
+/// The rewinds of one partition: reports count them per owner, from 0.
+#[derive(Debug, Clone, Default)]
+struct RewindLog {
+    total: u64,
+    last: Option<Rewind>,
+    owner_generation: u64,
+    owner_count: u64,
+}
+
 /// Membership, ownership and progress of one job.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -119,6 +128,8 @@ pub struct Coordinator {
     /// Best known committed offset per partition (restored state, then reports).
     offsets: BTreeMap<i32, i64>,
     progress: BTreeMap<i32, PartitionProgress>,
+    /// Rewinds reported per partition (Redis lost acknowledged writes).
+    rewinds: BTreeMap<i32, RewindLog>,
     next_generation: u64,
     snapshot_requested: u64,
     pending_snapshots: Vec<PendingSnapshot>,
@@ -151,6 +162,7 @@ impl Coordinator {
             owners: BTreeMap::new(),
             offsets,
             progress: BTreeMap::new(),
+            rewinds: BTreeMap::new(),
             next_generation: generation + 1,
             snapshot_requested: 0,
             pending_snapshots: Vec::new(),
@@ -441,6 +453,34 @@ impl Coordinator {
         }
     }
 
+    /// Counts the rewinds `p` reports that were not seen yet; whether there were any.
+    fn record_rewinds(&mut self, generation: u64, p: &PartitionProgress) -> bool {
+        let log = self.rewinds.entry(p.partition).or_default();
+        if log.owner_generation != generation {
+            log.owner_generation = generation;
+            log.owner_count = 0;
+        }
+        let new = p.rewinds.saturating_sub(log.owner_count);
+        if new == 0 {
+            return false;
+        }
+        log.total += new;
+        log.owner_count = p.rewinds;
+        log.last = p.last_rewind.or(log.last);
+        if let Some(rewind) = p.last_rewind {
+            tracing::error!(
+                partition = p.partition,
+                from = rewind.from_offset,
+                to = rewind.to_offset,
+                "Redis lost acknowledged writes; partition {} rewound from {} to {}",
+                p.partition,
+                rewind.from_offset,
+                rewind.to_offset
+            );
+        }
+        true
+    }
+
     fn raise_offset(&mut self, partition: i32, offset: i64) {
         let entry = self.offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
@@ -448,18 +488,34 @@ impl Coordinator {
 
     fn record_progress(&mut self, id: &str, progress: &[PartitionProgress]) {
         for p in progress {
-            let mine = self
+            let Some(generation) = self
                 .owners
                 .get(&p.partition)
-                .is_some_and(|o| o.member == id);
-            if !mine {
+                .filter(|o| o.member == id)
+                .map(|o| o.generation)
+            else {
                 continue;
-            }
+            };
+            let rewound = self.record_rewinds(generation, p);
             if let Some(offset) = p.committed_offset {
-                self.raise_offset(p.partition, offset);
+                if rewound {
+                    // Redis lost writes: the committed offset really went back.
+                    self.offsets.insert(p.partition, offset);
+                } else {
+                    self.raise_offset(p.partition, offset);
+                }
             }
             self.marks.insert(p.partition, (p.watermark_ms, p.idle));
-            self.progress.insert(p.partition, p.clone());
+            // A new owner reports before its first watermark fetch: the high watermark seen
+            // before the move still holds (it only grows), so the partition's lag stays known.
+            let mut report = p.clone();
+            if let Some(previous) = self.progress.get(&p.partition) {
+                report.high_watermark = match (report.high_watermark, previous.high_watermark) {
+                    (Some(new), Some(old)) => Some(new.max(old)),
+                    (new, old) => new.or(old),
+                };
+            }
+            self.progress.insert(p.partition, report);
         }
     }
 
@@ -689,6 +745,11 @@ impl Coordinator {
     }
 
     /// Per-partition view for the job overview.
+    /// The newest progress report of each partition, as its owner sent it.
+    pub fn progress_reports(&self) -> &BTreeMap<i32, PartitionProgress> {
+        &self.progress
+    }
+
     pub fn partitions(&self) -> Vec<PartitionStatus> {
         let count = self.partition_count.unwrap_or(0) as i32;
         (0..count)
@@ -723,6 +784,13 @@ impl Coordinator {
                     },
                     watermark_ms: self.marks.get(&partition).and_then(|m| m.0),
                     idle: self.marks.get(&partition).is_some_and(|m| m.1),
+                    retrying: owner.is_some() && progress.is_some_and(|p| p.retrying),
+                    dead_lettered: progress
+                        .map(|p| p.dead_lettered.clone())
+                        .unwrap_or_default(),
+                    last_error: progress.and_then(|p| p.last_error.clone()),
+                    rewinds: self.rewinds.get(&partition).map_or(0, |r| r.total),
+                    last_rewind: self.rewinds.get(&partition).and_then(|r| r.last),
                 }
             })
             .collect()

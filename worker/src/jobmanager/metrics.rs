@@ -28,6 +28,11 @@ pub struct JobManagerMetrics {
     pub savepoints: Family<Labels, Counter>,
     pub last_checkpoint_duration_seconds: Gauge<f64, AtomicU64>,
     pub last_savepoint_duration_seconds: Gauge<f64, AtomicU64>,
+    /// Unix time of the newest complete checkpoint / savepoint written by this process.
+    pub last_checkpoint_timestamp_seconds: Gauge<f64, AtomicU64>,
+    pub last_savepoint_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// `checkpoint.interval` (0: disabled), so alerts can compare a checkpoint's age with it.
+    pub checkpoint_interval_seconds: Gauge<f64, AtomicU64>,
     pub partition_discovery_errors: Counter,
     /// The job's event-time watermark (epoch ms).
     watermark: Gauge,
@@ -58,6 +63,9 @@ impl JobManagerMetrics {
             savepoints: Family::default(),
             last_checkpoint_duration_seconds: Gauge::default(),
             last_savepoint_duration_seconds: Gauge::default(),
+            last_checkpoint_timestamp_seconds: Gauge::default(),
+            last_savepoint_timestamp_seconds: Gauge::default(),
+            checkpoint_interval_seconds: Gauge::default(),
             partition_discovery_errors: Counter::default(),
             watermark: Gauge::default(),
             final_watermark: Gauge::default(),
@@ -124,6 +132,21 @@ impl JobManagerMetrics {
             metrics.last_savepoint_duration_seconds.clone(),
         );
         r.register(
+            "last_checkpoint_timestamp_seconds",
+            "Unix time the newest complete checkpoint was written (the jobmanager's start until then)",
+            metrics.last_checkpoint_timestamp_seconds.clone(),
+        );
+        r.register(
+            "last_savepoint_timestamp_seconds",
+            "Unix time the newest complete savepoint was written by this process (0: none yet)",
+            metrics.last_savepoint_timestamp_seconds.clone(),
+        );
+        r.register(
+            "checkpoint_interval_seconds",
+            "Configured checkpoint.interval (0: periodic checkpoints are off)",
+            metrics.checkpoint_interval_seconds.clone(),
+        );
+        r.register(
             "partition_discovery_errors",
             "Failed attempts to read the topic's partition count",
             metrics.partition_discovery_errors.clone(),
@@ -132,6 +155,16 @@ impl JobManagerMetrics {
             registry: root,
             ..metrics
         }
+    }
+
+    /// The text exposition as it stands (no refresh from a coordinator): every family with its
+    /// `# HELP`/`# TYPE` lines, so the exported names can be listed.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
     }
 
     /// Refreshes the gauges from the coordinator and renders the text exposition.

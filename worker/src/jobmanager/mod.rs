@@ -4,8 +4,10 @@
 //! The decisions live in pure modules ([`planner`], [`coordinator`], [`restore`]); this module
 //! wires them to a clock, the state directory and the HTTP server.
 
+pub mod auth;
 pub mod coordinator;
-mod metrics;
+pub mod dashboard;
+pub mod metrics;
 mod operations;
 pub mod planner;
 pub mod rest;
@@ -25,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{JobState, SnapshotKind};
 use crate::config::JobConfig;
+use crate::sink::redis::Layout;
 
 use coordinator::{Coordinator, CoordinatorConfig};
 use metrics::JobManagerMetrics;
@@ -67,6 +70,8 @@ pub enum JobManagerError {
     },
     #[error("the REST server stopped: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("sink settings: {0}")]
+    Sink(#[from] crate::sink::redis::SinkError),
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -89,6 +94,12 @@ pub(crate) struct Shared {
     pub(crate) metrics: JobManagerMetrics,
     /// Redis, for the event-time series: finality records and the series read side.
     pub(crate) series: series::SeriesRedis,
+    /// Wall-clock start, for the dashboard's uptime.
+    pub(crate) started_at_ms: u64,
+    /// Throughput samples, dead letters and problems for the dashboard.
+    pub(crate) activity: Mutex<dashboard::activity::Activity>,
+    /// Reads of the job's Redis for `/trace/*`.
+    pub(crate) trace: dashboard::trace::TraceReader,
 }
 
 impl Shared {
@@ -154,7 +165,15 @@ impl JobManager {
         }
         let instance = format!("{:x}{:x}", now_ms(), std::process::id());
         let (changed, _) = watch::channel(0);
+        let layout = Layout::from_config(
+            &config.sink.redis,
+            &config.job.name,
+            &config.source.kafka.topic,
+        )?;
         let shared = Arc::new(Shared {
+            started_at_ms: now_ms(),
+            activity: Mutex::default(),
+            trace: dashboard::trace::TraceReader::new(config.sink.redis.clone(), layout),
             metrics: JobManagerMetrics::new(&config.job.name),
             config: config.clone(),
             instance,
@@ -166,6 +185,16 @@ impl JobManager {
             restore,
             series: series::SeriesRedis::new(&config),
         });
+        // Until its first checkpoint the jobmanager counts a checkpoint's age from its start,
+        // so "no checkpoint for 3 intervals" also fires for one that never checkpoints.
+        shared
+            .metrics
+            .last_checkpoint_timestamp_seconds
+            .set(now_ms() as f64 / 1e3);
+        shared
+            .metrics
+            .checkpoint_interval_seconds
+            .set(config.checkpoint.interval.as_secs_f64());
         let local_addr = listener.local_addr().map_err(JobManagerError::Serve)?;
         let (fatal_tx, fatal) = watch::channel(None);
         let fatal_tx = Arc::new(fatal_tx);
@@ -189,6 +218,7 @@ impl JobManager {
                 shared.clone(),
             )));
         }
+        tasks.push(tokio::spawn(dashboard::sample(shared.clone())));
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
             SnapshotKind::Checkpoint,
@@ -354,7 +384,7 @@ async fn periodic(shared: Arc<Shared>, kind: SnapshotKind) {
         }
         let op = match kind {
             SnapshotKind::Checkpoint => operations::trigger_checkpoint(&shared),
-            SnapshotKind::Savepoint => operations::trigger_savepoint(&shared, None),
+            SnapshotKind::Savepoint => operations::trigger_savepoint(&shared, None, None),
         };
         if let Err(e) = op {
             tracing::warn!(error = %e, ?kind, "periodic snapshot not started");

@@ -25,6 +25,25 @@ pub enum TriggerError {
     PartitionsUnknown,
     #[error("targetDirectory must be an absolute path (got {0:?})")]
     BadTarget(String),
+    #[error("triggerId must be 1-128 characters of [A-Za-z0-9._-] (got {0:?})")]
+    BadTriggerId(String),
+    #[error("triggerId {0:?} names an operation of another kind")]
+    TriggerIdReused(String),
+}
+
+fn check_trigger_id(id: Option<&str>) -> Result<(), TriggerError> {
+    match id {
+        Some(id)
+            if id.is_empty()
+                || id.len() > 128
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
+        {
+            Err(TriggerError::BadTriggerId(id.to_string()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug)]
@@ -45,12 +64,29 @@ pub(crate) struct Operations {
 }
 
 impl Operations {
+    /// The request a client-chosen trigger id already names, if any (same kind only).
+    fn known(
+        &self,
+        trigger_id: Option<&str>,
+        kind: OperationKind,
+    ) -> Result<Option<String>, TriggerError> {
+        let Some(id) = trigger_id else {
+            return Ok(None);
+        };
+        match self.ops.get(id) {
+            Some(op) if op.info.kind == kind => Ok(Some(id.to_string())),
+            Some(_) => Err(TriggerError::TriggerIdReused(id.to_string())),
+            None => Ok(None),
+        }
+    }
+
     fn add(
         &mut self,
         instance: &str,
         kind: OperationKind,
         snapshot_id: Option<u64>,
         target: Option<PathBuf>,
+        trigger_id: Option<String>,
     ) -> String {
         self.seq += 1;
         let prefix = match kind {
@@ -58,7 +94,7 @@ impl Operations {
             OperationKind::Savepoint => "sp",
             OperationKind::StopWithSavepoint => "stop",
         };
-        let request_id = format!("{prefix}-{}-{instance}", self.seq);
+        let request_id = trigger_id.unwrap_or_else(|| format!("{prefix}-{}-{instance}", self.seq));
         self.ops.insert(
             request_id.clone(),
             Operation {
@@ -123,7 +159,15 @@ fn trigger_snapshot(
     shared: &Shared,
     kind: OperationKind,
     target: Option<PathBuf>,
+    trigger_id: Option<String>,
 ) -> Result<String, TriggerError> {
+    check_trigger_id(trigger_id.as_deref())?;
+    // Holding the lock from the look-up to the insert: two identical triggers racing each other
+    // still take one snapshot.
+    let mut operations = shared.lock_operations();
+    if let Some(known) = operations.known(trigger_id.as_deref(), kind)? {
+        return Ok(known);
+    }
     let snapshot_id = shared.with_coordinator(|c| match c.state() {
         JobState::Stopping => Err(TriggerError::WrongState(JobState::Stopping)),
         JobState::Finished if kind == OperationKind::Checkpoint => {
@@ -132,21 +176,26 @@ fn trigger_snapshot(
         _ if c.partition_count().is_none() => Err(TriggerError::PartitionsUnknown),
         _ => Ok(c.request_snapshot(Instant::now())),
     })?;
-    Ok(shared
-        .lock_operations()
-        .add(&shared.instance, kind, Some(snapshot_id), target))
+    Ok(operations.add(
+        &shared.instance,
+        kind,
+        Some(snapshot_id),
+        target,
+        trigger_id,
+    ))
 }
 
 pub(crate) fn trigger_checkpoint(shared: &Shared) -> Result<String, TriggerError> {
-    trigger_snapshot(shared, OperationKind::Checkpoint, None)
+    trigger_snapshot(shared, OperationKind::Checkpoint, None, None)
 }
 
 pub(crate) fn trigger_savepoint(
     shared: &Shared,
     target: Option<String>,
+    trigger_id: Option<String>,
 ) -> Result<String, TriggerError> {
     let target = absolute_target(target)?;
-    trigger_snapshot(shared, OperationKind::Savepoint, target)
+    trigger_snapshot(shared, OperationKind::Savepoint, target, trigger_id)
 }
 
 /// Stop-with-savepoint: revoke everything (owners flush and release), write the savepoint from
@@ -154,21 +203,25 @@ pub(crate) fn trigger_savepoint(
 pub(crate) fn stop_with_savepoint(
     shared: &Arc<Shared>,
     target: Option<String>,
+    trigger_id: Option<String>,
 ) -> Result<String, TriggerError> {
     let target = absolute_target(target)?;
-    shared.with_coordinator(|c| {
-        if c.partition_count().is_none() {
-            return Err(TriggerError::PartitionsUnknown);
+    check_trigger_id(trigger_id.as_deref())?;
+    let request_id = {
+        let mut operations = shared.lock_operations();
+        let kind = OperationKind::StopWithSavepoint;
+        if let Some(known) = operations.known(trigger_id.as_deref(), kind)? {
+            return Ok(known);
         }
-        c.begin_stop(Instant::now())
-            .map_err(|_| TriggerError::WrongState(c.state()))
-    })?;
-    let request_id = shared.lock_operations().add(
-        &shared.instance,
-        OperationKind::StopWithSavepoint,
-        None,
-        target.clone(),
-    );
+        shared.with_coordinator(|c| {
+            if c.partition_count().is_none() {
+                return Err(TriggerError::PartitionsUnknown);
+            }
+            c.begin_stop(Instant::now())
+                .map_err(|_| TriggerError::WrongState(c.state()))
+        })?;
+        operations.add(&shared.instance, kind, None, target.clone(), trigger_id)
+    };
     let shared = shared.clone();
     let id = request_id.clone();
     tokio::spawn(async move {
@@ -207,17 +260,26 @@ fn record_metrics(shared: &Shared, kind: SnapshotKind, ok: bool, request_id: &st
         .map(|o| o.started);
     let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     let labels = JobManagerMetrics::result_labels(ok);
+    let now_seconds = now_ms() as f64 / 1e3;
     match kind {
         SnapshotKind::Checkpoint => {
             shared.metrics.checkpoints.get_or_create(&labels).inc();
             if ok {
                 shared.metrics.last_checkpoint_duration_seconds.set(seconds);
+                shared
+                    .metrics
+                    .last_checkpoint_timestamp_seconds
+                    .set(now_seconds);
             }
         }
         SnapshotKind::Savepoint => {
             shared.metrics.savepoints.get_or_create(&labels).inc();
             if ok {
                 shared.metrics.last_savepoint_duration_seconds.set(seconds);
+                shared
+                    .metrics
+                    .last_savepoint_timestamp_seconds
+                    .set(now_seconds);
             }
         }
     }
@@ -296,8 +358,7 @@ async fn write_snapshot(
                 },
             ),
         };
-        let info = store.write(&snapshot)?;
-        let deleted = store.apply_retention(retention, now_ms())?;
+        let (info, deleted) = store.write_retaining(&snapshot, retention, now_ms())?;
         if !deleted.is_empty() {
             tracing::info!(?deleted, ?kind, "retention deleted old snapshots");
         }

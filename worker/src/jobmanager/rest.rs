@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +20,7 @@ use crate::api::{
     StopWithSavepointRequest, TaskManagerInfo, TriggerResponse, TriggerSavepointRequest,
 };
 
+use super::auth::{self, AuthError};
 use super::coordinator::CoordinatorError;
 use super::operations::{self, TriggerError};
 use super::Shared;
@@ -47,8 +48,36 @@ impl IntoResponse for ApiError {
         let body = ErrorResponse {
             errors: vec![self.message],
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"streamjob\""),
+            );
+        }
+        response
     }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match e {
+            AuthError::Missing | AuthError::Wrong => StatusCode::UNAUTHORIZED,
+            AuthError::Unreadable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Refuses a mutating call without the job's API token (when one is configured), before
+/// anything else is looked at.
+async fn authorized(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
+    auth::authorize(&shared.config.jobmanager, headers)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "mutating REST call refused");
+            ApiError::from(e)
+        })
 }
 
 impl From<CoordinatorError> for ApiError {
@@ -64,8 +93,10 @@ impl From<CoordinatorError> for ApiError {
 impl From<TriggerError> for ApiError {
     fn from(e: TriggerError) -> Self {
         let status = match e {
-            TriggerError::BadTarget(_) => StatusCode::BAD_REQUEST,
-            TriggerError::WrongState(_) | TriggerError::PartitionsUnknown => StatusCode::CONFLICT,
+            TriggerError::BadTarget(_) | TriggerError::BadTriggerId(_) => StatusCode::BAD_REQUEST,
+            TriggerError::WrongState(_)
+            | TriggerError::PartitionsUnknown
+            | TriggerError::TriggerIdReused(_) => StatusCode::CONFLICT,
         };
         Self::new(status, e.to_string())
     }
@@ -112,6 +143,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/taskmanagers/{tm_id}/register", post(register))
         .route("/taskmanagers/{tm_id}/heartbeat", post(heartbeat))
         .route("/taskmanagers/{tm_id}/leave", post(leave))
+        .merge(super::dashboard::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -185,6 +217,11 @@ async fn job_overview(
     Path(job_id): Path<String>,
 ) -> ApiResult<Json<JobOverview>> {
     check_job(&shared, &job_id)?;
+    Ok(Json(overview(&shared, job_id)))
+}
+
+/// The job overview (`GET /jobs/{jobId}`; also the dashboard's).
+pub(crate) fn overview(shared: &Shared, job_id: String) -> JobOverview {
     let now = Instant::now();
     let (last_checkpoint, last_savepoint) = {
         let ops = shared.lock_operations();
@@ -195,7 +232,7 @@ async fn job_overview(
     let taskmanagers = c.taskmanagers(now);
     let partitions = c.partitions();
     let lags: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
-    Ok(Json(JobOverview {
+    JobOverview {
         job_id,
         state: c.state(),
         topic: shared.config.source.kafka.topic.clone(),
@@ -211,7 +248,7 @@ async fn job_overview(
         last_checkpoint,
         last_savepoint,
         watermark: shared.series.status(job_watermark, final_watermark),
-    }))
+    }
 }
 
 /// `GET /jobs/{jobId}/series?businessId=…&from=…&to=…`: one template's event-time series.
@@ -289,8 +326,10 @@ fn accepted(request_id: String) -> Response {
 async fn trigger_checkpoint(
     State(shared): State<Arc<Shared>>,
     Path(job_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    authorized(&shared, &headers).await?;
     check_job(&shared, &job_id)?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
@@ -309,26 +348,32 @@ async fn trigger_checkpoint(
 async fn trigger_savepoint(
     State(shared): State<Arc<Shared>>,
     Path(job_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    authorized(&shared, &headers).await?;
     check_job(&shared, &job_id)?;
     let request: TriggerSavepointRequest = parse_body(&body)?;
     Ok(accepted(operations::trigger_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 
 async fn stop_with_savepoint(
     State(shared): State<Arc<Shared>>,
     Path(job_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    authorized(&shared, &headers).await?;
     check_job(&shared, &job_id)?;
     let request: StopWithSavepointRequest = parse_body(&body)?;
     Ok(accepted(operations::stop_with_savepoint(
         &shared,
         request.target_directory,
+        request.trigger_id,
     )?))
 }
 

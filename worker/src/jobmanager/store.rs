@@ -262,8 +262,21 @@ impl SnapshotStore {
         }
     }
 
+    /// What a reader may restore from. Waits for a running write and its retention, so a listing
+    /// never shows more snapshots than the policy keeps.
     pub fn list(&self) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let _guard = self.guard();
+        self.list_unlocked()
+    }
+
+    fn list_unlocked(&self) -> Result<Vec<SnapshotInfo>, StoreError> {
         Ok(self.complete()?.into_iter().map(|(info, _)| info).collect())
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The newest verified snapshot.
@@ -273,10 +286,25 @@ impl SnapshotStore {
 
     /// Writes a snapshot atomically under the next id and indexes it in the manifest.
     pub fn write(&self, snapshot: &Snapshot) -> Result<SnapshotInfo, StoreError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self.guard();
+        self.write_unlocked(snapshot)
+    }
+
+    /// Writes a snapshot and applies the retention policy as one step, so no reader sees the new
+    /// snapshot next to one the policy is about to delete. Returns the new snapshot and the
+    /// deleted paths.
+    pub fn write_retaining(
+        &self,
+        snapshot: &Snapshot,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<(SnapshotInfo, Vec<PathBuf>), StoreError> {
+        let _guard = self.guard();
+        let info = self.write_unlocked(snapshot)?;
+        Ok((info, self.retain_unlocked(retention, now_ms)?))
+    }
+
+    fn write_unlocked(&self, snapshot: &Snapshot) -> Result<SnapshotInfo, StoreError> {
         let id = self.scan()?.first().map(|(id, _)| id + 1).unwrap_or(1);
         let mut snapshot = snapshot.clone();
         snapshot.id = id;
@@ -293,7 +321,7 @@ impl SnapshotStore {
         let manifest = Manifest {
             format: FORMAT_VERSION,
             kind: self.kind,
-            snapshots: self.list()?,
+            snapshots: self.list_unlocked()?,
         };
         let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         bytes.push(b'\n');
@@ -307,10 +335,15 @@ impl SnapshotStore {
         retention: Retention,
         now_ms: u64,
     ) -> Result<Vec<PathBuf>, StoreError> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self.guard();
+        self.retain_unlocked(retention, now_ms)
+    }
+
+    fn retain_unlocked(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+    ) -> Result<Vec<PathBuf>, StoreError> {
         let complete = self.complete()?;
         let keep: Vec<&Path> = complete
             .iter()

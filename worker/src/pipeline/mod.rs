@@ -8,6 +8,7 @@
 
 pub mod backoff;
 mod partition;
+mod series;
 pub mod watermark;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::api::{Assignment, PartitionProgress};
 use crate::config::{JobConfig, StartingOffsets};
 use crate::metrics::Metrics;
 use crate::sink::redis::window::WindowRules;
-use crate::sink::redis::{Fence, RedisSink, SinkError};
+use crate::sink::redis::{RedisSink, SinkError};
 use crate::source::{create_consumer, DlqProducer, SourceConsumer};
 use partition::{Control, PartitionState, PartitionTask};
 
@@ -197,10 +198,9 @@ impl Pipeline {
         stopped
     }
 
-    /// Starts consuming a partition: claims it in Redis (which bumps the fence epoch and shuts out
-    /// any older owner), then resumes at the fence's `next_offset`, else `start_offset`, else the
-    /// configured starting offsets. When both the fence and `start_offset` are known the larger wins.
-    /// Assigning a partition that is already running is a no-op.
+    /// Starts consuming a partition: claims it in Redis (which raises the fence epoch and shuts out
+    /// any older owner), then resumes at the fence's `next_offset`; see [`resume_plan`] for a
+    /// fence without one. Assigning a partition that is already running is a no-op.
     pub async fn assign(&self, assignment: Assignment) -> Result<(), PipelineError> {
         let partition = assignment.partition;
         {
@@ -215,20 +215,13 @@ impl Pipeline {
         }
         let config = &self.shared.config;
         let span = tracing::info_span!("partition", job = %config.job.name, partition);
-        let fence = claim_with_retry(&self.shared, partition, &self.options)
+        let claimed = claim_with_retry(&self.shared, assignment, &self.options)
             .instrument(span.clone())
             .await?;
-        let resume = resume_offset(fence, assignment.start_offset);
         // Never decide lateness below what Redis already records as final.
-        self.shared.board.learn(fence.final_watermark_ms);
+        self.shared.board.learn(claimed.final_watermark);
         let topic = &config.source.kafka.topic;
-        let offset = match resume {
-            Some(offset) => Offset::Offset(offset),
-            None => match config.source.kafka.starting_offsets {
-                StartingOffsets::Earliest => Offset::Beginning,
-                StartingOffsets::Latest => Offset::End,
-            },
-        };
+        let offset = Offset::Offset(claimed.resume);
         // Split the partition's queue off before assigning it, so none of its messages land in the
         // main queue.
         let queue = self
@@ -246,11 +239,25 @@ impl Pipeline {
         let metrics = self.shared.metrics.pipeline();
         let state = Arc::new(PartitionState::new(
             partition,
-            fence.epoch,
-            resume,
-            fence.max_event_ms,
+            claimed.epoch,
+            Some(claimed.resume),
+            claimed.clock,
             metrics.partition_gauges(partition),
         ));
+        if let Some(from) = claimed.rewound_from {
+            state.record_rewind(from, claimed.resume);
+            metrics.rewound(partition, from.saturating_sub(claimed.resume).max(0) as u64);
+            tracing::error!(
+                job = %config.job.name,
+                partition,
+                from,
+                to = claimed.resume,
+                "Redis lost acknowledged writes; partition {partition} rewound from {from} to {}: \
+                 the job had committed up to {from} but Redis's fence stands at {}",
+                claimed.resume,
+                claimed.resume,
+            );
+        }
         let (control, control_rx) = mpsc::channel(1);
         let (abandon, abandon_rx) = watch::channel(false);
         let task = PartitionTask {
@@ -265,7 +272,7 @@ impl Pipeline {
             job = %config.job.name,
             topic = %topic,
             partition,
-            epoch = fence.epoch
+            epoch = claimed.epoch
         );
         tracing::info!(parent: &span, ?offset, generation = assignment.generation, "partition assigned");
         let task = tokio::spawn(task.run().instrument(span));
@@ -350,6 +357,11 @@ impl Pipeline {
                 high_watermark: h.state.high_watermark(),
                 lag: h.state.lag(),
                 events_per_second: h.state.events_per_second(),
+                retrying: h.state.is_retrying(),
+                dead_lettered: h.state.dead_lettered(),
+                last_error: h.state.last_error(),
+                rewinds: h.state.rewinds().0,
+                last_rewind: h.state.rewinds().1,
                 watermark_ms: self
                     .shared
                     .window
@@ -401,14 +413,44 @@ impl Drop for Pipeline {
     }
 }
 
-/// Where a claimed partition resumes: the fence, else the assignment's offset; the larger when
-/// both are known (the fence wins when it is ahead; an assignment ahead of the fence comes from a
-/// savepoint taken after data the fence lost).
-pub fn resume_offset(fence: Fence, start_offset: Option<i64>) -> Option<i64> {
-    match (fence.next_offset, start_offset) {
-        (Some(f), Some(s)) => Some(f.max(s)),
-        (f, s) => f.or(s),
+/// Where a partition starts when its fence has no `next_offset` (the claim writes it there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstOffset {
+    /// The broker's earliest retained offset.
+    Earliest,
+    /// The broker's high watermark.
+    Latest,
+}
+
+/// Where a partition whose fence has no `next_offset` starts. Never claimed and never committed:
+/// the configured starting offsets. Committed before (`start_offset` from a checkpoint, a
+/// savepoint or the jobmanager's memory) but no fence: Redis lost the fence (replaced by an empty
+/// one, or the key deleted), so everything Redis held for the partition may be gone; the partition
+/// re-applies from the earliest retained offset, never skipping silently.
+pub fn resume_plan(start_offset: Option<i64>, starting: StartingOffsets) -> FirstOffset {
+    match (start_offset, starting) {
+        (Some(_), _) | (None, StartingOffsets::Earliest) => FirstOffset::Earliest,
+        (None, StartingOffsets::Latest) => FirstOffset::Latest,
     }
+}
+
+/// Whether resuming at the fence is a rewind: the job had committed `start_offset`, past the
+/// fence. The fence is the only truth about Redis; checkpoints and savepoints ahead of it mean
+/// Redis lost writes, which are re-applied. Returns where the partition had been.
+pub fn rewound_from(fence_next_offset: i64, start_offset: Option<i64>) -> Option<i64> {
+    start_offset.filter(|s| *s > fence_next_offset)
+}
+
+/// A claimed partition: the owner's epoch and where it resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claimed {
+    epoch: u64,
+    resume: i64,
+    rewound_from: Option<i64>,
+    /// The partition's event-time clock stored in its fence.
+    clock: Option<i64>,
+    /// The job watermark Redis records as final (with `window.enabled`).
+    final_watermark: Option<i64>,
 }
 
 async fn connect_sink(
@@ -437,23 +479,93 @@ async fn connect_sink(
     }
 }
 
+/// Reads the fence; when it has no `next_offset` works out where to start (a broker round trip);
+/// then claims it, writing that offset if the fence still has none.
+async fn claim_once(shared: &Shared, assignment: Assignment) -> Result<Claimed, PipelineError> {
+    let partition = assignment.partition;
+    let existing = shared.sink.read_fence(partition).await?;
+    let first = match existing.and_then(|f| f.next_offset) {
+        Some(_) => None,
+        None => {
+            let starting = shared.config.source.kafka.starting_offsets;
+            let plan = resume_plan(assignment.start_offset, starting);
+            let consumer = shared.consumer.clone();
+            let topic = shared.config.source.kafka.topic.clone();
+            let (low, high) = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))??;
+            if let Some(committed) = assignment.start_offset {
+                tracing::error!(
+                    partition,
+                    committed,
+                    earliest = low,
+                    "Redis has no fence for partition {partition}, which the job had committed up \
+                     to {committed}: Redis lost it (replaced by an empty one?); re-applying from the \
+                     earliest retained offset {low}"
+                );
+            }
+            Some(match plan {
+                FirstOffset::Earliest => low,
+                FirstOffset::Latest => high,
+            })
+        }
+    };
+    let claim = shared
+        .sink
+        .claim_from(partition, assignment.generation, first)
+        .await?;
+    let Some(resume) = claim.fence.next_offset else {
+        // The fence lost its offset between the read and the claim: read it again.
+        return Err(SinkError::Unavailable("the fence changed while claiming it".into()).into());
+    };
+    let final_watermark = match shared.window {
+        Some(_) => shared
+            .sink
+            .read_final_watermark()
+            .await?
+            .map(|(watermark, _)| watermark),
+        None => None,
+    };
+    Ok(Claimed {
+        epoch: claim.fence.epoch,
+        resume,
+        rewound_from: rewound_from(resume, assignment.start_offset),
+        clock: claim.fence.max_event_ms,
+        final_watermark,
+    })
+}
+
+fn is_retryable(err: &PipelineError) -> bool {
+    match err {
+        PipelineError::Sink(err) => err.is_retryable(),
+        PipelineError::Kafka(_) => true,
+        _ => false,
+    }
+}
+
 async fn claim_with_retry(
     shared: &Shared,
-    partition: i32,
+    assignment: Assignment,
     options: &PipelineOptions,
-) -> Result<Fence, PipelineError> {
+) -> Result<Claimed, PipelineError> {
     let deadline = tokio::time::Instant::now() + options.claim_timeout;
     let mut attempt = 0;
     loop {
-        match shared.sink.claim(partition).await {
-            Ok(fence) => return Ok(fence),
-            Err(err) if err.is_retryable() && tokio::time::Instant::now() < deadline => {
-                shared.metrics.pipeline().redis_error(err.kind());
+        match Box::pin(claim_once(shared, assignment)).await {
+            Ok(claimed) => return Ok(claimed),
+            Err(err) if is_retryable(&err) && tokio::time::Instant::now() < deadline => {
+                let kind = match &err {
+                    PipelineError::Sink(e) => e.kind(),
+                    _ => "kafka",
+                };
+                shared.metrics.pipeline().redis_error(kind);
                 tracing::warn!(%err, attempt, "cannot claim the partition yet; retrying");
                 tokio::time::sleep(options.backoff.delay(attempt, backoff::jitter_unit())).await;
                 attempt = attempt.saturating_add(1);
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
     }
 }
@@ -480,14 +592,27 @@ async fn serve_main_queue(shared: Arc<Shared>) {
     }
 }
 
+/// A partition that has no high watermark yet (just assigned) gets its first fetch this soon, so
+/// its lag is known within the first heartbeat rather than after a full refresh interval.
+const FIRST_WATERMARK_FETCH: Duration = Duration::from_millis(250);
+
 /// Refreshes each owned partition's high watermark (for lag), off the async threads.
 async fn refresh_watermarks(shared: Arc<Shared>, partitions: Partitions, every: Duration) {
     let topic = shared.config.source.kafka.topic.clone();
+    let mut last_full = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(FIRST_WATERMARK_FETCH.min(every)).await;
+        let full = last_full.elapsed() >= every;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
         let states: Vec<Arc<PartitionState>> = {
             let partitions = partitions.lock().unwrap_or_else(|e| e.into_inner());
-            partitions.values().map(|h| h.state.clone()).collect()
+            partitions
+                .values()
+                .map(|h| h.state.clone())
+                .filter(|s| full || s.high_watermark().is_none())
+                .collect()
         };
         if states.is_empty() {
             continue;
@@ -515,17 +640,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fence_wins_when_ahead_and_the_assignment_fills_in_when_there_is_none() {
-        let fence = |next_offset| Fence {
-            epoch: 3,
-            next_offset,
-            max_event_ms: None,
-            final_watermark_ms: None,
-        };
-        assert_eq!(resume_offset(fence(Some(100)), Some(40)), Some(100));
-        assert_eq!(resume_offset(fence(Some(100)), None), Some(100));
-        assert_eq!(resume_offset(fence(None), Some(40)), Some(40));
-        assert_eq!(resume_offset(fence(Some(40)), Some(100)), Some(100));
-        assert_eq!(resume_offset(fence(None), None), None);
+    fn the_fence_always_wins_and_a_commit_past_it_is_a_rewind() {
+        assert_eq!(rewound_from(100, Some(40)), None);
+        assert_eq!(rewound_from(100, None), None);
+        assert_eq!(rewound_from(100, Some(100)), None);
+        assert_eq!(rewound_from(40, Some(100)), Some(100));
+    }
+
+    #[test]
+    fn a_lost_fence_of_a_committed_partition_restarts_at_the_earliest_offset() {
+        use StartingOffsets::{Earliest, Latest};
+        assert_eq!(resume_plan(None, Earliest), FirstOffset::Earliest);
+        assert_eq!(resume_plan(None, Latest), FirstOffset::Latest);
+        // Never skip what Redis lost, whatever the configured starting offsets say.
+        assert_eq!(resume_plan(Some(500), Latest), FirstOffset::Earliest);
+        assert_eq!(resume_plan(Some(500), Earliest), FirstOffset::Earliest);
     }
 }

@@ -9,7 +9,27 @@
 //!
 //! While a batch cannot be applied (Redis down) the task keeps it, pauses the partition's fetches
 //! and retries with capped exponential backoff and jitter: backpressure, not unbounded buffering.
+//!
+//! Batches are contiguous: each covers offsets from where the previous one ended (or where the
+//! partition resumed), so offsets without records never look like a gap to the apply.
+//!
+//! # Rewind
+//!
+//! When the apply answers [`SinkError::Gap`], Redis lost writes it had acknowledged (a failover to
+//! a lagging replica, a restart from an older snapshot): its fence ends before this batch, or has
+//! vanished. The task drops its in-flight batch, seeks the consumer back to the fence (when the
+//! fence vanished: rewrites it at the earliest offset the broker still has, keeping this owner's
+//! epoch), and re-reads and re-applies from there. It logs an ERROR, counts the rewind and the
+//! offsets in `streamjob_partition_rewinds_total` / `streamjob_partition_rewound_offsets_total`,
+//! and reports it to the jobmanager. Undecodable records of the re-read range that this task
+//! already dead-lettered are not sent to the DLQ again (a new process cannot know, so after a
+//! restart they may be; the DLQ record's key tells duplicates apart).
+//!
+//! An [`SinkError::Overlap`] (the fence strictly inside the batch, which contiguous batches of one
+//! owner never produce) is refused whole and the task seeks forward to the fence: the part of the
+//! batch below it is in Redis already, the rest is read again.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,14 +43,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::jitter_unit;
 use super::Shared;
+use crate::api::{PartitionError, Rewind};
 use crate::metrics::PartitionGauges;
-use crate::sink::redis::window::{SeriesAccumulator, SeriesPlan, CLOCK_FIELD};
+use crate::sink::redis::window::SeriesAccumulator;
 use crate::sink::redis::{system_time_ms, ApplyOutcome, BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
 
 /// How often a partition commits its offset to the consumer group (for tooling only).
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often an idle partition (nothing in flight) reads its fence: Redis may lose writes while
+/// no batch comes to notice (a rollback after the last record), and the partition must still
+/// rewind and re-apply them.
+const IDLE_FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 const NONE: i64 = i64::MIN;
 
@@ -61,7 +87,12 @@ pub(crate) struct PartitionState {
     committed: AtomicI64,
     high_watermark: AtomicI64,
     applied_events: AtomicU64,
+    rewinds: AtomicU64,
+    last_rewind: Mutex<Option<Rewind>>,
     retrying: AtomicBool,
+    /// Dead-lettered records by reason kind, and the newest failure: shown in progress reports.
+    dead_lettered: Mutex<BTreeMap<String, u64>>,
+    last_error: Mutex<Option<PartitionError>>,
     /// Largest event time applied (the fence's `max_event_ms`); see `sink::redis::window`.
     clock: AtomicI64,
     started: Instant,
@@ -89,7 +120,11 @@ impl PartitionState {
             committed: AtomicI64::new(committed.unwrap_or(NONE)),
             high_watermark: AtomicI64::new(NONE),
             applied_events: AtomicU64::new(0),
+            rewinds: AtomicU64::new(0),
+            last_rewind: Mutex::new(None),
             retrying: AtomicBool::new(false),
+            dead_lettered: Mutex::new(BTreeMap::new()),
+            last_error: Mutex::new(None),
             clock: AtomicI64::new(clock.unwrap_or(NONE)),
             started: Instant::now(),
             last_active_ms: AtomicU64::new(0),
@@ -107,6 +142,23 @@ impl PartitionState {
         self.committed.store(next_offset, Ordering::Release);
         self.gauges.committed_offset.set(next_offset);
         self.update_lag();
+    }
+
+    /// Rewinds since this owner took the partition, and the latest.
+    pub fn rewinds(&self) -> (u64, Option<Rewind>) {
+        let last = *self.last_rewind.lock().unwrap_or_else(|e| e.into_inner());
+        (self.rewinds.load(Ordering::Acquire), last)
+    }
+
+    /// Records a rewind (Redis lost writes up to `from`): the committed offset goes back to `to`.
+    pub fn record_rewind(&self, from: i64, to: i64) {
+        *self.last_rewind.lock().unwrap_or_else(|e| e.into_inner()) = Some(Rewind {
+            from_offset: from,
+            to_offset: to,
+            at_ms: system_time_ms(SystemTime::now()).max(0) as u64,
+        });
+        self.rewinds.fetch_add(1, Ordering::AcqRel);
+        self.set_committed(to);
     }
 
     pub fn high_watermark(&self) -> Option<i64> {
@@ -133,13 +185,12 @@ impl PartitionState {
         to_opt(self.clock.load(Ordering::Acquire))
     }
 
-    fn set_clock(&self, clock: Option<i64>) {
-        if let Some(c) = clock {
-            self.clock.store(c, Ordering::Release);
-        }
+    /// Sets the clock to the one stored with the fence (`None`: the fence has none).
+    pub(super) fn set_clock(&self, clock: Option<i64>) {
+        self.clock.store(clock.unwrap_or(NONE), Ordering::Release);
     }
 
-    fn mark_active(&self) {
+    pub(super) fn mark_active(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
@@ -160,6 +211,36 @@ impl PartitionState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .observe(Instant::now(), total)
+    }
+
+    pub fn dead_lettered(&self) -> BTreeMap<String, u64> {
+        self.dead_lettered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn last_error(&self) -> Option<PartitionError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count_dead_letter(&self, kind: &str) {
+        let mut counts = self.dead_lettered.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Remembers a failure for the progress reports (the dashboard's "recent problems").
+    fn note_error(&self, source: &str, kind: &str, message: impl std::fmt::Display) {
+        let error = PartitionError {
+            at_ms: system_time_ms(SystemTime::now()).max(0) as u64,
+            source: source.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+        };
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
     pub fn exit(&self) -> Option<PartitionExit> {
@@ -235,14 +316,28 @@ pub(crate) struct PartitionTask {
 }
 
 /// The in-flight batch.
-struct InFlight {
+pub(super) struct InFlight {
     builder: BatchBuilder,
     dead_letters: Vec<DeadLetter>,
     /// Kafka timestamps (ms) of the batch's events, for the produce → Redis latency histogram.
     timestamps: Vec<i64>,
-    /// The batch's event-time series counts (when `window.enabled`).
-    series: SeriesAccumulator,
+    /// The batch's event-time series counts (with `window.enabled`; `series.rs`).
+    pub(super) series: SeriesAccumulator,
     deadline: Option<tokio::time::Instant>,
+    /// `Some(fence)` until the first record after a (re)start or a rewind was checked against it.
+    resume_from: Option<Option<i64>>,
+    /// Every undecodable record below this offset was delivered to the DLQ by this task: one
+    /// read again after a rewind is not delivered twice.
+    dlq_delivered_upto: i64,
+}
+
+/// Where the apply said the partition must continue from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reposition {
+    /// Redis lost writes: its fence (`None`: vanished) is before `from`, this batch's start.
+    Rewind { fence: Option<i64>, from: i64 },
+    /// The fence lies inside the batch: continue at the fence.
+    Skip { fence: i64, from: i64 },
 }
 
 impl PartitionTask {
@@ -251,14 +346,14 @@ impl PartitionTask {
         let mut in_flight = self.new_in_flight();
         let max_events = self.shared.config.batch.max_events;
         let linger = self.shared.config.batch.linger;
-        // Checked against the first record only: later gaps are normal (transaction markers).
-        let mut resume_from = Some(self.state.committed());
         // One stream and one timer for the task's life: `recv()` registers a waker slot per
         // record, and a fresh `sleep_until` per loop a timer entry (both were visible in
         // profiles at 60k records/s).
         let mut records = self.queue.stream();
         let linger_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger_timer);
+        let mut fence_check = tokio::time::interval(IDLE_FENCE_CHECK_INTERVAL);
+        fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
             let mut flushed = false;
             tokio::select! {
@@ -283,7 +378,9 @@ impl PartitionTask {
                 }
                 message = records.next() => match message {
                     Some(Ok(message)) => {
-                        if let Some(fence) = resume_from.take() {
+                        // Checked against the first record only: later gaps are normal
+                        // (transaction markers).
+                        if let Some(fence) = in_flight.resume_from.take() {
                             self.report_resume(resume_check(fence, message.offset()));
                         }
                         self.take(&mut in_flight, &message);
@@ -316,6 +413,11 @@ impl PartitionTask {
                     Some(Err(err)) => self.fetch_error(&err),
                     None => break PartitionExit::Failed("the partition's stream ended".into()),
                 },
+                _ = fence_check.tick(), if in_flight.builder.is_empty() => {
+                    if let Err(exit) = Box::pin(self.check_idle_fence(&mut in_flight)).await {
+                        break exit;
+                    }
+                }
             }
             // Only a flush moves the committed offset; checking the clock per record would cost
             // a few percent of the worker's CPU.
@@ -338,16 +440,28 @@ impl PartitionTask {
     }
 
     fn new_in_flight(&self) -> InFlight {
+        let committed = self.state.committed();
         InFlight {
-            builder: self
-                .shared
-                .sink
-                .batch_builder(self.state.partition, self.state.epoch),
+            builder: self.new_builder(committed),
             dead_letters: Vec::new(),
             timestamps: Vec::new(),
             series: SeriesAccumulator::default(),
             deadline: None,
+            resume_from: Some(committed),
+            dlq_delivered_upto: i64::MIN,
         }
+    }
+
+    /// A builder for the batch that starts at `from` (the position, when known).
+    fn new_builder(&self, from: Option<i64>) -> BatchBuilder {
+        let mut builder = self
+            .shared
+            .sink
+            .batch_builder(self.state.partition, self.state.epoch);
+        if let Some(from) = from {
+            builder.cover_from(from);
+        }
+        builder
     }
 
     fn take(&self, in_flight: &mut InFlight, message: &BorrowedMessage<'_>) {
@@ -358,18 +472,18 @@ impl PartitionTask {
         match decode(payload) {
             Ok(event) => {
                 in_flight.builder.push_event(offset, &event);
-                if let Some(rules) = &self.shared.window {
-                    in_flight.series.push(
-                        rules,
-                        event.business_id,
-                        event.state,
-                        event.log_timestamp,
-                        event.ids.len() as i64,
-                    );
-                }
+                self.count_in_series(in_flight, &event);
                 if let Some(ts) = message.timestamp().to_millis() {
                     in_flight.timestamps.push(ts);
                 }
+            }
+            Err(_) if offset < in_flight.dlq_delivered_upto => {
+                tracing::debug!(
+                    offset,
+                    "undecodable record re-read after a rewind; dead-lettered before"
+                );
+                metrics.dead_letters_not_repeated.inc();
+                in_flight.builder.push_skipped(offset);
             }
             Err(err) => {
                 tracing::debug!(offset, reason = %err, "dead-lettering an undecodable record");
@@ -388,6 +502,7 @@ impl PartitionTask {
     fn fetch_error(&self, err: &rdkafka::error::KafkaError) {
         tracing::warn!(%err, "kafka fetch error (librdkafka retries)");
         self.shared.metrics.pipeline().kafka_error("fetch");
+        self.state.note_error("kafka", "fetch", err);
     }
 
     fn report_resume(&self, check: ResumeCheck) {
@@ -479,12 +594,14 @@ impl PartitionTask {
                 Ok(()) => {
                     for record in &pending {
                         metrics.dead_lettered(record.kind).inc();
+                        self.state.count_dead_letter(record.kind);
                     }
                     pending.clear();
                 }
                 Err((failed, err)) => {
                     tracing::warn!(%err, failed = failed.len(), attempt, "dead-letter delivery failed; retrying");
                     metrics.kafka_error("dlq_delivery");
+                    self.state.note_error("kafka", "dlq_delivery", &err);
                     let mut index = 0;
                     pending.retain(|_| {
                         let keep = failed.contains(&index);
@@ -502,20 +619,16 @@ impl PartitionTask {
             }
         }
 
+        in_flight.dlq_delivered_upto = in_flight
+            .dlq_delivered_upto
+            .max(in_flight.builder.next_offset());
+
         // 2. One atomic script: writes + fence.
-        let builder = std::mem::replace(
-            &mut in_flight.builder,
-            self.shared
-                .sink
-                .batch_builder(self.state.partition, self.state.epoch),
-        );
-        let mut builder = builder;
+        let mut builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
         let now = SystemTime::now();
         let series = self.plan_series(in_flight, &mut builder, now);
-        let _in_flight_floor = series.as_ref().map(|_| BatchFloor {
-            board: &self.shared.board,
-            partition: self.state.partition,
-        });
+        // Holds the job watermark the series was decided with until the batch is done.
+        let _decided_with = series.as_ref().map(|_| self.hold_watermark());
         let batch = builder.build(now);
         self.state.mark_active();
         let mut attempt = 0;
@@ -530,6 +643,7 @@ impl PartitionTask {
                 }
                 Err(err) if err.is_retryable() => {
                     metrics.redis_error(err.kind());
+                    self.state.note_error("redis", err.kind(), &err);
                     tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
                     if !*paused {
                         self.set_paused(true);
@@ -540,14 +654,50 @@ impl PartitionTask {
                 }
                 Err(SinkError::Fenced { stored_epoch, .. }) => {
                     metrics.redis_error("fenced");
+                    self.state.note_error(
+                        "redis",
+                        "fenced",
+                        format!("fenced by a newer owner (epoch {stored_epoch})"),
+                    );
                     tracing::warn!(
                         stored_epoch,
                         "partition fenced by a newer owner; stopping it"
                     );
                     return Err(PartitionExit::Fenced { stored_epoch });
                 }
+                Err(SinkError::Gap {
+                    stored_next_offset,
+                    first_offset,
+                    ..
+                }) => {
+                    metrics.redis_error("gap");
+                    break_pause(self, paused);
+                    let to = Reposition::Rewind {
+                        fence: stored_next_offset,
+                        from: first_offset,
+                    };
+                    // Boxed: the rewind's futures would otherwise nest the task's future past the
+                    // compiler's layout depth.
+                    return Box::pin(self.reposition(in_flight, to)).await;
+                }
+                Err(SinkError::Overlap {
+                    stored_next_offset,
+                    first_offset,
+                    ..
+                }) => {
+                    metrics.redis_error("overlap");
+                    break_pause(self, paused);
+                    let to = Reposition::Skip {
+                        fence: stored_next_offset,
+                        from: first_offset,
+                    };
+                    // Boxed: the rewind's futures would otherwise nest the task's future past the
+                    // compiler's layout depth.
+                    return Box::pin(self.reposition(in_flight, to)).await;
+                }
                 Err(err) => {
                     metrics.redis_error(err.kind());
+                    self.state.note_error("redis", err.kind(), &err);
                     tracing::error!(%err, "batch apply failed for good; stopping the partition");
                     return Err(PartitionExit::Failed(err.to_string()));
                 }
@@ -573,61 +723,181 @@ impl PartitionTask {
                         .produce_to_redis_seconds
                         .observe((now_ms - ts).max(0) as f64 / 1000.0);
                 }
-                if let Some(plan) = &series {
-                    metrics.series("on_time", plan.on_time_events);
-                    metrics.series("late", plan.late_events);
-                    metrics.series("skewed", plan.skewed_events);
-                    self.set_clock(plan.clock);
-                }
+                self.series_applied(series.as_ref());
             }
             ApplyOutcome::AlreadyApplied => {
                 metrics.batch("already_applied");
                 if series.is_some() {
                     // Someone applied this range: take the clock that went with it.
-                    match self.shared.sink.read_fence(self.state.partition).await {
-                        Ok(fence) => self.set_clock(fence.and_then(|f| f.max_event_ms)),
-                        Err(err) => tracing::warn!(%err, "cannot read the fence's clock"),
-                    }
+                    self.reload_clock().await;
                 }
             }
         }
         in_flight.timestamps.clear();
         self.state.set_committed(batch.next_offset);
+        in_flight.builder.cover_from(batch.next_offset);
         Ok(())
     }
 
-    /// Decides the batch's event-time series (window, late or skewed per group, against the
-    /// clock the fence holds and the job watermark learned) and adds its writes to the batch.
-    fn plan_series(
-        &self,
-        in_flight: &mut InFlight,
-        builder: &mut BatchBuilder,
-        now: SystemTime,
-    ) -> Option<SeriesPlan> {
-        let rules = self.shared.window?;
-        let series = std::mem::take(&mut in_flight.series);
-        if series.is_empty() {
-            return None;
+    /// With nothing in flight, the fence must stand at the committed offset; behind it (or gone)
+    /// Redis lost writes that no batch will come to reveal: rewind now.
+    async fn check_idle_fence(&self, in_flight: &mut InFlight) -> Result<(), PartitionExit> {
+        let Some(committed) = self.state.committed() else {
+            return Ok(());
+        };
+        let fence = match self.shared.sink.read_fence(self.state.partition).await {
+            Ok(fence) => fence,
+            Err(err) => {
+                tracing::debug!(%err, "cannot read the idle partition's fence; next time");
+                return Ok(());
+            }
+        };
+        if fence.is_some_and(|f| f.epoch > self.state.epoch) {
+            // A newer owner: this one's next apply is fenced.
+            return Ok(());
         }
-        let learned = self.shared.board.begin_batch(self.state.partition);
-        let clock = self.state.clock();
-        let plan = series.plan(&rules, clock, learned, system_time_ms(now));
-        let layout = self.shared.sink.layout();
-        let mut key = String::new();
-        for (business_id, field, delta) in &plan.increments {
-            layout.write_series_key(&mut key, *business_id);
-            builder.add_hash_increment(&key, field, *delta);
+        match fence.and_then(|f| f.next_offset) {
+            Some(next) if next >= committed => Ok(()),
+            stored => {
+                self.shared.metrics.pipeline().redis_error("gap");
+                let to = Reposition::Rewind {
+                    fence: stored,
+                    from: committed,
+                };
+                self.reposition(in_flight, to).await
+            }
         }
-        if let Some(new_clock) = plan.clock.filter(|c| Some(*c) != clock) {
-            builder.set_fence_field(CLOCK_FIELD, new_clock);
-        }
-        Some(plan)
     }
 
-    fn set_clock(&self, clock: Option<i64>) {
-        self.state.set_clock(clock);
-        if let (Some(rules), Some(c)) = (self.shared.window, self.state.clock()) {
-            self.state.gauges.watermark.set(rules.watermark_of(c));
+    /// Drops the in-flight batch and continues reading at the fence: a rewind when Redis lost
+    /// writes (see the module documentation), a skip forward past an overlap.
+    async fn reposition(
+        &self,
+        in_flight: &mut InFlight,
+        to: Reposition,
+    ) -> Result<(), PartitionExit> {
+        let partition = self.state.partition;
+        let (from, to_offset) = match to {
+            Reposition::Rewind {
+                fence: Some(fence),
+                from,
+            } => (from, fence),
+            Reposition::Rewind { fence: None, from } => (from, self.restore_fence().await?),
+            Reposition::Skip { fence, from } => (from, fence),
+        };
+        in_flight.builder = self.new_builder(Some(to_offset));
+        in_flight.dead_letters.clear();
+        in_flight.timestamps.clear();
+        in_flight.series = SeriesAccumulator::default();
+        in_flight.deadline = None;
+        in_flight.resume_from = Some(Some(to_offset));
+        self.seek(to_offset).await?;
+        // The clock goes back with the fence: the re-read events move it again.
+        self.reload_clock().await;
+        match to {
+            Reposition::Rewind { fence, .. } => {
+                self.state.record_rewind(from, to_offset);
+                self.shared
+                    .metrics
+                    .pipeline()
+                    .rewound(partition, from.saturating_sub(to_offset).max(0) as u64);
+                tracing::error!(
+                    job = %self.shared.config.job.name,
+                    partition,
+                    from,
+                    to = to_offset,
+                    fence_vanished = fence.is_none(),
+                    "Redis lost acknowledged writes; partition {partition} rewound from {from} \
+                     to {to_offset}: re-reading and re-applying offsets {from_}..{from}",
+                    from_ = to_offset,
+                );
+            }
+            Reposition::Skip { .. } => {
+                self.state.set_committed(to_offset);
+                tracing::warn!(
+                    partition,
+                    from,
+                    to = to_offset,
+                    "the fence lies inside the batch; refused whole, continuing at the fence"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The fence vanished (Redis replaced by an empty one, or the key deleted): writes it again
+    /// at the earliest offset the broker still has, keeping this owner's epoch. Returns where
+    /// the fence now stands.
+    async fn restore_fence(&self) -> Result<i64, PartitionExit> {
+        let mut attempt = 0;
+        loop {
+            let result = match self.low_watermark().await {
+                Ok(low) => self
+                    .shared
+                    .sink
+                    .restore_fence(self.state.partition, self.state.epoch, low)
+                    .await
+                    .map(|fence| fence.next_offset.unwrap_or(low)),
+                Err(err) => Err(SinkError::Unavailable(format!("kafka watermarks: {err}"))),
+            };
+            match result {
+                Ok(offset) => return Ok(offset),
+                Err(SinkError::Fenced { stored_epoch, .. }) => {
+                    return Err(PartitionExit::Fenced { stored_epoch })
+                }
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(%err, attempt, "cannot restore the vanished fence yet; retrying");
+                    self.backoff(attempt).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(err) => return Err(PartitionExit::Failed(err.to_string())),
+            }
+        }
+    }
+
+    async fn low_watermark(&self) -> Result<i64, rdkafka::error::KafkaError> {
+        let consumer = self.shared.consumer.clone();
+        let topic = self.shared.config.source.kafka.topic.clone();
+        let partition = self.state.partition;
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .map(|(low, _)| low)
+        })
+        .await
+        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+    }
+
+    /// Moves the consumer to `offset`; librdkafka drops what it had fetched past it.
+    async fn seek(&self, offset: i64) -> Result<(), PartitionExit> {
+        let mut attempt = 0;
+        loop {
+            let consumer = self.shared.consumer.clone();
+            let topic = self.shared.config.source.kafka.topic.clone();
+            let partition = self.state.partition;
+            let result = tokio::task::spawn_blocking(move || {
+                consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                )
+            })
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled));
+            match result {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < 10 => {
+                    tracing::warn!(%err, attempt, offset, "cannot seek the partition yet; retrying");
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(PartitionExit::Failed(format!(
+                        "cannot seek to offset {offset}: {err}"
+                    )))
+                }
+            }
         }
     }
 
@@ -655,15 +925,11 @@ impl PartitionTask {
     }
 }
 
-/// Holds a batch's learned watermark on the board until the batch is applied or given up.
-struct BatchFloor<'a> {
-    board: &'a super::watermark::WatermarkBoard,
-    partition: i32,
-}
-
-impl Drop for BatchFloor<'_> {
-    fn drop(&mut self) {
-        self.board.end_batch(self.partition);
+/// Resumes fetching before a seek (librdkafka may ignore a seek of a paused partition).
+fn break_pause(task: &PartitionTask, paused: &mut bool) {
+    if *paused {
+        task.set_paused(false);
+        *paused = false;
     }
 }
 

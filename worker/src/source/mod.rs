@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 pub use dlq::{DeadLetter, DlqProducer};
 
@@ -72,16 +72,60 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let kind = error
-            .rdkafka_error_code()
+        let code = error.rdkafka_error_code();
+        let kind = code
             .map(|code| format!("{code:?}"))
             .unwrap_or_else(|| "client".into());
-        tracing::warn!(client = self.role, %error, "kafka error (librdkafka retries): {reason}");
+        match security_hint(code, reason) {
+            Some(hint) => tracing::error!(
+                client = self.role,
+                %error,
+                "kafka connection refused: {hint} (librdkafka retries): {reason}"
+            ),
+            None => tracing::warn!(
+                client = self.role,
+                %error,
+                "kafka error (librdkafka retries): {reason}"
+            ),
+        }
         self.metrics.pipeline().kafka_error(&kind);
     }
 }
 
 impl ConsumerContext for KafkaContext {}
+
+/// What to fix when librdkafka reports a TLS or SASL failure, naming the job.yaml field (and the
+/// StreamJob field it is rendered from).
+pub fn security_hint(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<&'static str> {
+    let lower = reason.to_ascii_lowercase();
+    let sasl = matches!(
+        code,
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+    ) || lower.contains("sasl");
+    if sasl {
+        return Some(
+            "SASL authentication failed: check `source.kafka.sasl.mechanism` and the credentials \
+             in STREAMJOB_KAFKA_SASL_USERNAME and STREAMJOB_KAFKA_SASL_PASSWORD (spec.kafka.sasl.*SecretRef)",
+        );
+    }
+    if lower.contains("certificate verify failed") || lower.contains("unable to get local issuer") {
+        return Some(
+            "the broker's TLS certificate is not signed by the CA in `ssl.ca.location` \
+             (spec.kafka.tls.caSecretRef)",
+        );
+    }
+    if lower.contains("certificate has expired") || lower.contains("certificate expired") {
+        return Some("the broker's TLS certificate has expired");
+    }
+    if code == Some(RDKafkaErrorCode::SSL) || lower.contains("ssl handshake failed") {
+        return Some(
+            "TLS handshake failed: check `source.kafka.securityProtocol` and the `ssl.*` files \
+             (spec.kafka.tls: a broker that requires a client certificate needs certSecretRef \
+             and keySecretRef)",
+        );
+    }
+    None
+}
 
 /// The consumer type of the pipeline.
 pub type SourceConsumer = StreamConsumer<KafkaContext>;
@@ -215,5 +259,36 @@ mod tests {
         assert_eq!(producer.get("fetch.wait.max.ms"), None);
         assert_eq!(producer.get("client.id"), Some("trace"));
         assert_eq!(producer.get("acks"), Some("all"));
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_sasl_failures_name_what_to_fix() {
+        // librdkafka 2.12's own wording for a broker signed by another CA.
+        let wrong_ca = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured or root CA certificates are installed";
+        let hint = security_hint(Some(RDKafkaErrorCode::SSL), wrong_ca).expect("hint");
+        assert!(
+            hint.contains("ssl.ca.location") && hint.contains("not signed"),
+            "{hint}"
+        );
+        let sasl = security_hint(
+            Some(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+        )
+        .expect("hint");
+        assert!(
+            sasl.contains("source.kafka.sasl.mechanism")
+                && sasl.contains("STREAMJOB_KAFKA_SASL_PASSWORD"),
+            "{sasl}"
+        );
+        assert!(security_hint(
+            Some(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down"
+        )
+        .is_none());
     }
 }

@@ -46,7 +46,22 @@ pub fn produce(
     payloads: &[Vec<u8>],
     mode: ProduceMode,
 ) -> Result<Vec<(i32, i64)>, KafkaError> {
+    produce_with(bootstrap, &[], topic, partitions, payloads, mode)
+}
+
+/// [`produce`] with extra librdkafka properties (e.g. `security.protocol`, `ssl.ca.location`).
+pub fn produce_with(
+    bootstrap: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+    payloads: &[Vec<u8>],
+    mode: ProduceMode,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
     let mut cfg = ClientConfig::new();
+    for (key, value) in properties {
+        cfg.set(*key, *value);
+    }
     cfg.set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "false")
@@ -253,15 +268,22 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start(binary: &Path) -> io::Result<Self> {
+        Self::start_advertising(binary, None)
+    }
+
+    /// Like [`Tansu::start`], but advertising `127.0.0.1:advertised` in metadata (e.g. a TLS
+    /// proxy's port, so that clients only ever talk to the proxy).
+    pub fn start_advertising(binary: &Path, advertised: Option<u16>) -> io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(binary)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/", "--silent"])
             .stdin(Stdio::null())

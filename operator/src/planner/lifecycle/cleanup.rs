@@ -26,9 +26,11 @@ pub fn cleanup(input: &LifecycleInput<'_>) -> CleanupDecision {
         .current_operation
         .clone()
         .filter(|o| o.kind == OperationKind::Delete);
-    let wanted = spec.savepoint.on_delete.final_savepoint
+    let asked = spec.savepoint.on_delete.final_savepoint
         && spec.state == JobState::Running
         && jobmanager_expected(input.observed);
+    let ran = ever_ran(job, input.observed);
+    let wanted = asked && ran;
     let release = |events: Vec<EventNote>, new_savepoints: Vec<SavepointInfo>| CleanupDecision {
         operation: None,
         actions: Vec::new(),
@@ -37,7 +39,16 @@ pub fn cleanup(input: &LifecycleInput<'_>) -> CleanupDecision {
         done: true,
         requeue: POLL_INTERVAL,
     };
-    let current_is_new = current.is_none();
+    if !ran && (asked || current.is_some()) {
+        // Nothing ran, so nothing to save: waiting for a savepoint that cannot come would only
+        // hold `kubectl delete` for the whole timeout.
+        let skipped = note(
+            EventSeverity::Normal,
+            "FinalSavepointSkipped",
+            "the job never ran (its jobmanager was never ready and no savepoint exists): deleting without a final savepoint",
+        );
+        return release(vec![skipped], Vec::new());
+    }
     let op = match current {
         Some(op) => op,
         None if !wanted => return release(Vec::new(), Vec::new()),
@@ -54,8 +65,7 @@ pub fn cleanup(input: &LifecycleInput<'_>) -> CleanupDecision {
         }
     };
     let started = op.started_at.clone();
-    let fresh = current_is_new;
-    let op = advance(op, fresh, input, &mut decision);
+    let op = advance(op, input, &mut decision);
     let mut events = decision.events;
     match op {
         Some(op) if op.step == OperationStep::Done => release(events, decision.new_savepoints),

@@ -13,6 +13,8 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
     let now = input.now;
     if let Some(message) = crash_loop(&input.observed.pods) {
         decision.degraded = Some(("CrashLoop".into(), message));
+    } else if let Some(message) = container_config_error(&input.observed.pods) {
+        decision.degraded = Some(("ContainerConfigError".into(), message));
     }
     for (role, deployment) in [
         ("jobmanager", input.observed.jobmanager.as_ref()),
@@ -45,7 +47,14 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
     }
     match input.jobmanager.map(|v| &v.overview) {
         Some(Ok(overview)) => {
-            if overview.state != JmState::Running {
+            if overview.state == JmState::Finished {
+                decision.not_ready.get_or_insert_with(|| {
+                    (
+                        "JobFinished".into(),
+                        "the job was stopped with a savepoint (the jobmanager reports it FINISHED) and consumes nothing: its taskmanagers are scaled to 0; set a new spec.restartNonce to start it again".into(),
+                    )
+                });
+            } else if overview.state != JmState::Running {
                 decision.not_ready.get_or_insert_with(|| {
                     (
                         "JobNotRunning".into(),
@@ -128,10 +137,55 @@ fn crash_loop(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
                     )
                 })
                 .unwrap_or_default();
+            // What the worker said before it exited (e.g. "`sink.redis.tls.caFile`: the
+            // server's certificate is not signed by the CA ..."): the cause, not just the symptom.
+            let said = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.message.as_deref())
+                .map(last_line)
+                .filter(|m| !m.is_empty())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
             Some(format!(
-                "pod {name} is crash-looping ({} restarts{last}); see kubectl logs {name} --previous",
+                "pod {name} is crash-looping ({} restarts{last}){said}; see kubectl logs {name} --previous",
                 c.restart_count
             ))
+        })
+    })
+}
+
+/// The last non-empty line of a termination message, capped: the worker writes one line, the
+/// kubelet's log fallback may hold many.
+fn last_line(message: &str) -> String {
+    const CAP: usize = 600;
+    let line = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    match line.char_indices().nth(CAP) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_string(),
+    }
+}
+
+/// A container the kubelet cannot create because a Secret (or a key of it) that an environment
+/// variable refers to is missing: the kubelet's own message names the Secret and the key.
+fn container_config_error(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            (waiting.reason.as_deref() == Some("CreateContainerConfigError")).then(|| {
+                format!(
+                    "pod {name} cannot start: {} (create the Secret or key that spec.redis/spec.kafka refers to; the pod starts once it exists)",
+                    waiting.message.as_deref().unwrap_or("container configuration error")
+                )
+            })
         })
     })
 }

@@ -39,9 +39,6 @@ use steps::{advance, fail_attempt};
 /// with the same name (which starts with an empty status) resumes from it.
 pub const LATEST_SAVEPOINT_ANNOTATION: &str = "streaming.austin.dev/latest-savepoint";
 
-/// How long an interrupted trigger (operator restart between the call and recording its answer)
-/// is given to show its savepoint before the trigger is sent again.
-pub const INTERRUPTED_GRACE: Duration = Duration::from_secs(30);
 /// Requeue while an operation waits on the jobmanager or a rollout.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// First retry delay of a failed savepoint; doubles per attempt.
@@ -52,13 +49,30 @@ pub const MAX_RETRY: Duration = Duration::from_secs(300);
 /// image pull failure, unschedulable pods...).
 pub const UNAVAILABLE_GRACE: Duration = Duration::from_secs(120);
 
-/// A call the reconciler makes to the jobmanager after writing the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A call the reconciler makes to the jobmanager after writing the status. Each carries a trigger
+/// id derived from what the status recorded before the call ([`trigger_id`]), so the same call
+/// made again after an operator restart answers the first one instead of taking a second
+/// savepoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobManagerAction {
     /// `POST /jobs/{id}/savepoints`.
-    TriggerSavepoint,
+    TriggerSavepoint { trigger_id: String },
     /// `POST /jobs/{id}/stop`.
-    StopWithSavepoint,
+    StopWithSavepoint { trigger_id: String },
+}
+
+/// The jobmanager trigger id of an operation's current attempt: its kind, the savepoint nonce
+/// (manual savepoints), when it started and the attempt number. Stable while the operation is
+/// stored unchanged; a retry after a failure (next attempt) or a new operation gets a new one,
+/// even for a nonce used before.
+pub fn trigger_id(op: &Operation) -> String {
+    let nonce = op.nonce.map(|n| format!("n{n}-")).unwrap_or_default();
+    format!(
+        "streamjob-{}-{nonce}{}-a{}",
+        kind_word(op.kind),
+        op.started_at.0.as_millisecond(),
+        op.attempts
+    )
 }
 
 /// What the reconciler must ask the jobmanager before planning.
@@ -163,6 +177,25 @@ fn spec_replicas(deployment: Option<&Deployment>) -> i32 {
 /// Whether a jobmanager is meant to run (its Deployment exists with a replica).
 pub fn jobmanager_expected(observed: &Observed) -> bool {
     spec_replicas(observed.jobmanager.as_ref()) > 0
+}
+
+/// Whether the jobmanager Deployment has a ready pod now.
+pub fn jobmanager_ready(observed: &Observed) -> bool {
+    observed
+        .jobmanager
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        > 0
+}
+
+/// Whether the job ever ran: its jobmanager is ready now, answered once (status.job), or a
+/// savepoint exists. A job that never ran has nothing a final savepoint could keep.
+pub fn ever_ran(job: &StreamJob, observed: &Observed) -> bool {
+    let status = job.status.as_ref();
+    jobmanager_ready(observed)
+        || status.is_some_and(|s| s.job.is_some() || s.last_savepoint.is_some())
 }
 
 /// What to ask the jobmanager for this StreamJob, before planning.
@@ -326,13 +359,11 @@ pub fn decide(input: &LifecycleInput<'_>) -> Decision {
             op = None;
         }
     }
-    let mut fresh = false;
     if op.is_none() {
         op = start(input, &status, &mut decision);
-        fresh = op.is_some();
     }
     if let Some(current) = op.take() {
-        op = advance(current, fresh, input, &mut decision);
+        op = advance(current, input, &mut decision);
     }
     // Record savepoints the jobmanager took by itself (spec.savepoint.interval).
     let awaiting = op.as_ref().is_some_and(|o| {

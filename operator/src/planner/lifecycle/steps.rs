@@ -113,7 +113,6 @@ pub(super) fn savepoint_done(
 /// Moves an operation on as far as this round's observations allow.
 pub(super) fn advance(
     op: Operation,
-    fresh: bool,
     input: &LifecycleInput<'_>,
     decision: &mut Decision,
 ) -> Option<Operation> {
@@ -171,36 +170,18 @@ pub(super) fn advance(
                     .unwrap_or_default();
                 return fail_attempt(op, error, input, decision);
             }
-            // Stored at this step without a retry time: an earlier round sent the trigger (or
-            // was about to) and the operator restarted before recording the answer. A savepoint
-            // newer than that round is its result; give a pending one a grace period before
-            // asking again, so one snapshot stays in flight.
-            if !fresh && !uses_stop(op.kind) && op.retry_after.is_none() {
-                let since_ms = op
-                    .step_started_at
-                    .as_ref()
-                    .map(|t| t.0.as_millisecond())
-                    .unwrap_or(i64::MAX);
-                if let Some(sp) = overview
-                    .and_then(|o| o.last_savepoint.as_ref())
-                    .filter(|sp| i64::try_from(sp.created_at_ms).unwrap_or(0) >= since_ms)
-                {
-                    let path = sp.path.clone();
-                    let at = ms_time(sp.created_at_ms);
-                    return savepoint_done(op, path, at, input, decision);
-                }
-                if elapsed(op.step_started_at.as_ref(), now) < INTERRUPTED_GRACE.min(timeout) {
-                    return Some(op);
-                }
-            }
-            // Without an answer from the jobmanager the call is still made: its failure counts
-            // as an attempt.
+            // Stored at this step without a retry time, an earlier round may have sent the
+            // trigger before the operator restarted. Sending it again is safe: the trigger id
+            // comes from the stored operation, so the jobmanager answers the request it already
+            // has (and takes no second savepoint). Without an answer from the jobmanager the
+            // call is still made: its failure counts as an attempt.
             op.step_started_at = Some(Time(now));
             op.retry_after = None;
+            let trigger_id = trigger_id(&op);
             decision.actions.push(if uses_stop(op.kind) {
-                JobManagerAction::StopWithSavepoint
+                JobManagerAction::StopWithSavepoint { trigger_id }
             } else {
-                JobManagerAction::TriggerSavepoint
+                JobManagerAction::TriggerSavepoint { trigger_id }
             });
             Some(op)
         }

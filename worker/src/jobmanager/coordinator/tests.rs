@@ -20,6 +20,8 @@ struct Tm {
     desired_version: u64,
     snapshot_ack: Option<u64>,
     offset: i64,
+    /// The high watermark this member last fetched (None: not fetched yet).
+    high_watermark: Option<i64>,
 }
 
 impl Tm {
@@ -42,6 +44,7 @@ impl Tm {
                 .map(|p| PartitionProgress {
                     partition: *p,
                     committed_offset: Some(self.offset),
+                    high_watermark: self.high_watermark,
                     ..Default::default()
                 })
                 .collect(),
@@ -235,6 +238,43 @@ fn a_silent_member_is_dropped_and_its_partitions_reassigned() {
     );
 }
 
+/// A partition that moves keeps its lag in the overview while its new owner has not fetched a
+/// watermark yet (it used to vanish until the next fetch).
+#[test]
+fn a_moved_partition_keeps_its_lag_until_the_new_owner_knows_better() {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    if let Some(a) = sim.tms.get_mut("a") {
+        a.offset = 40;
+        a.high_watermark = Some(100);
+    }
+    sim.beat_all(3);
+    let lag =
+        |sim: &Sim| -> Vec<Option<i64>> { sim.c.partitions().iter().map(|p| p.lag).collect() };
+    assert_eq!(lag(&sim), vec![Some(60), Some(60)]);
+    // "b" joins, takes a partition and reports it before its first watermark fetch.
+    sim.join("b");
+    if let Some(b) = sim.tms.get_mut("b") {
+        b.offset = 40;
+    }
+    sim.beat_all(4);
+    assert_eq!(sim.held("b").len(), 1, "b took one partition");
+    assert_eq!(
+        lag(&sim),
+        vec![Some(60), Some(60)],
+        "{:?}",
+        sim.c.partitions()
+    );
+    // Once it fetched, its figure counts.
+    if let Some(b) = sim.tms.get_mut("b") {
+        b.high_watermark = Some(130);
+    }
+    sim.beat_all(1);
+    let moved = sim.held("b")[0] as usize;
+    assert_eq!(lag(&sim)[moved], Some(90));
+}
+
 #[test]
 fn a_graceful_leave_frees_partitions_at_once_with_exact_offsets() {
     let mut sim = Sim::new(4);
@@ -381,6 +421,41 @@ fn stale_reports_are_ignored() {
             .count(),
         2
     );
+}
+
+#[test]
+fn a_reported_rewind_lowers_the_committed_offset_and_is_counted_once() {
+    let mut sim = Sim::new(1);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.tms.get_mut("a").expect("a").offset = 500;
+    sim.beat_all(3);
+    assert_eq!(sim.c.partitions()[0].committed_offset, Some(500));
+
+    // Redis lost writes: the owner rewound to 200 and says so in every report from now on.
+    let mut report = sim.tms.get_mut("a").expect("a").report();
+    let rewind = Rewind {
+        from_offset: 500,
+        to_offset: 200,
+        at_ms: 1,
+    };
+    for p in &mut report.progress {
+        p.committed_offset = Some(200);
+        p.rewinds = 1;
+        p.last_rewind = Some(rewind);
+    }
+    for _ in 0..2 {
+        report.seq += 1;
+        sim.c.heartbeat("a", &report, sim.now).expect("known");
+    }
+    let status = &sim.c.partitions()[0];
+    assert_eq!(
+        status.committed_offset,
+        Some(200),
+        "not kept at the old maximum"
+    );
+    assert_eq!(status.rewinds, 1, "counted once");
+    assert_eq!(status.last_rewind, Some(rewind));
 }
 
 #[derive(Debug, Clone)]

@@ -1,13 +1,14 @@
-//! Builds one partition batch's merged write plan, event by event, and packs it into a single
-//! `EVALSHA` of the apply script.
+//! Builds one partition batch's merged write plan, event by event, and packs it into one
+//! `MULTI`/`EXEC` transaction of native commands (`writes.rs`; applied by `apply.rs`).
 //!
 //! Merging rules (the resulting Redis state equals upstream's per-event command stream):
 //! - a list key gets one `LPUSH key v1 … vn` with its values in event order, which Redis defines
 //!   as `LPUSH key v1; …; LPUSH key vn`;
 //! - a template key gets one `HINCRBY key state Σlen(ids)` per state;
-//! - each key gets one TTL command for the whole batch, of the kind of its *last* touch (a key that
-//!   is both a message key and a receiver id gets the TTL of whichever was written last, as
-//!   upstream's last `EXPIRE` would have decided).
+//! - each key gets at most one TTL command for the whole batch, of the kind of its *last* touch (a
+//!   key that is both a message key and a receiver id gets the TTL of whichever was written last,
+//!   as upstream's last `EXPIRE` would have decided); a user list this process already set to
+//!   expire tonight gets none (`writes.rs` has the TTL rules).
 //!
 //! Events are not kept: a push appends its SimpleAnchorInfo JSON once to an arena and records
 //! its index under every key it touches.
@@ -19,11 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::quality::RandomState;
 use hashbrown::HashTable;
-use redis::Cmd;
 
 use super::checked_expiries::CheckedExpiries;
-use super::layout::{system_time_ms, Layout, MESSAGE_TTL, TEMPLATE_TTL};
-use super::script::APPLY_SCRIPT;
+use super::layout::{system_time_ms, Layout};
+use super::writes::{Writes, WritesBuilder};
 use crate::transform::AnchorInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl ListValues {
         1 + self.rest.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+    fn iter(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         std::iter::once(self.first).chain(self.rest.iter().copied())
     }
 }
@@ -143,6 +143,8 @@ pub struct BatchBuilder {
     partition: i32,
     epoch: u64,
     first_offset: Option<i64>,
+    /// Where the batch starts covering, when known (see [`BatchBuilder::cover_from`]).
+    covers_from: Option<i64>,
     next_offset: i64,
     events: usize,
     skipped: usize,
@@ -154,11 +156,11 @@ pub struct BatchBuilder {
     lists: Vec<ListPlan>,
     template_slots: HashMap<i64, u32, RandomState>,
     templates: Vec<TemplatePlan>,
-    /// Other hashes the batch increments (the event-time series), written like template hashes:
-    /// `HINCRBY` per field, then the template TTL.
-    extra_hashes: Vec<(String, Vec<(String, i64)>)>,
-    /// Fields stored in the fence hash with the batch's `next_offset` (a partition's clock).
-    fence_fields: Vec<(&'static str, i64)>,
+    /// Other counter hashes the batch increments (the event-time series, `window.rs`), written
+    /// like template hashes: `HINCRBY` per field, then the template TTL.
+    counter_hashes: Vec<(String, Vec<(String, i64)>)>,
+    /// The partition's event-time clock the fence stores with the batch's `next_offset`.
+    clock: Option<i64>,
     scratch: String,
     checked: Arc<Mutex<CheckedExpiries>>,
 }
@@ -175,6 +177,7 @@ impl BatchBuilder {
             partition,
             epoch,
             first_offset: None,
+            covers_from: None,
             next_offset: 0,
             events: 0,
             skipped: 0,
@@ -184,8 +187,8 @@ impl BatchBuilder {
             lists: Vec::new(),
             template_slots: HashMap::default(),
             templates: Vec::new(),
-            extra_hashes: Vec::new(),
-            fence_fields: Vec::new(),
+            counter_hashes: Vec::new(),
+            clock: None,
             scratch: String::new(),
             checked,
         }
@@ -198,9 +201,20 @@ impl BatchBuilder {
             self.next_offset
         );
         if self.first_offset.is_none() {
-            self.first_offset = Some(offset);
+            let from = self.covers_from.filter(|from| *from <= offset);
+            self.first_offset = Some(from.unwrap_or(offset));
         }
         self.next_offset = self.next_offset.max(offset.saturating_add(1));
+    }
+
+    /// Makes the batch cover offsets from `offset` on (the owner's position: the previous batch's
+    /// end or where it resumed) even when its first record comes later, so consecutive batches are
+    /// contiguous: offsets without a record (transaction markers, compaction, retention) never
+    /// look like a gap in Redis to the apply's gap check. No effect once a record is in.
+    pub fn cover_from(&mut self, offset: i64) {
+        if self.first_offset.is_none() {
+            self.covers_from = Some(offset);
+        }
     }
 
     /// Adds one decoded event read at `offset` (offsets increase within a batch).
@@ -241,36 +255,29 @@ impl BatchBuilder {
         }
     }
 
-    /// Adds `delta` to `field` of hash `key` (a full key, prefix included), in the same atomic
-    /// apply as the events; the hash then gets the template TTL.
+    /// Adds `delta` to `field` of counter hash `key` (a full key, prefix included), in the same
+    /// transaction as the events; the hash then gets the template TTL.
     pub fn add_hash_increment(&mut self, key: &str, field: &str, delta: i64) {
         // Callers add a key's fields together: look at the last key first.
-        let last = self.extra_hashes.len().checked_sub(1);
-        let found = match last {
-            Some(i) if self.extra_hashes[i].0 == key => Some(i),
-            _ => self.extra_hashes.iter().position(|(k, _)| k == key),
+        let found = match self.counter_hashes.last() {
+            Some((last, _)) if last == key => Some(self.counter_hashes.len() - 1),
+            _ => self.counter_hashes.iter().position(|(k, _)| k == key),
         };
-        let slot = match found {
-            Some(slot) => slot,
-            None => {
-                self.extra_hashes.push((key.to_owned(), Vec::new()));
-                self.extra_hashes.len() - 1
-            }
-        };
-        let fields = &mut self.extra_hashes[slot].1;
+        let slot = found.unwrap_or_else(|| {
+            self.counter_hashes.push((key.to_owned(), Vec::new()));
+            self.counter_hashes.len() - 1
+        });
+        let fields = &mut self.counter_hashes[slot].1;
         match fields.iter_mut().find(|(f, _)| f == field) {
             Some((_, total)) => *total = total.saturating_add(delta),
             None => fields.push((field.to_owned(), delta)),
         }
     }
 
-    /// Stores `field = value` in the partition's fence hash when the batch applies (atomically
+    /// Stores the partition's event-time clock in its fence when the batch applies (atomically
     /// with its writes and `next_offset`). Only for a batch that covers at least one offset.
-    pub fn set_fence_field(&mut self, field: &'static str, value: i64) {
-        match self.fence_fields.iter_mut().find(|(f, _)| *f == field) {
-            Some((_, v)) => *v = value,
-            None => self.fence_fields.push((field, value)),
-        }
+    pub fn set_clock(&mut self, clock_ms: i64) {
+        self.clock = Some(clock_ms);
     }
 
     /// The SimpleAnchorInfo JSON of value `v`.
@@ -330,8 +337,9 @@ impl BatchBuilder {
                 values: 0,
                 now,
                 user_expire_at: 0,
+                user_expire_at_next: 0,
                 user_lists: Vec::new(),
-                cmd: None,
+                writes: None,
             };
         };
         let user_expire_at = self.layout.user_expire_at_ms(now);
@@ -339,119 +347,9 @@ impl BatchBuilder {
             .layout
             .user_expire_at_ms(UNIX_EPOCH + Duration::from_millis(user_expire_at.max(0) as u64));
         debug_assert!(user_expire_at > system_time_ms(now));
-
-        let keys_by_slot: Vec<&str> = (0..self.lists.len())
-            .map(|slot| self.list_keys.get(slot))
-            .collect();
-        // The script's six list groups (see `script.rs`), in this order: message lists, user
-        // lists whose expiry must be checked, user lists known to expire tonight; each split
-        // into several values / one value.
-        let verify = self.layout.verify_existing_user_expiry();
-        let message_prefix = self.layout.message_key("");
-        let mut user_lists = Vec::new();
-        let mut groups: [Vec<usize>; 6] = Default::default();
-        {
-            let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-            for (slot, list) in self.lists.iter().enumerate() {
-                let group = match list.ttl {
-                    ListTtl::Message => 0,
-                    ListTtl::User => {
-                        // A receiver id that looks like a message key can also get the message
-                        // TTL (from a message touch in another batch): never trusted.
-                        let trusted = !keys_by_slot[slot].starts_with(&message_prefix) && {
-                            let hash = checked.hash(keys_by_slot[slot]);
-                            user_lists.push(hash);
-                            checked.contains(user_expire_at, hash)
-                        };
-                        if verify && !trusted {
-                            2
-                        } else {
-                            4
-                        }
-                    }
-                };
-                let single = usize::from(list.values.len() == 1);
-                groups[group + single].push(slot);
-            }
-        }
-
-        // Sized up front: growing a command of several hundred KB by doubling copies it and,
-        // for a moment, holds it twice.
-        let pushes: usize = self.lists.iter().map(|l| l.values.len()).sum();
-        let value_bytes: usize = self
-            .lists
-            .iter()
-            .flat_map(|l| l.values.iter())
-            .map(|v| self.value(v).len())
-            .sum();
-        let key_bytes: usize = keys_by_slot.iter().map(|k| k.len()).sum();
-        let fields: usize = self.templates.iter().map(|t| t.fields.len()).sum::<usize>()
-            + self
-                .extra_hashes
-                .iter()
-                .map(|(_, f)| f.len())
-                .sum::<usize>();
-        let hashes = self.templates.len() + self.extra_hashes.len();
-        let args = 24 + 2 * self.lists.len() + 2 * hashes + pushes + 2 * fields;
-        let mut cmd = Cmd::with_capacity(args, 256 + key_bytes + value_bytes + 24 * args);
-        cmd.arg("EVALSHA")
-            .arg(APPLY_SCRIPT.hash())
-            .arg(1 + self.lists.len() + hashes)
-            .arg(self.layout.fence_key(self.partition));
-        for slot in groups.iter().flatten() {
-            cmd.arg(keys_by_slot[*slot]);
-        }
-        let mut template_key = String::new();
-        for template in &self.templates {
-            template_key.clear();
-            template_key.push_str(self.layout.key_prefix());
-            template_key.push_str(itoa::Buffer::new().format(template.business_id));
-            cmd.arg(template_key.as_str());
-        }
-        for (key, _) in &self.extra_hashes {
-            cmd.arg(key.as_str());
-        }
-        cmd.arg(self.epoch)
-            .arg(first_offset)
-            .arg(self.next_offset)
-            .arg(MESSAGE_TTL.as_millis() as u64)
-            .arg(user_expire_at)
-            .arg(user_expire_at_next)
-            .arg(TEMPLATE_TTL.as_millis() as u64);
-        for group in &groups {
-            cmd.arg(group.len());
-        }
-        cmd.arg(hashes);
-        let mut values = 0;
-        for (group, slots) in groups.iter().enumerate() {
-            let single = group % 2 == 1;
-            for &slot in slots {
-                let list = &self.lists[slot];
-                if !single {
-                    cmd.arg(list.values.len());
-                }
-                for v in list.values.iter() {
-                    cmd.arg(self.value(v));
-                }
-                values += list.values.len();
-            }
-        }
-        for template in &self.templates {
-            cmd.arg(template.fields.len());
-            for &(state, increment) in &template.fields {
-                cmd.arg(state).arg(increment);
-            }
-        }
-        for (_, fields) in &self.extra_hashes {
-            cmd.arg(fields.len());
-            for (field, increment) in fields {
-                cmd.arg(field.as_str()).arg(*increment);
-            }
-        }
-        // The script stores whatever follows the data in the fence hash.
-        for (field, value) in &self.fence_fields {
-            cmd.arg(*field).arg(*value);
-        }
+        let (user_lists, trust) = self.user_list_trust(user_expire_at);
+        let writes = self.write_plan(user_expire_at, &trust);
+        let values = self.lists.iter().map(|l| l.values.len()).sum();
         Batch {
             partition: self.partition,
             epoch: self.epoch,
@@ -459,13 +357,73 @@ impl BatchBuilder {
             next_offset: self.next_offset,
             events: self.events,
             skipped: self.skipped,
-            keys: self.lists.len() + hashes,
+            keys: self.lists.len() + self.templates.len() + self.counter_hashes.len(),
             values,
             now,
             user_expire_at,
+            user_expire_at_next,
             user_lists,
-            cmd: Some(cmd),
+            writes: Some(writes),
         }
+    }
+
+    /// Which user lists are known to expire at `day_end` already (`checked_expiries.rs`), by
+    /// slot, and the hashes of all user lists (remembered once the batch is applied).
+    fn user_list_trust(&self, day_end: i64) -> (Vec<u64>, Vec<bool>) {
+        let message_prefix = self.layout.message_key("");
+        let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hashes = Vec::new();
+        let trust = (0..self.lists.len())
+            .map(|slot| {
+                let key = self.list_keys.get(slot);
+                // A receiver id that looks like a message key can also get the message TTL
+                // (from a message touch in another batch): never trusted.
+                self.lists[slot].ttl == ListTtl::User && !key.starts_with(&message_prefix) && {
+                    let hash = checked.hash(key);
+                    hashes.push(hash);
+                    checked.contains(day_end, hash)
+                }
+            })
+            .collect();
+        (hashes, trust)
+    }
+
+    /// The transaction: `MULTI`, per list `LPUSH` with all its values then its TTL command
+    /// (adjacent, while the key is in the CPU cache), per template its `HINCRBY`s then `PEXPIRE`,
+    /// the same per counter hash, the fence's `HSET`, `EXEC`. See `writes.rs` for the TTL rules.
+    fn write_plan(&self, user_expire_at: i64, trust: &[bool]) -> Writes {
+        let mut plan = WritesBuilder::new(self.lists.len(), self.templates.len());
+        plan.multi();
+        let verify = self.layout.verify_existing_user_expiry();
+        for (slot, list) in self.lists.iter().enumerate() {
+            let key = self.list_keys.get(slot).as_bytes();
+            plan.lpush(
+                key,
+                list.values.iter().map(|v| self.value(v)),
+                list.values.len(),
+            );
+            match list.ttl {
+                ListTtl::Message => plan.message_expire(key),
+                ListTtl::User if trust[slot] => plan.trusted_user_list(list.values.len()),
+                ListTtl::User => plan.user_expire(key, user_expire_at, !verify),
+            }
+        }
+        let mut template_key = String::new();
+        for template in &self.templates {
+            template_key.clear();
+            template_key.push_str(self.layout.key_prefix());
+            template_key.push_str(itoa::Buffer::new().format(template.business_id));
+            plan.template(template_key.as_bytes(), &template.fields);
+        }
+        for (key, fields) in &self.counter_hashes {
+            plan.counter_hash(key.as_bytes(), fields.iter().map(|(f, n)| (f.as_str(), *n)));
+        }
+        plan.finish(
+            self.layout.fence_key(self.partition).as_bytes(),
+            self.epoch,
+            self.next_offset,
+            self.clock,
+        )
     }
 }
 
@@ -489,16 +447,18 @@ pub struct Batch {
     pub values: usize,
     /// Processing time the batch was built at.
     pub now: SystemTime,
-    /// The midnight user lists get, and the hashes of the user lists touched: once applied,
-    /// they are known to expire then (`checked_expiries.rs`).
+    /// The midnight user lists get (and the one after it, for a batch applied after that
+    /// midnight), and the hashes of the user lists touched: once applied, they are known to
+    /// expire then (`checked_expiries.rs`).
     pub(crate) user_expire_at: i64,
+    pub(crate) user_expire_at_next: i64,
     pub(crate) user_lists: Vec<u64>,
-    pub(crate) cmd: Option<Cmd>,
+    pub(crate) writes: Option<Writes>,
 }
 
 impl Batch {
     /// A batch built from an empty builder: applying it does nothing.
     pub fn is_empty(&self) -> bool {
-        self.cmd.is_none()
+        self.writes.is_none()
     }
 }

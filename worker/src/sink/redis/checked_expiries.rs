@@ -93,6 +93,13 @@ impl CheckedExpiries {
         }
     }
 
+    /// Trusts no list any more: Redis may have lost them (a failover, a restart from an older
+    /// snapshot), and a list this set still trusted would then be re-created by a batch without
+    /// an expiry inside its transaction.
+    pub(crate) fn forget_all(&mut self) {
+        self.lists.clear();
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lists.len()
@@ -123,6 +130,8 @@ mod tests {
             "a late batch of yesterday adds nothing"
         );
         assert_eq!(checked.len(), 1);
+        checked.forget_all();
+        assert!(!checked.contains(100, b) && checked.len() == 0);
     }
 
     #[test]

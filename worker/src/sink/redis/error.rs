@@ -22,6 +22,18 @@ pub enum SinkError {
         first_offset: i64,
         next_offset: i64,
     },
+    /// Redis holds less than the caller applied: the fence ends before the batch's first offset,
+    /// or (`stored_next_offset: None`) it has no `next_offset`, which every claim writes, so Redis
+    /// lost the fence itself. Redis lost acknowledged writes (failover to a lagging replica,
+    /// restart from an older snapshot). Nothing was written; the owner must rewind its consumer to
+    /// the fence and re-apply from there.
+    #[error("redis lost acknowledged writes of partition {partition}: its fence ends at {stored_next_offset:?}, before the batch [{first_offset}, {next_offset})")]
+    Gap {
+        partition: i32,
+        stored_next_offset: Option<i64>,
+        first_offset: i64,
+        next_offset: i64,
+    },
     /// Connection refused/dropped, timeouts, `LOADING`, `OOM`, `READONLY`, `BUSY`, …: retry the
     /// same batch later (the fence makes a retry of an already-applied batch a no-op).
     #[error("redis unavailable: {0}")]
@@ -45,6 +57,7 @@ impl SinkError {
         match self {
             SinkError::Fenced { .. } => "fenced",
             SinkError::Overlap { .. } => "overlap",
+            SinkError::Gap { .. } => "gap",
             SinkError::Unavailable(_) => "unavailable",
             SinkError::Script(_) => "script",
             SinkError::Config(_) => "config",

@@ -1,30 +1,50 @@
 //! The exactly-once Redis sink.
 //!
 //! Every partition has a fence hash `{prefix}streamjob:{job}:fence:{topic}:{partition}` →
-//! `{epoch, next_offset}`. An owner [`RedisSink::claim`]s the partition (bumping the epoch, which
-//! shuts out every older owner) and resumes at the fence's `next_offset`. Each [`Batch`] is applied
-//! by one Lua script that, atomically: refuses it if the stored epoch is newer ([`SinkError::Fenced`]),
-//! skips it if `next_offset` is already past it ([`ApplyOutcome::AlreadyApplied`]), refuses it if
-//! the fence lies strictly inside it ([`SinkError::Overlap`], never a partial re-apply), and
-//! otherwise runs all its merged writes and moves `next_offset` to the batch's end.
+//! `{epoch, next_offset}`. An owner [`RedisSink::claim_from`]s the partition (raising the epoch,
+//! which shuts out every older owner, and writing `next_offset` if the fence has none) and resumes
+//! at the fence's `next_offset`. Each [`Batch`] is applied atomically with a check of its fence
+//! (`apply.rs`: `WATCH` the fence, read it, decide, then the batch's native commands in one
+//! `MULTI`/`EXEC` that moves the fence last): refused if the stored epoch is newer
+//! ([`SinkError::Fenced`]); refused if the fence has no `next_offset` or ends before the batch
+//! ([`SinkError::Gap`]: Redis lost acknowledged writes, the partition rewinds); skipped if
+//! `next_offset` is already past it ([`ApplyOutcome::AlreadyApplied`]); refused if the fence lies
+//! strictly inside it ([`SinkError::Overlap`], never a partial re-apply); otherwise all its merged
+//! writes run and `next_offset` moves to the batch's end.
+//!
+//! # Epochs survive a rollback
+//!
+//! A claim's epoch is `max(stored + 1, generation << 20)`, where `generation` is the jobmanager's
+//! assignment generation (strictly increasing per assignment, kept in checkpoints and re-learnt
+//! from re-registering owners). If Redis rolls the fence back, `stored + 1` may be below epochs
+//! earlier owners used, but `generation << 20` is not: an earlier owner's epoch is at most
+//! `(its generation + 1) << 20 - 1` (it started at `its generation << 20` or at `stored + 1`,
+//! and fewer than 2^20 claims happen per generation), which is below the new floor. So once a
+//! claim is in Redis, no earlier owner can write, whatever Redis lost before it.
 //!
 //! The sink holds one multiplexed connection (redis-rs `ConnectionManager`, which reconnects
-//! in the background after the server goes away); every call has a timeout, so a hung Redis
-//! becomes a retryable [`SinkError::Unavailable`].
+//! in the background after the server goes away) for claims and reads, and a small pool of
+//! connections for applies (`WATCH` is per connection); every call has a timeout, so a hung Redis
+//! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connections go
+//! to the primary the sentinels name, and are replaced when they name another one (`primary.rs`).
 
+mod apply;
 mod batch;
 mod checked_expiries;
+mod connection;
 mod error;
 mod layout;
+mod primary;
 mod script;
 mod series;
 pub mod window;
+mod writes;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, IntoConnectionInfo, Value};
+use redis::aio::ConnectionManagerConfig;
+use redis::{Cmd, Value};
 use tracing::Instrument;
 
 pub use batch::{Batch, BatchBuilder};
@@ -33,9 +53,8 @@ pub use error::SinkError;
 pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLATE_TTL};
 
 use crate::config::RedisSinkConfig;
-use script::{
-    parse_apply_reply, parse_claim_reply, ApplyReply, LuaScript, APPLY_SCRIPT, CLAIM_SCRIPT,
-};
+pub(crate) use primary::Primary;
+use script::{parse_claim_reply, ApplyReply, ClaimReply, LuaScript, CLAIM_SCRIPT};
 
 /// Default limit for one Redis round trip (including a batch's script run).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,9 +69,21 @@ pub struct Fence {
     /// The partition's event-time clock stored with `next_offset` (largest event time applied;
     /// see [`window`]); `None` before the first batch with events.
     pub max_event_ms: Option<i64>,
-    /// The job watermark recorded in Redis as final when the partition was claimed (see
-    /// [`RedisSink::record_final_watermark`]); `None` from [`RedisSink::read_fence`].
-    pub final_watermark_ms: Option<i64>,
+}
+
+/// The lowest epoch a claim for assignment `generation` takes (see the module documentation).
+pub fn epoch_floor(generation: u64) -> u64 {
+    generation.min(1 << 32) << 20
+}
+
+/// What a claim found and wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The fence after the claim.
+    pub fence: Fence,
+    /// The fence had no `next_offset` (never claimed, or lost by Redis): the claim wrote the
+    /// caller's `resume_if_missing`, if any.
+    pub was_missing: bool,
 }
 
 /// What applying a batch did.
@@ -75,13 +106,12 @@ pub enum ApplyOutcome {
 pub struct SinkOptions {
     /// Limit for each call (connect, claim, read, apply).
     pub call_timeout: Duration,
-    /// When a batch pushes to a user list that already existed, read its expiry (`PEXPIRETIME`)
-    /// and correct it if it is not tonight's midnight. Lists this sink creates always carry the
-    /// right expiry and yesterday's have expired, so only lists written by someone else can
-    /// differ — upstream's 52-year-TTL keys while migrating from austin's Flink job. Each list
-    /// is checked once a day per process (`checked_expiries.rs`): later batches of the day skip
-    /// it. Turning the check off saves that first-touch command on a Redis no other writer ever
-    /// touched. Default: on.
+    /// The first time this process pushes to a user list on a given day, set its expiry to
+    /// tonight's midnight even if it already had another one (`PEXPIREAT`): lists this sink
+    /// creates always carry the right expiry, so only lists written by someone else can differ
+    /// — upstream's 52-year-TTL keys while migrating from austin's Flink job. Later batches of
+    /// the day skip the list (`checked_expiries.rs`). Off: that first touch uses
+    /// `PEXPIREAT … NX`, which gives an expiry only to a list without one. Default: on.
     pub verify_existing_user_expiry: bool,
 }
 
@@ -97,7 +127,7 @@ impl Default for SinkOptions {
 /// Clone-able handle over one persistent multiplexed connection.
 #[derive(Clone)]
 pub struct RedisSink {
-    conn: ConnectionManager,
+    primary: Primary,
     layout: Layout,
     timeout: Duration,
     checked: Arc<Mutex<CheckedExpiries>>,
@@ -126,36 +156,24 @@ impl RedisSink {
     ) -> Result<Self, SinkError> {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
-        let mut info = cfg
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
-        if let Some(password) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info)
-            .map_err(|e| SinkError::Config(format!("sink.redis.url: {e}")))?;
         let timeout = options.call_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| SinkError::timeout("connecting to redis", timeout))??;
+        let primary = Primary::connect(cfg, manager_config, timeout).await?;
         let sink = Self {
-            conn,
+            primary,
             layout,
             timeout,
             checked: Arc::default(),
         };
-        sink.load_scripts().await?;
+        sink.load_scripts().await.map_err(|e| match e {
+            // The first command is where an ACL user without the needed permissions shows.
+            SinkError::Config(message) => SinkError::Config(format!("sink.redis: {message}")),
+            other => other,
+        })?;
         Ok(sink)
     }
 
@@ -169,7 +187,7 @@ impl RedisSink {
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {
-        for script in [&*APPLY_SCRIPT, &*CLAIM_SCRIPT] {
+        for script in [&*CLAIM_SCRIPT] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.source);
             self.query(&load, "SCRIPT LOAD").await?;
@@ -178,16 +196,35 @@ impl RedisSink {
     }
 
     async fn query(&self, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
-            Err(_) => Err(SinkError::timeout(what, self.timeout)),
-            Ok(result) => Ok(result?),
+        let mut conn = self.primary.conn();
+        let result =
+            match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
+                Err(_) => Err(SinkError::timeout(what, self.timeout)),
+                Ok(result) => result.map_err(SinkError::from),
+            };
+        if let Err(err) = &result {
+            self.primary.after_error(err).await;
         }
+        result
     }
 
-    /// `EVALSHA`, loading the script once if the server lost it (restart, `SCRIPT FLUSH`).
+    /// `EVALSHA`, loading the script once if the server lost it (restart, `SCRIPT FLUSH`,
+    /// a failover to a server that never saw it).
     async fn eval(&self, script: &LuaScript, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
-        let mut conn = self.conn.clone();
+        let result = self.eval_once(script, cmd, what).await;
+        if let Err(err) = &result {
+            self.primary.after_error(err).await;
+        }
+        result
+    }
+
+    async fn eval_once(
+        &self,
+        script: &LuaScript,
+        cmd: &Cmd,
+        what: &str,
+    ) -> Result<Value, SinkError> {
+        let mut conn = self.primary.conn();
         let first = tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await;
         match first {
             Err(_) => Err(SinkError::timeout(what, self.timeout)),
@@ -205,31 +242,101 @@ impl RedisSink {
         }
     }
 
-    /// Atomically bumps the partition's fence epoch and returns the new fence: this owner's epoch
-    /// and where to resume. Every older owner is refused from then on.
+    /// [`RedisSink::claim_from`] for generation 0, starting a fence that has none at offset 0
+    /// (tests and tools).
     pub async fn claim(&self, partition: i32) -> Result<Fence, SinkError> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(CLAIM_SCRIPT.hash())
-            .arg(2)
-            .arg(self.layout.fence_key(partition))
-            .arg(self.layout.series_final_key());
-        let reply = self.eval(&CLAIM_SCRIPT, &cmd, "claim").await?;
-        let (epoch, next_offset, max_event_ms, final_watermark_ms) = parse_claim_reply(&reply)?;
+        Ok(self.claim_from(partition, 0, Some(0)).await?.fence)
+    }
+
+    /// Atomically raises the partition's fence epoch to `max(stored + 1, epoch_floor(generation))`
+    /// and returns the new fence: this owner's epoch and where to resume. A fence without
+    /// `next_offset` gets `resume_if_missing`. Every older owner is refused from then on.
+    pub async fn claim_from(
+        &self,
+        partition: i32,
+        generation: u64,
+        resume_if_missing: Option<i64>,
+    ) -> Result<Claim, SinkError> {
+        let floor = epoch_floor(generation);
+        let reply = self
+            .run_claim(partition, floor, resume_if_missing, "claim")
+            .await?;
+        let ClaimReply::Claimed {
+            epoch,
+            next_offset,
+            was_missing,
+            clock,
+        } = reply
+        else {
+            return Err(SinkError::Script(format!("claim refused: {reply:?}")));
+        };
         tracing::info!(
             job = self.layout.job(),
             topic = self.layout.topic(),
             partition,
             epoch,
             next_offset,
-            max_event_ms,
+            was_missing,
+            max_event_ms = clock,
             "claimed partition fence"
         );
-        Ok(Fence {
-            epoch,
-            next_offset,
-            max_event_ms,
-            final_watermark_ms,
+        Ok(Claim {
+            fence: Fence {
+                epoch,
+                next_offset,
+                max_event_ms: clock,
+            },
+            was_missing,
         })
+    }
+
+    /// Rewrites a vanished fence for its current owner: keeps `epoch` (refused with
+    /// [`SinkError::Fenced`] if a newer one is stored) and writes `resume_if_missing` as
+    /// `next_offset` if the fence has none. Returns the fence after it.
+    pub async fn restore_fence(
+        &self,
+        partition: i32,
+        epoch: u64,
+        resume_if_missing: i64,
+    ) -> Result<Fence, SinkError> {
+        match self
+            .run_claim(partition, epoch, Some(resume_if_missing), "restore")
+            .await?
+        {
+            ClaimReply::Claimed {
+                epoch,
+                next_offset,
+                clock,
+                ..
+            } => Ok(Fence {
+                epoch,
+                next_offset,
+                max_event_ms: clock,
+            }),
+            ClaimReply::Fenced { stored_epoch } => Err(SinkError::Fenced {
+                partition,
+                stored_epoch,
+                our_epoch: epoch,
+            }),
+        }
+    }
+
+    async fn run_claim(
+        &self,
+        partition: i32,
+        floor: u64,
+        resume_if_missing: Option<i64>,
+        mode: &str,
+    ) -> Result<ClaimReply, SinkError> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(CLAIM_SCRIPT.hash())
+            .arg(1)
+            .arg(self.layout.fence_key(partition))
+            .arg(floor)
+            .arg(resume_if_missing.map(|o| o.to_string()).unwrap_or_default())
+            .arg(mode);
+        let reply = self.eval(&CLAIM_SCRIPT, &cmd, "claim").await?;
+        parse_claim_reply(&reply)
     }
 
     /// The partition's fence, or `None` if it was never claimed.
@@ -250,14 +357,13 @@ impl RedisSink {
             epoch: epoch.max(0) as u64,
             next_offset: field(1),
             max_event_ms: field(2),
-            final_watermark_ms: None,
         }))
     }
 
     /// Applies one batch atomically with its fence check. Safe to call again with the same batch
     /// after a retryable error.
     pub async fn apply(&self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
-        let Some(cmd) = batch.cmd.as_ref() else {
+        let Some(writes) = batch.writes.as_ref() else {
             return Ok(ApplyOutcome::Applied {
                 events: 0,
                 commands: 0,
@@ -276,59 +382,106 @@ impl RedisSink {
             events = batch.events,
         );
         async {
-            let reply = self.eval(&APPLY_SCRIPT, cmd, "apply batch").await?;
-            match parse_apply_reply(&reply)? {
-                ApplyReply::Applied {
-                    commands,
-                    write_errors,
-                    first_write_error,
-                } => {
-                    if write_errors > 0 {
-                        tracing::warn!(
-                            write_errors,
-                            first_error = first_write_error.as_deref().unwrap_or(""),
-                            "redis refused some writes of the batch (skipped, as upstream would)"
-                        );
+            let fence_key = self.layout.fence_key(batch.partition);
+            let applied = apply::apply(
+                self.primary.apply_conns(),
+                &fence_key,
+                batch,
+                writes,
+                self.timeout,
+            )
+            .await;
+            match applied {
+                Ok((reply, day_end)) => self.outcome(batch, reply, day_end),
+                Err(err) => {
+                    if matches!(err, SinkError::Unavailable(_)) {
+                        // Whatever comes back may be another Redis (a promoted replica, an older
+                        // snapshot) that lacks lists this process trusts to expire tonight.
+                        self.forget_checked_expiries();
                     }
-                    tracing::debug!(commands, "applied");
-                    self.checked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert_all(batch.user_expire_at, &batch.user_lists);
-                    Ok(ApplyOutcome::Applied {
-                        events: batch.events,
-                        commands,
-                        write_errors,
-                    })
-                }
-                ApplyReply::AlreadyApplied { stored_next_offset } => {
-                    tracing::info!(stored_next_offset, "batch already applied; skipped");
-                    Ok(ApplyOutcome::AlreadyApplied)
-                }
-                ApplyReply::Fenced { stored_epoch } => {
-                    tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
-                    Err(SinkError::Fenced {
-                        partition: batch.partition,
-                        stored_epoch,
-                        our_epoch: batch.epoch,
-                    })
-                }
-                ApplyReply::Overlap { stored_next_offset } => {
-                    tracing::error!(
-                        stored_next_offset,
-                        "batch overlaps the applied range; refused"
-                    );
-                    Err(SinkError::Overlap {
-                        partition: batch.partition,
-                        stored_next_offset,
-                        first_offset: batch.first_offset,
-                        next_offset: batch.next_offset,
-                    })
+                    self.primary.after_error(&err).await;
+                    Err(err)
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    fn forget_checked_expiries(&self) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_all();
+    }
+
+    fn outcome(
+        &self,
+        batch: &Batch,
+        reply: ApplyReply,
+        day_end: i64,
+    ) -> Result<ApplyOutcome, SinkError> {
+        match reply {
+            ApplyReply::Applied {
+                commands,
+                write_errors,
+                first_write_error,
+            } => {
+                if write_errors > 0 {
+                    tracing::warn!(
+                        write_errors,
+                        first_error = first_write_error.as_deref().unwrap_or(""),
+                        "redis refused some writes of the batch (skipped, as upstream would)"
+                    );
+                }
+                tracing::debug!(commands, "applied");
+                self.checked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert_all(day_end, &batch.user_lists);
+                Ok(ApplyOutcome::Applied {
+                    events: batch.events,
+                    commands,
+                    write_errors,
+                })
+            }
+            ApplyReply::AlreadyApplied { stored_next_offset } => {
+                tracing::info!(stored_next_offset, "batch already applied; skipped");
+                Ok(ApplyOutcome::AlreadyApplied)
+            }
+            ApplyReply::Fenced { stored_epoch } => {
+                tracing::warn!(stored_epoch, "fenced: a newer owner holds the partition");
+                Err(SinkError::Fenced {
+                    partition: batch.partition,
+                    stored_epoch,
+                    our_epoch: batch.epoch,
+                })
+            }
+            ApplyReply::Gap { stored_next_offset } => {
+                // Redis lost acknowledged writes: user lists included.
+                self.forget_checked_expiries();
+                // Logged loudly by the partition's rewind, which knows the whole story.
+                tracing::debug!(?stored_next_offset, "batch starts after the fence; refused");
+                Err(SinkError::Gap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+            ApplyReply::Overlap { stored_next_offset } => {
+                tracing::warn!(
+                    stored_next_offset,
+                    "batch overlaps the applied range; refused"
+                );
+                Err(SinkError::Overlap {
+                    partition: batch.partition,
+                    stored_next_offset,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+        }
     }
 }
 
