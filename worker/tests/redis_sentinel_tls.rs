@@ -232,7 +232,8 @@ async fn a_tls_primary_named_by_tls_sentinels_is_used_and_followed_across_a_fail
         sink.read_fence(0).await.expect("fence"),
         Some(Fence {
             epoch,
-            next_offset: Some(8)
+            next_offset: Some(8),
+            max_event_ms: None,
         })
     );
 }
