@@ -9,6 +9,7 @@
 #                                                 # clicked) with the same receivers, instead of the
 #                                                 # demo generator's independent events
 #   scripts/bench-worker.sh --e2e-only --runs 3   # only streamjob and upstream's replay, alternating
+#   scripts/bench-worker.sh --shape lifecycle --window-cost --runs 3   # the event-time series on vs off
 #
 # Prints the machine, then a Markdown table (the "Worker pipeline" section of BENCHMARKS.md is a
 # copy of it). Method: see tests/src/bin/bench-worker.rs.

@@ -135,6 +135,10 @@ pub struct StreamJobSpec {
     #[serde(default)]
     pub batch: BatchSpec,
 
+    /// The per-template, per-minute event-time series (windows, watermarks, late data).
+    #[serde(default)]
+    pub window: WindowSpec,
+
     /// Periodic checkpoints (consistent offsets of every partition, on the savepoint volume).
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
@@ -493,6 +497,56 @@ impl Default for BatchSpec {
             max_events: default_max_events(),
             linger: default_linger(),
             stop_timeout: default_stop_timeout(),
+        }
+    }
+}
+
+/// The event-time series: per template, window and state counts on `logTimestamp`.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    /// Write the series (on by default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Window length: whole minutes that divide an hour (`1m`, `5m`, `15m`, `60m`…).
+    #[serde(default = "default_window_size")]
+    #[x_kube(validation = Rule::new("self in ['1m', '2m', '3m', '4m', '5m', '6m', '10m', '12m', '15m', '20m', '30m', '60m']").message("spec.window.size must be whole minutes that divide an hour, like 1m or 5m"))]
+    pub size: String,
+    /// A partition's watermark is its largest event time minus this.
+    #[serde(default = "default_out_of_orderness")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.maxOutOfOrderness must be a duration like 5s"))]
+    pub max_out_of_orderness: String,
+    /// A window is final once the job watermark passes its end plus this; later events are late.
+    #[serde(default = "default_allowed_lateness")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.allowedLateness must be a duration like 1m"))]
+    pub allowed_lateness: String,
+    /// A partition without records this long does not hold the job watermark back.
+    #[serde(default = "default_idle_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.idleTimeout must be a duration like 30s"))]
+    pub idle_timeout: String,
+}
+
+fn default_window_size() -> String {
+    "1m".into()
+}
+fn default_out_of_orderness() -> String {
+    "5s".into()
+}
+fn default_allowed_lateness() -> String {
+    "1m".into()
+}
+fn default_idle_timeout() -> String {
+    "30s".into()
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: default_window_size(),
+            max_out_of_orderness: default_out_of_orderness(),
+            allowed_lateness: default_allowed_lateness(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -861,6 +915,12 @@ pub struct JobProgress {
     /// When the newest complete checkpoint was taken (its age shows whether checkpoints stall).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint_at: Option<Time>,
+    /// The job's event-time watermark: minimum over active partitions, never back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<Time>,
+    /// Every series window ending at or before this is final (recorded in Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_before: Option<Time>,
 }
 
 /// Progress of one partition.

@@ -196,6 +196,7 @@ impl World {
             restored_from: p.restored_from.clone(),
             last_checkpoint: p.last_checkpoint.clone(),
             last_savepoint: p.last_savepoint.clone(),
+            watermark: None,
         })
     }
 

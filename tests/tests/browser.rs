@@ -366,6 +366,16 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         .await
         .expect("laptop window");
 
+    // The event-time watermark, per partition and for the job.
+    wait_until(
+        "the event-time watermark",
+        Duration::from_secs(60),
+        || async {
+            let shown = text(&client, "#watermark").await;
+            shown.contains(':') && count(&client, "#partitions td[data-watermark]").await == 4
+        },
+    )
+    .await;
     // Let the demo finish and the pipeline drain: then Redis holds still.
     wait_until("the demo drained", Duration::from_secs(90), || async {
         let overview = get_json(&addr, "/jobs/trace");
@@ -454,6 +464,25 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
     })
     .await;
     assert_eq!(chart_counts(&client).await, counts, "chart of {template}");
+    // Its per-minute chart: the windows of GET /jobs/trace/series, finality marked.
+    wait_until("the per-minute chart", Duration::from_secs(20), || async {
+        attr(&client, "#series-note", "data-done").await.as_deref() == Some("series")
+    })
+    .await;
+    let api = get_json(&addr, &format!("/jobs/trace/series?businessId={template}"));
+    let bars = series_bars(&client).await;
+    assert!(
+        !bars.is_empty(),
+        "the demo's events fall into minutes: {api}"
+    );
+    assert_eq!(bars, api_windows(&api), "{api}");
+    let late: i64 = api["late"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_i64).sum());
+    assert_eq!(
+        attr(&client, "#series-note", "data-late").await,
+        Some(late.to_string())
+    );
     screenshot(&client, "trace-template.png").await;
 
     // The savepoint action: refused without the token, nothing written; done with it.
@@ -507,6 +536,45 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         "standalone stops cleanly: {status:?}\n{}",
         job.log_tail(20)
     );
+}
+
+/// The per-minute chart's bars: (window start, count, final).
+async fn series_bars(client: &Client) -> Vec<(i64, i64, bool)> {
+    let mut bars = Vec::new();
+    for bar in client
+        .find_all(Locator::Css("#series-chart rect.bar"))
+        .await
+        .expect("bars")
+    {
+        let get = |name: &'static str| {
+            let bar = bar.clone();
+            async move { bar.attr(name).await.expect("attr").expect(name) }
+        };
+        bars.push((
+            get("data-start").await.parse().expect("start"),
+            get("data-count").await.parse().expect("count"),
+            get("data-final").await == "true",
+        ));
+    }
+    bars
+}
+
+/// The newest 60 windows of a series answer: (start, Σ counts, final).
+fn api_windows(api: &Value) -> Vec<(i64, i64, bool)> {
+    let windows = api["windows"].as_array().expect("windows");
+    windows[windows.len().saturating_sub(60)..]
+        .iter()
+        .map(|w| {
+            let total = w["counts"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_i64).sum());
+            (
+                w["startMs"].as_i64().expect("startMs"),
+                total,
+                w["final"].as_bool().expect("final"),
+            )
+        })
+        .collect()
 }
 
 /// The template chart's bars: state → count.

@@ -109,6 +109,7 @@ fn jobmanager_exposition() -> String {
         released: Vec::new(),
         snapshot_ack: None,
         wait: false,
+        watermark_ack_ms: None,
     };
     coordinator
         .heartbeat("tm-0", &request, later)

@@ -41,6 +41,13 @@ pub struct PartitionProgress {
     pub lag: Option<i64>,
     /// Events applied per second over the last few seconds.
     pub events_per_second: f64,
+    /// Event-time watermark of what is applied (largest event time − `window.maxOutOfOrderness`),
+    /// epoch ms; `None` before the first event (or with `window.enabled: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    /// No records for `window.idleTimeout`: the partition does not hold the job's watermark.
+    #[serde(default)]
+    pub idle: bool,
     /// The partition is paused, retrying a batch or a dead-letter delivery (Redis or broker
     /// unavailable).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -162,6 +169,52 @@ pub struct JobOverview {
     pub last_checkpoint: Option<SnapshotInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SnapshotInfo>,
+    /// The event-time series' watermark and finality (absent with `window.enabled: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkStatus>,
+}
+
+/// The job's event-time watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WatermarkStatus {
+    /// Minimum over active (not idle) partitions of their watermarks; never goes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    /// The watermark recorded in Redis as final: at most `watermarkMs`, and only once every
+    /// taskmanager has acknowledged it (so none can still write to a window it closes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_watermark_ms: Option<i64>,
+    /// Every window ending at or before this is final (`finalWatermarkMs − allowedLateness`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_before_ms: Option<i64>,
+}
+
+/// `GET /jobs/{jobId}/series?businessId=…&from=…&to=…`: one template's per-window counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesResponse {
+    pub business_id: i64,
+    pub window_size_ms: i64,
+    /// Windows ending at or before this are final (complete); `None`: nothing final yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_before_ms: Option<i64>,
+    /// Windows with any count in `[from, to)`, oldest first.
+    pub windows: Vec<SeriesWindow>,
+    /// Events that came after their window was final, per state.
+    pub late: std::collections::BTreeMap<String, i64>,
+    /// Events with absurd timestamps (far future or past), per state.
+    pub skewed: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesWindow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub r#final: bool,
+    /// Count per state code.
+    pub counts: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +257,10 @@ pub struct PartitionStatus {
     pub high_watermark: Option<i64>,
     pub lag: Option<i64>,
     pub events_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
+    #[serde(default)]
+    pub idle: bool,
     /// The owner is retrying (see [`PartitionProgress::retrying`]).
     #[serde(default, skip_serializing_if = "is_false")]
     pub retrying: bool,
@@ -400,6 +457,11 @@ pub struct HeartbeatRequest {
     /// Let the jobmanager hold the answer until something changes (long poll, at most one
     /// heartbeat interval).
     pub wait: bool,
+    /// The lowest job watermark any of this taskmanager's batches may still decide lateness
+    /// with (what it learned, or less while an older batch is in flight): the jobmanager records
+    /// a watermark as final in Redis only once every taskmanager acknowledged it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark_ack_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -413,6 +475,10 @@ pub struct HeartbeatResponse {
     /// Send a fresh progress report with `snapshotAck` = this id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_request: Option<u64>,
+    /// The job's event-time watermark: a partition never counts an event into a window that is
+    /// final at it (a partition waking from idle catches up to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_watermark_ms: Option<i64>,
 }
 
 /// `POST /taskmanagers/{id}/leave`: graceful leave after flushing everything.

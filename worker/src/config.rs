@@ -57,6 +57,7 @@ pub struct JobConfig {
     pub source: SourceSection,
     pub sink: SinkSection,
     pub batch: BatchConfig,
+    pub window: WindowConfig,
     pub checkpoint: CheckpointConfig,
     pub savepoint: SavepointConfig,
     pub jobmanager: JobManagerConfig,
@@ -261,6 +262,40 @@ impl Default for BatchConfig {
             max_events: 1000,
             linger: Duration::from_millis(20),
             stop_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The per-template event-time series: tumbling windows on `logTimestamp`, watermarks and late
+/// data (see `sink::redis::window`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Write the series at all (on by default).
+    pub enabled: bool,
+    /// Window length: a whole number of minutes that divides an hour (1m, 2m, 5m, … 60m).
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// A partition's watermark is the largest event time it has seen minus this.
+    #[serde(with = "humantime_serde")]
+    pub max_out_of_orderness: Duration,
+    /// A window is final (closed) once the job's watermark passes its end plus this; events for
+    /// it after that are late.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// A partition without records for this long is idle: it does not hold the job's watermark.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: Duration::from_secs(60),
+            max_out_of_orderness: Duration::from_secs(5),
+            allowed_lateness: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -512,6 +547,27 @@ impl JobConfig {
         if self.batch.max_events == 0 {
             return Err(invalid("batch.maxEvents", "must be at least 1"));
         }
+        let window = &self.window;
+        let size = window.size.as_secs();
+        if window.size.subsec_nanos() != 0
+            || size == 0
+            || !size.is_multiple_of(60)
+            || !3600u64.is_multiple_of(size)
+        {
+            return Err(invalid(
+                "window.size",
+                "must be a whole number of minutes that divides an hour (1m, 2m, 5m, … 60m)",
+            ));
+        }
+        if window.max_out_of_orderness > Duration::from_secs(24 * 3600) {
+            return Err(invalid("window.maxOutOfOrderness", "must be at most 1 day"));
+        }
+        if window.allowed_lateness > Duration::from_secs(24 * 3600) {
+            return Err(invalid("window.allowedLateness", "must be at most 1 day"));
+        }
+        if window.idle_timeout.is_zero() {
+            return Err(invalid("window.idleTimeout", "must be greater than 0"));
+        }
         if self.checkpoint.retain == 0 {
             return Err(invalid("checkpoint.retain", "must be at least 1"));
         }
@@ -752,6 +808,12 @@ mod tests {
         assert!(err.to_string().contains("sink.redis.url"), "{err}");
         let err = JobConfig::from_yaml("batch:\n  maxEvents: 0\n").unwrap_err();
         assert!(err.to_string().contains("batch.maxEvents"), "{err}");
+        for size in ["90s", "7m", "0s", "2h"] {
+            let err = JobConfig::from_yaml(&format!("window:\n  size: {size}\n")).unwrap_err();
+            assert!(err.to_string().contains("window.size"), "{size}: {err}");
+        }
+        let ok = JobConfig::from_yaml("window:\n  size: 5m\n  enabled: false\n").expect("valid");
+        assert!(!ok.window.enabled);
     }
 
     #[test]

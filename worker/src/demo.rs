@@ -80,6 +80,14 @@ pub struct TrafficShape {
     pub date: u32,
     /// Base of `logTimestamp`, epoch ms.
     pub base_timestamp_ms: i64,
+    /// Events arrive up to this many ms behind their time (uniform): out of order, but within
+    /// `window.maxOutOfOrderness` when it is at most that.
+    pub out_of_order_ms: u64,
+    /// Events per million that arrive 2-5 minutes behind their time: late for the default
+    /// window settings (their minute is already final).
+    pub late_ppm: u32,
+    /// Events per million with an absurd timestamp (a day in the future).
+    pub skewed_ppm: u32,
 }
 
 impl Default for TrafficShape {
@@ -93,6 +101,9 @@ impl Default for TrafficShape {
             messages: 200_000,
             date: 20_240_101,
             base_timestamp_ms: 1_704_067_200_000,
+            out_of_order_ms: 0,
+            late_ppm: 0,
+            skewed_ppm: 0,
         }
     }
 }
@@ -132,6 +143,26 @@ impl EventGenerator {
         60
     }
 
+    /// The event time of the next event: `now_ms` (demo) or the synthetic clock, moved back for
+    /// out-of-order and late events, forward for skewed ones.
+    fn event_time(&mut self, now_ms: Option<i64>) -> i64 {
+        let ts = now_ms.unwrap_or(self.shape.base_timestamp_ms + self.seq as i64 * 7);
+        let shape = &self.shape;
+        if shape.out_of_order_ms == 0 && shape.late_ppm == 0 && shape.skewed_ppm == 0 {
+            return ts;
+        }
+        let (late_ppm, skewed_ppm, out_of_order) =
+            (shape.late_ppm, shape.skewed_ppm, shape.out_of_order_ms);
+        let pick = self.rng.below(1_000_000) as u32;
+        if pick < late_ppm {
+            ts - 120_000 - self.rng.below(180_000) as i64
+        } else if pick < late_ppm.saturating_add(skewed_ppm) {
+            ts + 24 * 3600 * 1000
+        } else {
+            ts - self.rng.below(out_of_order.max(1)) as i64
+        }
+    }
+
     /// The next payload (fastjson style: keys sorted, no spaces).
     pub fn next_payload(&mut self) -> Vec<u8> {
         self.next_payload_at(None)
@@ -156,7 +187,7 @@ impl EventGenerator {
             ids.push_str(&format!("\"138{user:08}\""));
         }
         let state = self.state();
-        let ts = now_ms.unwrap_or(self.shape.base_timestamp_ms + self.seq as i64 * 7);
+        let ts = self.event_time(now_ms);
         let legacy = self.rng.below(1_000_000) < u64::from(self.shape.legacy_ppm);
         let biz = self.rng.below(1000);
         if legacy {
@@ -191,7 +222,14 @@ pub async fn run_demo_producer(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1),
-        TrafficShape::default(),
+        // Out of order within maxOutOfOrderness, some late and a few absurd timestamps, so the
+        // event-time series shows all three on the first run.
+        TrafficShape {
+            out_of_order_ms: 3_000,
+            late_ppm: 5_000,
+            skewed_ppm: 200,
+            ..TrafficShape::default()
+        },
     );
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

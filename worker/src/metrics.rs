@@ -70,6 +70,11 @@ pub struct PipelineMetrics {
     pub partition_lag: Family<PartitionLabel, Gauge>,
     /// Partitions this process currently owns.
     pub partitions_owned: Gauge,
+    /// Events written to the event-time series, by kind: `on_time` (in their window), `late`
+    /// (their window was final) or `skewed` (absurd timestamp).
+    pub series_events: Family<KindLabel, Counter>,
+    /// A partition's event-time watermark (epoch ms).
+    pub partition_watermark: Family<PartitionLabel, Gauge>,
     /// Duration of one batch apply (the Redis script round trip, retries excluded).
     pub batch_apply_seconds: Histogram,
     /// Events per applied batch.
@@ -101,6 +106,8 @@ impl PipelineMetrics {
             partition_committed_offset: Family::default(),
             partition_lag: Family::default(),
             partitions_owned: Gauge::default(),
+            series_events: Family::default(),
+            partition_watermark: Family::default(),
         }
     }
 
@@ -189,6 +196,16 @@ impl PipelineMetrics {
             self.partitions_owned.clone(),
         );
         r.register(
+            "series_events",
+            "Events counted in the event-time series: on_time, late (window final) or skewed (absurd timestamp)",
+            self.series_events.clone(),
+        );
+        r.register(
+            "partition_watermark_ms",
+            "A partition's event-time watermark (epoch ms)",
+            self.partition_watermark.clone(),
+        );
+        r.register(
             "batch_apply_seconds",
             "Duration of one batch's Redis script call",
             self.batch_apply_seconds.clone(),
@@ -224,6 +241,14 @@ impl PipelineMetrics {
             .inc();
     }
 
+    pub fn series(&self, kind: &str, events: u64) {
+        if events > 0 {
+            self.series_events
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .inc_by(events);
+        }
+    }
+
     pub fn batch(&self, outcome: &str) {
         self.batches
             .get_or_create(&OutcomeLabel {
@@ -250,6 +275,7 @@ impl PipelineMetrics {
                 .get_or_create(&label)
                 .clone(),
             lag: self.partition_lag.get_or_create(&label).clone(),
+            watermark: self.partition_watermark.get_or_create(&label).clone(),
         }
     }
 
@@ -259,6 +285,7 @@ impl PipelineMetrics {
         self.partition_retrying.remove(&label);
         self.partition_committed_offset.remove(&label);
         self.partition_lag.remove(&label);
+        self.partition_watermark.remove(&label);
     }
 }
 
@@ -268,6 +295,7 @@ pub struct PartitionGauges {
     pub retrying: Gauge,
     pub committed_offset: Gauge,
     pub lag: Gauge,
+    pub watermark: Gauge,
 }
 
 /// Registry plus the pipeline's metrics.

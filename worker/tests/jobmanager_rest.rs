@@ -85,12 +85,15 @@ fn fake_taskmanager(
                         partition: *p,
                         committed_offset: Some(base + i64::from(*p)),
                         high_watermark: Some(base + 100),
+                        // Event time moves with the offsets: `base` seconds.
+                        watermark_ms: Some(base * 1_000),
                         ..Default::default()
                     })
                     .collect(),
                 released: std::mem::take(&mut released),
                 snapshot_ack,
                 wait: true,
+                watermark_ack_ms: None,
             };
             let Ok(response) = client
                 .heartbeat(id, &request, Duration::from_millis(200))
@@ -504,6 +507,10 @@ async fn checkpoints_restore_the_newest_complete_one_and_skip_a_corrupt_one() {
         );
     };
     assert_eq!(id, 1);
+    // The checkpoint's event-time watermark is where the restored job's starts (it was at
+    // 900 s before the restart: a restore goes back to the checkpoint, never below it).
+    let watermark = |o: &JobOverview| o.watermark.and_then(|w| w.watermark_ms);
+    wait_for(&client, |o| watermark(o) == Some(500_000)).await;
     // The restored offsets are what a new owner is told to start from.
     client
         .register("tm-new", &RegisterRequest::default())
@@ -528,6 +535,9 @@ async fn checkpoints_restore_the_newest_complete_one_and_skip_a_corrupt_one() {
     }
     let starts: Vec<Option<i64>> = assignments.iter().map(|a| a.start_offset).collect();
     assert_eq!(starts, vec![Some(500), Some(501)]);
+    // Owners that have not reported an event time yet hold it where it was.
+    let overview: JobOverview = get(&client, "/jobs/trace").await;
+    assert_eq!(watermark(&overview), Some(500_000));
     jm.shutdown();
 }
 

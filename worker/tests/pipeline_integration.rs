@@ -408,6 +408,124 @@ async fn heavy_a_revoke_during_a_redis_outage_gives_up_after_the_stop_timeout() 
     env.assert_state(&payloads);
 }
 
+/// A payload of one event of template `business_id`, one receiver, at `ts`.
+fn event_at(i: usize, business_id: i64, state: i64, ts: i64) -> Vec<u8> {
+    format!(
+        "{{\"businessId\":{business_id},\"ids\":[\"u{i}\"],\"logTimestamp\":{ts},\"messageId\":\"m{i}\",\"state\":{state}}}"
+    )
+    .into_bytes()
+}
+
+/// The event-time series through the real pipeline with per-minute counts known in advance:
+/// out-of-order events (within maxOutOfOrderness) land in their minutes; events for a minute that
+/// is final by then are late; an absurd timestamp is skewed; the clock survives a new owner (it is
+/// in the fence), so the new owner decides lateness as the old one would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_the_series_counts_minutes_and_late_events_as_known_in_advance() {
+    use streamjob_worker::testkit::trace_state::SeriesState;
+    const B: i64 = 1_000_000_120_240_101;
+    let env = Env::start(1, RedisOptions::default());
+    let now = streamjob_worker::sink::redis::system_time_ms(std::time::SystemTime::now());
+    let m0 = (now - 20 * 60_000).div_euclid(60_000) * 60_000;
+    // Phase 1: minutes m0..m4, 100 events each of state 60, each up to 4 s out of order; 10 of
+    // state 70 in minute m4.
+    let mut payloads = Vec::new();
+    for i in 0..500usize {
+        let t = m0 + (i as i64) * 600; // 100 per minute
+        let jitter = (i as i64 * 7919) % 4_000;
+        payloads.push(event_at(i, B, 60, (t - jitter).max(m0)));
+    }
+    for i in 0..10usize {
+        payloads.push(event_at(1_000 + i, B, 70, m0 + 4 * 60_000 + 500));
+    }
+    env.produce(&payloads);
+    let config = env.config(50, Duration::from_millis(20));
+    let metrics = Metrics::new();
+    let pipeline = Pipeline::start(config.clone(), metrics.clone())
+        .await
+        .expect("pipeline");
+    testkit::assign_all(&pipeline, [0]).await;
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let expected = env.assert_state(&payloads);
+    let series = SeriesState::read(&env.redis.url(), "", JOB).expect("series readable");
+    let diff = series.diff(&expected, "", true, 10);
+    assert!(diff.is_empty(), "series differs:\n{}", diff.join("\n"));
+    let minutes: Vec<i64> = (0..5)
+        .map(|m| series.hashes[&B][&format!("{}:60", m0 / 60_000 + m)])
+        .collect();
+    let known: Vec<i64> = (0..5)
+        .map(|m| {
+            (0..500i64)
+                .filter(|i| {
+                    let ts = (m0 + i * 600 - (i * 7919) % 4_000).max(m0);
+                    (ts - m0) / 60_000 == m
+                })
+                .count() as i64
+        })
+        .collect();
+    assert_eq!(minutes, known);
+    assert_eq!(series.late_and_skewed(), (0, 0));
+
+    // Phase 2 (the clock is at ~m5): 7 events for m0 (final since m2 + 1 min) are late, 3 for
+    // m4 (open until m6) are not, one from tomorrow is skewed.
+    let mut late = Vec::new();
+    for i in 0..7usize {
+        late.push(event_at(2_000 + i, B, 60, m0 + 1_000));
+    }
+    for i in 0..3usize {
+        late.push(event_at(3_000 + i, B, 60, m0 + 4 * 60_000 + 10));
+    }
+    late.push(event_at(4_000, B, 64, now + 24 * 3600 * 1000));
+    env.produce(&late);
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let series = SeriesState::read(&env.redis.url(), "", JOB).expect("series readable");
+    let fields = &series.hashes[&B];
+    assert_eq!(fields.get("late:60"), Some(&7));
+    assert_eq!(fields.get("skewed:64"), Some(&1));
+    assert_eq!(
+        fields[&format!("{}:60", m0 / 60_000 + 4)],
+        known[4] + 3,
+        "m4 still open"
+    );
+    assert_eq!(
+        fields[&format!("{}:60", m0 / 60_000)],
+        known[0],
+        "m0 closed"
+    );
+    let all: Vec<Vec<u8>> = payloads.iter().chain(&late).cloned().collect();
+    let expected = env.assert_state(&all);
+    let diff = series.diff(&expected, "", false, 10);
+    assert!(diff.is_empty(), "series inconsistent:\n{}", diff.join("\n"));
+    let text = metrics.encode();
+    assert_eq!(
+        sample(&text, "streamjob_series_events_total", "kind=\"late\""),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(&text, "streamjob_series_events_total", "kind=\"skewed\""),
+        Some(1.0)
+    );
+
+    // Phase 3: a new owner (new claim) restores the clock from the fence: m1 is final for it.
+    pipeline.shutdown().await.expect("stops");
+    let pipeline = Pipeline::start(config, Metrics::new())
+        .await
+        .expect("pipeline");
+    testkit::assign_all(&pipeline, [0]).await;
+    let more: Vec<Vec<u8>> = (0..5usize)
+        .map(|i| event_at(5_000 + i, B, 60, m0 + 60_000 + 5))
+        .collect();
+    env.produce(&more);
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let series = SeriesState::read(&env.redis.url(), "", JOB).expect("series readable");
+    assert_eq!(
+        series.hashes[&B].get("late:60"),
+        Some(&12),
+        "the restored clock closes m1"
+    );
+    pipeline.shutdown().await.expect("stops");
+}
+
 /// A just-assigned partition's lag is known at once, not after a full watermark refresh
 /// interval: the StreamJob's LAG column used to stay empty for the first seconds of a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

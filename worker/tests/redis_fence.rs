@@ -54,7 +54,8 @@ async fn a_replayed_batch_is_skipped_and_changes_nothing() {
         sink.read_fence(3).await.expect("fence"),
         Some(Fence {
             epoch,
-            next_offset: Some(105)
+            next_offset: Some(105),
+            max_event_ms: None,
         })
     );
 }
@@ -122,7 +123,8 @@ async fn a_new_owner_resumes_where_the_fence_says() {
         second,
         Fence {
             epoch: first.epoch + 1,
-            next_offset: Some(4)
+            next_offset: Some(4),
+            max_event_ms: None,
         }
     );
     // Fences are per partition.
@@ -307,7 +309,8 @@ async fn a_batch_after_a_fence_that_fell_back_is_refused_and_writes_nothing() {
         fence,
         Fence {
             epoch,
-            next_offset: Some(4)
+            next_offset: Some(4),
+            max_event_ms: None,
         }
     );
     assert_eq!(
@@ -332,7 +335,8 @@ async fn a_claim_writes_the_resume_offset_and_keeps_an_existing_one() {
         again.fence,
         Fence {
             epoch: epoch_floor(1) + 1,
-            next_offset: Some(700)
+            next_offset: Some(700),
+            max_event_ms: None,
         },
         "the stored offset wins; the same generation bumps by one"
     );
@@ -394,7 +398,8 @@ async fn after_a_fence_rollback_a_new_claim_shuts_out_every_earlier_owner() {
         fence,
         Fence {
             epoch: a.epoch,
-            next_offset: Some(10)
+            next_offset: Some(10),
+            max_event_ms: None,
         }
     );
 

@@ -264,7 +264,8 @@ async fn apply_across_a_failover(set: &TlsSentinelSet, sink: &RedisSink) {
         sink.read_fence(0).await.expect("fence"),
         Some(Fence {
             epoch,
-            next_offset: Some(8)
+            next_offset: Some(8),
+            max_event_ms: None,
         })
     );
 }

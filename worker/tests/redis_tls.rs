@@ -255,7 +255,8 @@ async fn the_server_name_override_verifies_the_certificate_against_that_name() {
         sink.read_fence(0).await.expect("fence"),
         Some(Fence {
             epoch,
-            next_offset: Some(1)
+            next_offset: Some(1),
+            max_event_ms: None,
         })
     );
 

@@ -118,6 +118,16 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
     config.batch.linger = duration("spec.batch.linger", &spec.batch.linger)?;
     config.batch.stop_timeout = duration("spec.batch.stopTimeout", &spec.batch.stop_timeout)?;
 
+    config.window.enabled = spec.window.enabled;
+    config.window.size = duration("spec.window.size", &spec.window.size)?;
+    config.window.max_out_of_orderness = duration(
+        "spec.window.maxOutOfOrderness",
+        &spec.window.max_out_of_orderness,
+    )?;
+    config.window.allowed_lateness =
+        duration("spec.window.allowedLateness", &spec.window.allowed_lateness)?;
+    config.window.idle_timeout = duration("spec.window.idleTimeout", &spec.window.idle_timeout)?;
+
     config.checkpoint.interval = duration("spec.checkpoint.interval", &spec.checkpoint.interval)?;
     config.checkpoint.dir = PathBuf::from(STATE_DIR);
     config.checkpoint.retain = count("spec.checkpoint.retain", spec.checkpoint.retain)?;

@@ -170,6 +170,16 @@ fn progress(report: &JobManagerReport) -> Option<JobProgress> {
                     .unwrap_or(Timestamp::UNIX_EPOCH),
             )
         }),
+        watermark: overview
+            .watermark
+            .and_then(|w| w.watermark_ms)
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            .map(Time),
+        final_before: overview
+            .watermark
+            .and_then(|w| w.final_before_ms)
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            .map(Time),
     })
 }
 

@@ -77,6 +77,7 @@ pub fn overview(job: &str) -> JobOverview {
         restored_from: RestoreSource::StartingOffsets,
         last_checkpoint: None,
         last_savepoint: None,
+        watermark: None,
     }
 }
 

@@ -46,6 +46,8 @@ struct Args {
     e2e_only: bool,
     /// Only the latency run.
     latency_only: bool,
+    /// Only end-to-end runs with the event-time series on and off, alternating: its cost.
+    window_cost: bool,
     /// `demo` (the demo generator: each event a random message, state and receivers) or
     /// `lifecycle` (`testkit::lifecycle`: messages through their states, same receivers).
     shape: String,
@@ -60,12 +62,17 @@ fn parse_args() -> Args {
         latency_secs: 20,
         e2e_only: false,
         latency_only: false,
+        window_cost: false,
         shape: "demo".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--e2e-only" {
             args.e2e_only = true;
+            continue;
+        }
+        if flag == "--window-cost" {
+            args.window_cost = true;
             continue;
         }
         if flag == "--latency-only" {
@@ -258,7 +265,13 @@ struct Replay {
     commands_per_event: f64,
 }
 
-fn job_yaml(bootstrap: &str, redis_url: &str, metrics_port: u16, dir: &std::path::Path) -> String {
+fn job_yaml(
+    bootstrap: &str,
+    redis_url: &str,
+    metrics_port: u16,
+    dir: &std::path::Path,
+    window: bool,
+) -> String {
     format!(
         r#"job:
   name: trace
@@ -275,6 +288,8 @@ sink:
 batch:
   maxEvents: {max_events}
   linger: {linger}
+window:
+  enabled: {window}
 metrics:
   bind: "127.0.0.1:{metrics_port}"
 jobmanager:
@@ -331,12 +346,28 @@ struct RunResult {
 }
 
 fn e2e_run(bootstrap: &str, ends: &[i64], events: usize, run: usize) -> RunResult {
+    e2e_run_with(bootstrap, ends, events, run, window_from_env())
+}
+
+/// `window.enabled` of the runs: on unless `BENCH_WINDOW=off`.
+fn window_from_env() -> bool {
+    std::env::var("BENCH_WINDOW").map_or(true, |v| v != "off")
+}
+
+/// One end-to-end run, with the event-time series on or off.
+fn e2e_run_with(
+    bootstrap: &str,
+    ends: &[i64],
+    events: usize,
+    run: usize,
+    window: bool,
+) -> RunResult {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::start().expect("redis");
     let port = free_port();
     let config = write_config(
         dir.path(),
-        &job_yaml(bootstrap, &redis.url(), port, dir.path()),
+        &job_yaml(bootstrap, &redis.url(), port, dir.path(), window),
     );
     let started = Instant::now();
     let mut worker = Worker::start(
@@ -423,7 +454,7 @@ fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = RedisServer::start().expect("redis");
     let port = free_port();
-    let mut yaml = job_yaml(bootstrap, &redis.url(), port, dir.path());
+    let mut yaml = job_yaml(bootstrap, &redis.url(), port, dir.path(), window_from_env());
     // Start at the end of the preloaded data: only the paced events are measured.
     yaml = yaml.replace(
         "    dlqTopic:",
@@ -534,11 +565,24 @@ fn main() {
             templates: 50,
             max_ids: 3,
             malformed_ppm: 0,
+            // Event times of today (the 1M events span ~2 h of event time, ending near now), so
+            // the event-time series counts them into their minutes rather than as skewed.
+            base_timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+                - args.events as i64 * 7,
             ..TrafficShape::default()
         },
     );
     let payloads: Vec<Vec<u8>> = if args.shape == "lifecycle" {
-        streamjob_worker::testkit::lifecycle::payloads(args.events, 20_240_101)
+        // Event times in the last minutes, like the demo shape's.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+            - args.events as i64;
+        streamjob_worker::testkit::lifecycle::payloads_from(args.events, 20_240_101, start)
     } else {
         (0..args.events).map(|_| generator.next_payload()).collect()
     };
@@ -563,6 +607,10 @@ fn main() {
         *end = (*end).max(offset + 1);
     }
     payloads_len_check(&ends, args.events);
+    if args.window_cost {
+        window_cost(&bootstrap, &ends, &args);
+        return;
+    }
     if args.e2e_only {
         for i in 0..args.runs {
             e2e_run(&bootstrap, &ends, args.events, i + 1);
@@ -676,4 +724,40 @@ fn main() {
     println!("| first batch in Redis after the process was spawned (median; polled every 2 ms) | {first_write:.0} ms |");
     println!("| reference: plain librdkafka consumer, creation to first record (median) | {raw_first_ms:.0} ms |");
     println!("| produce → Redis latency at {} events/s ({sent} events, mock broker) | p50 {p50:.1} ms, p99 {p99:.1} ms |", args.latency_rate);
+}
+
+/// The event-time series' cost: end-to-end runs with `window.enabled` on and off, alternating so
+/// both see the same machine load, as a Markdown table.
+fn window_cost(bootstrap: &str, ends: &[i64], args: &Args) {
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for i in 0..args.runs {
+        off.push(e2e_run_with(bootstrap, ends, args.events, i + 1, false));
+        on.push(e2e_run_with(bootstrap, ends, args.events, i + 1, true));
+    }
+    let ratio = median(
+        on.iter()
+            .zip(&off)
+            .map(|(a, b)| a.events_per_second / b.events_per_second)
+            .collect(),
+    );
+    let figures = |runs: &[RunResult]| {
+        (
+            median(runs.iter().map(|r| r.events_per_second).collect()),
+            median(runs.iter().map(|r| r.redis_cpu_us_per_event).collect()),
+            median(runs.iter().map(|r| r.commands_per_event).collect()),
+            median(runs.iter().map(|r| r.cpu_us_per_event).collect()),
+            runs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+        )
+    };
+    println!(
+        "| window.enabled ({} events, {} shape, median of {}) | events/s | Redis CPU µs/event | Redis commands/event | worker CPU µs/event | peak RSS MB |",
+        args.events, args.shape, args.runs
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, runs) in [("false", &off), ("true", &on)] {
+        let (eps, redis, cmds, cpu, rss) = figures(runs);
+        println!("| {name} | {eps:.0} | {redis:.2} | {cmds:.2} | {cpu:.2} | {rss:.1} |");
+    }
+    println!("| on ÷ off, events/s (median of per-pair ratios) | {ratio:.3} | | | | |");
 }

@@ -66,6 +66,8 @@ struct Member {
     last_desired: Vec<Assignment>,
     last_job_state: JobState,
     snapshot_ack: u64,
+    /// The lowest job watermark its batches may still decide with (see `pipeline::watermark`).
+    watermark_ack: Option<i64>,
 }
 
 /// A checkpoint or savepoint waiting for fresh reports.
@@ -83,6 +85,8 @@ pub struct SnapshotData {
     pub partition_count: u32,
     pub generation: u64,
     pub offsets: BTreeMap<i32, i64>,
+    /// The job's event-time watermark when it was taken.
+    pub watermark_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +137,12 @@ pub struct Coordinator {
     version: u64,
     /// Completed rebalances (plans that moved something), for metrics.
     rebalances: u64,
+    /// Last reported `(watermark, idle)` per partition, kept after its owner goes.
+    marks: BTreeMap<i32, (Option<i64>, bool)>,
+    /// The job's event-time watermark: minimum over active partitions, never back.
+    job_watermark: Option<i64>,
+    /// The watermark every member acknowledged (≤ `job_watermark`), what Redis records as final.
+    final_watermark: Option<i64>,
 }
 
 impl Coordinator {
@@ -158,7 +168,54 @@ impl Coordinator {
             pending_snapshots: Vec::new(),
             version: 0,
             rebalances: 0,
+            marks: BTreeMap::new(),
+            job_watermark: None,
+            final_watermark: None,
         }
+    }
+
+    /// The job's event-time watermark and the part of it every member acknowledged.
+    pub fn watermarks(&self) -> (Option<i64>, Option<i64>) {
+        (self.job_watermark, self.final_watermark)
+    }
+
+    /// Seeds the watermark from a snapshot or from what Redis records as final (never lowers it).
+    pub fn seed_watermark(&mut self, job_watermark: Option<i64>, final_watermark: Option<i64>) {
+        self.job_watermark = max_opt(self.job_watermark, max_opt(job_watermark, final_watermark));
+        self.final_watermark = max_opt(self.final_watermark, final_watermark);
+    }
+
+    /// Recomputes the job watermark from the partitions' reports and what members acknowledged.
+    /// Active partitions: owned and not idle (one not reported yet holds the job), or unowned
+    /// with a report (held at its last watermark until an owner reports again).
+    fn update_watermarks(&mut self) {
+        let count = self.partition_count.unwrap_or(0) as i32;
+        let active: Vec<Option<i64>> = (0..count)
+            .filter_map(|p| {
+                let mark = self.marks.get(&p);
+                match (self.owners.contains_key(&p), mark) {
+                    (true, Some((_, true))) => None,
+                    (true, Some((wm, false))) => Some(*wm),
+                    (true, None) => Some(None),
+                    (false, Some((Some(wm), _))) => Some(Some(*wm)),
+                    (false, _) => None,
+                }
+            })
+            .collect();
+        // Members learn it in their next answer (at most one heartbeat interval later): no
+        // answer is sent early for it, or every report would wake every long poll.
+        self.job_watermark = crate::sink::redis::window::job_watermark(self.job_watermark, active);
+        if self.members.is_empty() {
+            return;
+        }
+        let mut acked = self.job_watermark;
+        for member in self.members.values() {
+            acked = match (acked, member.watermark_ack) {
+                (Some(a), Some(m)) => Some(a.min(m)),
+                _ => None,
+            };
+        }
+        self.final_watermark = max_opt(self.final_watermark, acked);
     }
 
     pub fn state(&self) -> JobState {
@@ -216,6 +273,7 @@ impl Coordinator {
                 last_desired: Vec::new(),
                 last_job_state: self.state,
                 snapshot_ack: self.snapshot_requested,
+                watermark_ack: None,
             },
         );
         for owned in &request.owned {
@@ -224,6 +282,7 @@ impl Coordinator {
         }
         self.record_progress(id, &request.progress);
         self.rebalance(now);
+        self.update_watermarks();
     }
 
     /// Takes over a partition a member reports holding, if nobody else does.
@@ -259,6 +318,7 @@ impl Coordinator {
             if let Some(ack) = request.snapshot_ack {
                 member.snapshot_ack = member.snapshot_ack.max(ack);
             }
+            member.watermark_ack = request.watermark_ack_ms;
             self.apply_released(id, &request.released);
             let reported: BTreeMap<i32, u64> = request
                 .owned
@@ -292,6 +352,7 @@ impl Coordinator {
             }
             self.record_progress(id, &request.progress);
             self.rebalance(now);
+            self.update_watermarks();
         }
         self.needs_answer(id, request.desired_version)
     }
@@ -349,6 +410,7 @@ impl Coordinator {
             desired_version: member.desired_version,
             assignments: member.last_desired.clone(),
             snapshot_request,
+            job_watermark_ms: self.job_watermark,
         })
     }
 
@@ -443,6 +505,7 @@ impl Coordinator {
                     self.raise_offset(p.partition, offset);
                 }
             }
+            self.marks.insert(p.partition, (p.watermark_ms, p.idle));
             // A new owner reports before its first watermark fetch: the high watermark seen
             // before the move still holds (it only grows), so the partition's lag stays known.
             let mut report = p.clone();
@@ -490,6 +553,7 @@ impl Coordinator {
         }
         if changed {
             self.rebalance(now);
+            self.update_watermarks();
         }
         self.take_snapshots(now)
     }
@@ -527,6 +591,7 @@ impl Coordinator {
                     partition_count: self.partition_count.unwrap_or(0),
                     generation: self.next_generation - 1,
                     offsets: self.offsets.clone(),
+                    watermark_ms: self.job_watermark,
                 }));
             } else if now.saturating_duration_since(s.started) > timeout {
                 done.push(SnapshotOutcome::TimedOut { id: s.id, missing });
@@ -561,6 +626,7 @@ impl Coordinator {
             partition_count: self.partition_count.unwrap_or(0),
             generation: self.next_generation - 1,
             offsets: self.offsets.clone(),
+            watermark_ms: self.job_watermark,
         }
     }
 
@@ -716,6 +782,8 @@ impl Coordinator {
                     } else {
                         0.0
                     },
+                    watermark_ms: self.marks.get(&partition).and_then(|m| m.0),
+                    idle: self.marks.get(&partition).is_some_and(|m| m.1),
                     retrying: owner.is_some() && progress.is_some_and(|p| p.retrying),
                     dead_lettered: progress
                         .map(|p| p.dead_lettered.clone())
@@ -726,6 +794,13 @@ impl Coordinator {
                 }
             })
             .collect()
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -34,6 +34,10 @@ pub struct JobManagerMetrics {
     /// `checkpoint.interval` (0: disabled), so alerts can compare a checkpoint's age with it.
     pub checkpoint_interval_seconds: Gauge<f64, AtomicU64>,
     pub partition_discovery_errors: Counter,
+    /// The job's event-time watermark (epoch ms).
+    watermark: Gauge,
+    /// The final watermark last recorded in Redis (epoch ms).
+    final_watermark: Gauge,
 }
 
 impl JobManagerMetrics {
@@ -63,7 +67,19 @@ impl JobManagerMetrics {
             last_savepoint_timestamp_seconds: Gauge::default(),
             checkpoint_interval_seconds: Gauge::default(),
             partition_discovery_errors: Counter::default(),
+            watermark: Gauge::default(),
+            final_watermark: Gauge::default(),
         };
+        root.register(
+            "watermark_ms",
+            "The job's event-time watermark (epoch ms): minimum over active partitions",
+            metrics.watermark.clone(),
+        );
+        root.register(
+            "final_watermark_ms",
+            "The watermark last recorded in Redis as final (epoch ms)",
+            metrics.final_watermark.clone(),
+        );
         let r = &mut root;
         r.register(
             "job_state",
@@ -152,6 +168,10 @@ impl JobManagerMetrics {
     }
 
     /// Refreshes the gauges from the coordinator and renders the text exposition.
+    pub fn set_final_watermark(&self, watermark: i64) {
+        self.final_watermark.set(watermark);
+    }
+
     pub fn render(&self, coordinator: &Coordinator) -> String {
         for state in [
             JobState::Initializing,
@@ -168,6 +188,9 @@ impl JobManagerMetrics {
                 .set(i64::from(coordinator.state() == state));
         }
         self.taskmanagers.set(coordinator.member_count() as i64);
+        if let (Some(watermark), _) = coordinator.watermarks() {
+            self.watermark.set(watermark);
+        }
         let partitions = coordinator.partitions();
         for state in [
             PartitionState::Unassigned,

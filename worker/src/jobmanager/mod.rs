@@ -12,6 +12,7 @@ mod operations;
 pub mod planner;
 pub mod rest;
 pub mod restore;
+mod series;
 pub mod store;
 pub mod topic;
 
@@ -91,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) operations: Mutex<Operations>,
     pub(crate) restore: RestorePlan,
     pub(crate) metrics: JobManagerMetrics,
+    /// Redis, for the event-time series: finality records and the series read side.
+    pub(crate) series: series::SeriesRedis,
     /// Wall-clock start, for the dashboard's uptime.
     pub(crate) started_at_ms: u64,
     /// Throughput samples, dead letters and problems for the dashboard.
@@ -180,6 +183,7 @@ impl JobManager {
             savepoints,
             operations: Mutex::new(Operations::default()),
             restore,
+            series: series::SeriesRedis::new(&config),
         });
         // Until its first checkpoint the jobmanager counts a checkpoint's age from its start,
         // so "no checkpoint for 3 intervals" also fires for one that never checkpoints.
@@ -209,6 +213,11 @@ impl JobManager {
             fatal_tx.clone(),
         )));
         tasks.push(tokio::spawn(tick(shared.clone())));
+        if config.window.enabled {
+            tasks.push(tokio::spawn(series::publish_final_watermark(
+                shared.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(dashboard::sample(shared.clone())));
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
@@ -300,7 +309,15 @@ async fn discover_partitions(
                         Ok(offsets) => {
                             let generation =
                                 shared.restore.snapshot.as_ref().map_or(0, |s| s.generation);
-                            shared.with_coordinator(|c| c.seed(&offsets, generation));
+                            let watermark = shared
+                                .restore
+                                .snapshot
+                                .as_ref()
+                                .and_then(|s| s.watermark_ms);
+                            shared.with_coordinator(|c| {
+                                c.seed(&offsets, generation);
+                                c.seed_watermark(watermark, None);
+                            });
                             tracing::info!(
                                 partitions = count,
                                 restored = offsets.len(),

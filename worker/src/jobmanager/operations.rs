@@ -335,7 +335,8 @@ async fn write_snapshot(
         data.generation,
         now_ms(),
         &data.offsets,
-    );
+    )
+    .with_watermark(data.watermark_ms);
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, StoreError> {
         if let Some(dir) = target {

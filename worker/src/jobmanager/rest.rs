@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     ErrorResponse, HeartbeatRequest, HeartbeatResponse, JobList, JobOverview, JobSummary,
-    LeaveRequest, OperationInfo, RegisterRequest, RegisterResponse, SnapshotList,
+    LeaveRequest, OperationInfo, RegisterRequest, RegisterResponse, SeriesResponse, SnapshotList,
     StopWithSavepointRequest, TaskManagerInfo, TriggerResponse, TriggerSavepointRequest,
 };
 
@@ -138,6 +138,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(poll_operation),
         )
         .route("/jobs/{job_id}/stop", post(stop_with_savepoint))
+        .route("/jobs/{job_id}/series", get(series))
         .route("/taskmanagers", get(taskmanagers))
         .route("/taskmanagers/{tm_id}/register", post(register))
         .route("/taskmanagers/{tm_id}/heartbeat", post(heartbeat))
@@ -227,6 +228,7 @@ pub(crate) fn overview(shared: &Shared, job_id: String) -> JobOverview {
         (ops.last_checkpoint.clone(), ops.last_savepoint.clone())
     };
     let c = shared.lock_coordinator();
+    let (job_watermark, final_watermark) = c.watermarks();
     let taskmanagers = c.taskmanagers(now);
     let partitions = c.partitions();
     let lags: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
@@ -245,7 +247,46 @@ pub(crate) fn overview(shared: &Shared, job_id: String) -> JobOverview {
         restored_from: shared.restore.source.clone(),
         last_checkpoint,
         last_savepoint,
+        watermark: shared.series.status(job_watermark, final_watermark),
     }
+}
+
+/// `GET /jobs/{jobId}/series?businessId=…&from=…&to=…`: one template's event-time series.
+async fn series(
+    State(shared): State<Arc<Shared>>,
+    Path(job_id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<SeriesResponse>> {
+    check_job(&shared, &job_id)?;
+    if !shared.config.window.enabled {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the event-time series is off for this job (window.enabled: false)",
+        ));
+    }
+    let number = |name: &str| -> ApiResult<Option<i64>> {
+        query
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("query parameter {name} must be an integer (got {v:?})"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let business_id = number("businessId")?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "query parameter businessId is required",
+        )
+    })?;
+    let response = super::series::read_series(&shared, business_id, number("from")?, number("to")?)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")))?;
+    Ok(Json(response))
 }
 
 async fn list_checkpoints(

@@ -64,6 +64,10 @@ pub struct Snapshot {
     pub generation: u64,
     pub created_at_ms: u64,
     pub offsets: Vec<PartitionOffset>,
+    /// The job's event-time watermark when it was taken (epoch ms); a restore never starts the
+    /// job watermark below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
     /// CRC-32 (hex) of this document serialised with an empty `checksum`.
     #[serde(default)]
     pub checksum: String,
@@ -95,8 +99,15 @@ impl Snapshot {
                     offset: *o,
                 })
                 .collect(),
+            watermark_ms: None,
             checksum: String::new(),
         }
+    }
+
+    /// The same snapshot recording the job's event-time watermark.
+    pub fn with_watermark(mut self, watermark_ms: Option<i64>) -> Self {
+        self.watermark_ms = watermark_ms;
+        self
     }
 
     pub fn offsets_map(&self) -> BTreeMap<i32, i64> {

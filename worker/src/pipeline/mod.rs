@@ -8,6 +8,8 @@
 
 pub mod backoff;
 mod partition;
+mod series;
+pub mod watermark;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,7 @@ pub use partition::PartitionExit;
 use crate::api::{Assignment, PartitionProgress};
 use crate::config::{JobConfig, StartingOffsets};
 use crate::metrics::Metrics;
+use crate::sink::redis::window::WindowRules;
 use crate::sink::redis::{RedisSink, SinkError};
 use crate::source::{create_consumer, DlqProducer, SourceConsumer};
 use partition::{Control, PartitionState, PartitionTask};
@@ -73,6 +76,9 @@ pub(crate) struct Shared {
     pub consumer: Arc<SourceConsumer>,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    /// The event-time series' rules; `None` with `window.enabled: false`.
+    pub window: Option<WindowRules>,
+    pub board: watermark::WatermarkBoard,
 }
 
 struct PartitionHandle {
@@ -125,6 +131,11 @@ impl Pipeline {
                 consumer,
                 metrics,
                 backoff: options.backoff,
+                window: config
+                    .window
+                    .enabled
+                    .then(|| WindowRules::from_config(&config.window)),
+                board: watermark::WatermarkBoard::default(),
             });
             let partitions: Partitions = Arc::default();
             let background = vec![
@@ -151,6 +162,16 @@ impl Pipeline {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Takes the job's event-time watermark from the jobmanager.
+    pub fn learn_job_watermark(&self, job_watermark: Option<i64>) {
+        self.shared.board.learn(job_watermark);
+    }
+
+    /// The job watermark this process acknowledges (see [`watermark::WatermarkBoard::ack`]).
+    pub fn watermark_ack(&self) -> Option<i64> {
+        self.shared.board.ack()
     }
 
     /// Partitions with a running task.
@@ -197,6 +218,8 @@ impl Pipeline {
         let claimed = claim_with_retry(&self.shared, assignment, &self.options)
             .instrument(span.clone())
             .await?;
+        // Never decide lateness below what Redis already records as final.
+        self.shared.board.learn(claimed.final_watermark);
         let topic = &config.source.kafka.topic;
         let offset = Offset::Offset(claimed.resume);
         // Split the partition's queue off before assigning it, so none of its messages land in the
@@ -218,6 +241,7 @@ impl Pipeline {
             partition,
             claimed.epoch,
             Some(claimed.resume),
+            claimed.clock,
             metrics.partition_gauges(partition),
         ));
         if let Some(from) = claimed.rewound_from {
@@ -338,6 +362,11 @@ impl Pipeline {
                 last_error: h.state.last_error(),
                 rewinds: h.state.rewinds().0,
                 last_rewind: h.state.rewinds().1,
+                watermark_ms: self
+                    .shared
+                    .window
+                    .and_then(|rules| h.state.clock().map(|clock| rules.watermark_of(clock))),
+                idle: h.state.is_idle(self.shared.config.window.idle_timeout),
             })
             .collect();
         progress.sort_by_key(|p| p.partition);
@@ -418,6 +447,10 @@ struct Claimed {
     epoch: u64,
     resume: i64,
     rewound_from: Option<i64>,
+    /// The partition's event-time clock stored in its fence.
+    clock: Option<i64>,
+    /// The job watermark Redis records as final (with `window.enabled`).
+    final_watermark: Option<i64>,
 }
 
 async fn connect_sink(
@@ -487,10 +520,20 @@ async fn claim_once(shared: &Shared, assignment: Assignment) -> Result<Claimed, 
         // The fence lost its offset between the read and the claim: read it again.
         return Err(SinkError::Unavailable("the fence changed while claiming it".into()).into());
     };
+    let final_watermark = match shared.window {
+        Some(_) => shared
+            .sink
+            .read_final_watermark()
+            .await?
+            .map(|(watermark, _)| watermark),
+        None => None,
+    };
     Ok(Claimed {
         epoch: claim.fence.epoch,
         resume,
         rewound_from: rewound_from(resume, assignment.start_offset),
+        clock: claim.fence.max_event_ms,
+        final_watermark,
     })
 }
 

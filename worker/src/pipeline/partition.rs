@@ -45,6 +45,7 @@ use super::backoff::jitter_unit;
 use super::Shared;
 use crate::api::{PartitionError, Rewind};
 use crate::metrics::PartitionGauges;
+use crate::sink::redis::window::SeriesAccumulator;
 use crate::sink::redis::{system_time_ms, ApplyOutcome, BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
@@ -92,6 +93,11 @@ pub(crate) struct PartitionState {
     /// Dead-lettered records by reason kind, and the newest failure: shown in progress reports.
     dead_lettered: Mutex<BTreeMap<String, u64>>,
     last_error: Mutex<Option<PartitionError>>,
+    /// Largest event time applied (the fence's `max_event_ms`); see `sink::redis::window`.
+    clock: AtomicI64,
+    started: Instant,
+    /// Milliseconds after `started` of the last flush that carried records.
+    last_active_ms: AtomicU64,
     rate: Mutex<RateMeter>,
     exit: Mutex<Option<PartitionExit>>,
     pub gauges: PartitionGauges,
@@ -102,6 +108,7 @@ impl PartitionState {
         partition: i32,
         epoch: u64,
         committed: Option<i64>,
+        clock: Option<i64>,
         gauges: PartitionGauges,
     ) -> Self {
         if let Some(c) = committed {
@@ -118,6 +125,9 @@ impl PartitionState {
             retrying: AtomicBool::new(false),
             dead_lettered: Mutex::new(BTreeMap::new()),
             last_error: Mutex::new(None),
+            clock: AtomicI64::new(clock.unwrap_or(NONE)),
+            started: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
             rate: Mutex::new(RateMeter::default()),
             exit: Mutex::new(None),
             gauges,
@@ -168,6 +178,27 @@ impl PartitionState {
         if let Some(lag) = self.lag() {
             self.gauges.lag.set(lag);
         }
+    }
+
+    /// Largest event time applied.
+    pub fn clock(&self) -> Option<i64> {
+        to_opt(self.clock.load(Ordering::Acquire))
+    }
+
+    /// Sets the clock to the one stored with the fence (`None`: the fence has none).
+    pub(super) fn set_clock(&self, clock: Option<i64>) {
+        self.clock.store(clock.unwrap_or(NONE), Ordering::Release);
+    }
+
+    pub(super) fn mark_active(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// No records flushed for `timeout` (counted from the partition's start).
+    pub fn is_idle(&self, timeout: Duration) -> bool {
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) > timeout
     }
 
     pub fn is_retrying(&self) -> bool {
@@ -285,11 +316,13 @@ pub(crate) struct PartitionTask {
 }
 
 /// The in-flight batch.
-struct InFlight {
+pub(super) struct InFlight {
     builder: BatchBuilder,
     dead_letters: Vec<DeadLetter>,
     /// Kafka timestamps (ms) of the batch's events, for the produce → Redis latency histogram.
     timestamps: Vec<i64>,
+    /// The batch's event-time series counts (with `window.enabled`; `series.rs`).
+    pub(super) series: SeriesAccumulator,
     deadline: Option<tokio::time::Instant>,
     /// `Some(fence)` until the first record after a (re)start or a rewind was checked against it.
     resume_from: Option<Option<i64>>,
@@ -412,6 +445,7 @@ impl PartitionTask {
             builder: self.new_builder(committed),
             dead_letters: Vec::new(),
             timestamps: Vec::new(),
+            series: SeriesAccumulator::default(),
             deadline: None,
             resume_from: Some(committed),
             dlq_delivered_upto: i64::MIN,
@@ -438,6 +472,7 @@ impl PartitionTask {
         match decode(payload) {
             Ok(event) => {
                 in_flight.builder.push_event(offset, &event);
+                self.count_in_series(in_flight, &event);
                 if let Some(ts) = message.timestamp().to_millis() {
                     in_flight.timestamps.push(ts);
                 }
@@ -589,8 +624,13 @@ impl PartitionTask {
             .max(in_flight.builder.next_offset());
 
         // 2. One atomic script: writes + fence.
-        let builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
-        let batch = builder.build(SystemTime::now());
+        let mut builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
+        let now = SystemTime::now();
+        let series = self.plan_series(in_flight, &mut builder, now);
+        // Holds the job watermark the series was decided with until the batch is done.
+        let _decided_with = series.as_ref().map(|_| self.hold_watermark());
+        let batch = builder.build(now);
+        self.state.mark_active();
         let mut attempt = 0;
         let outcome = loop {
             let started = Instant::now();
@@ -683,8 +723,15 @@ impl PartitionTask {
                         .produce_to_redis_seconds
                         .observe((now_ms - ts).max(0) as f64 / 1000.0);
                 }
+                self.series_applied(series.as_ref());
             }
-            ApplyOutcome::AlreadyApplied => metrics.batch("already_applied"),
+            ApplyOutcome::AlreadyApplied => {
+                metrics.batch("already_applied");
+                if series.is_some() {
+                    // Someone applied this range: take the clock that went with it.
+                    self.reload_clock().await;
+                }
+            }
         }
         in_flight.timestamps.clear();
         self.state.set_committed(batch.next_offset);
@@ -741,9 +788,12 @@ impl PartitionTask {
         in_flight.builder = self.new_builder(Some(to_offset));
         in_flight.dead_letters.clear();
         in_flight.timestamps.clear();
+        in_flight.series = SeriesAccumulator::default();
         in_flight.deadline = None;
         in_flight.resume_from = Some(Some(to_offset));
         self.seek(to_offset).await?;
+        // The clock goes back with the fence: the re-read events move it again.
+        self.reload_clock().await;
         match to {
             Reposition::Rewind { fence, .. } => {
                 self.state.record_rewind(from, to_offset);

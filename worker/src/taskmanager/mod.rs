@@ -284,6 +284,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                     released: released.clone(),
                     snapshot_ack: local.snapshot_ack,
                     wait: true,
+                    watermark_ack_ms: inner.pipeline.watermark_ack(),
                 },
                 released,
             )
@@ -321,6 +322,10 @@ fn backoff(failures: u32) -> Duration {
 }
 
 fn apply(inner: &Inner, response: HeartbeatResponse) {
+    // Before any assignment of this answer starts: a partition never decides with less.
+    inner
+        .pipeline
+        .learn_job_watermark(response.job_watermark_ms);
     let mut local = inner.local();
     if let Some(id) = response.snapshot_request {
         local.snapshot_ack = Some(id);

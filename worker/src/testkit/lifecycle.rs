@@ -37,12 +37,20 @@ struct Message {
     states: Vec<i64>,
 }
 
-/// `events` AnchorInfo payloads (fastjson's field order), 1–3 receivers per message.
+/// `events` AnchorInfo payloads (fastjson's field order), 1–3 receivers per message, with event
+/// times from 2023-11-14.
 pub fn payloads(events: usize, seed: u64) -> Vec<Vec<u8>> {
+    payloads_from(events, seed, 1_700_000_000_000)
+}
+
+/// [`payloads`] with event times from `start_ms` on (one ms apart on average: a million events
+/// span about 17 minutes), so a benchmark can place them in the last minutes, where the
+/// event-time series counts them into their windows.
+pub fn payloads_from(events: usize, seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::with_capacity(events);
     let mut next_message = 0u64;
-    let mut ts = 1_700_000_000_000i64;
+    let mut ts = start_ms;
     // Messages in flight: their remaining states come a little later, interleaved with others.
     let mut pending: Vec<Message> = Vec::new();
     while out.len() < events {

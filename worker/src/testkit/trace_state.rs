@@ -22,6 +22,9 @@ pub struct TraceState {
 #[derive(Debug, Clone, Default)]
 pub struct Expected {
     pub state: TraceState,
+    /// Event-time series counts if no event were late: `(businessId, minute start ms, state)` →
+    /// Σ len(ids) (1-minute windows).
+    pub windows: BTreeMap<(i64, i64, i64), i64>,
     pub malformed: usize,
     pub events: usize,
 }
@@ -55,6 +58,15 @@ impl Expected {
                     .or_default()
                     .push(value.clone());
             }
+            *expected
+                .windows
+                .entry((
+                    event.business_id,
+                    event.log_timestamp.div_euclid(60_000) * 60_000,
+                    event.state,
+                ))
+                .or_default() += event.ids.len() as i64;
+            let state = &mut expected.state;
             *state
                 .hashes
                 .entry(format!("{key_prefix}{}", event.business_id))
@@ -154,6 +166,147 @@ impl TraceState {
     /// Total list values.
     pub fn list_values(&self) -> usize {
         self.lists.values().map(Vec::len).sum()
+    }
+}
+
+/// The event-time series hashes (`{prefix}streamjob:series:{businessId}`), by businessId, and
+/// the recorded `final_before_ms` of `job`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesState {
+    pub hashes: BTreeMap<i64, BTreeMap<String, i64>>,
+    pub final_before_ms: Option<i64>,
+    /// Series keys without a TTL.
+    pub without_ttl: Vec<String>,
+}
+
+impl SeriesState {
+    pub fn read(url: &str, prefix: &str, job: &str) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_connection()?;
+        let pattern = format!("{prefix}streamjob:series:*");
+        let keys: Vec<String> = conn.scan_match(&pattern)?.collect::<Result<_, _>>()?;
+        let mut state = SeriesState::default();
+        for key in keys {
+            let Some(id) = key.rsplit(':').next().and_then(|s| s.parse::<i64>().ok()) else {
+                continue;
+            };
+            let fields: BTreeMap<String, i64> = conn.hgetall(&key)?;
+            let ttl: i64 = conn.pttl(&key)?;
+            if ttl <= 0 {
+                state.without_ttl.push(key.clone());
+            }
+            state.hashes.insert(id, fields);
+        }
+        state.final_before_ms = conn.hget(
+            format!("{prefix}streamjob:{job}:series:final"),
+            "final_before_ms",
+        )?;
+        Ok(state)
+    }
+
+    /// The windows final at `final_before_ms` and their counts (to check later that they never
+    /// change).
+    pub fn final_windows(&self) -> BTreeMap<(i64, String), i64> {
+        let Some(final_before) = self.final_before_ms else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for (id, fields) in &self.hashes {
+            for (field, count) in fields {
+                let Some((minute, _)) = field.split_once(':') else {
+                    continue;
+                };
+                let Ok(minute) = minute.parse::<i64>() else {
+                    continue;
+                };
+                if (minute + 1) * 60_000 <= final_before {
+                    out.insert((*id, field.clone()), *count);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks the series against the data set (1-minute windows): for every template and state,
+    /// Σ windows + `late` + `skewed` equals the template counter; no window holds more than the
+    /// data set's events of that minute (nothing counted twice); with `exact`, every window holds
+    /// exactly them (no late data). Human-readable differences, empty when consistent.
+    pub fn diff(
+        &self,
+        expected: &Expected,
+        key_prefix: &str,
+        exact: bool,
+        limit: usize,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut sums: BTreeMap<(i64, String), i64> = BTreeMap::new();
+        for (id, fields) in &self.hashes {
+            for (field, count) in fields {
+                let Some((window, state)) = field.split_once(':') else {
+                    out.push(format!("series {id}: odd field {field}"));
+                    continue;
+                };
+                *sums.entry((*id, state.to_string())).or_default() += count;
+                if let Ok(minute) = window.parse::<i64>() {
+                    let want = state
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|s| expected.windows.get(&(*id, minute * 60_000, s)))
+                        .copied()
+                        .unwrap_or(0);
+                    if *count > want || (exact && *count != want) {
+                        out.push(format!(
+                            "series {id} {field}: have {count}, data set has {want}"
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, counters) in &expected.state.hashes {
+            let Some(id) = key
+                .strip_prefix(key_prefix)
+                .and_then(|k| k.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            for (state, total) in counters {
+                let have = sums.get(&(id, state.clone())).copied().unwrap_or(0);
+                if have != *total {
+                    out.push(format!(
+                        "series {id} state {state}: windows + late + skewed = {have}, template counter {total}"
+                    ));
+                }
+            }
+        }
+        if exact {
+            for ((id, minute, state), want) in &expected.windows {
+                let field = format!("{}:{state}", minute / 60_000);
+                if self.hashes.get(id).and_then(|f| f.get(&field)).is_none() {
+                    out.push(format!("series {id} {field}: missing, data set has {want}"));
+                }
+            }
+        }
+        for key in &self.without_ttl {
+            out.push(format!("series key {key} has no TTL"));
+        }
+        out.truncate(limit);
+        out
+    }
+
+    /// Events counted as late or skewed.
+    pub fn late_and_skewed(&self) -> (i64, i64) {
+        let mut late = 0;
+        let mut skewed = 0;
+        for fields in self.hashes.values() {
+            for (field, count) in fields {
+                if field.starts_with("late:") {
+                    late += count;
+                } else if field.starts_with("skewed:") {
+                    skewed += count;
+                }
+            }
+        }
+        (late, skewed)
     }
 }
 

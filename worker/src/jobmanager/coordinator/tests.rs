@@ -22,6 +22,11 @@ struct Tm {
     offset: i64,
     /// The high watermark this member last fetched (None: not fetched yet).
     high_watermark: Option<i64>,
+    /// Event-time watermarks it reports per partition, the partitions it reports idle, and the
+    /// job watermark it acknowledges.
+    event_marks: BTreeMap<i32, i64>,
+    idle: std::collections::BTreeSet<i32>,
+    watermark_ack: Option<i64>,
 }
 
 impl Tm {
@@ -45,12 +50,15 @@ impl Tm {
                     partition: *p,
                     committed_offset: Some(self.offset),
                     high_watermark: self.high_watermark,
+                    watermark_ms: self.event_marks.get(p).copied(),
+                    idle: self.idle.contains(p),
                     ..Default::default()
                 })
                 .collect(),
             released: std::mem::take(&mut self.released),
             snapshot_ack: self.snapshot_ack,
             wait: true,
+            watermark_ack_ms: self.watermark_ack,
         }
     }
 
@@ -524,4 +532,64 @@ proptest! {
             prop_assert!(max - min <= 1, "uneven {:?}", loads);
         }
     }
+}
+
+/// The job's event-time watermark: the minimum over partitions that are not idle, never lower
+/// than before (a lower report, a partition moving to an owner that has not reported yet, a seed
+/// from an older snapshot), and recorded as final only up to what every taskmanager acknowledged.
+#[test]
+fn the_job_watermark_is_the_minimum_of_active_partitions_never_goes_back_and_is_final_once_acknowledged(
+) {
+    let mut sim = Sim::new(2);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    let set = |sim: &mut Sim, id: &str, f: &dyn Fn(&mut Tm)| {
+        if let Some(t) = sim.tms.get_mut(id) {
+            f(t);
+        }
+    };
+    set(&mut sim, "a", &|t| {
+        t.event_marks = BTreeMap::from([(0, 1_000), (1, 5_000)]);
+    });
+    sim.beat_all(3);
+    assert_eq!(
+        sim.c.watermarks(),
+        (Some(1_000), None),
+        "nothing acknowledged"
+    );
+    // Partition 0 goes idle: it no longer holds the job back.
+    set(&mut sim, "a", &|t| {
+        t.idle.insert(0);
+    });
+    sim.beat_all(1);
+    assert_eq!(sim.c.watermarks().0, Some(5_000));
+    // It wakes up behind: the job watermark does not go back.
+    set(&mut sim, "a", &|t| {
+        t.idle.clear();
+        t.event_marks.insert(0, 2_000);
+    });
+    sim.beat_all(1);
+    assert_eq!(sim.c.watermarks().0, Some(5_000));
+    // Final: what the taskmanager acknowledged, at most the job watermark.
+    set(&mut sim, "a", &|t| t.watermark_ack = Some(4_000));
+    sim.beat_all(1);
+    assert_eq!(sim.c.watermarks(), (Some(5_000), Some(4_000)));
+    set(&mut sim, "a", &|t| t.watermark_ack = Some(9_000));
+    sim.beat_all(1);
+    assert_eq!(sim.c.watermarks(), (Some(5_000), Some(5_000)));
+    // Rescale: "b" takes a partition and reports it without a watermark yet, acknowledging
+    // nothing: the job watermark holds, and nothing more becomes final.
+    sim.join("b");
+    sim.beat_all(4);
+    assert_eq!(sim.held("b").len(), 1, "b took one partition");
+    set(&mut sim, "a", &|t| {
+        t.event_marks = BTreeMap::from([(0, 8_000), (1, 8_000)]);
+    });
+    sim.beat_all(2);
+    assert_eq!(sim.c.watermarks(), (Some(5_000), Some(5_000)));
+    // Restores never lower it; a later snapshot or Redis's final record raises it.
+    sim.c.seed_watermark(Some(100), Some(50));
+    assert_eq!(sim.c.watermarks(), (Some(5_000), Some(5_000)));
+    sim.c.seed_watermark(Some(7_000), Some(6_000));
+    assert_eq!(sim.c.watermarks(), (Some(7_000), Some(6_000)));
 }

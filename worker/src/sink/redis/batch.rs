@@ -156,6 +156,11 @@ pub struct BatchBuilder {
     lists: Vec<ListPlan>,
     template_slots: HashMap<i64, u32, RandomState>,
     templates: Vec<TemplatePlan>,
+    /// Other counter hashes the batch increments (the event-time series, `window.rs`), written
+    /// like template hashes: `HINCRBY` per field, then the template TTL.
+    counter_hashes: Vec<(String, Vec<(String, i64)>)>,
+    /// The partition's event-time clock the fence stores with the batch's `next_offset`.
+    clock: Option<i64>,
     scratch: String,
     checked: Arc<Mutex<CheckedExpiries>>,
 }
@@ -182,6 +187,8 @@ impl BatchBuilder {
             lists: Vec::new(),
             template_slots: HashMap::default(),
             templates: Vec::new(),
+            counter_hashes: Vec::new(),
+            clock: None,
             scratch: String::new(),
             checked,
         }
@@ -246,6 +253,31 @@ impl BatchBuilder {
             Some((_, total)) => *total = total.saturating_add(increment),
             None => fields.push((ev.state, increment)),
         }
+    }
+
+    /// Adds `delta` to `field` of counter hash `key` (a full key, prefix included), in the same
+    /// transaction as the events; the hash then gets the template TTL.
+    pub fn add_hash_increment(&mut self, key: &str, field: &str, delta: i64) {
+        // Callers add a key's fields together: look at the last key first.
+        let found = match self.counter_hashes.last() {
+            Some((last, _)) if last == key => Some(self.counter_hashes.len() - 1),
+            _ => self.counter_hashes.iter().position(|(k, _)| k == key),
+        };
+        let slot = found.unwrap_or_else(|| {
+            self.counter_hashes.push((key.to_owned(), Vec::new()));
+            self.counter_hashes.len() - 1
+        });
+        let fields = &mut self.counter_hashes[slot].1;
+        match fields.iter_mut().find(|(f, _)| f == field) {
+            Some((_, total)) => *total = total.saturating_add(delta),
+            None => fields.push((field.to_owned(), delta)),
+        }
+    }
+
+    /// Stores the partition's event-time clock in its fence when the batch applies (atomically
+    /// with its writes and `next_offset`). Only for a batch that covers at least one offset.
+    pub fn set_clock(&mut self, clock_ms: i64) {
+        self.clock = Some(clock_ms);
     }
 
     /// The SimpleAnchorInfo JSON of value `v`.
@@ -325,7 +357,7 @@ impl BatchBuilder {
             next_offset: self.next_offset,
             events: self.events,
             skipped: self.skipped,
-            keys: self.lists.len() + self.templates.len(),
+            keys: self.lists.len() + self.templates.len() + self.counter_hashes.len(),
             values,
             now,
             user_expire_at,
@@ -358,7 +390,7 @@ impl BatchBuilder {
 
     /// The transaction: `MULTI`, per list `LPUSH` with all its values then its TTL command
     /// (adjacent, while the key is in the CPU cache), per template its `HINCRBY`s then `PEXPIRE`,
-    /// the fence's `HSET`, `EXEC`. See `writes.rs` for the TTL rules.
+    /// the same per counter hash, the fence's `HSET`, `EXEC`. See `writes.rs` for the TTL rules.
     fn write_plan(&self, user_expire_at: i64, trust: &[bool]) -> Writes {
         let mut plan = WritesBuilder::new(self.lists.len(), self.templates.len());
         plan.multi();
@@ -383,10 +415,14 @@ impl BatchBuilder {
             template_key.push_str(itoa::Buffer::new().format(template.business_id));
             plan.template(template_key.as_bytes(), &template.fields);
         }
+        for (key, fields) in &self.counter_hashes {
+            plan.counter_hash(key.as_bytes(), fields.iter().map(|(f, n)| (f.as_str(), *n)));
+        }
         plan.finish(
             self.layout.fence_key(self.partition).as_bytes(),
             self.epoch,
             self.next_offset,
+            self.clock,
         )
     }
 }

@@ -123,6 +123,32 @@ impl Layout {
         )
     }
 
+    /// `{prefix}streamjob:series:{businessId}`: the event-time series of one template (and day,
+    /// which the businessId embeds): fields `{window start, epoch minutes}:{state}`,
+    /// `late:{state}`, `skewed:{state}` → count (see `window.rs`). TTL as the template hash.
+    pub fn series_key(&self, business_id: i64) -> String {
+        let mut key = String::new();
+        self.write_series_key(&mut key, business_id);
+        key
+    }
+
+    pub(crate) fn write_series_key(&self, out: &mut String, business_id: i64) {
+        out.clear();
+        out.push_str(&self.inner.key_prefix);
+        out.push_str("streamjob:series:");
+        out.push_str(itoa::Buffer::new().format(business_id));
+    }
+
+    /// `{prefix}streamjob:{job}:series:final`: hash `{watermark_ms, final_before_ms}` written by
+    /// the jobmanager, only ever forward: every window ending at or before `final_before_ms` is
+    /// final (complete) in the series hashes.
+    pub fn series_final_key(&self) -> String {
+        format!(
+            "{}streamjob:{}:series:final",
+            self.inner.key_prefix, self.inner.job
+        )
+    }
+
     pub(crate) fn write_message_key(&self, out: &mut String, message_id: &str) {
         out.clear();
         out.push_str(&self.inner.key_prefix);
@@ -202,6 +228,11 @@ mod tests {
         assert_eq!(prefixed.user_key("u"), "eu:u");
         assert_eq!(prefixed.template_key(-1), "eu:-1");
         assert_eq!(prefixed.fence_key(0), "eu:streamjob:j:fence:t:0");
+        assert_eq!(
+            plain.series_key(1000000120240101),
+            "streamjob:series:1000000120240101"
+        );
+        assert_eq!(prefixed.series_final_key(), "eu:streamjob:j:series:final");
     }
 
     #[test]

@@ -37,7 +37,9 @@ mod error;
 mod layout;
 mod primary;
 mod script;
+mod series;
 mod server_name;
+pub mod window;
 mod writes;
 
 use std::sync::{Arc, Mutex};
@@ -66,6 +68,9 @@ pub struct Fence {
     pub epoch: u64,
     /// Every offset below this is applied; `None` before the first batch.
     pub next_offset: Option<i64>,
+    /// The partition's event-time clock stored with `next_offset` (largest event time applied;
+    /// see [`window`]); `None` before the first batch with events.
+    pub max_event_ms: Option<i64>,
 }
 
 /// The lowest epoch a claim for assignment `generation` takes (see the module documentation).
@@ -262,6 +267,7 @@ impl RedisSink {
             epoch,
             next_offset,
             was_missing,
+            clock,
         } = reply
         else {
             return Err(SinkError::Script(format!("claim refused: {reply:?}")));
@@ -273,10 +279,15 @@ impl RedisSink {
             epoch,
             next_offset,
             was_missing,
+            max_event_ms = clock,
             "claimed partition fence"
         );
         Ok(Claim {
-            fence: Fence { epoch, next_offset },
+            fence: Fence {
+                epoch,
+                next_offset,
+                max_event_ms: clock,
+            },
             was_missing,
         })
     }
@@ -295,8 +306,15 @@ impl RedisSink {
             .await?
         {
             ClaimReply::Claimed {
-                epoch, next_offset, ..
-            } => Ok(Fence { epoch, next_offset }),
+                epoch,
+                next_offset,
+                clock,
+                ..
+            } => Ok(Fence {
+                epoch,
+                next_offset,
+                max_event_ms: clock,
+            }),
             ClaimReply::Fenced { stored_epoch } => Err(SinkError::Fenced {
                 partition,
                 stored_epoch,
@@ -328,7 +346,8 @@ impl RedisSink {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.layout.fence_key(partition))
             .arg("epoch")
-            .arg("next_offset");
+            .arg("next_offset")
+            .arg(window::CLOCK_FIELD);
         let reply = self.query(&cmd, "read fence").await?;
         let Value::Array(items) = &reply else {
             return Err(SinkError::Script(format!(
@@ -339,6 +358,7 @@ impl RedisSink {
         Ok(field(0).map(|epoch| Fence {
             epoch: epoch.max(0) as u64,
             next_offset: field(1),
+            max_event_ms: field(2),
         }))
     }
 

@@ -13,10 +13,11 @@ use super::SinkError;
 /// none (`''`: none known), and the mode. `claim`: the epoch becomes `max(stored + 1, floor)`.
 /// `restore` (an owner whose fence vanished under it): the epoch stays the floor (the caller's
 /// own), refused with status 1 when a newer one is stored. Reply `{status, epoch, next_offset|nil,
-/// missing}`: status 0 done, 1 fenced; `missing` 1 when the fence had no `next_offset`. Epochs go
+/// missing, clock|nil}`: status 0 done, 1 fenced; `missing` 1 when the fence had no `next_offset`;
+/// `clock` the partition's event-time clock stored with the offset (`window.rs`). Epochs go
 /// through `%.0f`: Lua 5.1 prints numbers above 1e14 in exponent notation.
 const CLAIM_LUA: &str = r#"#!lua
-local stored = redis.call('HMGET', KEYS[1], 'epoch', 'next_offset')
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'next_offset', 'max_event_ms')
 local stored_epoch = tonumber(stored[1]) or 0
 local floor = tonumber(ARGV[1])
 local epoch = stored_epoch + 1
@@ -40,7 +41,7 @@ if next_offset then
 else
   redis.call('HSET', KEYS[1], 'epoch', epoch_text)
 end
-return {0, epoch_text, next_offset, missing}
+return {0, epoch_text, next_offset, missing, stored[3]}
 "#;
 
 /// A script's source and SHA1 (for `EVALSHA` / `SCRIPT LOAD`).
@@ -116,6 +117,8 @@ pub(crate) enum ClaimReply {
         next_offset: Option<i64>,
         /// The fence had no `next_offset` before this claim.
         was_missing: bool,
+        /// The partition's event-time clock stored with `next_offset`.
+        clock: Option<i64>,
     },
     /// `restore` only: a newer owner's epoch is stored.
     Fenced { stored_epoch: u64 },
@@ -133,6 +136,7 @@ pub(crate) fn parse_claim_reply(value: &Value) -> Result<ClaimReply, SinkError> 
             epoch,
             next_offset: opt_int(item(2))?,
             was_missing: int_of(item(3)) == Some(1),
+            clock: opt_int(item(4))?,
         },
         1 => ClaimReply::Fenced {
             stored_epoch: epoch,
@@ -163,7 +167,8 @@ mod tests {
             ClaimReply::Claimed {
                 epoch: 1,
                 next_offset: Some(0),
-                was_missing: true
+                was_missing: true,
+                clock: None
             }
         );
         let resumed = Value::Array(vec![
@@ -171,13 +176,15 @@ mod tests {
             bulk("4194304"),
             bulk("1200"),
             Value::Int(0),
+            bulk("1700000000000"),
         ]);
         assert_eq!(
             parse_claim_reply(&resumed).expect("parses"),
             ClaimReply::Claimed {
                 epoch: 4_194_304,
                 next_offset: Some(1200),
-                was_missing: false
+                was_missing: false,
+                clock: Some(1_700_000_000_000)
             }
         );
         let fenced = Value::Array(vec![Value::Int(1), bulk("9"), bulk("5"), Value::Int(0)]);

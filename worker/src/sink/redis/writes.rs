@@ -3,8 +3,9 @@
 //!
 //! Commands, in this order: `MULTI`; per list key one `LPUSH` with all its values (upstream's
 //! order: `LPUSH k v1 … vn` is `LPUSH k v1; …; LPUSH k vn`), directly followed by the key's TTL
-//! command, if any; per template its summed `HINCRBY`s, then `PEXPIRE`; the fence's `HSET`;
-//! `EXEC`. A key's commands are adjacent because Redis then finds the key in its CPU cache
+//! command, if any; per template its summed `HINCRBY`s, then `PEXPIRE`; the same per event-time
+//! series hash (`window.rs`); the fence's `HSET` (with the partition's event-time clock when the
+//! batch moves it); `EXEC`. A key's commands are adjacent because Redis then finds the key in its CPU cache
 //! (measured: a `PEXPIRE` issued after all the batch's pushes costs Redis twice as much).
 //!
 //! TTL commands, per key and batch:
@@ -23,7 +24,7 @@
 //! too; the key's TTL command still runs, as upstream's `EXPIRE` did. A refusal at queue time
 //! (`OOM`, `READONLY`) makes Redis discard the whole transaction: nothing is half-applied.
 
-use redis::{Arg, Cmd, Pipeline, Value};
+use redis::{Arg, Cmd, Pipeline, ToRedisArgs, Value};
 
 use super::layout::{MESSAGE_TTL, TEMPLATE_TTL};
 
@@ -274,9 +275,19 @@ impl WritesBuilder {
     }
 
     pub(crate) fn template(&mut self, key: &[u8], fields: &[(i64, i64)]) {
-        for &(state, increment) in fields {
+        self.counter_hash(key, fields.iter().copied());
+    }
+
+    /// A hash of counters (a template's, or a template's event-time series): one `HINCRBY` per
+    /// field, then the template TTL.
+    pub(crate) fn counter_hash<F: ToRedisArgs>(
+        &mut self,
+        key: &[u8],
+        fields: impl Iterator<Item = (F, i64)>,
+    ) {
+        for (field, increment) in fields {
             let mut cmd = Cmd::with_capacity(4, key.len() + 64);
-            cmd.arg("HINCRBY").arg(key).arg(state).arg(increment);
+            cmd.arg("HINCRBY").arg(key).arg(field).arg(increment);
             self.pipeline.add_command(cmd);
         }
         let mut cmd = Cmd::with_capacity(3, key.len() + 48);
@@ -286,15 +297,25 @@ impl WritesBuilder {
         self.pipeline.add_command(cmd);
     }
 
-    /// Adds the fence's move and `EXEC`.
-    pub(crate) fn finish(mut self, fence_key: &[u8], epoch: u64, next_offset: i64) -> Writes {
-        let mut hset = Cmd::with_capacity(6, fence_key.len() + 64);
+    /// Adds the fence's move (with the partition's new event-time clock, if the batch moves it)
+    /// and `EXEC`.
+    pub(crate) fn finish(
+        mut self,
+        fence_key: &[u8],
+        epoch: u64,
+        next_offset: i64,
+        clock: Option<i64>,
+    ) -> Writes {
+        let mut hset = Cmd::with_capacity(8, fence_key.len() + 96);
         hset.arg("HSET")
             .arg(fence_key)
             .arg("epoch")
             .arg(epoch)
             .arg("next_offset")
             .arg(next_offset);
+        if let Some(clock) = clock {
+            hset.arg(super::window::CLOCK_FIELD).arg(clock);
+        }
         self.pipeline.add_command(hset);
         self.pipeline.add_command(redis::cmd("EXEC"));
         self.pipeline.ignore_errors();
@@ -349,7 +370,7 @@ mod tests {
         b.lpush(b"u2", [&b"v1"[..], b"v2"].into_iter(), 2);
         b.trusted_user_list(2);
         b.template(b"7", &[(10, 2)]);
-        b.finish(b"fence", 3, 42)
+        b.finish(b"fence", 3, 42, None)
     }
 
     fn packed(p: &Pipeline) -> String {

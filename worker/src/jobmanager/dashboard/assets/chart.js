@@ -72,14 +72,15 @@ const SJChart = (() => {
     return svg;
   }
 
-  // labels[i] names bar i; values[i] its height. options: {keys: [] (data-state per bar)}.
+  // labels[i] names bar i; values[i] its height. options: {keys: [] (data-state per bar),
+  // classes: [] (extra class per bar), attrs: [] (extra attributes per bar), empty: text}.
   function bars(container, labels, values, options) {
-    const opts = Object.assign({ height: 260, keys: [] }, options);
+    const opts = Object.assign({ height: 260, keys: [], classes: [], attrs: [], empty: "no counts for this template" }, options);
     const { svg, width, height } = frame(container, opts.height);
     const pad = { left: 48, right: 12, top: 22, bottom: 48 };
     svg.setAttribute("data-bars", String(values.length));
     if (values.length === 0) {
-      svg.appendChild(node("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "empty" }, "no counts for this template"));
+      svg.appendChild(node("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "empty" }, opts.empty));
       return svg;
     }
     const scale = niceScale(Math.max(...values), 4);
@@ -89,7 +90,8 @@ const SJChart = (() => {
     values.forEach((v, i) => {
       const h = (v / scale.top) * (height - pad.top - pad.bottom);
       const cx = pad.left + slot * (i + 0.5);
-      const bar = node("rect", { x: cx - barWidth / 2, y: height - pad.bottom - h, width: barWidth, height: h, class: "bar" });
+      const bar = node("rect", Object.assign({ x: cx - barWidth / 2, y: height - pad.bottom - h, width: barWidth, height: h,
+        class: `bar ${opts.classes[i] || ""}`.trim() }, opts.attrs[i] || {}));
       bar.setAttribute("data-count", String(v));
       bar.setAttribute("data-label", labels[i]);
       if (opts.keys[i] !== undefined) bar.setAttribute("data-state", String(opts.keys[i]));

@@ -33,6 +33,13 @@
     if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
     return `${(n / 1024 / 1024).toFixed(1)} MiB`;
   }
+  // An event time (epoch ms) as local wall-clock time; the date only when it is not today.
+  function eventTime(ms) {
+    if (ms === null || ms === undefined) return "–";
+    const d = new Date(ms);
+    const time = d.toTimeString().slice(0, 8);
+    return d.toDateString() === new Date().toDateString() ? time : `${d.toISOString().slice(0, 10)} ${time}`;
+  }
   function fillRows(table, rows) {
     $(table).querySelector("tbody").replaceChildren(...rows);
   }
@@ -54,6 +61,9 @@
     $("restored").textContent = r.kind === "startingOffsets" ? "starting offsets" : `${r.kind} ${r.id}`;
     $("last-checkpoint").textContent = o.lastCheckpoint
       ? `#${o.lastCheckpoint.id}, ${duration(s.nowMs - o.lastCheckpoint.createdAtMs)} ago` : "none yet";
+    const w = o.watermark;
+    $("watermark").textContent = w ? eventTime(w.watermarkMs) : "series off";
+    $("final-before").textContent = w ? eventTime(w.finalBeforeMs) : "–";
   }
 
   function renderPartitions(s) {
@@ -62,7 +72,8 @@
       el("td", {}, p.partition), el("td", {}, p.state + (p.retrying ? " · retrying" : "")),
       el("td", {}, p.owner ?? "–"), el("td", { class: "num" }, num(p.committedOffset)),
       el("td", { class: "num" }, num(p.highWatermark)), el("td", { class: "num" }, num(p.lag)),
-      el("td", { class: "num" }, rate(p.eventsPerSecond)))));
+      el("td", { class: "num" }, rate(p.eventsPerSecond)),
+      el("td", { class: "num", "data-watermark": p.watermarkMs }, eventTime(p.watermarkMs) + (p.idle ? " · idle" : "")))));
     fillRows("taskmanagers", s.overview.taskmanagers.map((t) => el("tr", {},
       el("td", {}, t.id), el("td", {}, t.partitions.length ? t.partitions.join(", ") : (t.idle ? "idle" : "–")),
       el("td", { class: "num" }, `${duration(t.lastHeartbeatMsAgo)} ago`))));

@@ -21,9 +21,53 @@
     return body.data;
   }
 
+  // Windows shown at most: the newest ones (a day has up to 1,440 minutes).
+  const SHOWN_WINDOWS = 60;
+  let jobId = null;
+
+  async function getJson(path) {
+    const response = await fetch(path);
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error((body.errors && body.errors[0]) || `HTTP ${response.status}`);
+    return body;
+  }
+
+  // The template's event-time series (GET /jobs/{id}/series): one bar per window, the sum over
+  // states; final windows solid, open ones pale.
+  async function renderSeries(businessId) {
+    const card = $("series-card");
+    const note = $("series-note");
+    card.hidden = false;
+    note.removeAttribute("data-done");
+    try {
+      if (!jobId) jobId = (await getJson("/jobs")).jobs[0].id;
+      const s = await getJson(`/jobs/${encodeURIComponent(jobId)}/series?businessId=${encodeURIComponent(businessId)}`);
+      const windows = s.windows.slice(-SHOWN_WINDOWS);
+      const total = (counts) => Object.values(counts).reduce((a, b) => a + b, 0);
+      const time = (ms) => new Date(ms).toTimeString().slice(0, 5);
+      SJChart.bars($("series-chart"), windows.map((w) => time(w.startMs)), windows.map((w) => total(w.counts)), {
+        classes: windows.map((w) => (w.final ? "final" : "open")),
+        attrs: windows.map((w) => ({ "data-start": w.startMs, "data-final": w.final })),
+        empty: "no per-minute counts for this template",
+      });
+      const late = total(s.late), skewed = total(s.skewed);
+      const shown = s.windows.length > SHOWN_WINDOWS ? `the newest ${SHOWN_WINDOWS} of ${s.windows.length} windows; ` : "";
+      const fin = s.finalBeforeMs ? `final up to ${new Date(s.finalBeforeMs).toTimeString().slice(0, 8)}` : "no window final yet";
+      note.textContent = `${shown}${fin}; late ${late.toLocaleString("en-US")}, absurd timestamps ${skewed.toLocaleString("en-US")}`;
+      note.setAttribute("data-late", late);
+      note.setAttribute("data-skewed", skewed);
+      note.setAttribute("data-done", "series");
+    } catch (e) {
+      $("series-chart").replaceChildren();
+      note.textContent = `per-minute series unavailable: ${e.message}`;
+      note.setAttribute("data-done", "error");
+    }
+  }
+
   function renderTimeline(items) {
     $("timeline-card").hidden = false;
     $("template-card").hidden = true;
+    $("series-card").hidden = true;
     const list = items.map((item) => {
       const link = el("a", { href: `#template=${item.businessId}` }, item.businessId);
       link.addEventListener("click", (e) => { e.preventDefault(); search("messageTemplate", item.businessId, true); });
@@ -45,6 +89,7 @@
     $("template-card").hidden = false;
     $("template-title").textContent = chart.title.text;
     SJChart.bars($("template-chart"), chart.xAxis.data, chart.series[0].data, { keys: chart.states });
+    renderSeries(chart.businessId);
   }
 
   // keepTimeline: a template opened from the timeline shows under it.
