@@ -17,14 +17,12 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamjob_worker::config::{JobConfig, SaslConfig};
-use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::Pipeline;
-use streamjob_worker::testkit;
-use streamjob_worker::testkit::kafka::{self, ProduceMode, Tansu, TansuOptions};
+use streamjob_worker::testkit::delivery;
+use streamjob_worker::testkit::kafka::{self, Tansu, TansuOptions};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::tls::{Stunnel, TestPki};
-use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
 
 const TOPIC: &str = "trace-sasl";
 const DLQ: &str = "trace-sasl-dlq";
@@ -150,68 +148,18 @@ fn job_config(
     config
 }
 
-fn payloads() -> Vec<Vec<u8>> {
-    let mut generator = EventGenerator::new(
-        31,
-        TrafficShape {
-            users: 300,
-            messages: 200,
-            malformed_ppm: 0,
-            ..TrafficShape::default()
-        },
-    );
-    (0..600).map(|_| generator.next_payload()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_consumes_exactly_once_over_sasl_ssl_with_scram_sha_512() {
     let pki = TestPki::generate().expect("test PKI");
     let broker = SaslBroker::start(&pki);
     let redis = RedisServer::start().expect("redis-server");
     let props = sasl_properties(&pki, "SCRAM-SHA-512", PASSWORD);
-    let borrowed: Vec<(&str, &str)> = props
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let payloads = payloads();
-    let delivered = kafka::produce_with(
-        &broker.bootstrap(),
-        &borrowed,
-        TOPIC,
-        PARTITIONS,
-        &payloads,
-        ProduceMode::OnePerRequest,
-    )
-    .expect("produced over SASL_SSL");
-    let mut ends = vec![0i64; PARTITIONS as usize];
-    for (partition, offset) in delivered {
-        let end = &mut ends[partition as usize];
-        *end = (*end).max(offset + 1);
-    }
+    let payloads = delivery::small_data_set(31);
+    let ends =
+        delivery::produce_and_ends(&broker.bootstrap(), &props, TOPIC, PARTITIONS, &payloads);
 
     let config = job_config(&broker, &pki, &redis, PASSWORD);
-    let pipeline = Pipeline::start(Arc::new(config), Metrics::new())
-        .await
-        .expect("pipeline starts");
-    testkit::assign_all(&pipeline, 0..PARTITIONS).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let fences =
-            fence_offsets(&redis.url(), "", JOB, TOPIC, PARTITIONS).expect("fences readable");
-        if fences.iter().zip(&ends).all(|(f, e)| *f == Some(*e)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fences {fences:?}, ends {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    pipeline.shutdown().await.expect("stops");
-    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
-    let actual = TraceState::read(&redis.url()).expect("state readable");
-    let diff = expected.state.diff(&actual, 10);
-    assert!(diff.is_empty(), "over SASL_SSL:\n{}", diff.join("\n"));
+    delivery::apply_all_and_check(config, &ends, &payloads, "SASL_SSL").await;
 }
 
 /// Metadata with `props`: Ok when the broker answered after the login.

@@ -7,20 +7,15 @@
 //! SASL_SSL (SCRAM) is in `kafka_sasl.rs`.
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamjob_worker::config::JobConfig;
-use streamjob_worker::demo::{EventGenerator, TrafficShape};
-use streamjob_worker::metrics::Metrics;
-use streamjob_worker::pipeline::Pipeline;
-use streamjob_worker::testkit;
-use streamjob_worker::testkit::kafka::{self, ProduceMode, Tansu};
+use streamjob_worker::testkit::delivery;
+use streamjob_worker::testkit::kafka::{self, Tansu};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::tls::{Stunnel, TestPki};
-use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
 
 const TOPIC: &str = "trace-ktls";
 const DLQ: &str = "trace-ktls-dlq";
@@ -89,43 +84,14 @@ fn tls_properties(pki: &TestPki, ca: &str, client: bool) -> Vec<(String, String)
     props
 }
 
-fn payloads() -> Vec<Vec<u8>> {
-    let mut generator = EventGenerator::new(
-        23,
-        TrafficShape {
-            users: 300,
-            messages: 200,
-            malformed_ppm: 0,
-            ..TrafficShape::default()
-        },
-    );
-    (0..600).map(|_| generator.next_payload()).collect()
-}
-
 async fn pipeline_consumes_exactly_once_over_tls(mutual: bool) {
     let pki = TestPki::generate().expect("test PKI");
     let broker = TlsBroker::start(&pki, mutual);
     let redis = RedisServer::start().expect("redis-server");
     let props = tls_properties(&pki, "ca", mutual);
-    let borrowed: Vec<(&str, &str)> = props
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let payloads = payloads();
-    let delivered = kafka::produce_with(
-        &broker.bootstrap(),
-        &borrowed,
-        TOPIC,
-        PARTITIONS,
-        &payloads,
-        ProduceMode::OnePerRequest,
-    )
-    .expect("produced over TLS");
-    let mut ends = vec![0i64; PARTITIONS as usize];
-    for (partition, offset) in delivered {
-        let end = &mut ends[partition as usize];
-        *end = (*end).max(offset + 1);
-    }
+    let payloads = delivery::small_data_set(23);
+    let ends =
+        delivery::produce_and_ends(&broker.bootstrap(), &props, TOPIC, PARTITIONS, &payloads);
 
     let mut config = JobConfig::default();
     config.job.name = JOB.into();
@@ -151,28 +117,7 @@ async fn pipeline_consumes_exactly_once_over_tls(mutual: bool) {
     config.sink.redis.url = redis.url();
     config.batch.max_events = 100;
     config.validate().expect("valid config");
-    let pipeline = Pipeline::start(Arc::new(config), Metrics::new())
-        .await
-        .expect("pipeline starts");
-    testkit::assign_all(&pipeline, 0..PARTITIONS).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let fences =
-            fence_offsets(&redis.url(), "", JOB, TOPIC, PARTITIONS).expect("fences readable");
-        if fences.iter().zip(&ends).all(|(f, e)| *f == Some(*e)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fences {fences:?}, ends {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    pipeline.shutdown().await.expect("stops");
-    let expected = Expected::from_payloads("", payloads.iter().map(Vec::as_slice));
-    let actual = TraceState::read(&redis.url()).expect("state readable");
-    let diff = expected.state.diff(&actual, 10);
-    assert!(diff.is_empty(), "over TLS:\n{}", diff.join("\n"));
+    delivery::apply_all_and_check(config, &ends, &payloads, "TLS").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
