@@ -14,8 +14,6 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamjob_worker::config::{JobConfig, SaslConfig};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::Pipeline;
@@ -162,20 +160,6 @@ async fn the_pipeline_consumes_exactly_once_over_sasl_ssl_with_scram_sha_512() {
     delivery::apply_all_and_check(config, &ends, &payloads, "SASL_SSL").await;
 }
 
-/// Metadata with `props`: Ok when the broker answered after the login.
-fn metadata(bootstrap: &str, props: &[(String, String)]) -> Result<usize, String> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap);
-    for (key, value) in props {
-        cfg.set(key, value);
-    }
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .map(|m| m.topics().len())
-        .map_err(|e| e.to_string())
-}
-
 /// Everything the process logs, for asserting on the worker's messages.
 #[derive(Clone, Default)]
 struct CapturedLog(Arc<Mutex<Vec<u8>>>);
@@ -217,12 +201,21 @@ async fn scram_sha_256_logs_in_and_a_wrong_password_is_refused_naming_the_sasl_f
     let bootstrap = broker.bootstrap();
     for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256"] {
         assert_eq!(
-            metadata(&bootstrap, &sasl_properties(&pki, mechanism, PASSWORD)),
+            delivery::metadata(
+                &bootstrap,
+                &sasl_properties(&pki, mechanism, PASSWORD),
+                TOPIC
+            ),
             Ok(1),
             "{mechanism}"
         );
         assert!(
-            metadata(&bootstrap, &sasl_properties(&pki, mechanism, "wrong")).is_err(),
+            delivery::metadata(
+                &bootstrap,
+                &sasl_properties(&pki, mechanism, "wrong"),
+                TOPIC
+            )
+            .is_err(),
             "{mechanism} with a wrong password"
         );
     }

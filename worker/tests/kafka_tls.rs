@@ -7,10 +7,7 @@
 //! SASL_SSL (SCRAM) is in `kafka_sasl.rs`.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::testkit::delivery;
 use streamjob_worker::testkit::kafka::{self, Tansu};
@@ -130,29 +127,17 @@ async fn the_pipeline_consumes_exactly_once_over_mutual_tls() {
     pipeline_consumes_exactly_once_over_tls(true).await;
 }
 
-/// Metadata over TLS with `props`: Ok when the broker answered.
-fn metadata(bootstrap: &str, props: &[(String, String)]) -> Result<usize, String> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap);
-    for (key, value) in props {
-        cfg.set(key, value);
-    }
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .map(|m| m.topics().len())
-        .map_err(|e| e.to_string())
-}
-
 #[test]
 fn a_wrong_ca_or_a_missing_client_certificate_gets_no_data() {
     let pki = TestPki::generate().expect("test PKI");
     let broker = TlsBroker::start(&pki, true);
     let bootstrap = broker.bootstrap();
     assert_eq!(
-        metadata(&bootstrap, &tls_properties(&pki, "ca", true)),
+        delivery::metadata(&bootstrap, &tls_properties(&pki, "ca", true), TOPIC),
         Ok(1)
     );
-    assert!(metadata(&bootstrap, &tls_properties(&pki, "other-ca", true)).is_err());
-    assert!(metadata(&bootstrap, &tls_properties(&pki, "ca", false)).is_err());
+    assert!(
+        delivery::metadata(&bootstrap, &tls_properties(&pki, "other-ca", true), TOPIC).is_err()
+    );
+    assert!(delivery::metadata(&bootstrap, &tls_properties(&pki, "ca", false), TOPIC).is_err());
 }

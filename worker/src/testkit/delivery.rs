@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
 use super::kafka::{self, ProduceMode};
 use super::trace_state::{fence_offsets, Expected, TraceState};
 use crate::config::JobConfig;
@@ -89,4 +92,23 @@ pub async fn apply_all_and_check(
     let actual = TraceState::read(&redis_url).expect("state readable");
     let diff = expected.state.diff(&actual, 10);
     assert!(diff.is_empty(), "over {over}:\n{}", diff.join("\n"));
+}
+
+/// Asks for `topic`'s metadata through a client with `properties`: Ok (its topic count) once the
+/// broker answered, the client's error otherwise (a refused handshake or login).
+pub fn metadata(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+) -> Result<usize, String> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap);
+    for (key, value) in properties {
+        cfg.set(key, value);
+    }
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map(|m| m.topics().len())
+        .map_err(|e| e.to_string())
 }
