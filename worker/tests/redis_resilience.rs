@@ -330,3 +330,59 @@ async fn a_list_with_more_values_than_luas_unpack_limit_is_pushed_in_chunks_in_o
     let counted: i64 = query(&mut conn, &["HGET", "1000000120240101", "60"]).await;
     assert_eq!(counted, 9_500);
 }
+
+/// Commands the transaction of an applied batch ran.
+fn commands_of(outcome: &ApplyOutcome) -> usize {
+    match outcome {
+        ApplyOutcome::Applied { commands, .. } => *commands,
+        ApplyOutcome::AlreadyApplied => panic!("expected an applied batch"),
+    }
+}
+
+/// A user list this process set to expire tonight gets no expiry command in later batches, but
+/// only while Redis is known to keep it: after a Redis error the server that answers next may be
+/// another one (a promoted replica, an older snapshot) without the list, so batches built after
+/// the error set its expiry inside their transaction again (not after `EXEC`, which is not
+/// atomic with it) until a batch has seen the list again.
+#[tokio::test]
+async fn after_a_redis_error_user_lists_get_their_expiry_inside_the_transaction_again() {
+    let mut server = RedisServer::start_with(RedisOptions {
+        persistence: true,
+        ..RedisOptions::default()
+    })
+    .expect("redis-server");
+    let sink = connect_sink(&server, "").await;
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let mut offset = 0;
+    let mut apply_one = |sink: &RedisSink| {
+        let batch = batch_of(sink, 0, epoch, offset, &events(1, "u"), SystemTime::now());
+        offset += 1;
+        batch
+    };
+    let untrusted = commands_of(&sink.apply(&apply_one(&sink)).await.expect("first"));
+    let trusted = commands_of(&sink.apply(&apply_one(&sink)).await.expect("second"));
+    assert_eq!(trusted + 1, untrusted, "the known list gets no PEXPIREAT");
+
+    server.stop();
+    let during = apply_one(&sink);
+    assert!(matches!(
+        sink.apply(&during).await,
+        Err(SinkError::Unavailable(_))
+    ));
+    server.restart().expect("redis restarts");
+    // Built after the error (as another partition's batch would be while this one retries): the
+    // list's expiry is in its transaction again.
+    let after = apply_one(&sink);
+    // The batch built before the error keeps its plan and is retried as it was; its `LPUSH`
+    // reply shows the list existed (so with its expiry: Redis replicates and snapshots a
+    // transaction whole), which makes the list trusted again from then on.
+    let (outcome, _) = apply_until_done(&sink, &during).await;
+    assert_eq!(commands_of(&outcome), trusted);
+    let after = commands_of(&sink.apply(&after).await.expect("after"));
+    assert_eq!(
+        after, untrusted,
+        "the expiry is set inside the transaction again"
+    );
+    let next = commands_of(&sink.apply(&apply_one(&sink)).await.expect("next"));
+    assert_eq!(next, trusted, "trusted again once a batch saw the list");
+}
