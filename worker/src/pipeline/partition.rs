@@ -161,8 +161,15 @@ impl PartitionState {
         self.set_committed(to);
     }
 
+    /// The partition's end as last fetched from the broker, or the committed offset if that is
+    /// further: the fetch runs once a second, so a busy partition's committed offset overtakes
+    /// it in between (and a report showing committed > high watermark confused readers).
     pub fn high_watermark(&self) -> Option<i64> {
-        to_opt(self.high_watermark.load(Ordering::Acquire))
+        let fetched = to_opt(self.high_watermark.load(Ordering::Acquire));
+        match (fetched, self.committed()) {
+            (Some(hw), Some(committed)) => Some(hw.max(committed)),
+            (hw, _) => hw,
+        }
     }
 
     pub fn set_high_watermark(&self, hw: i64) {
@@ -963,6 +970,23 @@ mod tests {
                 first: 0
             }
         );
+    }
+
+    #[test]
+    fn the_high_watermark_is_never_reported_below_the_committed_offset() {
+        let metrics = crate::metrics::Metrics::new();
+        let state = PartitionState::new(
+            0,
+            1,
+            Some(100),
+            None,
+            metrics.pipeline().partition_gauges(0),
+        );
+        assert_eq!(state.high_watermark(), None, "not fetched yet");
+        state.set_high_watermark(150);
+        assert_eq!((state.high_watermark(), state.lag()), (Some(150), Some(50)));
+        state.set_committed(180);
+        assert_eq!((state.high_watermark(), state.lag()), (Some(180), Some(0)));
     }
 
     #[test]
