@@ -17,7 +17,7 @@ use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::taskmanager::JobManagerClient;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
-use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
+use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, SeriesState, TraceState};
 
 pub const TOPIC: &str = "trace-jm";
 pub const DLQ: &str = "trace-jm-dlq";
@@ -37,12 +37,19 @@ pub fn worker_binary() -> PathBuf {
 }
 
 pub fn data_set(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let now_ms = streamjob_worker::sink::redis::system_time_ms(std::time::SystemTime::now());
     let mut generator = EventGenerator::new(
         seed,
         TrafficShape {
             users: 5_000,
             messages: 3_000,
             malformed_ppm: 200,
+            // Event times of the last minutes (7 ms apart), out of order, some late and a few
+            // absurd: the event-time series gets windows, late and skewed counts to check.
+            base_timestamp_ms: now_ms - n as i64 * 7,
+            out_of_order_ms: 3_000,
+            late_ppm: 5_000,
+            skewed_ppm: 200,
             ..TrafficShape::default()
         },
     );
@@ -338,6 +345,16 @@ logging:
             diff.join("\n")
         );
         assert_eq!(actual.list_values(), expected.state.list_values());
+        // The event-time series counts every event once: in its minute, late or skewed.
+        let series = SeriesState::read(&self.redis.url(), "", JOB).expect("series readable");
+        let diff = series.diff(&expected, "", false, 10);
+        assert!(
+            diff.is_empty(),
+            "the series differs from the data set:\n{}",
+            diff.join("\n")
+        );
+        let (late, skewed) = series.late_and_skewed();
+        assert!(skewed > 0, "late {late}, skewed {skewed}");
     }
 
     pub async fn overview(&self) -> Option<JobOverview> {
