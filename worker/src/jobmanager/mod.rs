@@ -199,7 +199,7 @@ impl JobManager {
         let (fatal_tx, fatal) = watch::channel(None);
         let fatal_tx = Arc::new(fatal_tx);
         let mut tasks = Vec::new();
-        let app = rest::router(shared.clone());
+        let app = rest::router(shared.clone(), dashboard::router());
         let serve_fatal = fatal_tx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -115,7 +115,9 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
     })
 }
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+/// The REST API, with `pages` (the dashboard's routes, which read the API's own views) merged
+/// in, so both answer unknown paths and methods the same way.
+pub(crate) fn router(shared: Arc<Shared>, pages: Router<Arc<Shared>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -143,7 +145,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/taskmanagers/{tm_id}/register", post(register))
         .route("/taskmanagers/{tm_id}/heartbeat", post(heartbeat))
         .route("/taskmanagers/{tm_id}/leave", post(leave))
-        .merge(super::dashboard::router())
+        .merge(pages)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

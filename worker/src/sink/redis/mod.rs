@@ -37,6 +37,7 @@ mod error;
 mod layout;
 mod primary;
 mod script;
+mod sentinel_primary;
 mod series;
 mod server_name;
 pub mod window;

@@ -13,7 +13,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::apply::ApplyConnections;
 use super::connection::{self, Target};
-use super::{server_name, SinkError};
+use super::{sentinel_primary, SinkError};
 use crate::config::{RedisSentinelConfig, RedisSinkConfig};
 
 /// How often at most the sentinels are asked again (or a direct connection is replaced) while
@@ -117,7 +117,7 @@ async fn resolve(
     cfg: &RedisSinkConfig,
 ) -> Result<Target, SinkError> {
     if let Some(name) = connection::server_name(cfg) {
-        return server_name::sentinel_primary(client, sentinel, cfg, name, timeout).await;
+        return sentinel_primary::sentinel_primary(client, sentinel, cfg, name, timeout).await;
     }
     let result = tokio::time::timeout(timeout, client.async_get_client())
         .await

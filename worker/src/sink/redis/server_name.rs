@@ -10,18 +10,14 @@
 //! [`ServerNameRedirect`] resolves that one name to the real host. Every other name resolves as
 //! usual. The redis crate's `ConnectionManager` and its Sentinel lookup cannot take a resolver:
 //! with a server name the sink keeps a plain multiplexed connection that it reconnects itself
-//! (`primary.rs`), and asks the sentinels for the primary itself ([`sentinel_primary`]).
+//! (`primary.rs`), and asks the sentinels for the primary itself (`sentinel_primary.rs`).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use redis::io::AsyncDNSResolver;
-use redis::sentinel::SentinelClient;
-use redis::{ConnectionAddr, ConnectionInfo, RedisFuture, Role};
+use redis::{ConnectionAddr, ConnectionInfo, RedisFuture};
 
-use super::connection::{self, Target};
 use super::SinkError;
-use crate::config::{RedisSentinelConfig, RedisSinkConfig};
 
 /// Resolves `server_name` to `host` (the URL's host, or the primary's address); any other name
 /// as the system does.
@@ -78,61 +74,4 @@ pub(crate) fn redirect(
         tls_params: None,
     };
     Ok((info.set_addr(addr), redirect))
-}
-
-/// The primary the sentinels name, reached at its announced address but verified against
-/// `sink.redis.tls.serverName`: asks one reachable sentinel (`SENTINEL
-/// get-master-addr-by-name`), then checks with `ROLE` that the server there is a primary (a
-/// sentinel may still name a demoted one right after a failover).
-pub(crate) async fn sentinel_primary(
-    sentinels: &mut SentinelClient,
-    sentinel: &RedisSentinelConfig,
-    cfg: &RedisSinkConfig,
-    server_name: &str,
-    timeout: Duration,
-) -> Result<Target, SinkError> {
-    let refused = |e: redis::RedisError| match connection::refusal(&e, cfg) {
-        Some(reason) => SinkError::Config(format!("sentinels: {reason}")),
-        None => SinkError::Unavailable(format!("sentinels: {e}")),
-    };
-    let ask = async {
-        let client = sentinels.async_get_sentinel_client().await?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&sentinel.master_name)
-            .query_async::<Option<(String, u16)>>(&mut conn)
-            .await
-    };
-    let answer = tokio::time::timeout(timeout, ask)
-        .await
-        .map_err(|_| SinkError::timeout("asking the sentinels for the primary", timeout))?
-        .map_err(refused)?;
-    let Some((host, port)) = answer else {
-        return Err(SinkError::Unavailable(format!(
-            "sentinels: no primary named {:?}",
-            sentinel.master_name
-        )));
-    };
-    let info = connection::connection_info(cfg)?.set_addr(ConnectionAddr::TcpTls {
-        host,
-        port,
-        insecure: false,
-        tls_params: None,
-    });
-    let (info, redirect) = redirect(info, server_name)?;
-    let target = connection::target_with_tls(info, Some(redirect), cfg)?;
-    let role = async {
-        let mut conn = target.connect(timeout).await?;
-        redis::cmd("ROLE").query_async::<Role>(&mut conn).await
-    };
-    match tokio::time::timeout(timeout, role).await {
-        Err(_) => Err(SinkError::timeout("checking the primary's role", timeout)),
-        Ok(Err(e)) => Err(connection::explain(e, cfg)),
-        Ok(Ok(Role::Primary { .. })) => Ok(target),
-        Ok(Ok(_)) => Err(SinkError::Unavailable(format!(
-            "sentinels name {} as the primary, but it is not one (yet)",
-            target.address()
-        ))),
-    }
 }
