@@ -8,6 +8,7 @@
 
 pub mod backoff;
 mod partition;
+mod partition_state;
 mod series;
 pub mod watermark;
 
@@ -31,7 +32,8 @@ use crate::metrics::Metrics;
 use crate::sink::redis::window::WindowRules;
 use crate::sink::redis::{RedisSink, SinkError};
 use crate::source::{create_consumer, DlqProducer, SourceConsumer};
-use partition::{Control, PartitionState, PartitionTask};
+use partition::{Control, PartitionTask};
+use partition_state::PartitionState;
 
 /// Why the pipeline could not do what was asked.
 #[derive(Debug, thiserror::Error)]
