@@ -177,6 +177,8 @@ def test_the_dashboard_has_the_panels_a_platform_team_needs():
         "streamjob_redis_errors_total",
         "streamjob_kafka_errors_total",
         "streamjob_partition_rewinds_total",  # rewinds
+        "streamjob_jobmanager_watermark_ms",  # event-time watermark delay
+        "streamjob_series_events_total",  # series: on time, late, skewed
         "streamjob_operator_reconcile_failures_total",  # operator reconcile errors
     ]:
         assert needle in text, f"no panel queries {needle}"

@@ -46,7 +46,8 @@ fn sample_names(exposition: &str) -> BTreeSet<String> {
     names
 }
 
-/// A worker's exposition with one partition, one error of each kind and one DLQ record.
+/// A worker's exposition with one partition, one error of each kind, one DLQ record and one
+/// late event.
 fn worker_exposition() -> String {
     let metrics = streamjob_worker::metrics::Metrics::new();
     let pipeline = metrics.pipeline();
@@ -54,6 +55,7 @@ fn worker_exposition() -> String {
     pipeline.redis_error("unavailable");
     pipeline.kafka_error("consumer");
     pipeline.batch("applied");
+    pipeline.series("late", 1);
     let _gauges = pipeline.partition_gauges(0);
     pipeline
         .partition_retrying
