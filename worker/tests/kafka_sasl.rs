@@ -71,12 +71,7 @@ impl SaslBroker {
             },
         )
         .expect("tansu starts with authentication");
-        let target: u16 = tansu
-            .bootstrap_servers()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("tansu port");
+        let target = tansu.port();
         let stunnel = Stunnel::start(
             tls_port,
             target,

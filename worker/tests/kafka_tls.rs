@@ -36,12 +36,7 @@ impl TlsBroker {
         let tansu = Tansu::start_advertising(&binary, Some(tls_port)).expect("tansu starts");
         tansu.create_topic(TOPIC, PARTITIONS).expect("topic");
         tansu.create_topic(DLQ, 1).expect("dlq topic");
-        let target: u16 = tansu
-            .bootstrap_servers()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("tansu port");
+        let target = tansu.port();
         let client_ca = mutual.then(|| pki.cert("ca"));
         let stunnel = Stunnel::start(
             tls_port,

@@ -39,15 +39,21 @@ async fn apply_until_done(
     }
 }
 
-#[tokio::test]
-async fn the_sink_survives_a_redis_restart_without_losing_or_repeating_writes() {
-    let mut server = RedisServer::start_with(RedisOptions {
+/// A redis-server that keeps its data across restarts, a sink on it, and partition 0's epoch.
+async fn persistent_redis_and_claimed_sink() -> (RedisServer, RedisSink, u64) {
+    let server = RedisServer::start_with(RedisOptions {
         persistence: true,
         ..RedisOptions::default()
     })
     .expect("redis-server");
     let sink = connect_sink(&server, "").await;
     let epoch = sink.claim(0).await.expect("claim").epoch;
+    (server, sink, epoch)
+}
+
+#[tokio::test]
+async fn the_sink_survives_a_redis_restart_without_losing_or_repeating_writes() {
+    let (mut server, sink, epoch) = persistent_redis_and_claimed_sink().await;
     let first = batch_of(&sink, 0, epoch, 0, &events(3, "u"), SystemTime::now());
     sink.apply(&first).await.expect("apply before the restart");
 
@@ -346,13 +352,7 @@ fn commands_of(outcome: &ApplyOutcome) -> usize {
 /// atomic with it) until a batch has seen the list again.
 #[tokio::test]
 async fn after_a_redis_error_user_lists_get_their_expiry_inside_the_transaction_again() {
-    let mut server = RedisServer::start_with(RedisOptions {
-        persistence: true,
-        ..RedisOptions::default()
-    })
-    .expect("redis-server");
-    let sink = connect_sink(&server, "").await;
-    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let (mut server, sink, epoch) = persistent_redis_and_claimed_sink().await;
     let mut offset = 0;
     let mut apply_one = |sink: &RedisSink| {
         let batch = batch_of(sink, 0, epoch, offset, &events(1, "u"), SystemTime::now());

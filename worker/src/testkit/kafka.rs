@@ -386,6 +386,15 @@ impl Tansu {
         &self.bootstrap
     }
 
+    /// The port it listens on (e.g. for a TLS proxy in front of it).
+    pub fn port(&self) -> u16 {
+        self.bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("tansu's bootstrap address ends in its port")
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) -> io::Result<()> {
         self.tool(&[
             "topic",
