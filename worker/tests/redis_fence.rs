@@ -56,6 +56,7 @@ async fn a_replayed_batch_is_skipped_and_changes_nothing() {
             epoch,
             next_offset: Some(105),
             max_event_ms: None,
+            learned_ms: None,
         })
     );
 }
@@ -125,6 +126,7 @@ async fn a_new_owner_resumes_where_the_fence_says() {
             epoch: first.epoch + 1,
             next_offset: Some(4),
             max_event_ms: None,
+            learned_ms: None,
         }
     );
     // Fences are per partition.
@@ -311,6 +313,7 @@ async fn a_batch_after_a_fence_that_fell_back_is_refused_and_writes_nothing() {
             epoch,
             next_offset: Some(4),
             max_event_ms: None,
+            learned_ms: None,
         }
     );
     assert_eq!(
@@ -337,6 +340,7 @@ async fn a_claim_writes_the_resume_offset_and_keeps_an_existing_one() {
             epoch: epoch_floor(1) + 1,
             next_offset: Some(700),
             max_event_ms: None,
+            learned_ms: None,
         },
         "the stored offset wins; the same generation bumps by one"
     );
@@ -400,6 +404,7 @@ async fn after_a_fence_rollback_a_new_claim_shuts_out_every_earlier_owner() {
             epoch: a.epoch,
             next_offset: Some(10),
             max_event_ms: None,
+            learned_ms: None,
         }
     );
 

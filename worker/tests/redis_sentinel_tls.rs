@@ -266,6 +266,7 @@ async fn apply_across_a_failover(set: &TlsSentinelSet, sink: &RedisSink) {
             epoch,
             next_offset: Some(8),
             max_event_ms: None,
+            learned_ms: None,
         })
     );
 }

@@ -257,6 +257,7 @@ async fn the_server_name_override_verifies_the_certificate_against_that_name() {
             epoch,
             next_offset: Some(1),
             max_event_ms: None,
+            learned_ms: None,
         })
     );
 

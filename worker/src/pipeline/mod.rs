@@ -248,6 +248,7 @@ impl Pipeline {
         ));
         if let Some(from) = claimed.rewound_from {
             state.record_rewind(from, claimed.resume);
+            state.start_replay(from, claimed.learned);
             metrics.rewound(partition, from.saturating_sub(claimed.resume).max(0) as u64);
             tracing::error!(
                 job = %config.job.name,
@@ -449,8 +450,10 @@ struct Claimed {
     epoch: u64,
     resume: i64,
     rewound_from: Option<i64>,
-    /// The partition's event-time clock stored in its fence.
+    /// The partition's event-time clock stored in its fence, and the job watermark its last
+    /// batch decided with.
     clock: Option<i64>,
+    learned: Option<i64>,
     /// The job watermark Redis records as final (with `window.enabled`).
     final_watermark: Option<i64>,
 }
@@ -535,6 +538,7 @@ async fn claim_once(shared: &Shared, assignment: Assignment) -> Result<Claimed, 
         resume,
         rewound_from: rewound_from(resume, assignment.start_offset),
         clock: claim.fence.max_event_ms,
+        learned: claim.fence.learned_ms,
         final_watermark,
     })
 }

@@ -522,7 +522,7 @@ impl PartitionTask {
                 metrics.batch("already_applied");
                 if series.is_some() {
                     // Someone applied this range: take the clock that went with it.
-                    self.reload_clock().await;
+                    self.reload_series_marks(None).await;
                 }
             }
         }
@@ -585,8 +585,10 @@ impl PartitionTask {
         in_flight.deadline = None;
         in_flight.resume_from = Some(Some(to_offset));
         self.seek(to_offset).await?;
-        // The clock goes back with the fence: the re-read events move it again.
-        self.reload_clock().await;
+        // The clock goes back with the fence: the re-read events move it again; after a rewind
+        // they are decided with what the fence's batch decided with.
+        let rewound_from = matches!(to, Reposition::Rewind { .. }).then_some(from);
+        self.reload_series_marks(rewound_from).await;
         match to {
             Reposition::Rewind { fence, .. } => {
                 self.state.record_rewind(from, to_offset);

@@ -34,6 +34,10 @@ pub(crate) struct PartitionState {
     last_error: Mutex<Option<PartitionError>>,
     /// Largest event time applied (the fence's `max_event_ms`); see `sink::redis::window`.
     clock: AtomicI64,
+    /// After a rewind: offsets below this were applied before Redis lost them, and are decided
+    /// again with `replay_learned` (the job watermark the fence's batch decided with).
+    replay_until: AtomicI64,
+    replay_learned: AtomicI64,
     started: Instant,
     /// Milliseconds after `started` of the last flush that carried records.
     last_active_ms: AtomicU64,
@@ -65,6 +69,8 @@ impl PartitionState {
             dead_lettered: Mutex::new(BTreeMap::new()),
             last_error: Mutex::new(None),
             clock: AtomicI64::new(clock.unwrap_or(NONE)),
+            replay_until: AtomicI64::new(NONE),
+            replay_learned: AtomicI64::new(NONE),
             started: Instant::now(),
             last_active_ms: AtomicU64::new(0),
             rate: Mutex::new(RateMeter::default()),
@@ -134,6 +140,21 @@ impl PartitionState {
     /// Sets the clock to the one stored with the fence (`None`: the fence has none).
     pub(super) fn set_clock(&self, clock: Option<i64>) {
         self.clock.store(clock.unwrap_or(NONE), Ordering::Release);
+    }
+
+    /// Redis lost what was applied below `until`: the re-read events are decided with `learned`
+    /// (what the fence's batch decided with), so they land where they were counted before.
+    pub(super) fn start_replay(&self, until: i64, learned: Option<i64>) {
+        self.replay_learned
+            .store(learned.unwrap_or(NONE), Ordering::Release);
+        self.replay_until.store(until, Ordering::Release);
+    }
+
+    /// For a batch starting at `first_offset`: `Some(learned)` while it re-applies what Redis
+    /// lost (see [`Self::start_replay`]), `None` otherwise.
+    pub(super) fn replay_learned(&self, first_offset: i64) -> Option<Option<i64>> {
+        let until = to_opt(self.replay_until.load(Ordering::Acquire))?;
+        (first_offset < until).then(|| to_opt(self.replay_learned.load(Ordering::Acquire)))
     }
 
     pub(super) fn mark_active(&self) {

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::partition::{InFlight, PartitionTask};
 use super::watermark::WatermarkBoard;
-use crate::sink::redis::window::SeriesPlan;
+use crate::sink::redis::window::{SeriesMarks, SeriesPlan};
 use crate::sink::redis::{system_time_ms, BatchBuilder};
 use crate::transform::AnchorInfo;
 
@@ -50,7 +50,14 @@ impl PartitionTask {
         if series.is_empty() {
             return None;
         }
-        let learned = self.shared.board.begin_batch(self.state.partition);
+        let partition = self.state.partition;
+        let replay = builder
+            .first_offset()
+            .and_then(|first| self.state.replay_learned(first));
+        let learned = match replay {
+            Some(fenced) => self.shared.board.begin_replay_batch(partition, fenced),
+            None => self.shared.board.begin_batch(partition),
+        };
         let plan = series.plan(&rules, self.state.clock(), learned, system_time_ms(now));
         let layout = self.shared.sink.layout();
         let mut key = String::new();
@@ -60,9 +67,10 @@ impl PartitionTask {
         }
         // Always stored, so the fence's clock follows the batch even after a rollback left it
         // behind this task's.
-        if let Some(clock) = plan.clock {
-            builder.set_clock(clock);
-        }
+        builder.set_series_marks(SeriesMarks {
+            clock: plan.clock,
+            learned,
+        });
         Some(plan)
     }
 
@@ -90,14 +98,22 @@ impl PartitionTask {
     }
 
     /// Takes the clock the fence stores (after a rewind, a skip, or a batch someone else
-    /// applied). Left as it is if the fence cannot be read: the next batch stores it again.
-    pub(super) async fn reload_clock(&self) {
+    /// applied); after a rewind from `rewound_from`, also the job watermark the fence's batch
+    /// decided with, for re-deciding the lost range. Left as it is if the fence cannot be read:
+    /// the next batch stores it again.
+    pub(super) async fn reload_series_marks(&self, rewound_from: Option<i64>) {
         if self.shared.window.is_none() {
             return;
         }
         match self.shared.sink.read_fence(self.state.partition).await {
-            Ok(fence) => self.set_clock(fence.and_then(|f| f.max_event_ms)),
-            Err(err) => tracing::warn!(%err, "cannot read the fence's event-time clock"),
+            Ok(fence) => {
+                self.set_clock(fence.and_then(|f| f.max_event_ms));
+                if let Some(from) = rewound_from {
+                    self.state
+                        .start_replay(from, fence.and_then(|f| f.learned_ms));
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot read the fence's event-time marks"),
         }
     }
 

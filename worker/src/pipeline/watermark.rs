@@ -49,6 +49,13 @@ impl WatermarkBoard {
         learned
     }
 
+    /// [`Self::begin_batch`] for a batch that re-applies what Redis lost: it decides with
+    /// `learned` (what the fence's batch decided with), held the same way.
+    pub fn begin_replay_batch(&self, partition: i32, learned: Option<i64>) -> Option<i64> {
+        self.inner().in_flight.insert(partition, learned);
+        learned
+    }
+
     pub fn end_batch(&self, partition: i32) {
         self.inner().in_flight.remove(&partition);
     }

@@ -23,6 +23,7 @@ use hashbrown::HashTable;
 
 use super::checked_expiries::CheckedExpiries;
 use super::layout::{system_time_ms, Layout};
+use super::window::SeriesMarks;
 use super::writes::{Writes, WritesBuilder};
 use crate::transform::AnchorInfo;
 
@@ -159,8 +160,8 @@ pub struct BatchBuilder {
     /// Other counter hashes the batch increments (the event-time series, `window.rs`), written
     /// like template hashes: `HINCRBY` per field, then the template TTL.
     counter_hashes: Vec<(String, Vec<(String, i64)>)>,
-    /// The partition's event-time clock the fence stores with the batch's `next_offset`.
-    clock: Option<i64>,
+    /// What the fence stores of the event-time series with the batch's `next_offset`.
+    series: SeriesMarks,
     scratch: String,
     checked: Arc<Mutex<CheckedExpiries>>,
 }
@@ -188,7 +189,7 @@ impl BatchBuilder {
             template_slots: HashMap::default(),
             templates: Vec::new(),
             counter_hashes: Vec::new(),
-            clock: None,
+            series: SeriesMarks::default(),
             scratch: String::new(),
             checked,
         }
@@ -274,10 +275,11 @@ impl BatchBuilder {
         }
     }
 
-    /// Stores the partition's event-time clock in its fence when the batch applies (atomically
-    /// with its writes and `next_offset`). Only for a batch that covers at least one offset.
-    pub fn set_clock(&mut self, clock_ms: i64) {
-        self.clock = Some(clock_ms);
+    /// Stores the partition's event-time clock and the job watermark the batch's series was
+    /// decided with in its fence when the batch applies (atomically with its writes and
+    /// `next_offset`). Only for a batch that covers at least one offset.
+    pub fn set_series_marks(&mut self, marks: SeriesMarks) {
+        self.series = marks;
     }
 
     /// The SimpleAnchorInfo JSON of value `v`.
@@ -422,7 +424,7 @@ impl BatchBuilder {
             self.layout.fence_key(self.partition).as_bytes(),
             self.epoch,
             self.next_offset,
-            self.clock,
+            self.series,
         )
     }
 }

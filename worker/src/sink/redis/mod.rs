@@ -72,6 +72,8 @@ pub struct Fence {
     /// The partition's event-time clock stored with `next_offset` (largest event time applied;
     /// see [`window`]); `None` before the first batch with events.
     pub max_event_ms: Option<i64>,
+    /// The job watermark the partition's last batch with events decided its series with.
+    pub learned_ms: Option<i64>,
 }
 
 /// The lowest epoch a claim for assignment `generation` takes (see the module documentation).
@@ -268,7 +270,7 @@ impl RedisSink {
             epoch,
             next_offset,
             was_missing,
-            clock,
+            series,
         } = reply
         else {
             return Err(SinkError::Script(format!("claim refused: {reply:?}")));
@@ -280,14 +282,15 @@ impl RedisSink {
             epoch,
             next_offset,
             was_missing,
-            max_event_ms = clock,
+            max_event_ms = series.clock,
             "claimed partition fence"
         );
         Ok(Claim {
             fence: Fence {
                 epoch,
                 next_offset,
-                max_event_ms: clock,
+                max_event_ms: series.clock,
+                learned_ms: series.learned,
             },
             was_missing,
         })
@@ -309,12 +312,13 @@ impl RedisSink {
             ClaimReply::Claimed {
                 epoch,
                 next_offset,
-                clock,
+                series,
                 ..
             } => Ok(Fence {
                 epoch,
                 next_offset,
-                max_event_ms: clock,
+                max_event_ms: series.clock,
+                learned_ms: series.learned,
             }),
             ClaimReply::Fenced { stored_epoch } => Err(SinkError::Fenced {
                 partition,
@@ -348,7 +352,8 @@ impl RedisSink {
         cmd.arg(self.layout.fence_key(partition))
             .arg("epoch")
             .arg("next_offset")
-            .arg(window::CLOCK_FIELD);
+            .arg(window::CLOCK_FIELD)
+            .arg(window::LEARNED_FIELD);
         let reply = self.query(&cmd, "read fence").await?;
         let Value::Array(items) = &reply else {
             return Err(SinkError::Script(format!(
@@ -360,6 +365,7 @@ impl RedisSink {
             epoch: epoch.max(0) as u64,
             next_offset: field(1),
             max_event_ms: field(2),
+            learned_ms: field(3),
         }))
     }
 

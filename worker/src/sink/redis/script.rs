@@ -7,17 +7,19 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
+use super::window::SeriesMarks;
 use super::SinkError;
 
 /// `KEYS[1]` the fence; `ARGV`: the epoch floor, the `next_offset` to write when the fence has
 /// none (`''`: none known), and the mode. `claim`: the epoch becomes `max(stored + 1, floor)`.
 /// `restore` (an owner whose fence vanished under it): the epoch stays the floor (the caller's
 /// own), refused with status 1 when a newer one is stored. Reply `{status, epoch, next_offset|nil,
-/// missing, clock|nil}`: status 0 done, 1 fenced; `missing` 1 when the fence had no `next_offset`;
-/// `clock` the partition's event-time clock stored with the offset (`window.rs`). Epochs go
+/// missing, clock|nil, learned|nil}`: status 0 done, 1 fenced; `missing` 1 when the fence had no
+/// `next_offset`; `clock` and `learned` what the fence stores of the event-time series with the
+/// offset (`window.rs`). Epochs go
 /// through `%.0f`: Lua 5.1 prints numbers above 1e14 in exponent notation.
 const CLAIM_LUA: &str = r#"#!lua
-local stored = redis.call('HMGET', KEYS[1], 'epoch', 'next_offset', 'max_event_ms')
+local stored = redis.call('HMGET', KEYS[1], 'epoch', 'next_offset', 'max_event_ms', 'learned_ms')
 local stored_epoch = tonumber(stored[1]) or 0
 local floor = tonumber(ARGV[1])
 local epoch = stored_epoch + 1
@@ -41,7 +43,7 @@ if next_offset then
 else
   redis.call('HSET', KEYS[1], 'epoch', epoch_text)
 end
-return {0, epoch_text, next_offset, missing, stored[3]}
+return {0, epoch_text, next_offset, missing, stored[3], stored[4]}
 "#;
 
 /// A script's source and SHA1 (for `EVALSHA` / `SCRIPT LOAD`).
@@ -117,8 +119,8 @@ pub(crate) enum ClaimReply {
         next_offset: Option<i64>,
         /// The fence had no `next_offset` before this claim.
         was_missing: bool,
-        /// The partition's event-time clock stored with `next_offset`.
-        clock: Option<i64>,
+        /// What the fence stores of the event-time series with `next_offset`.
+        series: SeriesMarks,
     },
     /// `restore` only: a newer owner's epoch is stored.
     Fenced { stored_epoch: u64 },
@@ -136,7 +138,10 @@ pub(crate) fn parse_claim_reply(value: &Value) -> Result<ClaimReply, SinkError> 
             epoch,
             next_offset: opt_int(item(2))?,
             was_missing: int_of(item(3)) == Some(1),
-            clock: opt_int(item(4))?,
+            series: SeriesMarks {
+                clock: opt_int(item(4))?,
+                learned: opt_int(item(5))?,
+            },
         },
         1 => ClaimReply::Fenced {
             stored_epoch: epoch,
@@ -168,7 +173,7 @@ mod tests {
                 epoch: 1,
                 next_offset: Some(0),
                 was_missing: true,
-                clock: None
+                series: SeriesMarks::default()
             }
         );
         let resumed = Value::Array(vec![
@@ -177,6 +182,7 @@ mod tests {
             bulk("1200"),
             Value::Int(0),
             bulk("1700000000000"),
+            bulk("1699999990000"),
         ]);
         assert_eq!(
             parse_claim_reply(&resumed).expect("parses"),
@@ -184,7 +190,10 @@ mod tests {
                 epoch: 4_194_304,
                 next_offset: Some(1200),
                 was_missing: false,
-                clock: Some(1_700_000_000_000)
+                series: SeriesMarks {
+                    clock: Some(1_700_000_000_000),
+                    learned: Some(1_699_999_990_000)
+                }
             }
         );
         let fenced = Value::Array(vec![Value::Int(1), bulk("9"), bulk("5"), Value::Int(0)]);

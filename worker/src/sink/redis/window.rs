@@ -38,6 +38,19 @@ pub const MAX_PAST: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The fence hash field holding a partition's clock.
 pub const CLOCK_FIELD: &str = "max_event_ms";
+/// The fence hash field holding the job watermark the partition's last batch decided with: a
+/// partition that rewinds to this fence (Redis lost the batches after it) decides the re-read
+/// events with it again, not with the higher one it learned since, so they land in the minutes
+/// they were counted in before the loss instead of in `late`.
+pub const LEARNED_FIELD: &str = "learned_ms";
+
+/// What a partition's fence stores of the series: its clock and the job watermark its last
+/// batch decided with (`None`: not known, e.g. before the first batch with events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeriesMarks {
+    pub clock: Option<i64>,
+    pub learned: Option<i64>,
+}
 
 /// Window size, out-of-orderness and lateness, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

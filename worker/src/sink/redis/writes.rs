@@ -27,6 +27,7 @@
 use redis::{Arg, Cmd, Pipeline, ToRedisArgs, Value};
 
 use super::layout::{MESSAGE_TTL, TEMPLATE_TTL};
+use super::window::SeriesMarks;
 
 /// How far before the user lists' midnight the transaction still sets it with an absolute
 /// `PEXPIREAT`. Closer to it, the transaction could run after midnight, when `PEXPIREAT` would
@@ -297,14 +298,14 @@ impl WritesBuilder {
         self.pipeline.add_command(cmd);
     }
 
-    /// Adds the fence's move (with the partition's new event-time clock, if the batch moves it)
-    /// and `EXEC`.
+    /// Adds the fence's move (with the partition's event-time clock and the job watermark the
+    /// batch decided with, when it has series counts) and `EXEC`.
     pub(crate) fn finish(
         mut self,
         fence_key: &[u8],
         epoch: u64,
         next_offset: i64,
-        clock: Option<i64>,
+        series: SeriesMarks,
     ) -> Writes {
         let mut hset = Cmd::with_capacity(8, fence_key.len() + 96);
         hset.arg("HSET")
@@ -313,8 +314,11 @@ impl WritesBuilder {
             .arg(epoch)
             .arg("next_offset")
             .arg(next_offset);
-        if let Some(clock) = clock {
+        if let Some(clock) = series.clock {
             hset.arg(super::window::CLOCK_FIELD).arg(clock);
+        }
+        if let Some(learned) = series.learned {
+            hset.arg(super::window::LEARNED_FIELD).arg(learned);
         }
         self.pipeline.add_command(hset);
         self.pipeline.add_command(redis::cmd("EXEC"));
@@ -370,7 +374,7 @@ mod tests {
         b.lpush(b"u2", [&b"v1"[..], b"v2"].into_iter(), 2);
         b.trusted_user_list(2);
         b.template(b"7", &[(10, 2)]);
-        b.finish(b"fence", 3, 42, None)
+        b.finish(b"fence", 3, 42, SeriesMarks::default())
     }
 
     fn packed(p: &Pipeline) -> String {
