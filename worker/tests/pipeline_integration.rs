@@ -565,3 +565,53 @@ async fn a_new_partition_reports_its_lag_long_before_the_first_full_watermark_re
     }
     pipeline.shutdown().await.expect("pipeline stops");
 }
+
+/// Redis loses the last batches of a minute after the job watermark has closed it: the partition
+/// rewinds to the fence and decides the re-read events with the job watermark its fence's batch
+/// decided with, so they go back into their minute (as before the loss), not into `late`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_events_redis_lost_go_back_into_their_minute_after_the_rewind() {
+    use streamjob_worker::testkit::trace_state::SeriesState;
+    const B: i64 = 1_000_000_220_240_101;
+    let mut env = Env::start(1, RedisOptions::default());
+    let now = streamjob_worker::sink::redis::system_time_ms(std::time::SystemTime::now());
+    let m0 = (now - 30 * 60_000).div_euclid(60_000) * 60_000;
+    let minute = |events: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+        events
+            .map(|i| event_at(i, B, 60, m0 + 1_000 + i as i64))
+            .collect()
+    };
+    let config = env.config(20, Duration::from_millis(10));
+    let pipeline = Pipeline::start(config, Metrics::new())
+        .await
+        .expect("pipeline");
+    testkit::assign_all(&pipeline, [0]).await;
+    env.produce(&minute(0..100));
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let snapshot_dir = tempfile::tempdir().expect("tempdir");
+    let snapshot = snapshot_dir.path().join("before-loss.rdb");
+    env.redis.snapshot(&snapshot).expect("snapshot");
+    env.produce(&minute(100..200));
+    env.wait_caught_up(Duration::from_secs(60)).await;
+    let field = format!("{}:60", m0 / 60_000);
+    let count = |env: &Env| {
+        let series = SeriesState::read(&env.redis.url(), "", JOB).expect("series readable");
+        let fields = series.hashes.get(&B).cloned().unwrap_or_default();
+        (fields.get(&field).copied(), fields.get("late:60").copied())
+    };
+    assert_eq!(count(&env), (Some(200), None));
+    // The job closes the minute; then Redis comes back from the snapshot without the last 100.
+    pipeline.learn_job_watermark(Some(m0 + 10 * 60_000));
+    env.redis.restore(&snapshot).expect("restored");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&env) != (Some(200), None) {
+        assert!(
+            Instant::now() < deadline,
+            "after the rewind: {:?} (window, late)",
+            count(&env)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pipeline.progress()[0].rewinds, 1);
+    pipeline.shutdown().await.expect("stops");
+}
