@@ -21,18 +21,24 @@ SUDO=""
 # --- system packages -------------------------------------------------------------------------
 # redis-server: the real Redis every test and the local run use.
 # build-essential/cmake/pkg-config/libssl-dev/zlib/zstd/libsasl2: librdkafka is compiled from source.
+# Installs the Debian packages given that are not installed yet; `$1` names them in the log.
+apt_install_missing() {
+  local what=$1; shift
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    log "$what present"
+  fi
+}
+
 APT_PKGS=(redis-server build-essential cmake pkg-config libssl-dev zlib1g-dev libzstd-dev libsasl2-dev python3-venv curl unzip)
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-  log "system packages present"
-fi
+apt_install_missing "system packages" "${APT_PKGS[@]}"
 
 # --- Rust toolchain and tools ----------------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1; then
@@ -48,31 +54,13 @@ fi
 [ "$WANT_TEST" = 1 ] || exit 0
 
 # --- headless Chromium and its WebDriver, for the dashboard's browser test ---------------------
-TEST_APT_PKGS=(chromium chromium-driver fonts-noto-cjk)   # the font: austin's state names are Chinese
-missing=()
-for p in "${TEST_APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-  log "chromium and chromium-driver present"
-fi
+# The font: austin's state names are Chinese.
+apt_install_missing "chromium and chromium-driver" chromium chromium-driver fonts-noto-cjk
 
 # --- system packages for the tests -----------------------------------------------------------
 # openssl: the throw-away CAs of the TLS tests; stunnel4: the TLS listener in front of tansu in
 # worker/tests/kafka_tls.rs (no Kafka-protocol broker here serves TLS itself).
-test_missing=()
-for p in openssl stunnel4; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || test_missing+=("$p")
-done
-if [ ${#test_missing[@]} -gt 0 ]; then
-  log "apt-get install ${test_missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${test_missing[@]}" >/dev/null
-fi
+apt_install_missing "openssl and stunnel4" openssl stunnel4
 
 # --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
 # The package's service is not needed (the tests only run promtool).
