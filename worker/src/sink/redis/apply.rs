@@ -10,17 +10,18 @@
 //!
 //! `WATCH` belongs to a connection, so each apply takes a connection of its own from a small
 //! pool ([`ApplyConnections`]) and returns it only after a clean round; one that saw an error or
-//! a timeout is dropped, with whatever `WATCH`/`MULTI` state it had.
+//! a timeout is dropped, with whatever `WATCH`/`MULTI` state it had. These connections speak
+//! RESP by hand (`resp.rs`, `resp_connection.rs`): the transaction is encoded once, straight
+//! from the batch, and its thousands of `QUEUED` replies are skipped, not parsed into values.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::Value;
-
 use super::connection::Target;
-use super::script::{int_of, ApplyReply};
-use super::writes::{repair_expiry_cmd, user_expiry, ExecReply, UserExpiry, Writes};
+use super::resp::{Commands, Reply};
+use super::resp_connection::RespConnection;
+use super::script::ApplyReply;
+use super::writes::{repair_expiry_command, user_expiry, ExecReply, UserExpiry, Writes};
 use super::{Batch, SinkError};
 
 /// Idle connections kept for applies (one per partition applying at the same time is enough).
@@ -75,7 +76,7 @@ pub(crate) struct ApplyConnections {
     /// The current primary, replaced on a Sentinel failover (`primary.rs`).
     target: Arc<RwLock<Target>>,
     timeout: Duration,
-    idle: Arc<Mutex<Vec<MultiplexedConnection>>>,
+    idle: Arc<Mutex<Vec<RespConnection>>>,
 }
 
 impl ApplyConnections {
@@ -102,19 +103,25 @@ impl ApplyConnections {
             .clone()
     }
 
-    async fn take(&self) -> Result<MultiplexedConnection, SinkError> {
+    async fn take(&self) -> Result<RespConnection, SinkError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = idle {
             return Ok(conn);
         }
-        Ok(self.target().connect(self.timeout).await?)
+        let endpoint = self.target().endpoint()?;
+        tokio::time::timeout(self.timeout, RespConnection::connect(&endpoint))
+            .await
+            .map_err(|_| SinkError::timeout("connecting to redis", self.timeout))?
     }
 
     pub(crate) fn clear(&self) {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn put(&self, conn: MultiplexedConnection) {
+    fn put(&self, conn: RespConnection) {
+        if conn.is_broken() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
@@ -167,14 +174,16 @@ pub(crate) async fn apply(
 }
 
 async fn round(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RespConnection,
     fence_key: &str,
     batch: &Batch,
     writes: &Writes,
 ) -> Result<Round, SinkError> {
     let (stored_epoch, stored_next, server_now_ms) = watch_fence(conn, fence_key).await?;
     if let Some(refusal) = decide(stored_epoch, stored_next, batch) {
-        redis::cmd("UNWATCH").query_async::<()>(conn).await?;
+        let mut unwatch = Commands::default();
+        unwatch.command(1).arg(b"UNWATCH");
+        conn.query(&unwatch).await?;
         return Ok(Round::Done {
             reply: refusal,
             day_end: batch.user_expire_at,
@@ -185,15 +194,13 @@ async fn round(
         batch.user_expire_at_next,
         server_now_ms,
     );
-    let replies: Value = writes.pipeline(expiry).query_async(conn).await?;
-    let Value::Array(replies) = replies else {
-        return Err(SinkError::Script(format!(
-            "unexpected transaction reply {replies:?}"
-        )));
-    };
-    match writes.read_reply(&replies) {
+    conn.send(&writes.transaction(expiry)).await?;
+    // MULTI's OK and a QUEUED per command, then EXEC's reply.
+    let queued_error = conn.statuses(writes.commands() - 1).await?;
+    let exec = conn.reply().await?;
+    match writes.read_reply(queued_error, exec) {
         ExecReply::Aborted => Ok(Round::Aborted),
-        ExecReply::Refused(err) => Err(err.into()),
+        ExecReply::Refused(err) => Err(err),
         ExecReply::Ran {
             write_errors,
             first_write_error,
@@ -214,19 +221,35 @@ async fn round(
 
 /// `WATCH fence; HMGET fence epoch next_offset; TIME` in one round trip.
 async fn watch_fence(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RespConnection,
     fence_key: &str,
 ) -> Result<(Option<i64>, Option<i64>, i64), SinkError> {
-    let mut read = redis::pipe();
-    read.cmd("WATCH").arg(fence_key).ignore();
-    read.cmd("HMGET")
-        .arg(fence_key)
-        .arg("epoch")
-        .arg("next_offset");
-    read.cmd("TIME");
-    let (fence, time): (Vec<Value>, Vec<Value>) = read.query_async(conn).await?;
-    let field = |i: usize| fence.get(i).and_then(int_of);
-    let now_ms = match (time.first().and_then(int_of), time.get(1).and_then(int_of)) {
+    let mut read = Commands::default();
+    read.command(2).arg(b"WATCH").arg(fence_key.as_bytes());
+    read.command(4)
+        .arg(b"HMGET")
+        .arg(fence_key.as_bytes())
+        .arg(b"epoch")
+        .arg(b"next_offset");
+    read.command(1).arg(b"TIME");
+    let replies = conn.query(&read).await?;
+    let unexpected =
+        |what: &str, reply: &Reply| SinkError::Script(format!("unexpected {what} reply {reply:?}"));
+    for reply in &replies {
+        if let Reply::Error(err) = reply {
+            return Err(SinkError::from_server_reply(err));
+        }
+    }
+    let (fence, time) = match &replies[..] {
+        [_, Reply::Array(Some(fence)), Reply::Array(Some(time))] => (fence, time),
+        [_, fence, _] => return Err(unexpected("HMGET", fence)),
+        _ => return Err(SinkError::Script(format!("unexpected replies {replies:?}"))),
+    };
+    let field = |i: usize| fence.get(i).and_then(Reply::as_int);
+    let now_ms = match (
+        time.first().and_then(Reply::as_int),
+        time.get(1).and_then(Reply::as_int),
+    ) {
         (Some(secs), Some(micros)) => secs * 1000 + micros / 1000,
         _ => return Err(SinkError::Script(format!("unexpected TIME reply {time:?}"))),
     };
@@ -238,7 +261,7 @@ async fn watch_fence(
 /// dies in between, such a list has no expiry until the next batch that finds it untrusted (a new
 /// process trusts nothing) touches it. Returns the commands sent.
 async fn repair_created_lists(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RespConnection,
     writes: &Writes,
     created: &[u32],
     expiry: UserExpiry,
@@ -246,18 +269,27 @@ async fn repair_created_lists(
     if created.is_empty() {
         return 0;
     }
-    let mut pipe = redis::pipe();
+    let mut repairs = Commands::default();
     for key in created.iter().filter_map(|&index| writes.key_at(index)) {
-        pipe.add_command(repair_expiry_cmd(key, expiry)).ignore();
+        repair_expiry_command(&mut repairs, key, expiry);
     }
     tracing::info!(
         lists = created.len(),
         "user lists this process had set to expire tonight were gone; setting their expiry again"
     );
-    if let Err(err) = pipe.query_async::<()>(conn).await {
+    // The batch is applied: a failure here is only logged (a connection that failed is not
+    // reused, `RespConnection::is_broken`).
+    let failure = match conn.query(&repairs).await {
+        Ok(replies) => replies.into_iter().find_map(|reply| match reply {
+            Reply::Error(err) => Some(err),
+            _ => None,
+        }),
+        Err(err) => Some(err.to_string()),
+    };
+    if let Some(err) = failure {
         tracing::warn!(%err, "cannot set the expiry of re-created user lists");
     }
-    pipe.len()
+    repairs.len()
 }
 
 #[cfg(test)]

@@ -390,11 +390,22 @@ impl BatchBuilder {
         (hashes, trust)
     }
 
+    /// About how many bytes the encoded transaction takes: every pushed value with its framing,
+    /// a key and a TTL command per list, a few hundred bytes per counter hash.
+    fn encoded_size_hint(&self) -> usize {
+        let pushes: usize = self.lists.iter().map(|l| l.values.len()).sum();
+        let mean_value = self.values.len() / self.value_ends.len().max(1);
+        pushes * (mean_value + 8)
+            + self.lists.len() * 96
+            + (self.templates.len() + self.counter_hashes.len()) * 256
+            + 256
+    }
+
     /// The transaction: `MULTI`, per list `LPUSH` with all its values then its TTL command
     /// (adjacent, while the key is in the CPU cache), per template its `HINCRBY`s then `PEXPIRE`,
     /// the same per counter hash, the fence's `HSET`, `EXEC`. See `writes.rs` for the TTL rules.
     fn write_plan(&self, user_expire_at: i64, trust: &[bool]) -> Writes {
-        let mut plan = WritesBuilder::new(self.lists.len(), self.templates.len());
+        let mut plan = WritesBuilder::new(self.encoded_size_hint());
         plan.multi();
         let verify = self.layout.verify_existing_user_expiry();
         for (slot, list) in self.lists.iter().enumerate() {

@@ -8,6 +8,7 @@
 //! worker links no TLS library beyond what its image has.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -17,6 +18,10 @@ use redis::{
     RedisError, RedisResult, TlsCertificates, TlsMode,
 };
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::resp_connection::{Address, Endpoint};
 use super::server_name::{self, ServerNameRedirect};
 use super::SinkError;
 use crate::config::{RedisSentinelConfig, RedisSinkConfig, ENV_REDIS_PASSWORD};
@@ -31,19 +36,68 @@ fn config_error(field: &str, err: impl std::fmt::Display) -> SinkError {
 pub(crate) struct Target {
     client: redis::Client,
     redirect: Option<ServerNameRedirect>,
-}
-
-impl From<redis::Client> for Target {
-    /// A server the redis crate reaches by itself (no server-name redirect).
-    fn from(client: redis::Client) -> Self {
-        Self {
-            client,
-            redirect: None,
-        }
-    }
+    /// For the apply connections (`resp_connection.rs`), which do their own TLS: the same CA and
+    /// client certificate. `None` without TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
+    /// The primary a set of sentinels named, as the redis crate's Sentinel client returned it
+    /// (no server-name redirect).
+    pub(crate) fn named_by_sentinels(
+        client: redis::Client,
+        cfg: &RedisSinkConfig,
+    ) -> Result<Self, SinkError> {
+        let tls = tls_config(client.get_connection_info(), cfg)?;
+        Ok(Self {
+            client,
+            redirect: None,
+            tls,
+        })
+    }
+
+    /// Where and how an apply connection reaches this server.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, SinkError> {
+        let info = self.client.get_connection_info();
+        let settings = info.redis_settings();
+        let (address, tls) = match info.addr() {
+            ConnectionAddr::Unix(path) => (Address::Unix(path.clone()), None),
+            ConnectionAddr::Tcp(host, port) => (
+                Address::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                },
+                None,
+            ),
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                // With a server-name redirect, `host` is the certificate's name and the
+                // redirect knows the real one.
+                let connect_to = self.redirect.as_ref().map_or(host, |r| r.host());
+                let address = Address::Tcp {
+                    host: connect_to.clone(),
+                    port: *port,
+                };
+                (
+                    address,
+                    self.tls.clone().map(|config| (host.clone(), config)),
+                )
+            }
+            other => {
+                return Err(config_error(
+                    "sink.redis.url",
+                    format!("unsupported address {other}"),
+                ))
+            }
+        };
+        Ok(Endpoint {
+            address,
+            tls,
+            username: settings.username().map(str::to_string),
+            password: settings.password().map(str::to_string),
+            db: settings.db(),
+        })
+    }
+
     /// `host:port` really connected to.
     pub(crate) fn address(&self) -> String {
         match (&self.redirect, self.client.get_connection_info().addr()) {
@@ -151,12 +205,61 @@ pub(crate) fn target_with_tls(
     redirect: Option<ServerNameRedirect>,
     cfg: &RedisSinkConfig,
 ) -> Result<Target, SinkError> {
+    let tls = tls_config(&info, cfg)?;
     let client = match certificates(cfg)? {
         None => redis::Client::open(info).map_err(|e| config_error("sink.redis.url", e))?,
         Some(certificates) => redis::Client::build_with_tls(info, certificates)
             .map_err(|e| config_error("sink.redis.tls", e))?,
     };
-    Ok(Target { client, redirect })
+    Ok(Target {
+        client,
+        redirect,
+        tls,
+    })
+}
+
+/// The rustls settings of the apply connections to `info`, from `sink.redis.tls` the way the
+/// redis crate builds its own: the CA file's certificates (else the system's roots) and the
+/// client certificate, if any. `None` unless `info` is a TLS address.
+fn tls_config(
+    info: &ConnectionInfo,
+    cfg: &RedisSinkConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, SinkError> {
+    if !uses_tls(info) {
+        return Ok(None);
+    }
+    install_crypto_provider();
+    let certificates = certificates(cfg)?;
+    let mut roots = rustls::RootCertStore::empty();
+    match certificates.as_ref().and_then(|c| c.root_cert.as_deref()) {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| config_error("sink.redis.tls.caFile", e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| config_error("sink.redis.tls.caFile", e))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match certificates.and_then(|c| c.client_tls) {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(&client.client_cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| config_error("sink.redis.tls.certFile", e))?;
+            let key = PrivateKeyDer::from_pem_slice(&client.client_key)
+                .map_err(|e| config_error("sink.redis.tls.keyFile", e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| config_error("sink.redis.tls.keyFile", e))?
+        }
+    };
+    Ok(Some(Arc::new(config)))
 }
 
 /// The client that asks `sentinel.nodes` for the primary. With a `rediss://` URL, both the

@@ -64,6 +64,16 @@ impl SinkError {
         }
     }
 
+    /// An error reply (`CODE message`, as Redis sent it), classified like the redis crate's
+    /// server errors, so both apply and claim paths retry the same codes.
+    pub(crate) fn from_server_reply(line: &str) -> Self {
+        let wire = format!("-{}\r\n", line.replace(['\r', '\n'], " "));
+        match redis::parse_redis_value(wire.as_bytes()) {
+            Ok(redis::Value::ServerError(err)) => RedisError::from(err).into(),
+            _ => SinkError::Script(line.to_string()),
+        }
+    }
+
     pub(crate) fn timeout(what: &str, after: std::time::Duration) -> Self {
         SinkError::Unavailable(format!("{what} timed out after {after:?}"))
     }
@@ -141,6 +151,29 @@ mod tests {
         ))
         .into();
         assert!(matches!(script, SinkError::Script(_)), "{script}");
+        // The apply path's replies, read by hand, are classified the same way.
+        for (line, retryable) in [
+            (
+                "READONLY You can't write against a read only replica.",
+                true,
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                true,
+            ),
+            ("LOADING Redis is loading the dataset in memory", true),
+            ("ERR unknown command", false),
+        ] {
+            assert_eq!(
+                SinkError::from_server_reply(line).is_retryable(),
+                retryable,
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            SinkError::from_server_reply("NOPERM this user has no permissions"),
+            SinkError::Config(_)
+        ));
         assert!(!script.is_retryable());
         let fenced = SinkError::Fenced {
             partition: 1,

@@ -36,6 +36,8 @@ mod connection;
 mod error;
 mod layout;
 mod primary;
+mod resp;
+mod resp_connection;
 mod script;
 mod sentinel_primary;
 mod series;

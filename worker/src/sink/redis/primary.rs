@@ -124,12 +124,11 @@ async fn resolve(
         .map_err(|_| SinkError::timeout("asking the sentinels for the primary", timeout))?;
     // A refused TLS handshake or password (with a sentinel or with the primary it names) is a
     // configuration error; anything else may heal (no quorum yet, sentinels restarting).
-    result
-        .map(Target::from)
-        .map_err(|e| match connection::refusal(&e, cfg) {
-            Some(reason) => SinkError::Config(format!("sentinels: {reason}")),
-            None => SinkError::Unavailable(format!("sentinels: {e}")),
-        })
+    let client = result.map_err(|e| match connection::refusal(&e, cfg) {
+        Some(reason) => SinkError::Config(format!("sentinels: {reason}")),
+        None => SinkError::Unavailable(format!("sentinels: {e}")),
+    })?;
+    Target::named_by_sentinels(client, cfg)
 }
 
 impl Primary {

@@ -28,6 +28,11 @@ pub(crate) struct ServerNameRedirect {
 }
 
 impl ServerNameRedirect {
+    /// The host really connected to.
+    pub(crate) fn host(&self) -> &String {
+        &self.host
+    }
+
     /// The address really connected to, for logs and for noticing a new primary.
     pub(crate) fn address(&self, port: u16) -> String {
         format!("{}:{port}", self.host)

@@ -24,10 +24,12 @@
 //! too; the key's TTL command still runs, as upstream's `EXPIRE` did. A refusal at queue time
 //! (`OOM`, `READONLY`) makes Redis discard the whole transaction: nothing is half-applied.
 
-use redis::{Arg, Cmd, Pipeline, ToRedisArgs, Value};
+use std::ops::Range;
 
 use super::layout::{MESSAGE_TTL, TEMPLATE_TTL};
+use super::resp::{Commands, Reply};
 use super::window::SeriesMarks;
+use super::SinkError;
 
 /// How far before the user lists' midnight the transaction still sets it with an absolute
 /// `PEXPIREAT`. Closer to it, the transaction could run after midnight, when `PEXPIREAT` would
@@ -69,27 +71,46 @@ pub(crate) fn user_expiry(at: i64, next: i64, server_now_ms: i64) -> UserExpiry 
     }
 }
 
-/// A batch's transaction: the pipeline `MULTI … EXEC` and where its user-list commands are.
+/// A batch's transaction, encoded (`MULTI … EXEC`), and where its user-list commands are.
 #[derive(Debug, Clone)]
 pub(crate) struct Writes {
-    pipeline: Pipeline,
+    transaction: Commands,
     /// The `PEXPIREAT` every untrusted user list's expiry was built with.
     built_for: i64,
-    /// Pipeline indexes of the user lists' expiry commands, and whether they carry `NX`.
-    user_expiries: Vec<(u32, bool)>,
-    /// Pipeline indexes of trusted user lists' `LPUSH`es, and how many values each pushes.
-    trusted_pushes: Vec<(u32, u32)>,
+    /// The untrusted user lists' expiry commands.
+    user_expiries: Vec<ExpiryCommand>,
+    /// Trusted user lists' `LPUSH`es.
+    trusted_pushes: Vec<TrustedPush>,
+}
+
+/// A user list's expiry command: its index and bytes in the transaction, its key's, and whether
+/// it has `NX`.
+#[derive(Debug, Clone)]
+struct ExpiryCommand {
+    index: u32,
+    command: Range<usize>,
+    key: Range<usize>,
+    nx: bool,
+}
+
+/// The `LPUSH` of a user list known to expire tonight: its command index, how many values it
+/// pushes, and where its key is.
+#[derive(Debug, Clone)]
+struct TrustedPush {
+    index: u32,
+    values: u32,
+    key: Range<usize>,
 }
 
 /// What `EXEC` answered.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum ExecReply {
     /// Nil: a watched key (the fence) changed after `WATCH`. Nothing was written.
     Aborted,
     /// Redis refused a command while queueing it, or `EXEC` itself (`OOM`, `READONLY`, …), and
     /// discarded the transaction. Nothing was written.
-    Refused(redis::RedisError),
-    /// Ran. `created_trusted`: pipeline indexes of trusted user lists the batch created.
+    Refused(SinkError),
+    /// Ran. `created_trusted`: command indexes of trusted user lists the batch created.
     Ran {
         write_errors: usize,
         first_write_error: Option<String>,
@@ -100,77 +121,81 @@ pub(crate) enum ExecReply {
 impl Writes {
     /// Commands Redis runs for it (`MULTI` and `EXEC` included).
     pub(crate) fn commands(&self) -> usize {
-        self.pipeline.len()
+        self.transaction.len()
     }
 
     /// The transaction, with the user-list expiries set to `expiry`.
-    pub(crate) fn pipeline(&self, expiry: UserExpiry) -> std::borrow::Cow<'_, Pipeline> {
+    pub(crate) fn transaction(&self, expiry: UserExpiry) -> std::borrow::Cow<'_, Commands> {
         if expiry == UserExpiry::At(self.built_for) || self.user_expiries.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.pipeline);
+            return std::borrow::Cow::Borrowed(&self.transaction);
         }
         // Rare (the last seconds before midnight, or a batch applied after its midnight):
-        // rebuild with the expiry commands replaced.
-        let mut pipeline = Pipeline::with_capacity(self.pipeline.len());
-        pipeline.ignore_errors();
-        let mut replaced = self.user_expiries.iter().peekable();
-        for (index, cmd) in self.pipeline.cmd_iter().enumerate() {
-            match replaced.peek() {
-                Some(&&(at, nx)) if at as usize == index => {
-                    replaced.next();
-                    let key = key_of(cmd).unwrap_or_default();
-                    pipeline.add_command(user_expiry_cmd(key, expiry, nx));
-                }
-                _ => {
-                    pipeline.add_command(cmd.clone());
-                }
-            }
+        // re-encoded with the expiry commands replaced.
+        let from = &self.transaction;
+        let mut replaced = Commands::with_capacity(from.position() + 16 * self.user_expiries.len());
+        let (mut copied, mut next_index) = (0, 0);
+        for slot in &self.user_expiries {
+            let between = slot.index as usize - next_index;
+            replaced.copy(from, copied..slot.command.start, between);
+            user_expiry_command(
+                &mut replaced,
+                &from.bytes()[slot.key.clone()],
+                expiry,
+                slot.nx,
+            );
+            copied = slot.command.end;
+            next_index = slot.index as usize + 1;
         }
-        std::borrow::Cow::Owned(pipeline)
+        replaced.copy(from, copied..from.position(), from.len() - next_index);
+        std::borrow::Cow::Owned(replaced)
     }
 
-    /// The key of the trusted list whose `LPUSH` is at pipeline index `index`.
+    /// The key of the trusted list whose `LPUSH` is command `index`.
     pub(crate) fn key_at(&self, index: u32) -> Option<&[u8]> {
-        key_of(self.pipeline.cmd_iter().nth(index as usize)?)
+        let push = self.trusted_pushes.iter().find(|p| p.index == index)?;
+        self.transaction.bytes().get(push.key.clone())
     }
 
-    /// Reads the replies of the whole pipeline (`MULTI`'s `OK`, one `QUEUED` per command, `EXEC`'s).
-    pub(crate) fn read_reply(&self, replies: &[Value]) -> ExecReply {
-        let Some((exec, queued)) = replies.split_last() else {
-            return ExecReply::Refused(unexpected(replies));
-        };
+    /// Reads the transaction's outcome: the first error among the replies before `EXEC`'s
+    /// (`MULTI`'s `OK` and one `QUEUED` per command), and `EXEC`'s reply.
+    pub(crate) fn read_reply(&self, queued_error: Option<String>, exec: Reply) -> ExecReply {
         // A command refused while queued carries the reason (`EXEC` then only says EXECABORT).
-        if let Some(Value::ServerError(err)) =
-            queued.iter().find(|v| matches!(v, Value::ServerError(_)))
-        {
-            return ExecReply::Refused(err.clone().into());
+        if let Some(err) = queued_error {
+            return ExecReply::Refused(SinkError::from_server_reply(&err));
         }
         let results = match exec {
-            Value::Nil => return ExecReply::Aborted,
-            Value::ServerError(err) => return ExecReply::Refused(err.clone().into()),
-            Value::Array(results) if results.len() + 2 == self.pipeline.len() => results,
-            other => return ExecReply::Refused(unexpected(std::slice::from_ref(other))),
+            Reply::Array(None) => return ExecReply::Aborted,
+            Reply::Error(err) => return ExecReply::Refused(SinkError::from_server_reply(&err)),
+            Reply::Array(Some(results)) if results.len() + 2 == self.commands() => results,
+            other => {
+                return ExecReply::Refused(SinkError::Script(format!(
+                    "unexpected transaction reply {other:?}"
+                )))
+            }
         };
         // The fence's HSET is last: if it failed, the batch's writes ran without moving the
         // fence, and a retry would apply them again. A bug or a foreign key, never retried.
-        if let Some(Value::ServerError(err)) = results.last() {
-            return ExecReply::Refused(err.clone().into());
+        if let Some(Reply::Error(err)) = results.last() {
+            return ExecReply::Refused(SinkError::Script(format!(
+                "the fence's HSET failed: {err}"
+            )));
         }
         let mut write_errors = 0;
         let mut first_write_error = None;
-        for result in results {
-            if let Value::ServerError(err) = result {
+        for result in &results {
+            if let Reply::Error(err) = result {
                 write_errors += 1;
-                first_write_error.get_or_insert_with(|| err.to_string());
+                first_write_error.get_or_insert_with(|| err.clone());
             }
         }
-        // results[i] answers pipeline command i + 1 (after MULTI).
+        // results[i] answers command i + 1 (after MULTI).
         let created_trusted = self
             .trusted_pushes
             .iter()
-            .filter(|&&(index, values)| {
-                matches!(results.get(index as usize - 1), Some(Value::Int(len)) if *len == i64::from(values))
+            .filter(|push| {
+                matches!(results.get(push.index as usize - 1), Some(Reply::Int(len)) if *len == i64::from(push.values))
             })
-            .map(|&(index, _)| index)
+            .map(|push| push.index)
             .collect();
         ExecReply::Ran {
             write_errors,
@@ -180,99 +205,114 @@ impl Writes {
     }
 }
 
-fn unexpected(values: &[Value]) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        "unexpected transaction reply",
-        format!("{values:?}"),
-    ))
-}
-
-fn key_of(cmd: &Cmd) -> Option<&[u8]> {
-    match cmd.args_iter().nth(1)? {
-        Arg::Simple(key) => Some(key),
-        _ => None,
-    }
-}
-
-fn user_expiry_cmd(key: &[u8], expiry: UserExpiry, nx: bool) -> Cmd {
-    let mut cmd = Cmd::with_capacity(4, key.len() + 48);
-    match expiry {
-        UserExpiry::At(at) => cmd.arg("PEXPIREAT").arg(key).arg(at),
-        UserExpiry::In(ms) => cmd.arg("PEXPIRE").arg(key).arg(ms),
+fn user_expiry_command(
+    out: &mut Commands,
+    key: &[u8],
+    expiry: UserExpiry,
+    nx: bool,
+) -> Range<usize> {
+    let args = if nx { 4 } else { 3 };
+    let (name, value) = match expiry {
+        UserExpiry::At(at) => (&b"PEXPIREAT"[..], at),
+        UserExpiry::In(ms) => (&b"PEXPIRE"[..], ms),
     };
+    out.command(args).arg(name);
+    let key = out.arg_at(key);
+    out.int(value);
     if nx {
-        cmd.arg("NX");
+        out.arg(b"NX");
     }
-    cmd
+    key
 }
 
 /// A user list's expiry set after `EXEC`, for a trusted list the batch created after all.
-pub(crate) fn repair_expiry_cmd(key: &[u8], expiry: UserExpiry) -> Cmd {
-    user_expiry_cmd(key, expiry, true)
+pub(crate) fn repair_expiry_command(out: &mut Commands, key: &[u8], expiry: UserExpiry) {
+    user_expiry_command(out, key, expiry, true);
+}
+
+/// An argument of a counter hash's `HINCRBY`: a field name or number.
+pub(crate) trait FieldArg {
+    fn encode(&self, out: &mut Commands);
+}
+
+impl FieldArg for i64 {
+    fn encode(&self, out: &mut Commands) {
+        out.int(*self);
+    }
+}
+
+impl FieldArg for &str {
+    fn encode(&self, out: &mut Commands) {
+        out.arg(self.as_bytes());
+    }
 }
 
 /// Builds [`Writes`] command by command.
 pub(crate) struct WritesBuilder {
-    pipeline: Pipeline,
+    transaction: Commands,
     built_for: i64,
-    user_expiries: Vec<(u32, bool)>,
-    trusted_pushes: Vec<(u32, u32)>,
+    user_expiries: Vec<ExpiryCommand>,
+    trusted_pushes: Vec<TrustedPush>,
+    /// The key of the last `LPUSH`, for [`WritesBuilder::trusted_user_list`].
+    last_key: Range<usize>,
 }
 
 impl WritesBuilder {
-    pub(crate) fn new(lists: usize, templates: usize) -> Self {
+    /// `bytes`: about how long the encoded transaction will be (values and keys), to allocate once.
+    pub(crate) fn new(bytes: usize) -> Self {
         Self {
-            pipeline: Pipeline::with_capacity(3 + 2 * lists + 4 * templates),
+            transaction: Commands::with_capacity(bytes),
             built_for: 0,
             user_expiries: Vec::new(),
             trusted_pushes: Vec::new(),
+            last_key: 0..0,
         }
     }
 
-    fn index(&self) -> u32 {
-        self.pipeline.len() as u32
-    }
-
     pub(crate) fn multi(&mut self) {
-        self.pipeline.add_command(redis::cmd("MULTI"));
+        self.transaction.command(1).arg(b"MULTI");
     }
 
     pub(crate) fn lpush<'v>(
         &mut self,
         key: &[u8],
-        values: impl Iterator<Item = &'v [u8]> + Clone,
+        values: impl Iterator<Item = &'v [u8]>,
         count: usize,
     ) {
-        let bytes: usize = values.clone().map(|v| v.len() + 16).sum();
-        let mut cmd = Cmd::with_capacity(2 + count, 32 + key.len() + bytes);
-        cmd.arg("LPUSH").arg(key);
+        self.transaction.command(2 + count).arg(b"LPUSH");
+        self.last_key = self.transaction.arg_at(key);
         for value in values {
-            cmd.arg(value);
+            self.transaction.arg(value);
         }
-        self.pipeline.add_command(cmd);
     }
 
     pub(crate) fn message_expire(&mut self, key: &[u8]) {
-        let mut cmd = Cmd::with_capacity(3, key.len() + 48);
-        cmd.arg("PEXPIRE")
+        self.transaction
+            .command(3)
+            .arg(b"PEXPIRE")
             .arg(key)
-            .arg(MESSAGE_TTL.as_millis() as u64);
-        self.pipeline.add_command(cmd);
+            .int(MESSAGE_TTL.as_millis() as i64);
     }
 
     /// The list whose `LPUSH` was just added is known to expire tonight already.
     pub(crate) fn trusted_user_list(&mut self, values: usize) {
-        let index = self.index() - 1;
-        self.trusted_pushes.push((index, values as u32));
+        self.trusted_pushes.push(TrustedPush {
+            index: self.transaction.len() as u32 - 1,
+            values: values as u32,
+            key: self.last_key.clone(),
+        });
     }
 
     pub(crate) fn user_expire(&mut self, key: &[u8], at: i64, nx: bool) {
         self.built_for = at;
-        let index = self.index();
-        self.user_expiries.push((index, nx));
-        self.pipeline
-            .add_command(user_expiry_cmd(key, UserExpiry::At(at), nx));
+        let (index, start) = (self.transaction.len() as u32, self.transaction.position());
+        let key = user_expiry_command(&mut self.transaction, key, UserExpiry::At(at), nx);
+        self.user_expiries.push(ExpiryCommand {
+            index,
+            command: start..self.transaction.position(),
+            key,
+            nx,
+        });
     }
 
     pub(crate) fn template(&mut self, key: &[u8], fields: &[(i64, i64)]) {
@@ -281,21 +321,21 @@ impl WritesBuilder {
 
     /// A hash of counters (a template's, or a template's event-time series): one `HINCRBY` per
     /// field, then the template TTL.
-    pub(crate) fn counter_hash<F: ToRedisArgs>(
+    pub(crate) fn counter_hash<F: FieldArg>(
         &mut self,
         key: &[u8],
         fields: impl Iterator<Item = (F, i64)>,
     ) {
         for (field, increment) in fields {
-            let mut cmd = Cmd::with_capacity(4, key.len() + 64);
-            cmd.arg("HINCRBY").arg(key).arg(field).arg(increment);
-            self.pipeline.add_command(cmd);
+            self.transaction.command(4).arg(b"HINCRBY").arg(key);
+            field.encode(&mut self.transaction);
+            self.transaction.int(increment);
         }
-        let mut cmd = Cmd::with_capacity(3, key.len() + 48);
-        cmd.arg("PEXPIRE")
+        self.transaction
+            .command(3)
+            .arg(b"PEXPIRE")
             .arg(key)
-            .arg(TEMPLATE_TTL.as_millis() as u64);
-        self.pipeline.add_command(cmd);
+            .int(TEMPLATE_TTL.as_millis() as i64);
     }
 
     /// Adds the fence's move (with the partition's event-time clock and the job watermark the
@@ -307,24 +347,26 @@ impl WritesBuilder {
         next_offset: i64,
         series: SeriesMarks,
     ) -> Writes {
-        let mut hset = Cmd::with_capacity(8, fence_key.len() + 96);
-        hset.arg("HSET")
+        let args =
+            6 + 2 * usize::from(series.clock.is_some()) + 2 * usize::from(series.learned.is_some());
+        let hset = &mut self.transaction;
+        hset.command(args)
+            .arg(b"HSET")
             .arg(fence_key)
-            .arg("epoch")
-            .arg(epoch)
-            .arg("next_offset")
-            .arg(next_offset);
+            .arg(b"epoch")
+            .int(epoch as i64)
+            .arg(b"next_offset")
+            .int(next_offset);
         if let Some(clock) = series.clock {
-            hset.arg(super::window::CLOCK_FIELD).arg(clock);
+            hset.arg(super::window::CLOCK_FIELD.as_bytes()).int(clock);
         }
         if let Some(learned) = series.learned {
-            hset.arg(super::window::LEARNED_FIELD).arg(learned);
+            hset.arg(super::window::LEARNED_FIELD.as_bytes())
+                .int(learned);
         }
-        self.pipeline.add_command(hset);
-        self.pipeline.add_command(redis::cmd("EXEC"));
-        self.pipeline.ignore_errors();
+        self.transaction.command(1).arg(b"EXEC");
         Writes {
-            pipeline: self.pipeline,
+            transaction: self.transaction,
             built_for: self.built_for,
             user_expiries: self.user_expiries,
             trusted_pushes: self.trusted_pushes,
@@ -365,7 +407,7 @@ mod tests {
     }
 
     fn writes() -> Writes {
-        let mut b = WritesBuilder::new(3, 1);
+        let mut b = WritesBuilder::new(64);
         b.multi();
         b.lpush(b"m", [&b"v1"[..], b"v2"].into_iter(), 2);
         b.message_expire(b"m");
@@ -377,15 +419,15 @@ mod tests {
         b.finish(b"fence", 3, 42, SeriesMarks::default())
     }
 
-    fn packed(p: &Pipeline) -> String {
-        String::from_utf8_lossy(&p.get_packed_pipeline()).replace("\r\n", " ")
+    fn packed(c: &Commands) -> String {
+        String::from_utf8_lossy(c.bytes()).replace("\r\n", " ")
     }
 
     #[test]
     fn a_batch_is_one_transaction_of_adjacent_per_key_commands() {
         let w = writes();
         assert_eq!(w.commands(), 10);
-        let text = packed(&w.pipeline(UserExpiry::At(1000)));
+        let text = packed(&w.transaction(UserExpiry::At(1000)));
         let commands: Vec<&str> = text
             .split('*')
             .filter(|c| !c.is_empty())
@@ -415,52 +457,121 @@ mod tests {
     #[test]
     fn near_midnight_the_user_expiries_are_rewritten_and_nothing_else() {
         let w = writes();
-        let relative = packed(&w.pipeline(UserExpiry::In(250)));
+        let relative = packed(&w.transaction(UserExpiry::In(250)));
         assert!(relative.contains("$7 PEXPIRE $2 u1 $3 250"), "{relative}");
         assert!(!relative.contains("PEXPIREAT"), "{relative}");
-        let next = packed(&w.pipeline(UserExpiry::At(2000)));
+        let next = packed(&w.transaction(UserExpiry::At(2000)));
         assert!(next.contains("$9 PEXPIREAT $2 u1 $4 2000"), "{next}");
         assert_eq!(
             next.replace("$4 2000", "$4 1000"),
-            packed(&w.pipeline(UserExpiry::At(1000)))
+            packed(&w.transaction(UserExpiry::At(1000)))
         );
     }
 
-    fn queued(n: usize) -> Vec<Value> {
-        let mut v = vec![Value::Okay];
-        v.extend((0..n).map(|_| Value::SimpleString("QUEUED".into())));
-        v
+    /// Every command of `c`, parsed back as Redis would read it.
+    fn parsed(c: &Commands) -> Vec<Vec<String>> {
+        let mut at = 0;
+        let mut commands = Vec::new();
+        while at < c.bytes().len() {
+            let (command, used) = crate::sink::redis::resp::parse(&c.bytes()[at..])
+                .expect("valid RESP")
+                .expect("whole commands");
+            let Reply::Array(Some(args)) = command else {
+                panic!("{command:?}")
+            };
+            commands.push(
+                args.iter()
+                    .map(|a| match a {
+                        Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect(),
+            );
+            at += used;
+        }
+        commands
+    }
+
+    #[test]
+    fn rewriting_several_user_expiries_keeps_every_other_command_intact() {
+        let mut b = WritesBuilder::new(0);
+        b.multi();
+        b.lpush(b"u1", [&b"a"[..]].into_iter(), 1);
+        b.user_expire(b"u1", 1000, false);
+        b.lpush(b"m", [&b"b"[..]].into_iter(), 1);
+        b.message_expire(b"m");
+        b.lpush(b"u2", [&b"c"[..]].into_iter(), 1);
+        b.user_expire(b"u2", 1000, true);
+        let w = b.finish(b"f", 1, 2, SeriesMarks::default());
+        let built = parsed(&w.transaction(UserExpiry::At(1000)));
+        let moved = w.transaction(UserExpiry::In(77));
+        assert_eq!(moved.len(), w.commands());
+        let moved = parsed(&moved);
+        assert_eq!(moved.len(), built.len());
+        for (index, (before, after)) in built.iter().zip(&moved).enumerate() {
+            match index {
+                2 => assert_eq!(after, &["PEXPIRE", "u1", "77"]),
+                6 => assert_eq!(after, &["PEXPIRE", "u2", "77", "NX"]),
+                _ => assert_eq!(before, after),
+            }
+        }
+        assert_eq!(built[6], ["PEXPIREAT", "u2", "1000", "NX"]);
     }
 
     #[test]
     fn exec_replies_count_write_errors_and_spot_trusted_lists_created_by_the_batch() {
         let w = writes();
-        let err_value = redis::parse_redis_value(b"-WRONGTYPE wrong kind\r\n").expect("parses");
-        assert!(matches!(err_value, Value::ServerError(_)));
-        let mut replies = queued(8);
-        replies.push(Value::Array(vec![
-            Value::Int(2),
-            Value::Int(1),
-            err_value,
-            Value::Int(1),
-            Value::Int(2), // u2 had no values before: created by this batch
-            Value::Int(2),
-            Value::Int(1),
-            Value::Int(0),
-        ]));
-        match w.read_reply(&replies) {
+        let results = vec![
+            Reply::Int(2),
+            Reply::Int(1),
+            Reply::Error("WRONGTYPE wrong kind".into()),
+            Reply::Int(1),
+            Reply::Int(2), // u2 had no values before: created by this batch
+            Reply::Int(2),
+            Reply::Int(1),
+            Reply::Int(0),
+        ];
+        match w.read_reply(None, Reply::Array(Some(results.clone()))) {
             ExecReply::Ran {
                 write_errors,
                 created_trusted,
-                ..
+                first_write_error,
             } => {
                 assert_eq!(write_errors, 1);
+                assert_eq!(first_write_error.as_deref(), Some("WRONGTYPE wrong kind"));
                 assert_eq!(created_trusted, vec![5]);
             }
             other => panic!("{other:?}"),
         }
-        let mut aborted = queued(8);
-        aborted.push(Value::Nil);
-        assert_eq!(w.read_reply(&aborted), ExecReply::Aborted);
+        let mut existed = results.clone();
+        existed[4] = Reply::Int(7);
+        assert!(matches!(
+            w.read_reply(None, Reply::Array(Some(existed))),
+            ExecReply::Ran { created_trusted, .. } if created_trusted.is_empty()
+        ));
+        assert!(matches!(
+            w.read_reply(None, Reply::Array(None)),
+            ExecReply::Aborted
+        ));
+        // Refused while queued (nothing ran), or by EXEC: classified like any server error.
+        assert!(matches!(
+            w.read_reply(Some("OOM over maxmemory".into()), Reply::Error("EXECABORT".into())),
+            ExecReply::Refused(err) if err.is_retryable()
+        ));
+        assert!(matches!(
+            w.read_reply(None, Reply::Error("READONLY replica".into())),
+            ExecReply::Refused(err) if err.is_retryable()
+        ));
+        // A failed fence move is never retried; nor is a reply of the wrong size.
+        let mut fence_failed = results.clone();
+        fence_failed[7] = Reply::Error("WRONGTYPE fence".into());
+        assert!(matches!(
+            w.read_reply(None, Reply::Array(Some(fence_failed))),
+            ExecReply::Refused(SinkError::Script(_))
+        ));
+        assert!(matches!(
+            w.read_reply(None, Reply::Array(Some(results[..7].to_vec()))),
+            ExecReply::Refused(SinkError::Script(_))
+        ));
     }
 }
