@@ -282,3 +282,41 @@ async fn the_server_name_override_verifies_the_certificate_against_that_name() {
         }
     }
 }
+
+/// The sink also reaches a server by its unix socket, and writes into the database the URL names:
+/// its apply connections log in as the ACL user and `SELECT` that database, like the redis
+/// crate's connections do.
+#[tokio::test]
+async fn a_unix_socket_url_with_a_database_number_is_written_there() {
+    let pki = TestPki::generate().expect("test PKI");
+    let redis = tls_redis(&pki, "server", true);
+    let cfg = RedisSinkConfig {
+        url: format!("{}?db=5", redis.url()),
+        username: Some(USER.into()),
+        password: Some(PASSWORD.into()),
+        ..RedisSinkConfig::default()
+    };
+    let sink = RedisSink::connect(&cfg, JOB, TOPIC)
+        .await
+        .expect("the sink connects over the socket");
+    let epoch = sink.claim(0).await.expect("claim").epoch;
+    let ev = event(
+        r#"{"businessId":7,"ids":["user-in-db5"],"logTimestamp":1,"messageId":"m-db5","state":60}"#,
+    );
+    let batch = batch_of(&sink, 0, epoch, 0, &[ev], SystemTime::now());
+    sink.apply(&batch).await.expect("applied");
+    let client = redis::Client::open(redis.url()).expect("unix socket url");
+    let mut conn = client.get_connection().expect("unix socket connection");
+    let mut exists_in = |db: i64| -> i64 {
+        redis::cmd("SELECT")
+            .arg(db)
+            .query::<()>(&mut conn)
+            .expect("select");
+        redis::cmd("EXISTS")
+            .arg("user-in-db5")
+            .query(&mut conn)
+            .expect("exists")
+    };
+    assert_eq!(exists_in(5), 1, "the user list is in database 5");
+    assert_eq!(exists_in(0), 0, "and not in database 0");
+}
