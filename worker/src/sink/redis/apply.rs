@@ -312,6 +312,7 @@ mod tests {
             user_expire_at: 0,
             user_expire_at_next: 0,
             user_lists: Vec::new(),
+            untrusted_user_lists: 0,
             writes: None,
         }
     }

@@ -341,6 +341,7 @@ impl BatchBuilder {
                 user_expire_at: 0,
                 user_expire_at_next: 0,
                 user_lists: Vec::new(),
+                untrusted_user_lists: 0,
                 writes: None,
             };
         };
@@ -349,7 +350,7 @@ impl BatchBuilder {
             .layout
             .user_expire_at_ms(UNIX_EPOCH + Duration::from_millis(user_expire_at.max(0) as u64));
         debug_assert!(user_expire_at > system_time_ms(now));
-        let (user_lists, trust) = self.user_list_trust(user_expire_at);
+        let (user_lists, untrusted_user_lists, trust) = self.user_list_trust(user_expire_at);
         let writes = self.write_plan(user_expire_at, &trust);
         let values = self.lists.iter().map(|l| l.values.len()).sum();
         Batch {
@@ -365,16 +366,19 @@ impl BatchBuilder {
             user_expire_at,
             user_expire_at_next,
             user_lists,
+            untrusted_user_lists,
             writes: Some(writes),
         }
     }
 
     /// Which user lists are known to expire at `day_end` already (`checked_expiries.rs`), by
-    /// slot, and the hashes of all user lists (remembered once the batch is applied).
-    fn user_list_trust(&self, day_end: i64) -> (Vec<u64>, Vec<bool>) {
+    /// slot, and the hashes of all user lists, those not yet known first (remembered once the
+    /// batch is applied), with how many those are.
+    fn user_list_trust(&self, day_end: i64) -> (Vec<u64>, usize, Vec<bool>) {
         let message_prefix = self.layout.message_key("");
         let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        let mut hashes = Vec::new();
+        let mut unknown = Vec::new();
+        let mut known = Vec::new();
         let trust = (0..self.lists.len())
             .map(|slot| {
                 let key = self.list_keys.get(slot);
@@ -382,12 +386,18 @@ impl BatchBuilder {
                 // (from a message touch in another batch): never trusted.
                 self.lists[slot].ttl == ListTtl::User && !key.starts_with(&message_prefix) && {
                     let hash = checked.hash(key);
-                    hashes.push(hash);
-                    checked.contains(day_end, hash)
+                    let trusted = checked.contains(day_end, hash);
+                    match trusted {
+                        true => known.push(hash),
+                        false => unknown.push(hash),
+                    }
+                    trusted
                 }
             })
             .collect();
-        (hashes, trust)
+        let untrusted = unknown.len();
+        unknown.append(&mut known);
+        (unknown, untrusted, trust)
     }
 
     /// About how many bytes the encoded transaction takes: every pushed value with its framing,
@@ -462,10 +472,12 @@ pub struct Batch {
     pub now: SystemTime,
     /// The midnight user lists get (and the one after it, for a batch applied after that
     /// midnight), and the hashes of the user lists touched: once applied, they are known to
-    /// expire then (`checked_expiries.rs`).
+    /// expire then (`checked_expiries.rs`). The first `untrusted_user_lists` of them were not
+    /// known yet; the others are already remembered for `user_expire_at`.
     pub(crate) user_expire_at: i64,
     pub(crate) user_expire_at_next: i64,
     pub(crate) user_lists: Vec<u64>,
+    pub(crate) untrusted_user_lists: usize,
     pub(crate) writes: Option<Writes>,
 }
 

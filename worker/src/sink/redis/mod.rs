@@ -446,10 +446,15 @@ impl RedisSink {
                     );
                 }
                 tracing::debug!(commands, "applied");
+                // The known lists are remembered already, unless the batch got another midnight.
+                let learned = match day_end == batch.user_expire_at {
+                    true => &batch.user_lists[..batch.untrusted_user_lists],
+                    false => &batch.user_lists[..],
+                };
                 self.checked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert_all(day_end, &batch.user_lists);
+                    .insert_all(day_end, learned);
                 Ok(ApplyOutcome::Applied {
                     events: batch.events,
                     commands,

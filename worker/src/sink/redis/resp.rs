@@ -193,11 +193,27 @@ fn line(input: &[u8], at: usize) -> Result<Option<Line<'_>>, ProtocolError> {
     }
 }
 
+/// A decimal integer (a reply's value or length). By hand: `EXEC` answers one per command.
 fn number(line: &[u8]) -> Result<i64, ProtocolError> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ProtocolError(format!("not a number: {:?}", String::from_utf8_lossy(line))))
+    let (negative, digits) = match line {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, line),
+    };
+    let bad = || ProtocolError(format!("not a number: {:?}", String::from_utf8_lossy(line)));
+    if digits.is_empty() || digits.len() > 19 {
+        return Err(bad());
+    }
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return Err(bad());
+        }
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(i64::from(digit - b'0')))
+            .ok_or_else(bad)?;
+    }
+    Ok(if negative { -value } else { value })
 }
 
 #[cfg(test)]
@@ -263,6 +279,13 @@ mod tests {
         assert!(parse(b"\r\n").is_err());
         assert!(parse(b":1\n").is_err());
         assert!(parse(b":x1\r\n").is_err());
+        assert!(parse(b":\r\n").is_err());
+        assert!(parse(b":-\r\n").is_err());
+        assert!(parse(b":99999999999999999999\r\n").is_err());
+        assert_eq!(
+            parse(b":-9223372036854775807\r\n"),
+            Ok(Some((Reply::Int(-i64::MAX), 23)))
+        );
         assert!(parse(b"$2\r\nabcd\r\n").is_err());
         assert!(parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
     }
