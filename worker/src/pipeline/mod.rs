@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use backoff::Backoff;
-pub use partition::PartitionExit;
+pub use partition_state::PartitionExit;
 
 use crate::api::{Assignment, PartitionProgress};
 use crate::config::{JobConfig, StartingOffsets};

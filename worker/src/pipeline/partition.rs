@@ -40,7 +40,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::jitter_unit;
-use super::partition_state::PartitionState;
+use super::partition_state::{PartitionExit, PartitionState};
 use super::Shared;
 use crate::sink::redis::window::SeriesAccumulator;
 use crate::sink::redis::{ApplyOutcome, BatchBuilder, SinkError};
@@ -54,21 +54,6 @@ const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// no batch comes to notice (a rollback after the last record), and the partition must still
 /// rewind and re-apply them.
 const IDLE_FENCE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why a partition task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionExit {
-    /// Revoked or shut down after flushing.
-    Stopped,
-    /// A newer owner claimed the partition in Redis; this owner stopped consuming it.
-    Fenced { stored_epoch: u64 },
-    /// A non-retryable error (script, config, overlap): consuming stopped, nothing was skipped.
-    Failed(String),
-    /// Asked to stop while its in-flight batch could not be applied (Redis or the broker
-    /// unreachable) for `batch.stopTimeout`: stopped without it. Nothing is lost; the records
-    /// after the fence are re-read by the next owner.
-    Abandoned,
-}
 
 /// How the first record read after (re)starting a partition relates to its fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,24 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::partition::PartitionExit;
 use crate::api::{PartitionError, Rewind};
 use crate::metrics::PartitionGauges;
 use crate::sink::redis::system_time_ms;
+
+/// Why a partition task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionExit {
+    /// Revoked or shut down after flushing.
+    Stopped,
+    /// A newer owner claimed the partition in Redis; this owner stopped consuming it.
+    Fenced { stored_epoch: u64 },
+    /// A non-retryable error (script, config, overlap): consuming stopped, nothing was skipped.
+    Failed(String),
+    /// Asked to stop while its in-flight batch could not be applied (Redis or the broker
+    /// unreachable) for `batch.stopTimeout`: stopped without it. Nothing is lost; the records
+    /// after the fence are re-read by the next owner.
+    Abandoned,
+}
 
 const NONE: i64 = i64::MIN;
 
