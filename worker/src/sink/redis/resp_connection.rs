@@ -76,15 +76,19 @@ impl RespConnection {
                 }
             }
         };
-        let mut conn = Self {
+        let mut conn = Self::over(stream, address);
+        conn.log_in(endpoint).await?;
+        Ok(conn)
+    }
+
+    fn over(stream: Box<dyn Stream>, address: String) -> Self {
+        Self {
             stream,
             read: Vec::with_capacity(READ_CHUNK),
             start: 0,
             address,
             broken: false,
-        };
-        conn.log_in(endpoint).await?;
-        Ok(conn)
+        }
     }
 
     async fn log_in(&mut self, endpoint: &Endpoint) -> Result<(), SinkError> {
@@ -227,4 +231,59 @@ async fn tls_handshake(
         .connect(server_name, tcp)
         .await
         .map_err(|e| SinkError::Unavailable(format!("TLS handshake with {name}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose server side sends `chunks` one write at a time.
+    async fn serving(chunks: &[&'static [u8]]) -> RespConnection {
+        let (client, mut server) = tokio::io::duplex(64);
+        let chunks = chunks.to_vec();
+        tokio::spawn(async move {
+            for chunk in chunks {
+                if server.write_all(chunk).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        RespConnection::over(Box::new(client), "test".into())
+    }
+
+    #[tokio::test]
+    async fn queued_replies_split_across_reads_are_skipped_and_a_refusal_is_kept() {
+        let mut conn = serving(&[
+            b"+OK\r\n+QUE",
+            b"UED\r\n-OOM command not allowed\r\n+QU",
+            b"EUED\r",
+            b"\n*2\r\n:1\r\n",
+            b":-2\r\n",
+        ])
+        .await;
+        let refused = conn.statuses(4).await.expect("statuses");
+        assert_eq!(refused.as_deref(), Some("OOM command not allowed"));
+        assert_eq!(
+            conn.reply().await.expect("exec reply"),
+            Reply::Array(Some(vec![Reply::Int(1), Reply::Int(-2)]))
+        );
+        assert!(!conn.is_broken());
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_mid_reply_is_unavailable_and_not_reused() {
+        let mut conn = serving(&[b"+QUEUED\r\n*3\r\n:1\r\n"]).await;
+        assert_eq!(conn.statuses(1).await.expect("one QUEUED"), None);
+        let err = conn.reply().await.expect_err("closed");
+        assert!(err.is_retryable(), "{err}");
+        assert!(conn.is_broken());
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_queued_breaks_the_connection() {
+        let mut conn = serving(&[b":5\r\n"]).await;
+        assert!(conn.statuses(1).await.is_err());
+        assert!(conn.is_broken());
+    }
 }
