@@ -48,7 +48,7 @@ impl Target {
         client: redis::Client,
         cfg: &RedisSinkConfig,
     ) -> Result<Self, SinkError> {
-        let tls = tls_config(client.get_connection_info(), cfg)?;
+        let tls = tls_config(client.get_connection_info(), certificates(cfg)?.as_ref())?;
         Ok(Self {
             client,
             redirect: None,
@@ -205,8 +205,9 @@ pub(crate) fn target_with_tls(
     redirect: Option<ServerNameRedirect>,
     cfg: &RedisSinkConfig,
 ) -> Result<Target, SinkError> {
-    let tls = tls_config(&info, cfg)?;
-    let client = match certificates(cfg)? {
+    let certificates = certificates(cfg)?;
+    let tls = tls_config(&info, certificates.as_ref())?;
+    let client = match certificates {
         None => redis::Client::open(info).map_err(|e| config_error("sink.redis.url", e))?,
         Some(certificates) => redis::Client::build_with_tls(info, certificates)
             .map_err(|e| config_error("sink.redis.tls", e))?,
@@ -218,18 +219,18 @@ pub(crate) fn target_with_tls(
     })
 }
 
-/// The rustls settings of the apply connections to `info`, from `sink.redis.tls` the way the
-/// redis crate builds its own: the CA file's certificates (else the system's roots) and the
-/// client certificate, if any. `None` unless `info` is a TLS address.
+/// The rustls settings of the apply connections to `info`, from the files of `sink.redis.tls`
+/// (read once, by [`certificates`]) the way the redis crate builds its own: the CA file's
+/// certificates (else the system's roots) and the client certificate, if any. `None` unless
+/// `info` is a TLS address.
 fn tls_config(
     info: &ConnectionInfo,
-    cfg: &RedisSinkConfig,
+    certificates: Option<&TlsCertificates>,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, SinkError> {
     if !uses_tls(info) {
         return Ok(None);
     }
     install_crypto_provider();
-    let certificates = certificates(cfg)?;
     let mut roots = rustls::RootCertStore::empty();
     match certificates.as_ref().and_then(|c| c.root_cert.as_deref()) {
         Some(pem) => {
@@ -246,7 +247,7 @@ fn tls_config(
         }
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match certificates.and_then(|c| c.client_tls) {
+    let config = match certificates.and_then(|c| c.client_tls.as_ref()) {
         None => builder.with_no_client_auth(),
         Some(client) => {
             let chain = CertificateDer::pem_slice_iter(&client.client_cert)

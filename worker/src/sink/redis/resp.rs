@@ -3,7 +3,7 @@
 //!
 //! Why by hand: a batch is one `MULTI`/`EXEC` of thousands of commands. Through the redis crate
 //! each of them was a `Cmd` (two allocations), copied again into the packed pipeline, and answered
-//! by a `QUEUED` that its parser turned into a `Value` with a `String`: about half of the worker's
+//! by a `QUEUED` that its parser turned into a `Value` with a `String`: over 40 % of the worker's
 //! CPU per event (BENCHMARKS.md, "A hand-written RESP apply path"). The redis crate has no way to
 //! send pre-encoded bytes or skip replies on an async connection. Everything else (the main
 //! connection, Sentinel, claims, the read side) still goes through the redis crate.
