@@ -246,6 +246,7 @@ fn upstream_replay(payloads: &[Vec<u8>]) -> Replay {
     });
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = redis_cpu_seconds(&redis.url()).unwrap_or(f64::NAN) - cpu0;
+    print_commandstats(&redis.url());
     let replay = Replay {
         events_per_second: events.len() as f64 / elapsed,
         redis_cpu_us_per_event: cpu * 1e6 / events.len() as f64,
@@ -403,13 +404,7 @@ fn e2e_run_with(
     let commands = sample(&metrics, "streamjob_redis_commands_total", "").unwrap_or(0.0);
     let cpu = cpu_seconds(pid).unwrap_or(0.0);
     let redis_cpu = redis_cpu_seconds(&redis.url()).unwrap_or(f64::NAN);
-    // Where Redis spent its time, per command (for profiling the sink; not in the table).
-    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
-        eprintln!(
-            "{}",
-            redis_info(&redis.url(), "commandstats").unwrap_or_default()
-        );
-    }
+    print_commandstats(&redis.url());
     let rss_kb = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
     let status = worker.terminate(Duration::from_secs(30));
     assert!(
@@ -438,6 +433,14 @@ fn redis_info(url: &str, section: &str) -> Option<String> {
 }
 
 /// redis-server's own CPU time so far (`INFO cpu`: used_cpu_user + used_cpu_sys), in seconds.
+/// Where Redis spent its time, per command, with `BENCH_COMMANDSTATS=1` (for profiling the sink
+/// against the replay; not in the table).
+fn print_commandstats(url: &str) {
+    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
+        eprintln!("{}", redis_info(url, "commandstats").unwrap_or_default());
+    }
+}
+
 fn redis_cpu_seconds(url: &str) -> Option<f64> {
     let info = redis_info(url, "cpu")?;
     let field = |name: &str| -> Option<f64> {
@@ -524,12 +527,7 @@ fn latency_run(bootstrap: &str, rate: u64, secs: u64) -> (f64, f64, u64) {
         histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.5).unwrap_or(f64::NAN);
     let p99 = histogram_quantile(&metrics, "streamjob_produce_to_redis_seconds", 0.99)
         .unwrap_or(f64::NAN);
-    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
-        eprintln!(
-            "{}",
-            redis_info(&redis.url(), "commandstats").unwrap_or_default()
-        );
-    }
+    print_commandstats(&redis.url());
     let apply_p99 =
         histogram_quantile(&metrics, "streamjob_batch_apply_seconds", 0.99).unwrap_or(f64::NAN);
     let batch_p50 = histogram_quantile(&metrics, "streamjob_batch_events", 0.5).unwrap_or(f64::NAN);
