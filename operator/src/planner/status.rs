@@ -33,8 +33,11 @@ pub struct Next {
 }
 
 /// How far one Deployment is from what the plan wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered from the least advanced: the job's progress is that of its least advanced Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Rollout {
+    /// The Deployment controller gave up (progress deadline) or cannot create pods.
+    Failed,
     /// Not there yet.
     Missing,
     /// Its pod template is older than the plan (config, image, restart nonce...).
@@ -45,8 +48,6 @@ enum Rollout {
     Waiting,
     /// Up to date and ready.
     Done,
-    /// The Deployment controller gave up (progress deadline) or cannot create pods.
-    Failed,
 }
 
 fn rollout(
@@ -186,190 +187,17 @@ fn progress(report: &JobManagerReport) -> Option<JobProgress> {
 /// The next status from what was observed.
 pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     let job = input.job;
-    let spec = &job.spec;
     let previous = job.status.as_ref();
     let generation = job.metadata.generation;
     let now = input.now;
-    let running = spec.state == JobState::Running;
-    let (desired_jm, desired_tm) = if running { (1, spec.replicas) } else { (0, 0) };
-
-    let (jm, jm_message) = rollout(
-        input.observed.jobmanager.as_ref(),
-        desired_jm,
-        config_hash,
-        spec.restart_nonce,
-    );
-    let (tm, tm_message) = rollout(
-        input.observed.taskmanager.as_ref(),
-        desired_tm,
-        config_hash,
-        spec.restart_nonce,
-    );
-
-    let tm_status = input
-        .observed
-        .taskmanager
-        .as_ref()
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let replicas = tm_status.replicas.unwrap_or(0);
-    let ready_replicas = tm_status.ready_replicas.unwrap_or(0);
-    let observed_tm_replicas = input
-        .observed
-        .taskmanager
-        .as_ref()
-        .and_then(|d| d.spec.replicas)
-        .unwrap_or(0);
-
-    let failure = [
-        (jm, jm_message, "jobmanager"),
-        (tm, tm_message, "taskmanager"),
-    ]
-    .into_iter()
-    .find(|(r, _, _)| *r == Rollout::Failed)
-    .map(|(_, message, role)| {
-        format!(
-            "{role} Deployment {name}-{role} is failing: {}",
-            message.unwrap_or_else(|| "no detail".into())
-        )
-    });
-
-    // (progressing reason, message), from the least advanced of the two Deployments.
-    let worst = [jm, tm]
-        .into_iter()
-        .min_by_key(|r| match r {
-            Rollout::Failed => 0,
-            Rollout::Missing => 1,
-            Rollout::Outdated => 2,
-            Rollout::Scaling => 3,
-            Rollout::Waiting => 4,
-            Rollout::Done => 5,
-        })
-        .unwrap_or(Rollout::Done);
-    let (progress_reason, progress_message) = match (running, worst) {
-        (_, Rollout::Failed) => ("RolloutFailed", failure.clone().unwrap_or_default()),
-        (true, Rollout::Missing) => (
-            "Creating",
-            "creating the jobmanager and taskmanagers".to_string(),
-        ),
-        (true, Rollout::Outdated) => ("RollingOut", "rolling out a new pod template".to_string()),
-        (true, Rollout::Scaling) => ("Scaling", {
-            // Before the Deployment is resized its spec holds the old count; after, its pods do.
-            let from = if observed_tm_replicas != desired_tm {
-                observed_tm_replicas
-            } else {
-                replicas
-            };
-            if from == desired_tm {
-                format!("scaling taskmanagers to {desired_tm}: {ready_replicas} ready")
-            } else {
-                format!("scaling taskmanagers from {from} to {desired_tm}")
-            }
-        }),
-        (true, Rollout::Waiting) => (
-            "WaitingForPods",
-            format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
-        ),
-        (true, Rollout::Done) => (
-            "Stable",
-            format!("{ready_replicas}/{desired_tm} taskmanagers ready"),
-        ),
-        (false, Rollout::Done) | (false, Rollout::Missing) => (
-            "Suspended",
-            "the job is suspended; no process runs".to_string(),
-        ),
-        (false, _) => (
-            "Suspending",
-            "stopping every process of the job".to_string(),
-        ),
-    };
-    let settled = matches!(progress_reason, "Stable" | "Suspended");
-    // Taskmanagers joining or leaving a ready job (a rescale, a pod replaced) do not stop it
-    // processing: partitions move in place. Ready stays True meanwhile (Progressing says what
-    // moves), so an alert on Ready does not fire for every scale.
-    let was_ready = previous
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-        .is_some_and(|c| c.status == "True");
-    let resizing = was_ready
-        && jm == Rollout::Done
-        && matches!(tm, Rollout::Scaling | Rollout::Waiting)
-        && (ready_replicas > 0 || desired_tm == 0);
-    let ready = running && (progress_reason == "Stable" || resizing);
-    let degraded = failure.is_some();
-
-    let previous_phase = previous.map(|s| s.phase).unwrap_or_default();
-    let phase = if degraded {
-        Phase::Failed
-    } else if !running {
-        if settled {
-            Phase::Suspended
-        } else {
-            Phase::Suspending
-        }
-    } else if ready {
-        Phase::Running
-    } else {
-        match (worst, previous_phase) {
-            (Rollout::Outdated, Phase::Running | Phase::Upgrading) => Phase::Upgrading,
-            // A scale or a pod restart does not take a running job out of Running.
-            (Rollout::Scaling | Rollout::Waiting, Phase::Running) => Phase::Running,
-            _ => Phase::Deploying,
-        }
-    };
-
-    let ready_message = if ready {
-        format!("jobmanager and {ready_replicas}/{desired_tm} taskmanagers ready")
-    } else {
-        progress_message.clone()
-    };
-    let ready_reason = if ready { "Running" } else { progress_reason };
-    let conditions = vec![
-        condition(
-            previous,
-            READY,
-            ready,
-            ready_reason,
-            ready_message,
-            generation,
-            now,
-        ),
-        condition(
-            previous,
-            PROGRESSING,
-            !settled && !degraded,
-            progress_reason,
-            progress_message,
-            generation,
-            now,
-        ),
-        match &failure {
-            Some(message) => condition(
-                previous,
-                DEGRADED,
-                true,
-                "RolloutFailed",
-                message.clone(),
-                generation,
-                now,
-            ),
-            None => condition(
-                previous,
-                DEGRADED,
-                false,
-                "AsExpected",
-                "reconciled without errors".into(),
-                generation,
-                now,
-            ),
-        },
-    ];
+    let assessed = Assessment::of(input, name, config_hash);
 
     let mut status = previous.cloned().unwrap_or_default();
-    status.phase = phase;
+    status.phase = assessed.phase(previous.map(|s| s.phase).unwrap_or_default());
     status.observed_generation = generation;
-    status.conditions = conditions;
-    status.replicas = replicas;
-    status.ready_replicas = ready_replicas;
+    status.conditions = assessed.conditions(previous, generation, now);
+    status.replicas = assessed.taskmanagers.replicas;
+    status.ready_replicas = assessed.taskmanagers.ready;
     status.selector =
         labels::selector_string(&labels::selector(name, labels::COMPONENT_TASKMANAGER));
     status.config_hash = Some(config_hash.to_string());
@@ -379,8 +207,8 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     if let Some(rewound) = rewind_condition(previous, status.job.as_ref(), generation, now) {
         status.conditions.push(rewound);
     }
-    status.observed_restart_nonce = spec.restart_nonce;
-    let requeue_after = if settled && !degraded {
+    status.observed_restart_nonce = job.spec.restart_nonce;
+    let requeue_after = if assessed.settled && assessed.failure.is_none() {
         REQUEUE_IDLE
     } else {
         REQUEUE_BUSY
@@ -388,6 +216,222 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     Next {
         status,
         requeue_after,
+    }
+}
+
+/// The taskmanager Deployment's replica counts: wanted, in its spec, with pods, ready.
+#[derive(Clone, Copy)]
+struct TaskmanagerCounts {
+    desired: i32,
+    in_spec: i32,
+    replicas: i32,
+    ready: i32,
+}
+
+/// What the two Deployments' rollouts say about the job, before it becomes status.
+struct Assessment {
+    running: bool,
+    jobmanager: Rollout,
+    taskmanager: Rollout,
+    /// The least advanced of the two rollouts.
+    worst: Rollout,
+    taskmanagers: TaskmanagerCounts,
+    /// Why a Deployment is failing, if one is.
+    failure: Option<String>,
+    progress_reason: &'static str,
+    progress_message: String,
+    /// Stable or suspended: nothing moves.
+    settled: bool,
+    ready: bool,
+}
+
+impl Assessment {
+    fn of(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Self {
+        let spec = &input.job.spec;
+        let running = spec.state == JobState::Running;
+        let (desired_jm, desired_tm) = if running { (1, spec.replicas) } else { (0, 0) };
+        let observed = &input.observed;
+        let (jobmanager, jm_message) = rollout(
+            observed.jobmanager.as_ref(),
+            desired_jm,
+            config_hash,
+            spec.restart_nonce,
+        );
+        let (taskmanager, tm_message) = rollout(
+            observed.taskmanager.as_ref(),
+            desired_tm,
+            config_hash,
+            spec.restart_nonce,
+        );
+        let tm_status = observed
+            .taskmanager
+            .as_ref()
+            .and_then(|d| d.status.clone())
+            .unwrap_or_default();
+        let taskmanagers = TaskmanagerCounts {
+            desired: desired_tm,
+            in_spec: observed
+                .taskmanager
+                .as_ref()
+                .and_then(|d| d.spec.replicas)
+                .unwrap_or(0),
+            replicas: tm_status.replicas.unwrap_or(0),
+            ready: tm_status.ready_replicas.unwrap_or(0),
+        };
+        let failure = [
+            (jobmanager, jm_message, "jobmanager"),
+            (taskmanager, tm_message, "taskmanager"),
+        ]
+        .into_iter()
+        .find(|(r, _, _)| *r == Rollout::Failed)
+        .map(|(_, message, role)| {
+            format!(
+                "{role} Deployment {name}-{role} is failing: {}",
+                message.unwrap_or_else(|| "no detail".into())
+            )
+        });
+        let worst = jobmanager.min(taskmanager);
+        let (progress_reason, progress_message) =
+            progress(running, worst, failure.as_deref(), &taskmanagers);
+        let mut assessed = Assessment {
+            running,
+            jobmanager,
+            taskmanager,
+            worst,
+            taskmanagers,
+            failure,
+            progress_reason,
+            progress_message,
+            settled: matches!(progress_reason, "Stable" | "Suspended"),
+            ready: false,
+        };
+        assessed.ready = assessed.is_ready(input.job.status.as_ref());
+        assessed
+    }
+
+    /// Taskmanagers joining or leaving a ready job (a rescale, a pod replaced) do not stop it
+    /// processing: partitions move in place. Ready stays True meanwhile (Progressing says what
+    /// moves), so an alert on Ready does not fire for every scale.
+    fn is_ready(&self, previous: Option<&StreamJobStatus>) -> bool {
+        let was_ready = previous
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+            .is_some_and(|c| c.status == "True");
+        let resizing = was_ready
+            && self.jobmanager == Rollout::Done
+            && matches!(self.taskmanager, Rollout::Scaling | Rollout::Waiting)
+            && (self.taskmanagers.ready > 0 || self.taskmanagers.desired == 0);
+        self.running && (self.progress_reason == "Stable" || resizing)
+    }
+
+    fn phase(&self, previous_phase: Phase) -> Phase {
+        if self.failure.is_some() {
+            Phase::Failed
+        } else if !self.running {
+            if self.settled {
+                Phase::Suspended
+            } else {
+                Phase::Suspending
+            }
+        } else if self.ready {
+            Phase::Running
+        } else {
+            match (self.worst, previous_phase) {
+                (Rollout::Outdated, Phase::Running | Phase::Upgrading) => Phase::Upgrading,
+                // A scale or a pod restart does not take a running job out of Running.
+                (Rollout::Scaling | Rollout::Waiting, Phase::Running) => Phase::Running,
+                _ => Phase::Deploying,
+            }
+        }
+    }
+
+    /// Ready, Progressing and Degraded, each keeping its transition time while unchanged.
+    fn conditions(
+        &self,
+        previous: Option<&StreamJobStatus>,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Vec<Condition> {
+        let (ready_reason, ready_message) = if self.ready {
+            let counts = &self.taskmanagers;
+            let message = format!(
+                "jobmanager and {}/{} taskmanagers ready",
+                counts.ready, counts.desired
+            );
+            ("Running", message)
+        } else {
+            (self.progress_reason, self.progress_message.clone())
+        };
+        let (degraded_reason, degraded_message) = match &self.failure {
+            Some(message) => ("RolloutFailed", message.clone()),
+            None => ("AsExpected", "reconciled without errors".to_string()),
+        };
+        let kept = |type_, value, reason, message| {
+            condition(previous, type_, value, reason, message, generation, now)
+        };
+        vec![
+            kept(READY, self.ready, ready_reason, ready_message),
+            kept(
+                PROGRESSING,
+                !self.settled && self.failure.is_none(),
+                self.progress_reason,
+                self.progress_message.clone(),
+            ),
+            kept(
+                DEGRADED,
+                self.failure.is_some(),
+                degraded_reason,
+                degraded_message,
+            ),
+        ]
+    }
+}
+
+/// The Progressing condition's reason and message, from the least advanced rollout.
+fn progress(
+    running: bool,
+    worst: Rollout,
+    failure: Option<&str>,
+    taskmanagers: &TaskmanagerCounts,
+) -> (&'static str, String) {
+    let TaskmanagerCounts {
+        desired,
+        in_spec,
+        replicas,
+        ready,
+    } = *taskmanagers;
+    match (running, worst) {
+        (_, Rollout::Failed) => ("RolloutFailed", failure.unwrap_or_default().to_string()),
+        (true, Rollout::Missing) => (
+            "Creating",
+            "creating the jobmanager and taskmanagers".to_string(),
+        ),
+        (true, Rollout::Outdated) => ("RollingOut", "rolling out a new pod template".to_string()),
+        (true, Rollout::Scaling) => ("Scaling", {
+            // Before the Deployment is resized its spec holds the old count; after, its pods do.
+            let from = if in_spec != desired {
+                in_spec
+            } else {
+                replicas
+            };
+            if from == desired {
+                format!("scaling taskmanagers to {desired}: {ready} ready")
+            } else {
+                format!("scaling taskmanagers from {from} to {desired}")
+            }
+        }),
+        (true, Rollout::Waiting) => (
+            "WaitingForPods",
+            format!("{ready}/{desired} taskmanagers ready"),
+        ),
+        (true, Rollout::Done) => ("Stable", format!("{ready}/{desired} taskmanagers ready")),
+        (false, Rollout::Done) | (false, Rollout::Missing) => (
+            "Suspended",
+            "the job is suspended; no process runs".to_string(),
+        ),
+        (false, _) => (
+            "Suspending",
+            "stopping every process of the job".to_string(),
+        ),
     }
 }
 

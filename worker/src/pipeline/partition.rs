@@ -43,7 +43,7 @@ use super::backoff::jitter_unit;
 use super::partition_state::{PartitionExit, PartitionState};
 use super::Shared;
 use crate::sink::redis::window::SeriesAccumulator;
-use crate::sink::redis::{ApplyOutcome, BatchBuilder, SinkError};
+use crate::sink::redis::{ApplyOutcome, Batch, BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
 
@@ -109,6 +109,13 @@ pub(super) struct InFlight {
     /// Every undecodable record below this offset was delivered to the DLQ by this task: one
     /// read again after a rewind is not delivered twice.
     dlq_delivered_upto: i64,
+}
+
+/// How a batch's apply ended: the fence took it (or had it already), or the partition must
+/// continue elsewhere.
+enum Applied {
+    Outcome(ApplyOutcome),
+    Reposition(Reposition),
 }
 
 /// Where the apply said the partition must continue from.
@@ -365,8 +372,55 @@ impl PartitionTask {
         in_flight: &mut InFlight,
         paused: &mut bool,
     ) -> Result<(), PartitionExit> {
-        let metrics = self.shared.metrics.pipeline();
         // 1. The DLQ records, acknowledged before the fence moves past their offsets.
+        self.deliver_dead_letters(in_flight, paused).await;
+        in_flight.dlq_delivered_upto = in_flight
+            .dlq_delivered_upto
+            .max(in_flight.builder.next_offset());
+
+        // 2. One atomic transaction: writes + fence.
+        let mut builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
+        let now = SystemTime::now();
+        let series = self.plan_series(in_flight, &mut builder, now);
+        // Holds the job watermark the series was decided with until the batch is done.
+        let _decided_with = series.as_ref().map(|_| self.hold_watermark());
+        let batch = builder.build(now);
+        self.state.mark_active();
+        let outcome = match self.apply_until_decided(&batch, paused).await? {
+            Applied::Outcome(outcome) => outcome,
+            // Boxed: the rewind's futures would otherwise nest the task's future past the
+            // compiler's layout depth.
+            Applied::Reposition(to) => return Box::pin(self.reposition(in_flight, to)).await,
+        };
+
+        // 3. What the fence now says this partition has done.
+        match outcome {
+            ApplyOutcome::Applied {
+                events,
+                commands,
+                write_errors,
+            } => {
+                self.count_applied(events, commands, write_errors, in_flight);
+                self.series_applied(series.as_ref());
+            }
+            ApplyOutcome::AlreadyApplied => {
+                self.shared.metrics.pipeline().batch("already_applied");
+                if series.is_some() {
+                    // Someone applied this range: take the clock that went with it.
+                    self.reload_series_marks(None).await;
+                }
+            }
+        }
+        in_flight.timestamps.clear();
+        self.state.set_committed(batch.next_offset);
+        in_flight.builder.cover_from(batch.next_offset);
+        Ok(())
+    }
+
+    /// Delivers the batch's dead letters, retrying with backoff (the partition paused meanwhile)
+    /// until the DLQ acknowledged every one: the fence must not pass an undelivered record.
+    async fn deliver_dead_letters(&self, in_flight: &mut InFlight, paused: &mut bool) {
+        let metrics = self.shared.metrics.pipeline();
         let mut pending = std::mem::take(&mut in_flight.dead_letters);
         let mut attempt = 0;
         while !pending.is_empty() {
@@ -382,139 +436,125 @@ impl PartitionTask {
                     tracing::warn!(%err, failed = failed.len(), attempt, "dead-letter delivery failed; retrying");
                     metrics.kafka_error("dlq_delivery");
                     self.state.note_error("kafka", "dlq_delivery", &err);
+                    // Counted only once delivered; the ones delivered now are done.
                     let mut index = 0;
                     pending.retain(|_| {
                         let keep = failed.contains(&index);
                         index += 1;
                         keep
                     });
-                    // Counted only once delivered; the ones delivered now are done.
-                    if !*paused {
-                        self.set_paused(true);
-                        *paused = true;
-                    }
+                    hold_pause(self, paused);
                     self.backoff(attempt).await;
                     attempt = attempt.saturating_add(1);
                 }
             }
         }
+    }
 
-        in_flight.dlq_delivered_upto = in_flight
-            .dlq_delivered_upto
-            .max(in_flight.builder.next_offset());
-
-        // 2. One atomic script: writes + fence.
-        let mut builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
-        let now = SystemTime::now();
-        let series = self.plan_series(in_flight, &mut builder, now);
-        // Holds the job watermark the series was decided with until the batch is done.
-        let _decided_with = series.as_ref().map(|_| self.hold_watermark());
-        let batch = builder.build(now);
-        self.state.mark_active();
+    /// Applies the batch, retrying what can be retried with backoff (the partition paused
+    /// meanwhile), until the fence decided: applied, already applied, or continue elsewhere.
+    async fn apply_until_decided(
+        &self,
+        batch: &Batch,
+        paused: &mut bool,
+    ) -> Result<Applied, PartitionExit> {
+        let metrics = self.shared.metrics.pipeline();
         let mut attempt = 0;
-        let outcome = loop {
+        loop {
             let started = Instant::now();
-            match self.shared.sink.apply(&batch).await {
+            let err = match self.shared.sink.apply(batch).await {
                 Ok(outcome) => {
                     metrics
                         .batch_apply_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    break outcome;
+                    return Ok(Applied::Outcome(outcome));
                 }
-                Err(err) if err.is_retryable() => {
-                    metrics.redis_error(err.kind());
-                    self.state.note_error("redis", err.kind(), &err);
-                    tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
-                    if !*paused {
-                        self.set_paused(true);
-                        *paused = true;
-                    }
-                    self.backoff(attempt).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                Err(SinkError::Fenced { stored_epoch, .. }) => {
-                    metrics.redis_error("fenced");
-                    self.state.note_error(
-                        "redis",
-                        "fenced",
-                        format!("fenced by a newer owner (epoch {stored_epoch})"),
-                    );
-                    tracing::warn!(
-                        stored_epoch,
-                        "partition fenced by a newer owner; stopping it"
-                    );
-                    return Err(PartitionExit::Fenced { stored_epoch });
-                }
-                Err(SinkError::Gap {
-                    stored_next_offset,
-                    first_offset,
-                    ..
-                }) => {
-                    metrics.redis_error("gap");
-                    break_pause(self, paused);
-                    let to = Reposition::Rewind {
-                        fence: stored_next_offset,
-                        from: first_offset,
-                    };
-                    // Boxed: the rewind's futures would otherwise nest the task's future past the
-                    // compiler's layout depth.
-                    return Box::pin(self.reposition(in_flight, to)).await;
-                }
-                Err(SinkError::Overlap {
-                    stored_next_offset,
-                    first_offset,
-                    ..
-                }) => {
-                    metrics.redis_error("overlap");
-                    break_pause(self, paused);
-                    let to = Reposition::Skip {
-                        fence: stored_next_offset,
-                        from: first_offset,
-                    };
-                    // Boxed: the rewind's futures would otherwise nest the task's future past the
-                    // compiler's layout depth.
-                    return Box::pin(self.reposition(in_flight, to)).await;
-                }
-                Err(err) => {
-                    metrics.redis_error(err.kind());
-                    self.state.note_error("redis", err.kind(), &err);
-                    tracing::error!(%err, "batch apply failed for good; stopping the partition");
-                    return Err(PartitionExit::Failed(err.to_string()));
-                }
+                Err(err) => err,
+            };
+            if err.is_retryable() {
+                metrics.redis_error(err.kind());
+                self.state.note_error("redis", err.kind(), &err);
+                tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
+                hold_pause(self, paused);
+                self.backoff(attempt).await;
+                attempt = attempt.saturating_add(1);
+                continue;
             }
-        };
-        match outcome {
-            ApplyOutcome::Applied {
-                events,
-                commands,
-                write_errors,
+            return self.apply_refused(err, paused);
+        }
+    }
+
+    /// A refusal that no retry changes: another owner, a fence elsewhere, or a failure for good.
+    fn apply_refused(&self, err: SinkError, paused: &mut bool) -> Result<Applied, PartitionExit> {
+        let metrics = self.shared.metrics.pipeline();
+        match err {
+            SinkError::Fenced { stored_epoch, .. } => {
+                metrics.redis_error("fenced");
+                self.state.note_error(
+                    "redis",
+                    "fenced",
+                    format!("fenced by a newer owner (epoch {stored_epoch})"),
+                );
+                tracing::warn!(
+                    stored_epoch,
+                    "partition fenced by a newer owner; stopping it"
+                );
+                Err(PartitionExit::Fenced { stored_epoch })
+            }
+            SinkError::Gap {
+                stored_next_offset,
+                first_offset,
+                ..
             } => {
-                metrics.batch("applied");
-                metrics.events_written.inc_by(events as u64);
-                metrics.redis_commands.inc_by(commands as u64);
-                metrics.redis_write_errors.inc_by(write_errors as u64);
-                metrics.batch_events.observe(events as f64);
-                self.state.add_applied(events as u64);
-                let now_ms = crate::sink::redis::system_time_ms(SystemTime::now());
-                for ts in in_flight.timestamps.drain(..) {
-                    metrics
-                        .produce_to_redis_seconds
-                        .observe((now_ms - ts).max(0) as f64 / 1000.0);
-                }
-                self.series_applied(series.as_ref());
+                metrics.redis_error("gap");
+                break_pause(self, paused);
+                Ok(Applied::Reposition(Reposition::Rewind {
+                    fence: stored_next_offset,
+                    from: first_offset,
+                }))
             }
-            ApplyOutcome::AlreadyApplied => {
-                metrics.batch("already_applied");
-                if series.is_some() {
-                    // Someone applied this range: take the clock that went with it.
-                    self.reload_series_marks(None).await;
-                }
+            SinkError::Overlap {
+                stored_next_offset,
+                first_offset,
+                ..
+            } => {
+                metrics.redis_error("overlap");
+                break_pause(self, paused);
+                Ok(Applied::Reposition(Reposition::Skip {
+                    fence: stored_next_offset,
+                    from: first_offset,
+                }))
+            }
+            err => {
+                metrics.redis_error(err.kind());
+                self.state.note_error("redis", err.kind(), &err);
+                tracing::error!(%err, "batch apply failed for good; stopping the partition");
+                Err(PartitionExit::Failed(err.to_string()))
             }
         }
-        in_flight.timestamps.clear();
-        self.state.set_committed(batch.next_offset);
-        in_flight.builder.cover_from(batch.next_offset);
-        Ok(())
+    }
+
+    /// An applied batch's metrics and progress, and its events' produce → Redis latencies.
+    fn count_applied(
+        &self,
+        events: usize,
+        commands: usize,
+        write_errors: usize,
+        in_flight: &mut InFlight,
+    ) {
+        let metrics = self.shared.metrics.pipeline();
+        metrics.batch("applied");
+        metrics.events_written.inc_by(events as u64);
+        metrics.redis_commands.inc_by(commands as u64);
+        metrics.redis_write_errors.inc_by(write_errors as u64);
+        metrics.batch_events.observe(events as f64);
+        self.state.add_applied(events as u64);
+        let now_ms = crate::sink::redis::system_time_ms(SystemTime::now());
+        for ts in in_flight.timestamps.drain(..) {
+            metrics
+                .produce_to_redis_seconds
+                .observe((now_ms - ts).max(0) as f64 / 1000.0);
+        }
     }
 
     /// With nothing in flight, the fence must stand at the committed offset; behind it (or gone)
@@ -702,6 +742,14 @@ impl PartitionTask {
             tracing::debug!(%err, "group offset commit failed (tooling only)");
             self.shared.metrics.pipeline().kafka_error("group_commit");
         }
+    }
+}
+
+/// Pauses fetching while a batch waits for a retry: the task reads no further meanwhile.
+fn hold_pause(task: &PartitionTask, paused: &mut bool) {
+    if !*paused {
+        task.set_paused(true);
+        *paused = true;
     }
 }
 

@@ -116,209 +116,243 @@ pub(super) fn advance(
     input: &LifecycleInput<'_>,
     decision: &mut Decision,
 ) -> Option<Operation> {
-    let now = input.now;
-    let timeout = parse_duration(&input.job.spec.savepoint.timeout, Duration::from_secs(300));
-    let mut op = op;
     match op.step {
         OperationStep::Failed | OperationStep::Done => Some(op),
-        OperationStep::TriggerSavepoint => {
-            if let Some(at) = &op.retry_after {
-                if at.0 > now {
-                    return Some(op);
-                }
-            }
-            let overview = overview(input);
-            if uses_stop(op.kind) {
-                match overview.map(|o| o.state) {
-                    // An earlier stop (whose answer we never recorded) is still running.
-                    Some(JmState::Stopping) => {
-                        if elapsed(op.step_started_at.as_ref(), now) > timeout {
-                            return fail_attempt(
-                                op,
-                                format!(
-                                    "the jobmanager stayed STOPPING for more than {}s",
-                                    timeout.as_secs()
-                                ),
-                                input,
-                                decision,
-                            );
-                        }
-                        return Some(op);
-                    }
-                    // Already stopped (by us before a restart): its savepoint is the result.
-                    Some(JmState::Finished) => {
-                        let started_ms = op.started_at.0.as_millisecond();
-                        if let Some(sp) = overview
-                            .and_then(|o| o.last_savepoint.as_ref())
-                            .filter(|sp| i64::try_from(sp.created_at_ms).unwrap_or(0) >= started_ms)
-                        {
-                            let path = sp.path.clone();
-                            let at = ms_time(sp.created_at_ms);
-                            return savepoint_done(op, path, at, input, decision);
-                        }
-                        return fail_attempt(op, "the job is FINISHED without a savepoint of this operation; restart the jobmanager (spec.restartNonce) or use upgradeMode last-state".into(), input, decision);
-                    }
-                    _ => {}
-                }
-            }
-            if input.jobmanager.is_some_and(|v| v.overview.is_err())
-                && elapsed(op.step_started_at.as_ref(), now) > timeout
-            {
-                let error = input
-                    .jobmanager
-                    .and_then(|v| v.overview.as_ref().err().cloned())
-                    .unwrap_or_default();
-                return fail_attempt(op, error, input, decision);
-            }
-            // Stored at this step without a retry time, an earlier round may have sent the
-            // trigger before the operator restarted. Sending it again is safe: the trigger id
-            // comes from the stored operation, so the jobmanager answers the request it already
-            // has (and takes no second savepoint). Without an answer from the jobmanager the
-            // call is still made: its failure counts as an attempt.
-            op.step_started_at = Some(Time(now));
-            op.retry_after = None;
-            let trigger_id = trigger_id(&op);
-            decision.actions.push(if uses_stop(op.kind) {
-                JobManagerAction::StopWithSavepoint { trigger_id }
-            } else {
-                JobManagerAction::TriggerSavepoint { trigger_id }
-            });
-            Some(op)
+        OperationStep::TriggerSavepoint => trigger_savepoint(op, input, decision),
+        OperationStep::AwaitSavepoint => await_savepoint(op, input, decision),
+        OperationStep::CheckRestorePoint => check_restore_point(op, input, decision),
+        OperationStep::RollOut => roll_out(op, input, decision),
+    }
+}
+
+/// The savepoint's timeout (`spec.savepoint.timeout`), per step.
+fn savepoint_timeout(input: &LifecycleInput<'_>) -> Duration {
+    parse_duration(&input.job.spec.savepoint.timeout, Duration::from_secs(300))
+}
+
+/// Asks the jobmanager for the operation's savepoint (or stop-with-savepoint), once its retry
+/// time has come, unless an earlier request of ours is still running or already answered.
+fn trigger_savepoint(
+    mut op: Operation,
+    input: &LifecycleInput<'_>,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    let now = input.now;
+    let timeout = savepoint_timeout(input);
+    if let Some(at) = &op.retry_after {
+        if at.0 > now {
+            return Some(op);
         }
-        OperationStep::AwaitSavepoint => {
-            let view = input.jobmanager;
-            let waited = elapsed(op.step_started_at.as_ref(), now);
-            let poll = view.and_then(|v| v.poll.clone());
-            match poll {
-                Some(TriggerPoll::Known(info)) => match info.status {
-                    OperationStatus::InProgress => {
-                        if waited > timeout {
-                            return fail_attempt(
-                                op,
-                                format!(
-                                    "not complete after {}s (spec.savepoint.timeout)",
-                                    timeout.as_secs()
-                                ),
-                                input,
-                                decision,
-                            );
-                        }
-                        Some(op)
-                    }
-                    OperationStatus::Failed => fail_attempt(
+    }
+    let overview = overview(input);
+    if uses_stop(op.kind) {
+        match overview.map(|o| o.state) {
+            // An earlier stop (whose answer we never recorded) is still running.
+            Some(JmState::Stopping) => {
+                if elapsed(op.step_started_at.as_ref(), now) > timeout {
+                    return fail_attempt(
                         op,
-                        info.failure_cause
-                            .unwrap_or_else(|| "the jobmanager gave no cause".into()),
+                        format!(
+                            "the jobmanager stayed STOPPING for more than {}s",
+                            timeout.as_secs()
+                        ),
+                        input,
+                        decision,
+                    );
+                }
+                return Some(op);
+            }
+            // Already stopped (by us before a restart): its savepoint is the result.
+            Some(JmState::Finished) => {
+                let started_ms = op.started_at.0.as_millisecond();
+                if let Some(sp) = overview
+                    .and_then(|o| o.last_savepoint.as_ref())
+                    .filter(|sp| i64::try_from(sp.created_at_ms).unwrap_or(0) >= started_ms)
+                {
+                    let path = sp.path.clone();
+                    let at = ms_time(sp.created_at_ms);
+                    return savepoint_done(op, path, at, input, decision);
+                }
+                return fail_attempt(op, "the job is FINISHED without a savepoint of this operation; restart the jobmanager (spec.restartNonce) or use upgradeMode last-state".into(), input, decision);
+            }
+            _ => {}
+        }
+    }
+    if input.jobmanager.is_some_and(|v| v.overview.is_err())
+        && elapsed(op.step_started_at.as_ref(), now) > timeout
+    {
+        let error = input
+            .jobmanager
+            .and_then(|v| v.overview.as_ref().err().cloned())
+            .unwrap_or_default();
+        return fail_attempt(op, error, input, decision);
+    }
+    // Stored at this step without a retry time, an earlier round may have sent the
+    // trigger before the operator restarted. Sending it again is safe: the trigger id
+    // comes from the stored operation, so the jobmanager answers the request it already
+    // has (and takes no second savepoint). Without an answer from the jobmanager the
+    // call is still made: its failure counts as an attempt.
+    op.step_started_at = Some(Time(now));
+    op.retry_after = None;
+    let trigger_id = trigger_id(&op);
+    decision.actions.push(if uses_stop(op.kind) {
+        JobManagerAction::StopWithSavepoint { trigger_id }
+    } else {
+        JobManagerAction::TriggerSavepoint { trigger_id }
+    });
+    Some(op)
+}
+
+/// Waits for the jobmanager's answer to the savepoint request, within the timeout.
+fn await_savepoint(
+    mut op: Operation,
+    input: &LifecycleInput<'_>,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    let now = input.now;
+    let timeout = savepoint_timeout(input);
+    let view = input.jobmanager;
+    let waited = elapsed(op.step_started_at.as_ref(), now);
+    let poll = view.and_then(|v| v.poll.clone());
+    match poll {
+        Some(TriggerPoll::Known(info)) => match info.status {
+            OperationStatus::InProgress => {
+                if waited > timeout {
+                    return fail_attempt(
+                        op,
+                        format!(
+                            "not complete after {}s (spec.savepoint.timeout)",
+                            timeout.as_secs()
+                        ),
+                        input,
+                        decision,
+                    );
+                }
+                Some(op)
+            }
+            OperationStatus::Failed => fail_attempt(
+                op,
+                info.failure_cause
+                    .unwrap_or_else(|| "the jobmanager gave no cause".into()),
+                input,
+                decision,
+            ),
+            OperationStatus::Completed => {
+                let Some(location) = info.location.clone() else {
+                    return fail_attempt(
+                        op,
+                        "completed without a location".into(),
+                        input,
+                        decision,
+                    );
+                };
+                match view.and_then(|v| v.savepoints.clone()) {
+                    Some(Ok(list)) if list.iter().any(|s| s.path == location) => {
+                        let at = ms_time(info.completed_at_ms.unwrap_or(info.triggered_at_ms));
+                        savepoint_done(op, location, at, input, decision)
+                    }
+                    Some(Ok(_)) => fail_attempt(
+                        op,
+                        format!("savepoint {location} was reported complete but is not on the savepoint volume"),
                         input,
                         decision,
                     ),
-                    OperationStatus::Completed => {
-                        let Some(location) = info.location.clone() else {
-                            return fail_attempt(
-                                op,
-                                "completed without a location".into(),
-                                input,
-                                decision,
-                            );
-                        };
-                        match view.and_then(|v| v.savepoints.clone()) {
-                            Some(Ok(list)) if list.iter().any(|s| s.path == location) => {
-                                let at = ms_time(info.completed_at_ms.unwrap_or(info.triggered_at_ms));
-                                savepoint_done(op, location, at, input, decision)
-                            }
-                            Some(Ok(_)) => fail_attempt(
-                                op,
-                                format!("savepoint {location} was reported complete but is not on the savepoint volume"),
-                                input,
-                                decision,
-                            ),
-                            // Could not list: ask again next round.
-                            _ => Some(op),
-                        }
-                    }
-                },
-                Some(TriggerPoll::Unknown) => fail_attempt(
-                    op,
-                    "the jobmanager no longer knows the request (it restarted?)".into(),
-                    input,
-                    decision,
-                ),
-                Some(TriggerPoll::Error(error)) => {
-                    if waited > timeout {
-                        return fail_attempt(op, error, input, decision);
-                    }
-                    Some(op)
-                }
-                None => {
-                    if op.trigger_id.is_none() {
-                        enter(&mut op, OperationStep::TriggerSavepoint, now);
-                    }
-                    Some(op)
+                    // Could not list: ask again next round.
+                    _ => Some(op),
                 }
             }
+        },
+        Some(TriggerPoll::Unknown) => fail_attempt(
+            op,
+            "the jobmanager no longer knows the request (it restarted?)".into(),
+            input,
+            decision,
+        ),
+        Some(TriggerPoll::Error(error)) => {
+            if waited > timeout {
+                return fail_attempt(op, error, input, decision);
+            }
+            Some(op)
         }
-        OperationStep::CheckRestorePoint => {
-            match input.jobmanager.and_then(|v| v.checkpoints.clone()) {
-                Some(Ok(list)) if !list.is_empty() => {
-                    op.message = Some(format!(
-                        "restoring from the newest checkpoint {}",
-                        list[0].path
-                    ));
-                    enter(&mut op, OperationStep::RollOut, now);
-                    Some(op)
-                }
-                Some(Ok(_)) => fail_attempt(
-                    op,
-                    "no complete checkpoint exists yet (wait for spec.checkpoint.interval)".into(),
-                    input,
-                    decision,
-                ),
-                // The jobmanager is down or unhealthy: last-state goes ahead; the new jobmanager
-                // restores the newest checkpoint on the volume (and the Redis fences win).
-                _ => {
-                    op.message = Some("jobmanager unreachable: rolling out; the new jobmanager restores the newest checkpoint on the volume".into());
-                    enter(&mut op, OperationStep::RollOut, now);
-                    Some(op)
-                }
-            }
-        }
-        OperationStep::RollOut => {
-            if let Some(hash) = op.target_config_hash.as_mut() {
-                hash.clear();
-                hash.push_str(input.desired_hash);
-            }
-            if rollout_complete(&op, input) {
-                let (reason, message) = match op.kind {
-                    OperationKind::Suspend => (
-                        "Suspended",
-                        "suspended: no process runs; the savepoint volume is kept".to_string(),
-                    ),
-                    OperationKind::Resume => {
-                        ("Resumed", "resumed: the job processes again".to_string())
-                    }
-                    OperationKind::Restart => (
-                        "Restarted",
-                        "restarted: the job processes again".to_string(),
-                    ),
-                    _ => (
-                        "UpgradeCompleted",
-                        format!(
-                            "upgrade complete{}",
-                            op.savepoint_path
-                                .as_ref()
-                                .map(|p| format!(" (restored from {p})"))
-                                .unwrap_or_default()
-                        ),
-                    ),
-                };
-                decision
-                    .events
-                    .push(note(EventSeverity::Normal, reason, message));
-                return None;
+        None => {
+            if op.trigger_id.is_none() {
+                enter(&mut op, OperationStep::TriggerSavepoint, now);
             }
             Some(op)
         }
     }
+}
+
+/// A last-state upgrade goes ahead only with a checkpoint to restore (or no jobmanager to ask).
+fn check_restore_point(
+    mut op: Operation,
+    input: &LifecycleInput<'_>,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    let now = input.now;
+    match input.jobmanager.and_then(|v| v.checkpoints.clone()) {
+        Some(Ok(list)) if !list.is_empty() => {
+            op.message = Some(format!(
+                "restoring from the newest checkpoint {}",
+                list[0].path
+            ));
+            enter(&mut op, OperationStep::RollOut, now);
+            Some(op)
+        }
+        Some(Ok(_)) => fail_attempt(
+            op,
+            "no complete checkpoint exists yet (wait for spec.checkpoint.interval)".into(),
+            input,
+            decision,
+        ),
+        // The jobmanager is down or unhealthy: last-state goes ahead; the new jobmanager
+        // restores the newest checkpoint on the volume (and the Redis fences win).
+        _ => {
+            op.message = Some("jobmanager unreachable: rolling out; the new jobmanager restores the newest checkpoint on the volume".into());
+            enter(&mut op, OperationStep::RollOut, now);
+            Some(op)
+        }
+    }
+}
+
+/// Waits for the new configuration to be rolled out; ends the operation with its event.
+fn roll_out(
+    mut op: Operation,
+    input: &LifecycleInput<'_>,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    if let Some(hash) = op.target_config_hash.as_mut() {
+        hash.clear();
+        hash.push_str(input.desired_hash);
+    }
+    if rollout_complete(&op, input) {
+        let (reason, message) = match op.kind {
+            OperationKind::Suspend => (
+                "Suspended",
+                "suspended: no process runs; the savepoint volume is kept".to_string(),
+            ),
+            OperationKind::Resume => ("Resumed", "resumed: the job processes again".to_string()),
+            OperationKind::Restart => (
+                "Restarted",
+                "restarted: the job processes again".to_string(),
+            ),
+            _ => (
+                "UpgradeCompleted",
+                format!(
+                    "upgrade complete{}",
+                    op.savepoint_path
+                        .as_ref()
+                        .map(|p| format!(" (restored from {p})"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        decision
+            .events
+            .push(note(EventSeverity::Normal, reason, message));
+        return None;
+    }
+    Some(op)
 }
 
 fn deployment_done(
