@@ -292,7 +292,7 @@ impl Assessment {
         });
         let worst = jobmanager.min(taskmanager);
         let (progress_reason, progress_message) =
-            progress(running, worst, failure.as_deref(), &taskmanagers);
+            progress_condition(running, worst, failure.as_deref(), &taskmanagers);
         let mut assessed = Assessment {
             running,
             jobmanager,
@@ -387,7 +387,7 @@ impl Assessment {
 }
 
 /// The Progressing condition's reason and message, from the least advanced rollout.
-fn progress(
+fn progress_condition(
     running: bool,
     worst: Rollout,
     failure: Option<&str>,
