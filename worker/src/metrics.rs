@@ -42,7 +42,7 @@ pub struct PipelineMetrics {
     pub events_dead_lettered: Family<KindLabel, Counter>,
     /// Batches by outcome (`applied`, `already_applied`).
     pub batches: Family<OutcomeLabel, Counter>,
-    /// Redis commands the apply script ran (fence included): commands per event = this / events_written.
+    /// Redis commands the apply ran (fence included): commands per event = this / events_written.
     pub redis_commands: Counter,
     /// Data writes Redis refused inside a batch (e.g. WRONGTYPE), skipped and logged.
     pub redis_write_errors: Counter,
@@ -130,7 +130,7 @@ impl PipelineMetrics {
         r.register("batches", "Batches by apply outcome", self.batches.clone());
         r.register(
             "redis_commands",
-            "Redis commands run by the apply script (fence included)",
+            "Redis commands run by the apply transaction (fence included)",
             self.redis_commands.clone(),
         );
         r.register(

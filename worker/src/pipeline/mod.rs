@@ -7,6 +7,7 @@
 //! [`Pipeline::progress`].
 
 pub mod backoff;
+mod flush;
 mod partition;
 mod partition_state;
 mod series;

@@ -3,7 +3,7 @@
 //!
 //! 1. every dead-lettered record of the batch is acknowledged by the DLQ topic's broker;
 //! 2. the batch (writes + fence advance past every offset it covers, dead-lettered ones included)
-//!    is applied by one Redis script;
+//!    is applied in one Redis transaction (`flush.rs`);
 //! 3. only then is the offset reported as committed (and, asynchronously, committed to the
 //!    consumer group for Kafka tooling).
 //!
@@ -30,7 +30,7 @@
 //! batch below it is in Redis already, the rest is read again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -43,7 +43,7 @@ use super::backoff::jitter_unit;
 use super::partition_state::{PartitionExit, PartitionState};
 use super::Shared;
 use crate::sink::redis::window::SeriesAccumulator;
-use crate::sink::redis::{ApplyOutcome, Batch, BatchBuilder, SinkError};
+use crate::sink::redis::{BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
 
@@ -97,30 +97,23 @@ pub(crate) struct PartitionTask {
 
 /// The in-flight batch.
 pub(super) struct InFlight {
-    builder: BatchBuilder,
-    dead_letters: Vec<DeadLetter>,
+    pub(super) builder: BatchBuilder,
+    pub(super) dead_letters: Vec<DeadLetter>,
     /// Kafka timestamps (ms) of the batch's events, for the produce → Redis latency histogram.
-    timestamps: Vec<i64>,
+    pub(super) timestamps: Vec<i64>,
     /// The batch's event-time series counts (with `window.enabled`; `series.rs`).
     pub(super) series: SeriesAccumulator,
-    deadline: Option<tokio::time::Instant>,
+    pub(super) deadline: Option<tokio::time::Instant>,
     /// `Some(fence)` until the first record after a (re)start or a rewind was checked against it.
     resume_from: Option<Option<i64>>,
     /// Every undecodable record below this offset was delivered to the DLQ by this task: one
     /// read again after a rewind is not delivered twice.
-    dlq_delivered_upto: i64,
-}
-
-/// How a batch's apply ended: the fence took it (or had it already), or the partition must
-/// continue elsewhere.
-enum Applied {
-    Outcome(ApplyOutcome),
-    Reposition(Reposition),
+    pub(super) dlq_delivered_upto: i64,
 }
 
 /// Where the apply said the partition must continue from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reposition {
+pub(super) enum Reposition {
     /// Redis lost writes: its fence (`None`: vanished) is before `from`, this batch's start.
     Rewind { fence: Option<i64>, from: i64 },
     /// The fence lies inside the batch: continue at the fence.
@@ -240,7 +233,7 @@ impl PartitionTask {
     }
 
     /// A builder for the batch that starts at `from` (the position, when known).
-    fn new_builder(&self, from: Option<i64>) -> BatchBuilder {
+    pub(super) fn new_builder(&self, from: Option<i64>) -> BatchBuilder {
         let mut builder = self
             .shared
             .sink
@@ -319,7 +312,7 @@ impl PartitionTask {
     }
 
     /// Pauses fetching for this partition while a retry loop holds its batch.
-    fn set_paused(&self, paused: bool) {
+    pub(super) fn set_paused(&self, paused: bool) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.shared.config.source.kafka.topic, self.state.partition);
         let result = if paused {
@@ -334,227 +327,10 @@ impl PartitionTask {
         self.state.gauges.retrying.set(i64::from(paused));
     }
 
-    async fn backoff(&self, attempt: u32) {
+    pub(super) async fn backoff(&self, attempt: u32) {
         self.shared.metrics.pipeline().retries.inc();
         let delay = self.shared.backoff.delay(attempt, jitter_unit());
         tokio::time::sleep(delay).await;
-    }
-
-    /// Dead-letters, then applies the in-flight batch; retries what is retryable.
-    async fn flush(&self, in_flight: &mut InFlight) -> Result<(), PartitionExit> {
-        in_flight.deadline = None;
-        if in_flight.builder.is_empty() {
-            return Ok(());
-        }
-        let mut paused = false;
-        // Dropping the flush half-way is safe: the apply script is atomic and fenced, so a
-        // batch either moved the fence or left no trace, and the next owner starts at the fence.
-        let result = tokio::select! {
-            result = self.flush_inner(in_flight, &mut paused) => result,
-            () = abandoned(self.abandon.clone()) => {
-                self.shared.metrics.pipeline().batch("abandoned");
-                tracing::warn!(
-                    from_offset = self.state.committed(),
-                    "stopping without the in-flight batch, which could not be applied within \
-                     batch.stopTimeout; the partition's next owner re-reads it from the fence"
-                );
-                Err(PartitionExit::Abandoned)
-            }
-        };
-        if paused {
-            self.set_paused(false);
-        }
-        result
-    }
-
-    async fn flush_inner(
-        &self,
-        in_flight: &mut InFlight,
-        paused: &mut bool,
-    ) -> Result<(), PartitionExit> {
-        // 1. The DLQ records, acknowledged before the fence moves past their offsets.
-        self.deliver_dead_letters(in_flight, paused).await;
-        in_flight.dlq_delivered_upto = in_flight
-            .dlq_delivered_upto
-            .max(in_flight.builder.next_offset());
-
-        // 2. One atomic transaction: writes + fence.
-        let mut builder = std::mem::replace(&mut in_flight.builder, self.new_builder(None));
-        let now = SystemTime::now();
-        let series = self.plan_series(in_flight, &mut builder, now);
-        // Holds the job watermark the series was decided with until the batch is done.
-        let _decided_with = series.as_ref().map(|_| self.hold_watermark());
-        let batch = builder.build(now);
-        self.state.mark_active();
-        let outcome = match self.apply_until_decided(&batch, paused).await? {
-            Applied::Outcome(outcome) => outcome,
-            // Boxed: the rewind's futures would otherwise nest the task's future past the
-            // compiler's layout depth.
-            Applied::Reposition(to) => return Box::pin(self.reposition(in_flight, to)).await,
-        };
-
-        // 3. What the fence now says this partition has done.
-        match outcome {
-            ApplyOutcome::Applied {
-                events,
-                commands,
-                write_errors,
-            } => {
-                self.count_applied(events, commands, write_errors, in_flight);
-                self.series_applied(series.as_ref());
-            }
-            ApplyOutcome::AlreadyApplied => {
-                self.shared.metrics.pipeline().batch("already_applied");
-                if series.is_some() {
-                    // Someone applied this range: take the clock that went with it.
-                    self.reload_series_marks(None).await;
-                }
-            }
-        }
-        in_flight.timestamps.clear();
-        self.state.set_committed(batch.next_offset);
-        in_flight.builder.cover_from(batch.next_offset);
-        Ok(())
-    }
-
-    /// Delivers the batch's dead letters, retrying with backoff (the partition paused meanwhile)
-    /// until the DLQ acknowledged every one: the fence must not pass an undelivered record.
-    async fn deliver_dead_letters(&self, in_flight: &mut InFlight, paused: &mut bool) {
-        let metrics = self.shared.metrics.pipeline();
-        let mut pending = std::mem::take(&mut in_flight.dead_letters);
-        let mut attempt = 0;
-        while !pending.is_empty() {
-            match self.shared.dlq.deliver_all(&pending).await {
-                Ok(()) => {
-                    for record in &pending {
-                        metrics.dead_lettered(record.kind).inc();
-                        self.state.count_dead_letter(record.kind);
-                    }
-                    pending.clear();
-                }
-                Err((failed, err)) => {
-                    tracing::warn!(%err, failed = failed.len(), attempt, "dead-letter delivery failed; retrying");
-                    metrics.kafka_error("dlq_delivery");
-                    self.state.note_error("kafka", "dlq_delivery", &err);
-                    // Counted only once delivered; the ones delivered now are done.
-                    let mut index = 0;
-                    pending.retain(|_| {
-                        let keep = failed.contains(&index);
-                        index += 1;
-                        keep
-                    });
-                    hold_pause(self, paused);
-                    self.backoff(attempt).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
-
-    /// Applies the batch, retrying what can be retried with backoff (the partition paused
-    /// meanwhile), until the fence decided: applied, already applied, or continue elsewhere.
-    async fn apply_until_decided(
-        &self,
-        batch: &Batch,
-        paused: &mut bool,
-    ) -> Result<Applied, PartitionExit> {
-        let metrics = self.shared.metrics.pipeline();
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let err = match self.shared.sink.apply(batch).await {
-                Ok(outcome) => {
-                    metrics
-                        .batch_apply_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    return Ok(Applied::Outcome(outcome));
-                }
-                Err(err) => err,
-            };
-            if err.is_retryable() {
-                metrics.redis_error(err.kind());
-                self.state.note_error("redis", err.kind(), &err);
-                tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
-                hold_pause(self, paused);
-                self.backoff(attempt).await;
-                attempt = attempt.saturating_add(1);
-                continue;
-            }
-            return self.apply_refused(err, paused);
-        }
-    }
-
-    /// A refusal that no retry changes: another owner, a fence elsewhere, or a failure for good.
-    fn apply_refused(&self, err: SinkError, paused: &mut bool) -> Result<Applied, PartitionExit> {
-        let metrics = self.shared.metrics.pipeline();
-        match err {
-            SinkError::Fenced { stored_epoch, .. } => {
-                metrics.redis_error("fenced");
-                self.state.note_error(
-                    "redis",
-                    "fenced",
-                    format!("fenced by a newer owner (epoch {stored_epoch})"),
-                );
-                tracing::warn!(
-                    stored_epoch,
-                    "partition fenced by a newer owner; stopping it"
-                );
-                Err(PartitionExit::Fenced { stored_epoch })
-            }
-            SinkError::Gap {
-                stored_next_offset,
-                first_offset,
-                ..
-            } => {
-                metrics.redis_error("gap");
-                break_pause(self, paused);
-                Ok(Applied::Reposition(Reposition::Rewind {
-                    fence: stored_next_offset,
-                    from: first_offset,
-                }))
-            }
-            SinkError::Overlap {
-                stored_next_offset,
-                first_offset,
-                ..
-            } => {
-                metrics.redis_error("overlap");
-                break_pause(self, paused);
-                Ok(Applied::Reposition(Reposition::Skip {
-                    fence: stored_next_offset,
-                    from: first_offset,
-                }))
-            }
-            err => {
-                metrics.redis_error(err.kind());
-                self.state.note_error("redis", err.kind(), &err);
-                tracing::error!(%err, "batch apply failed for good; stopping the partition");
-                Err(PartitionExit::Failed(err.to_string()))
-            }
-        }
-    }
-
-    /// An applied batch's metrics and progress, and its events' produce → Redis latencies.
-    fn count_applied(
-        &self,
-        events: usize,
-        commands: usize,
-        write_errors: usize,
-        in_flight: &mut InFlight,
-    ) {
-        let metrics = self.shared.metrics.pipeline();
-        metrics.batch("applied");
-        metrics.events_written.inc_by(events as u64);
-        metrics.redis_commands.inc_by(commands as u64);
-        metrics.redis_write_errors.inc_by(write_errors as u64);
-        metrics.batch_events.observe(events as f64);
-        self.state.add_applied(events as u64);
-        let now_ms = crate::sink::redis::system_time_ms(SystemTime::now());
-        for ts in in_flight.timestamps.drain(..) {
-            metrics
-                .produce_to_redis_seconds
-                .observe((now_ms - ts).max(0) as f64 / 1000.0);
-        }
     }
 
     /// With nothing in flight, the fence must stand at the committed offset; behind it (or gone)
@@ -589,7 +365,7 @@ impl PartitionTask {
 
     /// Drops the in-flight batch and continues reading at the fence: a rewind when Redis lost
     /// writes (see the module documentation), a skip forward past an overlap.
-    async fn reposition(
+    pub(super) async fn reposition(
         &self,
         in_flight: &mut InFlight,
         to: Reposition,
@@ -742,29 +518,6 @@ impl PartitionTask {
             tracing::debug!(%err, "group offset commit failed (tooling only)");
             self.shared.metrics.pipeline().kafka_error("group_commit");
         }
-    }
-}
-
-/// Pauses fetching while a batch waits for a retry: the task reads no further meanwhile.
-fn hold_pause(task: &PartitionTask, paused: &mut bool) {
-    if !*paused {
-        task.set_paused(true);
-        *paused = true;
-    }
-}
-
-/// Resumes fetching before a seek (librdkafka may ignore a seek of a paused partition).
-fn break_pause(task: &PartitionTask, paused: &mut bool) {
-    if *paused {
-        task.set_paused(false);
-        *paused = false;
-    }
-}
-
-/// Resolves once the owner gives up on the in-flight batch (never if the owner is gone).
-async fn abandoned(mut abandon: watch::Receiver<bool>) {
-    if abandon.wait_for(|abandon| *abandon).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

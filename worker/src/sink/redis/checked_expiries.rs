@@ -1,6 +1,6 @@
 //! Which user lists already carry tonight's expiry, as far as this process knows.
 //!
-//! The apply script must make sure a user list it pushes to expires at the next local midnight.
+//! The apply must make sure a user list it pushes to expires at the next local midnight.
 //! A list the batch creates gets `PEXPIREAT`; an existing one may have been written by someone
 //! else (upstream's 52-year TTLs while migrating) and is checked with `PEXPIRETIME` — a second
 //! Redis call for most events, since a receiver gets many messages a day. Once a batch that
