@@ -543,21 +543,38 @@ pub fn transition_events(
     observed: &Observed,
 ) -> Vec<EventNote> {
     let mut events = Vec::new();
-    let previous_phase = previous.map(|s| s.phase);
-    if previous_phase != Some(next.phase) {
-        let severity = if next.phase == Phase::Failed {
-            EventSeverity::Warning
-        } else {
-            EventSeverity::Normal
-        };
-        let from = previous_phase.map(Phase::as_str).unwrap_or("none");
-        events.push(EventNote {
-            severity,
-            reason: next.phase.as_str().to_string(),
-            message: format!("phase {from} -> {}", next.phase.as_str()),
-        });
-    }
+    events.extend(phase_event(previous, next));
     events.extend(rewind_events(previous, next));
+    condition_events(previous, next, &mut events);
+    spec_events(job, previous, next, observed, &mut events);
+    events
+}
+
+/// The phase moved.
+fn phase_event(previous: Option<&StreamJobStatus>, next: &StreamJobStatus) -> Option<EventNote> {
+    let previous_phase = previous.map(|s| s.phase);
+    if previous_phase == Some(next.phase) {
+        return None;
+    }
+    let severity = if next.phase == Phase::Failed {
+        EventSeverity::Warning
+    } else {
+        EventSeverity::Normal
+    };
+    let from = previous_phase.map(Phase::as_str).unwrap_or("none");
+    Some(EventNote {
+        severity,
+        reason: next.phase.as_str().to_string(),
+        message: format!("phase {from} -> {}", next.phase.as_str()),
+    })
+}
+
+/// A condition changed status or reason: one Event per cause.
+fn condition_events(
+    previous: Option<&StreamJobStatus>,
+    next: &StreamJobStatus,
+    events: &mut Vec<EventNote>,
+) {
     for condition in &next.conditions {
         if condition.type_ == REDIS_REWOUND {
             // One Event per rewind, above.
@@ -600,6 +617,16 @@ pub fn transition_events(
             ),
         });
     }
+}
+
+/// What the spec changed: the pods' configuration, the scale, a restart.
+fn spec_events(
+    job: &StreamJob,
+    previous: Option<&StreamJobStatus>,
+    next: &StreamJobStatus,
+    observed: &Observed,
+    events: &mut Vec<EventNote>,
+) {
     if let (Some(before), Some(after)) = (
         previous.and_then(|s| s.config_hash.as_ref()),
         next.config_hash.as_ref(),
@@ -640,7 +667,6 @@ pub fn transition_events(
             ),
         });
     }
-    events
 }
 
 #[cfg(test)]
