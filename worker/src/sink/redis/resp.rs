@@ -203,6 +203,8 @@ fn number(line: &[u8]) -> Result<i64, ProtocolError> {
     if digits.is_empty() || digits.len() > 19 {
         return Err(bad());
     }
+    // Accumulated with the sign applied digit by digit, so that i64::MIN parses too.
+    let sign = if negative { -1 } else { 1 };
     let mut value: i64 = 0;
     for &digit in digits {
         if !digit.is_ascii_digit() {
@@ -210,10 +212,10 @@ fn number(line: &[u8]) -> Result<i64, ProtocolError> {
         }
         value = value
             .checked_mul(10)
-            .and_then(|v| v.checked_add(i64::from(digit - b'0')))
+            .and_then(|v| v.checked_add(sign * i64::from(digit - b'0')))
             .ok_or_else(bad)?;
     }
-    Ok(if negative { -value } else { value })
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -286,6 +288,15 @@ mod tests {
             parse(b":-9223372036854775807\r\n"),
             Ok(Some((Reply::Int(-i64::MAX), 23)))
         );
+        assert_eq!(
+            parse(b":-9223372036854775808\r\n"),
+            Ok(Some((Reply::Int(i64::MIN), 23)))
+        );
+        assert_eq!(
+            parse(b":9223372036854775807\r\n"),
+            Ok(Some((Reply::Int(i64::MAX), 22)))
+        );
+        assert!(parse(b":9223372036854775808\r\n").is_err());
         assert!(parse(b"$2\r\nabcd\r\n").is_err());
         assert!(parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
     }
