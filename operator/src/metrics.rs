@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{OperationKind, OperationStep, Phase, StreamJobStatus};
+use crate::crd::{OperationKind, OperationStep, StreamJobStatus};
 
 /// Labels of a failed reconciliation.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +20,17 @@ pub struct FailureLabels {
     /// Machine-readable reason, e.g. `ApplyFailed`, `InvalidSpec`.
     pub reason: String,
 }
+
+/// Labels of the jobmanager calls' counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `answered`, `refused` (an error status), `unreachable` (no answer in time), or `backoff`
+    /// (not made: the jobmanager is in its back-off after not answering).
+    pub outcome: String,
+}
+
+/// Every `outcome` of [`CallLabels`].
+pub const CALL_OUTCOMES: [&str; 4] = ["answered", "refused", "unreachable", "backoff"];
 
 /// Labels of a per-StreamJob series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,28 +61,6 @@ pub struct JobReasonLabels {
     pub reason: String,
 }
 
-/// Every `phase` label value (one series each per StreamJob; 1 for the current phase).
-pub const PHASES: [Phase; 8] = [
-    Phase::Pending,
-    Phase::Deploying,
-    Phase::Running,
-    Phase::Upgrading,
-    Phase::Suspending,
-    Phase::Suspended,
-    Phase::Failed,
-    Phase::Deleting,
-];
-
-/// Every operation `kind` label value.
-pub const OPERATION_KINDS: [OperationKind; 6] = [
-    OperationKind::Savepoint,
-    OperationKind::Upgrade,
-    OperationKind::Suspend,
-    OperationKind::Resume,
-    OperationKind::Restart,
-    OperationKind::Delete,
-];
-
 fn kind_label(kind: OperationKind) -> &'static str {
     match kind {
         OperationKind::Savepoint => "savepoint",
@@ -91,6 +80,18 @@ struct JobTimes {
     operation_started: Option<Timestamp>,
 }
 
+/// What a StreamJob's series show now: the label value of each state series (one series per
+/// state, present only for the current value, so a job costs a handful of series rather than
+/// one per possible value), and the failure reasons it has counters for (to drop them with it).
+#[derive(Debug, Clone, Default)]
+struct JobSeries {
+    times: JobTimes,
+    phase: Option<String>,
+    operation: Option<String>,
+    degraded: Option<String>,
+    reasons: BTreeSet<String>,
+}
+
 /// Per-StreamJob series, labelled `namespace` and `name` (plus one bounded enumeration).
 #[derive(Default)]
 struct JobMetrics {
@@ -105,11 +106,22 @@ struct JobMetrics {
     reconcile_errors: Family<JobReasonLabels, Counter>,
     ready: Family<JobLabels, Gauge>,
     degraded: Family<JobReasonLabels, Gauge>,
-    times: Mutex<HashMap<JobLabels, JobTimes>>,
-    /// The failure reasons counted per job (to drop their series with the job).
-    reasons: Mutex<HashMap<JobLabels, BTreeSet<String>>>,
-    /// The Degraded reason each job's series carries now.
-    degraded_reasons: Mutex<HashMap<JobLabels, Option<String>>>,
+    series: Mutex<HashMap<JobLabels, JobSeries>>,
+}
+
+/// Moves a state series from the `old` label value to the `new` one: the old series goes, the
+/// new one is 1. `labels` builds a series' labels from a value.
+fn move_state<L, F>(family: &Family<L, Gauge>, old: Option<&str>, new: Option<&str>, labels: F)
+where
+    L: Clone + std::hash::Hash + Eq + prometheus_client::encoding::EncodeLabelSet + std::fmt::Debug,
+    F: Fn(&str) -> L,
+{
+    if let Some(old) = old.filter(|old| Some(*old) != new) {
+        family.remove(&labels(old));
+    }
+    if let Some(new) = new {
+        family.get_or_create(&labels(new)).set(1);
+    }
 }
 
 /// The operator's metrics and their registry.
@@ -124,6 +136,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Rounds of jobmanager calls (one per reconcile that asked), by outcome.
+    pub jobmanager_calls: Family<CallLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +163,24 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        // Every reason exists from the start at 0, so `rate()` and `increase()` see the first
+        // failure (a series that appears with its first increment shows no increase).
+        for reason in crate::FAILURE_REASONS {
+            let _ = failures.get_or_create(&FailureLabels {
+                reason: reason.to_string(),
+            });
+        }
+        let jobmanager_calls = Family::<CallLabels, Counter>::default();
+        for outcome in CALL_OUTCOMES {
+            let _ = jobmanager_calls.get_or_create(&CallLabels {
+                outcome: outcome.to_string(),
+            });
+        }
+        registry.register(
+            "jobmanager_calls",
+            "Rounds of calls to the jobs' jobmanagers, by outcome (backoff: not made)",
+            jobmanager_calls.clone(),
+        );
         let jobs = JobMetrics::default();
         jobs.register(&mut registry);
         Self {
@@ -158,11 +190,21 @@ impl Default for Metrics {
             failures,
             duration,
             leader,
+            jobmanager_calls,
         }
     }
 }
 
 impl Metrics {
+    /// Counts one round of jobmanager calls.
+    pub fn jobmanager_call(&self, outcome: &str) {
+        self.jobmanager_calls
+            .get_or_create(&CallLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
     /// Counts one failure.
     pub fn failed(&self, reason: &str) {
         self.failures
@@ -174,13 +216,15 @@ impl Metrics {
 
     /// Counts one failed reconciliation of a StreamJob.
     pub fn job_failed(&self, namespace: &str, name: &str, reason: &str) {
+        let job = JobLabels {
+            namespace: namespace.into(),
+            streamjob: name.into(),
+        };
         self.jobs
-            .lock_reasons()
-            .entry(JobLabels {
-                namespace: namespace.into(),
-                streamjob: name.into(),
-            })
+            .lock_series()
+            .entry(job)
             .or_default()
+            .reasons
             .insert(reason.to_string());
         self.jobs
             .reconcile_errors
@@ -200,42 +244,10 @@ impl Metrics {
             streamjob: name.into(),
         };
         let jobs = &self.jobs;
-        for phase in PHASES {
-            jobs.phase
-                .get_or_create(&JobPhaseLabels {
-                    namespace: namespace.into(),
-                    streamjob: name.into(),
-                    phase: phase.as_str().into(),
-                })
-                .set(i64::from(phase == status.phase));
-        }
         let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
         jobs.ready.get_or_create(&job).set(i64::from(
             condition("Ready").is_some_and(|c| c.status == "True"),
         ));
-        // One series while Degraded=True, labelled with its reason (a bounded set).
-        let degraded = condition("Degraded")
-            .filter(|c| c.status == "True")
-            .map(|c| c.reason.clone());
-        let mut reasons = jobs.lock_degraded();
-        let before = reasons.insert(job.clone(), degraded.clone()).flatten();
-        drop(reasons);
-        if let Some(old) = before.filter(|old| Some(old) != degraded.as_ref()) {
-            jobs.degraded.remove(&JobReasonLabels {
-                namespace: namespace.into(),
-                streamjob: name.into(),
-                reason: old,
-            });
-        }
-        if let Some(reason) = degraded {
-            jobs.degraded
-                .get_or_create(&JobReasonLabels {
-                    namespace: namespace.into(),
-                    streamjob: name.into(),
-                    reason,
-                })
-                .set(1);
-        }
         jobs.desired_replicas
             .get_or_create(&job)
             .set(i64::from(desired));
@@ -254,25 +266,30 @@ impl Metrics {
             .current_operation
             .as_ref()
             .filter(|o| !matches!(o.step, OperationStep::Done | OperationStep::Failed));
-        for kind in OPERATION_KINDS {
-            jobs.operation
-                .get_or_create(&JobOperationLabels {
-                    namespace: namespace.into(),
-                    streamjob: name.into(),
-                    kind: kind_label(kind).into(),
-                })
-                .set(i64::from(operation.is_some_and(|o| o.kind == kind)));
-        }
-        let times = JobTimes {
-            last_checkpoint: status
-                .job
-                .as_ref()
-                .and_then(|j| j.last_checkpoint_at.as_ref())
-                .map(|t| t.0),
-            last_savepoint: status.last_savepoint.as_ref().map(|s| s.completed_at.0),
-            operation_started: operation.map(|o| o.started_at.0),
+        let now = JobSeries {
+            times: JobTimes {
+                last_checkpoint: status
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.last_checkpoint_at.as_ref())
+                    .map(|t| t.0),
+                last_savepoint: status.last_savepoint.as_ref().map(|s| s.completed_at.0),
+                operation_started: operation.map(|o| o.started_at.0),
+            },
+            phase: Some(status.phase.as_str().to_string()),
+            operation: operation.map(|o| kind_label(o.kind).to_string()),
+            degraded: condition("Degraded")
+                .filter(|c| c.status == "True")
+                .map(|c| c.reason.clone()),
+            reasons: BTreeSet::new(),
         };
-        jobs.lock_times().insert(job, times);
+        let mut series = jobs.lock_series();
+        let entry = series.entry(job).or_default();
+        jobs.move_states(namespace, name, entry, &now);
+        entry.times = now.times;
+        entry.phase = now.phase;
+        entry.operation = now.operation;
+        entry.degraded = now.degraded;
     }
 
     /// Drops every series of a StreamJob that is gone.
@@ -282,27 +299,10 @@ impl Metrics {
             streamjob: name.into(),
         };
         let jobs = &self.jobs;
-        for phase in PHASES {
-            jobs.phase.remove(&JobPhaseLabels {
-                namespace: namespace.into(),
-                streamjob: name.into(),
-                phase: phase.as_str().into(),
-            });
-        }
-        for kind in OPERATION_KINDS {
-            jobs.operation.remove(&JobOperationLabels {
-                namespace: namespace.into(),
-                streamjob: name.into(),
-                kind: kind_label(kind).into(),
-            });
-        }
-        if let Some(Some(reason)) = jobs.lock_degraded().remove(&job) {
-            jobs.degraded.remove(&JobReasonLabels {
-                namespace: namespace.into(),
-                streamjob: name.into(),
-                reason,
-            });
-        }
+        let Some(mut gone) = jobs.lock_series().remove(&job) else {
+            return;
+        };
+        jobs.move_states(namespace, name, &gone, &JobSeries::default());
         for family in [
             &jobs.desired_replicas,
             &jobs.ready_replicas,
@@ -318,11 +318,9 @@ impl Metrics {
         ] {
             family.remove(&job);
         }
-        jobs.lock_times().remove(&job);
         // Counters of a deleted job go too (a re-created one starts from 0, as Prometheus expects
         // of a new series), so series do not pile up as jobs come and go.
-        let reasons = jobs.lock_reasons().remove(&job).unwrap_or_default();
-        for reason in reasons {
+        for reason in std::mem::take(&mut gone.reasons) {
             jobs.reconcile_errors.remove(&JobReasonLabels {
                 namespace: namespace.into(),
                 streamjob: name.into(),
@@ -406,23 +404,48 @@ impl JobMetrics {
         );
     }
 
-    fn lock_times(&self) -> std::sync::MutexGuard<'_, HashMap<JobLabels, JobTimes>> {
-        self.times.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_series(&self) -> std::sync::MutexGuard<'_, HashMap<JobLabels, JobSeries>> {
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_degraded(&self) -> std::sync::MutexGuard<'_, HashMap<JobLabels, Option<String>>> {
-        self.degraded_reasons
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_reasons(&self) -> std::sync::MutexGuard<'_, HashMap<JobLabels, BTreeSet<String>>> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner())
+    /// Moves the phase, operation and Degraded series of a job from `old` to `new`.
+    fn move_states(&self, namespace: &str, name: &str, old: &JobSeries, new: &JobSeries) {
+        move_state(
+            &self.phase,
+            old.phase.as_deref(),
+            new.phase.as_deref(),
+            |phase| JobPhaseLabels {
+                namespace: namespace.into(),
+                streamjob: name.into(),
+                phase: phase.into(),
+            },
+        );
+        move_state(
+            &self.operation,
+            old.operation.as_deref(),
+            new.operation.as_deref(),
+            |kind| JobOperationLabels {
+                namespace: namespace.into(),
+                streamjob: name.into(),
+                kind: kind.into(),
+            },
+        );
+        move_state(
+            &self.degraded,
+            old.degraded.as_deref(),
+            new.degraded.as_deref(),
+            |reason| JobReasonLabels {
+                namespace: namespace.into(),
+                streamjob: name.into(),
+                reason: reason.into(),
+            },
+        );
     }
 
     fn refresh_ages(&self, now: Timestamp) {
         let age = |at: Timestamp| (now.as_millisecond() - at.as_millisecond()).max(0) as f64 / 1e3;
-        for (job, times) in self.lock_times().iter() {
+        for (job, series) in self.lock_series().iter() {
+            let times = &series.times;
             for (family, at) in [
                 (&self.last_checkpoint_age, times.last_checkpoint),
                 (&self.last_savepoint_age, times.last_savepoint),
@@ -444,6 +467,17 @@ impl JobMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Phase;
+
+    #[test]
+    fn failure_counters_exist_at_zero_before_the_first_failure() {
+        let text = Metrics::default().encode();
+        for reason in crate::FAILURE_REASONS {
+            let line =
+                format!("streamjob_operator_reconcile_failures_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn counters_show_up_in_the_text_format() {
@@ -519,14 +553,12 @@ mod tests {
         let job = "namespace=\"team-a\",streamjob=\"trace\"";
         for line in [
             format!("streamjob_operator_job_phase{{{job},phase=\"Upgrading\"}} 1"),
-            format!("streamjob_operator_job_phase{{{job},phase=\"Running\"}} 0"),
             format!("streamjob_operator_job_desired_replicas{{{job}}} 3"),
             format!("streamjob_operator_job_ready_replicas{{{job}}} 2"),
             format!("streamjob_operator_job_lag{{{job}}} 42"),
             format!("streamjob_operator_job_last_checkpoint_age_seconds{{{job}}} 30.0"),
             format!("streamjob_operator_job_last_savepoint_age_seconds{{{job}}} 130.0"),
             format!("streamjob_operator_job_operation{{{job},kind=\"upgrade\"}} 1"),
-            format!("streamjob_operator_job_operation{{{job},kind=\"savepoint\"}} 0"),
             format!("streamjob_operator_job_operation_duration_seconds{{{job}}} 20.0"),
             format!(
                 "streamjob_operator_job_reconcile_errors_total{{{job},reason=\"ApplyFailed\"}} 1"
@@ -536,7 +568,7 @@ mod tests {
         ] {
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
-        // The operation ended: no duration series, every kind 0.
+        // The operation ended: no duration series, no operation series, only the new phase.
         let mut done = status_at(Phase::Running);
         done.current_operation = None;
         done.conditions.clear();
@@ -547,6 +579,11 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("streamjob_operator_job_degraded{"), "{text}");
+        assert!(
+            !text.contains("streamjob_operator_job_operation{"),
+            "{text}"
+        );
+        assert!(!text.contains("phase=\"Upgrading\""), "{text}");
         assert!(text.contains(&format!(
             "streamjob_operator_job_phase{{{job},phase=\"Running\"}} 1"
         )));

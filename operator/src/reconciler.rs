@@ -11,13 +11,13 @@
 
 pub mod apply;
 pub mod cache;
+pub mod jobmanagers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -25,13 +25,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action as ControllerAction, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use crate::crd::{StreamJob, StreamJobStatus, GROUP, VERSION};
-use crate::jobmanager_client::{self as jm, BaseUrl, JobManagerClient};
+use crate::jobmanager_client::{self as jm, BaseUrl, JobAddress, JobManagerClient};
 use crate::metrics::Metrics;
 use crate::planner::lifecycle::{self, JobManagerAction};
 use crate::planner::{
@@ -64,6 +64,10 @@ pub struct Context {
     caches: RwLock<Vec<(Option<String>, Caches)>>,
     /// Who may connect to the jobs' pods besides their own namespace (NetworkPolicies).
     network: NetworkPeers,
+    /// Jobmanagers in their back-off after not answering.
+    unreachable: jobmanagers::Unreachable,
+    /// API tokens drawn for jobs whose Secret the cache does not show yet.
+    tokens: jobmanagers::DrawnTokens,
 }
 
 impl Context {
@@ -77,11 +81,13 @@ impl Context {
             client,
             metrics,
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.to_string()),
-            jobmanager: JobManagerClient::new(BaseUrl::ClusterDns, jm::DEFAULT_TIMEOUT),
+            jobmanager: JobManagerClient::new(BaseUrl::PodIp, jm::DEFAULT_TIMEOUT),
             failures: Mutex::new(HashMap::new()),
             now,
             caches: RwLock::new(Vec::new()),
             network: NetworkPeers::default(),
+            unreachable: jobmanagers::Unreachable::default(),
+            tokens: jobmanagers::DrawnTokens::default(),
         }
     }
 
@@ -113,6 +119,30 @@ impl Context {
             .iter()
             .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
             .map(|(_, caches)| caches.clone())
+    }
+
+    /// What the jobmanager answers to `queries` (see [`jobmanagers::Unreachable::observe`]).
+    async fn observe_jobmanager(
+        &self,
+        job: &JobAddress,
+        queries: &lifecycle::Queries,
+        now: Timestamp,
+    ) -> Option<planner::JobManagerReport> {
+        let (report, outcome) = self
+            .unreachable
+            .observe(&self.jobmanager, job, queries, now)
+            .await;
+        if let Some(outcome) = outcome {
+            self.metrics.jobmanager_call(outcome);
+        }
+        report
+    }
+
+    /// Forgets what is kept about a released job.
+    fn forget(&self, namespace: &str, name: &str) {
+        self.unreachable.forget(&JobAddress::new(namespace, name));
+        self.tokens.seen(namespace, name);
+        self.clear_failures(&format!("{namespace}/{name}"));
     }
 
     fn record_failure(&self, key: &str) -> u32 {
@@ -253,16 +283,14 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     let name = job.name_any();
     let mut observed = caches.observe(&namespace, &name);
     if observed.api_token.is_none() {
-        observed.api_token = match api_token_uncached(&ctx.client, &namespace, &name).await {
-            Ok(token) => Some(token),
-            Err(error) => return fail(job, ctx, "ObserveFailed", error).await,
-        };
+        observed.api_token = Some(ctx.tokens.token_for(&namespace, &name));
+    } else {
+        ctx.tokens.seen(&namespace, &name);
     }
     let now = (ctx.now)();
-    ctx.jobmanager
-        .set_token(&namespace, &name, observed.api_token.clone());
+    let address = job_address(&namespace, &name, &observed);
     let queries = lifecycle::queries(job, &observed);
-    let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
+    let report = ctx.observe_jobmanager(&address, &queries, now).await;
     let input = PlanInput {
         job,
         observed: &observed,
@@ -302,8 +330,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     let status = run_actions(
         ctx,
         job,
-        &namespace,
-        &name,
+        &address,
         plan.status.clone(),
         &plan.jobmanager_actions,
         &mut written,
@@ -324,17 +351,14 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     Ok(ControllerAction::requeue(requeue))
 }
 
-/// The job's API token when the cache has no Secret for it: the API server's copy (the watch
-/// may not have delivered the Secret this operator created a moment ago), else a fresh token that
-/// the apply creates the Secret with. Drawn once: afterwards the cache holds the Secret, so the
-/// token, and with it the Secret's body, stays the same from one reconcile to the next.
-async fn api_token_uncached(client: &Client, namespace: &str, name: &str) -> Result<String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let stored = secrets.get_opt(&names::api_token(name)).await?;
-    Ok(stored
-        .as_ref()
-        .and_then(planner::children::api_token_of)
-        .unwrap_or_else(jm::generate_api_token))
+/// The job's jobmanager as the caches show it: its ready pod's IP and the API token.
+fn job_address(namespace: &str, name: &str, observed: &planner::Observed) -> JobAddress {
+    JobAddress {
+        namespace: namespace.into(),
+        name: name.into(),
+        pod_ip: lifecycle::jobmanager_pod_ip(observed).map(str::to_string),
+        token: observed.api_token.clone(),
+    }
 }
 
 /// A job whose spec opts out of NetworkPolicies: delete the ones the cache still shows (none
@@ -383,14 +407,13 @@ pub fn resync(delay: Duration, job: &StreamJob) -> Duration {
 async fn run_actions(
     ctx: &Context,
     job: &StreamJob,
-    namespace: &str,
-    name: &str,
+    address: &JobAddress,
     mut status: StreamJobStatus,
     actions: &[JobManagerAction],
     written: &mut Option<StreamJobStatus>,
 ) -> Result<StreamJobStatus> {
     for action in actions {
-        let outcome = jm::execute(&ctx.jobmanager, namespace, name, action).await;
+        let outcome = jm::execute(&ctx.jobmanager, address, action).await;
         info!(?action, ?outcome, "jobmanager action");
         let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
         status = next;
@@ -409,10 +432,9 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     let name = job.name_any();
     let observed = caches.observe(&namespace, &name);
     let now = (ctx.now)();
-    ctx.jobmanager
-        .set_token(&namespace, &name, observed.api_token.clone());
+    let address = job_address(&namespace, &name, &observed);
     let queries = lifecycle::queries(job, &observed);
-    let report = jm::observe(&ctx.jobmanager, &namespace, &name, &queries, now).await;
+    let report = ctx.observe_jobmanager(&address, &queries, now).await;
     let plan = planner::plan_cleanup(PlanInput {
         job,
         observed: &observed,
@@ -429,7 +451,7 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     }
     publish(ctx, job, &plan.actions).await;
     if plan.done {
-        ctx.jobmanager.set_token(&namespace, &name, None);
+        ctx.forget(&namespace, &name);
         remove_finalizer(&ctx.client, job).await?;
         ctx.metrics.forget_job(&namespace, &name);
         info!("released");
@@ -438,8 +460,7 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     run_actions(
         ctx,
         job,
-        &namespace,
-        &name,
+        &address,
         plan.status.clone(),
         &plan.jobmanager_actions,
         &mut written,
@@ -590,8 +611,16 @@ pub async fn run(
         let jobs: Api<StreamJob> = scoped(&client, namespace.as_deref());
         let (caches, streams) = cache::watch(&client, namespace.as_deref());
         ctx.add_caches(namespace.clone(), caches);
-        let mut controller = Controller::new(jobs, watcher::Config::default())
-            .with_config(controller_config(&scope));
+        // The StreamJobs' own cache, trimmed like the children's: their managedFields (several
+        // field managers of spec and status) are most of an object and nothing reads them.
+        let (reader, writer) = reflector::store();
+        let trigger = watcher(jobs, watcher::Config::default())
+            .default_backoff()
+            .modify(|job: &mut StreamJob| job.managed_fields_mut().clear())
+            .reflect(writer)
+            .applied_objects();
+        let mut controller =
+            Controller::for_stream(trigger, reader).with_config(controller_config(&scope));
         for (resource, stream) in streams.children {
             controller = controller.watches_stream_with(
                 stream,

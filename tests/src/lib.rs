@@ -18,63 +18,66 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod controlplane;
+
 pub use streamjob_worker::testkit;
 
 /// Path of the worker binary, built on first use (see the module docs).
 pub fn worker_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Ok(path) = std::env::var("STREAMJOB_WORKER_BIN") {
-            return PathBuf::from(path);
+    BINARY.get_or_init(|| workspace_binary("streamjob-worker", "STREAMJOB_WORKER_BIN"))
+}
+
+/// Path of the operator binary, built on first use like the worker's
+/// (`STREAMJOB_OPERATOR_BIN=/path/to/streamjob-operator` skips the build).
+pub fn operator_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| workspace_binary("streamjob-operator", "STREAMJOB_OPERATOR_BIN"))
+}
+
+/// The binary `name` (of the package of the same name) next to this test executable, built with
+/// the same target directory and profile; `override_env` names a variable that points at one.
+fn workspace_binary(name: &str, override_env: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(override_env) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let profile_dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir")
+    } else {
+        deps
+    };
+    let target_dir = profile_dir.parent().expect("target dir");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", name, "--bin", name])
+        .env("CARGO_TARGET_DIR", target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
         }
-        let exe = std::env::current_exe().expect("test executable path");
-        let deps = exe.parent().expect("deps dir");
-        let profile_dir = if deps.ends_with("deps") {
-            deps.parent().expect("profile dir")
-        } else {
-            deps
-        };
-        let target_dir = profile_dir.parent().expect("target dir");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "streamjob-worker",
-                "--bin",
-                "streamjob-worker",
-            ])
-            .env("CARGO_TARGET_DIR", target_dir);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
+        other => {
+            build.args(["--profile", other]);
         }
-        let status = build.status().expect("cargo runs");
-        assert!(
-            status.success(),
-            "building streamjob-worker failed: {status}"
-        );
-        let binary = profile_dir.join("streamjob-worker");
-        assert!(
-            binary.exists(),
-            "{} missing after the build",
-            binary.display()
-        );
-        binary
-    })
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building {name} failed: {status}");
+    let binary = profile_dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} missing after the build",
+        binary.display()
+    );
+    binary
 }
 
 /// A free TCP port on 127.0.0.1 (racy by nature; good enough for one test at a time).

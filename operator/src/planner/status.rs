@@ -587,8 +587,9 @@ fn condition_events(
         if !changed {
             continue;
         }
-        // A first Degraded=False is not news.
-        if before.is_none() && condition.type_ == DEGRADED && condition.status == "False" {
+        // A job's first conditions are not news (its first phase Event says where it stands),
+        // unless something is already wrong: one Event for a new job, not one per condition.
+        if before.is_none() && !(condition.type_ == DEGRADED && condition.status == "True") {
             continue;
         }
         let warning = (condition.type_ == DEGRADED && condition.status == "True")

@@ -2,8 +2,9 @@
 //! applies, watched by the `managed-by` label) and one of the jobs' pods. A reconcile reads the
 //! children from here, never with GETs, and the same watches are what trigger reconciles.
 //!
-//! The stores hold trimmed objects: no `managedFields` anywhere, and pods only with their labels
-//! and container statuses (crash loops are all the planner reads from them), so the cache of
+//! The stores hold trimmed objects: no `managedFields` anywhere, Deployments without their pod
+//! spec, and pods only with their labels,
+//! Ready condition, IP and container statuses (what the planner reads of them), so the cache of
 //! 1,000 jobs stays small.
 
 use std::collections::BTreeMap;
@@ -71,9 +72,10 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let api: Api<DynamicObject> = scoped(client, namespace, &resource);
+        let kind = resource.kind.clone();
         let stream = watcher(api, managed.clone())
             .default_backoff()
-            .modify(|object: &mut DynamicObject| object.managed_fields_mut().clear())
+            .modify(move |object: &mut DynamicObject| trim_child(&kind, object))
             .reflect(writer)
             .applied_objects()
             .boxed();
@@ -100,15 +102,45 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
     )
 }
 
-/// Keeps what crash-loop detection reads: labels and container statuses.
+/// Drops what neither the planner nor the drift check reads: `managedFields` everywhere, and a
+/// Deployment's pod spec (the bulk of it; its template's annotations say which spec it runs, and a
+/// changed pod spec is caught by the apply body's hash).
+fn trim_child(kind: &str, object: &mut DynamicObject) {
+    object.managed_fields_mut().clear();
+    if kind == "Deployment" {
+        if let Some(template) = object
+            .data
+            .get_mut("spec")
+            .and_then(|spec| spec.get_mut("template"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            template.remove("spec");
+        }
+    }
+}
+
+/// Keeps what the planner reads of a pod: its labels, whether it is being deleted, its Ready
+/// condition and IP (the jobmanager's address, once it is ready) and its container statuses
+/// (crash loops).
 fn trim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    pod.metadata.generate_name = None;
     pod.spec = None;
     if let Some(status) = pod.status.as_mut() {
-        let containers = status.container_statuses.take();
-        *status = Default::default();
-        status.container_statuses = containers;
+        let trimmed = k8s_openapi::api::core::v1::PodStatus {
+            container_statuses: status.container_statuses.take(),
+            conditions: status.conditions.take().map(|conditions| {
+                conditions
+                    .into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .collect()
+            }),
+            pod_ip: status.pod_ip.take(),
+            ..Default::default()
+        };
+        *status = trimmed;
     }
 }
 

@@ -100,6 +100,36 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
         }
         None => {}
     }
+    let starting = decision.not_ready.as_ref().is_some_and(|(reason, _)| {
+        matches!(
+            reason.as_str(),
+            "JobNotRunning" | "NoTaskManagers" | "JobManagerUnreachable"
+        )
+    });
+    if starting {
+        let poll = starting_poll(input.job, now);
+        decision.requeue = Some(decision.requeue.map_or(poll, |r| r.min(poll)));
+    }
+}
+
+/// How soon to look again at a job whose jobmanager is up but does not run it yet (or does not
+/// answer): every 2 s for the first minute since Ready last changed, since a job starts in
+/// seconds and `kubectl wait --for=condition=Ready` should see it at once; then every 15 s, and
+/// after 10 minutes every minute (a job that stays down is watched, not polled hard).
+pub fn starting_poll(job: &StreamJob, now: Timestamp) -> Duration {
+    let since = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| &c.last_transition_time);
+    let waited = elapsed(since, now);
+    if waited < Duration::from_secs(60) {
+        POLL_INTERVAL
+    } else if waited < Duration::from_secs(600) {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(60)
+    }
 }
 
 /// Restarts after which a container that keeps failing counts as crash-looping even before the

@@ -23,7 +23,7 @@ use crate::crd::{
     StreamJobStatus, UpgradeMode, SAVEPOINT_HISTORY_CAP,
 };
 use crate::planner::children::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
-use crate::planner::{EventNote, EventSeverity, Observed};
+use crate::planner::{labels, EventNote, EventSeverity, Observed};
 
 mod cleanup;
 mod health;
@@ -78,7 +78,7 @@ pub fn trigger_id(op: &Operation) -> String {
 /// What the reconciler must ask the jobmanager before planning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Queries {
-    /// `GET /jobs/{id}`: whenever a jobmanager is meant to run.
+    /// `GET /jobs/{id}`: whenever a jobmanager is meant to run and one of its pods is ready.
     pub overview: bool,
     /// `GET /jobs/{id}/savepoints/{requestId}`: the trigger being awaited.
     pub poll: Option<String>,
@@ -198,9 +198,36 @@ pub fn ever_ran(job: &StreamJob, observed: &Observed) -> bool {
         || status.is_some_and(|s| s.job.is_some() || s.last_savepoint.is_some())
 }
 
-/// What to ask the jobmanager for this StreamJob, before planning.
+/// The address of the job's ready jobmanager pod, as the pod cache shows it: the operator calls
+/// it there (no cluster DNS on the way, and no call at all before a pod is ready).
+pub fn jobmanager_pod_ip(observed: &Observed) -> Option<&str> {
+    observed
+        .pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::COMPONENT))
+                .is_some_and(|c| c == labels::COMPONENT_JOBMANAGER)
+        })
+        .filter_map(|pod| pod.status.as_ref())
+        .filter(|status| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .find_map(|status| status.pod_ip.as_deref())
+}
+
+/// What to ask the jobmanager for this StreamJob, before planning. Its overview only once a
+/// jobmanager pod is ready: a starting or unreachable jobmanager must not hold a reconcile slot
+/// for a call's timeout (with many such jobs every slot would wait, and the other jobs starve).
 pub fn queries(job: &StreamJob, observed: &Observed) -> Queries {
-    let expected = jobmanager_expected(observed);
+    let expected = jobmanager_expected(observed) && jobmanager_ready(observed);
     let operation = job
         .status
         .as_ref()

@@ -1,0 +1,226 @@
+//! The operator at scale on a real control plane (a benchmark command, not a test):
+//!
+//! ```sh
+//! cargo run --release -p streamjob-tests --bin bench-operator            # 1,000 then 5,000 jobs
+//! BENCH_JOBS=1000 BENCH_STEADY_S=60 cargo run --release -p streamjob-tests --bin bench-operator
+//! ```
+//!
+//! Per size N: a fresh kube-apiserver + etcd + kube-controller-manager, the chart installed with
+//! Helm's SDK, the operator run by the process kubelet as the chart's ServiceAccount (the jobs'
+//! own pods stay Pending: this measures the operator, not the workers). Then:
+//! 1. N StreamJobs (the `full.yaml` sample, distinct names) created at once, 32 creates in
+//!    flight; the time until every one has a status, and until every one has both Deployments;
+//! 2. the operator's API calls per job while converging, by verb and resource (audit log);
+//! 3. a steady window (BENCH_STEADY_S, default 60): the operator's calls/s, Lease included;
+//! 4. the operator's RSS idle, at N jobs, and 60 s after all N were deleted.
+//!
+//! The reference measured in the same run is the idle operator (RSS, calls/s with no jobs).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::Value;
+use streamjob_tests::controlplane::audit;
+use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
+use streamjob_tests::controlplane::kubelet::KubeletOptions;
+
+const NAMESPACE: &str = "bench";
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn streamjob(index: usize) -> Value {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/samples/full.yaml");
+    let text = std::fs::read_to_string(sample).expect("sample");
+    let mut job: Value = serde_yaml::from_str(&text).expect("sample parses");
+    job["metadata"] = serde_json::json!({"name": format!("trace-{index}"), "namespace": NAMESPACE});
+    job
+}
+
+async fn operator_pid(cluster: &OperatorCluster) -> u32 {
+    cluster
+        .kubelet
+        .processes()
+        .into_iter()
+        .find(|(ns, _, _)| ns == "streamjob-system")
+        .map(|(_, _, pid)| pid)
+        .expect("the operator runs")
+}
+
+fn operator_calls(cluster: &OperatorCluster) -> Vec<audit::AuditEvent> {
+    cluster.operator_requests()
+}
+
+fn per_job(calls: &[audit::AuditEvent], jobs: usize) -> BTreeMap<String, f64> {
+    let mut counts = BTreeMap::new();
+    for call in calls.iter().filter(|c| !c.call().contains("leases")) {
+        *counts.entry(call.call()).or_insert(0.0) += 1.0;
+    }
+    counts.values_mut().for_each(|v| *v /= jobs as f64);
+    counts
+}
+
+async fn wait_all(
+    what: &str,
+    deadline: Duration,
+    mut done: impl AsyncFnMut() -> (usize, bool),
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (count, finished) = done().await;
+        if finished {
+            return started.elapsed();
+        }
+        if started.elapsed() > deadline {
+            println!("  {what}: only {count} after {:?}", started.elapsed());
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn run(jobs: usize, steady: Duration) {
+    let options = KubeletOptions {
+        operator_only: true,
+        ..KubeletOptions::default()
+    };
+    let cluster = OperatorCluster::up_with(test_values(), options).await;
+    cluster.kubectl(&["create", "namespace", NAMESPACE]);
+    let pid = operator_pid(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_rss = rss_mib(pid);
+    let before = operator_calls(&cluster).len();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let idle_rate = (operator_calls(&cluster).len() - before) as f64 / 20.0;
+
+    let client = cluster.client.clone();
+    let resource = kube::api::ApiResource {
+        group: "streaming.austin.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "streaming.austin.dev/v1alpha1".into(),
+        kind: "StreamJob".into(),
+        plural: "streamjobs".into(),
+    };
+    let jobs_api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let start_calls = operator_calls(&cluster).len();
+    let created = Instant::now();
+    futures::stream::iter(0..jobs)
+        .map(|i| {
+            let api = jobs_api.clone();
+            async move {
+                let object: kube::api::DynamicObject =
+                    serde_json::from_value(streamjob(i)).expect("a StreamJob");
+                api.create(&PostParams::default(), &object)
+                    .await
+                    .expect("created");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let create_time = created.elapsed();
+    let status_time = wait_all("status", Duration::from_secs(600), async || {
+        let list = jobs_api.list(&ListParams::default()).await.expect("list");
+        let with = list
+            .items
+            .iter()
+            .filter(|j| j.data["status"]["phase"].is_string())
+            .count();
+        (with, with == jobs)
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let children_time = wait_all("deployments", Duration::from_secs(600), async || {
+        let n = deployments
+            .list_metadata(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        (n, n == 2 * jobs)
+    })
+    .await;
+    let converge_calls: Vec<_> = operator_calls(&cluster).split_off(start_calls);
+    let converged_rss = rss_mib(pid);
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = operator_calls(&cluster);
+    tokio::time::sleep(steady).await;
+    let after = operator_calls(&cluster);
+    let window: Vec<_> = after[before.len()..].to_vec();
+    let steady_rate = window.len() as f64 / steady.as_secs_f64();
+    let steady_leases = window
+        .iter()
+        .filter(|c| c.call().contains("leases"))
+        .count();
+    let steady_rss = rss_mib(pid);
+
+    jobs_api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete all");
+    let delete_time = wait_all("deletion", Duration::from_secs(600), async || {
+        let n = jobs_api
+            .list_metadata(&ListParams::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        (n, n == 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let released_rss = rss_mib(pid);
+
+    println!("== {jobs} StreamJobs on a real API server");
+    println!(
+        "  created in {:.1} s (32 in flight)",
+        create_time.as_secs_f64()
+    );
+    println!(
+        "  every job has a status after {:.1} s (from the first create)",
+        (status_time + create_time).as_secs_f64()
+    );
+    println!(
+        "  every job has both Deployments after {:.1} s more",
+        children_time.as_secs_f64()
+    );
+    let calls = per_job(&converge_calls, jobs);
+    let total: f64 = calls.values().sum();
+    println!("  operator calls per job while converging: {total:.2}");
+    for (call, n) in &calls {
+        println!("    {call:<40} {n:.2}");
+    }
+    println!("  steady: {steady_rate:.2} calls/s over {}s ({} of {} Lease calls); idle reference {idle_rate:.2} calls/s", steady.as_secs(), steady_leases, window.len());
+    println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s) {released_rss:.1}", delete_time.as_secs_f64());
+}
+
+#[tokio::main]
+async fn main() {
+    let steady = Duration::from_secs(
+        std::env::var("BENCH_STEADY_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    for jobs in env_list("BENCH_JOBS", "1000,5000") {
+        run(jobs, steady).await;
+    }
+}

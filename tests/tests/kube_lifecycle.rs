@@ -1,0 +1,327 @@
+//! A StreamJob's whole life on a real control plane, as a user lives it: `helm install` the chart,
+//! `kubectl apply` a StreamJob, `kubectl wait` for Ready, `kubectl scale` it, change its config
+//! (a savepoint upgrade), suspend and resume it, and delete it with a final savepoint. The
+//! operator runs as the chart's ServiceAccount; the process kubelet runs real worker processes
+//! against a real Kafka-protocol broker (librdkafka's mock cluster) and a real redis-server; the
+//! Redis state is checked in full at the end.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::{json, Value};
+use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
+use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
+use streamjob_worker::testkit::redis::RedisServer;
+use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
+
+const NS: &str = "default";
+const NAME: &str = "trace";
+const TOPIC: &str = "trace-k8s";
+const DLQ: &str = "trace-k8s-dlq";
+const PARTITIONS: i32 = 4;
+
+/// Real Kafka and Redis behind the cluster, and what was produced so far.
+struct Data {
+    kafka: EmbeddedKafka,
+    redis: RedisServer,
+    produced: Vec<Vec<u8>>,
+}
+
+impl Data {
+    fn start() -> Self {
+        Data {
+            kafka: kafka::start_mock(TOPIC, PARTITIONS, DLQ),
+            redis: RedisServer::start().expect("redis-server"),
+            produced: Vec::new(),
+        }
+    }
+
+    fn produce(&mut self, seed: u64, n: usize) {
+        let mut generator = EventGenerator::new(
+            seed,
+            TrafficShape {
+                users: 2_000,
+                messages: 1_000,
+                malformed_ppm: 500,
+                ..TrafficShape::default()
+            },
+        );
+        let payloads: Vec<Vec<u8>> = (0..n).map(|_| generator.next_payload()).collect();
+        kafka::produce(
+            self.kafka.bootstrap_servers(),
+            TOPIC,
+            PARTITIONS,
+            &payloads,
+            ProduceMode::Batched,
+        )
+        .expect("produced");
+        self.produced.extend(payloads);
+    }
+
+    /// Records applied so far: the sum of the partitions' fences.
+    fn applied(&self) -> i64 {
+        fence_offsets(&self.redis.url(), "", NAME, TOPIC, PARTITIONS)
+            .expect("fences")
+            .iter()
+            .map(|f| f.unwrap_or(0))
+            .sum()
+    }
+
+    async fn wait_applied(&self, cluster: &OperatorCluster, timeout: Duration) {
+        let total = i64::try_from(self.produced.len()).unwrap_or(0);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = self.applied();
+            assert!(
+                applied <= total,
+                "fences past the data: {applied} > {total}"
+            );
+            if applied == total {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {applied} of {total} applied; workers:\n{}",
+                cluster.kubelet.logs("trace-")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every list entry and counter in Redis is what the data set makes, each event once.
+    fn assert_redis_exact(&self) {
+        let expected = Expected::from_payloads("", self.produced.iter().map(Vec::as_slice));
+        let actual = TraceState::read(&self.redis.url()).expect("redis readable");
+        let diff = expected.state.diff(&actual, 10);
+        assert!(diff.is_empty(), "redis differs:\n{}", diff.join("\n"));
+        assert_eq!(actual.list_values(), expected.state.list_values());
+        assert_eq!(
+            self.applied(),
+            i64::try_from(self.produced.len()).unwrap_or(0)
+        );
+    }
+}
+
+fn stream_job(data: &Data, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "streaming.austin.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": NAME},
+        "spec": {
+            "image": "registry.example/streamjob-worker:e2e",
+            "replicas": replicas,
+            "kafka": {
+                "brokers": data.kafka.bootstrap_servers(),
+                "topic": TOPIC,
+                "dlqTopic": DLQ,
+                "properties": {"fetch.wait.max.ms": "10"},
+            },
+            "redis": {"url": data.redis.url()},
+            "batch": {"maxEvents": 500, "linger": "20ms"},
+            "checkpoint": {"interval": "1s"},
+            "savepoint": {"timeout": "60s"},
+        }
+    })
+}
+
+/// Polls the StreamJob until `done` holds (the status is what `kubectl get -o json` shows).
+async fn until(
+    cluster: &OperatorCluster,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = cluster.get(NS, NAME);
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {timeout:?}; status:\n{:#}\noperator:\n{}",
+            job["status"],
+            tail(&cluster.operator_logs(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn ready(job: &Value) -> bool {
+    condition(job, "Ready") == Some("True")
+}
+
+fn condition<'a>(job: &'a Value, type_: &str) -> Option<&'a str> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
+}
+
+fn no_operation(job: &Value) -> bool {
+    job["status"]["currentOperation"].is_null()
+}
+
+async fn event_reasons(cluster: &OperatorCluster) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+    let events = api.list(&ListParams::default()).await.expect("events");
+    events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster() {
+    let cluster = OperatorCluster::up(test_values()).await;
+    let mut data = Data::start();
+
+    // apply → Ready, as `kubectl wait` sees it, within seconds of the pods being up.
+    data.produce(1, 10_000);
+    let applied_at = Instant::now();
+    cluster.apply(NS, &stream_job(&data, 2));
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "kubectl wait --for=condition=Ready timed out; status:\n{:#}\noperator:\n{}",
+        cluster.get(NS, NAME)["status"],
+        tail(&cluster.operator_logs(), 60)
+    );
+    eprintln!("apply -> Ready: {:?}", applied_at.elapsed());
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+
+    // kubectl scale: in place, Ready stays True the whole time.
+    cluster.kubectl(&[
+        "scale",
+        "-n",
+        NS,
+        &format!("streamjob/{NAME}"),
+        "--replicas=3",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = cluster.get(NS, NAME);
+        assert!(
+            ready(&job),
+            "Ready dropped during a scale: {:#}",
+            job["status"]
+        );
+        if job["status"]["readyReplicas"] == 3 && job["status"]["job"]["taskmanagers"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not scaled: {:#}", job["status"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    data.produce(2, 10_000);
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+
+    // A config change in savepoint mode: stop with a savepoint, roll out from it.
+    let mut spec = stream_job(&data, 3);
+    spec["spec"]["batch"]["maxEvents"] = json!(400);
+    cluster.apply(NS, &spec);
+    data.produce(3, 10_000);
+    let job = until(&cluster, "upgraded", Duration::from_secs(120), |job| {
+        no_operation(job) && job["status"]["lastSavepoint"]["trigger"] == "Upgrade" && ready(job)
+    })
+    .await;
+    let upgrade_savepoint = job["status"]["lastSavepoint"]["path"]
+        .as_str()
+        .expect("savepoint path")
+        .to_string();
+    assert!(
+        Path::new(&upgrade_savepoint).exists(),
+        "{upgrade_savepoint}"
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+
+    // Suspend: a savepoint, then no pod runs; resume restores it and catches up.
+    spec["spec"]["state"] = json!("suspended");
+    cluster.apply(NS, &spec);
+    let job = until(&cluster, "suspended", Duration::from_secs(90), |job| {
+        job["status"]["phase"] == "Suspended"
+    })
+    .await;
+    assert_eq!(job["status"]["lastSavepoint"]["trigger"], "Suspend");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .kubelet
+        .processes()
+        .iter()
+        .all(|(_, pod, _)| !pod.starts_with("trace-"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "worker pods left: {:?}",
+            cluster.kubelet.processes()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    data.produce(4, 10_000);
+    spec["spec"]["state"] = json!("running");
+    cluster.apply(NS, &spec);
+    until(&cluster, "resumed", Duration::from_secs(90), |job| {
+        no_operation(job) && job["status"]["phase"] == "Running" && ready(job)
+    })
+    .await;
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    let reasons = event_reasons(&cluster).await;
+    for reason in ["UpgradeStarted", "SavepointCompleted", "UpgradeCompleted"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event: {reasons:?}"
+        );
+    }
+
+    // Delete: a final savepoint, the finalizer goes, the garbage collector takes the children,
+    // and the kept PVC names the savepoint.
+    let output = cluster.plane.kubectl_output(&[
+        "delete",
+        "-n",
+        NS,
+        &format!("streamjob/{NAME}"),
+        "--timeout=90s",
+    ]);
+    assert!(
+        output.status.success(),
+        "delete: {}\noperator:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        tail(&cluster.operator_logs(), 40)
+    );
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), NS);
+    let pvc = pvcs
+        .get(&format!("{NAME}-savepoints"))
+        .await
+        .expect("the savepoint PVC is kept");
+    let final_savepoint = pvc
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("streaming.austin.dev/latest-savepoint")
+        .cloned()
+        .expect("the kept PVC names the final savepoint");
+    assert!(Path::new(&final_savepoint).exists(), "{final_savepoint}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster
+        .kubelet
+        .processes()
+        .iter()
+        .any(|(_, pod, _)| pod.starts_with("trace-"))
+    {
+        assert!(Instant::now() < deadline, "pods outlived their StreamJob");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    data.assert_redis_exact();
+    cluster.assert_no_forbidden();
+}

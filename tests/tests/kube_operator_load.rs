@@ -1,0 +1,208 @@
+//! The operator under load on a real control plane, where a fake API server hid the problems:
+//! - a job whose jobmanager pod is not ready is never called (before, every reconcile of such a
+//!   job called `<job>-jobmanager.<ns>.svc` and waited out the timeout when the name did not
+//!   resolve, so a thousand starting jobs held every reconcile slot);
+//! - a jobmanager that is Ready but never answers is called less and less often (back-off), and
+//!   a new job next to many such ones still becomes Ready promptly;
+//! - what creating a job costs in API calls (no GET the cache can answer, one Event), and the
+//!   failure counters exist at 0 before any failure.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use streamjob_tests::controlplane::audit;
+use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
+use streamjob_tests::controlplane::kubelet::KubeletOptions;
+use streamjob_tests::http_get;
+use streamjob_worker::testkit::kafka;
+use streamjob_worker::testkit::redis::RedisServer;
+
+const NS: &str = "default";
+
+fn stream_job(name: &str, replicas: i32, brokers: &str, redis: &str) -> Value {
+    json!({
+        "apiVersion": "streaming.austin.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.example/streamjob-worker:e2e",
+            "replicas": replicas,
+            "kafka": {"brokers": brokers, "topic": "trace-load", "dlqTopic": "trace-load-dlq"},
+            "redis": {"url": redis},
+            "checkpoint": {"interval": "1s"},
+        }
+    })
+}
+
+/// The operator's `/metrics` as `series -> value`.
+async fn operator_metrics(cluster: &OperatorCluster) -> BTreeMap<String, f64> {
+    let address = cluster.operator_http().await.expect("a ready operator pod");
+    let text = http_get(&address, "/metrics").expect("/metrics answers");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn calls(metrics: &BTreeMap<String, f64>, outcome: &str) -> f64 {
+    metrics
+        .get(&format!(
+            "streamjob_operator_jobmanager_calls_total{{outcome=\"{outcome}\"}}"
+        ))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Waits until `n` StreamJobs in `NS` have a status phase.
+async fn wait_for_statuses(cluster: &OperatorCluster, n: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list: Value =
+            serde_json::from_str(&cluster.kubectl(&["get", "streamjobs", "-n", NS, "-o", "json"]))
+                .expect("json");
+        let with = list["items"].as_array().map_or(0, |items| {
+            items
+                .iter()
+                .filter(|j| j["status"]["phase"].is_string())
+                .count()
+        });
+        if with >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {with} of {n} StreamJobs have a status"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
+    // The jobs' pods stay Pending, as while images pull or nodes scale up.
+    let options = KubeletOptions {
+        operator_only: true,
+        ..KubeletOptions::default()
+    };
+    let cluster = OperatorCluster::up_with(test_values(), options).await;
+    let before = operator_metrics(&cluster).await;
+    for reason in ["KubeApi", "InvalidSpec", "ApplyFailed"] {
+        let series = format!("streamjob_operator_reconcile_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(before.get(&series), Some(&0.0), "{series} missing or not 0");
+    }
+
+    let jobs = 20;
+    for i in 0..jobs {
+        cluster.apply(
+            NS,
+            &stream_job(
+                &format!("pending-{i}"),
+                2,
+                "kafka:9092",
+                "redis://redis:6379",
+            ),
+        );
+    }
+    wait_for_statuses(&cluster, jobs, Duration::from_secs(60)).await;
+    // Let the requeues of starting jobs come round a few times.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+
+    let metrics = operator_metrics(&cluster).await;
+    let made: f64 = ["answered", "refused", "unreachable"]
+        .iter()
+        .map(|o| calls(&metrics, o))
+        .sum();
+    assert_eq!(
+        made, 0.0,
+        "the operator called jobmanagers that have no ready pod: {metrics:?}"
+    );
+
+    let requests = cluster.operator_requests();
+    let user_calls: Vec<&audit::AuditEvent> = requests
+        .iter()
+        .filter(|e| {
+            !e.call().contains("leases") && !e.verb.starts_with("watch") && e.verb != "list"
+        })
+        .collect();
+    let counts = audit::count_calls(&user_calls);
+    let per_job = |call: &str| counts.get(call).copied().unwrap_or(0) as f64 / jobs as f64;
+    eprintln!("operator calls for {jobs} starting jobs: {counts:#?}");
+    assert_eq!(
+        per_job("get secrets"),
+        0.0,
+        "a GET the cache answers: {counts:?}"
+    );
+    assert!(
+        per_job("create events") <= 1.0,
+        "Events per new job: {counts:?}"
+    );
+    assert!(
+        per_job("patch streamjobs/status") <= 2.0,
+        "status writes per new job: {counts:?}"
+    );
+    cluster.assert_no_forbidden();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_unresponsive_jobmanagers_back_off_and_do_not_hold_up_a_new_job() {
+    let options = KubeletOptions {
+        unresponsive_jobmanagers: Some("silent-".into()),
+        ..KubeletOptions::default()
+    };
+    let cluster = OperatorCluster::up_with(test_values(), options).await;
+    let redis = RedisServer::start().expect("redis-server");
+    let kafka = kafka::start_mock("trace-load", 2, "trace-load-dlq");
+
+    // Jobmanagers that are Ready and never answer (a network that drops their traffic).
+    let silent = 16;
+    for i in 0..silent {
+        cluster.apply(
+            NS,
+            &stream_job(
+                &format!("silent-{i}"),
+                0,
+                kafka.bootstrap_servers(),
+                &redis.url(),
+            ),
+        );
+    }
+    wait_for_statuses(&cluster, silent, Duration::from_secs(60)).await;
+    let window = Duration::from_secs(30);
+    let start = operator_metrics(&cluster).await;
+    tokio::time::sleep(window).await;
+    let end = operator_metrics(&cluster).await;
+    let unreachable = calls(&end, "unreachable") - calls(&start, "unreachable");
+    let skipped = calls(&end, "backoff") - calls(&start, "backoff");
+    // With a 5 s back-off doubling per failure, a silent jobmanager is called at most about 3
+    // times in 30 s; each costs a reconcile slot for the call timeout.
+    assert!(
+        unreachable <= (silent * 4) as f64,
+        "{unreachable} calls to {silent} silent jobmanagers in {window:?}"
+    );
+    assert!(skipped > 0.0, "no call was skipped in back-off: {end:?}");
+
+    // A healthy job next to them is Ready as promptly as on an empty cluster.
+    let applied = Instant::now();
+    cluster.apply(
+        NS,
+        &stream_job("trace", 1, kafka.bootstrap_servers(), &redis.url()),
+    );
+    assert!(
+        cluster.wait_for(NS, "trace", "Ready", Duration::from_secs(45)),
+        "the healthy job is not Ready next to silent jobmanagers: {:#}",
+        cluster.get(NS, "trace")["status"]
+    );
+    eprintln!("healthy job Ready {:?} after apply", applied.elapsed());
+    for i in 0..silent {
+        let reason = cluster.get(NS, &format!("silent-{i}"))["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .map(|c| c["reason"].clone());
+        assert_eq!(reason, Some(json!("JobManagerUnreachable")), "silent-{i}");
+    }
+    cluster.assert_no_forbidden();
+}
