@@ -16,12 +16,65 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod bounds;
+pub use bounds::{unbounded_rule_inputs, Missing, Unbounded};
+
 /// API group of the StreamJob resource.
 pub const GROUP: &str = "streaming.austin.dev";
 /// API version of the StreamJob resource.
 pub const VERSION: &str = "v1alpha1";
 /// Savepoints kept in `status.savepointHistory` (newest first).
 pub const SAVEPOINT_HISTORY_CAP: usize = 10;
+
+// Size bounds of the values CEL rules read. The API server estimates each rule's worst-case cost
+// from the schema when the CRD is applied; without these it assumes every string, list and map
+// is as large as a whole request and refuses the CRD ("estimated rule cost exceeds budget"), so
+// `crd_yaml` refuses to generate one where a rule reads an unbounded value (see `bounds`).
+// Where a rule already states a limit, the bound is that limit; elsewhere it is a generous
+// production limit, far above any real value.
+
+/// DNS-1123 subdomains (Secret and StorageClass names) and DNS names: 253 characters.
+const DNS_NAME_MAX: u32 = 253;
+/// Secret data keys: the same limit as the names (Kubernetes' own).
+const SECRET_KEY_MAX: u32 = 253;
+/// An image reference: repository name (at most 255, the registry's own limit), `:` tag (at
+/// most 128) and `@sha256:` digest (71) add up to 456.
+const IMAGE_MAX: u32 = 512;
+/// Bootstrap servers: dozens of `host:port` entries with long DNS names still fit.
+const BROKERS_MAX: u32 = 4096;
+/// Kafka's own topic name limit.
+const TOPIC_MAX: u32 = 249;
+/// Consumer group ids: the limit the rule states.
+const GROUP_MAX: u32 = 255;
+/// Extra librdkafka properties: librdkafka has about 200 settings; a job sets a handful.
+const KAFKA_PROPERTIES_MAX: u32 = 128;
+/// A librdkafka property value (cipher lists and OAuth configs are the long ones).
+const KAFKA_PROPERTY_VALUE_MAX: u32 = 4096;
+/// A Redis URL: a DNS host (253), port, database and query options; a unix socket path is at
+/// most 108 bytes.
+const REDIS_URL_MAX: u32 = 1024;
+/// Redis ACL user names: the limit the rule states.
+const REDIS_USERNAME_MAX: u32 = 128;
+/// IANA time zone names (the longest is 32 characters).
+const TIME_ZONE_MAX: u32 = 64;
+/// The Redis key prefix: the limit the rule states.
+const KEY_PREFIX_MAX: u32 = 64;
+/// Sentinel monitor names: the limit the rule states.
+const MASTER_NAME_MAX: u32 = 128;
+/// Sentinels: the limit the rule states.
+const SENTINEL_NODES_MAX: u32 = 16;
+/// A sentinel address: a DNS host (253), `:` and a port (5 digits).
+const SENTINEL_NODE_MAX: u32 = 259;
+/// Durations (`1m30s`): real values are a few characters.
+const DURATION_MAX: u32 = 64;
+/// Quantities (`1Gi`, `500Mi`): real values are a few characters.
+const QUANTITY_MAX: u32 = 64;
+/// A `tracing` filter: a level and per-crate directives.
+const LOG_FILTER_MAX: u32 = 1024;
+/// Extra pod labels.
+const POD_LABELS_MAX: u32 = 64;
+/// Kubernetes' own label value limit.
+const LABEL_VALUE_MAX: u32 = 63;
 
 /// A streaming job: the austin message-trace pipeline (Kafka AnchorInfo events to Redis trace data),
 /// run by one jobmanager and `spec.replicas` taskmanagers.
@@ -89,7 +142,9 @@ pub const SAVEPOINT_HISTORY_CAP: usize = 10;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StreamJobSpec {
-    /// Container image of streamjob-worker, e.g. `registry.example/streamjob-worker:0.1.0`.
+    /// Container image of streamjob-worker, e.g. `registry.example/streamjob-worker:0.1.0`
+    /// (at most 512 characters).
+    #[schemars(length(max = IMAGE_MAX))]
     #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')").message("spec.image must be a non-empty image reference without spaces"))]
     pub image: String,
 
@@ -237,9 +292,11 @@ pub enum UpgradeMode {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (a DNS-1123 subdomain).
+    #[schemars(length(max = DNS_NAME_MAX))]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secret ref name must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"))]
     pub name: String,
     /// Key inside the Secret.
+    #[schemars(length(max = SECRET_KEY_MAX))]
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253 && self.matches('^[-._a-zA-Z0-9]+$')").message("secret ref key must be 1-253 characters of [-._a-zA-Z0-9]"))]
     pub key: String,
 }
@@ -280,16 +337,19 @@ impl SecurityProtocol {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.dlqTopic) || self.dlqTopic != self.topic").message("spec.kafka.dlqTopic must differ from spec.kafka.topic"))]
 pub struct KafkaSpec {
-    /// Bootstrap servers, comma separated `host:port`.
+    /// Bootstrap servers, comma separated `host:port` (at most 4096 characters).
+    #[schemars(length(max = BROKERS_MAX))]
     #[x_kube(validation = Rule::new("self.matches('^[^,\\\\s]+:[0-9]+(,[^,\\\\s]+:[0-9]+)*$')").message("spec.kafka.brokers must be a comma separated list of host:port"))]
     pub brokers: String,
     /// The AnchorInfo topic.
     #[serde(default = "default_topic")]
+    #[schemars(length(max = TOPIC_MAX))]
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]{1,249}$') && self != '.' && self != '..'").message("spec.kafka.topic must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"))]
     pub topic: String,
     /// Consumer group id (used for reporting offsets to Kafka tooling only; the jobmanager assigns
     /// partitions).
     #[serde(default = "default_group")]
+    #[schemars(length(max = GROUP_MAX))]
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 255").message("spec.kafka.group must be 1-255 characters"))]
     pub group: String,
     /// Where partitions start when there is no savepoint, checkpoint or Redis fence.
@@ -297,6 +357,7 @@ pub struct KafkaSpec {
     pub starting_offsets: StartingOffsets,
     /// Dead-letter topic for undecodable events; default `<topic>-dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = TOPIC_MAX))]
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]{1,249}$') && self != '.' && self != '..'").message("spec.kafka.dlqTopic must be 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"))]
     pub dlq_topic: Option<String>,
     /// librdkafka `security.protocol`.
@@ -308,8 +369,13 @@ pub struct KafkaSpec {
     /// TLS to the brokers; certificates come from Secrets (mounted read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
-    /// Extra librdkafka properties, passed through unchanged (never put secrets here).
+    /// Extra librdkafka properties, passed through unchanged (never put secrets here). At most
+    /// 128 properties, each value at most 4096 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = KAFKA_PROPERTIES_MAX,
+        "additionalProperties" = {"type": "string", "maxLength": KAFKA_PROPERTY_VALUE_MAX}
+    ))]
     #[x_kube(validation = Rule::new("self.all(k, !(k in ['sasl.password', 'sasl.username', 'ssl.key.password', 'bootstrap.servers', 'group.id']))").message("spec.kafka.properties must not set credentials, bootstrap.servers or group.id (use the typed fields and secret refs)"))]
     pub properties: BTreeMap<String, String>,
 }
@@ -391,6 +457,7 @@ pub struct RedisTlsSpec {
     /// differs from the host the workers connect to: the host in `url`, or the address the
     /// sentinels announce for the primary (usually an IP). Without it, that host itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DNS_NAME_MAX))]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$')").message("spec.redis.tls.serverName must be a DNS name: dot-separated lower-case labels of [a-z0-9-] (1-63 characters, not starting or ending with '-'), at most 253 characters"))]
     pub server_name: Option<String>,
 }
@@ -401,8 +468,9 @@ pub struct RedisTlsSpec {
 #[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('rediss://')").message("spec.redis.tls needs a rediss:// URL in spec.redis.url: its certificates are only used by TLS connections, so with redis:// they would silently do nothing"))]
 #[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
 pub struct RedisSpec {
-    /// `redis://host:port/db`, `rediss://...` or `unix:///path`. No password in it: use
-    /// `passwordSecretRef`.
+    /// `redis://host:port/db`, `rediss://...` or `unix:///path` (at most 1024 characters). No
+    /// password in it: use `passwordSecretRef`.
+    #[schemars(length(max = REDIS_URL_MAX))]
     #[x_kube(
         validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://') || self.startsWith('unix://')").message("spec.redis.url must start with redis://, rediss:// or unix://"),
         validation = Rule::new("!self.matches('^rediss?://[^/@]*@')").message("spec.redis.url must not carry credentials; use spec.redis.passwordSecretRef")
@@ -414,6 +482,7 @@ pub struct RedisSpec {
     /// Redis 6+ ACL user name (`AUTH username password`); the password comes from
     /// `passwordSecretRef`. Without it the `default` user authenticates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = REDIS_USERNAME_MAX))]
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 128 && !self.contains(' ')").message("spec.redis.username must be 1-128 characters without spaces"))]
     pub username: Option<String>,
     /// TLS for a `rediss://` URL: the CA that signs the server's certificate and, for mutual TLS,
@@ -424,10 +493,12 @@ pub struct RedisSpec {
     pub tls: Option<RedisTlsSpec>,
     /// IANA time zone whose midnight ends user-trace keys.
     #[serde(default = "default_time_zone")]
+    #[schemars(length(max = TIME_ZONE_MAX))]
     #[x_kube(validation = Rule::new("self == 'UTC' || self.matches('^[A-Za-z_]+(/[A-Za-z0-9_+-]+)+$')").message("spec.redis.timeZone must be an IANA time zone such as Asia/Shanghai or UTC"))]
     pub time_zone: String,
     /// Prefix of every key written, to isolate jobs sharing one Redis. Empty is austin's layout.
     #[serde(default)]
+    #[schemars(length(max = KEY_PREFIX_MAX))]
     #[x_kube(validation = Rule::new("self.size() <= 64 && !self.contains(' ')").message("spec.redis.keyPrefix must be at most 64 characters without spaces"))]
     pub key_prefix: String,
     /// A Sentinel-managed primary: the workers ask these sentinels where the primary is and
@@ -443,9 +514,11 @@ pub struct RedisSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RedisSentinelSpec {
     /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    #[schemars(length(max = MASTER_NAME_MAX))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,128}$')").message("spec.redis.sentinel.masterName must be 1-128 characters of [A-Za-z0-9._-]"))]
     pub master_name: String,
-    /// Sentinel addresses, `host:port`.
+    /// Sentinel addresses, `host:port`: 1 to 16 of them.
+    #[schemars(length(max = SENTINEL_NODES_MAX), inner(length(max = SENTINEL_NODE_MAX)))]
     #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 16 && self.all(n, n.matches('^[^:,\\\\s/@]+:[0-9]{1,5}$'))").message("spec.redis.sentinel.nodes must list 1-16 sentinels as host:port"))]
     pub nodes: Vec<String>,
     /// Secret key holding the sentinels' own password (passed as env
@@ -470,6 +543,7 @@ pub struct BatchSpec {
     pub max_events: i64,
     /// Flush at the latest this long after the first buffered event (e.g. `20ms`).
     #[serde(default = "default_linger")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.batch.linger must be a duration like 20ms, 1s or 1m30s"))]
     pub linger: String,
     /// When a taskmanager stops or hands a partition on while Redis or Kafka is unreachable, how
@@ -477,6 +551,7 @@ pub struct BatchSpec {
     /// owner (nothing is lost). The taskmanager pods' termination grace period is at least this
     /// plus 30 s.
     #[serde(default = "default_stop_timeout")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.batch.stopTimeout must be a duration like 20s or 1m"))]
     pub stop_timeout: String,
 }
@@ -510,18 +585,22 @@ pub struct WindowSpec {
     pub enabled: bool,
     /// Window length: whole minutes that divide an hour (`1m`, `5m`, `15m`, `60m`…).
     #[serde(default = "default_window_size")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new("self in ['1m', '2m', '3m', '4m', '5m', '6m', '10m', '12m', '15m', '20m', '30m', '60m']").message("spec.window.size must be whole minutes that divide an hour, like 1m or 5m"))]
     pub size: String,
     /// A partition's watermark is its largest event time minus this.
     #[serde(default = "default_out_of_orderness")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.maxOutOfOrderness must be a duration like 5s"))]
     pub max_out_of_orderness: String,
     /// A window is final once the job watermark passes its end plus this; later events are late.
     #[serde(default = "default_allowed_lateness")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.allowedLateness must be a duration like 1m"))]
     pub allowed_lateness: String,
     /// A partition without records this long does not hold the job watermark back.
     #[serde(default = "default_idle_timeout")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.window.idleTimeout must be a duration like 30s"))]
     pub idle_timeout: String,
 }
@@ -557,6 +636,7 @@ impl Default for WindowSpec {
 pub struct CheckpointSpec {
     /// Time between checkpoints (e.g. `10s`); `0s` disables them.
     #[serde(default = "default_checkpoint_interval")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.checkpoint.interval must be a duration like 10s or 1m"))]
     pub interval: String,
     /// How many complete checkpoints to keep.
@@ -593,6 +673,7 @@ pub struct SavepointSpec {
     pub retention: SavepointRetention,
     /// Time between periodic savepoints (e.g. `1h`); `0s` disables them.
     #[serde(default = "zero_duration")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.interval must be a duration like 1h or 0s"))]
     pub interval: String,
     /// What deleting the StreamJob does to its state.
@@ -602,6 +683,7 @@ pub struct SavepointSpec {
     /// failed; also the deadline of the final savepoint on deletion, after which deletion goes
     /// ahead without it (and says so in an Event).
     #[serde(default = "default_savepoint_timeout")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.timeout must be a duration like 5m"))]
     pub timeout: String,
     /// Failed savepoint attempts (retried with backoff) before an upgrade, suspend or manual
@@ -641,6 +723,7 @@ impl Default for SavepointSpec {
 pub struct SavepointStorage {
     /// Size of the PersistentVolumeClaim (a quantity, e.g. `1Gi`).
     #[serde(default = "default_storage_size")]
+    #[schemars(length(max = QUANTITY_MAX))]
     #[x_kube(
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.savepoint.storage.size must be a positive quantity such as 1Gi"),
         validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("spec.savepoint.storage.size can only grow (a PersistentVolumeClaim cannot shrink)")
@@ -648,6 +731,7 @@ pub struct SavepointStorage {
     pub size: String,
     /// StorageClass of the claim; the cluster default when unset. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DNS_NAME_MAX))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.savepoint.storage.storageClassName is immutable (a PersistentVolumeClaim cannot change class)"))]
     pub storage_class_name: Option<String>,
 }
@@ -675,6 +759,7 @@ pub struct SavepointRetention {
     pub max_count: i64,
     /// Delete savepoints older than this (e.g. `168h`); `0s` = no age limit.
     #[serde(default = "zero_duration")]
+    #[schemars(length(max = DURATION_MAX))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.savepoint.retention.maxAge must be a duration like 168h or 0s"))]
     pub max_age: String,
 }
@@ -753,8 +838,13 @@ pub struct PodOverrides {
     /// Extra pod annotations (e.g. for a service mesh or a metrics scraper).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Extra pod labels; `app.kubernetes.io/*` keys are reserved for the operator.
+    /// Extra pod labels; `app.kubernetes.io/*` keys are reserved for the operator. At most 64
+    /// labels (values at most 63 characters, as for any label).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = POD_LABELS_MAX,
+        "additionalProperties" = {"type": "string", "maxLength": LABEL_VALUE_MAX}
+    ))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/'))").message("spec.podTemplate.labels must not set app.kubernetes.io/* labels (the operator owns them)"))]
     pub labels: BTreeMap<String, String>,
     /// ServiceAccount the pods run as.
@@ -772,8 +862,9 @@ pub struct LoggingSpec {
     /// `text` or `json`.
     #[serde(default)]
     pub format: LogFormat,
-    /// `tracing` filter, e.g. `info` or `info,streamjob_worker=debug`.
+    /// `tracing` filter, e.g. `info` or `info,streamjob_worker=debug` (at most 1024 characters).
     #[serde(default = "default_level")]
+    #[schemars(length(max = LOG_FILTER_MAX))]
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.logging.level must not be empty"))]
     pub level: String,
 }
@@ -1121,9 +1212,55 @@ pub fn unwrap_lines(text: &str) -> String {
         .join("\n\n")
 }
 
+/// Why the CRD could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("the CRD does not serialise to JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the CRD does not serialise to YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("the CRD has no openAPIV3Schema to check")]
+    NoSchema,
+    /// The API server would refuse the CRD: these values, read by CEL rules, have no size
+    /// bound, so the estimated rule costs exceed the budget (see [`bounds`]).
+    #[error(
+        "CEL rules read values without a size bound; the API server would refuse this CRD \
+         (estimated rule cost exceeds budget). Add maxLength / maxItems / maxProperties \
+         (#[schemars(length(max = N))], #[schemars(extend(\"maxProperties\" = N))]) to:\n{}",
+        one_per_line(.0)
+    )]
+    UnboundedRuleInputs(Vec<Unbounded>),
+}
+
+fn one_per_line(unbounded: &[Unbounded]) -> String {
+    let lines: Vec<String> = unbounded.iter().map(|u| format!("  {u}")).collect();
+    lines.join("\n")
+}
+
 /// The generated CRD as YAML (what `streamjob-operator crd` prints and `crds/streamjob.yaml` holds).
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    let body = serde_yaml::to_string(&crd())?;
+/// Refused when a CEL rule reads an unbounded value, which the API server would refuse too.
+pub fn crd_yaml() -> Result<String, CrdError> {
+    checked_yaml(&crd())
+}
+
+/// `crd` as YAML, once every version's schema passes [`unbounded_rule_inputs`].
+pub fn checked_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
+    let value = serde_json::to_value(crd)?;
+    let versions = value["spec"]["versions"]
+        .as_array()
+        .ok_or(CrdError::NoSchema)?;
+    let mut unbounded = Vec::new();
+    for version in versions {
+        let schema = &version["schema"]["openAPIV3Schema"];
+        if !schema.is_object() {
+            return Err(CrdError::NoSchema);
+        }
+        unbounded.extend(unbounded_rule_inputs(schema));
+    }
+    if !unbounded.is_empty() {
+        return Err(CrdError::UnboundedRuleInputs(unbounded));
+    }
+    let body = serde_yaml::to_string(crd)?;
     Ok(format!(
         "# Generated by `streamjob-operator crd` from operator/src/crd.rs. Do not edit.\n---\n{body}"
     ))

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use streamjob_operator::crd::{crd_yaml, StreamJob};
+use streamjob_operator::crd::{crd_yaml, unbounded_rule_inputs, StreamJob};
 
 #[test]
 fn the_checked_in_crd_matches_the_rust_types() {
@@ -201,4 +201,76 @@ fn no_field_is_bounded_twice() {
         "{replicas}"
     );
     assert_eq!(replicas["minimum"].as_f64(), Some(0.0));
+}
+
+/// The API server refuses a CRD whose CEL rules read strings, lists or maps of unbounded size
+/// (their estimated cost exceeds the budget), so the file applied by `helm install` must bound
+/// every value a rule reads (the generator refuses otherwise; this checks the file on disk).
+#[test]
+fn the_checked_in_crd_bounds_every_value_a_rule_reads() {
+    let path = support::operator_dir().join("../crds/streamjob.yaml");
+    let text = std::fs::read_to_string(&path).expect("crds/streamjob.yaml exists");
+    let crd: Value = serde_yaml::from_str(&text).expect("yaml");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    assert!(schema.is_object(), "no schema in {}", path.display());
+    let unbounded = unbounded_rule_inputs(schema);
+    assert!(unbounded.is_empty(), "unbounded: {unbounded:#?}");
+}
+
+/// The limit a rule states, from `self.size() <= N` or a whole-value regex ending in `{1,N}$`.
+fn stated_limit(rule: &str) -> Option<u64> {
+    let digits = |text: &str| -> Option<u64> {
+        let end = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        text[..end].parse().ok()
+    };
+    if let Some((_, rest)) = rule.split_once("self.size() <= ") {
+        return digits(rest);
+    }
+    let (_, regex) = rule.split_once("self.matches('^")?;
+    let (_, rest) = regex.split_once("{1,")?;
+    let limit = digits(rest)?;
+    rest.starts_with(&format!("{limit}}}$'")).then_some(limit)
+}
+
+/// Where a rule states a size limit, the schema's bound is that same limit: the server checks
+/// `maxLength`/`maxItems` before any rule, so a different bound would make the rule's message
+/// lie (or never be seen).
+#[test]
+fn schema_bounds_match_the_limits_the_rules_state() {
+    fn walk(path: &str, schema: &Value, found: &mut Vec<(String, Option<u64>, u64)>) {
+        for rule in schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(limit) = rule["rule"].as_str().and_then(stated_limit) {
+                let bound = schema
+                    .get("maxLength")
+                    .or_else(|| schema.get("maxItems"))
+                    .and_then(Value::as_u64);
+                found.push((path.to_string(), bound, limit));
+            }
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, child) in properties {
+                walk(&format!("{path}.{name}"), child, found);
+            }
+        }
+        if schema["items"].is_object() {
+            walk(&format!("{path}[]"), &schema["items"], found);
+        }
+    }
+    let mut found = Vec::new();
+    walk("", &support::crd_schema(), &mut found);
+    assert!(found.len() >= 10, "expected many stated limits: {found:?}");
+    let mismatched: Vec<_> = found
+        .iter()
+        .filter(|(_, bound, limit)| *bound != Some(*limit))
+        .collect();
+    assert!(
+        mismatched.is_empty(),
+        "(path, schema bound, rule's limit): {mismatched:#?}"
+    );
 }
