@@ -66,11 +66,16 @@ async fn heavy_helm_install_establishes_the_crd_and_the_server_enforces_its_rule
         "sentinel-tls.yaml",
     ] {
         let path = samples_dir().join(sample);
+        let text = std::fs::read_to_string(&path).expect("sample");
+        let object: serde_json::Value = serde_yaml::from_str(&text).expect("sample parses");
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        // A dry run still needs the sample's namespace.
+        let _ = plane.kubectl_output(&["create", "namespace", namespace]);
         let output = plane.kubectl_output(&[
             "apply",
             "--dry-run=server",
-            "-n",
-            "default",
             "-f",
             &path.display().to_string(),
         ]);

@@ -143,9 +143,9 @@ async fn until(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: not reached in {timeout:?}; status:\n{:#}\noperator:\n{}",
+            "{what}: not reached in {timeout:?}; status:\n{:#}\n{}",
             job["status"],
-            tail(&cluster.operator_logs(), 40)
+            cluster.describe()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -194,11 +194,14 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
     cluster.apply(NS, &stream_job(&data, 2));
     assert!(
         cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
-        "kubectl wait --for=condition=Ready timed out; status:\n{:#}\noperator:\n{}",
+        "kubectl wait --for=condition=Ready timed out; status:\n{:#}\n{}",
         cluster.get(NS, NAME)["status"],
-        tail(&cluster.operator_logs(), 60)
+        cluster.describe()
     );
     eprintln!("apply -> Ready: {:?}", applied_at.elapsed());
+    if std::env::var_os("STREAMJOB_TEST_VERBOSE").is_some() {
+        eprintln!("{}\n{}", cluster.operator_logs(), cluster.describe());
+    }
     data.wait_applied(&cluster, Duration::from_secs(60)).await;
 
     // kubectl scale: in place, Ready stays True the whole time.
@@ -232,7 +235,7 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
     cluster.apply(NS, &spec);
     data.produce(3, 10_000);
     let job = until(&cluster, "upgraded", Duration::from_secs(120), |job| {
-        no_operation(job) && job["status"]["lastSavepoint"]["trigger"] == "Upgrade" && ready(job)
+        no_operation(job) && job["status"]["lastSavepoint"]["trigger"] == "upgrade" && ready(job)
     })
     .await;
     let upgrade_savepoint = job["status"]["lastSavepoint"]["path"]
@@ -252,7 +255,7 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
         job["status"]["phase"] == "Suspended"
     })
     .await;
-    assert_eq!(job["status"]["lastSavepoint"]["trigger"], "Suspend");
+    assert_eq!(job["status"]["lastSavepoint"]["trigger"], "suspend");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cluster
         .kubelet

@@ -582,8 +582,14 @@ fn condition_events(
         }
         let before =
             previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
-        let changed =
-            before.map(|c| (&c.status, &c.reason)) != Some((&condition.status, &condition.reason));
+        // Ready and Progressing are news when they flip; while a job deploys their reason moves
+        // through Deploying, Scaling, WaitingForPods... which status shows, and the phase Event
+        // already told. A Degraded cause is news whenever it changes.
+        let changed = if condition.type_ == DEGRADED {
+            before.map(|c| (&c.status, &c.reason)) != Some((&condition.status, &condition.reason))
+        } else {
+            before.map(|c| &c.status) != Some(&condition.status)
+        };
         if !changed {
             continue;
         }

@@ -181,6 +181,23 @@ impl OperatorCluster {
         );
     }
 
+    /// What a failure message needs: every pod with its phase and readiness, the processes the
+    /// kubelet runs, and the last lines of each pod's log.
+    pub fn describe(&self) -> String {
+        let pods = self
+            .plane
+            .kubectl_output(&["get", "pods", "-A", "-o", "wide"]);
+        let mut out = format!(
+            "pods:\n{}\nprocesses: {:?}\n",
+            String::from_utf8_lossy(&pods.stdout),
+            self.kubelet.processes()
+        );
+        for (name, log) in self.kubelet.log_tails(15) {
+            out.push_str(&format!("--- {name}\n{log}\n"));
+        }
+        out
+    }
+
     /// The operator's logs so far (for failure messages).
     pub fn operator_logs(&self) -> String {
         self.kubelet.logs("streamjob-operator")

@@ -119,6 +119,14 @@ impl Kubelet {
 
     /// [`Kubelet::start`] with options.
     pub async fn start_with(cluster: &ControlPlane, options: KubeletOptions) -> Self {
+        // Built (or found) before any pod comes: a first build inside the pod loop would delay
+        // every pod by the build's duration.
+        tokio::task::spawn_blocking(|| {
+            crate::worker_binary();
+            crate::operator_binary();
+        })
+        .await
+        .expect("the binaries are built");
         let dir = cluster.dir().join("kubelet");
         std::fs::create_dir_all(&dir).expect("kubelet dir");
         let server = cluster.server.clone();
@@ -159,6 +167,27 @@ impl Kubelet {
             }
         }
         out
+    }
+
+    /// The last `lines` lines of every pod's log, by file name.
+    pub fn log_tails(&self, lines: usize) -> Vec<(String, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut tails: Vec<(String, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_string();
+                if !name.ends_with(".log") {
+                    return None;
+                }
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let all: Vec<&str> = text.lines().collect();
+                Some((name, all[all.len().saturating_sub(lines)..].join("\n")))
+            })
+            .collect();
+        tails.sort();
+        tails
     }
 
     /// How many processes this kubelet has started (restarts included).

@@ -281,9 +281,8 @@ async fn service_account_token(
         "kind": "TokenRequest",
         "spec": {"expirationSeconds": 24 * 3600},
     });
-    let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
     let answer: serde_json::Value = api
-        .create_subresource("token", account, &PostParams::default(), &body)
+        .create_subresource("token", account, &PostParams::default(), &request)
         .await
         .map_err(|e| format!("TokenRequest for {namespace}/{account}: {e}"))?;
     answer["status"]["token"]
