@@ -121,8 +121,11 @@ impl Kubelet {
     pub async fn start_with(cluster: &ControlPlane, options: KubeletOptions) -> Self {
         // Built (or found) before any pod comes: a first build inside the pod loop would delay
         // every pod by the build's duration.
-        tokio::task::spawn_blocking(|| {
-            crate::worker_binary();
+        let workers = !options.operator_only;
+        tokio::task::spawn_blocking(move || {
+            if workers {
+                crate::worker_binary();
+            }
             crate::operator_binary();
         })
         .await
@@ -280,12 +283,6 @@ async fn on_pod(node: &Node, state: &Mutex<State>, pod: Pod) {
         on_deleted(state, &pod);
         return;
     }
-    let spec = pod.spec.as_ref();
-    let ours = spec
-        .and_then(|s| s.containers.first())
-        .and_then(pod_process::program_of)
-        .is_some();
-    let unbound = spec.is_some_and(|s| s.node_name.is_none());
     let worker = pod.labels().contains_key("app.kubernetes.io/instance")
         && pod
             .labels()
@@ -295,6 +292,12 @@ async fn on_pod(node: &Node, state: &Mutex<State>, pod: Pod) {
     if node.options.operator_only && worker {
         return;
     }
+    let spec = pod.spec.as_ref();
+    let ours = spec
+        .and_then(|s| s.containers.first())
+        .and_then(pod_process::program_of)
+        .is_some();
+    let unbound = spec.is_some_and(|s| s.node_name.is_none());
     if !ours || !unbound || lock(state).pods.contains_key(&uid) {
         return;
     }
