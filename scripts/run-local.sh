@@ -26,15 +26,29 @@ if [ "$PROFILE" = release ]; then
 else
   cargo build --locked -p streamjob-worker --bin streamjob-worker
 fi
-BIN="$PWD/target/$PROFILE/streamjob-worker"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/streamjob-worker"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d -t streamjob-local-XXXXXX)
 REDIS_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 JM_PORT=$(free_port)
+# Stops the redis-server and waits until it has exited: it keeps writing redis.log until then, and
+# removing $WORK under it failed with "rm: cannot remove …: Directory not empty".
+stop_redis() {
+  [ -f "$WORK/redis.pid" ] || return 0
+  local pid
+  pid=$(cat "$WORK/redis.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -9 "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  fi
+  rm -f "$WORK/redis.pid"
+}
 cleanup() {
-  if [ -f "$WORK/redis.pid" ]; then kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true; fi
+  stop_redis
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,4 +104,5 @@ echo "exactly-once fences (next offset per partition):"
 for p in 0 1 2 3; do
   printf '  partition %s: %s\n' "$p" "$(R hget "streamjob:trace:fence:austinTraceLog:$p" next_offset)"
 done
+stop_redis
 say "done; redis-server stopped"

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone};
+use chrono_tz::Tz;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// State codes with weights (out of 1000), a send funnel; `40001` is a raw WeChat error code
@@ -76,8 +78,12 @@ pub struct TrafficShape {
     pub legacy_ppm: u32,
     /// Distinct message ids (each message fans out to several state events).
     pub messages: u64,
-    /// `yyyyMMdd` suffix of every businessId.
+    /// `yyyyMMdd` suffix of every businessId, unless `time_zone` is set.
     pub date: u32,
+    /// When set, each businessId carries its own event's date in this zone instead of `date`,
+    /// as upstream's producers stamp the send's local day (the demo: the job's time zone, so the
+    /// Trace page finds today's templates by their id).
+    pub time_zone: Option<Tz>,
     /// Base of `logTimestamp`, epoch ms.
     pub base_timestamp_ms: i64,
     /// Events arrive up to this many ms behind their time (uniform): out of order, but within
@@ -100,6 +106,7 @@ impl Default for TrafficShape {
             legacy_ppm: 50_000,
             messages: 200_000,
             date: 20_240_101,
+            time_zone: None,
             base_timestamp_ms: 1_704_067_200_000,
             out_of_order_ms: 0,
             late_ppm: 0,
@@ -114,6 +121,9 @@ pub struct EventGenerator {
     shape: TrafficShape,
     rng: SplitMix64,
     seq: u64,
+    /// The local day of the last event (with `time_zone`): `[start, end)` in epoch ms and its
+    /// `yyyyMMdd`, so the date is worked out once per day, not per event.
+    day: Option<(i64, i64, u32)>,
 }
 
 impl EventGenerator {
@@ -122,14 +132,32 @@ impl EventGenerator {
             shape,
             rng: SplitMix64::new(seed),
             seq: 0,
+            day: None,
         }
     }
 
-    /// The businessId of template number `t` (half CLOCKING = 10, half REALTIME = 20).
+    /// The businessId of template number `t` (half CLOCKING = 10, half REALTIME = 20) on
+    /// `shape.date`.
     pub fn business_id(&self, t: u64) -> i64 {
-        let template_type = if t.is_multiple_of(2) { 10 } else { 20 };
-        let template_id = 100 + t as i64;
-        (template_type * 1_000_000 + template_id) * 100_000_000 + i64::from(self.shape.date)
+        business_id_on(t, self.shape.date)
+    }
+
+    /// The `yyyyMMdd` a businessId of an event at `event_ms` carries (see `TrafficShape`).
+    fn date_of(&mut self, event_ms: i64) -> u32 {
+        let Some(tz) = self.shape.time_zone else {
+            return self.shape.date;
+        };
+        match self.day {
+            Some((start, end, date)) if (start..end).contains(&event_ms) => date,
+            _ => {
+                // Outside chrono's range (not a real event time): the configured date.
+                let Some((start, end, date)) = local_day(tz, event_ms) else {
+                    return self.shape.date;
+                };
+                self.day = Some((start, end, date));
+                date
+            }
+        }
     }
 
     fn state(&mut self) -> i64 {
@@ -176,7 +204,6 @@ impl EventGenerator {
             return MALFORMED[i].to_vec();
         }
         let template = self.rng.below(self.shape.templates);
-        let business_id = self.business_id(template);
         let n_ids = 1 + self.rng.below(self.shape.max_ids);
         let mut ids = String::new();
         for i in 0..n_ids {
@@ -188,6 +215,7 @@ impl EventGenerator {
         }
         let state = self.state();
         let ts = self.event_time(now_ms);
+        let business_id = business_id_on(template, self.date_of(ts));
         let legacy = self.rng.below(1_000_000) < u64::from(self.shape.legacy_ppm);
         let biz = self.rng.below(1000);
         if legacy {
@@ -205,13 +233,37 @@ impl EventGenerator {
     }
 }
 
+fn business_id_on(t: u64, date: u32) -> i64 {
+    let template_type = if t.is_multiple_of(2) { 10 } else { 20 };
+    let template_id = 100 + t as i64;
+    (template_type * 1_000_000 + template_id) * 100_000_000 + i64::from(date)
+}
+
+/// The local day of `event_ms` in `tz`: its start and end in epoch ms, and its `yyyyMMdd`.
+fn local_day(tz: Tz, event_ms: i64) -> Option<(i64, i64, u32)> {
+    let day = DateTime::from_timestamp_millis(event_ms)?
+        .with_timezone(&tz)
+        .date_naive();
+    let start_of = |d: chrono::NaiveDate| {
+        // A zone whose clocks jump over midnight (e.g. America/Santiago) starts that day at
+        // 01:00: DST gaps are at most an hour.
+        [NaiveTime::MIN, NaiveTime::from_hms_opt(1, 0, 0)?]
+            .into_iter()
+            .find_map(|t| tz.from_local_datetime(&d.and_time(t)).earliest())
+            .map(|t| t.timestamp_millis())
+    };
+    let date = day.year() as u32 * 10_000 + day.month() * 100 + day.day();
+    Some((start_of(day)?, start_of(day.succ_opt()?)?, date))
+}
+
 /// Produces demo traffic at `rate` events/s into `topic` (round-robin over `partitions`) until
-/// `stop` resolves, at most `limit` records when given. Returns how many records were handed to
-/// the producer.
+/// `stop` resolves, at most `limit` records when given, each businessId dated with its event's
+/// day in `time_zone` (the job's). Returns how many records were handed to the producer.
 pub async fn run_demo_producer(
     producer: FutureProducer,
     topic: String,
     partitions: Vec<i32>,
+    time_zone: Tz,
     rate: u64,
     limit: Option<u64>,
     stop: impl std::future::Future<Output = ()>,
@@ -228,6 +280,7 @@ pub async fn run_demo_producer(
             out_of_order_ms: 3_000,
             late_ppm: 5_000,
             skewed_ppm: 200,
+            time_zone: Some(time_zone),
             ..TrafficShape::default()
         },
     );
@@ -294,6 +347,55 @@ mod tests {
         let templates: std::collections::HashSet<i64> =
             good.iter().map(|e| e.business_id).collect();
         assert!(templates.len() > 40, "{} templates", templates.len());
+    }
+
+    /// Upstream's producers stamp the send's local day into the businessId; the demo must too,
+    /// or the Trace page's lookup by template id (today's businessIds) finds nothing.
+    #[test]
+    fn with_a_time_zone_each_business_id_carries_its_events_local_day() {
+        let shanghai: Tz = "Asia/Shanghai".parse().expect("zone");
+        // 2024-03-09T15:59:59Z is 23:59:59 in Shanghai; events every 7 ms run into the 10th.
+        let shape = TrafficShape {
+            malformed_ppm: 0,
+            time_zone: Some(shanghai),
+            base_timestamp_ms: 1_709_999_999_000,
+            ..TrafficShape::default()
+        };
+        let mut generator = EventGenerator::new(3, shape.clone());
+        let events: Vec<(i64, i64)> = (0..400)
+            .map(|_| {
+                let payload = generator.next_payload();
+                let event = decode(&payload).expect("decodable");
+                (event.log_timestamp, event.business_id)
+            })
+            .collect();
+        for (ts, business_id) in &events {
+            let want = if *ts < 1_710_000_000_000 {
+                20_240_309
+            } else {
+                20_240_310
+            };
+            assert_eq!(business_id % 100_000_000, want, "event at {ts}");
+        }
+        assert!(events.iter().any(|(ts, _)| *ts < 1_710_000_000_000));
+        assert!(events.iter().any(|(ts, _)| *ts >= 1_710_000_000_000));
+        // The same moment is still the 9th in New York.
+        let mut generator = EventGenerator::new(
+            3,
+            TrafficShape {
+                time_zone: Some("America/New_York".parse().expect("zone")),
+                ..shape
+            },
+        );
+        let event = generator.next_payload();
+        let event = decode(&event).expect("decodable");
+        assert_eq!(event.business_id % 100_000_000, 20_240_309);
+        // A zone whose clocks skip midnight (Santiago, 2023-09-03 00:00 -> 01:00) still has a
+        // day: it starts at 01:00.
+        let santiago: Tz = "America/Santiago".parse().expect("zone");
+        let (start, end, date) = local_day(santiago, 1_693_717_200_000).expect("a day");
+        assert_eq!(date, 20_230_903);
+        assert_eq!((start, end - start), (1_693_713_600_000, 23 * 3_600_000));
     }
 
     #[test]

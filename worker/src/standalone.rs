@@ -134,11 +134,19 @@ pub async fn run(
                 .set("queue.buffering.max.messages", "1000000")
                 .create()
                 .context("creating the demo producer")?;
+            // Validated with the config; the demo's businessIds carry the job's local day.
+            let time_zone: chrono_tz::Tz = config.sink.redis.time_zone.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "sink.redis.timeZone {:?} is not an IANA time zone",
+                    config.sink.redis.time_zone
+                )
+            })?;
             tracing::info!(rate, "producing demo traffic");
             Some(tokio::spawn(crate::demo::run_demo_producer(
                 producer,
                 config.source.kafka.topic.clone(),
                 partitions.clone(),
+                time_zone,
                 rate,
                 options.demo_events,
                 async move {

@@ -5,6 +5,7 @@ mod redis_support;
 use std::time::SystemTime;
 
 use redis_support::*;
+use streamjob_worker::sink::redis::window::SeriesMarks;
 use streamjob_worker::sink::redis::{epoch_floor, ApplyOutcome, Fence, SinkError};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::transform::AnchorInfo;
@@ -260,7 +261,17 @@ async fn a_batch_after_a_fence_that_fell_back_is_refused_and_writes_nothing() {
     let mut conn = raw(&server).await;
     let epoch = sink.claim(0).await.expect("claim").epoch;
     let evs = events(10, "g");
-    sink.apply(&batch_of(&sink, 0, epoch, 0, &evs[..4], SystemTime::now()))
+    // The fence stores the partition's series marks with its offset.
+    let marks = SeriesMarks {
+        clock: Some(1_700_000_060_000),
+        learned: Some(1_700_000_000_000),
+    };
+    let mut first = sink.batch_builder(0, epoch);
+    for (i, ev) in evs[..4].iter().enumerate() {
+        first.push_event(i as i64, ev);
+    }
+    first.set_series_marks(marks);
+    sink.apply(&first.build(SystemTime::now()))
         .await
         .expect("apply [0,4)");
     let before = dump(&mut conn, "").await;
@@ -274,10 +285,11 @@ async fn a_batch_after_a_fence_that_fell_back_is_refused_and_writes_nothing() {
                 partition: 0,
                 stored_next_offset: Some(4),
                 first_offset: 7,
-                next_offset: 10
-            }
+                next_offset: 10,
+                marks: m,
+            } if m == marks
         ),
-        "{err}"
+        "{err:?}: the gap carries the fence's series marks, read with the decision"
     );
     assert!(!err.is_retryable());
     assert_eq!(err.kind(), "gap");
@@ -305,15 +317,16 @@ async fn a_batch_after_a_fence_that_fell_back_is_refused_and_writes_nothing() {
         ),
         "{err}"
     );
-    // The owner rewrites it at the offset it rewinds to, keeping its epoch, and goes on.
+    // The owner rewrites it at the offset it rewinds to, keeping its epoch (and the series marks
+    // that survived), and goes on.
     let fence = sink.restore_fence(0, epoch, 4).await.expect("restore");
     assert_eq!(
         fence,
         Fence {
             epoch,
             next_offset: Some(4),
-            max_event_ms: None,
-            learned_ms: None,
+            max_event_ms: marks.clock,
+            learned_ms: marks.learned,
         }
     );
     assert_eq!(

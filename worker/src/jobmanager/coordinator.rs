@@ -78,7 +78,9 @@ struct PendingSnapshot {
     waiting_for: BTreeSet<String>,
 }
 
-/// Offsets collected for one snapshot: every committed offset is a true prefix of what is in Redis.
+/// Offsets collected for one snapshot: what the job had committed per partition (see
+/// [`Coordinator::resume_offset`]: while a partition re-applies what Redis lost, where it had
+/// been, which a restore finds ahead of the fence and rewinds from).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotData {
     pub id: u64,
@@ -127,6 +129,9 @@ pub struct Coordinator {
     owners: BTreeMap<i32, Ownership>,
     /// Best known committed offset per partition (restored state, then reports).
     offsets: BTreeMap<i32, i64>,
+    /// Per partition that rewound (Redis lost acknowledged writes), where it had been before,
+    /// until its committed offset is back there: see [`Self::resume_offset`].
+    lost_until: BTreeMap<i32, i64>,
     progress: BTreeMap<i32, PartitionProgress>,
     /// Rewinds reported per partition (Redis lost acknowledged writes).
     rewinds: BTreeMap<i32, RewindLog>,
@@ -161,6 +166,7 @@ impl Coordinator {
             members: BTreeMap::new(),
             owners: BTreeMap::new(),
             offsets,
+            lost_until: BTreeMap::new(),
             progress: BTreeMap::new(),
             rewinds: BTreeMap::new(),
             next_generation: generation + 1,
@@ -484,6 +490,35 @@ impl Coordinator {
     fn raise_offset(&mut self, partition: i32, offset: i64) {
         let entry = self.offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
+        if self
+            .lost_until
+            .get(&partition)
+            .is_some_and(|u| offset >= *u)
+        {
+            self.lost_until.remove(&partition);
+        }
+    }
+
+    /// Where a new owner of `partition` starts, and what snapshots keep: its committed offset;
+    /// while it re-applies what Redis lost, where it had been before the loss. The owner that
+    /// noticed the loss decides the re-read events with the job watermark its fence's batch
+    /// decided with, so they go back into the minutes they were counted in; a new owner (after
+    /// a crash or a move) or a restored jobmanager must know the same range, or it would decide
+    /// them with the job watermark, which never went back, and count them as late. Given the
+    /// offset it had been at, it finds its fence behind it and rewinds the same way.
+    pub fn resume_offset(&self, partition: i32) -> Option<i64> {
+        let committed = self.offsets.get(&partition).copied();
+        match (committed, self.lost_until.get(&partition).copied()) {
+            (Some(c), Some(lost)) => Some(c.max(lost)),
+            (c, lost) => c.or(lost),
+        }
+    }
+
+    fn resume_offsets(&self) -> BTreeMap<i32, i64> {
+        let partitions = self.offsets.keys().chain(self.lost_until.keys());
+        partitions
+            .filter_map(|p| Some((*p, self.resume_offset(*p)?)))
+            .collect()
     }
 
     fn record_progress(&mut self, id: &str, progress: &[PartitionProgress]) {
@@ -499,8 +534,13 @@ impl Coordinator {
             let rewound = self.record_rewinds(generation, p);
             if let Some(offset) = p.committed_offset {
                 if rewound {
-                    // Redis lost writes: the committed offset really went back.
+                    // Redis lost writes: the committed offset really went back; where it had
+                    // been is kept for new owners and snapshots until the re-apply is there.
                     self.offsets.insert(p.partition, offset);
+                    if let Some(rewind) = p.last_rewind.filter(|r| r.from_offset > offset) {
+                        let until = self.lost_until.entry(p.partition).or_insert(i64::MIN);
+                        *until = (*until).max(rewind.from_offset);
+                    }
                 } else {
                     self.raise_offset(p.partition, offset);
                 }
@@ -574,10 +614,14 @@ impl Coordinator {
     }
 
     fn take_snapshots(&mut self, now: Instant) -> Vec<SnapshotOutcome> {
+        if self.pending_snapshots.is_empty() {
+            return Vec::new();
+        }
         let mut done = Vec::new();
         let members = &self.members;
         let timeout = self.config.snapshot_timeout;
         let mut remaining = Vec::new();
+        let offsets = self.resume_offsets();
         for s in self.pending_snapshots.drain(..) {
             let missing: Vec<String> = s
                 .waiting_for
@@ -590,7 +634,7 @@ impl Coordinator {
                     id: s.id,
                     partition_count: self.partition_count.unwrap_or(0),
                     generation: self.next_generation - 1,
-                    offsets: self.offsets.clone(),
+                    offsets: offsets.clone(),
                     watermark_ms: self.job_watermark,
                 }));
             } else if now.saturating_duration_since(s.started) > timeout {
@@ -625,7 +669,7 @@ impl Coordinator {
             id: self.snapshot_requested,
             partition_count: self.partition_count.unwrap_or(0),
             generation: self.next_generation - 1,
-            offsets: self.offsets.clone(),
+            offsets: self.resume_offsets(),
             watermark_ms: self.job_watermark,
         }
     }
@@ -716,7 +760,7 @@ impl Coordinator {
             .map(|(p, o)| Assignment {
                 partition: *p,
                 generation: o.generation,
-                start_offset: self.offsets.get(p).copied(),
+                start_offset: self.resume_offset(*p),
             })
             .collect()
     }

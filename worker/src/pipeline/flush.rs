@@ -87,7 +87,7 @@ impl PartitionTask {
                 self.shared.metrics.pipeline().batch("already_applied");
                 if series.is_some() {
                     // Someone applied this range: take the clock that went with it.
-                    self.reload_series_marks(None).await;
+                    self.reload_series_marks().await;
                 }
             }
         }
@@ -184,6 +184,7 @@ impl PartitionTask {
             SinkError::Gap {
                 stored_next_offset,
                 first_offset,
+                marks,
                 ..
             } => {
                 metrics.redis_error("gap");
@@ -191,6 +192,7 @@ impl PartitionTask {
                 Ok(Applied::Reposition(Reposition::Rewind {
                     fence: stored_next_offset,
                     from: first_offset,
+                    marks,
                 }))
             }
             SinkError::Overlap {

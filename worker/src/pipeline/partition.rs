@@ -21,7 +21,10 @@
 //! fence vanished: rewrites it at the earliest offset the broker still has, keeping this owner's
 //! epoch), and re-reads and re-applies from there. It logs an ERROR, counts the rewind and the
 //! offsets in `streamjob_partition_rewinds_total` / `streamjob_partition_rewound_offsets_total`,
-//! and reports it to the jobmanager. Undecodable records of the re-read range that this task
+//! and reports it to the jobmanager, which gives a later owner of the partition where this one
+//! had been (see `Coordinator::resume_offset`). The fence's event-time marks come with the gap,
+//! read by the apply that found it, so the re-read range is decided as it was before the loss
+//! (`series.rs`). Undecodable records of the re-read range that this task
 //! already dead-lettered are not sent to the DLQ again (a new process cannot know, so after a
 //! restart they may be; the DLQ record's key tells duplicates apart).
 //!
@@ -42,7 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::backoff::jitter_unit;
 use super::partition_state::{PartitionExit, PartitionState};
 use super::Shared;
-use crate::sink::redis::window::SeriesAccumulator;
+use crate::sink::redis::window::{SeriesAccumulator, SeriesMarks};
 use crate::sink::redis::{BatchBuilder, SinkError};
 use crate::source::{DeadLetter, KafkaContext};
 use crate::transform::decode;
@@ -114,8 +117,13 @@ pub(super) struct InFlight {
 /// Where the apply said the partition must continue from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reposition {
-    /// Redis lost writes: its fence (`None`: vanished) is before `from`, this batch's start.
-    Rewind { fence: Option<i64>, from: i64 },
+    /// Redis lost writes: its fence (`None`: vanished) is before `from`, this batch's start;
+    /// `marks` what the fence stores of the event-time series.
+    Rewind {
+        fence: Option<i64>,
+        from: i64,
+        marks: SeriesMarks,
+    },
     /// The fence lies inside the batch: continue at the fence.
     Skip { fence: i64, from: i64 },
 }
@@ -357,6 +365,7 @@ impl PartitionTask {
                 let to = Reposition::Rewind {
                     fence: stored,
                     from: committed,
+                    marks: fence.map(|f| f.series_marks()).unwrap_or_default(),
                 };
                 self.reposition(in_flight, to).await
             }
@@ -371,13 +380,19 @@ impl PartitionTask {
         to: Reposition,
     ) -> Result<(), PartitionExit> {
         let partition = self.state.partition;
-        let (from, to_offset) = match to {
+        let (from, to_offset, marks) = match to {
             Reposition::Rewind {
                 fence: Some(fence),
                 from,
-            } => (from, fence),
-            Reposition::Rewind { fence: None, from } => (from, self.restore_fence().await?),
-            Reposition::Skip { fence, from } => (from, fence),
+                marks,
+            } => (from, fence, Some(marks)),
+            Reposition::Rewind {
+                fence: None, from, ..
+            } => {
+                let restored = self.restore_fence().await?;
+                (from, restored.0, Some(restored.1))
+            }
+            Reposition::Skip { fence, from } => (from, fence, None),
         };
         in_flight.builder = self.new_builder(Some(to_offset));
         in_flight.dead_letters.clear();
@@ -387,9 +402,12 @@ impl PartitionTask {
         in_flight.resume_from = Some(Some(to_offset));
         self.seek(to_offset).await?;
         // The clock goes back with the fence: the re-read events move it again; after a rewind
-        // they are decided with what the fence's batch decided with.
-        let rewound_from = matches!(to, Reposition::Rewind { .. }).then_some(from);
-        self.reload_series_marks(rewound_from).await;
+        // they are decided with what the fence's batch decided with (the marks the apply read
+        // with its decision: a read of its own could fail and leave them unset).
+        match marks {
+            Some(marks) => self.rewind_series_marks(marks, from),
+            None => self.reload_series_marks().await,
+        }
         match to {
             Reposition::Rewind { fence, .. } => {
                 self.state.record_rewind(from, to_offset);
@@ -423,8 +441,8 @@ impl PartitionTask {
 
     /// The fence vanished (Redis replaced by an empty one, or the key deleted): writes it again
     /// at the earliest offset the broker still has, keeping this owner's epoch. Returns where
-    /// the fence now stands.
-    async fn restore_fence(&self) -> Result<i64, PartitionExit> {
+    /// the fence now stands, and its series marks.
+    async fn restore_fence(&self) -> Result<(i64, SeriesMarks), PartitionExit> {
         let mut attempt = 0;
         loop {
             let result = match self.low_watermark().await {
@@ -433,7 +451,7 @@ impl PartitionTask {
                     .sink
                     .restore_fence(self.state.partition, self.state.epoch, low)
                     .await
-                    .map(|fence| fence.next_offset.unwrap_or(low)),
+                    .map(|fence| (fence.next_offset.unwrap_or(low), fence.series_marks())),
                 Err(err) => Err(SinkError::Unavailable(format!("kafka watermarks: {err}"))),
             };
             match result {

@@ -157,11 +157,13 @@ impl PartitionState {
     }
 
     /// Redis lost what was applied below `until`: the re-read events are decided with `learned`
-    /// (what the fence's batch decided with), so they land where they were counted before.
+    /// (what the fence's batch decided with), so they land where they were counted before. A
+    /// second loss during a re-apply keeps the first one's end: everything below it was applied
+    /// before.
     pub(super) fn start_replay(&self, until: i64, learned: Option<i64>) {
         self.replay_learned
             .store(learned.unwrap_or(NONE), Ordering::Release);
-        self.replay_until.store(until, Ordering::Release);
+        self.replay_until.fetch_max(until, Ordering::AcqRel);
     }
 
     /// For a batch starting at `first_offset`: `Some(learned)` while it re-applies what Redis

@@ -97,24 +97,27 @@ impl PartitionTask {
         }
     }
 
-    /// Takes the clock the fence stores (after a rewind, a skip, or a batch someone else
-    /// applied); after a rewind from `rewound_from`, also the job watermark the fence's batch
-    /// decided with, for re-deciding the lost range. Left as it is if the fence cannot be read:
-    /// the next batch stores it again.
-    pub(super) async fn reload_series_marks(&self, rewound_from: Option<i64>) {
+    /// Takes the clock the fence stores (after a skip, or a batch someone else applied). Left
+    /// as it is if the fence cannot be read: the next batch stores it again.
+    pub(super) async fn reload_series_marks(&self) {
         if self.shared.window.is_none() {
             return;
         }
         match self.shared.sink.read_fence(self.state.partition).await {
-            Ok(fence) => {
-                self.set_clock(fence.and_then(|f| f.max_event_ms));
-                if let Some(from) = rewound_from {
-                    self.state
-                        .start_replay(from, fence.and_then(|f| f.learned_ms));
-                }
-            }
+            Ok(fence) => self.set_clock(fence.and_then(|f| f.max_event_ms)),
             Err(err) => tracing::warn!(%err, "cannot read the fence's event-time marks"),
         }
+    }
+
+    /// After a rewind from `rewound_from` to a fence with `marks`: the clock goes back to the
+    /// fence's, and the re-read range is decided with the job watermark the fence's batch
+    /// decided with, so the lost events go back into the minutes they were counted in.
+    pub(super) fn rewind_series_marks(&self, marks: SeriesMarks, rewound_from: i64) {
+        if self.shared.window.is_none() {
+            return;
+        }
+        self.set_clock(marks.clock);
+        self.state.start_replay(rewound_from, marks.learned);
     }
 
     fn set_clock(&self, clock: Option<i64>) {

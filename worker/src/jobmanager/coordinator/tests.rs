@@ -465,6 +465,52 @@ fn a_reported_rewind_lowers_the_committed_offset_and_is_counted_once() {
     assert_eq!(status.last_rewind, Some(rewind));
 }
 
+/// A new owner of a partition that is re-applying what Redis lost must know where the job had
+/// been: given only the lowered committed offset, it would decide the rest of the lost range
+/// with the job watermark (which never goes back) and count those events as late. Snapshots keep
+/// the same offset, for a jobmanager restored from them.
+#[test]
+fn a_rewound_partition_resumes_from_where_it_had_been_until_the_reapply_is_back_there() {
+    let mut sim = Sim::new(1);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    sim.tms.get_mut("a").expect("a").offset = 500;
+    sim.beat_all(3);
+    let mut report = sim.tms.get_mut("a").expect("a").report();
+    for p in &mut report.progress {
+        p.committed_offset = Some(200);
+        p.rewinds = 1;
+        p.last_rewind = Some(Rewind {
+            from_offset: 500,
+            to_offset: 200,
+            at_ms: 1,
+        });
+    }
+    sim.c.heartbeat("a", &report, sim.now).expect("known");
+    assert_eq!(sim.c.partitions()[0].committed_offset, Some(200), "shown");
+    assert_eq!(sim.c.resume_offset(0), Some(500));
+    assert_eq!(sim.c.current_snapshot().offsets.get(&0), Some(&500));
+
+    // a dies half-way through the re-apply; b takes the partition over.
+    sim.tms.remove("a");
+    sim.advance(Duration::from_secs(6));
+    sim.join("b");
+    sim.tms.get_mut("b").expect("b").offset = 350;
+    sim.advance(Duration::from_secs(1));
+    sim.beat("b");
+    let answer = sim.c.response("b", sim.now).expect("registered");
+    let starts: Vec<Option<i64>> = answer.assignments.iter().map(|a| a.start_offset).collect();
+    assert_eq!(starts, vec![Some(500)], "not the 200 a reported last");
+    sim.beat_all(2);
+    assert_eq!(sim.held("b"), vec![0]);
+    assert_eq!(sim.c.resume_offset(0), Some(500), "b is at 350");
+    // Back where the job had been: from now on the committed offset is all there is.
+    sim.tms.get_mut("b").expect("b").offset = 520;
+    sim.beat_all(1);
+    assert_eq!(sim.c.resume_offset(0), Some(520));
+    assert_eq!(sim.c.current_snapshot().offsets.get(&0), Some(&520));
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Join,

@@ -21,6 +21,7 @@ use super::connection::Target;
 use super::resp::{Commands, Reply};
 use super::resp_connection::RespConnection;
 use super::script::ApplyReply;
+use super::window::{SeriesMarks, CLOCK_FIELD, LEARNED_FIELD};
 use super::writes::{repair_expiry_command, user_expiry, ExecReply, UserExpiry, Writes};
 use super::{Batch, SinkError};
 
@@ -51,6 +52,7 @@ pub(crate) fn decide(
     let Some(stored_next) = stored_next else {
         return Some(ApplyReply::Gap {
             stored_next_offset: None,
+            marks: SeriesMarks::default(),
         });
     };
     if stored_next >= batch.next_offset {
@@ -64,6 +66,7 @@ pub(crate) fn decide(
     } else if stored_next < batch.first_offset {
         Some(ApplyReply::Gap {
             stored_next_offset: Some(stored_next),
+            marks: SeriesMarks::default(),
         })
     } else {
         None
@@ -179,8 +182,16 @@ async fn round(
     batch: &Batch,
     writes: &Writes,
 ) -> Result<Round, SinkError> {
-    let (stored_epoch, stored_next, server_now_ms) = watch_fence(conn, fence_key).await?;
-    if let Some(refusal) = decide(stored_epoch, stored_next, batch) {
+    let (stored_epoch, stored_next, marks, server_now_ms) = watch_fence(conn, fence_key).await?;
+    if let Some(mut refusal) = decide(stored_epoch, stored_next, batch) {
+        if let ApplyReply::Gap {
+            marks: gap_marks, ..
+        } = &mut refusal
+        {
+            // Read with the decision, so the rewind never depends on a later read of the fence
+            // (after a restart of Redis the sink's other connection may fail that one).
+            *gap_marks = marks;
+        }
         let mut unwatch = Commands::default();
         unwatch.command(1).arg(b"UNWATCH");
         conn.query(&unwatch).await?;
@@ -219,18 +230,21 @@ async fn round(
     }
 }
 
-/// `WATCH fence; HMGET fence epoch next_offset; TIME` in one round trip.
+/// `WATCH fence; HMGET fence epoch next_offset max_event_ms learned_ms; TIME` in one round trip:
+/// the fence's epoch, offset and series marks, and Redis' clock.
 async fn watch_fence(
     conn: &mut RespConnection,
     fence_key: &str,
-) -> Result<(Option<i64>, Option<i64>, i64), SinkError> {
+) -> Result<(Option<i64>, Option<i64>, SeriesMarks, i64), SinkError> {
     let mut read = Commands::default();
     read.command(2).arg(b"WATCH").arg(fence_key.as_bytes());
-    read.command(4)
+    read.command(6)
         .arg(b"HMGET")
         .arg(fence_key.as_bytes())
         .arg(b"epoch")
-        .arg(b"next_offset");
+        .arg(b"next_offset")
+        .arg(CLOCK_FIELD.as_bytes())
+        .arg(LEARNED_FIELD.as_bytes());
     read.command(1).arg(b"TIME");
     let replies = conn.query(&read).await?;
     let unexpected =
@@ -253,7 +267,11 @@ async fn watch_fence(
         (Some(secs), Some(micros)) => secs * 1000 + micros / 1000,
         _ => return Err(SinkError::Script(format!("unexpected TIME reply {time:?}"))),
     };
-    Ok((field(0), field(1), now_ms))
+    let marks = SeriesMarks {
+        clock: field(2),
+        learned: field(3),
+    };
+    Ok((field(0), field(1), marks, now_ms))
 }
 
 /// Sets the expiry of trusted user lists the batch created after all (deleted or lost since this
@@ -333,13 +351,15 @@ mod tests {
         assert_eq!(
             decide(Some(3), None, &b),
             Some(ApplyReply::Gap {
-                stored_next_offset: None
+                stored_next_offset: None,
+                marks: SeriesMarks::default()
             })
         );
         assert_eq!(
             decide(None, None, &b),
             Some(ApplyReply::Gap {
-                stored_next_offset: None
+                stored_next_offset: None,
+                marks: SeriesMarks::default()
             })
         );
         // 3. at or past the batch's end: a replay
@@ -364,7 +384,8 @@ mod tests {
         assert_eq!(
             decide(Some(3), Some(9), &b),
             Some(ApplyReply::Gap {
-                stored_next_offset: Some(9)
+                stored_next_offset: Some(9),
+                marks: SeriesMarks::default()
             })
         );
         // 6. exactly at the batch's start, by this owner or an older one

@@ -27,12 +27,15 @@ pub enum SinkError {
     /// lost the fence itself. Redis lost acknowledged writes (failover to a lagging replica,
     /// restart from an older snapshot). Nothing was written; the owner must rewind its consumer to
     /// the fence and re-apply from there.
+    /// `marks`: what the fence stores of the event-time series (its clock and the job watermark
+    /// its last batch decided with), read with the decision.
     #[error("redis lost acknowledged writes of partition {partition}: its fence ends at {stored_next_offset:?}, before the batch [{first_offset}, {next_offset})")]
     Gap {
         partition: i32,
         stored_next_offset: Option<i64>,
         first_offset: i64,
         next_offset: i64,
+        marks: super::window::SeriesMarks,
     },
     /// Connection refused/dropped, timeouts, `LOADING`, `OOM`, `READONLY`, `BUSY`, …: retry the
     /// same batch later (the fence makes a retry of an already-applied batch a no-op).

@@ -78,6 +78,16 @@ pub struct Fence {
     pub learned_ms: Option<i64>,
 }
 
+impl Fence {
+    /// What the fence stores of the event-time series.
+    pub fn series_marks(&self) -> window::SeriesMarks {
+        window::SeriesMarks {
+            clock: self.max_event_ms,
+            learned: self.learned_ms,
+        }
+    }
+}
+
 /// The lowest epoch a claim for assignment `generation` takes (see the module documentation).
 pub fn epoch_floor(generation: u64) -> u64 {
     generation.min(1 << 32) << 20
@@ -473,7 +483,10 @@ impl RedisSink {
                     our_epoch: batch.epoch,
                 })
             }
-            ApplyReply::Gap { stored_next_offset } => {
+            ApplyReply::Gap {
+                stored_next_offset,
+                marks,
+            } => {
                 // Redis lost acknowledged writes: user lists included.
                 self.forget_checked_expiries();
                 // Logged loudly by the partition's rewind, which knows the whole story.
@@ -483,6 +496,7 @@ impl RedisSink {
                     stored_next_offset,
                     first_offset: batch.first_offset,
                     next_offset: batch.next_offset,
+                    marks,
                 })
             }
             ApplyReply::Overlap { stored_next_offset } => {

@@ -85,9 +85,11 @@ pub(crate) enum ApplyReply {
         stored_next_offset: i64,
     },
     /// Redis holds less than this batch's owner applied: the fence ends before the batch's first
-    /// offset, or (`None`) has no `next_offset` at all. Nothing was written.
+    /// offset, or (`None`) has no `next_offset` at all. Nothing was written. `marks`: what the
+    /// fence stores of the event-time series, read with the decision.
     Gap {
         stored_next_offset: Option<i64>,
+        marks: SeriesMarks,
     },
 }
 

@@ -72,6 +72,64 @@ const SJChart = (() => {
     return svg;
   }
 
+  // Axis labels under bars `slot` px apart, laid out so that no two overlap: on one line when
+  // they fit; else wrapped into at most MAX_LINES lines (state names like "夜间屏蔽(次日早上9点发送)"
+  // are wider than a bar's slot at laptop widths, and ran into their neighbours); else, when a
+  // slot is too narrow even for one word (60 minute labels on a phone), only every k-th label.
+  // Returns {lines: [[line, …] per label], every: k}.
+  const MAX_LINES = 3;
+  const LINE_HEIGHT = 13;
+  function layoutLabels(svg, labels, slot) {
+    const probe = node("text", { class: "axis-label", visibility: "hidden" });
+    svg.appendChild(probe);
+    // Measured in the page's font; estimated when the chart is not rendered (a hidden card).
+    const width = (s) => {
+      probe.textContent = s;
+      return probe.getComputedTextLength() || [...s].reduce((w, c) => w + (c.charCodeAt(0) > 0x2e80 ? 11 : 6.5), 0);
+    };
+    const room = slot - 6;
+    try {
+      if (labels.every((l) => width(l) <= room)) return { lines: labels.map((l) => [l]), every: 1 };
+      const wrapped = labels.map((l) => wrap(l, room, width));
+      if (wrapped.every((w) => w)) return { lines: wrapped, every: 1 };
+      const widest = Math.max(...labels.map(width));
+      return { lines: labels.map((l) => [l]), every: Math.ceil((widest + 6) / slot) };
+    } finally {
+      probe.remove();
+    }
+  }
+
+  // Greedy line breaking between CJK characters and at spaces, never inside a run of Latin
+  // letters or digits; the last line gets an ellipsis if MAX_LINES are not enough. `null`
+  // when a single unbreakable piece is wider than `room`.
+  function wrap(label, room, width) {
+    const pieces = [];
+    for (const p of label.match(/[A-Za-z0-9_.:%+-]+\s*|\s+|./gu) || [label]) {
+      // A closing bracket or comma never starts a line, an opening bracket never ends one.
+      if (pieces.length && (/^[)）,，。、：:]/u.test(p) || /[(（]$/u.test(pieces[pieces.length - 1]))) {
+        pieces[pieces.length - 1] += p;
+      } else {
+        pieces.push(p);
+      }
+    }
+    const lines = [];
+    let line = "";
+    for (const piece of pieces) {
+      if (width(piece.trimEnd()) > room) return null;
+      if (line && width((line + piece).trimEnd()) > room) {
+        lines.push(line.trimEnd());
+        line = piece.trimStart();
+      } else {
+        line += piece;
+      }
+    }
+    if (line.trim()) lines.push(line.trimEnd());
+    if (lines.length <= MAX_LINES) return lines;
+    let last = lines[MAX_LINES - 1];
+    while (last && width(last + "…") > room) last = last.slice(0, -1);
+    return lines.slice(0, MAX_LINES - 1).concat([last + "…"]);
+  }
+
   // labels[i] names bar i; values[i] its height. options: {keys: [] (data-state per bar),
   // classes: [] (extra class per bar), attrs: [] (extra attributes per bar), empty: text}.
   function bars(container, labels, values, options) {
@@ -87,6 +145,7 @@ const SJChart = (() => {
     yAxis(svg, pad, width, height, scale);
     const slot = (width - pad.left - pad.right) / values.length;
     const barWidth = Math.max(6, Math.min(56, slot * 0.6));
+    const axis = layoutLabels(svg, labels, slot);
     values.forEach((v, i) => {
       const h = (v / scale.top) * (height - pad.top - pad.bottom);
       const cx = pad.left + slot * (i + 0.5);
@@ -98,8 +157,11 @@ const SJChart = (() => {
       bar.appendChild(node("title", {}, `${labels[i]}: ${v}`));
       svg.appendChild(bar);
       svg.appendChild(node("text", { x: cx, y: height - pad.bottom - h - 5, "text-anchor": "middle", class: "bar-label" }, fmt(v)));
-      const short = labels[i].length > 8 && slot < 90 ? labels[i].slice(0, 7) + "…" : labels[i];
-      svg.appendChild(node("text", { x: cx, y: height - pad.bottom + 16, "text-anchor": "middle" }, short));
+      if (i % axis.every !== 0) return;
+      const label = node("text", { x: cx, y: height - pad.bottom + 16, "text-anchor": "middle", class: "axis-label",
+        "data-label": labels[i] });
+      axis.lines[i].forEach((text, n) => label.appendChild(node("tspan", { x: cx, dy: n ? LINE_HEIGHT : 0 }, text)));
+      svg.appendChild(label);
     });
     return svg;
   }
