@@ -50,7 +50,9 @@
 //! lives in `status.autoscaler`, so an operator restart resumes it. The samples do not: after a
 //! restart the autoscaler waits for half a window of new ones.
 
+pub mod chart;
 mod reason;
+pub mod sim;
 pub mod window;
 
 use std::time::Duration;
