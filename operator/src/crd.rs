@@ -157,7 +157,9 @@ pub struct StreamJobSpec {
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
     /// Number of taskmanagers. Rescaling is in place (partitions are reassigned, no redeploy).
-    /// `kubectl scale sj/NAME --replicas=N` and HorizontalPodAutoscalers set this field.
+    /// `kubectl scale sj/NAME --replicas=N` and HorizontalPodAutoscalers set this field. Ignored
+    /// while `autoscaler.enabled` is true in mode `scale`: the autoscaler then sets the count
+    /// (see `status.autoscaler`).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -221,6 +223,10 @@ pub struct StreamJobSpec {
     /// NetworkPolicies that limit who may connect to the job's pods (egress is never restricted).
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+
+    /// Autoscaling on the taskmanagers' busy time and the lag (off by default).
+    #[serde(default)]
+    pub autoscaler: AutoscalerSpec,
 }
 
 /// The job's NetworkPolicies: taskmanagers accept only their jobmanager (and metrics scrapers);
@@ -882,6 +888,139 @@ impl Default for LoggingSpec {
     }
 }
 
+/// Autoscaling: the operator sizes the taskmanagers from their busy time and the lag, within
+/// `minReplicas`..`maxReplicas` (never above the topic's partition count), and never adds
+/// taskmanagers while Redis is the bottleneck. Each decision is written to `status.autoscaler`
+/// and published as an Event.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("spec.autoscaler.minReplicas must not exceed spec.autoscaler.maxReplicas"),
+    validation = Rule::new("self.scaleDownUtilization < self.targetUtilization").message("spec.autoscaler.scaleDownUtilization must be below spec.autoscaler.targetUtilization (the band between them is where nothing changes)")
+)]
+pub struct AutoscalerSpec {
+    /// Turn autoscaling on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `scale`: the autoscaler sets the taskmanager count and `spec.replicas` is ignored.
+    /// `recommend`: it only writes its decision to `status.autoscaler` and an Event;
+    /// `spec.replicas` stays in charge.
+    #[serde(default)]
+    pub mode: AutoscalerMode,
+    /// The fewest taskmanagers it runs.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// The most taskmanagers it runs; above the topic's partition count the partition count is
+    /// the limit (a taskmanager without a partition does nothing), and the reason says so.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// The busy fraction (time spent deciding and applying batches rather than waiting for
+    /// records) it sizes for: it scales up when the input plus clearing the lag within
+    /// `catchUpDuration` would keep the taskmanagers busier than this.
+    #[serde(default = "default_target_utilization")]
+    #[schemars(range(min = 0.1, max = 1.0))]
+    pub target_utilization: f64,
+    /// It scales down only after the busy fraction stayed below this for
+    /// `scaleDownStabilization`, and then to the fewest taskmanagers that stay at or under
+    /// `targetUtilization`; the gap between the two keeps it from flapping.
+    #[serde(default = "default_scale_down_utilization")]
+    #[schemars(range(min = 0.0, max = 0.95))]
+    pub scale_down_utilization: f64,
+    /// How much history each decision looks at (e.g. `2m`); no decision before half of it is
+    /// known at the current taskmanager count.
+    #[serde(default = "default_metrics_window")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(NONZERO_DURATION_RULE).message("spec.autoscaler.metricsWindow must be a non-zero duration like 2m"))]
+    pub metrics_window: String,
+    /// How long the need for more taskmanagers must last before it scales up (e.g. `30s`).
+    #[serde(default = "default_scale_up_stabilization")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.autoscaler.scaleUpStabilization must be a duration like 30s or 0s"))]
+    pub scale_up_stabilization: String,
+    /// How long the busy fraction must stay below `scaleDownUtilization` before it scales down,
+    /// and the least time between two scale-downs (e.g. `10m`).
+    #[serde(default = "default_scale_down_stabilization")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.autoscaler.scaleDownStabilization must be a duration like 10m"))]
+    pub scale_down_stabilization: String,
+    /// How fast a backlog must be cleared (e.g. `5m`): the lag divided by this counts as demand
+    /// on top of the input.
+    #[serde(default = "default_catch_up_duration")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(NONZERO_DURATION_RULE).message("spec.autoscaler.catchUpDuration must be a non-zero duration like 5m"))]
+    pub catch_up_duration: String,
+    /// Redis counts as the bottleneck while its p99 apply latency is above this (or applies are
+    /// retried more than once a second); no taskmanager is added then, since more of them would
+    /// only queue on Redis.
+    #[serde(default = "default_redis_latency_limit")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(NONZERO_DURATION_RULE).message("spec.autoscaler.redisLatencyLimit must be a non-zero duration like 100ms"))]
+    pub redis_latency_limit: String,
+}
+
+/// A duration that is not zero (at least one digit 1-9).
+const NONZERO_DURATION_RULE: &str =
+    "self.matches('^([0-9]+(ms|s|m|h))+$') && self.matches('[1-9]')";
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_target_utilization() -> f64 {
+    0.7
+}
+fn default_scale_down_utilization() -> f64 {
+    0.5
+}
+fn default_metrics_window() -> String {
+    "2m".into()
+}
+fn default_scale_up_stabilization() -> String {
+    "30s".into()
+}
+fn default_scale_down_stabilization() -> String {
+    "10m".into()
+}
+fn default_catch_up_duration() -> String {
+    "5m".into()
+}
+fn default_redis_latency_limit() -> String {
+    "100ms".into()
+}
+
+impl Default for AutoscalerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: AutoscalerMode::default(),
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_utilization: default_target_utilization(),
+            scale_down_utilization: default_scale_down_utilization(),
+            metrics_window: default_metrics_window(),
+            scale_up_stabilization: default_scale_up_stabilization(),
+            scale_down_stabilization: default_scale_down_stabilization(),
+            catch_up_duration: default_catch_up_duration(),
+            redis_latency_limit: default_redis_latency_limit(),
+        }
+    }
+}
+
+/// What the autoscaler does with its decisions.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalerMode {
+    /// Apply them: the autoscaler sets the taskmanager count; `spec.replicas` is ignored.
+    #[default]
+    Scale,
+    /// Only report them (status and Events); `spec.replicas` stays in charge.
+    Recommend,
+}
+
 /// Log format.
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -939,6 +1078,81 @@ pub struct StreamJobStatus {
     /// The `spec.savepointTriggerNonce` last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_savepoint_trigger_nonce: Option<i64>,
+    /// The autoscaler's latest decision and what it remembers between decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// The autoscaler's decision, and the little it must remember between reconciliations (so an
+/// operator restart neither forgets a stabilization in progress nor scales down twice).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// Where the autoscaler stands.
+    #[serde(default)]
+    pub state: AutoscalerState,
+    /// The taskmanager count it decided (in mode `recommend`: the count it recommends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<i32>,
+    /// What the latest metrics alone ask for, before stabilization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<i32>,
+    /// Why, as a sentence: e.g. `scaled 3→5: lag 120k growing 4k/s, busy 0.92, ...`.
+    #[serde(default)]
+    pub reason: String,
+    /// Who sets the taskmanager count, e.g. that `spec.replicas` is ignored in mode `scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When `desired` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<Time>,
+    /// When it last scaled (or recommended scaling) up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_up: Option<Time>,
+    /// When it last scaled (or recommended scaling) down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_down: Option<Time>,
+    /// A change the metrics ask for, waiting out its stabilization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingScale>,
+}
+
+/// Where the autoscaler stands.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoscalerState {
+    /// Not enough metrics to decide (jobmanager down, new job, rescale settling): nothing changes.
+    #[default]
+    NoMetrics,
+    /// The count fits the load.
+    Stable,
+    /// A change waits out its stabilization (see `pending`).
+    Stabilizing,
+    /// It just scaled (or, in mode `recommend`, recommended a new count).
+    Scaled,
+    /// More taskmanagers are needed, but Redis is the bottleneck: none is added.
+    RedisBottleneck,
+    /// Input arrives and lag grows, but nothing is processed: not a capacity problem.
+    Stalled,
+}
+
+/// Direction of a scale.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleDirection {
+    Up,
+    Down,
+}
+
+/// A change waiting out its stabilization.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingScale {
+    /// Up or down.
+    pub direction: ScaleDirection,
+    /// Since when the metrics have asked for it without a break.
+    pub since: Time,
+    /// The count it would go to: for a scale-down, the highest asked for since `since`.
+    pub replicas: i32,
 }
 
 /// Lifecycle phase of a StreamJob.

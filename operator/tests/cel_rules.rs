@@ -393,3 +393,65 @@ fn the_redis_tls_server_name_must_be_a_dns_name() {
         );
     }
 }
+
+#[test]
+fn the_autoscaler_bounds_are_consistent() {
+    let autoscaler = |value: Value| with("autoscaler", value);
+    assert_refused(
+        autoscaler(json!({"enabled": true, "minReplicas": 5, "maxReplicas": 3})),
+        "spec.autoscaler.minReplicas must not exceed spec.autoscaler.maxReplicas",
+    );
+    assert_refused(
+        autoscaler(json!({"targetUtilization": 0.6, "scaleDownUtilization": 0.6})),
+        "spec.autoscaler.scaleDownUtilization must be below spec.autoscaler.targetUtilization",
+    );
+    // A whole number is a valid utilization too (JSON does not tell 1 from 1.0).
+    validate(&autoscaler(
+        json!({"targetUtilization": 1, "scaleDownUtilization": 0.5}),
+    ))
+    .expect("targetUtilization 1");
+    validate(&autoscaler(
+        json!({"enabled": true, "minReplicas": 3, "maxReplicas": 3}),
+    ))
+    .expect("min == max");
+    let spec = &support::crd_schema()["properties"]["spec"]["properties"]["autoscaler"];
+    assert_eq!(
+        spec["properties"]["minReplicas"]["minimum"].as_f64(),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn the_autoscaler_durations_are_durations_and_the_rates_not_zero() {
+    for (field, bad, message) in [
+        (
+            "metricsWindow",
+            "0s",
+            "spec.autoscaler.metricsWindow must be a non-zero duration",
+        ),
+        (
+            "catchUpDuration",
+            "0m",
+            "spec.autoscaler.catchUpDuration must be a non-zero duration",
+        ),
+        (
+            "redisLatencyLimit",
+            "fast",
+            "spec.autoscaler.redisLatencyLimit must be a non-zero duration",
+        ),
+        (
+            "scaleUpStabilization",
+            "30",
+            "spec.autoscaler.scaleUpStabilization must be a duration",
+        ),
+        (
+            "scaleDownStabilization",
+            "ten minutes",
+            "spec.autoscaler.scaleDownStabilization must be a duration",
+        ),
+    ] {
+        assert_refused(with(&format!("autoscaler.{field}"), json!(bad)), message);
+    }
+    validate(&with("autoscaler.scaleUpStabilization", json!("0s"))).expect("0s: scale up at once");
+    validate(&with("autoscaler.catchUpDuration", json!("10m"))).expect("10m");
+}

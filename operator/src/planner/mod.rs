@@ -1,7 +1,9 @@
 //! The pure planner: (StreamJob, observed children, jobmanager status, now) → desired children,
 //! actions and the next status. No I/O, no clock, no randomness: the same input always gives the
-//! same plan, which is what the tests and the lifecycle work (issue #5) build on.
+//! same plan, which is what the tests and the lifecycle work (issue #5) build on. [`autoscaler`]
+//! decides the taskmanager count from the jobmanager's metrics, just as purely.
 
+pub mod autoscaler;
 pub mod children;
 pub mod config;
 pub mod lifecycle;
