@@ -328,3 +328,69 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
     data.assert_redis_exact();
     cluster.assert_no_forbidden();
 }
+
+/// The pod that holds the operator's leader Lease.
+async fn leader_pod(cluster: &OperatorCluster) -> Option<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "streamjob-system");
+    let lease = leases.get_opt("streamjob-operator").await.ok().flatten()?;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_a_leader_killed_mid_upgrade_is_replaced_and_the_upgrade_finishes() {
+    let mut values = test_values();
+    values["replicaCount"] = json!(2);
+    let cluster = OperatorCluster::up(values).await;
+    let mut data = Data::start();
+    data.produce(1, 5_000);
+    cluster.apply(NS, &stream_job(&data, 2));
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "not Ready: {}",
+        cluster.describe()
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+
+    // A config change starts a savepoint upgrade; the leader dies as soon as status records it.
+    let mut spec = stream_job(&data, 2);
+    spec["spec"]["batch"]["maxEvents"] = json!(300);
+    cluster.apply(NS, &spec);
+    until(
+        &cluster,
+        "upgrade started",
+        Duration::from_secs(30),
+        |job| !no_operation(job),
+    )
+    .await;
+    let leader = leader_pod(&cluster)
+        .await
+        .expect("a leader holds the Lease");
+    assert!(
+        cluster.kubelet.kill("streamjob-system", &leader),
+        "no process for the leader {leader}"
+    );
+    data.produce(2, 5_000);
+
+    let job = until(
+        &cluster,
+        "upgraded by the next leader",
+        Duration::from_secs(120),
+        |job| {
+            no_operation(job)
+                && job["status"]["lastSavepoint"]["trigger"] == "upgrade"
+                && ready(job)
+        },
+    )
+    .await;
+    assert!(
+        job["status"]["savepointHistory"]
+            .as_array()
+            .is_some_and(|h| h.len() == 1),
+        "one savepoint, not two: {:#}",
+        job["status"]
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    data.assert_redis_exact();
+    cluster.assert_no_forbidden();
+}
