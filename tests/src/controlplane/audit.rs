@@ -93,6 +93,6 @@ pub fn count_calls(events: &[&AuditEvent]) -> BTreeMap<String, usize> {
 }
 
 /// The requests answered 403 Forbidden.
-pub fn forbidden<'a>(events: &'a [AuditEvent]) -> Vec<&'a AuditEvent> {
+pub fn forbidden(events: &[AuditEvent]) -> Vec<&AuditEvent> {
     events.iter().filter(|e| e.code() == 403).collect()
 }

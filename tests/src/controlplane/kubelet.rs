@@ -33,6 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::pod_process::{self, Launch, ServiceAddresses};
 use super::ControlPlane;
 
+/// Where a pod's readiness probe goes: its address, port and path.
+type ProbeTarget = (Ipv4Addr, u16, String);
+
 /// How often processes are checked (exit, readiness).
 const TICK: Duration = Duration::from_millis(250);
 
@@ -478,7 +481,7 @@ async fn supervise(node: &Node, state: &Mutex<State>) {
     for pod in waiting {
         start(node, state, pod).await;
     }
-    let probes: Vec<(String, Option<(Ipv4Addr, u16, String)>)> = {
+    let probes: Vec<(String, Option<ProbeTarget>)> = {
         let mut state = lock(state);
         reap(&mut state);
         state
