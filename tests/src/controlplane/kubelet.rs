@@ -63,6 +63,38 @@ struct PodProcess {
     reported: Option<(bool, i32)>,
 }
 
+impl PodProcess {
+    /// A pod's process record, not started yet; its grace period is the pod's.
+    fn new(node: &Node, pod: &Pod, ip: Ipv4Addr, launch: Launch) -> Self {
+        let namespace = pod.namespace().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let grace = spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        PodProcess {
+            log: node.dir.join(format!("{namespace}-{}.log", pod.name_any())),
+            namespace,
+            name: pod.name_any(),
+            container: spec
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+            ip,
+            launch,
+            child: None,
+            stub: None,
+            restarts: 0,
+            ready: false,
+            started_at: Timestamp::now(),
+            last_exit: None,
+            restart_at: None,
+            kill_at: None,
+            grace: Duration::from_secs(u64::try_from(grace).unwrap_or(30)),
+            reported: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     pods: HashMap<String, PodProcess>,
@@ -377,35 +409,7 @@ async fn start(node: &Node, state: &Mutex<State>, pod: Pod) {
             return;
         }
     };
-    let grace = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30);
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let mut process = PodProcess {
-        namespace: namespace.clone(),
-        name: pod.name_any(),
-        container,
-        ip,
-        launch,
-        child: None,
-        stub: None,
-        log: node.dir.join(format!("{namespace}-{}.log", pod.name_any())),
-        restarts: 0,
-        ready: false,
-        started_at: Timestamp::now(),
-        last_exit: None,
-        restart_at: None,
-        kill_at: None,
-        grace: Duration::from_secs(u64::try_from(grace).unwrap_or(30)),
-        reported: None,
-    };
+    let mut process = PodProcess::new(node, &pod, ip, launch);
     spawn(&mut process);
     let mut state = lock(state);
     state.started += 1;
@@ -687,28 +691,18 @@ fn unresponsive_jobmanager(node: &Node, pod: &Pod, ip: Ipv4Addr) -> Option<PodPr
             });
         }
     });
-    let namespace = pod.namespace().unwrap_or_default();
-    Some(PodProcess {
-        namespace: namespace.clone(),
-        name: pod.name_any(),
-        container: container.name.clone(),
+    let mut process = PodProcess::new(
+        node,
+        pod,
         ip,
-        launch: Launch {
+        Launch {
             program: PathBuf::new(),
             args: Vec::new(),
             env: Vec::new(),
             readiness,
         },
-        child: None,
-        stub: Some(stub),
-        log: node.dir.join(format!("{namespace}-{}.log", pod.name_any())),
-        restarts: 0,
-        ready: false,
-        started_at: Timestamp::now(),
-        last_exit: None,
-        restart_at: None,
-        kill_at: None,
-        grace: Duration::from_secs(1),
-        reported: None,
-    })
+    );
+    process.stub = Some(stub);
+    process.grace = Duration::from_secs(1);
+    Some(process)
 }

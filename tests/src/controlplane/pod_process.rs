@@ -163,47 +163,17 @@ async fn fill_volume(
     let files: Vec<(String, Vec<u8>)> = if let Some(source) = &volume.config_map {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let map = api.get(&source.name).await.map_err(|e| e.to_string())?;
-        let items: BTreeMap<String, String> = source
-            .items
-            .iter()
-            .flatten()
-            .map(|i| (i.key.clone(), i.path.clone()))
-            .collect();
-        map.data
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let path = if items.is_empty() {
-                    Some(k.clone())
-                } else {
-                    items.get(&k).cloned()
-                };
-                path.map(|p| (p, rewrites.apply(&v).into_bytes()))
-            })
-            .collect()
+        let data = map.data.unwrap_or_default().into_iter();
+        keyed_files(
+            source.items.as_deref(),
+            data.map(|(k, v)| (k, rewrites.apply(&v).into_bytes())),
+        )
     } else if let Some(source) = &volume.secret {
         let name = source.secret_name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let secret = api.get(&name).await.map_err(|e| e.to_string())?;
-        let items: BTreeMap<String, String> = source
-            .items
-            .iter()
-            .flatten()
-            .map(|i| (i.key.clone(), i.path.clone()))
-            .collect();
-        secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let path = if items.is_empty() {
-                    Some(k.clone())
-                } else {
-                    items.get(&k).cloned()
-                };
-                path.map(|p| (p, v.0))
-            })
-            .collect()
+        let data = secret.data.unwrap_or_default().into_iter();
+        keyed_files(source.items.as_deref(), data.map(|(k, v)| (k, v.0)))
     } else {
         Vec::new()
     };
@@ -211,6 +181,28 @@ async fn fill_volume(
         std::fs::write(local.join(&path), bytes).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
+}
+
+/// The files a ConfigMap or Secret volume holds: every key, or only the listed `items` at their
+/// paths.
+fn keyed_files(
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    data: impl Iterator<Item = (String, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let items: BTreeMap<&str, &str> = items
+        .unwrap_or_default()
+        .iter()
+        .map(|i| (i.key.as_str(), i.path.as_str()))
+        .collect();
+    data.filter_map(|(key, bytes)| {
+        let path = if items.is_empty() {
+            Some(key.clone())
+        } else {
+            items.get(key.as_str()).map(|p| p.to_string())
+        };
+        path.map(|p| (p, bytes))
+    })
+    .collect()
 }
 
 async fn env_value(
