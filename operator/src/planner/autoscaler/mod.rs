@@ -403,7 +403,7 @@ fn stabilize(input: &Input<'_>, previous: AutoscalerStatus, s: &Summary, want: &
             reason::duration(s.redis_latency),
             reason::duration(input.settings.redis_latency_limit),
             s.redis_retries,
-            reason::load(s),
+            s.load(),
             want.replicas
         );
         return warn_on_entry(input, &previous, next, "AutoscalerRedisBottleneck");
@@ -424,7 +424,7 @@ fn stabilize(input: &Input<'_>, previous: AutoscalerStatus, s: &Summary, want: &
             next.state = AutoscalerState::Stable;
             next.reason = format!(
                 "steady at {current}: {}, busy band {:.2}-{:.2}{}",
-                reason::load(s),
+                s.load(),
                 input.settings.scale_down_utilization,
                 input.settings.target_utilization,
                 reason::cap_note(input.settings, input.partitions, want.uncapped, current)
@@ -500,7 +500,7 @@ fn scale_up(
         "holding {}: wants {} ({}) for {} of the {} scaleUpStabilization",
         input.current_replicas,
         want.replicas,
-        reason::load(s),
+        s.load(),
         reason::duration(waited),
         reason::duration(stabilization)
     );
@@ -537,7 +537,7 @@ fn scale_down(
             "holding {}: could run with {replicas} ({}), but the last scale-down was {} ago \
              and the scaleDownStabilization is {}",
             input.current_replicas,
-            reason::load(s),
+            s.load(),
             reason::duration(ago),
             reason::duration(stabilization)
         ),
@@ -545,7 +545,7 @@ fn scale_down(
             "holding {}: could run with {replicas} ({}); busy below {:.2} for {} of the {} \
              scaleDownStabilization",
             input.current_replicas,
-            reason::load(s),
+            s.load(),
             input.settings.scale_down_utilization,
             reason::duration(waited),
             reason::duration(stabilization)
@@ -585,7 +585,7 @@ fn scale_reason(input: &Input<'_>, s: &Summary, want: &Want, from: i32, to: i32)
         )
     };
     let cap = reason::cap_note(settings, input.partitions, want.uncapped, to);
-    format!("{verb} {from}→{to}: {}; {why}{cap}", reason::load(s))
+    format!("{verb} {from}→{to}: {}; {why}{cap}", s.load())
 }
 
 fn scaled(

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use super::window::Summary;
 use super::Settings;
 
 /// `850`, `4.2k`, `120k`, `3.4M`: a count at a glance.
@@ -29,26 +28,6 @@ pub fn duration(d: Duration) -> String {
     } else {
         humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
     }
-}
-
-/// `lag 120k growing 4k/s, busy 0.92, input 30k/s`.
-pub fn load(s: &Summary) -> String {
-    // Below 1 % of the input per second, or a handful of records, the lag is noise.
-    let noise = (s.recent_input * 0.01).max(10.0);
-    let lag = if s.lag < 1.0 {
-        "no lag".to_string()
-    } else if s.lag_slope > noise {
-        format!("lag {} growing {}/s", count(s.lag), count(s.lag_slope))
-    } else if s.lag_slope < -noise {
-        format!("lag {} shrinking {}/s", count(s.lag), count(-s.lag_slope))
-    } else {
-        format!("lag {} steady", count(s.lag))
-    };
-    format!(
-        "{lag}, busy {:.2}, input {}/s",
-        s.busy,
-        count(s.recent_input)
-    )
 }
 
 /// Why the count cannot go as high as the load asks, or `""`.

@@ -181,3 +181,34 @@ pub fn summarize(
         redis_retries: mean(recent.iter().map(|s| s.redis.retries_per_second)),
     })
 }
+
+impl Summary {
+    /// `lag 120k growing 4k/s, busy 0.92, input 30k/s`.
+    pub fn load(&self) -> String {
+        let s = self;
+        // Below 1 % of the input per second, or a handful of records, the lag is noise.
+        let noise = (s.recent_input * 0.01).max(10.0);
+        let lag = if s.lag < 1.0 {
+            "no lag".to_string()
+        } else if s.lag_slope > noise {
+            format!(
+                "lag {} growing {}/s",
+                super::reason::count(s.lag),
+                super::reason::count(s.lag_slope)
+            )
+        } else if s.lag_slope < -noise {
+            format!(
+                "lag {} shrinking {}/s",
+                super::reason::count(s.lag),
+                super::reason::count(-s.lag_slope)
+            )
+        } else {
+            format!("lag {} steady", super::reason::count(s.lag))
+        };
+        format!(
+            "{lag}, busy {:.2}, input {}/s",
+            s.busy,
+            super::reason::count(s.recent_input)
+        )
+    }
+}
