@@ -68,6 +68,10 @@ apt_install_missing "openssl and stunnel4" openssl stunnel4
 # etcd from Debian; kube-apiserver and kube-controller-manager built from the k8s.io/kubernetes Go
 # module into .local/bin (once per machine, ~5 minutes on 2 cores); kubectl for `kubectl wait`.
 apt_install_missing "etcd" etcd-server
+# Go's own installer puts it in /usr/local/go/bin, which a non-login shell may not have on PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "go not found: the operator's tests build kube-apiserver from the Go module proxy" >&2
   exit 1
