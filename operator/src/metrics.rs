@@ -138,6 +138,16 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Rounds of jobmanager calls (one per reconcile that asked), by outcome.
     pub jobmanager_calls: Family<CallLabels, Counter>,
+    /// The allocator's view of the heap, by state (set by the binary, which owns the allocator).
+    pub heap: Family<HeapLabels, Gauge>,
+}
+
+/// Labels of the heap gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeapLabels {
+    /// `allocated` (live objects: the caches, mostly) or `resident` (pages the allocator holds,
+    /// what RSS sees of the heap).
+    pub state: String,
 }
 
 impl Default for Metrics {
@@ -181,9 +191,16 @@ impl Default for Metrics {
             "Rounds of calls to the jobs' jobmanagers, by outcome (backoff: not made)",
             jobmanager_calls.clone(),
         );
+        let heap = Family::<HeapLabels, Gauge>::default();
+        registry.register(
+            "heap_bytes",
+            "The allocator's heap: allocated (live objects) and resident (pages it holds)",
+            heap.clone(),
+        );
         let jobs = JobMetrics::default();
         jobs.register(&mut registry);
         Self {
+            heap,
             registry,
             jobs,
             reconciles,
@@ -196,6 +213,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Sets the heap gauges (bytes).
+    pub fn record_heap(&self, allocated: u64, resident: u64) {
+        for (state, bytes) in [("allocated", allocated), ("resident", resident)] {
+            let labels = HeapLabels {
+                state: state.to_string(),
+            };
+            self.heap
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Counts one round of jobmanager calls.
     pub fn jobmanager_call(&self, outcome: &str) {
         self.jobmanager_calls

@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod cache;
 pub mod jobmanagers;
+pub mod own_writes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -47,6 +48,9 @@ pub const FIELD_MANAGER: &str = "streamjob-operator";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First retry delay.
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// When a reconcile finds its StreamJob older than the operator's own last write of it: look
+/// again after this, if the write's watch event has not brought it back first.
+const STALE_RETRY: Duration = Duration::from_secs(2);
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -68,6 +72,8 @@ pub struct Context {
     unreachable: jobmanagers::Unreachable,
     /// API tokens drawn for jobs whose Secret the cache does not show yet.
     tokens: jobmanagers::DrawnTokens,
+    /// StreamJob writes the cache has not shown yet (a reconcile of an older copy waits).
+    own_writes: own_writes::OwnWrites,
 }
 
 impl Context {
@@ -88,6 +94,7 @@ impl Context {
             network: NetworkPeers::default(),
             unreachable: jobmanagers::Unreachable::default(),
             tokens: jobmanagers::DrawnTokens::default(),
+            own_writes: own_writes::OwnWrites::default(),
         }
     }
 
@@ -142,6 +149,7 @@ impl Context {
     fn forget(&self, namespace: &str, name: &str) {
         self.unreachable.forget(&JobAddress::new(namespace, name));
         self.tokens.seen(namespace, name);
+        self.own_writes.forget(&format!("{namespace}/{name}"));
         self.clear_failures(&format!("{namespace}/{name}"));
     }
 
@@ -185,6 +193,14 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
         .caches_for(&namespace)
         .ok_or_else(|| Error::NotWatched(namespace.clone()))?;
     caches.wait_until_ready().await;
+    if ctx
+        .own_writes
+        .is_stale(&key(&job), job.resource_version().as_deref())
+    {
+        // Our last write's watch event brings the job back; the requeue covers a lost one.
+        debug!("the cache does not show our last write yet");
+        return Ok(ControllerAction::requeue(STALE_RETRY));
+    }
     let has_finalizer = job.finalizers().iter().any(|f| f == FINALIZER);
     let result = if job.metadata.deletion_timestamp.is_some() {
         if has_finalizer {
@@ -194,7 +210,7 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Control
         }
     } else if !has_finalizer {
         // The finalizer first, so a deletion always gets its say; the update brings us back.
-        add_finalizer(&ctx.client, &job)
+        add_finalizer(&ctx, &job)
             .await
             .map(|()| ControllerAction::await_change())
     } else {
@@ -223,8 +239,8 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Co
     ControllerAction::requeue(delay)
 }
 
-async fn add_finalizer(client: &Client, job: &StreamJob) -> Result<()> {
-    let api: Api<StreamJob> = Api::namespaced(client.clone(), &namespace_of(job)?);
+async fn add_finalizer(ctx: &Context, job: &StreamJob) -> Result<()> {
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace_of(job)?);
     let patch = if job.finalizers().is_empty() {
         json!([
             {"op": "test", "path": "/metadata/finalizers", "value": null},
@@ -235,12 +251,15 @@ async fn add_finalizer(client: &Client, job: &StreamJob) -> Result<()> {
     };
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-    api.patch(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await?;
+    let patched = api
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
+    ctx.own_writes
+        .wrote(&key(job), patched.resource_version().as_deref());
     Ok(())
 }
 
@@ -309,7 +328,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     let stored = job.status.as_ref();
     let mut written = stored.cloned();
     if stored.and_then(|s| s.current_operation.as_ref()) != plan.status.current_operation.as_ref() {
-        write_status(&ctx.client, job, &plan.status).await?;
+        write_status(ctx, job, &plan.status).await?;
         written = Some(plan.status.clone());
     }
     let applied = match apply::desired(&plan) {
@@ -340,7 +359,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         .record_job(&namespace, &name, job.spec.replicas, &status);
     let status_changed = written.as_ref() != Some(&status);
     if status_changed {
-        write_status(&ctx.client, job, &status).await?;
+        write_status(ctx, job, &status).await?;
     }
     let requeue = resync(plan.requeue_after, job);
     if applied > 0 || status_changed || !plan.actions.is_empty() {
@@ -417,7 +436,7 @@ async fn run_actions(
         info!(?action, ?outcome, "jobmanager action");
         let (next, events) = lifecycle::after_action(job, &status, &outcome, (ctx.now)());
         status = next;
-        write_status(&ctx.client, job, &status).await?;
+        write_status(ctx, job, &status).await?;
         *written = Some(status.clone());
         let events: Vec<Action> = events.into_iter().map(Action::Publish).collect();
         publish(ctx, job, &events).await;
@@ -443,7 +462,7 @@ async fn delete(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contr
     })?;
     let mut written = job.status.clone();
     if !plan.done && written.as_ref() != Some(&plan.status) {
-        write_status(&ctx.client, job, &plan.status).await?;
+        write_status(ctx, job, &plan.status).await?;
         written = Some(plan.status.clone());
     }
     if let Some(pvc) = &plan.savepoint_pvc {
@@ -481,29 +500,32 @@ async fn fail(
     let (status, actions) = planner::failed_status(job, reason, &message, (ctx.now)());
     publish(ctx, job, &actions).await;
     if job.status.as_ref() != Some(&status) {
-        if let Err(status_error) = write_status(&ctx.client, job, &status).await {
+        if let Err(status_error) = write_status(ctx, job, &status).await {
             warn!(%status_error, "could not record the failure in status");
         }
     }
     Err(error)
 }
 
-async fn write_status(client: &Client, job: &StreamJob, status: &StreamJobStatus) -> Result<()> {
+async fn write_status(ctx: &Context, job: &StreamJob, status: &StreamJobStatus) -> Result<()> {
     let namespace = job
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let api: Api<StreamJob> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
     let body = json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "kind": "StreamJob",
         "status": status,
     });
-    api.patch_status(
-        &job.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    ctx.own_writes
+        .wrote(&key(job), written.resource_version().as_deref());
     Ok(())
 }
 

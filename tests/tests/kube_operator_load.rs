@@ -5,7 +5,8 @@
 //! - a jobmanager that is Ready but never answers is called less and less often (back-off), and
 //!   a new job next to many such ones still becomes Ready promptly;
 //! - what creating a job costs in API calls (no GET the cache can answer, one Event), and the
-//!   failure counters exist at 0 before any failure.
+//!   failure counters exist at 0 before any failure;
+//! - deleting the jobs gives their memory back: the caches and per-job state forget them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -57,6 +58,20 @@ fn calls(metrics: &BTreeMap<String, f64>, outcome: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The allocator's live heap, in bytes, as of the operator's latest 15-s sample.
+fn heap_allocated(metrics: &BTreeMap<String, f64>) -> f64 {
+    metrics
+        .get("streamjob_operator_heap_bytes{state=\"allocated\"}")
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The live heap once a fresh sample is out (the operator takes one every 15 s).
+async fn fresh_heap_allocated(cluster: &OperatorCluster) -> f64 {
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    heap_allocated(&operator_metrics(cluster).await)
+}
+
 /// Waits until `n` StreamJobs in `NS` have a status phase.
 async fn wait_for_statuses(cluster: &OperatorCluster, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -89,6 +104,7 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         ..KubeletOptions::default()
     };
     let cluster = OperatorCluster::up_with(test_values(), options).await;
+    let idle_heap = fresh_heap_allocated(&cluster).await;
     let before = operator_metrics(&cluster).await;
     for reason in ["KubeApi", "InvalidSpec", "ApplyFailed"] {
         let series = format!("streamjob_operator_reconcile_failures_total{{reason=\"{reason}\"}}");
@@ -164,6 +180,52 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         "status writes per new job: {counts:?}"
     );
     cluster.assert_no_forbidden();
+    forgets_deleted_jobs(&cluster, idle_heap).await;
+}
+
+/// Deletes every job and checks that the operator's live heap comes back to about where it was
+/// before them: at most a quarter of what they added stays (connection pools and metric series
+/// of the operator itself, not per-job state).
+async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64) {
+    let loaded_heap = fresh_heap_allocated(cluster).await;
+    cluster.kubectl(&[
+        "delete",
+        "streamjobs",
+        "--all",
+        "-n",
+        NS,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Their Deployments, Services, ... go with them (garbage collection by owner).
+    while !cluster
+        .kubectl(&["get", "deployments", "-n", NS, "-o", "name"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the jobs' Deployments were not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let released_heap = fresh_heap_allocated(cluster).await;
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    eprintln!(
+        "operator heap (allocated): idle {:.2} MiB, with the jobs {:.2} MiB, after deleting them {:.2} MiB",
+        mib(idle_heap),
+        mib(loaded_heap),
+        mib(released_heap)
+    );
+    assert!(
+        loaded_heap > idle_heap,
+        "no heap figures: {loaded_heap} vs {idle_heap}"
+    );
+    assert!(
+        released_heap - idle_heap <= (loaded_heap - idle_heap) / 4.0,
+        "deleted jobs still hold memory: idle {idle_heap}, loaded {loaded_heap}, after deletion {released_heap}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

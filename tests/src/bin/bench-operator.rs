@@ -48,6 +48,92 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used: `/proc/PID/stat` fields 14 and 15, in clock
+/// ticks of 1/100 s (Linux's USER_HZ).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of the processes that share the machine during a run: the control plane's,
+/// the operator's, and the machine's total busy time (`/proc/stat`, every core).
+fn cpu_snapshot(cluster: &OperatorCluster, operator: u32) -> BTreeMap<&'static str, f64> {
+    let mut snapshot: BTreeMap<&'static str, f64> = cluster
+        .plane
+        .processes()
+        .into_iter()
+        .map(|(name, pid)| (name, cpu_seconds(pid)))
+        .collect();
+    snapshot.insert("operator", cpu_seconds(operator));
+    snapshot.insert("bench (this process)", cpu_seconds(std::process::id()));
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: f64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system (idle iowait excluded) irq softirq steal
+        .filter(|(i, _)| ![3, 4].contains(i) && *i < 8)
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    snapshot.insert("machine (all processes)", busy / 100.0);
+    snapshot
+}
+
+fn print_cpu(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    wall: Duration,
+) {
+    println!(
+        "  CPU while converging ({:.1} s wall, 2 cores = {:.1} CPU-s):",
+        wall.as_secs_f64(),
+        2.0 * wall.as_secs_f64()
+    );
+    for (name, end) in after {
+        let used = end - before.get(name).copied().unwrap_or(0.0);
+        println!(
+            "    {name:<26} {used:>7.1} CPU-s  ({:.0} % of one core)",
+            100.0 * used / wall.as_secs_f64()
+        );
+    }
+}
+
+/// Every request of the convergence, per user: the operator's share of the API server's work.
+fn print_calls_by_user(calls: &[audit::AuditEvent], jobs: usize) {
+    let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in calls {
+        *users.entry(call.user.username.as_str()).or_default() += 1;
+    }
+    let mut users: Vec<_> = users.into_iter().collect();
+    users.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    println!(
+        "  API requests while converging, all users ({} in all, {:.1} per job):",
+        calls.len(),
+        calls.len() as f64 / jobs as f64
+    );
+    for (user, n) in users.into_iter().take(8) {
+        println!(
+            "    {user:<60} {n:>7} ({:.2} per job)",
+            n as f64 / jobs as f64
+        );
+    }
+}
+
 fn streamjob(index: usize) -> Value {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/samples/full.yaml");
     let text = std::fs::read_to_string(sample).expect("sample");
@@ -57,13 +143,19 @@ fn streamjob(index: usize) -> Value {
 }
 
 async fn operator_pid(cluster: &OperatorCluster) -> u32 {
-    cluster
-        .kubelet
-        .processes()
-        .into_iter()
-        .find(|(ns, _, _)| ns == "streamjob-system")
-        .map(|(_, _, pid)| pid)
-        .expect("the operator runs")
+    for _ in 0..60 {
+        let running = cluster
+            .kubelet
+            .processes()
+            .into_iter()
+            .find(|(ns, _, _)| ns == "streamjob-system")
+            .map(|(_, _, pid)| pid);
+        if let Some(pid) = running {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the operator does not run:\n{}", cluster.operator_logs())
 }
 
 fn operator_calls(cluster: &OperatorCluster) -> Vec<audit::AuditEvent> {
@@ -94,7 +186,8 @@ async fn wait_all(
             println!("  {what}: only {count} after {:?}", started.elapsed());
             return started.elapsed();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every 2 s: a list of every StreamJob is itself work for the API server.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -111,6 +204,11 @@ async fn run(jobs: usize, steady: Duration) {
     }
     let cluster = OperatorCluster::up_with(values, options).await;
     cluster.kubectl(&["create", "namespace", NAMESPACE]);
+    // The sample's pods run as this ServiceAccount, with this PriorityClass: without them the
+    // ReplicaSet controller's pod creates are refused and retried, load a real cluster does not
+    // have (and the jobs fail with RolloutFailed).
+    cluster.kubectl(&["create", "serviceaccount", "trace-eu", "-n", NAMESPACE]);
+    cluster.kubectl(&["create", "priorityclass", "streaming", "--value=1000"]);
     let pid = operator_pid(&cluster).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_rss = rss_mib(pid);
@@ -129,6 +227,8 @@ async fn run(jobs: usize, steady: Duration) {
     let jobs_api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), NAMESPACE, &resource);
     let start_calls = operator_calls(&cluster).len();
+    let start_all = audit::read(&cluster.plane.audit_log).len();
+    let cpu_before = cpu_snapshot(&cluster, pid);
     let created = Instant::now();
     futures::stream::iter(0..jobs)
         .map(|i| {
@@ -165,8 +265,29 @@ async fn run(jobs: usize, steady: Duration) {
         (n, n == 2 * jobs)
     })
     .await;
+    let converge_wall = created.elapsed();
+    let cpu_after = cpu_snapshot(&cluster, pid);
     let converge_calls: Vec<_> = operator_calls(&cluster).split_off(start_calls);
+    let all_calls: Vec<_> = audit::read(&cluster.plane.audit_log).split_off(start_all);
     let converged_rss = rss_mib(pid);
+
+    // The steady window starts once every job has made its last expected transition: its
+    // pods stay Pending, so each turns Degraded (PodsUnavailable) two minutes after its
+    // Deployments appeared.
+    let degraded_time = wait_all("PodsUnavailable", Duration::from_secs(600), async || {
+        let list = jobs_api.list(&ListParams::default()).await.expect("list");
+        let degraded = list
+            .items
+            .iter()
+            .filter(|j| {
+                j.data["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["reason"] == "PodsUnavailable"))
+            })
+            .count();
+        (degraded, degraded == jobs)
+    })
+    .await;
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before = operator_calls(&cluster);
@@ -209,6 +330,12 @@ async fn run(jobs: usize, steady: Duration) {
     println!(
         "  every job has both Deployments after {:.1} s more",
         children_time.as_secs_f64()
+    );
+    print_cpu(&cpu_before, &cpu_after, converge_wall);
+    print_calls_by_user(&all_calls, jobs);
+    println!(
+        "  every job Degraded (PodsUnavailable, its pods stay Pending) {:.1} s later",
+        degraded_time.as_secs_f64()
     );
     let calls = per_job(&converge_calls, jobs);
     let total: f64 = calls.values().sum();

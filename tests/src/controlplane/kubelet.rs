@@ -1,6 +1,6 @@
 //! A process "kubelet": the control plane has no nodes, so this plays the node for the pods of
 //! streamjob's containers (the operator's and the workers'). For every such pod without a node:
-//! - it gives the pod an address of its own on loopback (`127.77.x.y`; a pod a Service selects
+//! - it gives the pod an address of its own on loopback (`127.N.x.y`, N per kubelet; a pod a Service selects
 //!   gets that Service's address, which is how `<service>.<namespace>.svc` reaches it), and
 //!   starts the container's command as a local process ([`pod_process::prepare`]);
 //! - it probes the container's HTTP readiness probe and writes the pod's status (Running, its
@@ -102,15 +102,28 @@ struct State {
     /// Deployment still stopping).
     waiting: HashMap<String, Pod>,
     service_ips: BTreeMap<String, Ipv4Addr>,
+    /// This kubelet's `127.N.0.0/16`: kubelets of tests (or benchmarks) that run at the same
+    /// time on one machine must not hand out the same pod addresses.
+    subnet: u8,
     next_ip: u32,
     started: usize,
+}
+
+/// A `127.N` subnet for a new kubelet: N in 64..192, from the process id and a count of the
+/// kubelets this process started, so concurrent test processes rarely meet (1 in 128).
+fn kubelet_subnet() -> u8 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let instance = STARTED.fetch_add(1, Ordering::Relaxed);
+    let spread = std::process::id().wrapping_mul(31).wrapping_add(instance) % 128;
+    64 + spread as u8
 }
 
 impl State {
     fn fresh_ip(&mut self) -> Ipv4Addr {
         self.next_ip += 1;
         let n = self.next_ip;
-        Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8)
+        Ipv4Addr::new(127, self.subnet, (n >> 8) as u8, (n & 0xff) as u8)
     }
 
     fn holder_of(&self, ip: Ipv4Addr) -> Option<&PodProcess> {
@@ -176,7 +189,10 @@ impl Kubelet {
             pvc_root: dir.join("pvc"),
             kubeconfig_for: Box::new(move |token| kubeconfig(&server, &ca, token)),
         });
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            subnet: kubelet_subnet(),
+            ..State::default()
+        }));
         let task = tokio::spawn(run(node, state.clone()));
         Kubelet { state, task, dir }
     }

@@ -115,6 +115,15 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// The control plane's own processes as `(name, pid)`: a benchmark reads their CPU time to
+    /// show where the time goes.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        self.daemons
+            .iter()
+            .map(|daemon| (daemon.name, daemon.child.id()))
+            .collect()
+    }
+
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API server is
     /// ready and the default ServiceAccount of `default` exists.
     pub async fn start() -> Self {
