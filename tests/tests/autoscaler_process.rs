@@ -202,7 +202,9 @@ async fn load_step() {
     assert_eq!(overview.unassigned_partitions, 0);
     let after = autoscaler.run(&c, Duration::from_secs(6)).await;
     assert!(
-        after.as_ref().is_none_or(|d| d.replicas >= autoscaler.replicas),
+        after
+            .as_ref()
+            .is_none_or(|d| d.replicas >= autoscaler.replicas),
         "no scale-down right after the step: {after:?}"
     );
     c.assert_exact(&payloads);
