@@ -354,12 +354,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     if status_changed {
         write_status(&ctx.client, job, &status).await?;
     }
-    let event = autoscaled.and_then(|(evaluation, _)| evaluation.event);
-    if let Some(note) = event {
-        ctx.metrics.autoscaler_decided(&note.reason);
-        info!(reason = %note.reason, message = %note.message, "autoscaler decided");
-        publish(ctx, job, &[Action::Publish(note)]).await;
-    }
+    publish_decision(ctx, job, autoscaled.and_then(|(e, _)| e.event)).await;
     let requeue = resync(autoscaler_requeue(plan.requeue_after, job), job);
     if applied > 0 || status_changed || !plan.actions.is_empty() {
         info!(phase = status.phase.as_str(), applied, status_changed, requeue = ?requeue, "reconciled");
@@ -395,6 +390,15 @@ async fn autoscale(
     ctx.metrics
         .record_autoscaler(namespace, name, newest.as_ref(), desired);
     decided
+}
+
+/// The autoscaler's Event, published (and counted) once its status is written.
+async fn publish_decision(ctx: &Context, job: &StreamJob, event: Option<planner::EventNote>) {
+    if let Some(note) = event {
+        ctx.metrics.autoscaler_decided(&note.reason);
+        info!(reason = %note.reason, message = %note.message, "autoscaler decided");
+        publish(ctx, job, &[Action::Publish(note)]).await;
+    }
 }
 
 /// A job the autoscaler decides for comes back at its sampling interval; others keep their
