@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use streamjob_worker::api::{
-    ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList,
+    AutoscalerMetrics, ErrorResponse, JobOverview, OperationInfo, SnapshotInfo, SnapshotList,
     StopWithSavepointRequest, TriggerResponse, TriggerSavepointRequest,
 };
 
@@ -314,6 +314,18 @@ impl JobEndpoint<'_> {
             )
             .await?;
         Ok(list.snapshots)
+    }
+
+    /// `GET /jobs/{id}/autoscaler-metrics`: the autoscaler's counters as they stand.
+    pub async fn autoscaler_metrics(&self) -> Result<AutoscalerMetrics, JobManagerError> {
+        self.client
+            .call(
+                Method::GET,
+                &self.base,
+                &self.path("/autoscaler-metrics"),
+                self.token.as_deref(),
+            )
+            .await
     }
 
     /// `GET /jobs/{id}/checkpoints`, newest first.

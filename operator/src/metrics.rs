@@ -124,8 +124,108 @@ where
     }
 }
 
+/// Labels of the autoscaler's counters: one bounded value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// The autoscaler's decisions and, per StreamJob with the autoscaler on, its newest inputs.
+#[derive(Default)]
+struct AutoscalerMetrics {
+    /// Reads of the jobmanagers' autoscaler metrics, by outcome (`answered`, `failed`).
+    samples: Family<OutcomeLabels, Counter>,
+    /// Decisions by their Event's reason (`Autoscaled`, `AutoscalerRecommendation`,
+    /// `AutoscalerRedisBottleneck`, `AutoscalerStalled`).
+    decisions: Family<OutcomeLabels, Counter>,
+    desired: Family<JobLabels, Gauge>,
+    busy: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    input: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    processed: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    redis_p99: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    redis_retries: Family<JobLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// Every reason of [`AutoscalerMetrics::decisions`].
+pub const AUTOSCALER_DECISIONS: [&str; 4] = [
+    "Autoscaled",
+    "AutoscalerRecommendation",
+    "AutoscalerRedisBottleneck",
+    "AutoscalerStalled",
+];
+
+impl AutoscalerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for outcome in ["answered", "failed"] {
+            let _ = self.samples.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        for reason in AUTOSCALER_DECISIONS {
+            let _ = self.decisions.get_or_create(&OutcomeLabels {
+                outcome: reason.into(),
+            });
+        }
+        let r = registry.sub_registry_with_prefix("autoscaler");
+        r.register(
+            "samples",
+            "Reads of the jobmanagers' autoscaler metrics, by outcome",
+            self.samples.clone(),
+        );
+        r.register(
+            "decisions",
+            "Autoscaler decisions, by the reason of their Event",
+            self.decisions.clone(),
+        );
+        r.register(
+            "desired_replicas",
+            "Taskmanagers the autoscaler decided (mode recommend: recommends)",
+            self.desired.clone(),
+        );
+        r.register(
+            "busy",
+            "Mean busy fraction of the taskmanagers in the newest sample",
+            self.busy.clone(),
+        );
+        r.register(
+            "input_events_per_second",
+            "Records/s appended to the topic in the newest sample",
+            self.input.clone(),
+        );
+        r.register(
+            "processed_events_per_second",
+            "Records/s applied to Redis in the newest sample",
+            self.processed.clone(),
+        );
+        r.register(
+            "redis_apply_p99_seconds",
+            "The taskmanagers' highest p99 batch apply latency in the newest sample",
+            self.redis_p99.clone(),
+        );
+        r.register(
+            "redis_retries_per_second",
+            "Batch applies retried per second in the newest sample",
+            self.redis_retries.clone(),
+        );
+    }
+
+    fn forget(&self, job: &JobLabels) {
+        self.desired.remove(job);
+        for family in [
+            &self.busy,
+            &self.input,
+            &self.processed,
+            &self.redis_p99,
+            &self.redis_retries,
+        ] {
+            family.remove(job);
+        }
+    }
+}
+
 /// The operator's metrics and their registry.
 pub struct Metrics {
+    autoscaler: AutoscalerMetrics,
     registry: Registry,
     jobs: JobMetrics,
     /// Reconciliations started.
@@ -199,8 +299,11 @@ impl Default for Metrics {
         );
         let jobs = JobMetrics::default();
         jobs.register(&mut registry);
+        let autoscaler = AutoscalerMetrics::default();
+        autoscaler.register(&mut registry);
         Self {
             heap,
+            autoscaler,
             registry,
             jobs,
             reconciles,
@@ -232,6 +335,65 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one read of a jobmanager's autoscaler metrics (`answered` or `failed`).
+    pub fn autoscaler_sampled(&self, outcome: &str) {
+        self.autoscaler
+            .samples
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one autoscaler decision, by its Event's reason.
+    pub fn autoscaler_decided(&self, reason: &str) {
+        self.autoscaler
+            .decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A job's autoscaler inputs (its newest sample) and decision; `None` drops its series.
+    pub fn record_autoscaler(
+        &self,
+        namespace: &str,
+        name: &str,
+        newest: Option<&crate::planner::autoscaler::Sample>,
+        desired: Option<i32>,
+    ) {
+        let job = JobLabels {
+            namespace: namespace.into(),
+            streamjob: name.into(),
+        };
+        let a = &self.autoscaler;
+        let Some(sample) = newest else {
+            a.forget(&job);
+            if let Some(desired) = desired {
+                a.desired.get_or_create(&job).set(i64::from(desired));
+            }
+            return;
+        };
+        match desired {
+            Some(desired) => {
+                a.desired.get_or_create(&job).set(i64::from(desired));
+            }
+            None => {
+                a.desired.remove(&job);
+            }
+        }
+        a.busy.get_or_create(&job).set(sample.mean_busy());
+        a.input.get_or_create(&job).set(sample.input());
+        a.processed.get_or_create(&job).set(sample.processed());
+        a.redis_p99
+            .get_or_create(&job)
+            .set(sample.redis.apply_latency_p99.as_secs_f64());
+        a.redis_retries
+            .get_or_create(&job)
+            .set(sample.redis.retries_per_second);
     }
 
     /// Counts one failure.
@@ -327,6 +489,7 @@ impl Metrics {
             namespace: namespace.into(),
             streamjob: name.into(),
         };
+        self.autoscaler.forget(&job);
         let jobs = &self.jobs;
         let Some(mut gone) = jobs.lock_series().remove(&job) else {
             return;

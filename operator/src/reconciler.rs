@@ -10,6 +10,7 @@
 //! StreamJob is picked up at once.
 
 pub mod apply;
+pub mod autoscaling;
 pub mod cache;
 pub mod jobmanagers;
 pub mod own_writes;
@@ -74,6 +75,8 @@ pub struct Context {
     tokens: jobmanagers::DrawnTokens,
     /// StreamJob writes the cache has not shown yet (a reconcile of an older copy waits).
     own_writes: own_writes::OwnWrites,
+    /// The autoscaler's samples of each job with the autoscaler on.
+    pub autoscaler: autoscaling::Histories,
 }
 
 impl Context {
@@ -95,6 +98,7 @@ impl Context {
             unreachable: jobmanagers::Unreachable::default(),
             tokens: jobmanagers::DrawnTokens::default(),
             own_writes: own_writes::OwnWrites::default(),
+            autoscaler: autoscaling::Histories::default(),
         }
     }
 
@@ -150,6 +154,7 @@ impl Context {
         self.unreachable.forget(&JobAddress::new(namespace, name));
         self.tokens.seen(namespace, name);
         self.own_writes.forget(&format!("{namespace}/{name}"));
+        self.autoscaler.forget(namespace, name);
         self.clear_failures(&format!("{namespace}/{name}"));
     }
 
@@ -310,8 +315,9 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
     let address = job_address(&namespace, &name, &observed);
     let queries = lifecycle::queries(job, &observed);
     let report = ctx.observe_jobmanager(&address, &queries, now).await;
+    let autoscaled = autoscale(ctx, job, &address, report.as_ref(), now).await;
     let input = PlanInput {
-        job,
+        job: autoscaled.as_ref().map_or(job, |(_, decided)| decided),
         observed: &observed,
         jobmanager: report.as_ref(),
         now,
@@ -346,7 +352,7 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         Err(error) => return fail(job, ctx, "ApplyFailed", error).await,
     };
     publish(ctx, job, &plan.actions).await;
-    let status = run_actions(
+    let mut status = run_actions(
         ctx,
         job,
         &address,
@@ -355,19 +361,72 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         &mut written,
     )
     .await?;
-    ctx.metrics
-        .record_job(&namespace, &name, job.spec.replicas, &status);
+    if autoscaled.is_some() {
+        planner::autoscaler::job::throttle_progress(written.as_ref(), &mut status, now);
+    }
+    let desired = planner::autoscaler::job::replicas(
+        input.job,
+        autoscaling::partitions(job, report.as_ref()),
+    );
+    ctx.metrics.record_job(&namespace, &name, desired, &status);
     let status_changed = written.as_ref() != Some(&status);
     if status_changed {
         write_status(ctx, job, &status).await?;
     }
-    let requeue = resync(plan.requeue_after, job);
+    publish_decision(ctx, job, autoscaled.and_then(|(e, _)| e.event)).await;
+    let requeue = resync(autoscaler_requeue(plan.requeue_after, job), job);
     if applied > 0 || status_changed || !plan.actions.is_empty() {
         info!(phase = status.phase.as_str(), applied, status_changed, requeue = ?requeue, "reconciled");
     } else {
         debug!(phase = status.phase.as_str(), requeue = ?requeue, "unchanged");
     }
     Ok(ControllerAction::requeue(requeue))
+}
+
+/// Samples the jobmanager for the autoscaler when due, then lets the planner decide: the
+/// evaluation, and the job to plan with (its `status.autoscaler` the next one).
+async fn autoscale(
+    ctx: &Context,
+    job: &StreamJob,
+    address: &JobAddress,
+    report: Option<&planner::JobManagerReport>,
+    now: Timestamp,
+) -> Option<(planner::autoscaler::job::Evaluation, StreamJob)> {
+    let (namespace, name) = (address.namespace.as_str(), address.name.as_str());
+    autoscaling::sample(
+        &ctx.autoscaler,
+        &ctx.jobmanager,
+        &ctx.metrics,
+        job,
+        address,
+        report,
+        now,
+    )
+    .await;
+    let decided = autoscaling::decide(&ctx.autoscaler, job, report, now);
+    let newest = ctx.autoscaler.newest(namespace, name);
+    let desired = decided.as_ref().and_then(|(e, _)| e.status.desired);
+    ctx.metrics
+        .record_autoscaler(namespace, name, newest.as_ref(), desired);
+    decided
+}
+
+/// The autoscaler's Event, published (and counted) once its status is written.
+async fn publish_decision(ctx: &Context, job: &StreamJob, event: Option<planner::EventNote>) {
+    if let Some(note) = event {
+        ctx.metrics.autoscaler_decided(&note.reason);
+        info!(reason = %note.reason, message = %note.message, "autoscaler decided");
+        publish(ctx, job, &[Action::Publish(note)]).await;
+    }
+}
+
+/// A job the autoscaler decides for comes back at its sampling interval; others keep their
+/// requeue (no polling for jobs without it).
+fn autoscaler_requeue(requeue: Duration, job: &StreamJob) -> Duration {
+    match planner::autoscaler::job::deciding(job) {
+        Some(settings) => requeue.min(planner::autoscaler::history::sample_interval(&settings)),
+        None => requeue,
+    }
 }
 
 /// The job's jobmanager as the caches show it: its ready pod's IP and the API token.

@@ -112,6 +112,7 @@ fn jobmanager_exposition() -> String {
         snapshot_ack: None,
         wait: false,
         watermark_ack_ms: None,
+        load: None,
     };
     coordinator
         .heartbeat("tm-0", &request, later)

@@ -190,6 +190,67 @@ pub struct WatermarkStatus {
     pub final_before_ms: Option<i64>,
 }
 
+/// What one taskmanager measured of its own load since it started: cumulative counters (so any
+/// number of readers can take rates between two reads of them), plus Redis' recent apply
+/// latency. Sent with every heartbeat; the autoscaler's input.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TaskManagerLoad {
+    /// Milliseconds since the taskmanager's pipeline started (monotonic clock): the wall time
+    /// `busyMs` is a part of.
+    pub elapsed_ms: u64,
+    /// Milliseconds during which at least one of its partitions was deciding or applying a
+    /// batch (decoding records, dead-lettering, the Redis transaction and its retries), as
+    /// opposed to waiting for records.
+    pub busy_ms: u64,
+    /// Events applied to Redis (replays not counted).
+    pub processed_events: u64,
+    /// Batch applies that reached Redis (one per transaction, retries included).
+    pub redis_applies: u64,
+    /// Batch applies retried after a retryable Redis error.
+    pub redis_retries: u64,
+    /// p99 of one batch apply's round trip over the last
+    /// [`REDIS_LATENCY_WINDOW_SECS`] seconds, ms; 0 without applies.
+    pub redis_apply_p99_ms: f64,
+}
+
+/// The recent window of [`TaskManagerLoad::redis_apply_p99_ms`].
+pub const REDIS_LATENCY_WINDOW_SECS: u64 = 30;
+
+/// `GET /jobs/{jobId}/autoscaler-metrics`: what the operator's autoscaler samples, as
+/// counters and positions at one instant (`atMs`); rates are differences of two reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerMetrics {
+    pub job_id: String,
+    pub state: JobState,
+    /// The jobmanager's wall clock when it answered (epoch ms).
+    pub at_ms: i64,
+    pub partition_count: Option<u32>,
+    /// Every registered taskmanager, with its newest load report (`None`: none yet).
+    pub taskmanagers: Vec<TaskManagerMetrics>,
+    /// Every partition's newest known high watermark and committed offset.
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskManagerMetrics {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<TaskManagerLoad>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    /// The broker's high watermark as the owner last saw it.
+    pub high_watermark: Option<i64>,
+    /// Next offset to apply (every offset below it is in Redis).
+    pub committed_offset: Option<i64>,
+}
+
 /// `GET /jobs/{jobId}/series?businessId=…&from=…&to=…`: one template's per-window counts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -462,6 +523,9 @@ pub struct HeartbeatRequest {
     /// a watermark as final in Redis only once every taskmanager acknowledged it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark_ack_ms: Option<i64>,
+    /// This taskmanager's load counters (the autoscaler's input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<TaskManagerLoad>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -75,6 +75,13 @@ pub struct PipelineMetrics {
     pub series_events: Family<KindLabel, Counter>,
     /// A partition's event-time watermark (epoch ms).
     pub partition_watermark: Family<PartitionLabel, Gauge>,
+    /// Wall time during which at least one partition decided or applied a batch (the
+    /// autoscaler's busy time; `pipeline::load`).
+    pub busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Batch applies retried after a retryable Redis error.
+    pub redis_apply_retries: Counter,
+    /// p99 of a batch apply over the last 30 s (refreshed with every heartbeat).
+    pub redis_apply_p99_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Duration of one batch apply (the Redis script round trip, retries excluded).
     pub batch_apply_seconds: Histogram,
     /// Events per applied batch.
@@ -86,6 +93,9 @@ pub struct PipelineMetrics {
 impl PipelineMetrics {
     fn new() -> Self {
         Self {
+            busy_seconds: Counter::default(),
+            redis_apply_retries: Counter::default(),
+            redis_apply_p99_seconds: Gauge::default(),
             batch_apply_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
             produce_to_redis_seconds: Histogram::new(exponential_buckets(0.0005, 1.5, 32)),
@@ -128,6 +138,21 @@ impl PipelineMetrics {
             self.events_dead_lettered.clone(),
         );
         r.register("batches", "Batches by apply outcome", self.batches.clone());
+        r.register(
+            "busy_seconds",
+            "Wall time during which at least one partition decided or applied a batch",
+            self.busy_seconds.clone(),
+        );
+        r.register(
+            "redis_apply_retries",
+            "Batch applies retried after a retryable Redis error",
+            self.redis_apply_retries.clone(),
+        );
+        r.register(
+            "redis_apply_p99_seconds",
+            "p99 of one batch apply over the last 30 s",
+            self.redis_apply_p99_seconds.clone(),
+        );
         r.register(
             "redis_commands",
             "Redis commands run by the apply transaction (fence included)",

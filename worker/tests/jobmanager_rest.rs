@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use hyper::Method;
 use streamjob_worker::api::{
-    HeartbeatRequest, JobOverview, JobState, OperationInfo, OperationStatus, OwnedPartition,
-    PartitionProgress, RegisterRequest, ReleasedPartition, RestoreSource, SnapshotList,
-    TriggerResponse,
+    AutoscalerMetrics, HeartbeatRequest, JobOverview, JobState, OperationInfo, OperationStatus,
+    OwnedPartition, PartitionProgress, RegisterRequest, ReleasedPartition, RestoreSource,
+    SnapshotList, TaskManagerLoad, TriggerResponse,
 };
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::jobmanager::{FixedPartitions, JobManager, JobManagerOptions};
@@ -94,6 +94,7 @@ fn fake_taskmanager(
                 snapshot_ack,
                 wait: true,
                 watermark_ack_ms: None,
+                load: None,
             };
             let Ok(response) = client
                 .heartbeat(id, &request, Duration::from_millis(200))
@@ -809,5 +810,88 @@ async fn a_repeated_trigger_id_is_answered_with_the_same_savepoint() {
     )
     .await;
     a.abort();
+    jm.shutdown();
+}
+
+#[tokio::test]
+async fn the_autoscaler_metrics_carry_each_taskmanagers_load_and_every_partitions_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, client) = start(config(dir.path()), JobManagerOptions::default(), 2).await;
+    let offset = Arc::new(Mutex::new(10));
+    let tm = fake_taskmanager(client.clone(), "tm-a", offset);
+    wait_for(&client, |o| {
+        o.partitions.iter().all(|p| p.committed_offset.is_some())
+    })
+    .await;
+    client
+        .register("tm-b", &RegisterRequest::default())
+        .await
+        .expect("register");
+    let load = TaskManagerLoad {
+        elapsed_ms: 60_000,
+        busy_ms: 15_000,
+        processed_events: 12_345,
+        redis_applies: 600,
+        redis_retries: 2,
+        redis_apply_p99_ms: 7.5,
+    };
+    let request = HeartbeatRequest {
+        seq: 1,
+        wait: false,
+        load: Some(load),
+        ..Default::default()
+    };
+    client
+        .heartbeat("tm-b", &request, Duration::from_millis(200))
+        .await
+        .expect("heartbeat");
+    let metrics: AutoscalerMetrics = get(&client, "/jobs/trace/autoscaler-metrics").await;
+    assert_eq!(metrics.job_id, "trace");
+    assert_eq!(metrics.partition_count, Some(2));
+    let b = metrics
+        .taskmanagers
+        .iter()
+        .find(|t| t.id == "tm-b")
+        .expect("tm-b listed");
+    assert_eq!(b.load, Some(load));
+    let a = metrics
+        .taskmanagers
+        .iter()
+        .find(|t| t.id == "tm-a")
+        .expect("tm-a listed");
+    assert_eq!(a.load, None, "the fake taskmanager reports no load");
+    // The fake reports `offset + partition` committed and `offset + 100` as high watermark.
+    let positions: Vec<(Option<i64>, Option<i64>)> = metrics
+        .partitions
+        .iter()
+        .map(|p| (p.committed_offset, p.high_watermark))
+        .collect();
+    assert_eq!(
+        positions,
+        vec![(Some(10), Some(110)), (Some(11), Some(110))]
+    );
+    let raw = client
+        .raw(Method::GET, "/metrics", None, T)
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(&raw.body);
+    for line in [
+        "streamjob_jobmanager_taskmanager_busy_seconds{job=\"trace\",taskmanager=\"tm-b\"} 15.0",
+        "streamjob_jobmanager_taskmanager_processed_events{job=\"trace\",taskmanager=\"tm-b\"} 12345",
+        "streamjob_jobmanager_taskmanager_redis_apply_p99_seconds{job=\"trace\",taskmanager=\"tm-b\"} 0.0075",
+        "streamjob_jobmanager_partition_high_watermark{job=\"trace\",partition=\"0\"} 110",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    expect_error(
+        &client,
+        Method::GET,
+        "/jobs/other/autoscaler-metrics",
+        None,
+        404,
+        "not found",
+    )
+    .await;
+    tm.abort();
     jm.shutdown();
 }

@@ -340,6 +340,16 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
         now: input.now,
     });
 
+    // With the autoscaler on in mode `scale`, it sets the taskmanager count: planned as if
+    // `spec.replicas` were its count (the user's value is kept), which the in-place rescale
+    // then applies like a `kubectl scale`.
+    let overview_partitions = input
+        .jobmanager
+        .and_then(|r| r.view.overview.as_ref().ok())
+        .and_then(|o| o.partition_count);
+    let partitions = autoscaler::job::partitions(job, overview_partitions);
+    let autoscaled_job = autoscaler::job::as_planned(job, partitions);
+    let job = autoscaled_job.as_ref().unwrap_or(job);
     // A job stopped with a savepoint outside an operation (by hand, or an operation that gave up
     // after its stop) consumes nothing until it is restarted: its taskmanagers go to 0, so it
     // holds no CPU. Planned as if `spec.replicas` were 0 (the user's value is kept).
@@ -357,6 +367,10 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
     let input = PlanInput { job, ..input };
     let mut next = status::next(&input, name, &config_hash);
     let status = &mut next.status;
+    if !job.spec.autoscaler.enabled {
+        // Turned off: its last decision no longer describes the job.
+        status.autoscaler = None;
+    }
     status.current_operation = decision.operation.clone();
     lifecycle::record_savepoints(status, &decision.new_savepoints);
     status.observed_savepoint_trigger_nonce = decision.observed_savepoint_trigger_nonce;

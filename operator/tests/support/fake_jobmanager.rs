@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use streamjob_worker::api::{
-    JobOverview, JobState, OperationInfo, OperationKind, OperationStatus, RestoreSource,
-    SnapshotInfo, SnapshotKind, SnapshotList, TriggerResponse,
+    AutoscalerMetrics, JobOverview, JobState, OperationInfo, OperationKind, OperationStatus,
+    RestoreSource, SnapshotInfo, SnapshotKind, SnapshotList, TriggerResponse,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct JmState {
     seq: u64,
     /// Bodies of the POSTs received, in order.
     pub post_bodies: Vec<String>,
+    /// What `GET /jobs/{id}/autoscaler-metrics` answers (`None`: 404).
+    pub autoscaler: Option<AutoscalerMetrics>,
 }
 
 #[derive(Clone)]
@@ -94,6 +96,7 @@ impl FakeJobManager {
             on_request: None,
             seq: 0,
             post_bodies: Vec::new(),
+            autoscaler: None,
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -216,6 +219,10 @@ async fn answer(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["jobs", _]) => Json(s.overview.clone()).into_response(),
+        ("GET", ["jobs", _, "autoscaler-metrics"]) => match &s.autoscaler {
+            Some(metrics) => Json(metrics.clone()).into_response(),
+            None => error(StatusCode::NOT_FOUND, "no such endpoint"),
+        },
         ("GET", ["jobs", _, "savepoints"]) => Json(SnapshotList {
             snapshots: s.savepoints.clone(),
         })

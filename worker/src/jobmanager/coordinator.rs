@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::api::{
-    Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionProgress,
-    PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, Rewind, TaskManagerInfo,
+    Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionOffsets,
+    PartitionProgress, PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, Rewind,
+    TaskManagerInfo, TaskManagerLoad, TaskManagerMetrics,
 };
 
 use super::planner::{self, OwnerView};
@@ -68,6 +69,8 @@ struct Member {
     snapshot_ack: u64,
     /// The lowest job watermark its batches may still decide with (see `pipeline::watermark`).
     watermark_ack: Option<i64>,
+    /// Its newest load report (the autoscaler's input).
+    load: Option<TaskManagerLoad>,
 }
 
 /// A checkpoint or savepoint waiting for fresh reports.
@@ -280,6 +283,7 @@ impl Coordinator {
                 last_job_state: self.state,
                 snapshot_ack: self.snapshot_requested,
                 watermark_ack: None,
+                load: None,
             },
         );
         for owned in &request.owned {
@@ -325,6 +329,9 @@ impl Coordinator {
                 member.snapshot_ack = member.snapshot_ack.max(ack);
             }
             member.watermark_ack = request.watermark_ack_ms;
+            if request.load.is_some() {
+                member.load = request.load;
+            }
             self.apply_released(id, &request.released);
             let reported: BTreeMap<i32, u64> = request
                 .owned
@@ -788,7 +795,39 @@ impl Coordinator {
             .collect()
     }
 
-    /// Per-partition view for the job overview.
+    /// Each member's newest load report, for the autoscaler.
+    pub fn taskmanager_loads(&self) -> Vec<TaskManagerMetrics> {
+        self.members
+            .iter()
+            .map(|(id, m)| TaskManagerMetrics {
+                id: id.clone(),
+                load: m.load,
+            })
+            .collect()
+    }
+
+    /// Each partition's newest known high watermark and committed offset, for the autoscaler.
+    pub fn partition_offsets(&self) -> Vec<PartitionOffsets> {
+        let count = self.partition_count.unwrap_or(0) as i32;
+        (0..count)
+            .map(|partition| {
+                let progress = self.progress.get(&partition);
+                let committed = self
+                    .offsets
+                    .get(&partition)
+                    .copied()
+                    .or_else(|| progress.and_then(|p| p.committed_offset));
+                PartitionOffsets {
+                    partition,
+                    // Never below what is applied: a high watermark read before the last
+                    // flush would show a negative lag.
+                    high_watermark: max_opt(progress.and_then(|p| p.high_watermark), committed),
+                    committed_offset: committed,
+                }
+            })
+            .collect()
+    }
+
     /// The newest progress report of each partition, as its owner sent it.
     pub fn progress_reports(&self) -> &BTreeMap<i32, PartitionProgress> {
         &self.progress

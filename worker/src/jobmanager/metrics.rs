@@ -22,6 +22,13 @@ pub struct JobManagerMetrics {
     partitions: Family<Labels, Gauge>,
     partition_committed_offset: Family<Labels, Gauge>,
     partition_lag: Family<Labels, Gauge>,
+    partition_high_watermark: Family<Labels, Gauge>,
+    /// The autoscaler's inputs per taskmanager, as each last reported them (`pipeline::load`).
+    taskmanager_busy_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    taskmanager_elapsed_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    taskmanager_processed_events: Family<Labels, Gauge>,
+    taskmanager_redis_apply_retries: Family<Labels, Gauge>,
+    taskmanager_redis_apply_p99_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     rebalances: Counter,
     rebalances_seen: AtomicU64,
     pub checkpoints: Family<Labels, Counter>,
@@ -57,6 +64,12 @@ impl JobManagerMetrics {
             partitions: Family::default(),
             partition_committed_offset: Family::default(),
             partition_lag: Family::default(),
+            partition_high_watermark: Family::default(),
+            taskmanager_busy_seconds: Family::default(),
+            taskmanager_elapsed_seconds: Family::default(),
+            taskmanager_processed_events: Family::default(),
+            taskmanager_redis_apply_retries: Family::default(),
+            taskmanager_redis_apply_p99_seconds: Family::default(),
             rebalances: Counter::default(),
             rebalances_seen: AtomicU64::new(0),
             checkpoints: Family::default(),
@@ -105,6 +118,36 @@ impl JobManagerMetrics {
             "partition_lag",
             "Records behind the high watermark per partition",
             metrics.partition_lag.clone(),
+        );
+        r.register(
+            "partition_high_watermark",
+            "The broker's high watermark per partition, as its owner last saw it",
+            metrics.partition_high_watermark.clone(),
+        );
+        r.register(
+            "taskmanager_busy_seconds",
+            "Busy time a taskmanager reported since it started (deciding and applying batches)",
+            metrics.taskmanager_busy_seconds.clone(),
+        );
+        r.register(
+            "taskmanager_elapsed_seconds",
+            "Wall time a taskmanager reported since it started (busy time is a part of it)",
+            metrics.taskmanager_elapsed_seconds.clone(),
+        );
+        r.register(
+            "taskmanager_processed_events",
+            "Events a taskmanager reported applied to Redis since it started",
+            metrics.taskmanager_processed_events.clone(),
+        );
+        r.register(
+            "taskmanager_redis_apply_retries",
+            "Batch applies a taskmanager reported retried since it started",
+            metrics.taskmanager_redis_apply_retries.clone(),
+        );
+        r.register(
+            "taskmanager_redis_apply_p99_seconds",
+            "p99 of a batch apply over the last 30 s, as a taskmanager last reported it",
+            metrics.taskmanager_redis_apply_p99_seconds.clone(),
         );
         r.register(
             "rebalances",
@@ -215,6 +258,13 @@ impl JobManagerMetrics {
                 self.partition_lag.get_or_create(&labels).set(lag);
             }
         }
+        for p in coordinator.partition_offsets() {
+            if let Some(hw) = p.high_watermark {
+                let labels = vec![("partition".to_string(), p.partition.to_string())];
+                self.partition_high_watermark.get_or_create(&labels).set(hw);
+            }
+        }
+        self.render_loads(coordinator);
         let total = coordinator.rebalances();
         let seen = self
             .rebalances_seen
@@ -227,6 +277,37 @@ impl JobManagerMetrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
+    }
+
+    /// The taskmanagers' load series: only members registered now (a member that left drops
+    /// its series).
+    fn render_loads(&self, coordinator: &Coordinator) {
+        self.taskmanager_busy_seconds.clear();
+        self.taskmanager_elapsed_seconds.clear();
+        self.taskmanager_processed_events.clear();
+        self.taskmanager_redis_apply_retries.clear();
+        self.taskmanager_redis_apply_p99_seconds.clear();
+        for tm in coordinator.taskmanager_loads() {
+            let Some(load) = tm.load else { continue };
+            let labels = vec![("taskmanager".to_string(), tm.id)];
+            let seconds = |ms: u64| ms as f64 / 1_000.0;
+            self.taskmanager_busy_seconds
+                .get_or_create(&labels)
+                .set(seconds(load.busy_ms));
+            self.taskmanager_elapsed_seconds
+                .get_or_create(&labels)
+                .set(seconds(load.elapsed_ms));
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.taskmanager_processed_events
+                .get_or_create(&labels)
+                .set(count(load.processed_events));
+            self.taskmanager_redis_apply_retries
+                .get_or_create(&labels)
+                .set(count(load.redis_retries));
+            self.taskmanager_redis_apply_p99_seconds
+                .get_or_create(&labels)
+                .set(load.redis_apply_p99_ms / 1_000.0);
+        }
     }
 
     pub fn result_labels(ok: bool) -> Labels {

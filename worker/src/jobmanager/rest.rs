@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ErrorResponse, HeartbeatRequest, HeartbeatResponse, JobList, JobOverview, JobSummary,
-    LeaveRequest, OperationInfo, RegisterRequest, RegisterResponse, SeriesResponse, SnapshotList,
-    StopWithSavepointRequest, TaskManagerInfo, TriggerResponse, TriggerSavepointRequest,
+    AutoscalerMetrics, ErrorResponse, HeartbeatRequest, HeartbeatResponse, JobList, JobOverview,
+    JobSummary, LeaveRequest, OperationInfo, RegisterRequest, RegisterResponse, SeriesResponse,
+    SnapshotList, StopWithSavepointRequest, TaskManagerInfo, TriggerResponse,
+    TriggerSavepointRequest,
 };
 
 use super::auth::{self, AuthError};
@@ -141,6 +142,7 @@ pub(crate) fn router(shared: Arc<Shared>, pages: Router<Arc<Shared>>) -> Router 
         )
         .route("/jobs/{job_id}/stop", post(stop_with_savepoint))
         .route("/jobs/{job_id}/series", get(series))
+        .route("/jobs/{job_id}/autoscaler-metrics", get(autoscaler_metrics))
         .route("/taskmanagers", get(taskmanagers))
         .route("/taskmanagers/{tm_id}/register", post(register))
         .route("/taskmanagers/{tm_id}/heartbeat", post(heartbeat))
@@ -251,6 +253,26 @@ pub(crate) fn overview(shared: &Shared, job_id: String) -> JobOverview {
         last_savepoint,
         watermark: shared.series.status(job_watermark, final_watermark),
     }
+}
+
+/// `GET /jobs/{jobId}/autoscaler-metrics`: the taskmanagers' load counters and the partitions'
+/// positions, as they stand (the operator's autoscaler takes rates between two reads). Cheap:
+/// one lock of the coordinator, nothing computed over history.
+async fn autoscaler_metrics(
+    State(shared): State<Arc<Shared>>,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<AutoscalerMetrics>> {
+    check_job(&shared, &job_id)?;
+    let at_ms = crate::sink::redis::system_time_ms(std::time::SystemTime::now());
+    let c = shared.lock_coordinator();
+    Ok(Json(AutoscalerMetrics {
+        job_id,
+        state: c.state(),
+        at_ms,
+        partition_count: c.partition_count(),
+        taskmanagers: c.taskmanager_loads(),
+        partitions: c.partition_offsets(),
+    }))
 }
 
 /// `GET /jobs/{jobId}/series?businessId=…&from=…&to=…`: one template's event-time series.

@@ -26,6 +26,7 @@ impl PartitionTask {
         if in_flight.builder.is_empty() {
             return Ok(());
         }
+        let _busy = self.shared.load.enter();
         let mut paused = false;
         // Dropping the flush half-way is safe: the apply is one fenced transaction, so a
         // batch either moved the fence or left no trace, and the next owner starts at the fence.
@@ -144,14 +145,16 @@ impl PartitionTask {
             let started = Instant::now();
             let err = match self.shared.sink.apply(batch).await {
                 Ok(outcome) => {
-                    metrics
-                        .batch_apply_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    metrics.batch_apply_seconds.observe(took.as_secs_f64());
+                    self.shared.load.applied(took);
                     return Ok(Applied::Outcome(outcome));
                 }
                 Err(err) => err,
             };
             if err.is_retryable() {
+                self.shared.load.applied(started.elapsed());
+                self.shared.load.retried();
                 metrics.redis_error(err.kind());
                 self.state.note_error("redis", err.kind(), &err);
                 tracing::warn!(%err, attempt, first_offset = batch.first_offset, "batch apply failed; partition paused, retrying");
@@ -231,6 +234,7 @@ impl PartitionTask {
         metrics.redis_write_errors.inc_by(write_errors as u64);
         metrics.batch_events.observe(events as f64);
         self.state.add_applied(events as u64);
+        self.shared.load.processed(events as u64);
         let now_ms = crate::sink::redis::system_time_ms(SystemTime::now());
         for ts in in_flight.timestamps.drain(..) {
             metrics

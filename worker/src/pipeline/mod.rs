@@ -8,6 +8,7 @@
 
 pub mod backoff;
 mod flush;
+pub mod load;
 mod partition;
 mod partition_state;
 mod series;
@@ -82,6 +83,8 @@ pub(crate) struct Shared {
     /// The event-time series' rules; `None` with `window.enabled: false`.
     pub window: Option<WindowRules>,
     pub board: watermark::WatermarkBoard,
+    /// Busy time, events processed, Redis latency and retries (the autoscaler's input).
+    pub load: load::LoadMeter,
 }
 
 struct PartitionHandle {
@@ -127,6 +130,7 @@ impl Pipeline {
             let sink = connect_sink(&config, &options.backoff, &metrics).await?;
             let consumer = Arc::new(create_consumer(&config.source.kafka, &metrics)?);
             let dlq = DlqProducer::create(&config.source.kafka, &metrics)?;
+            let load = load::LoadMeter::new(load::LoadMetrics::of(metrics.pipeline()));
             let shared = Arc::new(Shared {
                 config: config.clone(),
                 sink,
@@ -139,6 +143,7 @@ impl Pipeline {
                     .enabled
                     .then(|| WindowRules::from_config(&config.window)),
                 board: watermark::WatermarkBoard::default(),
+                load,
             });
             let partitions: Partitions = Arc::default();
             let background = vec![
@@ -165,6 +170,11 @@ impl Pipeline {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The process' load counters (busy time, events, Redis latency and retries).
+    pub fn load(&self) -> crate::api::TaskManagerLoad {
+        self.shared.load.report()
     }
 
     /// Takes the job's event-time watermark from the jobmanager.

@@ -166,6 +166,8 @@ impl PartitionTask {
                 }
                 message = records.next() => match message {
                     Some(Ok(message)) => {
+                        // Busy from here until the burst is taken (and flushed, when full).
+                        let _busy = self.shared.load.enter();
                         // Checked against the first record only: later gaps are normal
                         // (transaction markers).
                         if let Some(fence) = in_flight.resume_from.take() {

@@ -285,6 +285,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                     snapshot_ack: local.snapshot_ack,
                     wait: true,
                     watermark_ack_ms: inner.pipeline.watermark_ack(),
+                    load: Some(inner.pipeline.load()),
                 },
                 released,
             )

@@ -51,6 +51,8 @@
 //! restart the autoscaler waits for half a window of new ones.
 
 pub mod chart;
+pub mod history;
+pub mod job;
 mod reason;
 pub mod sim;
 pub mod window;
@@ -169,8 +171,8 @@ impl Settings {
     }
 }
 
-/// One sample of the jobmanager's metrics (the planner-side input type; the jobmanager's REST
-/// API will report these).
+/// One sample of the jobmanager's metrics: the difference of two reads of
+/// `GET /jobs/{id}/autoscaler-metrics` ([`history::between`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub at: Timestamp,

@@ -59,6 +59,7 @@ impl Tm {
             snapshot_ack: self.snapshot_ack,
             wait: true,
             watermark_ack_ms: self.watermark_ack,
+            load: None,
         }
     }
 
@@ -638,4 +639,56 @@ fn the_job_watermark_is_the_minimum_of_active_partitions_never_goes_back_and_is_
     assert_eq!(sim.c.watermarks(), (Some(5_000), Some(5_000)));
     sim.c.seed_watermark(Some(7_000), Some(6_000));
     assert_eq!(sim.c.watermarks(), (Some(7_000), Some(6_000)));
+}
+
+#[test]
+fn the_autoscaler_sees_each_members_newest_load_and_every_partitions_offsets() {
+    let mut sim = Sim::new(3);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let load = TaskManagerLoad {
+        elapsed_ms: 10_000,
+        busy_ms: 2_500,
+        processed_events: 900,
+        redis_applies: 30,
+        redis_retries: 1,
+        redis_apply_p99_ms: 4.5,
+    };
+    let tm = sim.tms.get_mut("a").expect("a");
+    tm.offset = 40;
+    tm.high_watermark = Some(70);
+    let mut request = tm.report();
+    request.load = Some(load);
+    sim.c.heartbeat("a", &request, sim.now).expect("registered");
+    // A report without load (an older taskmanager) keeps what is known.
+    let request = sim.tms.get_mut("a").expect("a").report();
+    sim.c.heartbeat("a", &request, sim.now).expect("registered");
+    let loads = sim.c.taskmanager_loads();
+    assert_eq!(
+        loads,
+        vec![
+            TaskManagerMetrics {
+                id: "a".into(),
+                load: Some(load)
+            },
+            TaskManagerMetrics {
+                id: "b".into(),
+                load: None
+            },
+        ]
+    );
+    let offsets = sim.c.partition_offsets();
+    assert_eq!(offsets.len(), 3);
+    for p in sim.held("a") {
+        assert_eq!(
+            offsets[p as usize],
+            PartitionOffsets {
+                partition: p,
+                high_watermark: Some(70),
+                committed_offset: Some(40)
+            }
+        );
+    }
 }
