@@ -343,19 +343,24 @@ impl RedisCluster {
     }
 
     /// SIGKILLs primary `index` and waits until one of its replicas is promoted and the cluster
-    /// is `ok` again; the new primary's index.
+    /// is `ok` again; the new primary's index. A replica paused before (`node(i).pause(true)`)
+    /// is resumed right after the kill, so it is promoted without what it missed: the primary's
+    /// acknowledged writes of that time are lost.
     pub fn kill_primary(&mut self, index: usize) -> io::Result<usize> {
+        // Asked of the primary itself: a paused replica would not answer.
         let id = self.id_of(index)?;
-        let replicas: Vec<u16> = self
-            .topology()?
-            .iter()
-            .filter(|n| n.primary_id.as_deref() == Some(id.as_str()))
-            .map(|n| n.port)
-            .collect();
+        let reply = self.nodes[index].command(&["CLUSTER", "REPLICAS", &id])?;
+        let replicas: Vec<u16> = parse_nodes(&reply).iter().map(|n| n.port).collect();
         if replicas.is_empty() {
             return Err(io::Error::other("the primary has no replica to promote"));
         }
         self.nodes[index].stop();
+        for &port in &replicas {
+            if let Some(replica) = self.index_of(port) {
+                // SIGCONT: a no-op for a replica that was not paused.
+                self.nodes[replica].pause(false)?;
+            }
+        }
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let promoted = self
@@ -376,6 +381,21 @@ impl RedisCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Makes `replica` miss everything primary `primary` acknowledges from now on: pauses it
+    /// (`SIGSTOP`) and drops the replication link at the primary, since what the primary already
+    /// sent would otherwise still reach the replica from its socket buffer. [`Self::kill_primary`]
+    /// then promotes it without those writes.
+    pub fn cut_off_replica(&self, primary: usize, replica: usize) -> io::Result<()> {
+        self.nodes[replica].pause(true)?;
+        let killed = self.nodes[primary].command(&["CLIENT", "KILL", "TYPE", "replica"])?;
+        if !killed.starts_with(":1") {
+            return Err(io::Error::other(format!(
+                "expected to drop one replica link: {killed}"
+            )));
+        }
+        Ok(())
     }
 
     /// The replicas of primary `index`.

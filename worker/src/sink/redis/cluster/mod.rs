@@ -107,6 +107,9 @@
 //!   (`tests/redis_cluster_unit.rs`);
 //! - `plan.rs`: the slot map (`CLUSTER SLOTS`) and the split of a batch's commands into units,
 //!   checked against a real cluster to leave exactly the state the single node's apply leaves;
+//! - `read.rs`: reading every slot's fence and mark of a partition (what a claim and a rewind
+//!   read), used by the failover test (`tests/redis_cluster_failover.rs`), which loses a
+//!   primary's acknowledged writes and rewinds them back exactly;
 //! - `seeds.rs`: one clear refusal for a single-node URL at a cluster node and for
 //!   `sink.redis.cluster` at a plain Redis. The sink refuses a real cluster too, for now.
 //!
@@ -118,6 +121,7 @@
 
 pub mod fence;
 pub mod plan;
+pub mod read;
 pub(crate) mod seeds;
 pub mod slot;
 pub mod unit;

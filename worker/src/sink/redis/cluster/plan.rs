@@ -91,8 +91,17 @@ impl SlotMap {
 
     /// The anchor slot of the primary at `address`: the lowest slot it serves.
     pub fn anchor(&self, address: &str) -> Option<u16> {
-        let index = self.nodes.iter().position(|n| n == address)? as u32;
-        (0..SLOTS).find(|slot| self.owners[usize::from(*slot)] == index)
+        self.slots_of(address).first().copied()
+    }
+
+    /// The slots the primary at `address` serves, in order.
+    pub fn slots_of(&self, address: &str) -> Vec<u16> {
+        let Some(index) = self.nodes.iter().position(|n| n == address) else {
+            return Vec::new();
+        };
+        (0..SLOTS)
+            .filter(|slot| self.owners[usize::from(*slot)] == index as u32)
+            .collect()
     }
 }
 
