@@ -110,15 +110,20 @@
 //! - `read.rs`: reading every slot's fence and mark of a partition (what a claim and a rewind
 //!   read), used by the failover test (`tests/redis_cluster_failover.rs`), which loses a
 //!   primary's acknowledged writes and rewinds them back exactly;
+//! - `apply.rs`: the owner's apply loop (plan, run, and on a refusal wait, refresh the slot map,
+//!   read the fences again, or stop), checked while `redis-cli --cluster reshard` moves 1,000
+//!   slots and `--cluster rebalance` fills an added primary (`tests/redis_cluster_reshard.rs`);
 //! - `seeds.rs`: one clear refusal for a single-node URL at a cluster node and for
 //!   `sink.redis.cluster` at a plain Redis. The sink refuses a real cluster too, for now.
 //!
-//! Not yet: the slot map's refresh on `MOVED`/`ASK` and the waits on `TRYAGAIN`/`CLUSTERDOWN`
-//! (with their metrics), the claim (reading every slot's fence and mark), the rewind, a
-//! migrating slot in a unit of its own, the event-time series marks (the single node keeps them
-//! in its fence hash), and the sink that ties these together behind the same interface as the
-//! single node and Sentinel.
+//! Not yet: the claim (epoch from every slot, [`fence::resume_point`]), the rewind inside the
+//! pipeline, metrics and dashboard for the waits (`apply::ApplyStats` counts them), TLS and
+//! ACL users on the units' connections, `CLUSTERDOWN` handling beyond a retryable error, the
+//! event-time series marks (the single node keeps them in its fence hash), the user-list
+//! expiry chosen at apply time, and the sink that ties these together behind the same
+//! interface as the single node and Sentinel (the topology interface of the issue).
 
+pub mod apply;
 pub mod fence;
 pub mod plan;
 pub mod read;

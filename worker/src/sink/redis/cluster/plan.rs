@@ -4,7 +4,7 @@
 //! `CLUSTER SLOTS`), one [`Unit`] per primary. The single node's `MULTI`, `EXEC` and fence
 //! `HSET` are left out: the unit's slot fences and mark replace them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use redis::Value;
 
@@ -121,14 +121,16 @@ pub struct Owner<'a> {
 /// node with nothing left to write gets no unit. User lists get the midnight the batch was built
 /// for (the single node picks the next one when a batch is applied after it: not yet here).
 pub fn units(batch: &Batch, owner: &Owner<'_>) -> Result<Vec<(String, Unit)>, SinkError> {
-    units_expiring(batch, UserExpiry::At(batch.user_expire_at), owner)
+    units_isolating(batch, owner, &HashSet::new())
 }
 
-pub(crate) fn units_expiring(
+/// [`units`], with each slot of `isolated` (slots found migrating) in a unit of its own.
+pub fn units_isolating(
     batch: &Batch,
-    expiry: UserExpiry,
     owner: &Owner<'_>,
+    isolated: &HashSet<u16>,
 ) -> Result<Vec<(String, Unit)>, SinkError> {
+    let expiry = UserExpiry::At(batch.user_expire_at);
     let Some(writes) = batch.writes.as_ref() else {
         return Ok(Vec::new());
     };
@@ -149,7 +151,8 @@ pub(crate) fn units_expiring(
         from: batch.first_offset,
         next: batch.next_offset,
     };
-    let mut by_node: BTreeMap<String, Vec<UnitSlot>> = BTreeMap::new();
+    // Keyed by node and, for an isolated slot, the slot itself.
+    let mut by_node: BTreeMap<(String, Option<u16>), Vec<UnitSlot>> = BTreeMap::new();
     for (slot, commands) in by_slot {
         let expected = match slot_step(owner.positions.get(slot), new.from, new.next) {
             Ok(SlotStep::Skip) => continue,
@@ -166,17 +169,21 @@ pub(crate) fn units_expiring(
         let node = owner.map.owner(slot).ok_or_else(|| {
             SinkError::Unavailable(format!("no primary serves slot {slot} (cluster down?)"))
         })?;
-        by_node.entry(node.to_string()).or_default().push(UnitSlot {
-            slot,
-            fence_key: owner.layout.slot_fence_key(slot),
-            expected,
-            new,
-            commands,
-        });
+        let own = isolated.contains(&slot).then_some(slot);
+        by_node
+            .entry((node.to_string(), own))
+            .or_default()
+            .push(UnitSlot {
+                slot,
+                fence_key: owner.layout.slot_fence_key(slot),
+                expected,
+                new,
+                commands,
+            });
     }
     by_node
         .into_iter()
-        .map(|(node, slots)| {
+        .map(|((node, _), slots)| {
             let anchor = owner
                 .map
                 .anchor(&node)
