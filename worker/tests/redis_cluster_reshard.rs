@@ -2,7 +2,11 @@
 //! `redis-cli --cluster reshard` moves 1,000 slots with their keys (fences included) and while
 //! `--cluster rebalance` spreads the slots over an added empty primary. The cluster then holds
 //! exactly what a single node given the same batches holds: every list entry, counter and
-//! expiry, nothing missing, nothing doubled.
+//! expiry, nothing missing, nothing doubled. The batches write into the slots being moved, and
+//! those slots hold filler keys so that each takes a while to migrate: runs see units meet
+//! slots mid-migration (13–22 `ASK` waits per run so far, besides ~100 `MOVED`). With the unit
+//! script's migrating-slot probe removed, this test fails: a unit writes part of a slot on a
+//! node that no longer holds all of its keys.
 
 mod redis_support;
 
@@ -14,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 use redis_support::*;
 use streamjob_worker::sink::redis::cluster::apply::{ApplyStats, ClusterOwner};
 use streamjob_worker::sink::redis::cluster::plan::SlotMap;
+use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::sink::redis::RedisSink;
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
@@ -21,21 +26,61 @@ use streamjob_worker::transform::AnchorInfo;
 
 const EVENTS: usize = 200;
 
-fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
-    (0..EVENTS)
-        .map(|i| {
-            let n = batch * EVENTS + i;
-            event(&format!(
-                r#"{{"businessId":{},"ids":["1380000{:04}","u{}"],"logTimestamp":{},"messageId":"m{}","state":{}}}"#,
-                1000000120240101i64 + 100_000_000 * (n as i64 % 5),
-                n % 300,
-                n % 5000,
-                1_700_000_000_000i64 + n as i64,
-                n / 4,
-                [10, 60, 64, 70][n % 4]
-            ))
-        })
-        .collect()
+/// Slots `0..MOVED` are the ones the reshard moves (the first 1,000 of the first primary's).
+const MOVED: u16 = 1000;
+
+/// Receiver ids and message ids whose keys live in the slots the reshard moves, so that the
+/// batches keep writing into slots while they migrate.
+struct Traffic {
+    users: Vec<String>,
+    messages: Vec<String>,
+}
+
+impl Traffic {
+    fn new() -> Self {
+        let in_moved = |key: &str| key_slot(key.as_bytes()) < MOVED;
+        let users = (0..)
+            .map(|i| format!("u{i}"))
+            .filter(|id| in_moved(id))
+            .take(300)
+            .collect();
+        let messages = (0..)
+            .map(|i| format!("m{i}"))
+            .filter(|id| in_moved(&format!("Austin:MessageId:{id}")))
+            .take(3000)
+            .collect();
+        Self { users, messages }
+    }
+
+    fn events(&self, batch: usize) -> Vec<AnchorInfo<'static>> {
+        (0..EVENTS)
+            .map(|i| {
+                let n = batch * EVENTS + i;
+                event(&format!(
+                    r#"{{"businessId":{},"ids":["{}","{}"],"logTimestamp":{},"messageId":"{}","state":{}}}"#,
+                    1000000120240101i64 + 100_000_000 * (n as i64 % 5),
+                    self.users[n % self.users.len()],
+                    self.users[(n * 7 + 3) % self.users.len()],
+                    1_700_000_000_000i64 + n as i64,
+                    self.messages[(n / 4) % self.messages.len()],
+                    [10, 60, 64, 70][n % 4]
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Keys in every slot the reshard moves, so that each slot takes a while to migrate.
+async fn fill_moved_slots(address: &str, per_slot: usize) {
+    let mut c = conn(address).await;
+    for slot in 0..MOVED {
+        let mut pipe = redis::pipe();
+        for i in 0..per_slot {
+            pipe.set(format!("filler:{{{}}}:{i}", SLOT_TAGS.tag(slot)), i)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.expect("filler");
+    }
 }
 
 async fn conn(address: &str) -> MultiplexedConnection {
@@ -59,6 +104,7 @@ async fn slot_map(address: &str) -> SlotMap {
 
 /// Applies batch `b` to the single node and to the cluster.
 struct Writer {
+    traffic: Traffic,
     sink: RedisSink,
     owner: ClusterOwner,
     epoch: u64,
@@ -75,7 +121,7 @@ impl Writer {
             0,
             self.epoch,
             (b * EVENTS) as i64,
-            &events(b),
+            &self.traffic.events(b),
             SystemTime::now(),
         );
         self.sink.apply(&batch).await.expect("single-node apply");
@@ -83,6 +129,7 @@ impl Writer {
         self.stats.units += stats.units;
         self.stats.migrating_waits += stats.migrating_waits;
         self.stats.redirects += stats.redirects;
+        self.stats.asks += stats.asks;
         self.stats.rereads += stats.rereads;
     }
 }
@@ -92,7 +139,7 @@ async fn cluster_dump(map: &SlotMap) -> BTreeMap<String, KeyDump> {
     for node in map.nodes() {
         all.extend(dump(&mut conn(node).await, "").await);
     }
-    all.retain(|key, _| !key.starts_with("streamjob:"));
+    all.retain(|key, _| !key.starts_with("streamjob:") && !key.starts_with("filler:"));
     all
 }
 
@@ -146,8 +193,16 @@ fn heavy_a_live_reshard_and_rebalance_neither_lose_nor_double_a_write() {
     })
     .expect("cluster");
     let map = rt.block_on(slot_map(&cluster.seeds()[0]));
-    let owner = ClusterOwner::new(sink.layout().clone(), 0, epoch, map);
+    let owner = ClusterOwner::new(sink.layout().clone(), 0, epoch, map.clone());
+    assert_eq!(
+        map.owner(0),
+        map.owner(MOVED - 1),
+        "one primary holds the slots to move"
+    );
+    let source = map.owner(0).expect("slot 0 is served").to_string();
+    rt.block_on(fill_moved_slots(&source, 50));
     let mut writer = Writer {
+        traffic: Traffic::new(),
         sink,
         owner,
         epoch,
@@ -159,16 +214,27 @@ fn heavy_a_live_reshard_and_rebalance_neither_lose_nor_double_a_write() {
     }
 
     let primaries = cluster.primaries().expect("primaries");
+    let from = primaries
+        .iter()
+        .copied()
+        .find(|&p| format!("127.0.0.1:{}", cluster.node(p).port()) == source)
+        .expect("the source is a primary");
+    let to = primaries
+        .iter()
+        .copied()
+        .find(|&p| p != from)
+        .expect("another primary");
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let moved = cluster.reshard(primaries[0], primaries[1], 1000, 1);
+            let moved = cluster.reshard(from, to, usize::from(MOVED), 1);
             done.store(true, Ordering::Release);
             moved.expect("reshard 1,000 slots");
         });
         write_while(&rt, &mut writer, &done);
     });
     let after_reshard = writer.stats;
+    eprintln!("reshard: {} batches, {after_reshard:?}", writer.next);
     assert!(after_reshard.redirects > 0, "{after_reshard:?}");
 
     cluster.add_primary().expect("an empty primary");

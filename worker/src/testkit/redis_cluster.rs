@@ -309,15 +309,15 @@ impl RedisCluster {
         ])?;
         self.nodes.push(node);
         let index = self.nodes.len() - 1;
-        // add-node returns once the node was introduced; wait until the seed knows it as a
-        // healthy primary.
+        // add-node returns once the node was introduced; wait until every running node knows
+        // it (a rebalance moving slots to it fails with "Unknown node" on one that does not).
         let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let port = self.nodes[index].port();
-        while !self
-            .topology()?
-            .iter()
-            .any(|n| n.port == port && n.primary && !n.failed)
-        {
+        let id = self.id_of(index)?;
+        while !self.nodes.iter().all(|n| {
+            !n.command(&["PING"]).is_ok_and(|r| r.contains("PONG"))
+                || n.command(&["CLUSTER", "NODES"])
+                    .is_ok_and(|nodes| nodes.contains(&id))
+        }) {
             if Instant::now() > deadline {
                 return Err(io::Error::other("the new primary never joined"));
             }

@@ -35,7 +35,9 @@ pub struct ApplyStats {
     pub units: u64,
     /// Units refused because a slot was migrating (a `TRYAGAIN` wait).
     pub migrating_waits: u64,
-    /// Slot map refreshes after a slot served elsewhere, `MOVED` or `ASK`.
+    /// Units whose first slot's fence had already migrated (`ASK`): a wait like the above.
+    pub asks: u64,
+    /// Slot map refreshes after a slot served elsewhere or `MOVED`.
     pub redirects: u64,
     /// Fences read again after another owner's batch.
     pub rereads: u64,
@@ -241,6 +243,15 @@ impl ClusterOwner {
             UnitReply::Migrating { slot, .. } => {
                 stats.migrating_waits += 1;
                 self.isolated.insert(slot);
+                Ok(Step::Wait)
+            }
+            UnitReply::Redirected { ask: true, .. } => {
+                // The unit's first slot is migrating and its fence already left: the slot map
+                // is right (the source still serves it), the slot must wait in a unit of its own.
+                stats.asks += 1;
+                if let Some(first) = unit.slots.first() {
+                    self.isolated.insert(first.slot);
+                }
                 Ok(Step::Wait)
             }
             UnitReply::NotHere { .. } | UnitReply::Redirected { .. } => {

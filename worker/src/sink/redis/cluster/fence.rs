@@ -143,7 +143,7 @@ pub fn mismatch(expected: Option<SlotFence>, stored: Option<SlotFence>, epoch: u
 }
 
 /// The record every unit of a partition leaves on its node, in field `u{partition}` of the fence
-/// hash of the node's *anchor* slot (the lowest slot the owner's slot map gives the node), as
+/// hash of the node's *anchor* slot (the highest slot the owner's slot map gives the node), as
 /// `epoch:seq:from`: the owner's epoch, its unit counter (one owner's units are numbered in the
 /// order it sends them, rewinds included) and the first offset of the unit's batch. Compared
 /// and set by every unit on the node, whatever slots it writes, so a node that lost acknowledged

@@ -89,9 +89,12 @@ impl SlotMap {
         &self.nodes
     }
 
-    /// The anchor slot of the primary at `address`: the lowest slot it serves.
+    /// The anchor slot of the primary at `address`: the highest slot it serves (`redis-cli
+    /// --cluster reshard` and `rebalance` move a node's lowest slots first, so the anchor, which
+    /// every unit on the node reads, migrates last). A migrating anchor refuses the unit as
+    /// "not here": the owner reads the map again and retries, a wait.
     pub fn anchor(&self, address: &str) -> Option<u16> {
-        self.slots_of(address).first().copied()
+        self.slots_of(address).last().copied()
     }
 
     /// The slots the primary at `address` serves, in order.
@@ -231,7 +234,8 @@ mod tests {
         assert_eq!(map.owner(0), Some("10.0.0.1:6379"));
         assert_eq!(map.owner(8192), Some("10.0.0.2:6379"));
         assert_eq!(map.nodes().len(), 2);
-        assert_eq!(map.anchor("10.0.0.2:6379"), Some(8192));
+        assert_eq!(map.anchor("10.0.0.2:6379"), Some(16383));
+        assert_eq!(map.anchor("10.0.0.1:6379"), Some(8191));
         assert!(SlotMap::from_slots_reply(&Value::Int(1)).is_err());
     }
 }
