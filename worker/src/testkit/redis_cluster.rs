@@ -383,6 +383,21 @@ impl RedisCluster {
         }
     }
 
+    /// SIGKILLs every running node, then starts each again on its port and directory (its
+    /// `nodes.conf` and, with `persistence`, its AOF), and waits until the cluster is `ok`.
+    pub fn restart_all(&mut self) -> io::Result<()> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect();
+        for &i in &running {
+            self.nodes[i].stop();
+        }
+        for &i in &running {
+            self.nodes[i].restart()?;
+        }
+        self.wait_settled()
+    }
+
     /// Makes `replica` miss everything primary `primary` acknowledges from now on: pauses it
     /// (`SIGSTOP`) and drops the replication link at the primary, since what the primary already
     /// sent would otherwise still reach the replica from its socket buffer. [`Self::kill_primary`]

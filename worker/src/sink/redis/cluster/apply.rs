@@ -262,8 +262,16 @@ impl ClusterOwner {
             UnitReply::Changed { slot, stored } => {
                 self.changed(batch, unit, slot, &stored)?;
                 stats.rereads += 1;
-                self.reread().await?;
-                Ok(Step::Replan)
+                match self.reread().await {
+                    Ok(()) => Ok(Step::Replan),
+                    // A node restarted or failed over under the read: its connection is dead.
+                    // The unit will be refused again and the read retried.
+                    Err(err) if err.is_retryable() => {
+                        self.conns.clear();
+                        Ok(Step::Replan)
+                    }
+                    Err(err) => Err(err),
+                }
             }
         }
     }

@@ -113,6 +113,9 @@
 //! - `apply.rs`: the owner's apply loop (plan, run, and on a refusal wait, refresh the slot map,
 //!   read the fences again, or stop), checked while `redis-cli --cluster reshard` moves 1,000
 //!   slots and `--cluster rebalance` fills an added primary (`tests/redis_cluster_reshard.rs`);
+//! - the whole cluster SIGKILLed and restarted from its AOF while a worker with stale
+//!   knowledge replays older batches (`tests/redis_cluster_restart.rs`): refused at the
+//!   compare-and-set, re-read, skipped;
 //! - `seeds.rs`: one clear refusal for a single-node URL at a cluster node and for
 //!   `sink.redis.cluster` at a plain Redis. The sink refuses a real cluster too, for now.
 //!
