@@ -21,7 +21,8 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 # --- system packages -------------------------------------------------------------------------
-# redis-server: the real Redis every test and the local run use.
+# redis-server: the real Redis every test and the local run use; redis-tools: redis-cli, which
+# builds and reshards the Redis Cluster of the cluster tests (worker/src/testkit/redis_cluster.rs).
 # build-essential/cmake/pkg-config/libssl-dev/zlib/zstd/libsasl2: librdkafka is compiled from source.
 # Installs the Debian packages given that are not installed yet; `$1` names them in the log.
 apt_install_missing() {
@@ -39,7 +40,7 @@ apt_install_missing() {
   fi
 }
 
-APT_PKGS=(redis-server build-essential cmake pkg-config libssl-dev zlib1g-dev libzstd-dev libsasl2-dev python3-venv curl unzip)
+APT_PKGS=(redis-server redis-tools build-essential cmake pkg-config libssl-dev zlib1g-dev libzstd-dev libsasl2-dev python3-venv curl unzip)
 apt_install_missing "system packages" "${APT_PKGS[@]}"
 
 # --- Rust toolchain and tools ----------------------------------------------------------------

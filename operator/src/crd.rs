@@ -65,6 +65,10 @@ const MASTER_NAME_MAX: u32 = 128;
 const SENTINEL_NODES_MAX: u32 = 16;
 /// A sentinel address: a DNS host (253), `:` and a port (5 digits).
 const SENTINEL_NODE_MAX: u32 = 259;
+/// Cluster seed nodes: the limit the rule states.
+const CLUSTER_NODES_MAX: u32 = 16;
+/// A cluster node address: a DNS host (253), `:` and a port (5 digits).
+const CLUSTER_NODE_MAX: u32 = 259;
 /// Durations (`1m30s`): real values are a few characters.
 const DURATION_MAX: u32 = 64;
 /// Quantities (`1Gi`, `500Mi`): real values are a few characters.
@@ -473,6 +477,8 @@ pub struct RedisTlsSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.tls) || self.url.startsWith('rediss://')").message("spec.redis.tls needs a rediss:// URL in spec.redis.url: its certificates are only used by TLS connections, so with redis:// they would silently do nothing"))]
 #[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
+#[x_kube(validation = Rule::new("!has(self.cluster) || !has(self.sentinel)").message("spec.redis.cluster cannot be combined with spec.redis.sentinel (a cluster fails over by itself)"))]
+#[x_kube(validation = Rule::new("!has(self.cluster) || self.url.matches('^rediss?://[^/]*(/0?)?$')").message("spec.redis.url must be redis:// or rediss:// with database 0 (or none) with spec.redis.cluster (it then only selects TLS)"))]
 pub struct RedisSpec {
     /// `redis://host:port/db`, `rediss://...` or `unix:///path` (at most 1024 characters). No
     /// password in it: use `passwordSecretRef`.
@@ -513,6 +519,21 @@ pub struct RedisSpec {
     /// whose certificate must then carry the address the sentinels announce for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<RedisSentinelSpec>,
+    /// A Redis Cluster, reached through these seed nodes. `url` then only selects TLS
+    /// (`redis://cluster` or `rediss://cluster`). Being built (issue #25): until it is, the
+    /// workers refuse it with a message that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RedisClusterSpec>,
+}
+
+/// Redis Cluster: seed nodes to read the slot map from.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisClusterSpec {
+    /// Any nodes of the cluster, `host:port`: 1 to 16 of them.
+    #[schemars(length(max = CLUSTER_NODES_MAX), inner(length(max = CLUSTER_NODE_MAX)))]
+    #[x_kube(validation = Rule::new("self.size() >= 1 && self.size() <= 16 && self.all(n, n.matches('^[^:,\\\\s/@]+:[0-9]{1,5}$'))").message("spec.redis.cluster.nodes must list 1-16 cluster nodes as host:port"))]
+    pub nodes: Vec<String>,
 }
 
 /// Redis Sentinel: the monitored primary's name and the sentinels' addresses.

@@ -188,6 +188,19 @@ pub struct RedisSinkConfig {
     /// selects the database (`redis://sentinel/2`); its host and port are not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<RedisSentinelConfig>,
+    /// A Redis Cluster: the sink reads the slot map from these seed nodes. `url` then only
+    /// selects the scheme (`redis://cluster` or `rediss://cluster` for TLS); its host is not
+    /// used, and the database must be 0 (a cluster has no other).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RedisClusterConfig>,
+}
+
+/// `sink.redis.cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RedisClusterConfig {
+    /// Seed node addresses, `host:port`: any nodes of the cluster, primaries or replicas.
+    pub nodes: Vec<String>,
 }
 
 /// TLS files for the Redis connection: a CA to verify the server with, and an optional client
@@ -221,6 +234,7 @@ impl Default for RedisSinkConfig {
             time_zone: "Asia/Shanghai".into(),
             key_prefix: String::new(),
             sentinel: None,
+            cluster: None,
         }
     }
 }
@@ -538,6 +552,9 @@ impl JobConfig {
         if let Some(sentinel) = &redis.sentinel {
             validate_sentinel(sentinel, &redis.url)?;
         }
+        if let Some(cluster) = &redis.cluster {
+            validate_cluster(cluster, redis)?;
+        }
         if redis.time_zone.is_empty() {
             return Err(invalid(
                 "sink.redis.timeZone",
@@ -682,6 +699,58 @@ pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigErro
         ));
     }
     Ok(())
+}
+
+fn validate_cluster(
+    cluster: &RedisClusterConfig,
+    redis: &RedisSinkConfig,
+) -> Result<(), ConfigError> {
+    if redis.sentinel.is_some() {
+        return Err(invalid(
+            "sink.redis.cluster",
+            "cannot be combined with sink.redis.sentinel (a cluster fails over by itself)",
+        ));
+    }
+    if redis.url.starts_with("unix://") {
+        return Err(invalid(
+            "sink.redis.url",
+            "must be redis:// or rediss:// with sink.redis.cluster (it then only selects TLS)",
+        ));
+    }
+    let database = redis
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, db)| db.trim_end_matches('/'))
+        .filter(|db| !db.is_empty());
+    if database.is_some_and(|db| db != "0") {
+        return Err(invalid(
+            "sink.redis.url",
+            "must select database 0 (or none) with sink.redis.cluster: a Redis Cluster has no other",
+        ));
+    }
+    if cluster.nodes.is_empty() {
+        return Err(invalid(
+            "sink.redis.cluster.nodes",
+            "must list at least one cluster node as host:port",
+        ));
+    }
+    for node in &cluster.nodes {
+        if !is_host_port(node) {
+            return Err(invalid(
+                "sink.redis.cluster.nodes",
+                format!("{node:?} is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_host_port(node: &str) -> bool {
+    let port = node
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    matches!(port, Some((host, Ok(_))) if !host.is_empty())
 }
 
 fn validate_sentinel(sentinel: &RedisSentinelConfig, url: &str) -> Result<(), ConfigError> {
@@ -863,6 +932,39 @@ mod tests {
             let yaml = format!("sink:\n  redis:\n    sentinel:\n      {bad}\n");
             let err = JobConfig::from_yaml(&yaml).expect_err(bad);
             assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_seed_nodes_and_refuses_what_a_cluster_cannot_do() {
+        let yaml = "sink:\n  redis:\n    url: rediss://cluster\n    cluster:\n      nodes: [\"r1:6379\", \"r2:6379\"]\n";
+        let config = JobConfig::from_yaml(yaml).expect("valid");
+        let cluster = config.sink.redis.cluster.clone().expect("cluster");
+        assert_eq!(cluster.nodes, ["r1:6379", "r2:6379"]);
+        let rendered = JobConfig::default().to_yaml().expect("yaml");
+        assert!(!rendered.contains("cluster"), "{rendered}");
+        for (url, extra, nodes, field) in [
+            ("redis://cluster/0", "", "[]", "sink.redis.cluster.nodes"),
+            (
+                "redis://cluster",
+                "",
+                "[\"r1\"]",
+                "sink.redis.cluster.nodes",
+            ),
+            ("redis://cluster/2", "", "[\"r1:1\"]", "sink.redis.url"),
+            ("unix:///tmp/r.sock", "", "[\"r1:1\"]", "sink.redis.url"),
+            (
+                "redis://cluster",
+                "\n    sentinel:\n      masterName: m\n      nodes: [\"s:1\"]",
+                "[\"r1:1\"]",
+                "sink.redis.cluster",
+            ),
+        ] {
+            let yaml = format!(
+                "sink:\n  redis:\n    url: {url}{extra}\n    cluster:\n      nodes: {nodes}\n"
+            );
+            let err = JobConfig::from_yaml(&yaml).expect_err(&yaml);
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
     }
 }

@@ -113,6 +113,13 @@ pub fn render(job: &StreamJob, name: &str, namespace: &str) -> Result<JobConfig,
             nodes: sentinel.nodes.clone(),
             password: None,
         });
+    redis.cluster = spec
+        .redis
+        .cluster
+        .as_ref()
+        .map(|cluster| worker::RedisClusterConfig {
+            nodes: cluster.nodes.clone(),
+        });
 
     config.batch.max_events = count("spec.batch.maxEvents", spec.batch.max_events)?;
     config.batch.linger = duration("spec.batch.linger", &spec.batch.linger)?;

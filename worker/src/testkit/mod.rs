@@ -8,6 +8,7 @@ pub mod kafka;
 #[cfg(feature = "engine")]
 pub mod lifecycle;
 pub mod redis;
+pub mod redis_cluster;
 pub mod tls;
 #[cfg(feature = "engine")]
 pub mod trace_state;

@@ -123,6 +123,18 @@ impl Layout {
         )
     }
 
+    /// `{prefix}streamjob:{job}:fence:{topic}:{{tag}}`: the fence hash of Redis Cluster slot
+    /// `slot` (`{tag}` puts it there, see `cluster/slot.rs`), field `{partition}` per partition.
+    pub fn slot_fence_key(&self, slot: u16) -> String {
+        format!(
+            "{}streamjob:{}:fence:{}:{{{}}}",
+            self.inner.key_prefix,
+            self.inner.job,
+            self.inner.topic,
+            super::cluster::slot::SLOT_TAGS.tag(slot)
+        )
+    }
+
     /// `{prefix}streamjob:series:{businessId}`: the event-time series of one template (and day,
     /// which the businessId embeds): fields `{window start, epoch minutes}:{state}`,
     /// `late:{state}`, `skewed:{state}` → count (see `window.rs`). TTL as the template hash.

@@ -32,6 +32,7 @@
 mod apply;
 mod batch;
 mod checked_expiries;
+pub mod cluster;
 mod connection;
 mod error;
 mod layout;
@@ -174,6 +175,9 @@ impl RedisSink {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
         let timeout = options.call_timeout;
+        if let Some(cluster) = &cfg.cluster {
+            return Err(cluster::seeds::check_seeds(cfg, cluster, timeout).await);
+        }
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -186,7 +190,11 @@ impl RedisSink {
             timeout,
             checked: Arc::default(),
         };
-        sink.load_scripts().await.map_err(|e| match e {
+        let ready = async {
+            sink.refuse_a_cluster_node().await?;
+            sink.load_scripts().await
+        };
+        ready.await.map_err(|e| match e {
             // The first command is where an ACL user without the needed permissions shows.
             SinkError::Config(message) => SinkError::Config(format!("sink.redis: {message}")),
             other => other,
@@ -201,6 +209,25 @@ impl RedisSink {
     /// A builder for one batch of `partition`, owned at `epoch`.
     pub fn batch_builder(&self, partition: i32, epoch: u64) -> BatchBuilder {
         BatchBuilder::new(partition, epoch, &self.layout, Arc::clone(&self.checked))
+    }
+
+    /// A cluster node behind a single-node configuration would answer `MOVED` for most keys:
+    /// refused at once with what to configure instead (`cluster/seeds.rs`).
+    async fn refuse_a_cluster_node(&self) -> Result<(), SinkError> {
+        let mut info = redis::cmd("INFO");
+        info.arg("cluster");
+        let reply = self.query(&info, "INFO cluster").await?;
+        let text = match &reply {
+            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            _ => String::new(),
+        };
+        match cluster::seeds::cluster_enabled(&text) {
+            Some(true) => Err(cluster::seeds::single_node_is_a_cluster(
+                &self.primary.apply_conns().target().address(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn load_scripts(&self) -> Result<(), SinkError> {

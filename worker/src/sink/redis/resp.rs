@@ -78,6 +78,54 @@ impl Commands {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The commands read back, each as its arguments (name first). Stops at anything this
+    /// encoder does not write.
+    pub(crate) fn iter(&self) -> CommandIter<'_> {
+        CommandIter {
+            bytes: &self.bytes,
+            at: 0,
+        }
+    }
+}
+
+/// See [`Commands::iter`].
+pub(crate) struct CommandIter<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> CommandIter<'a> {
+    /// The number after `marker` up to `\r\n`.
+    fn number(&mut self, marker: u8) -> Option<usize> {
+        if self.bytes.get(self.at) != Some(&marker) {
+            return None;
+        }
+        let start = self.at + 1;
+        let len = self.bytes[start..].iter().position(|&b| b == b'\r')?;
+        let n = std::str::from_utf8(&self.bytes[start..start + len])
+            .ok()?
+            .parse()
+            .ok()?;
+        self.at = start + len + 2;
+        Some(n)
+    }
+
+    fn bulk(&mut self) -> Option<&'a [u8]> {
+        let len = self.number(b'$')?;
+        let value = self.bytes.get(self.at..self.at + len)?;
+        self.at += len + 2;
+        Some(value)
+    }
+}
+
+impl<'a> Iterator for CommandIter<'a> {
+    type Item = Vec<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let args = self.number(b'*')?;
+        (0..args).map(|_| self.bulk()).collect()
+    }
 }
 
 /// One reply. `QUEUED` and `OK` are [`Reply::Status`] without their text kept.
@@ -239,6 +287,14 @@ mod tests {
         copy.copy(&c, 0..c.position(), 2);
         assert_eq!(copy.bytes(), c.bytes());
         assert_eq!(copy.len(), 2);
+        let read: Vec<Vec<&[u8]>> = c.iter().collect();
+        assert_eq!(
+            read,
+            vec![
+                vec![&b"LPUSH"[..], b"k", b""],
+                vec![&b"PEXPIRE"[..], b"k", b"-5"]
+            ]
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub(crate) struct LuaScript {
 }
 
 impl LuaScript {
-    fn new(source: &'static str) -> Self {
+    pub(crate) fn new(source: &'static str) -> Self {
         Self {
             source,
             hash: Script::new(source).get_hash().to_owned(),

@@ -1,0 +1,241 @@
+//! From a batch to units: the batch's native commands — exactly the ones `writes.rs` encodes
+//! for a single node, so the batch builder and the layout do not know the topology — grouped
+//! by the slot of their key, the slots by the primary that serves them (the slot map read with
+//! `CLUSTER SLOTS`), one [`Unit`] per primary. The single node's `MULTI`, `EXEC` and fence
+//! `HSET` are left out: the unit's slot fences and mark replace them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use redis::Value;
+
+use super::fence::{slot_step, SlotFence, SlotPositions, SlotStep, UnitMark};
+use super::slot::{key_slot, SLOTS};
+use super::unit::{Unit, UnitSlot};
+use crate::sink::redis::writes::UserExpiry;
+use crate::sink::redis::{Batch, Layout, SinkError};
+
+/// Which primary serves each slot, as `CLUSTER SLOTS` answered.
+#[derive(Debug, Clone)]
+pub struct SlotMap {
+    /// Per slot an index into `nodes`, or `u32::MAX` for a slot no primary serves.
+    owners: Box<[u32]>,
+    /// `host:port` of each primary.
+    nodes: Vec<String>,
+}
+
+fn int_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl SlotMap {
+    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`.
+    pub fn from_slots_reply(reply: &Value) -> Result<Self, SinkError> {
+        let bad = || SinkError::Script(format!("unexpected CLUSTER SLOTS reply {reply:?}"));
+        let Value::Array(ranges) = reply else {
+            return Err(bad());
+        };
+        let mut owners = vec![u32::MAX; usize::from(SLOTS)].into_boxed_slice();
+        let mut nodes: Vec<String> = Vec::new();
+        for range in ranges {
+            let Value::Array(parts) = range else {
+                return Err(bad());
+            };
+            let (Some(start), Some(end), Some(Value::Array(primary))) = (
+                parts.first().and_then(int_of),
+                parts.get(1).and_then(int_of),
+                parts.get(2),
+            ) else {
+                return Err(bad());
+            };
+            let host = primary.first().and_then(text_of).ok_or_else(bad)?;
+            let port = primary.get(1).and_then(int_of).ok_or_else(bad)?;
+            let address = format!("{host}:{port}");
+            let index = match nodes.iter().position(|n| *n == address) {
+                Some(index) => index,
+                None => {
+                    nodes.push(address);
+                    nodes.len() - 1
+                }
+            };
+            let slots = usize::try_from(start).map_err(|_| bad())?
+                ..=usize::try_from(end).map_err(|_| bad())?;
+            for slot in slots {
+                *owners.get_mut(slot).ok_or_else(bad)? = index as u32;
+            }
+        }
+        Ok(Self { owners, nodes })
+    }
+
+    /// The address of the primary serving `slot`.
+    pub fn owner(&self, slot: u16) -> Option<&str> {
+        let index = *self.owners.get(usize::from(slot))?;
+        self.nodes.get(index as usize).map(String::as_str)
+    }
+
+    /// The primaries' addresses.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The anchor slot of the primary at `address`: the highest slot it serves (`redis-cli
+    /// --cluster reshard` and `rebalance` move a node's lowest slots first, so the anchor, which
+    /// every unit on the node reads, migrates last). A migrating anchor refuses the unit as
+    /// "not here": the owner reads the map again and retries, a wait.
+    pub fn anchor(&self, address: &str) -> Option<u16> {
+        self.slots_of(address).last().copied()
+    }
+
+    /// The slots the primary at `address` serves, in order.
+    pub fn slots_of(&self, address: &str) -> Vec<u16> {
+        let Some(index) = self.nodes.iter().position(|n| n == address) else {
+            return Vec::new();
+        };
+        (0..SLOTS)
+            .filter(|slot| self.owners[usize::from(*slot)] == index as u32)
+            .collect()
+    }
+}
+
+/// What the owner knows when it splits a batch: the slot map, every slot's fence and every
+/// anchor's unit mark as it expects them, its epoch, and the number of its next unit.
+pub struct Owner<'a> {
+    pub layout: &'a Layout,
+    pub map: &'a SlotMap,
+    pub positions: &'a SlotPositions,
+    /// Unit marks by anchor slot.
+    pub marks: &'a HashMap<u16, UnitMark>,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The units of `batch`, by primary address. Slots that already hold the batch are left out; a
+/// node with nothing left to write gets no unit. User lists get the midnight the batch was built
+/// for (the single node picks the next one when a batch is applied after it: not yet here).
+pub fn units(batch: &Batch, owner: &Owner<'_>) -> Result<Vec<(String, Unit)>, SinkError> {
+    units_isolating(batch, owner, &HashSet::new())
+}
+
+/// [`units`], with each slot of `isolated` (slots found migrating) in a unit of its own.
+pub fn units_isolating(
+    batch: &Batch,
+    owner: &Owner<'_>,
+    isolated: &HashSet<u16>,
+) -> Result<Vec<(String, Unit)>, SinkError> {
+    let expiry = UserExpiry::At(batch.user_expire_at);
+    let Some(writes) = batch.writes.as_ref() else {
+        return Ok(Vec::new());
+    };
+    let single_fence = owner.layout.fence_key(batch.partition);
+    let mut by_slot: BTreeMap<u16, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+    for command in writes.transaction(expiry).iter() {
+        let (Some(name), Some(key)) = (command.first(), command.get(1)) else {
+            continue; // MULTI, EXEC
+        };
+        if name.eq_ignore_ascii_case(b"HSET") && *key == single_fence.as_bytes() {
+            continue;
+        }
+        let args = command.iter().map(|a| a.to_vec()).collect();
+        by_slot.entry(key_slot(key)).or_default().push(args);
+    }
+    let new = SlotFence {
+        epoch: owner.epoch,
+        from: batch.first_offset,
+        next: batch.next_offset,
+    };
+    // Keyed by node and, for an isolated slot, the slot itself.
+    let mut by_node: BTreeMap<(String, Option<u16>), Vec<UnitSlot>> = BTreeMap::new();
+    for (slot, commands) in by_slot {
+        let expected = match slot_step(owner.positions.get(slot), new.from, new.next) {
+            Ok(SlotStep::Skip) => continue,
+            Ok(SlotStep::Apply { expected }) => expected,
+            Err(straddle) => {
+                return Err(SinkError::Overlap {
+                    partition: batch.partition,
+                    stored_next_offset: straddle.fence.next,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+        };
+        let node = owner.map.owner(slot).ok_or_else(|| {
+            SinkError::Unavailable(format!("no primary serves slot {slot} (cluster down?)"))
+        })?;
+        let own = isolated.contains(&slot).then_some(slot);
+        by_node
+            .entry((node.to_string(), own))
+            .or_default()
+            .push(UnitSlot {
+                slot,
+                fence_key: owner.layout.slot_fence_key(slot),
+                expected,
+                new,
+                commands,
+            });
+    }
+    by_node
+        .into_iter()
+        .map(|((node, _), slots)| {
+            let anchor = owner
+                .map
+                .anchor(&node)
+                .ok_or_else(|| SinkError::Unavailable(format!("{node} serves no slot any more")))?;
+            let unit = Unit {
+                partition: batch.partition,
+                mark_key: owner.layout.slot_fence_key(anchor),
+                mark_expected: owner.marks.get(&anchor).copied(),
+                mark_new: UnitMark {
+                    epoch: owner.epoch,
+                    seq: owner.seq,
+                    from: batch.first_offset,
+                },
+                slots,
+            };
+            Ok((node, unit))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_slot_map_is_read_from_cluster_slots() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                Value::Array(vec![bulk("10.0.0.1"), Value::Int(6379), bulk("id1")]),
+                Value::Array(vec![bulk("10.0.0.4"), Value::Int(6379), bulk("id4")]),
+            ]),
+            Value::Array(vec![
+                Value::Int(8192),
+                Value::Int(16383),
+                Value::Array(vec![bulk("10.0.0.2"), Value::Int(6379), bulk("id2")]),
+            ]),
+        ]);
+        let map = SlotMap::from_slots_reply(&reply).expect("parses");
+        assert_eq!(map.owner(0), Some("10.0.0.1:6379"));
+        assert_eq!(map.owner(8192), Some("10.0.0.2:6379"));
+        assert_eq!(map.nodes().len(), 2);
+        assert_eq!(map.anchor("10.0.0.2:6379"), Some(16383));
+        assert_eq!(map.anchor("10.0.0.1:6379"), Some(8191));
+        assert!(SlotMap::from_slots_reply(&Value::Int(1)).is_err());
+    }
+}
