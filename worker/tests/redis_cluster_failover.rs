@@ -6,10 +6,9 @@
 
 mod redis_support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
-use redis::aio::MultiplexedConnection;
 use redis_support::*;
 use streamjob_worker::sink::redis::cluster::fence::{rewind_point, SlotPositions, UnitMark};
 use streamjob_worker::sink::redis::cluster::plan::{units, Owner, SlotMap};
@@ -40,26 +39,10 @@ fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
         .collect()
 }
 
-async fn conn(address: &str) -> MultiplexedConnection {
-    // redis-rs' default 500 ms response timeout is shorter than a WAIT.
-    let config = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
-    redis::Client::open(format!("redis://{address}/"))
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connect")
-}
-
-async fn slot_map(cluster: &RedisCluster) -> SlotMap {
+/// The slot map as a live primary sees it (the seeds may include the killed one).
+async fn primary_slot_map(cluster: &RedisCluster) -> SlotMap {
     let primary = cluster.primaries().expect("primaries")[0];
-    let mut c = conn(&format!("127.0.0.1:{}", cluster.node(primary).port())).await;
-    let reply: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut c)
-        .await
-        .expect("CLUSTER SLOTS");
-    SlotMap::from_slots_reply(&reply).expect("slot map")
+    slot_map(&format!("127.0.0.1:{}", cluster.node(primary).port())).await
 }
 
 /// What the owner knows: every slot's fence and every anchor's mark, as it expects them.
@@ -90,7 +73,10 @@ impl Knowledge {
         let planned = units(batch, &owner).expect("units");
         let mut refused = Vec::new();
         for (node, unit) in planned {
-            match run(&mut conn(&node).await, &unit).await.expect("unit runs") {
+            match run(&mut node_conn(&node).await, &unit)
+                .await
+                .expect("unit runs")
+            {
                 UnitReply::Applied {
                     write_errors: 0, ..
                 } => {
@@ -111,7 +97,7 @@ impl Knowledge {
         let mut read = Self::default();
         for node in map.nodes() {
             let slots = map.slots_of(node);
-            for slot in read_slots(&mut conn(node).await, layout, PARTITION, &slots)
+            for slot in read_slots(&mut node_conn(node).await, layout, PARTITION, &slots)
                 .await
                 .expect("read fences")
             {
@@ -123,38 +109,6 @@ impl Knowledge {
         }
         read.seq = read.marks.values().map(|m| m.seq).max().unwrap_or(0);
         read
-    }
-}
-
-async fn cluster_dump(map: &SlotMap) -> BTreeMap<String, KeyDump> {
-    let mut all = BTreeMap::new();
-    for node in map.nodes() {
-        all.extend(dump(&mut conn(node).await, "").await);
-    }
-    all.retain(|key, _| !key.starts_with("streamjob:"));
-    all
-}
-
-fn assert_same_state(single: &BTreeMap<String, KeyDump>, cluster: &BTreeMap<String, KeyDump>) {
-    let missing: Vec<_> = single
-        .keys()
-        .filter(|k| !cluster.contains_key(*k))
-        .collect();
-    let extra: Vec<_> = cluster
-        .keys()
-        .filter(|k| !single.contains_key(*k))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
-    for (key, expected) in single {
-        let found = &cluster[key];
-        assert_eq!(found.content, expected.content, "{key}");
-        assert!(
-            (found.expire_at_ms - expected.expire_at_ms).abs() < 60_000,
-            "{key}"
-        );
     }
 }
 
@@ -181,12 +135,12 @@ async fn heavy_a_promoted_replica_that_lost_acknowledged_units_is_rewound_exactl
     let layout = sink.layout();
 
     let mut cluster = RedisCluster::start().expect("3 primaries, 3 replicas");
-    let map = slot_map(&cluster).await;
+    let map = primary_slot_map(&cluster).await;
     let mut owner = Knowledge::default();
     assert!(owner.apply(layout, &map, &batches[0]).await.is_empty());
     let victim = cluster.primaries().expect("primaries")[0];
     for node in map.nodes() {
-        let mut c = conn(node).await;
+        let mut c = node_conn(node).await;
         let acked: i64 = redis::cmd("WAIT")
             .arg(1)
             .arg(5000)
@@ -203,7 +157,7 @@ async fn heavy_a_promoted_replica_that_lost_acknowledged_units_is_rewound_exactl
     assert!(owner.apply(layout, &map, &batches[1]).await.is_empty());
     let promoted = cluster.kill_primary(victim).expect("failover");
     assert_eq!(promoted, replica);
-    let map = slot_map(&cluster).await;
+    let map = primary_slot_map(&cluster).await;
     let promoted_address = format!("127.0.0.1:{}", cluster.node(promoted).port());
 
     // Batch 2: applied on the healthy shards, refused on the promoted one at its mark.

@@ -4,10 +4,9 @@
 
 mod redis_support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
-use redis::aio::MultiplexedConnection;
 use redis_support::*;
 use streamjob_worker::sink::redis::cluster::fence::{SlotFence, SlotPositions};
 use streamjob_worker::sink::redis::cluster::plan::{units, Owner, SlotMap};
@@ -33,43 +32,6 @@ fn events() -> Vec<AnchorInfo<'static>> {
         .collect()
 }
 
-async fn conn(address: &str) -> MultiplexedConnection {
-    redis::Client::open(format!("redis://{address}/"))
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
-/// Every data key (fences left out) of every primary.
-async fn cluster_dump(map: &SlotMap) -> BTreeMap<String, KeyDump> {
-    let mut all = BTreeMap::new();
-    for node in map.nodes() {
-        all.extend(dump(&mut conn(node).await, "").await);
-    }
-    all.retain(|key, _| !key.starts_with("streamjob:"));
-    all
-}
-
-/// Equal contents, and expiries within a minute of each other (relative TTLs were set at
-/// slightly different times).
-fn assert_same_state(single: &BTreeMap<String, KeyDump>, cluster: &BTreeMap<String, KeyDump>) {
-    assert_eq!(
-        single.keys().collect::<Vec<_>>(),
-        cluster.keys().collect::<Vec<_>>()
-    );
-    for (key, expected) in single {
-        let found = &cluster[key];
-        assert_eq!(found.content, expected.content, "{key}");
-        assert!(
-            (found.expire_at_ms - expected.expire_at_ms).abs() < 60_000,
-            "{key}: {} vs {}",
-            found.expire_at_ms,
-            expected.expire_at_ms
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_redis() {
     let server = RedisServer::start().expect("redis-server");
@@ -91,7 +53,7 @@ async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_r
         persistence: false,
     })
     .expect("cluster");
-    let mut seed = conn(&cluster.seeds()[0]).await;
+    let mut seed = node_conn(&cluster.seeds()[0]).await;
     let slots: redis::Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut seed)
@@ -111,7 +73,9 @@ async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_r
     let planned = units(&batch, &owner).expect("units");
     assert_eq!(planned.len(), 3, "one unit per primary");
     for (node, unit) in &planned {
-        let reply = run(&mut conn(node).await, unit).await.expect("unit runs");
+        let reply = run(&mut node_conn(node).await, unit)
+            .await
+            .expect("unit runs");
         assert!(
             matches!(
                 reply,
@@ -128,7 +92,9 @@ async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_r
 
     // The same units again: refused at their marks, nothing changes.
     for (node, unit) in &planned {
-        let reply = run(&mut conn(node).await, unit).await.expect("unit runs");
+        let reply = run(&mut node_conn(node).await, unit)
+            .await
+            .expect("unit runs");
         assert!(
             matches!(reply, UnitReply::Changed { slot: None, .. }),
             "{reply:?}"

@@ -10,14 +10,11 @@
 
 mod redis_support;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::MultiplexedConnection;
 use redis_support::*;
 use streamjob_worker::sink::redis::cluster::apply::{ApplyStats, ClusterOwner};
-use streamjob_worker::sink::redis::cluster::plan::SlotMap;
 use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::sink::redis::RedisSink;
 use streamjob_worker::testkit::redis::RedisServer;
@@ -72,7 +69,7 @@ impl Traffic {
 
 /// Keys in every slot the reshard moves, so that each slot takes a while to migrate.
 async fn fill_moved_slots(address: &str, per_slot: usize) {
-    let mut c = conn(address).await;
+    let mut c = node_conn(address).await;
     for slot in 0..MOVED {
         let mut pipe = redis::pipe();
         for i in 0..per_slot {
@@ -81,25 +78,6 @@ async fn fill_moved_slots(address: &str, per_slot: usize) {
         }
         pipe.query_async::<()>(&mut c).await.expect("filler");
     }
-}
-
-async fn conn(address: &str) -> MultiplexedConnection {
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    redis::Client::open(format!("redis://{address}/"))
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connect")
-}
-
-async fn slot_map(address: &str) -> SlotMap {
-    let reply: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut conn(address).await)
-        .await
-        .expect("CLUSTER SLOTS");
-    SlotMap::from_slots_reply(&reply).expect("slot map")
 }
 
 /// Applies batch `b` to the single node and to the cluster.
@@ -131,40 +109,6 @@ impl Writer {
         self.stats.redirects += stats.redirects;
         self.stats.asks += stats.asks;
         self.stats.rereads += stats.rereads;
-    }
-}
-
-async fn cluster_dump(map: &SlotMap) -> BTreeMap<String, KeyDump> {
-    let mut all = BTreeMap::new();
-    for node in map.nodes() {
-        all.extend(dump(&mut conn(node).await, "").await);
-    }
-    all.retain(|key, _| !key.starts_with("streamjob:") && !key.starts_with("filler:"));
-    all
-}
-
-fn assert_same_state(single: &BTreeMap<String, KeyDump>, cluster: &BTreeMap<String, KeyDump>) {
-    let missing: Vec<_> = single
-        .keys()
-        .filter(|k| !cluster.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = cluster
-        .keys()
-        .filter(|k| !single.contains_key(*k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
-    for (key, expected) in single {
-        let found = &cluster[key];
-        assert_eq!(found.content, expected.content, "{key}");
-        assert!(
-            (found.expire_at_ms - expected.expire_at_ms).abs() < 120_000,
-            "{key}"
-        );
     }
 }
 

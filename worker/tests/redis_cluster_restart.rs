@@ -8,13 +8,10 @@
 
 mod redis_support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use redis::aio::MultiplexedConnection;
 use redis_support::*;
 use streamjob_worker::sink::redis::cluster::apply::ClusterOwner;
-use streamjob_worker::sink::redis::cluster::plan::SlotMap;
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
 use streamjob_worker::transform::AnchorInfo;
@@ -34,34 +31,6 @@ fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
             ))
         })
         .collect()
-}
-
-async fn conn(address: &str) -> MultiplexedConnection {
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    redis::Client::open(format!("redis://{address}/"))
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("connect")
-}
-
-async fn slot_map(address: &str) -> SlotMap {
-    let reply: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut conn(address).await)
-        .await
-        .expect("CLUSTER SLOTS");
-    SlotMap::from_slots_reply(&reply).expect("slot map")
-}
-
-async fn cluster_dump(map: &SlotMap) -> BTreeMap<String, KeyDump> {
-    let mut all = BTreeMap::new();
-    for node in map.nodes() {
-        all.extend(dump(&mut conn(node).await, "").await);
-    }
-    all.retain(|key, _| !key.starts_with("streamjob:"));
-    all
 }
 
 #[tokio::test]

@@ -126,3 +126,68 @@ pub async fn redis_time_ms(conn: &mut MultiplexedConnection) -> i64 {
     };
     part(&t[0]) * 1000 + part(&t[1]) / 1000
 }
+
+/// A connection to one cluster node at `host:port`. redis-rs' default 500 ms response timeout is
+/// shorter than a WAIT or a unit that meets a migrating slot.
+pub async fn node_conn(address: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    redis::Client::open(format!("redis://{address}/"))
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
+}
+
+/// The cluster's slot map as the node at `address` sees it.
+pub async fn slot_map(address: &str) -> streamjob_worker::sink::redis::cluster::plan::SlotMap {
+    let reply: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut node_conn(address).await)
+        .await
+        .expect("CLUSTER SLOTS");
+    streamjob_worker::sink::redis::cluster::plan::SlotMap::from_slots_reply(&reply)
+        .expect("slot map")
+}
+
+/// Every data key of every primary: the fences (`streamjob:`) and the reshard tests' filler keys
+/// left out.
+pub async fn cluster_dump(
+    map: &streamjob_worker::sink::redis::cluster::plan::SlotMap,
+) -> BTreeMap<String, KeyDump> {
+    let mut all = BTreeMap::new();
+    for node in map.nodes() {
+        all.extend(dump(&mut node_conn(node).await, "").await);
+    }
+    all.retain(|key, _| !key.starts_with("streamjob:") && !key.starts_with("filler:"));
+    all
+}
+
+/// The same keys with the same contents, and expiries within two minutes of each other (relative
+/// TTLs were set at slightly different times).
+pub fn assert_same_state(single: &BTreeMap<String, KeyDump>, cluster: &BTreeMap<String, KeyDump>) {
+    let missing: Vec<_> = single
+        .keys()
+        .filter(|k| !cluster.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = cluster
+        .keys()
+        .filter(|k| !single.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    for (key, expected) in single {
+        let found = &cluster[key];
+        assert_eq!(found.content, expected.content, "{key}");
+        assert!(
+            (found.expire_at_ms - expected.expire_at_ms).abs() < 120_000,
+            "{key}: expires at {} vs {}",
+            found.expire_at_ms,
+            expected.expire_at_ms
+        );
+    }
+}
