@@ -112,18 +112,7 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
     }
 
     let jobs = 20;
-    for i in 0..jobs {
-        cluster.apply(
-            NS,
-            &stream_job(
-                &format!("pending-{i}"),
-                2,
-                "kafka:9092",
-                "redis://redis:6379",
-            ),
-        );
-    }
-    wait_for_statuses(&cluster, jobs, Duration::from_secs(60)).await;
+    create_pending_jobs(&cluster, jobs).await;
     // Let the requeues of starting jobs come round a few times.
     tokio::time::sleep(Duration::from_secs(15)).await;
 
@@ -180,14 +169,27 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         "status writes per new job: {counts:?}"
     );
     cluster.assert_no_forbidden();
-    forgets_deleted_jobs(&cluster, idle_heap).await;
+    forgets_deleted_jobs(&cluster, idle_heap, jobs).await;
 }
 
-/// Deletes every job and checks that the operator's live heap comes back to about where it was
-/// before them: at most a quarter of what they added stays (connection pools and metric series
-/// of the operator itself, not per-job state).
-async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64) {
-    let loaded_heap = fresh_heap_allocated(cluster).await;
+/// Creates the `jobs` pending jobs `pending-0..`.
+async fn create_pending_jobs(cluster: &OperatorCluster, jobs: usize) {
+    for i in 0..jobs {
+        cluster.apply(
+            NS,
+            &stream_job(
+                &format!("pending-{i}"),
+                2,
+                "kafka:9092",
+                "redis://redis:6379",
+            ),
+        );
+    }
+    wait_for_statuses(cluster, jobs, Duration::from_secs(60)).await;
+}
+
+/// Deletes every job and waits until their Deployments are collected too; the live heap then.
+async fn delete_all_jobs(cluster: &OperatorCluster) -> f64 {
     cluster.kubectl(&[
         "delete",
         "streamjobs",
@@ -210,21 +212,34 @@ async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let released_heap = fresh_heap_allocated(cluster).await;
+    fresh_heap_allocated(cluster).await
+}
+
+/// Deleted jobs leave nothing behind in the operator: after the jobs are deleted, created again
+/// under the same names and deleted again, the live heap has grown by less than a quarter of what
+/// the jobs cost while they existed. (The first deletion alone is not the measure: it keeps what
+/// is made once, such as grown connection buffers, and the jobs' savepoint PVCs, which stay by
+/// design and are re-adopted by the second round.)
+async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64, jobs: usize) {
+    let loaded_heap = fresh_heap_allocated(cluster).await;
+    let first_round = delete_all_jobs(cluster).await;
+    create_pending_jobs(cluster, jobs).await;
+    let second_round = delete_all_jobs(cluster).await;
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     eprintln!(
-        "operator heap (allocated): idle {:.2} MiB, with the jobs {:.2} MiB, after deleting them {:.2} MiB",
+        "operator heap (allocated): idle {:.2} MiB, with {jobs} jobs {:.2} MiB, after deleting them {:.2} MiB, after creating and deleting them again {:.2} MiB",
         mib(idle_heap),
         mib(loaded_heap),
-        mib(released_heap)
+        mib(first_round),
+        mib(second_round)
     );
     assert!(
         loaded_heap > idle_heap,
         "no heap figures: {loaded_heap} vs {idle_heap}"
     );
     assert!(
-        released_heap - idle_heap <= (loaded_heap - idle_heap) / 4.0,
-        "deleted jobs still hold memory: idle {idle_heap}, loaded {loaded_heap}, after deletion {released_heap}"
+        second_round - first_round <= (loaded_heap - idle_heap) / 4.0,
+        "deleted jobs still hold memory: with the jobs {loaded_heap}, after one round {first_round}, after two {second_round}"
     );
 }
 
