@@ -149,7 +149,7 @@ pub async fn apply_changed(
     let mut applied = 0;
     for child in children {
         let observed = caches.child(child.kind(), namespace, &child.name);
-        if caches.watches(child.kind()) && !child.differs_from(observed.as_deref()) {
+        if caches.watches(child.kind()) && !child.differs_from(observed.as_ref()) {
             continue;
         }
         apply(client, namespace, child).await?;
