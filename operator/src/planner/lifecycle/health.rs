@@ -20,27 +20,27 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
         ("jobmanager", input.observed.jobmanager.as_ref()),
         ("taskmanager", input.observed.taskmanager.as_ref()),
     ] {
-        let unavailable = deployment
-            .and_then(|d| d.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| {
-                c.iter().find(|c| {
-                    c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("False")
-                })
-            })
-            .filter(|c| elapsed(c.last_transition_time.as_ref(), now) > UNAVAILABLE_GRACE);
-        if let Some(condition) = unavailable {
-            decision.degraded.get_or_insert_with(|| {
-                (
-                    "PodsUnavailable".into(),
-                    format!(
-                        "{role} pods have been unavailable for more than {}s (crash loop, image pull or scheduling failure?): {}; see kubectl describe/logs of the {role} pods",
-                        UNAVAILABLE_GRACE.as_secs(),
-                        condition.message.clone().unwrap_or_default()
-                    ),
-                )
-            });
+        let Some(condition) = unavailable(deployment) else {
+            continue;
+        };
+        let waited = elapsed(condition.last_transition_time.as_ref(), now);
+        if waited <= UNAVAILABLE_GRACE {
+            // Nothing else may happen to these pods (Pending for good): look again when the
+            // grace ends, so Degraded comes on time instead of at the next resync.
+            let due = UNAVAILABLE_GRACE - waited + Duration::from_secs(1);
+            decision.requeue = Some(decision.requeue.map_or(due, |r| r.min(due)));
+            continue;
         }
+        decision.degraded.get_or_insert_with(|| {
+            (
+                "PodsUnavailable".into(),
+                format!(
+                    "{role} pods have been unavailable for more than {}s (crash loop, image pull or scheduling failure?): {}; see kubectl describe/logs of the {role} pods",
+                    UNAVAILABLE_GRACE.as_secs(),
+                    condition.message.clone().unwrap_or_default()
+                ),
+            )
+        });
     }
     if !jobmanager_expected(input.observed) {
         return;
@@ -110,6 +110,19 @@ pub(super) fn health(input: &LifecycleInput<'_>, decision: &mut Decision) {
         let poll = starting_poll(input.job, now);
         decision.requeue = Some(decision.requeue.map_or(poll, |r| r.min(poll)));
     }
+}
+
+/// The Deployment's `Available=False` condition, if it has one.
+fn unavailable(
+    deployment: Option<&Deployment>,
+) -> Option<&k8s_openapi::api::apps::v1::DeploymentCondition> {
+    deployment?
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("False"))
 }
 
 /// How soon to look again at a job whose jobmanager is up but does not run it yet (or does not
