@@ -145,6 +145,13 @@ fn operator_exposition() -> String {
     metrics.failed("ApplyFailed");
     metrics.reconciles.inc();
     metrics.duration.observe(0.01);
+    let sample = streamjob_operator::planner::autoscaler::Sample {
+        at: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        taskmanager_busy: vec![0.5],
+        partitions: Vec::new(),
+        redis: streamjob_operator::planner::autoscaler::RedisLoad::default(),
+    };
+    metrics.record_autoscaler("team-a", "trace", Some(&sample), Some(2));
     metrics.encode()
 }
 
