@@ -564,6 +564,7 @@ async fn an_incompatible_savepoint_fails_clearly_unless_allowed() {
         from_savepoint: Some(savepoint.clone().into()),
         allow_non_restored_state: false,
         startup_grace: None,
+        fence_epochs: false,
     };
     let (mut jm, _) = start(config(other.path()), options.clone(), 6).await;
     let reason = tokio::time::timeout(T, jm.failed())

@@ -151,6 +151,9 @@ pub struct Coordinator {
     job_watermark: Option<i64>,
     /// The watermark every member acknowledged (≤ `job_watermark`), what Redis records as final.
     final_watermark: Option<i64>,
+    /// The job may not start assigning before the Redis fences' epochs are known (see
+    /// [`Self::seed_fence_epochs`]).
+    fence_epochs_pending: bool,
 }
 
 impl Coordinator {
@@ -180,7 +183,26 @@ impl Coordinator {
             marks: BTreeMap::new(),
             job_watermark: None,
             final_watermark: None,
+            fence_epochs_pending: false,
         }
+    }
+
+    /// Holds the start (no assignment) until [`Self::seed_fence_epochs`]: a jobmanager process
+    /// calls it at start, before anything registers.
+    pub fn await_fence_epochs(&mut self) {
+        self.fence_epochs_pending = true;
+    }
+
+    /// Raises the next assignment generation above every epoch in the Redis fences, so that
+    /// every claim this jobmanager hands out lands at its own floor `generation << 20`, above
+    /// every earlier owner's epoch (see `sink::redis`: epochs survive a rollback). The restored
+    /// checkpoint only knows the generation of its time, and a crashed jobmanager may have
+    /// assigned many more since; members that re-register report theirs (see [`Self::adopt`]),
+    /// but a partition whose last owner is gone is known only to its fence.
+    pub fn seed_fence_epochs(&mut self, max_epoch: u64) {
+        let generation = max_epoch >> 20;
+        self.next_generation = self.next_generation.max(generation + 1);
+        self.fence_epochs_pending = false;
     }
 
     /// The job's event-time watermark and the part of it every member acknowledged.
@@ -287,7 +309,6 @@ impl Coordinator {
             },
         );
         for owned in &request.owned {
-            self.next_generation = self.next_generation.max(owned.generation + 1);
             self.adopt(id, owned);
         }
         self.record_progress(id, &request.progress);
@@ -295,8 +316,10 @@ impl Coordinator {
         self.update_watermarks();
     }
 
-    /// Takes over a partition a member reports holding, if nobody else does.
+    /// Takes over a partition a member reports holding, if nobody else does. Either way, every
+    /// later assignment gets a higher generation than the reported one.
     fn adopt(&mut self, id: &str, owned: &OwnedPartition) {
+        self.next_generation = self.next_generation.max(owned.generation + 1);
         if self.owners.contains_key(&owned.partition) || self.state == JobState::Finished {
             return;
         }
@@ -623,6 +646,7 @@ impl Coordinator {
         if self.state == JobState::Initializing
             && now.saturating_duration_since(self.started) >= self.config.startup_grace
             && self.partition_count.is_some()
+            && !self.fence_epochs_pending
         {
             self.state = JobState::Running;
             changed = true;

@@ -339,6 +339,45 @@ fn a_restarted_jobmanager_adopts_what_running_members_hold() {
 }
 
 #[test]
+fn a_restarted_jobmanager_assigns_above_every_adopted_generation_and_fence_epoch() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let adopted_max = sim.tms["b"].held.values().copied().max().expect("b holds");
+    let kept = sim.tms["a"].held.clone();
+    // b crashes with the jobmanager; a restarted one (its checkpoint says generation 1) waits
+    // for the fences before assigning b's partitions.
+    sim.tms.remove("b");
+    sim.c = Coordinator::new(config(), sim.now, BTreeMap::new(), 1);
+    sim.c.await_fence_epochs();
+    sim.c.set_partition_count(4, sim.now);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.c.state(), JobState::Initializing, "fences not read yet");
+    // The fences carry epochs of generations nobody reports any more.
+    let fence_generation = adopted_max + 10;
+    sim.c.seed_fence_epochs((fence_generation << 20) + 3);
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(sim.c.state(), JobState::Running);
+    sim.beat_all(2);
+    let a = &sim.tms["a"].held;
+    assert_eq!(a.len(), 4);
+    let floor = fence_generation.max(adopted_max);
+    for (partition, generation) in a {
+        if kept.get(partition) == Some(generation) {
+            continue; // adopted, not moved
+        }
+        assert!(
+            *generation > floor,
+            "partition {partition}: generation {generation} not above {floor}"
+        );
+    }
+    assert!(sim.c.generation() > floor);
+}
+
+#[test]
 fn more_members_than_partitions_leaves_extras_idle() {
     let mut sim = Sim::new(2);
     for id in ["a", "b", "c"] {
