@@ -207,3 +207,117 @@ async fn heavy_a_new_jobmanager_moves_nothing_and_assigns_above_every_earlier_ge
     c.assert_exact(&payloads);
     c.stop_all();
 }
+
+/// What goes wrong during a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// The jobmanager is SIGKILLed while the third new taskmanager starts, and started again.
+    KillJobManager,
+    /// The second old taskmanager is SIGKILLed instead of stopped.
+    KillTaskManager,
+}
+
+/// The new template: a compatible config change.
+const NEW_TEMPLATE: (&str, &str) = ("maxEvents: 500", "maxEvents: 400");
+
+/// Four old taskmanagers replaced one by one under load, as a Deployment with `maxSurge 1`,
+/// `maxUnavailable 0` does it; then the whole Redis state is compared with the data set.
+async fn roll_four_taskmanagers(seed: u64, fault: Fault) {
+    let payloads = data_set(seed, 60_000);
+    let mut c = Cluster::start(8, "1s");
+    c.start_jobmanager(&[]);
+    let old: Vec<String> = (1..=4).map(|i| format!("old-{i}")).collect();
+    let new: Vec<String> = (1..=4).map(|i| format!("new-{i}")).collect();
+    for id in &old {
+        c.start_taskmanager(id);
+    }
+    let ids: Vec<&str> = old.iter().map(String::as_str).collect();
+    c.wait_balanced(&ids, SETTLE).await;
+    let producing = c.produce_paced(payloads.clone(), 5_000);
+    for (i, (old_id, new_id)) in old.iter().zip(&new).enumerate() {
+        let kill_jobmanager = fault == Fault::KillJobManager && i == 2;
+        if kill_jobmanager {
+            c.kill_jobmanager();
+        }
+        let url = c.start_taskmanager_with(new_id, &[NEW_TEMPLATE]);
+        if kill_jobmanager {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            c.start_jobmanager(&[]);
+        }
+        c.wait_ready(&url, SETTLE).await;
+        let metrics = c.metrics_text(&url).await.expect("metrics");
+        assert!(
+            sample(&metrics, "streamjob_partitions_owned") >= 1.0,
+            "{new_id} was ready before it took its share:\n{metrics}"
+        );
+        if fault == Fault::KillTaskManager && i == 1 {
+            c.kill_taskmanager(old_id);
+        } else {
+            c.stop_taskmanager(old_id);
+        }
+    }
+    let ids: Vec<&str> = new.iter().map(String::as_str).collect();
+    c.wait_balanced(&ids, SETTLE).await;
+    producing.join().expect("producer");
+    c.wait_applied(payloads.len() as i64, Duration::from_secs(90));
+    c.assert_exact(&payloads);
+    c.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_rolling_upgrade_of_four_taskmanagers_under_load_is_exact() {
+    roll_four_taskmanagers(41, Fault::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_rolling_upgrade_survives_a_jobmanager_sigkill_and_is_exact() {
+    roll_four_taskmanagers(42, Fault::KillJobManager).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_rolling_upgrade_survives_a_taskmanager_sigkill_and_is_exact() {
+    roll_four_taskmanagers(43, Fault::KillTaskManager).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_new_taskmanager_that_cannot_take_partitions_stops_the_rollout_and_moves_nothing() {
+    let payloads = data_set(44, 40_000);
+    let mut c = Cluster::start(4, "1s");
+    c.start_jobmanager(&[]);
+    c.start_taskmanager("old-1");
+    c.start_taskmanager("old-2");
+    c.wait_balanced(&["old-1", "old-2"], SETTLE).await;
+    let producing = c.produce_paced(payloads.clone(), 5_000);
+    // Its broker is unreachable: it starts, serves /readyz, and must never get a partition.
+    let brokers = c.kafka.bootstrap_servers().to_string();
+    let url = c.start_taskmanager_with("new-1", &[(&brokers, "127.0.0.1:1"), NEW_TEMPLATE]);
+    let mut blocked = 0;
+    while blocked < 100 {
+        // Longer than its registration retries and the jobmanager's assign timeout.
+        let overview = c.overview().await.expect("overview");
+        assert!(
+            overview.taskmanagers.iter().all(|t| t.id != "new-1")
+                && overview
+                    .partitions
+                    .iter()
+                    .all(|p| p.owner.as_deref() != Some("new-1")),
+            "a taskmanager that cannot take partitions was given some: {overview:#?}\n{}",
+            c.log_tails()
+        );
+        if let Some((status, reason)) = c.readyz(&url).await {
+            assert_eq!(status, 503, "{reason}");
+            if reason.contains("cannot take partitions") {
+                blocked += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // The rollout stops here: the old ones keep everything and the state is exact.
+    let overview = c.wait_balanced(&["old-1", "old-2"], SETTLE).await;
+    assert_eq!(overview.unassigned_partitions, 0);
+    producing.join().expect("producer");
+    c.wait_applied(payloads.len() as i64, Duration::from_secs(60));
+    c.assert_exact(&payloads);
+    c.stop_all();
+}
