@@ -377,7 +377,7 @@ async fn seed_fence_epochs(shared: Arc<Shared>, count: u32) {
             Err(e) => {
                 tracing::warn!(parent: &span, error = %e, retry_in = ?backoff, "cannot read the partitions' fences yet; assigning nothing until then");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }
