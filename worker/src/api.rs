@@ -543,6 +543,14 @@ pub struct HeartbeatResponse {
     /// final at it (a partition waking from idle catches up to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_watermark_ms: Option<i64>,
+    /// Partitions the jobmanager means this taskmanager to own but is still freeing (their old
+    /// owners flush): until they arrive the taskmanager has not taken its share (`/readyz`).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub awaiting: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `POST /taskmanagers/{id}/leave`: graceful leave after flushing everything.

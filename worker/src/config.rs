@@ -61,6 +61,7 @@ pub struct JobConfig {
     pub checkpoint: CheckpointConfig,
     pub savepoint: SavepointConfig,
     pub jobmanager: JobManagerConfig,
+    pub taskmanager: TaskManagerConfig,
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
 }
@@ -409,6 +410,25 @@ impl Default for JobManagerConfig {
     }
 }
 
+/// How taskmanagers behave towards the jobmanager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TaskManagerConfig {
+    /// While no jobmanager answers (it restarts, or is being replaced), a taskmanager keeps
+    /// processing the partitions it owns for this long; then it releases them (flush, stop) and
+    /// keeps trying to register. Their Redis fences keep every event exactly-once either way.
+    #[serde(with = "humantime_serde")]
+    pub jobmanager_grace: Duration,
+}
+
+impl Default for TaskManagerConfig {
+    fn default() -> Self {
+        Self {
+            jobmanager_grace: Duration::from_secs(120),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -601,6 +621,16 @@ impl JobConfig {
             return Err(invalid(
                 "jobmanager.heartbeatTimeout",
                 "must be longer than jobmanager.heartbeatInterval",
+            ));
+        }
+        if self.taskmanager.jobmanager_grace <= self.jobmanager.heartbeat_interval {
+            return Err(invalid(
+                "taskmanager.jobmanagerGrace",
+                format!(
+                    "must be longer than jobmanager.heartbeatInterval ({:?}), or one late answer \
+                     would release every partition",
+                    self.jobmanager.heartbeat_interval
+                ),
             ));
         }
         Ok(())
@@ -797,6 +827,24 @@ mod tests {
         assert_eq!(config.source.kafka.topic, "austinTraceLog");
         assert_eq!(config.source.kafka.dlq_topic(), "austinTraceLog-dlq");
         assert_eq!(config.sink.redis.time_zone, "Asia/Shanghai");
+    }
+
+    #[test]
+    fn the_jobmanager_grace_is_checked_against_the_heartbeat_interval() {
+        let config = JobConfig::from_yaml("taskmanager:\n  jobmanagerGrace: 45s\n").expect("valid");
+        assert_eq!(config.taskmanager.jobmanager_grace, Duration::from_secs(45));
+        assert_eq!(
+            JobConfig::default().taskmanager.jobmanager_grace,
+            Duration::from_secs(120)
+        );
+        let err = JobConfig::from_yaml("taskmanager:\n  jobmanagerGrace: 500ms\n")
+            .expect_err("shorter than a heartbeat interval");
+        assert!(
+            err.to_string().contains("taskmanager.jobmanagerGrace"),
+            "{err}"
+        );
+        JobConfig::from_yaml("taskmanager:\n  jobmanagerGrace: soon\n")
+            .expect_err("not a duration");
     }
 
     #[test]

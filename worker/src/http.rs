@@ -1,9 +1,10 @@
 //! `/metrics` and `/healthz` over HTTP (axum). The jobmanager merges [`router`] into its REST API;
-//! taskmanagers and standalone processes serve it alone with [`serve`].
+//! taskmanagers and standalone processes serve it alone with [`serve`]. Taskmanagers add
+//! `/readyz` ([`with_readiness`]): ready once they hold everything the jobmanager assigned them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -30,6 +31,46 @@ impl Health {
 
     pub fn is_healthy(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Answers whether the process is ready (`Ok`) or why not (`Err`, a short plain-text reason).
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// `/readyz`: 503 "starting" until a check is [`set`](Readiness::set), then what it answers.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<OnceLock<ReadinessCheck>>);
+
+impl Readiness {
+    /// Installs the check (once; later calls are ignored).
+    pub fn set(&self, check: ReadinessCheck) {
+        let _ = self.0.set(check);
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        match self.0.get() {
+            Some(check) => check(),
+            None => Err("starting".into()),
+        }
+    }
+}
+
+/// Adds `GET /readyz` to `router`: `200 ready` or `503` with the reason.
+pub fn with_readiness(router: Router, readiness: Readiness) -> Router {
+    router.merge(
+        Router::new()
+            .route("/readyz", get(readyz_handler))
+            .with_state(readiness),
+    )
+}
+
+async fn readyz_handler(State(readiness): State<Readiness>) -> impl IntoResponse {
+    match readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 

@@ -424,7 +424,36 @@ impl Coordinator {
             assignments: member.last_desired.clone(),
             snapshot_request,
             job_watermark_ms: self.job_watermark,
+            awaiting: self.awaiting(id),
         })
+    }
+
+    /// Members the planner may give partitions to.
+    fn eligible_members(&self) -> Vec<String> {
+        self.members.keys().cloned().collect()
+    }
+
+    /// How many partitions the planner means `id` to own but has not given it yet (their old
+    /// owners are still releasing them): the taskmanager is not ready before they arrive.
+    fn awaiting(&self, id: &str) -> u32 {
+        let (Some(count), JobState::Running) = (self.partition_count, self.state) else {
+            return 0;
+        };
+        let members = self.eligible_members();
+        if !members.iter().any(|m| m == id) {
+            return 0;
+        }
+        let mut load: BTreeMap<&str, u32> = BTreeMap::new();
+        for o in self.owners.values() {
+            if !matches!(o.holding, Holding::Revoking { .. }) {
+                *load.entry(o.member.as_str()).or_default() += 1;
+            }
+        }
+        let quota = planner::quotas(count, &members, &load)
+            .get(id)
+            .copied()
+            .unwrap_or(0);
+        quota.saturating_sub(load.get(id).copied().unwrap_or(0))
     }
 
     /// Graceful leave: the member flushed and released everything it lists.
@@ -697,7 +726,7 @@ impl Coordinator {
     /// Recomputes who should own what and bumps the answer version of members whose answer changed.
     fn rebalance(&mut self, now: Instant) {
         let members: Vec<String> = match self.state {
-            JobState::Running => self.members.keys().cloned().collect(),
+            JobState::Running => self.eligible_members(),
             // Initializing: only adopt; stopping/finished: release everything.
             _ => Vec::new(),
         };

@@ -2,12 +2,16 @@
 //! drives its [`Pipeline`] to own exactly the partitions the jobmanager wants it to own: it
 //! releases (flush, stop) what it should no longer have, reports the release, and claims what is
 //! new. On shutdown it releases everything and leaves, so its partitions move at once.
+//!
+//! While no jobmanager answers it keeps its partitions for `taskmanager.jobmanagerGrace`, then
+//! releases them; `/readyz` says whether it holds everything it was assigned (see [`link`]).
 
 pub mod client;
+mod link;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -21,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError};
 
 pub use client::{ClientError, JobManagerClient};
+use link::Link;
+pub use link::LinkMetrics;
 
 /// Environment variable naming the taskmanager (else `POD_NAME`, else host name and pid).
 pub const ENV_TASKMANAGER_ID: &str = "STREAMJOB_TASKMANAGER_ID";
@@ -75,6 +81,22 @@ struct Local {
     released: Vec<ReleasedPartition>,
     snapshot_ack: Option<u64>,
     job_state: Option<JobState>,
+    link: Link,
+}
+
+impl Local {
+    /// Assigned partitions not running yet (being claimed, or waiting for their claim).
+    fn claiming(&self) -> usize {
+        self.desired
+            .iter()
+            .filter(|(p, a)| {
+                !self
+                    .entries
+                    .get(p)
+                    .is_some_and(|e| e.phase == Phase::Running && e.generation == a.generation)
+            })
+            .count()
+    }
 }
 
 struct Inner {
@@ -88,11 +110,28 @@ struct Inner {
     /// Something to report at once (a release, a claim, a snapshot ack).
     local_changed: Notify,
     heartbeat_interval: Duration,
+    /// How long partitions are kept while no jobmanager answers.
+    grace: Duration,
+    link_metrics: LinkMetrics,
 }
 
 impl Inner {
     fn local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `/readyz`'s answer (see [`link`]).
+    fn readiness(&self) -> Result<(), String> {
+        let local = self.local();
+        let ready = link::readiness(
+            &local.link,
+            local.job_state,
+            local.claiming(),
+            Instant::now(),
+            self.grace,
+        );
+        self.link_metrics.ready.set(i64::from(ready.is_ok()));
+        ready
     }
 
     fn owned(&self) -> Vec<OwnedPartition> {
@@ -146,6 +185,8 @@ impl TaskManager {
             desired_changed: Notify::new(),
             local_changed: Notify::new(),
             heartbeat_interval: config.jobmanager.heartbeat_interval,
+            grace: config.taskmanager.jobmanager_grace,
+            link_metrics: LinkMetrics::default(),
         });
         let span = tracing::info_span!("taskmanager", job = %config.job.name, id = %inner.id);
         let tasks = vec![
@@ -157,6 +198,17 @@ impl TaskManager {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// The readiness check `/readyz` serves (see [`link`]).
+    pub fn readiness_check(&self) -> crate::http::ReadinessCheck {
+        let inner = self.inner.clone();
+        Arc::new(move || inner.readiness())
+    }
+
+    /// The metrics of the link to the jobmanager (the taskmanager process registers them).
+    pub fn link_metrics(&self) -> &LinkMetrics {
+        &self.inner.link_metrics
     }
 
     /// Partitions currently held (running, being claimed or being released).
@@ -246,50 +298,104 @@ async fn register(inner: &Inner) -> Result<(), ClientError> {
     let response = inner.client.register(&inner.id, &request).await?;
     tracing::info!(jobmanager = %response.jobmanager_instance, owned = request.owned.len(), "registered with the jobmanager");
     inner.local().desired_version = 0;
+    inner.answered(true);
     Ok(())
+}
+
+impl Inner {
+    /// The jobmanager answered; `registered`: it knows this taskmanager.
+    fn answered(&self, registered: bool) {
+        let mut local = self.local();
+        if let Some(since) = local.link.unreachable_since.take() {
+            tracing::info!(after = ?since.elapsed(), "the jobmanager answers again");
+        }
+        local.link.registered = registered;
+        if registered {
+            local.link.grace_expired = false;
+        }
+        self.link_metrics
+            .jobmanager_reachable
+            .set(i64::from(registered));
+        self.link_metrics.jobmanager_unreachable_seconds.set(0.0);
+    }
+
+    /// No jobmanager answered. Within the grace, partitions keep running (a jobmanager restart
+    /// is a normal wait, not a warning); past it, the assignment is forgotten, so the reconciler
+    /// releases every partition (flush, stop), and the taskmanager registers again.
+    fn unanswered(&self, error: &ClientError) {
+        let now = Instant::now();
+        let mut local = self.local();
+        let since = *local.link.unreachable_since.get_or_insert_with(|| {
+            tracing::info!(error = %error, grace = ?self.grace, "the jobmanager does not answer; partitions keep running for up to the grace");
+            now
+        });
+        let down = now.saturating_duration_since(since);
+        self.link_metrics.jobmanager_reachable.set(0);
+        self.link_metrics
+            .jobmanager_unreachable_seconds
+            .set(down.as_secs_f64());
+        if down <= self.grace || local.link.grace_expired {
+            return;
+        }
+        local.link.grace_expired = true;
+        local.link.registered = false;
+        local.link.awaiting = 0;
+        local.desired.clear();
+        local.job_state = None;
+        let held = local.entries.len();
+        drop(local);
+        if held > 0 {
+            self.link_metrics.grace_releases.inc();
+            tracing::warn!(error = %error, down = ?down, grace = ?self.grace, held, "no jobmanager answered within the grace: releasing every partition (flush, stop); registering again when one answers");
+        }
+        self.desired_changed.notify_one();
+    }
+
+    /// Retry delay after `failures` failed calls: capped at one heartbeat interval, so a
+    /// restarted jobmanager hears from every taskmanager within its start-up grace (two
+    /// heartbeat intervals) and adopts what they hold instead of reassigning it.
+    fn retry_delay(&self, failures: u32) -> Duration {
+        backoff(failures).min(self.heartbeat_interval.max(Duration::from_millis(100)))
+    }
+
+    /// The next heartbeat, and the releases it carries (to send again if it is not answered).
+    fn heartbeat_request(&self, seq: u64) -> (HeartbeatRequest, Vec<ReleasedPartition>) {
+        let owned = self.owned();
+        let progress = self.progress();
+        let mut local = self.local();
+        let released = std::mem::take(&mut local.released);
+        let request = HeartbeatRequest {
+            seq,
+            desired_version: local.desired_version,
+            owned,
+            progress,
+            released: released.clone(),
+            snapshot_ack: local.snapshot_ack,
+            wait: true,
+            watermark_ack_ms: self.pipeline.watermark_ack(),
+            load: Some(self.pipeline.load()),
+        };
+        (request, released)
+    }
 }
 
 async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut seq = 0u64;
-    let mut registered = false;
     let mut failures = 0u32;
     loop {
-        if !registered {
-            match register(&inner).await {
-                Ok(()) => {
-                    registered = true;
-                    failures = 0;
-                }
-                Err(e) => {
-                    failures += 1;
-                    let delay = backoff(failures);
-                    tracing::warn!(error = %e, retry_in = ?delay, "cannot register with the jobmanager");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
+        if !inner.local().link.registered {
+            if let Err(e) = register(&inner).await {
+                failures += 1;
+                inner.unanswered(&e);
+                let delay = inner.retry_delay(failures);
+                tracing::debug!(error = %e, retry_in = ?delay, "cannot register with the jobmanager");
+                tokio::time::sleep(delay).await;
+                continue;
             }
+            failures = 0;
         }
         seq += 1;
-        let (request, sent_released) = {
-            let owned = inner.owned();
-            let progress = inner.progress();
-            let mut local = inner.local();
-            let released = std::mem::take(&mut local.released);
-            (
-                HeartbeatRequest {
-                    seq,
-                    desired_version: local.desired_version,
-                    owned,
-                    progress,
-                    released: released.clone(),
-                    snapshot_ack: local.snapshot_ack,
-                    wait: true,
-                    watermark_ack_ms: inner.pipeline.watermark_ack(),
-                    load: Some(inner.pipeline.load()),
-                },
-                released,
-            )
-        };
+        let (request, sent_released) = inner.heartbeat_request(seq);
         let outcome = tokio::select! {
             r = inner.client.heartbeat(&inner.id, &request, inner.heartbeat_interval) => Some(r),
             () = inner.local_changed.notified() => None,
@@ -297,24 +403,28 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         match outcome {
             Some(Ok(response)) => {
                 failures = 0;
+                inner.answered(true);
                 apply(&inner, response);
             }
             Some(Err(e)) if e.is_not_found() => {
                 tracing::info!("the jobmanager does not know us (it restarted): registering again");
                 inner.local().released.extend(sent_released);
-                registered = false;
+                inner.answered(false);
             }
             Some(Err(e)) => {
                 inner.local().released.extend(sent_released);
                 failures += 1;
-                let delay = backoff(failures);
-                tracing::warn!(error = %e, retry_in = ?delay, "heartbeat failed; partitions keep running (the Redis fence guards them)");
+                inner.unanswered(&e);
+                let delay = inner.retry_delay(failures);
+                tracing::debug!(error = %e, retry_in = ?delay, "heartbeat failed; partitions keep running (the Redis fence guards them)");
                 tokio::time::sleep(delay).await;
             }
             // Something to report now: the abandoned request may have been processed, so the
             // releases are sent again (the jobmanager ignores repeats).
             None => inner.local().released.extend(sent_released),
         }
+        // Keeps `streamjob_taskmanager_ready` current between probes.
+        let _ = inner.readiness();
     }
 }
 
@@ -336,6 +446,7 @@ fn apply(inner: &Inner, response: HeartbeatResponse) {
         tracing::info!(state = ?response.job_state, "job state");
         local.job_state = Some(response.job_state);
     }
+    local.link.awaiting = response.awaiting;
     local.desired_version = response.desired_version;
     local.desired = response
         .assignments
@@ -453,7 +564,7 @@ fn reconcile(inner: &Arc<Inner>) {
     }
 }
 
-/// Runs a taskmanager (with its `/metrics` and `/healthz` on `metrics.bind`) until `shutdown`
+/// Runs a taskmanager (with its `/metrics`, `/healthz` and `/readyz` on `metrics.bind`) until `shutdown`
 /// resolves, then leaves gracefully.
 pub async fn run(
     config: Arc<JobConfig>,
@@ -462,17 +573,23 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let metrics = Metrics::new();
     let health = crate::http::Health::default();
+    let readiness = crate::http::Readiness::default();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, _server) = crate::http::serve(
         &config.metrics.bind,
-        crate::http::router(metrics.clone(), health),
+        crate::http::with_readiness(
+            crate::http::router(metrics.clone(), health),
+            readiness.clone(),
+        ),
         async move {
             let _ = http_stopped.await;
         },
     )
     .await?;
     options.address.get_or_insert_with(|| addr.to_string());
-    let taskmanager = TaskManager::start(config, options, metrics).await?;
+    let taskmanager = TaskManager::start(config, options, metrics.clone()).await?;
+    metrics.register_with(|registry| taskmanager.link_metrics().register(registry));
+    readiness.set(taskmanager.readiness_check());
     tracing::info!(id = taskmanager.id(), metrics = %addr, "taskmanager started");
     shutdown.await;
     taskmanager.shutdown().await?;

@@ -216,6 +216,65 @@ logging:
         self.taskmanagers.insert(id.to_string(), child);
     }
 
+    /// A taskmanager with its own copy of the config, where each `(from, to)` of `edits`
+    /// replaces text (e.g. another batch size: a new pod template), on a fixed metrics port.
+    /// Returns the base URL of its `/readyz` and `/metrics`.
+    pub fn start_taskmanager_with(&mut self, id: &str, edits: &[(&str, &str)]) -> String {
+        let mut yaml = std::fs::read_to_string(&self.config_path).expect("config");
+        for (from, to) in edits {
+            assert!(yaml.contains(from), "{from:?} not in the config");
+            yaml = yaml.replace(from, to);
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let any_port = "bind: \"127.0.0.1:0\"";
+        assert!(yaml.contains(any_port));
+        yaml = yaml.replace(any_port, &format!("bind: \"127.0.0.1:{port}\""));
+        let path = self.dir.path().join(format!("job-{id}.yaml"));
+        std::fs::write(&path, yaml).expect("config written");
+        let child = self.spawn_with_config(id, &["taskmanager"], Some(id), &path);
+        self.taskmanagers.insert(id.to_string(), child);
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A taskmanager's `/readyz`: status and body (`None` while it does not serve yet).
+    pub async fn readyz(&self, metrics_url: &str) -> Option<(u16, String)> {
+        let raw = JobManagerClient::new(metrics_url)
+            .raw(Method::GET, "/readyz", None, T)
+            .await
+            .ok()?;
+        Some((raw.status, String::from_utf8_lossy(&raw.body).into_owned()))
+    }
+
+    /// A taskmanager's `/metrics` text.
+    pub async fn metrics_text(&self, metrics_url: &str) -> Option<String> {
+        let raw = JobManagerClient::new(metrics_url)
+            .raw(Method::GET, "/metrics", None, T)
+            .await
+            .ok()?;
+        Some(String::from_utf8_lossy(&raw.body).into_owned())
+    }
+
+    /// Waits until a taskmanager's `/readyz` answers 200.
+    pub async fn wait_ready(&self, metrics_url: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.readyz(metrics_url).await;
+            if answer.as_ref().is_some_and(|(status, _)| *status == 200) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{metrics_url} not ready within {timeout:?}: {answer:?}\nlogs:\n{}",
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn is_running(&mut self, id: &str) -> bool {
         self.taskmanagers
             .get_mut(id)

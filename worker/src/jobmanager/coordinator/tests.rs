@@ -193,9 +193,11 @@ fn a_joiner_gets_partitions_only_after_their_owner_released_them() {
     sim.beat_all(2);
     assert_eq!(sim.held("a"), vec![0, 1, 2, 3]);
     sim.join("b");
-    // b asks first: nothing for it yet, a still holds everything.
+    // b asks first: nothing for it yet, a still holds everything; b is told two are coming.
     sim.beat("b");
     assert!(sim.held("b").is_empty());
+    let response = sim.c.response("b", sim.now).expect("registered");
+    assert_eq!(response.awaiting, 2, "b's share is still being freed");
     let overview: Vec<PartitionState> = sim.c.partitions().iter().map(|p| p.state).collect();
     assert_eq!(
         overview
@@ -218,6 +220,8 @@ fn a_joiner_gets_partitions_only_after_their_owner_released_them() {
         .assignments
         .iter()
         .all(|a| a.start_offset == Some(0)));
+    let response = sim.c.response("b", sim.now).expect("registered");
+    assert_eq!(response.awaiting, 0, "b has its share");
     // Nothing left to do: the next heartbeat may be held.
     assert!(!sim.beat("b"));
 }
