@@ -334,3 +334,48 @@ fn the_deployed_identity_is_read_from_the_taskmanager_pod_template() {
         Some("rolling not possible: spec.redis.keyPrefix changed, which changes what the Redis fences mean; upgrading through a savepoint")
     );
 }
+
+/// The taskmanager Deployment a rolling upgrade relies on: one new pod at a time next to all the
+/// old ones, ready only once it holds its partitions, a progress deadline, and its revision.
+#[test]
+fn taskmanagers_roll_one_at_a_time_and_are_ready_once_they_hold_their_partitions() {
+    let mut job = support::sample("minimal.yaml");
+    job.spec.rolling.progress_deadline = "90s".into();
+    let plan = planner::plan(PlanInput {
+        job: &job,
+        observed: &Observed::default(),
+        jobmanager: None,
+        now: Timestamp::from_second(1_763_700_000).expect("valid time"),
+    })
+    .expect("plans");
+    let tm = &plan.children.taskmanager.spec;
+    let strategy = tm.strategy.as_ref().expect("strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(tm.progress_deadline_seconds, Some(90));
+    let container = &tm.template.spec.as_ref().expect("pod").containers[0];
+    let readiness = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref());
+    assert_eq!(readiness.and_then(|g| g.path.as_deref()), Some("/readyz"));
+    let revision = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "STREAMJOB_REVISION")
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        revision, plan.status.config_hash,
+        "the revision is the config hash"
+    );
+    let jm = &plan.children.jobmanager.spec;
+    assert_eq!(
+        jm.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate"),
+        "the jobmanager is replaced, never doubled"
+    );
+}
