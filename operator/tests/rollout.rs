@@ -379,3 +379,70 @@ fn taskmanagers_roll_one_at_a_time_and_are_ready_once_they_hold_their_partitions
         "the jobmanager is replaced, never doubled"
     );
 }
+
+/// A new taskmanager pod, `age` old, ready or not.
+fn new_pod(name: &str, hash: &str, age_secs: i64, ready: bool) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut pod = Pod::default();
+    pod.metadata.name = Some(name.into());
+    pod.metadata.annotations = Some(
+        [(
+            streamjob_operator::planner::children::CONFIG_HASH_ANNOTATION.to_string(),
+            hash.to_string(),
+        )]
+        .into(),
+    );
+    pod.metadata.creation_timestamp = Some(Time(
+        Timestamp::from_second(1_763_700_000 - age_secs).expect("valid time"),
+    ));
+    pod.status = Some(PodStatus {
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+#[test]
+fn a_new_pod_unready_past_the_deadline_stalls_the_rollout_with_a_stable_message() {
+    let now = Timestamp::from_second(1_763_700_000).expect("valid time");
+    let deadline = std::time::Duration::from_secs(300);
+    let stall = |pods| {
+        let observed = Observed {
+            pods,
+            ..Observed::default()
+        };
+        rollout::stall(&observed, "new", deadline, now)
+    };
+    assert_eq!(
+        stall(vec![new_pod("tm-young", "new", 60, false)]),
+        None,
+        "still within the deadline"
+    );
+    assert_eq!(
+        stall(vec![new_pod("tm-ready", "new", 900, true)]),
+        None,
+        "ready"
+    );
+    assert_eq!(
+        stall(vec![new_pod("tm-old", "old", 900, false)]),
+        None,
+        "an old-template pod"
+    );
+    let message = stall(vec![new_pod("tm-stuck", "new", 900, false)]).expect("stalled");
+    assert!(
+        message.contains(
+            "pod tm-stuck did not become ready within spec.rolling.progressDeadline (300s)"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        stall(vec![new_pod("tm-stuck", "new", 960, false)]).as_deref(),
+        Some(message.as_str()),
+        "the same stall a minute later: the same message (no status write per round)"
+    );
+}

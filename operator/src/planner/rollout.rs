@@ -363,10 +363,10 @@ fn never_ready(pod: &Pod, deadline: Duration, now: Timestamp) -> Option<String> 
     }
     let created = pod.metadata.creation_timestamp.as_ref()?.0;
     let age = Duration::try_from(now.duration_since(created)).unwrap_or_default();
+    // No live age in the message: status is written only when it changes.
     (age > deadline).then(|| {
         format!(
-            "pod {name} has not been ready for {}s (spec.rolling.progressDeadline is {}s): its /readyz fails (not registered with the jobmanager, or not holding its partitions)",
-            age.as_secs(),
+            "pod {name} did not become ready within spec.rolling.progressDeadline ({}s): its /readyz fails (not registered with the jobmanager, or not holding its partitions)",
             deadline.as_secs()
         )
     })
