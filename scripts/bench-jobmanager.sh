@@ -4,6 +4,7 @@
 #   scripts/bench-jobmanager.sh                          # 10 rescales, 10 savepoints, 5 runs x 300k events
 #   scripts/bench-jobmanager.sh --rescales 20 --runs 7 --events 500000 --rate 8000
 #   scripts/bench-jobmanager.sh --rescales 0             # checkpoint overhead only
+#   scripts/bench-jobmanager.sh --rolling 3              # rolling upgrades of 4 taskmanagers + a savepoint upgrade (issue #26)
 #
 # Real processes: one `streamjob-worker jobmanager`, 2-3 `streamjob-worker taskmanager`, a
 # redis-server, librdkafka's mock cluster as the broker. Prints the machine, then the figures the

@@ -189,6 +189,8 @@ impl World {
                 address: None,
                 partitions: vec![0, 1, 2, 3],
                 idle: false,
+                held_back: None,
+                revision: None,
                 last_heartbeat_ms_ago: 10,
             }],
             idle_taskmanagers: 0,

@@ -271,6 +271,8 @@ async fn a_savepoint_upgrade_records_each_step_before_acting() {
             address: None,
             partitions: vec![0, 1, 2, 3],
             idle: false,
+            held_back: None,
+            revision: None,
             last_heartbeat_ms_ago: 5,
         }];
     });

@@ -84,6 +84,8 @@ fn jobmanager_exposition() -> String {
         revoke_timeout: Duration::from_secs(5),
         startup_grace: Duration::ZERO,
         snapshot_timeout: Duration::from_secs(10),
+        assign_timeout: Duration::from_secs(5),
+        hold_back: Duration::from_secs(30),
     };
     let mut coordinator = Coordinator::new(config, now, Default::default(), 0);
     coordinator.set_partition_count(1, now);

@@ -10,6 +10,14 @@
 //! 2. Savepoint duration under the same load (trigger → file written).
 //! 3. Checkpoint overhead: events/s applying a pre-produced data set (first applied event → last)
 //!    with `checkpoint.interval` 1 s vs off, alternating runs, medians.
+//! 4. `--rolling N` (alone; issue #26): N rounds of a rolling upgrade of 4 taskmanagers (8
+//!    partitions) under steady load, played as a Deployment with `maxSurge 1`, `maxUnavailable 0`
+//!    (start a new-template taskmanager, wait for its `/readyz`, SIGTERM one old one, wait for its
+//!    exit; 4 times), then, in the same run, the savepoint upgrade for contrast (stop-with-savepoint,
+//!    every process gone, a new jobmanager `--from-savepoint` and 4 new taskmanagers; process
+//!    start only, no pod scheduling or image pull). From the 2 ms fence samples: every stall of
+//!    every partition (time between two fence advances) and each partition's longest stall, the
+//!    longest time the whole job applied nothing, and events/s before, during and after.
 
 #[path = "../tests/jobmanager_support/mod.rs"]
 mod support;
@@ -260,8 +268,192 @@ async fn time_to_apply(events: usize, interval: &str) -> f64 {
     seconds
 }
 
+/// Stalls within [from, to] from the fence samples: every interval between two advances of any
+/// partition's fence (seconds), each partition's longest, and the whole job's longest (no
+/// partition advanced).
+struct Stalls {
+    all: Vec<f64>,
+    per_partition: Vec<f64>,
+    whole_job: f64,
+    events_per_second: f64,
+}
+
+fn stalls(samples: &[(Instant, Vec<i64>)], from: Instant, to: Instant) -> Stalls {
+    let window: Vec<&(Instant, Vec<i64>)> = samples
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .collect();
+    let (Some(first), Some(last)) = (window.first(), window.last()) else {
+        return Stalls {
+            all: Vec::new(),
+            per_partition: Vec::new(),
+            whole_job: f64::NAN,
+            events_per_second: f64::NAN,
+        };
+    };
+    let mut all = Vec::new();
+    let mut per_partition = Vec::new();
+    for p in 0..first.1.len() {
+        let (mut since, mut value, mut worst) = (first.0, first.1[p], 0.0f64);
+        for (t, fences) in &window {
+            if fences[p] != value {
+                let stall = t.duration_since(since).as_secs_f64();
+                all.push(stall);
+                worst = worst.max(stall);
+                (since, value) = (*t, fences[p]);
+            }
+        }
+        let open = last.0.duration_since(since).as_secs_f64();
+        all.push(open);
+        per_partition.push(worst.max(open));
+    }
+    let (mut since, mut total, mut whole_job) = (first.0, first.1.iter().sum::<i64>(), 0.0f64);
+    for (t, fences) in &window {
+        let sum: i64 = fences.iter().sum();
+        if sum != total {
+            whole_job = whole_job.max(t.duration_since(since).as_secs_f64());
+            (since, total) = (*t, sum);
+        }
+    }
+    whole_job = whole_job.max(last.0.duration_since(since).as_secs_f64());
+    let applied = last.1.iter().sum::<i64>() - first.1.iter().sum::<i64>();
+    let seconds = last.0.duration_since(first.0).as_secs_f64();
+    Stalls {
+        all: sorted(all),
+        per_partition: sorted(per_partition),
+        whole_job,
+        events_per_second: applied as f64 / seconds,
+    }
+}
+
+fn print_stalls(what: &str, s: &Stalls) {
+    let ms = |v: f64| (v * 1000.0).round();
+    println!(
+        "{what}: stalls ms p50 {} p99 {} max {} ({} stalls) | per-partition longest ms p50 {} p99 {} max {} | whole job longest ms {} | events/s {:.0}",
+        ms(percentile(&s.all, 50.0)),
+        ms(percentile(&s.all, 99.0)),
+        ms(s.all.last().copied().unwrap_or(f64::NAN)),
+        s.all.len(),
+        ms(percentile(&s.per_partition, 50.0)),
+        ms(percentile(&s.per_partition, 99.0)),
+        ms(s.per_partition.last().copied().unwrap_or(f64::NAN)),
+        ms(s.whole_job),
+        s.events_per_second
+    );
+}
+
+/// One rolling upgrade of 4 taskmanagers (old-* → new-*, or back) as a Deployment with
+/// `maxSurge 1`, `maxUnavailable 0`; returns the time each step took.
+async fn roll(c: &mut Cluster, from: &[String], to: &[String], edit: (&str, &str)) -> Vec<f64> {
+    let mut steps = Vec::new();
+    for (old, new) in from.iter().zip(to) {
+        let t0 = Instant::now();
+        let url = c.start_taskmanager_with(new, &[edit]);
+        c.wait_ready(&url, Duration::from_secs(60)).await;
+        c.stop_taskmanager(old);
+        steps.push(t0.elapsed().as_secs_f64());
+    }
+    let ids: Vec<&str> = to.iter().map(String::as_str).collect();
+    c.wait_balanced(&ids, Duration::from_secs(60)).await;
+    steps
+}
+
+/// Stop-with-savepoint, every process gone, a new jobmanager from the savepoint and 4 new
+/// taskmanagers (process start only: no pod scheduling, no image pull).
+async fn savepoint_upgrade(c: &mut Cluster, from: &[String], to: &[String]) {
+    let op = c.trigger(&format!("/jobs/{JOB}/stop"), "{}").await;
+    let location = op.location.expect("savepoint written");
+    for old in from {
+        c.stop_taskmanager(old);
+    }
+    c.kill_jobmanager();
+    c.start_jobmanager(&["--from-savepoint", &location]);
+    for new in to {
+        c.start_taskmanager(new);
+    }
+    let ids: Vec<&str> = to.iter().map(String::as_str).collect();
+    c.wait_balanced(&ids, Duration::from_secs(60)).await;
+}
+
+async fn rolling(rounds: usize, rate: u64) {
+    let mut c = Cluster::start_with(8, "1s", 500);
+    c.start_jobmanager(&[]);
+    let names =
+        |prefix: &str| -> Vec<String> { (1..=4).map(|i| format!("{prefix}-{i}")).collect() };
+    let mut current = names("r0");
+    for id in &current {
+        c.start_taskmanager(id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = steady_producer(
+        c.kafka.bootstrap_servers().to_string(),
+        c.partitions,
+        rate,
+        stop.clone(),
+    );
+    let ids: Vec<&str> = current.iter().map(String::as_str).collect();
+    c.wait_balanced(&ids, Duration::from_secs(60)).await;
+    let (samples, sampler) = fence_sampler(c.redis.url(), c.partitions, stop.clone());
+    let settle = Duration::from_secs(4);
+    let mut windows = Vec::new();
+    for round in 1..=rounds {
+        let next = names(&format!("r{round}"));
+        let edit = if round % 2 == 1 {
+            ("maxEvents: 500", "maxEvents: 400")
+        } else {
+            ("linger: 20ms", "linger: 20ms")
+        };
+        tokio::time::sleep(settle).await;
+        let t0 = Instant::now();
+        let steps = roll(&mut c, &current, &next, edit).await;
+        let t1 = Instant::now();
+        println!("rolling round {round}: steps s {steps:.2?}");
+        windows.push((t0 - settle, t0, t1, t1 + settle));
+        current = next;
+    }
+    tokio::time::sleep(settle).await;
+    let next = names("sp");
+    let t0 = Instant::now();
+    savepoint_upgrade(&mut c, &current, &next).await;
+    let t1 = Instant::now();
+    tokio::time::sleep(settle).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = producer.join().expect("producer");
+    sampler.join().expect("sampler");
+    let samples = samples.lock().expect("samples").clone();
+    println!("## rolling upgrade: 4 taskmanagers, 8 partitions, {rate} events/s, {rounds} rounds, {sent} events");
+    for (i, (before, start, end, after)) in windows.iter().enumerate() {
+        println!(
+            "round {}: rollout {:.1} s",
+            i + 1,
+            end.duration_since(*start).as_secs_f64()
+        );
+        print_stalls("  before ", &stalls(&samples, *before, *start));
+        print_stalls("  during ", &stalls(&samples, *start, *end));
+        print_stalls("  after  ", &stalls(&samples, *end, *after));
+    }
+    println!(
+        "## savepoint upgrade, same run: {:.1} s until balanced again",
+        (t1 - t0).as_secs_f64()
+    );
+    print_stalls(
+        "  during ",
+        &stalls(&samples, t0, t1 + Duration::from_secs(1)),
+    );
+    print_stalls(
+        "  after  ",
+        &stalls(&samples, t1 + Duration::from_secs(1), t1 + settle),
+    );
+    c.stop_all();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let rolling_rounds = arg("--rolling", 0);
+    if rolling_rounds > 0 {
+        rolling(rolling_rounds, arg("--rate", 10_000) as u64).await;
+        return;
+    }
     let rescales = arg("--rescales", 10);
     let savepoints = arg("--savepoints", 10);
     let runs = arg("--runs", 5);

@@ -289,6 +289,12 @@ pub struct TaskManagerInfo {
     /// Owns nothing and will get nothing (more taskmanagers than partitions).
     pub idle: bool,
     pub last_heartbeat_ms_ago: u64,
+    /// Why it gets nothing for now: an assignment it did not confirm in time was taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
+    /// What it runs (`STREAMJOB_REVISION`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// Where one partition stands in the assignment protocol.
@@ -487,6 +493,10 @@ pub struct RegisterRequest {
     pub address: Option<String>,
     pub owned: Vec<OwnedPartition>,
     pub progress: Vec<PartitionProgress>,
+    /// What this taskmanager runs (`STREAMJOB_REVISION`; the operator sets the pod template's
+    /// config hash), shown in the overview: during a rolling upgrade, old and new side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -547,6 +557,10 @@ pub struct HeartbeatResponse {
     /// owners flush): until they arrive the taskmanager has not taken its share (`/readyz`).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub awaiting: u32,
+    /// Why the jobmanager gives this taskmanager nothing for now (it did not take what it was
+    /// given in time); it is not ready meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {

@@ -201,6 +201,7 @@ async fn start_pipelines(
         let options = TaskManagerOptions {
             id: format!("standalone-{i}"),
             address: Some(metrics_addr.to_string()),
+            revision: None,
         };
         started.push(TaskManager::start(config.clone(), options, metrics.clone()).await?);
     }

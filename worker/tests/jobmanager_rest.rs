@@ -10,8 +10,8 @@ use std::time::Duration;
 use hyper::Method;
 use streamjob_worker::api::{
     AutoscalerMetrics, HeartbeatRequest, JobOverview, JobState, OperationInfo, OperationStatus,
-    OwnedPartition, PartitionProgress, RegisterRequest, ReleasedPartition, RestoreSource,
-    SnapshotList, TaskManagerLoad, TriggerResponse,
+    OwnedPartition, PartitionProgress, PartitionState, RegisterRequest, ReleasedPartition,
+    RestoreSource, SnapshotList, TaskManagerLoad, TriggerResponse,
 };
 use streamjob_worker::config::JobConfig;
 use streamjob_worker::jobmanager::{FixedPartitions, JobManager, JobManagerOptions};
@@ -564,6 +564,7 @@ async fn an_incompatible_savepoint_fails_clearly_unless_allowed() {
         from_savepoint: Some(savepoint.clone().into()),
         allow_non_restored_state: false,
         startup_grace: None,
+        fence_epochs: false,
     };
     let (mut jm, _) = start(config(other.path()), options.clone(), 6).await;
     let reason = tokio::time::timeout(T, jm.failed())
@@ -893,5 +894,80 @@ async fn the_autoscaler_metrics_carry_each_taskmanagers_load_and_every_partition
     )
     .await;
     tm.abort();
+    jm.shutdown();
+}
+
+#[tokio::test]
+async fn a_taskmanager_that_never_takes_its_assignment_is_held_back_and_the_others_keep_everything()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, client) = start(config(dir.path()), JobManagerOptions::default(), 4).await;
+    let good = fake_taskmanager(client.clone(), "tm-good", Arc::new(Mutex::new(0)));
+    let all_good = |o: &JobOverview| {
+        o.partitions
+            .iter()
+            .all(|p| p.state == PartitionState::Running && p.owner.as_deref() == Some("tm-good"))
+    };
+    wait_for(&client, all_good).await;
+    // tm-stuck registers and heartbeats, but never takes what it is given (its claims fail).
+    client
+        .register("tm-stuck", &RegisterRequest::default())
+        .await
+        .expect("register");
+    let stuck_client = client.clone();
+    let stuck = tokio::spawn(async move {
+        for seq in 1.. {
+            let request = HeartbeatRequest {
+                seq,
+                wait: true,
+                ..HeartbeatRequest::default()
+            };
+            let _ = stuck_client
+                .heartbeat("tm-stuck", &request, Duration::from_millis(200))
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let overview = wait_for(&client, |o| {
+        o.taskmanagers
+            .iter()
+            .any(|t| t.id == "tm-stuck" && t.held_back.is_some())
+    })
+    .await;
+    let stuck_info = overview
+        .taskmanagers
+        .iter()
+        .find(|t| t.id == "tm-stuck")
+        .expect("listed");
+    assert!(
+        stuck_info
+            .held_back
+            .as_deref()
+            .is_some_and(|r| r.contains("did not take partitions")),
+        "{stuck_info:?}"
+    );
+    wait_for(&client, all_good).await;
+    let metrics = client
+        .raw(Method::GET, "/metrics", None, T)
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    let taken_back = streamjob_worker::metrics::sample(
+        &metrics,
+        "streamjob_jobmanager_assignments_taken_back_total",
+        "job=\"trace\"",
+    );
+    assert!(taken_back.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(
+        streamjob_worker::metrics::sample(
+            &metrics,
+            "streamjob_jobmanager_taskmanagers_held_back",
+            "job=\"trace\""
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    stuck.abort();
+    good.abort();
     jm.shutdown();
 }

@@ -2,6 +2,18 @@
 //!
 //! Every input (register, heartbeat, leave, tick, triggers) carries `now`, so tests drive time.
 //! The REST layer holds it behind a mutex and turns its outputs into HTTP answers and file writes.
+//!
+//! # A member that cannot take its partitions
+//!
+//! A taskmanager that registers but cannot claim what it is given (its Redis or broker is
+//! unreachable) would otherwise hold those partitions in `ASSIGNING` for ever, and the ones it
+//! got by revoking them from running owners would stop. So an assignment not confirmed within
+//! `assign_timeout` is taken back, and the member is held back: it gets nothing for a back-off
+//! (doubling with each failure, reset by its first confirmed claim), during which the planner
+//! leaves it out, so the other members take everything back. The overview shows the member's
+//! `heldBack` reason and its heartbeat answers carry it, so its `/readyz` stays 503 and a
+//! rolling upgrade stops there. A claim that succeeds after all is harmless: the next owner's
+//! claim raises the fence epoch again, and the late one is fenced and gives the partition back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,6 +38,10 @@ pub struct CoordinatorConfig {
     pub startup_grace: Duration,
     /// How long a snapshot waits for fresh progress reports.
     pub snapshot_timeout: Duration,
+    /// An assignment its member does not confirm (claimed, running) within this is taken back.
+    pub assign_timeout: Duration,
+    /// How long a member whose assignment was taken back gets nothing (doubled per repeat).
+    pub hold_back: Duration,
 }
 
 impl CoordinatorConfig {
@@ -36,6 +52,8 @@ impl CoordinatorConfig {
             revoke_timeout: config.heartbeat_timeout,
             startup_grace: config.heartbeat_interval * 2,
             snapshot_timeout: config.heartbeat_timeout * 2,
+            assign_timeout: config.heartbeat_timeout,
+            hold_back: config.heartbeat_timeout * 6,
         }
     }
 }
@@ -43,7 +61,9 @@ impl CoordinatorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holding {
     /// Sent to the owner, not yet reported back as held.
-    Assigning,
+    Assigning {
+        since: Instant,
+    },
     Running,
     Revoking {
         since: Instant,
@@ -71,6 +91,13 @@ struct Member {
     watermark_ack: Option<i64>,
     /// Its newest load report (the autoscaler's input).
     load: Option<TaskManagerLoad>,
+    /// Why it gets nothing for now (an assignment it did not confirm was taken back), and until
+    /// when; see the module documentation.
+    held_back: Option<(String, Instant)>,
+    /// Assignments taken back from it since its last confirmed claim (doubles the back-off).
+    failed_takes: u32,
+    /// What it runs (`STREAMJOB_REVISION`: the pod template's hash), as it registered.
+    revision: Option<String>,
 }
 
 /// A checkpoint or savepoint waiting for fresh reports.
@@ -151,6 +178,11 @@ pub struct Coordinator {
     job_watermark: Option<i64>,
     /// The watermark every member acknowledged (≤ `job_watermark`), what Redis records as final.
     final_watermark: Option<i64>,
+    /// The job may not start assigning before the Redis fences' epochs are known (see
+    /// [`Self::seed_fence_epochs`]).
+    fence_epochs_pending: bool,
+    /// Assignments taken back because their member never confirmed them, for metrics.
+    taken_back: u64,
 }
 
 impl Coordinator {
@@ -180,7 +212,27 @@ impl Coordinator {
             marks: BTreeMap::new(),
             job_watermark: None,
             final_watermark: None,
+            fence_epochs_pending: false,
+            taken_back: 0,
         }
+    }
+
+    /// Holds the start (no assignment) until [`Self::seed_fence_epochs`]: a jobmanager process
+    /// calls it at start, before anything registers.
+    pub fn await_fence_epochs(&mut self) {
+        self.fence_epochs_pending = true;
+    }
+
+    /// Raises the next assignment generation above every epoch in the Redis fences, so that
+    /// every claim this jobmanager hands out lands at its own floor `generation << 20`, above
+    /// every earlier owner's epoch (see `sink::redis`: epochs survive a rollback). The restored
+    /// checkpoint only knows the generation of its time, and a crashed jobmanager may have
+    /// assigned many more since; members that re-register report theirs (see [`Self::adopt`]),
+    /// but a partition whose last owner is gone is known only to its fence.
+    pub fn seed_fence_epochs(&mut self, max_epoch: u64) {
+        let generation = max_epoch >> 20;
+        self.next_generation = self.next_generation.max(generation + 1);
+        self.fence_epochs_pending = false;
     }
 
     /// The job's event-time watermark and the part of it every member acknowledged.
@@ -284,10 +336,12 @@ impl Coordinator {
                 snapshot_ack: self.snapshot_requested,
                 watermark_ack: None,
                 load: None,
+                held_back: None,
+                failed_takes: 0,
+                revision: request.revision.clone(),
             },
         );
         for owned in &request.owned {
-            self.next_generation = self.next_generation.max(owned.generation + 1);
             self.adopt(id, owned);
         }
         self.record_progress(id, &request.progress);
@@ -295,8 +349,10 @@ impl Coordinator {
         self.update_watermarks();
     }
 
-    /// Takes over a partition a member reports holding, if nobody else does.
+    /// Takes over a partition a member reports holding, if nobody else does. Either way, every
+    /// later assignment gets a higher generation than the reported one.
     fn adopt(&mut self, id: &str, owned: &OwnedPartition) {
+        self.next_generation = self.next_generation.max(owned.generation + 1);
         if self.owners.contains_key(&owned.partition) || self.state == JobState::Finished {
             return;
         }
@@ -346,13 +402,16 @@ impl Coordinator {
                 .collect();
             for (partition, ownership) in mine {
                 match (ownership.holding, reported.get(&partition)) {
-                    (Holding::Assigning, Some(g)) if *g == ownership.generation => {
+                    (Holding::Assigning { .. }, Some(g)) if *g == ownership.generation => {
                         if let Some(o) = self.owners.get_mut(&partition) {
                             o.holding = Holding::Running;
                         }
+                        if let Some(m) = self.members.get_mut(id) {
+                            m.failed_takes = 0;
+                        }
                     }
                     // Not taken yet: the answer carrying it may still be on its way.
-                    (Holding::Assigning, _) => {}
+                    (Holding::Assigning { .. }, _) => {}
                     (Holding::Running, Some(_)) | (Holding::Revoking { .. }, Some(_)) => {}
                     // Released (or lost to the fence): free it.
                     (Holding::Running, None) | (Holding::Revoking { .. }, None) => {
@@ -413,6 +472,7 @@ impl Coordinator {
                 .map(|s| s.id)
                 .max()
         };
+        let awaiting = self.awaiting(id);
         let member = self
             .members
             .get_mut(id)
@@ -424,13 +484,68 @@ impl Coordinator {
             assignments: member.last_desired.clone(),
             snapshot_request,
             job_watermark_ms: self.job_watermark,
-            awaiting: self.awaiting(id),
+            awaiting,
+            held_back: member.held_back.as_ref().map(|(reason, _)| reason.clone()),
         })
     }
 
-    /// Members the planner may give partitions to.
+    /// Members the planner may give partitions to (not held back).
     fn eligible_members(&self) -> Vec<String> {
-        self.members.keys().cloned().collect()
+        self.members
+            .iter()
+            .filter(|(_, m)| m.held_back.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Assignments taken back because their member never confirmed them (since the start).
+    pub fn taken_back(&self) -> u64 {
+        self.taken_back
+    }
+
+    /// Takes back assignments not confirmed within `assign_timeout` and holds their members
+    /// back; ends back-offs that are over. Whether anything changed.
+    fn take_back_unconfirmed(&mut self, now: Instant) -> bool {
+        let timeout = self.config.assign_timeout;
+        let stale: Vec<(i32, String)> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| {
+                matches!(o.holding, Holding::Assigning { since } if now.saturating_duration_since(since) > timeout)
+            })
+            .map(|(p, o)| (*p, o.member.clone()))
+            .collect();
+        let mut changed = !stale.is_empty();
+        let mut failed: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (partition, member) in stale {
+            self.owners.remove(&partition);
+            self.taken_back += 1;
+            failed.entry(member).or_default().push(partition);
+        }
+        for (id, partitions) in failed {
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            member.failed_takes += 1;
+            let back_off = self.config.hold_back * 2u32.pow(member.failed_takes.min(5) - 1);
+            let reason = format!(
+                "did not take partitions {partitions:?} within {timeout:?}: given nothing for {back_off:?}"
+            );
+            tracing::warn!(taskmanager = %id, ?partitions, ?back_off, "assignment not confirmed in time: taken back, the taskmanager is held back and the others keep the partitions");
+            member.held_back = Some((reason, now + back_off));
+        }
+        for (id, member) in &mut self.members {
+            if member
+                .held_back
+                .as_ref()
+                .is_some_and(|(_, until)| now >= *until)
+            {
+                tracing::info!(taskmanager = %id, "back-off over: the taskmanager may take partitions again");
+                member.held_back = None;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// How many partitions the planner means `id` to own but has not given it yet (their old
@@ -620,9 +735,11 @@ impl Coordinator {
             _ => true,
         });
         let mut changed = !dead.is_empty() || self.owners.len() != before;
+        changed |= self.take_back_unconfirmed(now);
         if self.state == JobState::Initializing
             && now.saturating_duration_since(self.started) >= self.config.startup_grace
             && self.partition_count.is_some()
+            && !self.fence_epochs_pending
         {
             self.state = JobState::Running;
             changed = true;
@@ -766,7 +883,7 @@ impl Coordinator {
                 Ownership {
                     member: member.clone(),
                     generation,
-                    holding: Holding::Assigning,
+                    holding: Holding::Assigning { since: now },
                 },
             );
         }
@@ -815,7 +932,11 @@ impl Coordinator {
                 TaskManagerInfo {
                     id: id.clone(),
                     address: m.address.clone(),
-                    idle: partitions.is_empty() && self.state == JobState::Running,
+                    idle: partitions.is_empty()
+                        && self.state == JobState::Running
+                        && m.held_back.is_none(),
+                    held_back: m.held_back.as_ref().map(|(reason, _)| reason.clone()),
+                    revision: m.revision.clone(),
                     partitions,
                     last_heartbeat_ms_ago: now.saturating_duration_since(m.last_seen).as_millis()
                         as u64,
@@ -872,7 +993,7 @@ impl Coordinator {
                     partition,
                     state: match owner.map(|o| o.holding) {
                         None => PartitionState::Unassigned,
-                        Some(Holding::Assigning) => PartitionState::Assigning,
+                        Some(Holding::Assigning { .. }) => PartitionState::Assigning,
                         Some(Holding::Running) => PartitionState::Running,
                         Some(Holding::Revoking { .. }) => PartitionState::Revoking,
                     },

@@ -31,6 +31,11 @@ pub struct JobManagerMetrics {
     taskmanager_redis_apply_p99_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     rebalances: Counter,
     rebalances_seen: AtomicU64,
+    /// Assignments taken back because their member did not confirm them in time.
+    assignments_taken_back: Counter,
+    taken_back_seen: AtomicU64,
+    /// Members given nothing for now (they did not take what they were given in time).
+    taskmanagers_held_back: Gauge,
     pub checkpoints: Family<Labels, Counter>,
     pub savepoints: Family<Labels, Counter>,
     pub last_checkpoint_duration_seconds: Gauge<f64, AtomicU64>,
@@ -72,6 +77,9 @@ impl JobManagerMetrics {
             taskmanager_redis_apply_p99_seconds: Family::default(),
             rebalances: Counter::default(),
             rebalances_seen: AtomicU64::new(0),
+            assignments_taken_back: Counter::default(),
+            taken_back_seen: AtomicU64::new(0),
+            taskmanagers_held_back: Gauge::default(),
             checkpoints: Family::default(),
             savepoints: Family::default(),
             last_checkpoint_duration_seconds: Gauge::default(),
@@ -153,6 +161,16 @@ impl JobManagerMetrics {
             "rebalances",
             "Assignment plans that moved partitions",
             metrics.rebalances.clone(),
+        );
+        r.register(
+            "assignments_taken_back",
+            "Assignments taken back because their taskmanager did not take them in time",
+            metrics.assignments_taken_back.clone(),
+        );
+        r.register(
+            "taskmanagers_held_back",
+            "Taskmanagers given nothing for now: they did not take what they were given in time",
+            metrics.taskmanagers_held_back.clone(),
         );
         r.register(
             "checkpoints",
@@ -272,6 +290,19 @@ impl JobManagerMetrics {
         if total > seen {
             self.rebalances.inc_by(total - seen);
         }
+        let taken_back = coordinator.taken_back();
+        let seen = self
+            .taken_back_seen
+            .swap(taken_back, std::sync::atomic::Ordering::Relaxed);
+        if taken_back > seen {
+            self.assignments_taken_back.inc_by(taken_back - seen);
+        }
+        let held_back = coordinator
+            .taskmanagers(std::time::Instant::now())
+            .iter()
+            .filter(|t| t.held_back.is_some())
+            .count();
+        self.taskmanagers_held_back.set(held_back as i64);
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode metrics");

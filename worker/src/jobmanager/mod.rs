@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::api::{JobState, SnapshotKind};
 use crate::config::JobConfig;
@@ -44,6 +45,10 @@ pub struct JobManagerOptions {
     /// How long to wait for running taskmanagers to re-register before assigning; default two
     /// heartbeat intervals. Standalone mode uses zero (its taskmanagers start with it).
     pub startup_grace: Option<Duration>,
+    /// Assign nothing before every partition's Redis fence epoch is read, and start the
+    /// assignment generations above them (see [`Coordinator::seed_fence_epochs`]). On in every
+    /// worker process (`from_config`); off by default for protocol tests without a Redis.
+    pub fence_epochs: bool,
 }
 
 impl JobManagerOptions {
@@ -52,6 +57,7 @@ impl JobManagerOptions {
             from_savepoint: config.savepoint.restore_from.clone(),
             allow_non_restored_state: config.savepoint.allow_non_restored_state,
             startup_grace: None,
+            fence_epochs: true,
         }
     }
 }
@@ -160,6 +166,9 @@ impl JobManager {
             coordinator_config.startup_grace = grace;
         }
         let mut coordinator = Coordinator::new(coordinator_config, now, Default::default(), 0);
+        if options.fence_epochs {
+            coordinator.await_fence_epochs();
+        }
         if let Some(snapshot) = &restore.snapshot {
             coordinator.seed(&Default::default(), snapshot.generation);
         }
@@ -209,7 +218,7 @@ impl JobManager {
         tasks.push(tokio::spawn(discover_partitions(
             shared.clone(),
             discovery,
-            options.allow_non_restored_state,
+            options.clone(),
             fatal_tx.clone(),
         )));
         tasks.push(tokio::spawn(tick(shared.clone())));
@@ -289,7 +298,7 @@ pub async fn run(
 async fn discover_partitions(
     shared: Arc<Shared>,
     discovery: Arc<dyn PartitionDiscovery>,
-    allow_non_restored_state: bool,
+    options: JobManagerOptions,
     fatal: Arc<watch::Sender<Option<String>>>,
 ) {
     let mut seeded = false;
@@ -304,7 +313,7 @@ async fn discover_partitions(
                         &shared.restore,
                         topic,
                         count,
-                        allow_non_restored_state,
+                        options.allow_non_restored_state,
                     ) {
                         Ok(offsets) => {
                             let generation =
@@ -324,6 +333,9 @@ async fn discover_partitions(
                                 "partition count known; restored offsets seeded"
                             );
                             seeded = true;
+                            if options.fence_epochs {
+                                tokio::spawn(seed_fence_epochs(shared.clone(), count));
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot restore");
@@ -343,6 +355,46 @@ async fn discover_partitions(
             }
         }
     }
+}
+
+/// Reads every partition's fence epoch (retrying until Redis answers) and starts the
+/// assignment generations above the largest: until then the job stays `INITIALIZING` and
+/// assigns nothing (it still adopts what re-registering taskmanagers hold).
+async fn seed_fence_epochs(shared: Arc<Shared>, count: u32) {
+    let span = tracing::info_span!("fence_epochs", job = %shared.config.job.name);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match max_fence_epoch(&shared, count)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(max_epoch) => {
+                shared.with_coordinator(|c| c.seed_fence_epochs(max_epoch));
+                let generation = shared.lock_coordinator().generation();
+                tracing::info!(parent: &span, max_epoch, generation, "fence epochs read: assignment generations start above them");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, retry_in = ?backoff, "cannot read the partitions' fences yet; assigning nothing until then");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn max_fence_epoch(
+    shared: &Shared,
+    count: u32,
+) -> Result<u64, crate::sink::redis::SinkError> {
+    let sink = shared.series.sink().await?;
+    let mut max_epoch = 0;
+    for partition in 0..count as i32 {
+        if let Some(fence) = sink.read_fence(partition).await? {
+            max_epoch = max_epoch.max(fence.epoch);
+        }
+    }
+    Ok(max_epoch)
 }
 
 /// Drives time-outs and completes snapshots.

@@ -172,6 +172,21 @@ impl Pipeline {
         &self.shared.metrics
     }
 
+    /// Whether this process can take partitions now: Redis answers a fence read and the broker
+    /// the topic's offsets. A taskmanager that cannot does not register, so it is given nothing
+    /// (see `taskmanager::link`).
+    pub async fn preflight(&self) -> Result<(), PipelineError> {
+        self.shared.sink.read_fence(0).await?;
+        let consumer = self.shared.consumer.clone();
+        let topic = self.shared.config.source.kafka.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, 0, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| PipelineError::Task(e.to_string()))??;
+        Ok(())
+    }
+
     /// The process' load counters (busy time, events, Redis latency and retries).
     pub fn load(&self) -> crate::api::TaskManagerLoad {
         self.shared.load.report()

@@ -10,7 +10,14 @@
 //! - it holds (claimed in Redis, running) every partition that jobmanager assigned to it, and the
 //!   jobmanager is not still freeing partitions for it (`awaiting` in the heartbeat answer: the
 //!   planner's share for it minus what it was given, while their old owners flush);
-//! - or the job is not running (initializing, stopping, finished): nothing to take.
+//! - or the job is stopping or finished: nothing to take. While a (re)started jobmanager is
+//!   initializing, a member that holds partitions is ready (it keeps them), one that holds
+//!   nothing is not (it has taken nothing yet).
+//!
+//! Never ready: a taskmanager that cannot reach its Redis or broker (it does not even register,
+//! so nothing moves to it), and one the jobmanager holds back because it did not take what it
+//! was given in time (see `jobmanager::coordinator`). Either way a rolling upgrade stops there
+//! and the old taskmanagers keep everything.
 //!
 //! While no jobmanager answers, within `taskmanager.jobmanagerGrace`, a registered taskmanager
 //! stays ready: it keeps processing its partitions (their Redis fences keep every event
@@ -48,6 +55,8 @@ pub(super) struct Link {
     /// Why this taskmanager cannot take partitions (its Redis or Kafka is unreachable), if so:
     /// it does not register until it can.
     pub blocked: Option<String>,
+    /// Why the jobmanager gives it nothing for now (it did not take an assignment in time).
+    pub held_back: Option<String>,
 }
 
 impl Link {
@@ -58,14 +67,24 @@ impl Link {
     }
 }
 
-/// `/readyz`'s answer: `Ok` or a short reason. `claiming`: assigned partitions not running yet.
+/// What the taskmanager holds, for [`readiness`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Holdings {
+    /// Partitions held in any phase (running, being claimed or released).
+    pub held: usize,
+    /// Assigned partitions not running yet.
+    pub claiming: usize,
+}
+
+/// `/readyz`'s answer: `Ok` or a short reason.
 pub(super) fn readiness(
     link: &Link,
     job_state: Option<JobState>,
-    claiming: usize,
+    holdings: Holdings,
     now: Instant,
     grace: Duration,
 ) -> Result<(), String> {
+    let Holdings { held, claiming } = holdings;
     if let Some(reason) = &link.blocked {
         return Err(format!("cannot take partitions: {reason}"));
     }
@@ -81,8 +100,17 @@ pub(super) fn readiness(
     }
     match job_state {
         None => return Err("waiting for the jobmanager's first answer".into()),
-        Some(JobState::Running) => {}
+        // A (re)starting jobmanager adopts what members hold and assigns the rest after its
+        // start-up grace: a member that holds something carries on; a new one has taken
+        // nothing yet (a rollout must not count it while the jobmanager restarts).
+        Some(JobState::Initializing) if held == 0 => {
+            return Err("the jobmanager is starting: nothing assigned yet".into())
+        }
+        Some(JobState::Running) | Some(JobState::Initializing) => {}
         Some(_) => return Ok(()),
+    }
+    if let Some(reason) = &link.held_back {
+        return Err(format!("held back by the jobmanager: {reason}"));
     }
     if claiming > 0 {
         return Err(format!("claiming {claiming} partitions"));
@@ -152,31 +180,49 @@ mod tests {
     fn ready_only_when_registered_and_holding_everything() {
         let now = Instant::now();
         let running = Some(JobState::Running);
-        let err = readiness(&Link::default(), None, 0, now, GRACE).expect_err("unregistered");
+        let err =
+            readiness(&Link::default(), None, holding(0, 0), now, GRACE).expect_err("unregistered");
         assert!(err.contains("not registered"), "{err}");
-        let err = readiness(&registered(), None, 0, now, GRACE).expect_err("no answer yet");
+        let err =
+            readiness(&registered(), None, holding(0, 0), now, GRACE).expect_err("no answer yet");
         assert!(err.contains("first answer"), "{err}");
-        assert_eq!(readiness(&registered(), running, 0, now, GRACE), Ok(()));
-        let err = readiness(&registered(), running, 3, now, GRACE).expect_err("claiming");
+        assert_eq!(
+            readiness(&registered(), running, holding(2, 0), now, GRACE),
+            Ok(())
+        );
+        let err =
+            readiness(&registered(), running, holding(3, 3), now, GRACE).expect_err("claiming");
         assert_eq!(err, "claiming 3 partitions");
         let waiting = Link {
             awaiting: 2,
             ..registered()
         };
-        let err = readiness(&waiting, running, 0, now, GRACE).expect_err("awaiting");
+        let err = readiness(&waiting, running, holding(1, 0), now, GRACE).expect_err("awaiting");
         assert!(err.contains("waiting for 2 partitions"), "{err}");
+    }
+
+    fn holding(held: usize, claiming: usize) -> Holdings {
+        Holdings { held, claiming }
     }
 
     #[test]
     fn a_job_that_is_not_running_has_nothing_to_take() {
         let now = Instant::now();
-        for state in [
-            JobState::Initializing,
-            JobState::Stopping,
-            JobState::Finished,
-        ] {
-            assert_eq!(readiness(&registered(), Some(state), 4, now, GRACE), Ok(()));
+        for state in [JobState::Stopping, JobState::Finished] {
+            assert_eq!(
+                readiness(&registered(), Some(state), holding(0, 0), now, GRACE),
+                Ok(())
+            );
         }
+        let starting = Some(JobState::Initializing);
+        assert_eq!(
+            readiness(&registered(), starting, holding(2, 0), now, GRACE),
+            Ok(()),
+            "a member that holds partitions keeps them through a jobmanager restart"
+        );
+        let err = readiness(&registered(), starting, holding(0, 0), now, GRACE)
+            .expect_err("a new member took nothing yet");
+        assert!(err.contains("starting"), "{err}");
     }
 
     #[test]
@@ -187,9 +233,30 @@ mod tests {
             ..registered()
         };
         let running = Some(JobState::Running);
-        assert_eq!(readiness(&down(60), running, 0, now, GRACE), Ok(()));
-        let err = readiness(&down(130), running, 0, now, GRACE).expect_err("past the grace");
+        assert_eq!(
+            readiness(&down(60), running, holding(2, 0), now, GRACE),
+            Ok(())
+        );
+        let err =
+            readiness(&down(130), running, holding(0, 0), now, GRACE).expect_err("past the grace");
         assert!(err.contains("unreachable for 130s"), "{err}");
+    }
+
+    #[test]
+    fn a_held_back_taskmanager_is_not_ready() {
+        let link = Link {
+            held_back: Some("did not take partitions [1]".into()),
+            ..registered()
+        };
+        let err = readiness(
+            &link,
+            Some(JobState::Running),
+            holding(1, 0),
+            Instant::now(),
+            GRACE,
+        )
+        .expect_err("held back");
+        assert!(err.contains("held back by the jobmanager"), "{err}");
     }
 
     #[test]
@@ -198,7 +265,8 @@ mod tests {
             blocked: Some("Redis: connection refused".into()),
             ..Link::default()
         };
-        let err = readiness(&link, None, 0, Instant::now(), GRACE).expect_err("blocked");
+        let err =
+            readiness(&link, None, holding(0, 0), Instant::now(), GRACE).expect_err("blocked");
         assert!(err.contains("Redis: connection refused"), "{err}");
     }
 }

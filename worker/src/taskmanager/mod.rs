@@ -30,6 +30,9 @@ pub use link::LinkMetrics;
 
 /// Environment variable naming the taskmanager (else `POD_NAME`, else host name and pid).
 pub const ENV_TASKMANAGER_ID: &str = "STREAMJOB_TASKMANAGER_ID";
+/// Environment variable with what this taskmanager runs (the operator sets the pod template's
+/// config hash), reported to the jobmanager and shown per taskmanager in the overview.
+pub const ENV_REVISION: &str = "STREAMJOB_REVISION";
 
 #[derive(Debug, Clone)]
 pub struct TaskManagerOptions {
@@ -37,6 +40,8 @@ pub struct TaskManagerOptions {
     pub id: String,
     /// Where this process serves `/metrics` (shown in the job overview).
     pub address: Option<String>,
+    /// What it runs (`STREAMJOB_REVISION`), shown in the job overview.
+    pub revision: Option<String>,
 }
 
 impl TaskManagerOptions {
@@ -49,7 +54,14 @@ impl TaskManagerOptions {
                     .unwrap_or_else(|_| "taskmanager".into());
                 format!("{host}-{}", std::process::id())
             });
-        Self { id, address: None }
+        let revision = std::env::var(ENV_REVISION)
+            .ok()
+            .filter(|r| !r.trim().is_empty());
+        Self {
+            id,
+            address: None,
+            revision,
+        }
     }
 }
 
@@ -102,6 +114,7 @@ impl Local {
 struct Inner {
     id: String,
     address: Option<String>,
+    revision: Option<String>,
     pipeline: Pipeline,
     client: JobManagerClient,
     local: Mutex<Local>,
@@ -126,7 +139,10 @@ impl Inner {
         let ready = link::readiness(
             &local.link,
             local.job_state,
-            local.claiming(),
+            link::Holdings {
+                held: local.entries.len(),
+                claiming: local.claiming(),
+            },
             Instant::now(),
             self.grace,
         );
@@ -179,6 +195,7 @@ impl TaskManager {
         let inner = Arc::new(Inner {
             id: options.id,
             address: options.address,
+            revision: options.revision,
             pipeline,
             client: JobManagerClient::new(&config.jobmanager.url),
             local: Mutex::new(Local::default()),
@@ -289,11 +306,38 @@ impl TaskManager {
     }
 }
 
+/// Whether this taskmanager can take partitions (Redis and the broker answer); one that holds
+/// nothing and cannot does not register, so the jobmanager moves nothing to it. One that holds
+/// partitions registers regardless: they keep running under their fences.
+async fn preflight(inner: &Inner) -> bool {
+    if !inner.local().entries.is_empty() {
+        return true;
+    }
+    let result = inner.pipeline.preflight().await;
+    let mut local = inner.local();
+    match result {
+        Ok(()) => {
+            if local.link.blocked.take().is_some() {
+                tracing::info!("Redis and the broker answer: registering");
+            }
+            true
+        }
+        Err(e) => {
+            if local.link.blocked.is_none() {
+                tracing::warn!(error = %e, "cannot take partitions (Redis or the broker does not answer): not registering until it can");
+            }
+            local.link.blocked = Some(e.to_string());
+            false
+        }
+    }
+}
+
 async fn register(inner: &Inner) -> Result<(), ClientError> {
     let request = RegisterRequest {
         address: inner.address.clone(),
         owned: inner.owned(),
         progress: inner.progress(),
+        revision: inner.revision.clone(),
     };
     let response = inner.client.register(&inner.id, &request).await?;
     tracing::info!(jobmanager = %response.jobmanager_instance, owned = request.owned.len(), "registered with the jobmanager");
@@ -384,6 +428,10 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut failures = 0u32;
     loop {
         if !inner.local().link.registered {
+            if !preflight(&inner).await {
+                tokio::time::sleep(inner.heartbeat_interval.max(Duration::from_millis(500))).await;
+                continue;
+            }
             if let Err(e) = register(&inner).await {
                 failures += 1;
                 inner.unanswered(&e);
@@ -447,6 +495,12 @@ fn apply(inner: &Inner, response: HeartbeatResponse) {
         local.job_state = Some(response.job_state);
     }
     local.link.awaiting = response.awaiting;
+    if local.link.held_back != response.held_back {
+        if let Some(reason) = &response.held_back {
+            tracing::warn!(%reason, "the jobmanager holds this taskmanager back");
+        }
+        local.link.held_back = response.held_back;
+    }
     local.desired_version = response.desired_version;
     local.desired = response
         .assignments

@@ -271,7 +271,7 @@ logging:
                     self.log_tails()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -323,6 +323,27 @@ logging:
                 ProduceMode::Batched,
             )
             .expect("produced");
+        })
+    }
+
+    /// Produces on a background thread at about `per_second` events/s (chunks every 100 ms),
+    /// so the job is under load while the caller changes it.
+    pub fn produce_paced(
+        &self,
+        payloads: Vec<Vec<u8>>,
+        per_second: usize,
+    ) -> std::thread::JoinHandle<()> {
+        let bootstrap = self.kafka.bootstrap_servers().to_string();
+        let partitions = self.partitions;
+        std::thread::spawn(move || {
+            let chunk = (per_second / 10).max(1);
+            let start = Instant::now();
+            for (i, part) in payloads.chunks(chunk).enumerate() {
+                let due = start + Duration::from_millis(100 * i as u64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                kafka::produce(&bootstrap, TOPIC, partitions, part, ProduceMode::Batched)
+                    .expect("produced");
+            }
         })
     }
 

@@ -8,6 +8,8 @@ fn config() -> CoordinatorConfig {
         revoke_timeout: Duration::from_secs(5),
         startup_grace: Duration::from_secs(2),
         snapshot_timeout: Duration::from_secs(10),
+        assign_timeout: Duration::from_secs(5),
+        hold_back: Duration::from_secs(30),
     }
 }
 
@@ -126,6 +128,7 @@ impl Sim {
                 })
                 .collect(),
             progress: Vec::new(),
+            revision: None,
         };
         self.c.register(id, &request, self.now);
         tm.desired_version = 0;
@@ -336,6 +339,45 @@ fn a_restarted_jobmanager_adopts_what_running_members_hold() {
         sim.c.generation() >= generation,
         "generations never go back"
     );
+}
+
+#[test]
+fn a_restarted_jobmanager_assigns_above_every_adopted_generation_and_fence_epoch() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let adopted_max = sim.tms["b"].held.values().copied().max().expect("b holds");
+    let kept = sim.tms["a"].held.clone();
+    // b crashes with the jobmanager; a restarted one (its checkpoint says generation 1) waits
+    // for the fences before assigning b's partitions.
+    sim.tms.remove("b");
+    sim.c = Coordinator::new(config(), sim.now, BTreeMap::new(), 1);
+    sim.c.await_fence_epochs();
+    sim.c.set_partition_count(4, sim.now);
+    sim.join("a");
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.c.state(), JobState::Initializing, "fences not read yet");
+    // The fences carry epochs of generations nobody reports any more.
+    let fence_generation = adopted_max + 10;
+    sim.c.seed_fence_epochs((fence_generation << 20) + 3);
+    sim.advance(Duration::from_millis(100));
+    assert_eq!(sim.c.state(), JobState::Running);
+    sim.beat_all(2);
+    let a = &sim.tms["a"].held;
+    assert_eq!(a.len(), 4);
+    let floor = fence_generation.max(adopted_max);
+    for (partition, generation) in a {
+        if kept.get(partition) == Some(generation) {
+            continue; // adopted, not moved
+        }
+        assert!(
+            *generation > floor,
+            "partition {partition}: generation {generation} not above {floor}"
+        );
+    }
+    assert!(sim.c.generation() > floor);
 }
 
 #[test]
@@ -695,4 +737,87 @@ fn the_autoscaler_sees_each_members_newest_load_and_every_partitions_offsets() {
             }
         );
     }
+}
+
+/// A member that registers and heartbeats but never takes what it is given.
+fn beat_without_taking(sim: &mut Sim, id: &str, seq: &mut u64) -> HeartbeatResponse {
+    *seq += 1;
+    let request = HeartbeatRequest {
+        seq: *seq,
+        wait: true,
+        ..HeartbeatRequest::default()
+    };
+    sim.c.heartbeat(id, &request, sim.now).expect("registered");
+    sim.c.response(id, sim.now).expect("registered")
+}
+
+#[test]
+fn an_assignment_never_confirmed_is_taken_back_and_its_member_held_back() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    sim.advance(Duration::from_secs(3));
+    sim.beat_all(3);
+    let before: BTreeMap<String, Vec<i32>> = ["a", "b"]
+        .iter()
+        .map(|id| (id.to_string(), sim.held(id)))
+        .collect();
+    sim.c.register("c", &RegisterRequest::default(), sim.now);
+    let mut seq = 0;
+    // c is given partitions (revoked from a and b), then never confirms them.
+    let mut given = false;
+    for _ in 0..8 {
+        sim.advance(Duration::from_secs(1));
+        sim.beat_all(1);
+        let response = beat_without_taking(&mut sim, "c", &mut seq);
+        given |= !response.assignments.is_empty();
+        assert!(response.held_back.is_none() || given);
+    }
+    assert!(given, "c was given partitions");
+    assert!(
+        sim.c.taken_back() > 0,
+        "taken back after the assign timeout"
+    );
+    // Held back: a and b hold everything again, c gets nothing, and everyone can see why.
+    for _ in 0..20 {
+        sim.advance(Duration::from_secs(1));
+        sim.beat_all(1);
+        let response = beat_without_taking(&mut sim, "c", &mut seq);
+        assert!(
+            response.assignments.is_empty(),
+            "nothing for c while held back"
+        );
+        assert!(response.held_back.is_some());
+    }
+    let mut held: Vec<i32> = sim.held("a");
+    held.extend(sim.held("b"));
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        vec![0, 1, 2, 3],
+        "the others keep everything: {before:?}"
+    );
+    sim.assert_disjoint();
+    let info = sim.c.taskmanagers(sim.now);
+    let c = info.iter().find(|t| t.id == "c").expect("c registered");
+    assert!(
+        c.held_back
+            .as_deref()
+            .is_some_and(|r| r.contains("did not take")),
+        "{c:?}"
+    );
+    assert!(!c.idle, "held back is not idle");
+    // After the back-off it may take partitions again.
+    let mut again = false;
+    for _ in 0..15 {
+        sim.advance(Duration::from_secs(1));
+        sim.beat_all(1);
+        again |= !beat_without_taking(&mut sim, "c", &mut seq)
+            .assignments
+            .is_empty();
+    }
+    assert!(
+        again,
+        "c is given partitions again once its back-off is over"
+    );
 }

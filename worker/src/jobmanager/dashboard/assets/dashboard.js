@@ -75,7 +75,9 @@
       el("td", { class: "num" }, rate(p.eventsPerSecond)),
       el("td", { class: "num", "data-watermark": p.watermarkMs }, eventTime(p.watermarkMs) + (p.idle ? " · idle" : "")))));
     fillRows("taskmanagers", s.overview.taskmanagers.map((t) => el("tr", {},
-      el("td", {}, t.id), el("td", {}, t.partitions.length ? t.partitions.join(", ") : (t.idle ? "idle" : "–")),
+      el("td", {}, t.id), el("td", {}, t.revision ?? "–"),
+      el("td", {}, t.heldBack ? `held back: ${t.heldBack}`
+        : (t.partitions.length ? t.partitions.join(", ") : (t.idle ? "idle" : "–"))),
       el("td", { class: "num" }, `${duration(t.lastHeartbeatMsAgo)} ago`))));
   }
 
