@@ -172,11 +172,19 @@ pub struct StreamJobSpec {
     #[serde(default)]
     pub state: JobState,
 
-    /// How a spec change reaches running processes: `savepoint` (stop with a savepoint, restart
-    /// from it), `last-state` (restart from the newest checkpoint) or `stateless` (restart from the
-    /// Redis fences and configured starting offsets).
+    /// How a spec change reaches running processes: `rolling` (the default: new taskmanagers
+    /// start next to the old ones and take their partitions over through the fenced handoff, the
+    /// job never stops; a change of what the Redis fences mean, such as the topic, the Kafka
+    /// cluster, the key prefix or the Redis target, falls back to `savepoint` and says so in an
+    /// Event), `savepoint` (stop with a savepoint, restart from it), `last-state` (restart from
+    /// the newest checkpoint) or `stateless` (restart from the Redis fences and configured
+    /// starting offsets).
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
+
+    /// How a rolling upgrade (`upgradeMode: rolling`) proceeds.
+    #[serde(default)]
+    pub rolling: RollingSpec,
 
     /// Change this value (any new number) to restart every process of the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,13 +296,44 @@ pub enum JobState {
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpgradeMode {
-    /// Stop with a savepoint, start from it.
+    /// Replace the taskmanagers one at a time while the job keeps processing (partitions move
+    /// through the fenced handoff); falls back to `savepoint` when the change alters what the
+    /// Redis fences mean.
     #[default]
+    Rolling,
+    /// Stop with a savepoint, start from it.
     Savepoint,
     /// Restart from the newest complete checkpoint.
     LastState,
     /// Restart from the Redis fences and the configured starting offsets.
     Stateless,
+}
+
+/// A rolling upgrade's limits.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingSpec {
+    /// How long a new pod may take to become ready (a taskmanager: registered with the
+    /// jobmanager and holding every partition it was given) before the rollout counts as
+    /// stalled: the taskmanager Deployment's `progressDeadlineSeconds`, and the limit after
+    /// which the StreamJob reports `Degraded` (reason `RolloutStalled`). A stalled rollout
+    /// stops where it is; the old taskmanagers keep the job running (e.g. `5m`).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(length(max = DURATION_MAX))]
+    #[x_kube(validation = Rule::new(NONZERO_DURATION_RULE).message("spec.rolling.progressDeadline must be a non-zero duration like 5m"))]
+    pub progress_deadline: String,
+}
+
+fn default_progress_deadline() -> String {
+    "5m".into()
+}
+
+impl Default for RollingSpec {
+    fn default() -> Self {
+        Self {
+            progress_deadline: default_progress_deadline(),
+        }
+    }
 }
 
 /// A key of a Secret in the StreamJob's namespace.
@@ -1186,8 +1225,11 @@ pub enum Phase {
     Deploying,
     /// Every process is ready.
     Running,
-    /// A multi-step upgrade is in flight.
+    /// A multi-step upgrade is in flight (the job is stopped for it).
     Upgrading,
+    /// A rolling upgrade is in flight: new taskmanagers take the partitions over while the job
+    /// keeps processing.
+    RollingUpgrade,
     /// Stopping the job (savepoint, then scale to zero).
     Suspending,
     /// Stopped on purpose; state kept.
@@ -1205,6 +1247,7 @@ impl Phase {
             Phase::Deploying => "Deploying",
             Phase::Running => "Running",
             Phase::Upgrading => "Upgrading",
+            Phase::RollingUpgrade => "RollingUpgrade",
             Phase::Suspending => "Suspending",
             Phase::Suspended => "Suspended",
             Phase::Failed => "Failed",
@@ -1323,6 +1366,9 @@ pub struct SavepointInfo {
 pub enum OperationKind {
     Savepoint,
     Upgrade,
+    /// An upgrade through the fenced handoff: no savepoint, the job keeps processing.
+    #[serde(rename = "rolling-upgrade")]
+    RollingUpgrade,
     Suspend,
     Resume,
     Restart,
@@ -1381,7 +1427,8 @@ pub enum OperationStep {
     AwaitSavepoint,
     /// last-state: check that a complete checkpoint exists before anything is torn down.
     CheckRestorePoint,
-    /// Apply the new children (new pod template, or zero replicas) and wait until they run.
+    /// Apply the new children (new pod template, or zero replicas) and wait until they run. For a
+    /// rolling upgrade: until every taskmanager runs the new template and the jobmanager runs it.
     RollOut,
     /// Finished (deletion: the finalizer may go).
     Done,

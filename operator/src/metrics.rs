@@ -65,6 +65,7 @@ fn kind_label(kind: OperationKind) -> &'static str {
     match kind {
         OperationKind::Savepoint => "savepoint",
         OperationKind::Upgrade => "upgrade",
+        OperationKind::RollingUpgrade => "rolling-upgrade",
         OperationKind::Suspend => "suspend",
         OperationKind::Resume => "resume",
         OperationKind::Restart => "restart",

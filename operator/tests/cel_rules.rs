@@ -321,14 +321,14 @@ fn enums_are_closed_in_the_schema_and_in_serde() {
     let spec = &schema["properties"]["spec"]["properties"];
     assert_eq!(
         spec["upgradeMode"]["enum"],
-        json!(["savepoint", "last-state", "stateless"])
+        json!(["rolling", "savepoint", "last-state", "stateless"])
     );
     assert_eq!(spec["state"]["enum"], json!(["running", "suspended"]));
-    let text =
-        support::sample_text("minimal.yaml").replace("spec:\n", "spec:\n  upgradeMode: rolling\n");
+    let text = support::sample_text("minimal.yaml")
+        .replace("spec:\n", "spec:\n  upgradeMode: blue-green\n");
     let error = serde_yaml::from_str::<streamjob_operator::crd::StreamJob>(&text)
         .expect_err("unknown mode");
-    assert!(error.to_string().contains("rolling"), "{error}");
+    assert!(error.to_string().contains("blue-green"), "{error}");
 }
 
 fn validate_update(new: &Value, old: &Value) -> Result<(), String> {

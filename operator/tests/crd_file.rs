@@ -166,7 +166,7 @@ fn descriptions_are_not_broken_mid_sentence() {
     let upgrade_mode = &support::crd_schema()["properties"]["spec"]["properties"]["upgradeMode"];
     assert_eq!(
         upgrade_mode["description"],
-        "How a spec change reaches running processes: `savepoint` (stop with a savepoint, restart from it), `last-state` (restart from the newest checkpoint) or `stateless` (restart from the Redis fences and configured starting offsets)."
+        "How a spec change reaches running processes: `rolling` (the default: new taskmanagers start next to the old ones and take their partitions over through the fenced handoff, the job never stops; a change of what the Redis fences mean, such as the topic, the Kafka cluster, the key prefix or the Redis target, falls back to `savepoint` and says so in an Event), `savepoint` (stop with a savepoint, restart from it), `last-state` (restart from the newest checkpoint) or `stateless` (restart from the Redis fences and configured starting offsets)."
     );
 }
 

@@ -10,7 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
     PersistentVolumeClaim, Pod, PodStatus,
@@ -89,6 +89,8 @@ struct World {
     events: Vec<String>,
     /// Pod states the kubelet reports (crash loops).
     pods: Vec<Pod>,
+    /// New taskmanagers never become ready: the taskmanager Deployment's rollout stalls.
+    new_taskmanagers_crash: bool,
 }
 
 /// Where a reconcile may be cut short by an operator restart.
@@ -123,6 +125,7 @@ impl World {
             savepoint_rounds: 1,
             events: Vec::new(),
             pods: Vec::new(),
+            new_taskmanagers_crash: false,
         };
         world.settle(20);
         assert_eq!(world.phase(), Phase::Running, "the job starts running");
@@ -430,6 +433,16 @@ impl World {
         }
         if let Some(tm) = self.taskmanager.as_mut() {
             finish(tm);
+            if self.new_taskmanagers_crash {
+                self.pods = vec![stall(tm, self.now)];
+            } else {
+                self.pods.retain(|p| {
+                    !p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.ends_with("-new"))
+                });
+            }
         }
     }
 
@@ -541,8 +554,63 @@ fn finish(d: &mut Deployment) {
     });
 }
 
+/// A rollout the Deployment controller gave up on: the surge pod of the new template crash-loops,
+/// the old pods stay ready. Returns that pod.
+fn stall(tm: &mut Deployment, now: Timestamp) -> Pod {
+    let replicas = tm.spec.replicas.unwrap_or(1);
+    tm.status = Some(DeploymentStatus {
+        observed_generation: tm.metadata.generation,
+        replicas: Some(replicas + 1),
+        updated_replicas: Some(1),
+        ready_replicas: Some(replicas),
+        available_replicas: Some(replicas),
+        conditions: Some(vec![DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some("False".into()),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet \"trace-taskmanager-new\" has timed out progressing.".into()),
+            ..DeploymentCondition::default()
+        }]),
+        ..DeploymentStatus::default()
+    });
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("trace-taskmanager-new".into());
+    pod.metadata.annotations = tm
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone());
+    pod.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    pod.status = Some(PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: "taskmanager".into(),
+            restart_count: 4,
+            ready: false,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
 fn job() -> StreamJob {
     support::sample("minimal.yaml")
+}
+
+/// A job that upgrades through savepoints (the default, `rolling`, keeps it running instead).
+fn savepoint_job() -> StreamJob {
+    let mut job = job();
+    job.spec.upgrade_mode = UpgradeMode::Savepoint;
+    job
 }
 
 fn restored_savepoint(world: &World) -> Option<String> {
@@ -556,7 +624,7 @@ fn restored_savepoint(world: &World) -> Option<String> {
 
 /// A savepoint-mode upgrade, with an optional operator restart at round `r`, point `cut`.
 fn savepoint_upgrade(restart: Option<(usize, Cut)>) -> World {
-    let mut world = World::new(job());
+    let mut world = World::new(savepoint_job());
     world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
     for round in 0..30 {
         let cut = restart.and_then(|(r, c)| (r == round).then_some(c));
@@ -653,7 +721,7 @@ fn a_savepoint_upgrade_survives_an_operator_restart_at_every_point() {
 
 #[test]
 fn while_the_savepoint_is_pending_nothing_is_torn_down() {
-    let mut world = World::new(job());
+    let mut world = World::new(savepoint_job());
     let before = world.running_hash();
     world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
     world.reconcile(None);
@@ -678,7 +746,7 @@ fn a_jobmanager_failing_at_every_round_is_retried_then_gives_up_with_advice() {
         Fault::RefuseTriggers,
         Fault::SavepointFails,
     ] {
-        let mut world = World::new(job());
+        let mut world = World::new(savepoint_job());
         world.job.spec.savepoint.timeout = "20s".into();
         let before = world.running_hash();
         world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
@@ -755,7 +823,7 @@ fn a_jobmanager_failing_for_a_while_only_delays_the_upgrade() {
         Fault::SavepointFails,
     ] {
         for bad_rounds in [1usize, 2, 3, 5] {
-            let mut world = World::new(job());
+            let mut world = World::new(savepoint_job());
             world.job.spec.savepoint.max_attempts = 20;
             world.edit(|j| j.spec.image = "registry.example/streamjob-worker:0.2.0".into());
             for round in 0..200 {
@@ -958,7 +1026,7 @@ fn a_slow_savepoint_and_a_restart_between_trigger_and_record_take_one_savepoint(
             j.spec.state = JobState::Suspended
         }),
     ] {
-        let mut world = World::new(job());
+        let mut world = World::new(savepoint_job());
         // 20 rounds of 3 s: a minute, longer than the 30 s grace the operator used to wait.
         world.savepoint_rounds = 20;
         world.edit(edit);
@@ -1147,6 +1215,7 @@ fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
         savepoint_rounds: 1,
         events: Vec::new(),
         pods: Vec::new(),
+        new_taskmanagers_crash: false,
     };
     fresh.settle(10);
     assert_eq!(fresh.phase(), Phase::Running);
@@ -1370,4 +1439,215 @@ fn a_missing_secret_key_is_degraded_with_the_kubelets_message() {
     world.pods.clear();
     world.settle(1);
     assert_eq!(degraded_of(&world).map(|d| d.0), Some("False".into()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rolling upgrades (the default upgradeMode)
+
+fn condition_of(world: &World, type_: &str) -> (String, String, String) {
+    world
+        .status()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_else(|| panic!("{type_} condition"))
+}
+
+fn new_image(job: &mut StreamJob) {
+    job.spec.image = "registry.example/streamjob-worker:0.2.0".into();
+}
+
+/// A compatible change rolled with an optional operator restart at round `r`, point `cut`.
+fn rolling_upgrade(restart: Option<(usize, Cut)>) -> World {
+    let mut world = World::new(job());
+    world.edit(new_image);
+    for round in 0..20 {
+        let cut = restart.and_then(|(r, c)| (r == round).then_some(c));
+        world.reconcile(cut);
+        world.tick();
+    }
+    world
+}
+
+fn assert_rolled_without_a_savepoint(world: &World, context: &str) {
+    let status = world.status();
+    assert_eq!(status.current_operation, None, "{context}: finished");
+    assert_eq!(world.phase(), Phase::Running, "{context}");
+    assert_eq!(
+        world.running_hash(),
+        world.desired_hash(),
+        "{context}: the new template runs"
+    );
+    assert!(
+        world.triggers.is_empty(),
+        "{context}: no stop, no savepoint: {:?}",
+        world.triggers
+    );
+    assert!(status.savepoint_history.is_empty(), "{context}: {status:?}");
+    assert!(
+        world
+            .events
+            .contains(&"RollingUpgradeCompleted".to_string()),
+        "{context}: {:?}",
+        world.events
+    );
+    assert!(
+        !world.events.contains(&"UpgradeStarted".to_string()),
+        "{context}"
+    );
+}
+
+#[test]
+fn a_compatible_change_rolls_while_the_job_keeps_processing() {
+    let mut world = World::new(job());
+    world.edit(new_image);
+    world.reconcile(None);
+    let op = world
+        .status()
+        .current_operation
+        .expect("recorded before applying");
+    assert_eq!(
+        (op.kind, op.step),
+        (OperationKind::RollingUpgrade, OperationStep::RollOut)
+    );
+    assert_eq!(op.upgrade_mode, Some(UpgradeMode::Rolling));
+    assert_eq!(
+        world.phase(),
+        Phase::RollingUpgrade,
+        "what kubectl get sj -w shows"
+    );
+    assert_eq!(condition_of(&world, "Progressing").1, "RollingUpgrade");
+    assert_eq!(
+        condition_of(&world, "Ready").0,
+        "True",
+        "the job never stops"
+    );
+    assert_eq!(
+        world
+            .taskmanager
+            .as_ref()
+            .and_then(|d| d.spec.template.metadata.clone())
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned()),
+        world.desired_hash(),
+        "the new template is applied at once"
+    );
+    assert!(
+        world.events.contains(&"RollingUpgradeStarted".to_string()),
+        "{:?}",
+        world.events
+    );
+    world.settle(10);
+    assert_rolled_without_a_savepoint(&world, "no restart");
+    assert_eq!(condition_of(&world, "Ready").0, "True");
+    assert_eq!(condition_of(&world, "Degraded").0, "False");
+}
+
+#[test]
+fn a_rolling_upgrade_survives_an_operator_restart_at_every_point() {
+    for round in 0..6 {
+        for cut in CUTS {
+            let world = rolling_upgrade(Some((round, cut)));
+            assert_rolled_without_a_savepoint(&world, &format!("restart at round {round} {cut:?}"));
+        }
+    }
+}
+
+#[test]
+fn a_fence_change_falls_back_to_the_savepoint_path_and_says_so() {
+    let mut world = World::new(job());
+    world.edit(|j| j.spec.redis.key_prefix = "v2:".into());
+    for _ in 0..30 {
+        world.reconcile(None);
+        world.tick();
+    }
+    assert_upgraded_through_one_savepoint(&world, "keyPrefix changed");
+    let fallback = world.events.iter().position(|e| e == "RollingNotPossible");
+    let upgrade = world.events.iter().position(|e| e == "UpgradeStarted");
+    assert!(
+        fallback.is_some() && fallback < upgrade,
+        "{:?}",
+        world.events
+    );
+    assert!(!world.events.contains(&"RollingUpgradeStarted".to_string()));
+}
+
+/// A new taskmanager that never becomes ready stops the rollout where it is.
+fn stalled() -> World {
+    let mut world = World::new(job());
+    world.new_taskmanagers_crash = true;
+    world.edit(new_image);
+    world.settle(5);
+    world
+}
+
+#[test]
+fn a_stalled_rollout_is_degraded_says_which_pod_and_keeps_the_job_running() {
+    let world = stalled();
+    let op = world.status().current_operation.expect("kept");
+    assert_eq!(op.kind, OperationKind::RollingUpgrade);
+    let (degraded, reason, message) = condition_of(&world, "Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "RolloutStalled")
+    );
+    for part in [
+        "trace-taskmanager-new",
+        "CrashLoopBackOff",
+        "timed out progressing",
+        "old taskmanagers keep the job running",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert_eq!(condition_of(&world, "Progressing").0, "False");
+    assert_eq!(
+        condition_of(&world, "Ready").0,
+        "True",
+        "the old taskmanagers still process"
+    );
+    assert_eq!(world.phase(), Phase::RollingUpgrade);
+    assert_eq!(
+        world
+            .events
+            .iter()
+            .filter(|e| *e == "RolloutStalled")
+            .count(),
+        1,
+        "one Warning: {:?}",
+        world.events
+    );
+    assert!(world.triggers.is_empty());
+}
+
+#[test]
+fn a_stalled_rollout_resumes_with_the_next_change_or_the_old_template() {
+    let fixed: fn(&mut StreamJob) =
+        |j| j.spec.image = "registry.example/streamjob-worker:0.2.1".into();
+    let reverted: fn(&mut StreamJob) =
+        |j| j.spec.image = "registry.example/streamjob-worker:0.1.0".into();
+    for (what, change) in [("a fixed image", fixed), ("the old image", reverted)] {
+        let mut world = stalled();
+        world.new_taskmanagers_crash = false;
+        world.edit(change);
+        world.settle(10);
+        assert_rolled_without_a_savepoint(&world, what);
+        assert_eq!(condition_of(&world, "Degraded").0, "False", "{what}");
+    }
+}
+
+#[test]
+fn a_fence_change_during_a_stalled_rollout_goes_through_a_savepoint() {
+    let mut world = stalled();
+    world.new_taskmanagers_crash = false;
+    world.edit(|j| j.spec.kafka.topic = "austinTraceLogV2".into());
+    world.settle(30);
+    assert_upgraded_through_one_savepoint(&world, "topic changed mid-rollout");
+    for reason in ["OperationSuperseded", "RollingNotPossible"] {
+        assert!(
+            world.events.contains(&reason.to_string()),
+            "{reason}: {:?}",
+            world.events
+        );
+    }
 }

@@ -277,13 +277,22 @@ fn pods_run_hardened_with_probes_and_the_contracted_commands() {
             (ports[0].name.as_deref(), ports[0].container_port),
             (Some(port.0), port.1)
         );
-        for probe in [&container.liveness_probe, &container.readiness_probe] {
-            let get = probe
+        let path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+            probe
                 .as_ref()
                 .and_then(|p| p.http_get.as_ref())
-                .expect("http probe");
-            assert_eq!(get.path.as_deref(), Some("/healthz"));
-        }
+                .and_then(|g| g.path.clone())
+                .expect("http probe")
+        };
+        assert_eq!(path(&container.liveness_probe), "/healthz");
+        // A taskmanager is ready once registered and holding its partitions (what a rolling
+        // upgrade waits for before it stops an old one).
+        let ready = if role == "taskmanager" {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        assert_eq!(path(&container.readiness_probe), ready);
         let security = container
             .security_context
             .as_ref()
@@ -485,8 +494,10 @@ fn a_spec_change_rolls_the_pods_and_is_announced() {
         hash(&before, &before.children.jobmanager),
         hash(&after, &after.children.jobmanager)
     );
-    assert_eq!(after.status.phase, Phase::Upgrading);
-    assert_eq!(condition(&after, "Progressing").reason, "RollingOut");
+    // The default upgradeMode rolls: the job keeps processing while the pods are replaced.
+    assert_eq!(after.status.phase, Phase::RollingUpgrade);
+    assert_eq!(condition(&after, "Progressing").reason, "RollingUpgrade");
+    assert_eq!(condition(&after, "Ready").status, "True");
     assert!(
         events(&after).contains(&(EventSeverity::Normal, "ConfigChanged".into())),
         "{:?}",

@@ -153,7 +153,8 @@ async fn a_savepoint_upgrade_records_each_step_before_acting() {
     }
     s.jm.with(|state| state.complete_at_once = false);
     edit(&s.api, |j| {
-        j["spec"]["image"] = json!("registry.example/streamjob-worker:0.2.0")
+        j["spec"]["image"] = json!("registry.example/streamjob-worker:0.2.0");
+        j["spec"]["upgradeMode"] = json!("savepoint");
     });
     s.api.clear_requests();
     s.jm.clear_requests();
@@ -305,6 +306,7 @@ async fn a_failing_jobmanager_is_retried_then_the_upgrade_gives_up_with_advice()
     running(&s).await;
     edit(&s.api, |j| {
         j["spec"]["image"] = json!("registry.example/streamjob-worker:0.2.0");
+        j["spec"]["upgradeMode"] = json!("savepoint");
         j["spec"]["savepoint"]["maxAttempts"] = json!(2);
     });
     s.jm.with(|state| state.fault = JmFault::Error);

@@ -72,7 +72,7 @@ def test_every_sample_validates_against_the_crd_schema(sample):
     [
         (["spec", "replicas"], -1, "minimum"),
         (["spec", "replicas"], "3", "not of type"),
-        (["spec", "upgradeMode"], "rolling", "is not one of"),
+        (["spec", "upgradeMode"], "blue-green", "is not one of"),
         (["spec", "state"], "paused", "is not one of"),
         (["spec", "kafka", "startingOffsets"], "middle", "is not one of"),
         (["spec", "batch", "maxEvents"], 0, "minimum"),

@@ -3,7 +3,9 @@
 //! (a savepoint upgrade), suspend and resume it, and delete it with a final savepoint. The
 //! operator runs as the chart's ServiceAccount; the process kubelet runs real worker processes
 //! against a real Kafka-protocol broker (librdkafka's mock cluster) and a real redis-server; the
-//! Redis state is checked in full at the end.
+//! Redis state is checked in full at the end. A rolling upgrade replaces every taskmanager
+//! while the job keeps processing, with no savepoint; a change of what the fences mean falls
+//! back to the savepoint path.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -114,6 +116,8 @@ fn stream_job(data: &Data, replicas: i32) -> Value {
         "spec": {
             "image": "registry.example/streamjob-worker:e2e",
             "replicas": replicas,
+            // The stop-the-world path these tests follow; `rolling` (the default) is tested below.
+            "upgradeMode": "savepoint",
             "kafka": {
                 "brokers": data.kafka.bootstrap_servers(),
                 "topic": TOPIC,
@@ -172,15 +176,20 @@ fn no_operation(job: &Value) -> bool {
     job["status"]["currentOperation"].is_null()
 }
 
-async fn event_reasons(cluster: &OperatorCluster) -> Vec<String> {
+/// The StreamJob's Events: (reason, note).
+async fn events(cluster: &OperatorCluster) -> Vec<(String, String)> {
     let api: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
     let events = api.list(&ListParams::default()).await.expect("events");
     events
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
-        .filter_map(|e| e.reason)
+        .filter_map(|e| Some((e.reason?, e.note.unwrap_or_default())))
         .collect()
+}
+
+async fn event_reasons(cluster: &OperatorCluster) -> Vec<String> {
+    events(cluster).await.into_iter().map(|(r, _)| r).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,5 +401,142 @@ async fn heavy_a_leader_killed_mid_upgrade_is_replaced_and_the_upgrade_finishes(
     );
     data.wait_applied(&cluster, Duration::from_secs(60)).await;
     data.assert_redis_exact();
+    cluster.assert_no_forbidden();
+}
+
+/// The taskmanager pods the kubelet runs now.
+fn taskmanager_pods(cluster: &OperatorCluster) -> std::collections::BTreeSet<String> {
+    cluster
+        .kubelet
+        .processes()
+        .into_iter()
+        .map(|(_, pod, _)| pod)
+        .filter(|pod| pod.starts_with("trace-taskmanager-"))
+        .collect()
+}
+
+/// Rolls a compatible change while producing, until the rolling upgrade completed. Returns the
+/// operation kinds status showed and whether records were applied while the phase read
+/// `RollingUpgrade`.
+async fn roll_while_producing(cluster: &OperatorCluster, data: &mut Data) -> (Vec<String>, bool) {
+    let mut kinds = Vec::new();
+    let mut applied_while_rolling = false;
+    let mut last_rolling_applied: Option<i64> = None;
+    let mut rows: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for seed in 100.. {
+        data.produce(seed, 200);
+        let job = cluster.get(NS, NAME);
+        // What `kubectl get sj -w` prints, one line per change.
+        let row = format!(
+            "{:<16} {:<3} {:<3} {}",
+            job["status"]["phase"].as_str().unwrap_or(""),
+            job["spec"]["replicas"],
+            job["status"]["readyReplicas"],
+            job["status"]["job"]["lag"]
+        );
+        if rows.last() != Some(&row) {
+            eprintln!("kubectl get sj -w: {row}");
+            rows.push(row);
+        }
+        if let Some(kind) = job["status"]["currentOperation"]["kind"].as_str() {
+            if !kinds.iter().any(|k| k == kind) {
+                kinds.push(kind.to_string());
+            }
+        }
+        if job["status"]["phase"] == "RollingUpgrade" {
+            let applied = data.applied();
+            applied_while_rolling |= last_rolling_applied.is_some_and(|before| applied > before);
+            last_rolling_applied = Some(applied);
+        } else if !kinds.is_empty() && no_operation(&job) && ready(&job) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rolling upgrade did not finish: {:#}\n{}",
+            job["status"],
+            cluster.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    (kinds, applied_while_rolling)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_a_compatible_change_rolls_without_stopping_and_a_key_prefix_change_falls_back() {
+    let cluster = OperatorCluster::up(test_values()).await;
+    let mut data = Data::start();
+    data.produce(1, 5_000);
+    let mut spec = stream_job(&data, 2);
+    spec["spec"]["upgradeMode"] = json!("rolling");
+    cluster.apply(NS, &spec);
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "not Ready: {}",
+        cluster.describe()
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    let old_pods = taskmanager_pods(&cluster);
+
+    // A compatible change: every taskmanager is replaced while the job keeps processing.
+    spec["spec"]["batch"]["maxEvents"] = json!(400);
+    cluster.apply(NS, &spec);
+    let (kinds, applied_while_rolling) = roll_while_producing(&cluster, &mut data).await;
+    assert_eq!(kinds, ["rolling-upgrade"], "no Upgrade operation, no stop");
+    assert!(
+        applied_while_rolling,
+        "the job kept processing during the rollout"
+    );
+    let job = cluster.get(NS, NAME);
+    assert!(
+        job["status"]["lastSavepoint"].is_null(),
+        "no savepoint: {:#}",
+        job["status"]
+    );
+    let new_pods = taskmanager_pods(&cluster);
+    assert!(
+        new_pods.is_disjoint(&old_pods),
+        "every taskmanager replaced: {old_pods:?} -> {new_pods:?}"
+    );
+    let reasons = event_reasons(&cluster).await;
+    for reason in ["RollingUpgradeStarted", "RollingUpgradeCompleted"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason}: {reasons:?}"
+        );
+    }
+    for reason in ["UpgradeStarted", "SavepointTriggered"] {
+        assert!(
+            !reasons.iter().any(|r| r == reason),
+            "{reason}: {reasons:?}"
+        );
+    }
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    data.assert_redis_exact();
+
+    // A new key prefix changes what the fences mean: the savepoint path, and an Event says why.
+    spec["spec"]["redis"]["keyPrefix"] = json!("v2:");
+    cluster.apply(NS, &spec);
+    until(
+        &cluster,
+        "upgraded through a savepoint",
+        Duration::from_secs(120),
+        |job| {
+            no_operation(job)
+                && job["status"]["lastSavepoint"]["trigger"] == "upgrade"
+                && ready(job)
+        },
+    )
+    .await;
+    let fallback = events(&cluster)
+        .await
+        .into_iter()
+        .find(|(reason, _)| reason == "RollingNotPossible")
+        .map(|(_, note)| note)
+        .unwrap_or_default();
+    assert!(
+        fallback.contains("spec.redis.keyPrefix") && fallback.contains("through a savepoint"),
+        "{fallback:?}"
+    );
     cluster.assert_no_forbidden();
 }

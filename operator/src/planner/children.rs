@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
@@ -29,12 +31,19 @@ use crate::planner::config::{
     API_TOKEN_DIR, API_TOKEN_KEY, CONFIG_DIR, CONFIG_KEY, METRICS_PORT, REDIS_TLS_DIR, REST_PORT,
     STATE_DIR, TLS_DIR,
 };
+use crate::planner::rollout::{self, FenceIdentity, FENCE_IDENTITY_ANNOTATION};
 use crate::planner::{labels, names, NetworkPeers};
 
 /// Pod template annotation carrying the config hash: a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "streaming.austin.dev/config-hash";
 /// Pod template annotation carrying `spec.restartNonce`: a new nonce rolls the pods.
 pub const RESTART_NONCE_ANNOTATION: &str = "streaming.austin.dev/restart-nonce";
+/// Taskmanager env: the config hash its pod template carries (which revision a process runs).
+pub const ENV_REVISION: &str = "STREAMJOB_REVISION";
+/// Liveness (and the jobmanager's readiness): the process serves.
+const HEALTHZ: &str = "/healthz";
+/// A taskmanager's readiness: registered with the jobmanager, holding every assigned partition.
+pub const READYZ: &str = "/readyz";
 /// Non-root user and group of the worker processes.
 const RUN_AS: i64 = 65532;
 
@@ -145,9 +154,9 @@ pub fn jobmanager_deployment(ctx: &Context) -> Deployment {
     };
     let mut container = worker_container(ctx, "jobmanager", &ctx.job.spec.jobmanager);
     container.ports = Some(vec![port("rest", REST_PORT)]);
-    container.liveness_probe = Some(probe("rest", 10, 3));
-    container.readiness_probe = Some(probe("rest", 5, 2));
-    container.startup_probe = Some(probe("rest", 2, 60));
+    container.liveness_probe = Some(probe("rest", HEALTHZ, 10, 3));
+    container.readiness_probe = Some(probe("rest", HEALTHZ, 5, 2));
+    container.startup_probe = Some(probe("rest", HEALTHZ, 2, 60));
     if let Some(mounts) = container.volume_mounts.as_mut() {
         mounts.push(VolumeMount {
             name: "state".into(),
@@ -217,22 +226,43 @@ pub fn taskmanager_deployment(ctx: &Context) -> Deployment {
     };
     let mut container = worker_container(ctx, "taskmanager", &ctx.job.spec.taskmanager);
     container.ports = Some(vec![port("metrics", METRICS_PORT)]);
-    container.liveness_probe = Some(probe("metrics", 10, 3));
-    container.readiness_probe = Some(probe("metrics", 5, 2));
-    container.startup_probe = Some(probe("metrics", 2, 60));
-    deployment(
+    container.liveness_probe = Some(probe("metrics", HEALTHZ, 10, 3));
+    // Ready once registered with the jobmanager and holding every partition it was given: a
+    // rolling upgrade stops an old taskmanager only then.
+    container.readiness_probe = Some(probe("metrics", READYZ, 1, 2));
+    container.startup_probe = Some(probe("metrics", HEALTHZ, 2, 60));
+    container.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: ENV_REVISION.into(),
+        value: Some(ctx.config_hash.to_string()),
+        value_from: None,
+    });
+    let mut deployment = deployment(
         ctx,
         names::taskmanager(ctx.name),
         labels::COMPONENT_TASKMANAGER,
         replicas,
         DeploymentStrategy {
             type_: Some("RollingUpdate".into()),
-            rolling_update: None,
+            // One new taskmanager at a time, next to all the old ones: no partition is ever
+            // without an owner that can take it.
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
         },
         container,
         common_volumes(ctx),
         grace_seconds,
-    )
+    );
+    let deadline = rollout::progress_deadline(ctx.job).as_secs();
+    deployment.spec.progress_deadline_seconds = Some(i32::try_from(deadline).unwrap_or(i32::MAX));
+    if let Some(meta) = deployment.spec.template.metadata.as_mut() {
+        meta.annotations.get_or_insert_with(BTreeMap::new).insert(
+            FENCE_IDENTITY_ANNOTATION.into(),
+            FenceIdentity::of(ctx.job).to_annotation(),
+        );
+    }
+    deployment
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -515,10 +545,10 @@ fn port(name: &str, number: i32) -> ContainerPort {
     }
 }
 
-fn probe(port_name: &str, period: i32, failures: i32) -> Probe {
+fn probe(port_name: &str, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
+            path: Some(path.into()),
             port: IntOrString::String(port_name.into()),
             ..HTTPGetAction::default()
         }),

@@ -7,6 +7,7 @@ pub mod autoscaler;
 pub mod children;
 pub mod config;
 pub mod lifecycle;
+pub mod rollout;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -381,6 +382,15 @@ pub fn plan_with(input: PlanInput<'_>, peers: &NetworkPeers) -> Result<Plan, Pla
         job.metadata.generation,
         input.now,
     );
+    if let Some(op) = decision
+        .operation
+        .as_ref()
+        .filter(|o| rollout::rolling(Some(o)))
+    {
+        let previous = job.status.as_ref();
+        let generation = job.metadata.generation;
+        rollout::show(status, previous, op, input.observed, generation, input.now);
+    }
     let latest = latest_savepoint(status, input.observed);
     let children = render(
         job,
@@ -465,6 +475,8 @@ fn overlay(
         if !matches!(op.step, OperationStep::Failed | OperationStep::Done) {
             match op.kind {
                 OperationKind::Upgrade | OperationKind::Restart => status.phase = Phase::Upgrading,
+                // Shown by `rollout::show`.
+                OperationKind::RollingUpgrade => {}
                 OperationKind::Resume => status.phase = Phase::Deploying,
                 OperationKind::Suspend => status.phase = Phase::Suspending,
                 OperationKind::Delete => status.phase = Phase::Deleting,

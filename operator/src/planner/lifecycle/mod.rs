@@ -23,10 +23,12 @@ use crate::crd::{
     StreamJobStatus, UpgradeMode, SAVEPOINT_HISTORY_CAP,
 };
 use crate::planner::children::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
+use crate::planner::rollout::{self, RolloutPath, ROLLOUT_STALLED};
 use crate::planner::{labels, EventNote, EventSeverity, Observed};
 
 mod cleanup;
 mod health;
+mod rolling;
 mod start;
 mod steps;
 
@@ -287,6 +289,7 @@ fn kind_word(kind: OperationKind) -> &'static str {
     match kind {
         OperationKind::Savepoint => "savepoint",
         OperationKind::Upgrade => "upgrade",
+        OperationKind::RollingUpgrade => "rolling upgrade",
         OperationKind::Suspend => "suspend",
         OperationKind::Resume => "resume",
         OperationKind::Restart => "restart",
@@ -437,8 +440,12 @@ pub fn decide(input: &LifecycleInput<'_>) -> Decision {
                 o.message.clone().unwrap_or_default(),
             ));
         } else {
-            // A plain savepoint does not interrupt processing: the job stays Ready meanwhile.
-            if o.kind != OperationKind::Savepoint {
+            // A plain savepoint or a rolling upgrade does not interrupt processing: the job stays
+            // Ready meanwhile.
+            if !matches!(
+                o.kind,
+                OperationKind::Savepoint | OperationKind::RollingUpgrade
+            ) {
                 decision.not_ready.get_or_insert_with(|| {
                     (
                         operation_reason(o.kind).into(),
@@ -460,6 +467,14 @@ pub fn decide(input: &LifecycleInput<'_>) -> Decision {
         }
     }
     health(input, &mut decision);
+    // A stalled rolling upgrade is the cause, whatever its pods show (crash loop, unavailable).
+    if let Some(stalled) = op
+        .as_ref()
+        .filter(|o| o.kind == OperationKind::RollingUpgrade)
+        .and_then(|o| o.message.clone())
+    {
+        decision.degraded = Some((ROLLOUT_STALLED.into(), stalled));
+    }
     decision.operation = op;
     decision
 }
@@ -468,6 +483,7 @@ fn operation_reason(kind: OperationKind) -> &'static str {
     match kind {
         OperationKind::Savepoint => "SavepointInProgress",
         OperationKind::Upgrade => "Upgrading",
+        OperationKind::RollingUpgrade => "RollingUpgrade",
         OperationKind::Suspend => "Suspending",
         OperationKind::Resume => "Resuming",
         OperationKind::Restart => "Restarting",
@@ -484,7 +500,14 @@ fn superseded(op: &Operation, input: &LifecycleInput<'_>) -> bool {
             spec.state == JobState::Suspended
                 || (!rolling
                     && (op.target_config_hash.as_deref() != Some(input.desired_hash)
-                        || op.upgrade_mode != Some(spec.upgrade_mode)))
+                        || op.upgrade_mode != Some(stopping_mode(spec.upgrade_mode))))
+        }
+        // A newer spec rolls on from where the rollout is (a stalled one resumes), unless it
+        // changes what the fences mean: then it goes through a savepoint.
+        OperationKind::RollingUpgrade => {
+            spec.state == JobState::Suspended
+                || spec.upgrade_mode != UpgradeMode::Rolling
+                || rollout::path(input.job, input.observed) != RolloutPath::Roll
         }
         OperationKind::Suspend => spec.state == JobState::Running,
         OperationKind::Resume | OperationKind::Restart => spec.state == JobState::Suspended,
@@ -498,8 +521,17 @@ fn superseded(op: &Operation, input: &LifecycleInput<'_>) -> bool {
     }
 }
 
+/// The mode an upgrade that stops the job runs with: `rolling` falls back to `savepoint`.
+fn stopping_mode(mode: UpgradeMode) -> UpgradeMode {
+    match mode {
+        UpgradeMode::Rolling => UpgradeMode::Savepoint,
+        other => other,
+    }
+}
+
 fn mode_word(mode: UpgradeMode) -> &'static str {
     match mode {
+        UpgradeMode::Rolling => "rolling",
         UpgradeMode::Savepoint => "savepoint",
         UpgradeMode::LastState => "last-state",
         UpgradeMode::Stateless => "stateless",

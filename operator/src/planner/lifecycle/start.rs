@@ -36,7 +36,7 @@ fn suspend(
     if !running && taskmanagers == 0 {
         return None;
     }
-    let with_savepoint = running && spec.upgrade_mode == UpgradeMode::Savepoint;
+    let with_savepoint = running && stopping_mode(spec.upgrade_mode) == UpgradeMode::Savepoint;
     let step = if with_savepoint {
         OperationStep::TriggerSavepoint
     } else {
@@ -130,9 +130,19 @@ fn template_change(input: &LifecycleInput<'_>, decision: &mut Decision) -> Optio
     let now = input.now;
     match template(input) {
         Template::Changed => {
-            let mode = spec.upgrade_mode;
+            if spec.upgrade_mode == UpgradeMode::Rolling {
+                match rollout::path(job, input.observed) {
+                    RolloutPath::Roll => return Some(super::rolling::start(input, decision)),
+                    fallback => decision.events.extend(
+                        fallback
+                            .fallback_message()
+                            .map(|m| note(EventSeverity::Normal, rollout::ROLLING_NOT_POSSIBLE, m)),
+                    ),
+                }
+            }
+            let mode = stopping_mode(spec.upgrade_mode);
             let step = match mode {
-                UpgradeMode::Savepoint => OperationStep::TriggerSavepoint,
+                UpgradeMode::Savepoint | UpgradeMode::Rolling => OperationStep::TriggerSavepoint,
                 UpgradeMode::LastState => OperationStep::CheckRestorePoint,
                 UpgradeMode::Stateless => OperationStep::RollOut,
             };

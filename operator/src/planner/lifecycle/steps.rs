@@ -325,6 +325,9 @@ fn roll_out(
         hash.clear();
         hash.push_str(input.desired_hash);
     }
+    if op.kind == OperationKind::RollingUpgrade {
+        return super::rolling::roll_on(op, input, decision);
+    }
     if rollout_complete(&op, input) {
         let (reason, message) = match op.kind {
             OperationKind::Suspend => (
@@ -373,9 +376,10 @@ fn deployment_done(
         && status.replicas.unwrap_or(0) == replicas
         && status.updated_replicas.unwrap_or(0) == replicas
         && status.ready_replicas.unwrap_or(0) == replicas
+        && status.available_replicas.unwrap_or(0) == replicas
 }
 
-fn rollout_complete(op: &Operation, input: &LifecycleInput<'_>) -> bool {
+pub(super) fn rollout_complete(op: &Operation, input: &LifecycleInput<'_>) -> bool {
     let spec = &input.job.spec;
     let observed = input.observed;
     if op.kind == OperationKind::Suspend {
