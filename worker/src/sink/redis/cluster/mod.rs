@@ -128,8 +128,10 @@
 
 pub mod apply;
 pub mod fence;
+pub mod nodes;
 pub mod plan;
 pub mod read;
 pub(crate) mod seeds;
+pub(crate) mod sink;
 pub mod slot;
 pub mod unit;

@@ -11,6 +11,7 @@ use redis::Value;
 use super::fence::{slot_step, SlotFence, SlotPositions, SlotStep, UnitMark};
 use super::slot::{key_slot, SLOTS};
 use super::unit::{Unit, UnitSlot};
+use crate::sink::redis::window::{SeriesMarks, CLOCK_FIELD, LEARNED_FIELD};
 use crate::sink::redis::writes::UserExpiry;
 use crate::sink::redis::{Batch, Layout, SinkError};
 
@@ -78,6 +79,19 @@ impl SlotMap {
         Ok(Self { owners, nodes })
     }
 
+    /// A map that names no primary (before the first `CLUSTER SLOTS`).
+    pub fn empty() -> Self {
+        Self {
+            owners: vec![u32::MAX; usize::from(SLOTS)].into_boxed_slice(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Whether a primary serves every slot (not so while a failover is under way).
+    pub fn covers_every_slot(&self) -> bool {
+        self.owners.iter().all(|o| *o != u32::MAX)
+    }
+
     /// The address of the primary serving `slot`.
     pub fn owner(&self, slot: u16) -> Option<&str> {
         let index = *self.owners.get(usize::from(slot))?;
@@ -118,6 +132,9 @@ pub struct Owner<'a> {
     pub marks: &'a HashMap<u16, UnitMark>,
     pub epoch: u64,
     pub seq: u64,
+    /// The partition's event-time clock before the batch: the unit marks store the batch's
+    /// clock, or this one for a batch without series counts.
+    pub clock: Option<i64>,
 }
 
 /// The units of `batch`, by primary address. Slots that already hold the batch are left out; a
@@ -139,11 +156,13 @@ pub fn units_isolating(
     };
     let single_fence = owner.layout.fence_key(batch.partition);
     let mut by_slot: BTreeMap<u16, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+    let mut series = SeriesMarks::default();
     for command in writes.transaction(expiry).iter() {
         let (Some(name), Some(key)) = (command.first(), command.get(1)) else {
             continue; // MULTI, EXEC
         };
         if name.eq_ignore_ascii_case(b"HSET") && *key == single_fence.as_bytes() {
+            series = fence_series(command.iter().copied());
             continue;
         }
         let args = command.iter().map(|a| a.to_vec()).collect();
@@ -199,12 +218,50 @@ pub fn units_isolating(
                     epoch: owner.epoch,
                     seq: owner.seq,
                     from: batch.first_offset,
+                    next: Some(batch.next_offset),
+                    series: SeriesMarks {
+                        clock: series.clock.or(owner.clock),
+                        learned: series.learned,
+                    },
                 },
                 slots,
             };
             Ok((node, unit))
         })
         .collect()
+}
+
+/// The series marks a single node's fence `HSET` (`HSET fence field value …`) stores.
+fn fence_series<'a>(command: impl Iterator<Item = &'a [u8]>) -> SeriesMarks {
+    let args: Vec<&[u8]> = command.skip(2).collect();
+    let mut marks = SeriesMarks::default();
+    for pair in args.chunks(2) {
+        let [field, value] = pair else { continue };
+        let value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        if *field == CLOCK_FIELD.as_bytes() {
+            marks.clock = value;
+        } else if *field == LEARNED_FIELD.as_bytes() {
+            marks.learned = value;
+        }
+    }
+    marks
+}
+
+/// What `batch` stores of the event-time series (its clock after it, the watermark it decided
+/// with): both `None` for a batch without series counts.
+pub fn batch_series(batch: &Batch, layout: &Layout) -> SeriesMarks {
+    let Some(writes) = batch.writes.as_ref() else {
+        return SeriesMarks::default();
+    };
+    let fence = layout.fence_key(batch.partition);
+    let expiry = UserExpiry::At(batch.user_expire_at);
+    writes
+        .transaction(expiry)
+        .iter()
+        .filter(|c| c.len() > 2 && c[0].eq_ignore_ascii_case(b"HSET") && c[1] == fence.as_bytes())
+        .map(|c| fence_series(c.iter().copied()))
+        .last()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
