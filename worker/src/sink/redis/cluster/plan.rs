@@ -138,7 +138,8 @@ pub struct Owner<'a> {
 }
 
 /// The units of `batch`, by primary address. Slots that already hold the batch are left out; a
-/// node with nothing left to write gets no unit. User lists get the midnight the batch was built
+/// node with nothing left to write gets a unit that only moves its mark, as long as some node
+/// has something to write (none at all: no unit, the batch is applied). User lists get the midnight the batch was built
 /// for (the single node picks the next one when a batch is applied after it: not yet here).
 pub fn units(batch: &Batch, owner: &Owner<'_>) -> Result<Vec<(String, Unit)>, SinkError> {
     units_isolating(batch, owner, &HashSet::new())
@@ -202,6 +203,15 @@ pub fn units_isolating(
                 new,
                 commands,
             });
+    }
+    // A batch leaves a mark on every primary, even one it writes nothing on, so that where
+    // every node stands after it is known at the next claim (`fence::resume_point`).
+    if !by_node.is_empty() {
+        for node in owner.map.nodes() {
+            if !by_node.keys().any(|(n, _)| n == node) {
+                by_node.insert((node.clone(), None), Vec::new());
+            }
+        }
     }
     by_node
         .into_iter()
