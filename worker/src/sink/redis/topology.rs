@@ -29,7 +29,7 @@ use crate::config::RedisSinkConfig;
 #[derive(Clone)]
 pub(crate) enum Topology {
     /// One primary: a fixed address, or the one the sentinels name (followed on failover).
-    Single(Primary),
+    Single(Box<Primary>),
     /// A Redis Cluster: a primary per slot range.
     Cluster(Arc<Nodes>),
 }
@@ -87,9 +87,9 @@ impl Topology {
         timeout: Duration,
     ) -> Result<Self, SinkError> {
         let Some(cluster) = &cfg.cluster else {
-            return Ok(Self::Single(
+            return Ok(Self::Single(Box::new(
                 Primary::connect(cfg, manager_config, timeout).await?,
-            ));
+            )));
         };
         let seed = check_seeds(cfg, cluster, timeout).await?;
         let mut seeds = vec![seed];

@@ -90,6 +90,7 @@ pub struct ClusterOwner {
     /// Slots that were migrating: each gets a unit of its own.
     isolated: HashSet<u16>,
     nodes: Arc<Nodes>,
+    last_stats: ApplyStats,
 }
 
 impl ClusterOwner {
@@ -112,6 +113,7 @@ impl ClusterOwner {
             clock: None,
             isolated: HashSet::new(),
             nodes,
+            last_stats: ApplyStats::default(),
         }
     }
 
@@ -196,6 +198,21 @@ impl ClusterOwner {
     /// Applies `batch` until every slot holds it. `stats.units == 0`: every slot had it.
     pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, SinkError> {
         let mut stats = ApplyStats::default();
+        let result = self.apply_counting(batch, &mut stats).await;
+        self.last_stats = stats;
+        result.map(|()| stats)
+    }
+
+    /// What the last [`ClusterOwner::apply`] met, whether it succeeded or not (the metrics).
+    pub fn last_stats(&self) -> ApplyStats {
+        self.last_stats
+    }
+
+    async fn apply_counting(
+        &mut self,
+        batch: &Batch,
+        stats: &mut ApplyStats,
+    ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
         let series = batch_series(batch, &self.layout);
@@ -214,14 +231,14 @@ impl ClusterOwner {
             let planned = units_isolating(batch, &owner, &self.isolated)?;
             if planned.is_empty() {
                 self.clock = series.clock.or(self.clock);
-                return Ok(stats);
+                return Ok(());
             }
             let mut settled = true;
             for (address, mut unit) in planned {
                 stats.units += 1;
                 // An earlier unit of this round on the same node moved its mark.
                 unit.mark_expected = self.marks.get(&key_slot(unit.mark_key.as_bytes())).copied();
-                match self.run_unit(batch, &address, &unit, &mut stats).await? {
+                match self.run_unit(batch, &address, &unit, stats).await? {
                     Step::Applied => {}
                     Step::Wait => settled = false,
                     Step::Replan => {

@@ -162,9 +162,9 @@ impl ClusterSink {
             });
         }
         let result = state.owner.apply(batch).await;
+        self.count(&state.owner.last_stats());
         match result {
             Ok(stats) => {
-                self.count(&stats);
                 state.next = Some(batch.next_offset);
                 Ok(match stats.units {
                     0 => ApplyOutcome::AlreadyApplied,
