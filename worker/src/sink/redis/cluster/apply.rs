@@ -141,6 +141,49 @@ impl ClusterOwner {
         resume_mark(by_node.into_values())
     }
 
+    /// Leaves a mark at offset `at` on every primary (compared and set like any unit's): from
+    /// a claim on, every primary has a mark of the partition, so that a later claim never
+    /// resumes past a batch some primary did not get because it had no mark to show (a crash
+    /// inside the first batch). Refused if any mark moved since it was read (retryable).
+    pub async fn mark_every_node(&mut self, at: i64, series: SeriesMarks) -> Result<(), SinkError> {
+        self.seq += 1;
+        let map = self.map();
+        for address in map.nodes() {
+            let anchor = map
+                .anchor(address)
+                .ok_or_else(|| SinkError::Unavailable(format!("{address} serves no slot")))?;
+            let unit = Unit {
+                partition: self.partition,
+                mark_key: self.layout.slot_fence_key(anchor),
+                mark_expected: self.marks.get(&anchor).copied(),
+                mark_new: UnitMark {
+                    epoch: self.epoch,
+                    seq: self.seq,
+                    from: at,
+                    next: Some(at),
+                    series,
+                },
+                slots: Vec::new(),
+            };
+            let mut conn = self.nodes.conn(address).await?;
+            let timeout = self.nodes.timeout();
+            let reply = tokio::time::timeout(timeout, run(&mut conn, &unit))
+                .await
+                .map_err(|_| SinkError::timeout("marking a cluster node", timeout))??;
+            match reply {
+                UnitReply::Applied { .. } => {
+                    self.marks.insert(anchor, unit.mark_new);
+                }
+                other => {
+                    return Err(SinkError::Unavailable(format!(
+                        "{address} refused the claim's mark ({other:?}); claiming again"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The primaries that hold some mark of the partition, as the map says now.
     pub fn nodes_with_marks(&self) -> HashSet<String> {
         let map = self.map();

@@ -6,7 +6,9 @@
 //!   epoch stored there, above the partition's claim counter (field `epoch` of the single
 //!   node's fence hash, raised atomically, so two claims never share an epoch) and above
 //!   `epoch_floor(generation)`; resume at [`ClusterOwner::resume`] (the oldest of each node's
-//!   latest kept unit), with the series marks that unit recorded.
+//!   latest kept unit), with the series marks that unit recorded; and leave a mark there on
+//!   every primary ([`ClusterOwner::mark_every_node`]), so that a primary the next batch never
+//!   reaches (a crash inside it) still shows where it stands to the next claim.
 //! - **Apply**: [`ClusterOwner::apply`]. A lost write (a node's mark or a slot's fence behind
 //!   what the owner wrote) reads the fences back and answers [`SinkError::Gap`] at the resume
 //!   point: the partition rewinds there, loudly, and [`super::fence::slot_step`] re-applies
@@ -100,6 +102,9 @@ impl ClusterSink {
         let resume = kept.map(|m| m.resume()).or(resume_if_missing);
         let series = kept.map(|m| m.series).unwrap_or_default();
         owner.clock = series.clock;
+        if let Some(at) = resume {
+            owner.mark_every_node(at, series).await?;
+        }
         let epoch = owner.epoch;
         let fence = Fence {
             epoch,
@@ -163,6 +168,7 @@ impl ClusterSink {
         }
         let result = state.owner.apply(batch).await;
         self.count(&state.owner.last_stats());
+        tracing::info!(first = batch.first_offset, next = batch.next_offset, events = batch.events, stats = ?state.owner.last_stats(), ok = result.is_ok(), "DEBUG cluster apply");
         match result {
             Ok(stats) => {
                 state.next = Some(batch.next_offset);
