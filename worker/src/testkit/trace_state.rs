@@ -208,10 +208,16 @@ impl SeriesState {
             }
             state.hashes.insert(id, fields);
         }
-        state.final_before_ms = conn.hget(
+        let recorded = conn.hget(
             format!("{prefix}streamjob:{job}:series:final"),
             "final_before_ms",
-        )?;
+        );
+        state.final_before_ms = match recorded {
+            Ok(recorded) => recorded,
+            // A cluster node that does not serve the key (`read_all` asks each primary).
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => None,
+            Err(e) => return Err(e),
+        };
         Ok(state)
     }
 

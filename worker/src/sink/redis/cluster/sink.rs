@@ -168,7 +168,7 @@ impl ClusterSink {
         }
         let result = state.owner.apply(batch).await;
         self.count(&state.owner.last_stats());
-        tracing::info!(first = batch.first_offset, next = batch.next_offset, events = batch.events, stats = ?state.owner.last_stats(), ok = result.is_ok(), "DEBUG cluster apply");
+        tracing::debug!(stats = ?state.owner.last_stats(), ok = result.is_ok(), "cluster apply");
         match result {
             Ok(stats) => {
                 state.next = Some(batch.next_offset);
