@@ -195,7 +195,7 @@ impl Nodes {
                 Err(err @ SinkError::Config(_)) => return Err(err),
                 Err(err) => Err(err),
             };
-            match reply.and_then(|reply| SlotMap::from_slots_reply(&reply)) {
+            match reply.and_then(|reply| SlotMap::from_slots_reply_at(&reply, &address)) {
                 Ok(map) if map.covers_every_slot() => {
                     *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
                     return Ok(());

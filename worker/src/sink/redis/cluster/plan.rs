@@ -43,6 +43,14 @@ fn text_of(value: &Value) -> Option<String> {
 impl SlotMap {
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`.
     pub fn from_slots_reply(reply: &Value) -> Result<Self, SinkError> {
+        Self::from_slots_reply_at(reply, "")
+    }
+
+    /// [`SlotMap::from_slots_reply`] of the node at `asked` (`host:port`): a node that does not
+    /// know its own address (a cluster of one, never met by another node) names itself with an
+    /// empty host, which means "the host you asked", as Redis Cluster clients read it.
+    pub fn from_slots_reply_at(reply: &Value, asked: &str) -> Result<Self, SinkError> {
+        let asked_host = asked.rsplit_once(':').map_or("", |(host, _)| host);
         let bad = || SinkError::Script(format!("unexpected CLUSTER SLOTS reply {reply:?}"));
         let Value::Array(ranges) = reply else {
             return Err(bad());
@@ -61,6 +69,10 @@ impl SlotMap {
                 return Err(bad());
             };
             let host = primary.first().and_then(text_of).ok_or_else(bad)?;
+            let host = match host.as_str() {
+                "" => asked_host.to_string(),
+                _ => host,
+            };
             let port = primary.get(1).and_then(int_of).ok_or_else(bad)?;
             let address = format!("{host}:{port}");
             let index = match nodes.iter().position(|n| *n == address) {
