@@ -307,14 +307,16 @@ impl ClusterOwner {
         }
     }
 
-    /// Runs one unit and learns from its reply.
-    async fn run_unit(
+    /// Sends `unit` to the node at `address`. `None`: the node went away or answered
+    /// `CLUSTERDOWN` (a failover): the slot map is read again and the batch planned anew. A
+    /// unit that timed out may have run: its compare-and-set makes the next try find the fences
+    /// moved (a re-read), never apply twice.
+    async fn send(
         &mut self,
-        batch: &Batch,
         address: &str,
         unit: &Unit,
         stats: &mut ApplyStats,
-    ) -> Result<Step, SinkError> {
+    ) -> Result<Option<UnitReply>, SinkError> {
         let timeout = self.nodes.timeout();
         let reply = match self.nodes.conn(address).await {
             Ok(mut conn) => match tokio::time::timeout(timeout, run(&mut conn, unit)).await {
@@ -323,21 +325,31 @@ impl ClusterOwner {
             },
             Err(err) => Err(err),
         };
-        let reply = match reply {
-            Ok(reply) => reply,
+        match reply {
+            Ok(reply) => Ok(Some(reply)),
             Err(err) if err.is_retryable() => {
-                // A node that went away (a failover) or CLUSTERDOWN: the map tells where to go
-                // now. A unit that timed out may have run: its compare-and-set makes the next
-                // try find the fences moved ("reread"), never apply twice.
                 tracing::info!(address, %err, "a cluster node did not take a unit; reading the slot map again");
                 stats.nodes_down += 1;
                 self.nodes.forget(address);
                 if let Err(err) = self.refresh_map().await {
                     tracing::info!(%err, "cannot read the slot map yet");
                 }
-                return Ok(Step::Replan);
+                Ok(None)
             }
-            Err(err) => return Err(err),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Runs one unit and learns from its reply.
+    async fn run_unit(
+        &mut self,
+        batch: &Batch,
+        address: &str,
+        unit: &Unit,
+        stats: &mut ApplyStats,
+    ) -> Result<Step, SinkError> {
+        let Some(reply) = self.send(address, unit, stats).await? else {
+            return Ok(Step::Replan);
         };
         match reply {
             UnitReply::Applied {
