@@ -58,6 +58,9 @@ pub struct PipelineMetrics {
     pub dead_letters_not_repeated: Counter,
     /// Failed Redis calls by error kind (`unavailable`, `fenced`, …).
     pub redis_errors: Family<KindLabel, Counter>,
+    /// Redis Cluster refusals an apply waited out, by kind (`tryagain`, `ask`, `moved`,
+    /// `reread`, `node_down`): resharding and failover at work, not errors.
+    pub redis_cluster_waits: Family<KindLabel, Counter>,
     /// Kafka client errors (consumer, producer, DLQ deliveries) by kind.
     pub kafka_errors: Family<KindLabel, Counter>,
     /// Retries of a batch apply or DLQ delivery after a retryable error.
@@ -110,6 +113,7 @@ impl PipelineMetrics {
             partition_rewound_offsets: Family::default(),
             dead_letters_not_repeated: Counter::default(),
             redis_errors: Family::default(),
+            redis_cluster_waits: Family::default(),
             kafka_errors: Family::default(),
             retries: Counter::default(),
             partition_retrying: Family::default(),
@@ -189,6 +193,11 @@ impl PipelineMetrics {
             "redis_errors",
             "Failed Redis calls by kind",
             self.redis_errors.clone(),
+        );
+        r.register(
+            "redis_cluster_waits",
+            "Redis Cluster refusals an apply waited out (resharding, failover), by kind",
+            self.redis_cluster_waits.clone(),
         );
         r.register(
             "kafka_errors",

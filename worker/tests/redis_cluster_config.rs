@@ -1,14 +1,17 @@
 //! A configuration pointed at the wrong kind of Redis gets one clear message: a single-node URL
 //! at a cluster node (which would otherwise meet `MOVED` forever), and `sink.redis.cluster` at a
-//! plain Redis.
+//! plain Redis. And the sink itself on a cluster, through the calls the pipeline makes.
 
 mod redis_support;
 
-use redis_support::{JOB, TOPIC};
+use std::time::SystemTime;
+
+use redis_support::*;
 use streamjob_worker::config::{RedisClusterConfig, RedisSinkConfig};
-use streamjob_worker::sink::redis::{RedisSink, SinkError};
+use streamjob_worker::sink::redis::{ApplyOutcome, RedisSink, SinkError};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
+use streamjob_worker::transform::AnchorInfo;
 
 fn one_node_cluster() -> RedisCluster {
     RedisCluster::start_with(ClusterOptions {
@@ -57,20 +60,108 @@ async fn a_cluster_setting_at_a_plain_redis_is_refused_naming_the_seed() {
     );
 }
 
-#[tokio::test]
-async fn a_cluster_setting_at_a_cluster_says_the_sink_is_not_built_yet() {
-    let cluster = one_node_cluster();
-    let cfg = RedisSinkConfig {
+fn cluster_config(cluster: &RedisCluster) -> RedisSinkConfig {
+    RedisSinkConfig {
         url: "redis://cluster".into(),
         cluster: Some(RedisClusterConfig {
             // An unreachable seed first: the next one answers.
             nodes: vec!["127.0.0.1:1".into(), cluster.seeds()[0].clone()],
         }),
         ..RedisSinkConfig::default()
-    };
-    let message = refusal(&cfg).await;
-    assert!(
-        message.contains("cannot write to a cluster yet"),
-        "{message}"
+    }
+}
+
+fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
+    (0..200)
+        .map(|i| {
+            let n = batch * 200 + i;
+            event(&format!(
+                r#"{{"businessId":{},"ids":["1380000{:04}","u{}"],"logTimestamp":{},"messageId":"m{}","state":{}}}"#,
+                1000000120240101i64 + 100_000_000 * (n as i64 % 3),
+                n % 100,
+                n % 700,
+                1_700_000_000_000i64 + n as i64,
+                n / 3,
+                [10, 60, 70][n % 3]
+            ))
+        })
+        .collect()
+}
+
+/// The sink on a cluster, through the same calls the pipeline makes: a claim, applies, a
+/// replay (already applied), a fence read, a second owner's claim that shuts out the first,
+/// and a state equal to a single node's.
+#[tokio::test]
+async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_node() {
+    let server = RedisServer::start().expect("redis-server");
+    let single = connect_sink(&server, "").await;
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        primaries: 3,
+        replicas: 0,
+        persistence: false,
+    })
+    .expect("cluster");
+    let sink = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
+        .await
+        .expect("the cluster sink connects");
+    assert_eq!(sink.topology(), "cluster");
+    let claim = sink.claim_from(0, 1, Some(0)).await.expect("claim");
+    assert!(claim.was_missing);
+    assert_eq!(claim.fence.next_offset, Some(0));
+    let epoch = claim.fence.epoch;
+    let single_epoch = single
+        .claim_from(0, 1, Some(0))
+        .await
+        .expect("claim")
+        .fence
+        .epoch;
+    let now = SystemTime::now();
+    for b in 0..4 {
+        let offset = (b * 200) as i64;
+        let batch = batch_of(&sink, 0, epoch, offset, &events(b), now);
+        let outcome = sink.apply(&batch).await.expect("cluster apply");
+        assert_eq!(applied_events(&outcome), 200, "{outcome:?}");
+        let reference = batch_of(&single, 0, single_epoch, offset, &events(b), now);
+        single.apply(&reference).await.expect("single-node apply");
+    }
+    // A replay of the last batch writes nothing.
+    let replay = batch_of(&sink, 0, epoch, 600, &events(3), now);
+    assert_eq!(
+        sink.apply(&replay).await.expect("replay"),
+        ApplyOutcome::AlreadyApplied
     );
+    let fence = sink.read_fence(0).await.expect("fence").expect("some");
+    assert_eq!(fence.next_offset, Some(800));
+
+    // A second owner (another process) resumes after the last batch every node kept, with a
+    // higher epoch; a replay of that batch writes nothing; the first owner is fenced at its
+    // next apply.
+    let other = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
+        .await
+        .expect("connects");
+    let taken = other.claim_from(0, 1, None).await.expect("second claim");
+    assert!(taken.fence.epoch > epoch, "{taken:?}");
+    assert_eq!(taken.fence.next_offset, Some(800));
+    let resumed = batch_of(&other, 0, taken.fence.epoch, 600, &events(3), now);
+    assert_eq!(
+        other.apply(&resumed).await.expect("resumed"),
+        ApplyOutcome::AlreadyApplied
+    );
+    let next = batch_of(&other, 0, taken.fence.epoch, 800, &events(4), now);
+    assert_eq!(
+        applied_events(&other.apply(&next).await.expect("apply")),
+        200
+    );
+    let zombie = batch_of(&sink, 0, epoch, 800, &events(4), now);
+    match sink.apply(&zombie).await {
+        Err(SinkError::Fenced { .. }) => {}
+        other => panic!("the old owner must be fenced, not {other:?}"),
+    }
+    let reference = batch_of(&single, 0, single_epoch, 800, &events(4), now);
+    single.apply(&reference).await.expect("single-node apply");
+
+    let mut expected = dump(&mut raw(&server).await, "").await;
+    expected.retain(|key, _| !key.starts_with("streamjob:"));
+    let map = slot_map(&cluster.seeds()[0]).await;
+    assert_same_state(&expected, &cluster_dump(&map).await);
 }

@@ -69,6 +69,7 @@ impl Knowledge {
             marks: &self.marks,
             epoch: batch.epoch,
             seq: self.seq,
+            clock: None,
         };
         let planned = units(batch, &owner).expect("units");
         let mut refused = Vec::new();

@@ -69,6 +69,7 @@ async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_r
         marks: &marks,
         epoch,
         seq: 1,
+        clock: None,
     };
     let planned = units(&batch, &owner).expect("units");
     assert_eq!(planned.len(), 3, "one unit per primary");
@@ -116,6 +117,7 @@ async fn a_batch_split_into_units_leaves_the_cluster_as_the_single_node_leaves_r
         marks: &marks,
         epoch,
         seq: 2,
+        clock: None,
     };
     assert!(units(&batch, &owner).expect("units").is_empty());
     let written: Vec<SlotFence> = planned

@@ -62,6 +62,8 @@ fn unit(anchor: u16, mark_expected: Option<UnitMark>, seq: u64, slots: Vec<UnitS
             epoch: 1,
             seq,
             from: 0,
+            next: None,
+            series: Default::default(),
         },
         slots,
     }
@@ -257,6 +259,8 @@ async fn a_migrating_slot_applies_only_where_all_its_keys_are() {
             epoch: 1,
             seq,
             from: 0,
+            next: None,
+            series: Default::default(),
         })
     };
     // All of the slot's keys (its fence and `old`) still on the source: applied there.

@@ -498,7 +498,10 @@ async fn connect_sink(
         )
         .await
         {
-            Ok(sink) => return Ok(sink),
+            Ok(sink) => {
+                sink.count_cluster_waits_in(metrics.pipeline().redis_cluster_waits.clone());
+                return Ok(sink);
+            }
             Err(err) if err.is_retryable() => {
                 metrics.pipeline().redis_error(err.kind());
                 tracing::warn!(%err, attempt, "redis unavailable at start; retrying");

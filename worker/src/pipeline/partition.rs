@@ -31,6 +31,13 @@
 //! An [`SinkError::Overlap`] (the fence strictly inside the batch, which contiguous batches of one
 //! owner never produce) is refused whole and the task seeks forward to the fence: the part of the
 //! batch below it is in Redis already, the rest is read again.
+//!
+//! # Cuts (Redis Cluster)
+//!
+//! On a cluster every slot has its own fence, and after a claim or a rewind the slots may stand
+//! at different offsets. The sink names the offsets where some slot's fence begins or ends
+//! ([`crate::sink::redis::RedisSink::cuts`]); the task ends its batch before a record at or past
+//! the next one, so each batch is, in every slot, wholly applied already or not at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +119,22 @@ pub(super) struct InFlight {
     /// Every undecodable record below this offset was delivered to the DLQ by this task: one
     /// read again after a rewind is not delivered twice.
     pub(super) dlq_delivered_upto: i64,
+    /// Where batches must end (see the module documentation), ascending.
+    pub(super) cuts: std::collections::VecDeque<i64>,
+}
+
+impl InFlight {
+    /// Whether the record at `offset` must not join the in-flight batch: a cut lies after the
+    /// batch's start and at or before `offset`.
+    fn must_cut(&mut self, offset: i64) -> bool {
+        let Some(first) = self.builder.first_offset() else {
+            return false;
+        };
+        while self.cuts.front().is_some_and(|cut| *cut <= first) {
+            self.cuts.pop_front();
+        }
+        self.cuts.front().is_some_and(|cut| *cut <= offset)
+    }
 }
 
 /// Where the apply said the partition must continue from.
@@ -142,6 +165,14 @@ impl PartitionTask {
         tokio::pin!(linger_timer);
         let mut fence_check = tokio::time::interval(IDLE_FENCE_CHECK_INTERVAL);
         fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Some(from) = self.state.committed() {
+            in_flight.cuts = self
+                .shared
+                .sink
+                .cuts(self.state.partition, from)
+                .await
+                .into();
+        }
         let exit = loop {
             let mut flushed = false;
             tokio::select! {
@@ -173,6 +204,11 @@ impl PartitionTask {
                         if let Some(fence) = in_flight.resume_from.take() {
                             self.report_resume(resume_check(fence, message.offset()));
                         }
+                        match self.cut_before(&mut in_flight, message.offset()).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(exit) => break exit,
+                        }
                         self.take(&mut in_flight, &message);
                         drop(message);
                         if in_flight.deadline.is_none() {
@@ -183,15 +219,34 @@ impl PartitionTask {
                         // Take what is already fetched, up to a full batch, without a round
                         // through `select!` per record (control and linger are checked between
                         // bursts; a burst is at most one batch).
+                        let mut stopped = None;
                         while in_flight.builder.len() < max_events {
                             match records.next().now_or_never() {
-                                Some(Some(Ok(message))) => self.take(&mut in_flight, &message),
+                                Some(Some(Ok(message))) => {
+                                    match self.cut_before(&mut in_flight, message.offset()).await {
+                                        Ok(true) => self.take(&mut in_flight, &message),
+                                        Ok(false) => break,
+                                        Err(exit) => {
+                                            stopped = Some(exit);
+                                            break;
+                                        }
+                                    }
+                                }
                                 Some(Some(Err(err))) => {
                                     self.fetch_error(&err);
                                     break;
                                 }
                                 Some(None) | None => break,
                             }
+                        }
+                        if let Some(exit) = stopped {
+                            break exit;
+                        }
+                        if in_flight.deadline.is_none() && !in_flight.builder.is_empty() {
+                            // A cut flushed the batch: the records after it linger anew.
+                            let deadline = tokio::time::Instant::now() + linger;
+                            in_flight.deadline = Some(deadline);
+                            linger_timer.as_mut().reset(deadline);
                         }
                         if in_flight.builder.len() >= max_events {
                             if let Err(exit) = self.flush(&mut in_flight).await {
@@ -239,7 +294,23 @@ impl PartitionTask {
             deadline: None,
             resume_from: Some(committed),
             dlq_delivered_upto: i64::MIN,
+            cuts: Default::default(),
         }
+    }
+
+    /// Ends the in-flight batch before the record at `offset` when a cut lies in between.
+    /// Returns whether to take the record: not when the flush repositioned the partition (the
+    /// record is read again, or not at all, from where it goes on).
+    async fn cut_before(
+        &self,
+        in_flight: &mut InFlight,
+        offset: i64,
+    ) -> Result<bool, PartitionExit> {
+        if !in_flight.must_cut(offset) {
+            return Ok(true);
+        }
+        self.flush(in_flight).await?;
+        Ok(in_flight.resume_from.is_none())
     }
 
     /// A builder for the batch that starts at `from` (the position, when known).
@@ -403,6 +474,7 @@ impl PartitionTask {
         in_flight.deadline = None;
         in_flight.resume_from = Some(Some(to_offset));
         self.seek(to_offset).await?;
+        in_flight.cuts = self.shared.sink.cuts(partition, to_offset).await.into();
         // The clock goes back with the fence: the re-read events move it again; after a rewind
         // they are decided with what the fence's batch decided with (the marks the apply read
         // with its decision: a read of its own could fail and leave them unset).

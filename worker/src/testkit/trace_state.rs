@@ -127,6 +127,17 @@ impl TraceState {
         Ok(state)
     }
 
+    /// The trace keys of every Redis at `urls` (a cluster's primaries: each key lives on one).
+    pub fn read_all(urls: &[String]) -> redis::RedisResult<Self> {
+        let mut all = TraceState::default();
+        for url in urls {
+            let part = Self::read(url)?;
+            all.lists.extend(part.lists);
+            all.hashes.extend(part.hashes);
+        }
+        Ok(all)
+    }
+
     /// Human-readable differences (at most `limit`), empty when equal.
     pub fn diff(&self, actual: &TraceState, limit: usize) -> Vec<String> {
         let mut out = Vec::new();
@@ -197,11 +208,29 @@ impl SeriesState {
             }
             state.hashes.insert(id, fields);
         }
-        state.final_before_ms = conn.hget(
+        let recorded = conn.hget(
             format!("{prefix}streamjob:{job}:series:final"),
             "final_before_ms",
-        )?;
+        );
+        state.final_before_ms = match recorded {
+            Ok(recorded) => recorded,
+            // A cluster node that does not serve the key (`read_all` asks each primary).
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => None,
+            Err(e) => return Err(e),
+        };
         Ok(state)
+    }
+
+    /// The series of every Redis at `urls` (a cluster's primaries: each key lives on one).
+    pub fn read_all(urls: &[String], prefix: &str, job: &str) -> redis::RedisResult<Self> {
+        let mut all = SeriesState::default();
+        for url in urls {
+            let part = Self::read(url, prefix, job)?;
+            all.hashes.extend(part.hashes);
+            all.without_ttl.extend(part.without_ttl);
+            all.final_before_ms = all.final_before_ms.or(part.final_before_ms);
+        }
+        Ok(all)
     }
 
     /// The windows final at `final_before_ms` and their counts (to check later that they never

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisSinkConfig;
-use crate::sink::redis::{Layout, Primary, SinkError};
+use crate::sink::redis::{Layout, Topology};
 
 /// Limit of one Redis read.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -370,13 +370,13 @@ pub fn build_chart(business_id: i64, counts: &BTreeMap<String, String>) -> Echar
     }
 }
 
-/// Reads the job's Redis for the trace endpoints: one lazily opened, reconnecting connection to
-/// the primary, the same way the sink finds it (the URL, or the primary Sentinel names, followed
-/// through a failover).
+/// Reads the job's Redis for the trace endpoints through the sink's topology (`topology.rs`,
+/// opened lazily): the URL, the primary Sentinel names (followed through a failover), or the
+/// cluster primary that serves each key's slot (following `MOVED` and `ASK`).
 pub struct TraceReader {
     config: RedisSinkConfig,
     layout: Layout,
-    primary: OnceCell<Primary>,
+    topology: OnceCell<Topology>,
 }
 
 impl TraceReader {
@@ -384,45 +384,50 @@ impl TraceReader {
         Self {
             config,
             layout,
-            primary: OnceCell::new(),
+            topology: OnceCell::new(),
         }
     }
 
-    async fn primary(&self) -> Result<&Primary, TraceError> {
-        self.primary
+    async fn topology(&self) -> Result<&Topology, TraceError> {
+        self.topology
             .get_or_try_init(|| async {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(READ_TIMEOUT))
                     .set_response_timeout(Some(READ_TIMEOUT))
                     .set_number_of_retries(2);
-                Primary::connect(&self.config, config, READ_TIMEOUT).await
+                Topology::connect(&self.config, config, READ_TIMEOUT).await
             })
             .await
             .map_err(|e| TraceError::unavailable(format!("the job's Redis is unreachable: {e}")))
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, TraceError> {
-        let primary = self.primary().await?;
-        let mut conn = primary.conn();
-        let result = match tokio::time::timeout(READ_TIMEOUT, cmd.query_async(&mut conn)).await {
-            Err(_) => Err(SinkError::timeout("reading the job's Redis", READ_TIMEOUT)),
-            Ok(result) => result.map_err(SinkError::from),
-        };
-        match result {
-            Ok(value) => Ok(value),
-            Err(err) => {
-                primary.after_error(&err).await;
-                Err(TraceError::unavailable(format!(
-                    "reading the job's Redis failed: {err}"
-                )))
-            }
-        }
+    /// Runs `cmd` on the one key `key` where it lives.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: redis::Cmd,
+    ) -> Result<T, TraceError> {
+        let topology = self.topology().await?;
+        let value = topology
+            .query(
+                key.as_bytes(),
+                &cmd,
+                "reading the job's Redis",
+                READ_TIMEOUT,
+            )
+            .await
+            .map_err(|err| {
+                TraceError::unavailable(format!("reading the job's Redis failed: {err}"))
+            })?;
+        redis::from_redis_value(value).map_err(|err| {
+            TraceError::unavailable(format!("unexpected reply from the job's Redis: {err}"))
+        })
     }
 
     async fn list(&self, key: &str) -> Result<Vec<SimpleAnchorInfo>, TraceError> {
         let mut cmd = redis::cmd("LRANGE");
         cmd.arg(key).arg(0).arg(MAX_LIST_ENTRIES - 1);
-        let raw: Vec<String> = self.query(cmd).await?;
+        let raw: Vec<String> = self.query(key, cmd).await?;
         Ok(parse_entries(&raw))
     }
 
@@ -462,9 +467,10 @@ impl TraceReader {
             .map_err(TraceError::bad_request)?;
         let mut chosen = None;
         for business_id in &candidates {
+            let key = self.layout.template_key(*business_id);
             let mut cmd = redis::cmd("HGETALL");
-            cmd.arg(self.layout.template_key(*business_id));
-            let counts: BTreeMap<String, String> = self.query(cmd).await?;
+            cmd.arg(&key);
+            let counts: BTreeMap<String, String> = self.query(&key, cmd).await?;
             if !counts.is_empty() || chosen.is_none() {
                 let empty = counts.is_empty();
                 chosen = Some((*business_id, counts));

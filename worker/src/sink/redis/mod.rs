@@ -28,6 +28,11 @@
 //! connections for applies (`WATCH` is per connection); every call has a timeout, so a hung Redis
 //! becomes a retryable [`SinkError::Unavailable`]. With `sink.redis.sentinel` the connections go
 //! to the primary the sentinels name, and are replaced when they name another one (`primary.rs`).
+//!
+//! With `sink.redis.cluster` the sink writes to a Redis Cluster: every slot has its own fence,
+//! and a batch is applied as one unit per primary (`cluster/mod.rs` has that protocol and why it
+//! holds through resharding, failover and restarts). Which of the three topologies the sink runs
+//! on is decided once, in `topology.rs`; the batch builder and the layout never learn it.
 
 mod apply;
 mod batch;
@@ -43,6 +48,7 @@ mod script;
 mod sentinel_primary;
 mod series;
 mod server_name;
+mod topology;
 pub mod window;
 mod writes;
 
@@ -61,6 +67,7 @@ pub use layout::{system_time_ms, Layout, MESSAGE_KEY_PREFIX, MESSAGE_TTL, TEMPLA
 use crate::config::RedisSinkConfig;
 pub(crate) use primary::Primary;
 use script::{parse_claim_reply, ApplyReply, ClaimReply, LuaScript, CLAIM_SCRIPT};
+pub(crate) use topology::Topology;
 
 /// Default limit for one Redis round trip (including a batch's script run).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -145,7 +152,9 @@ impl Default for SinkOptions {
 /// Clone-able handle over one persistent multiplexed connection.
 #[derive(Clone)]
 pub struct RedisSink {
-    primary: Primary,
+    topology: Topology,
+    /// Claims and applies on a cluster (`None` on a single node or behind Sentinel).
+    cluster: Option<Arc<cluster::sink::ClusterSink>>,
     layout: Layout,
     timeout: Duration,
     checked: Arc<Mutex<CheckedExpiries>>,
@@ -175,17 +184,25 @@ impl RedisSink {
         let layout = Layout::from_config(cfg, job, topic)?
             .with_verify_existing_user_expiry(options.verify_existing_user_expiry);
         let timeout = options.call_timeout;
-        if let Some(cluster) = &cfg.cluster {
-            return Err(cluster::seeds::check_seeds(cfg, cluster, timeout).await);
-        }
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let primary = Primary::connect(cfg, manager_config, timeout).await?;
+        let topology = Topology::connect(cfg, manager_config, timeout).await?;
+        if let Topology::Cluster(nodes) = &topology {
+            let cluster = cluster::sink::ClusterSink::new(nodes.clone(), layout.clone());
+            return Ok(Self {
+                cluster: Some(Arc::new(cluster)),
+                topology,
+                layout,
+                timeout,
+                checked: Arc::default(),
+            });
+        }
         let sink = Self {
-            primary,
+            topology,
+            cluster: None,
             layout,
             timeout,
             checked: Arc::default(),
@@ -211,12 +228,53 @@ impl RedisSink {
         BatchBuilder::new(partition, epoch, &self.layout, Arc::clone(&self.checked))
     }
 
+    /// Which topology the sink writes to: `single` (also behind Sentinel) or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        match self.topology {
+            Topology::Single(_) => "single",
+            Topology::Cluster(_) => "cluster",
+        }
+    }
+
+    /// On a cluster, counts each apply's waits (`TRYAGAIN`, `ASK`, `MOVED`, re-reads, nodes
+    /// down) by kind in `family`.
+    pub fn count_cluster_waits_in(
+        &self,
+        family: prometheus_client::metrics::family::Family<
+            crate::metrics::KindLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) {
+        if let Some(cluster) = &self.cluster {
+            cluster.count_waits_in(family);
+        }
+    }
+
+    /// The offsets after `from` at which the partition's batches must end: on a cluster, where
+    /// some slot's fence begins or ends (so no slot ever holds part of a batch); none on a
+    /// single node.
+    pub async fn cuts(&self, partition: i32, from: i64) -> Vec<i64> {
+        match &self.cluster {
+            None => Vec::new(),
+            Some(cluster) => cluster.cuts(partition, from).await,
+        }
+    }
+
+    fn primary(&self) -> Result<&Primary, SinkError> {
+        match &self.topology {
+            Topology::Single(primary) => Ok(primary),
+            Topology::Cluster(_) => Err(SinkError::Script(
+                "a single-node call was made on a cluster".into(),
+            )),
+        }
+    }
+
     /// A cluster node behind a single-node configuration would answer `MOVED` for most keys:
     /// refused at once with what to configure instead (`cluster/seeds.rs`).
     async fn refuse_a_cluster_node(&self) -> Result<(), SinkError> {
         let mut info = redis::cmd("INFO");
         info.arg("cluster");
-        let reply = self.query(&info, "INFO cluster").await?;
+        let reply = self.query(b"", &info, "INFO cluster").await?;
         let text = match &reply {
             Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
             Value::VerbatimString { text, .. } => text.clone(),
@@ -224,7 +282,7 @@ impl RedisSink {
         };
         match cluster::seeds::cluster_enabled(&text) {
             Some(true) => Err(cluster::seeds::single_node_is_a_cluster(
-                &self.primary.apply_conns().target().address(),
+                &self.primary()?.apply_conns().target().address(),
             )),
             _ => Ok(()),
         }
@@ -234,22 +292,14 @@ impl RedisSink {
         for script in [&*CLAIM_SCRIPT] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script.source);
-            self.query(&load, "SCRIPT LOAD").await?;
+            self.query(b"", &load, "SCRIPT LOAD").await?;
         }
         Ok(())
     }
 
-    async fn query(&self, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
-        let mut conn = self.primary.conn();
-        let result =
-            match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await {
-                Err(_) => Err(SinkError::timeout(what, self.timeout)),
-                Ok(result) => result.map_err(SinkError::from),
-            };
-        if let Err(err) = &result {
-            self.primary.after_error(err).await;
-        }
-        result
+    /// Runs `cmd`, whose keys live where `key` does (`topology.rs`).
+    async fn query(&self, key: &[u8], cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
+        self.topology.query(key, cmd, what, self.timeout).await
     }
 
     /// `EVALSHA`, loading the script once if the server lost it (restart, `SCRIPT FLUSH`,
@@ -257,7 +307,7 @@ impl RedisSink {
     async fn eval(&self, script: &LuaScript, cmd: &Cmd, what: &str) -> Result<Value, SinkError> {
         let result = self.eval_once(script, cmd, what).await;
         if let Err(err) = &result {
-            self.primary.after_error(err).await;
+            self.topology.after_error(err).await;
         }
         result
     }
@@ -268,7 +318,7 @@ impl RedisSink {
         cmd: &Cmd,
         what: &str,
     ) -> Result<Value, SinkError> {
-        let mut conn = self.primary.conn();
+        let mut conn = self.primary()?.conn();
         let first = tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await;
         match first {
             Err(_) => Err(SinkError::timeout(what, self.timeout)),
@@ -279,8 +329,8 @@ impl RedisSink {
                 tracing::debug!("script not cached on the server; loading it");
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(script.source);
-                self.query(&load, "SCRIPT LOAD").await?;
-                self.query(cmd, what).await
+                self.query(b"", &load, "SCRIPT LOAD").await?;
+                self.query(b"", cmd, what).await
             }
             Ok(Err(err)) => Err(err.into()),
         }
@@ -301,6 +351,11 @@ impl RedisSink {
         generation: u64,
         resume_if_missing: Option<i64>,
     ) -> Result<Claim, SinkError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster
+                .claim_from(partition, generation, resume_if_missing)
+                .await;
+        }
         let floor = epoch_floor(generation);
         let reply = self
             .run_claim(partition, floor, resume_if_missing, "claim")
@@ -344,6 +399,11 @@ impl RedisSink {
         epoch: u64,
         resume_if_missing: i64,
     ) -> Result<Fence, SinkError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster
+                .restore_fence(partition, epoch, resume_if_missing)
+                .await;
+        }
         match self
             .run_claim(partition, epoch, Some(resume_if_missing), "restore")
             .await?
@@ -387,13 +447,16 @@ impl RedisSink {
 
     /// The partition's fence, or `None` if it was never claimed.
     pub async fn read_fence(&self, partition: i32) -> Result<Option<Fence>, SinkError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.read_fence(partition).await;
+        }
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.layout.fence_key(partition))
             .arg("epoch")
             .arg("next_offset")
             .arg(window::CLOCK_FIELD)
             .arg(window::LEARNED_FIELD);
-        let reply = self.query(&cmd, "read fence").await?;
+        let reply = self.query(b"", &cmd, "read fence").await?;
         let Value::Array(items) = &reply else {
             return Err(SinkError::Script(format!(
                 "unexpected HMGET reply {reply:?}"
@@ -429,10 +492,17 @@ impl RedisSink {
             next_offset = batch.next_offset,
             events = batch.events,
         );
+        let primary = match (&self.topology, &self.cluster) {
+            (_, Some(cluster)) => {
+                return self.apply_on_cluster(cluster, batch).instrument(span).await
+            }
+            (Topology::Single(primary), None) => primary,
+            (Topology::Cluster(_), None) => self.primary()?,
+        };
         async {
             let fence_key = self.layout.fence_key(batch.partition);
             let applied = apply::apply(
-                self.primary.apply_conns(),
+                primary.apply_conns(),
                 &fence_key,
                 batch,
                 writes,
@@ -447,13 +517,39 @@ impl RedisSink {
                         // snapshot) that lacks lists this process trusts to expire tonight.
                         self.forget_checked_expiries();
                     }
-                    self.primary.after_error(&err).await;
+                    primary.after_error(&err).await;
                     Err(err)
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// [`RedisSink::apply`] on a cluster (`cluster/sink.rs`); the user lists it set to expire
+    /// tonight are remembered as on a single node.
+    async fn apply_on_cluster(
+        &self,
+        cluster: &cluster::sink::ClusterSink,
+        batch: &Batch,
+    ) -> Result<ApplyOutcome, SinkError> {
+        let outcome = cluster.apply(batch).await;
+        match &outcome {
+            Ok(ApplyOutcome::Applied { .. }) => self
+                .checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert_all(
+                    batch.user_expire_at,
+                    &batch.user_lists[..batch.untrusted_user_lists],
+                ),
+            Ok(ApplyOutcome::AlreadyApplied) => {}
+            Err(SinkError::Unavailable(_) | SinkError::Gap { .. }) => {
+                self.forget_checked_expiries()
+            }
+            Err(_) => {}
+        }
+        outcome
     }
 
     fn forget_checked_expiries(&self) {

@@ -33,7 +33,10 @@ impl RedisSink {
             .arg(self.layout.series_final_key())
             .arg(watermark_ms)
             .arg(final_before_ms);
-        let reply = self.query(&cmd, "record final watermark").await?;
+        let key = self.layout.series_final_key();
+        let reply = self
+            .query(key.as_bytes(), &cmd, "record final watermark")
+            .await?;
         script::int_of(&reply)
             .ok_or_else(|| SinkError::Script(format!("unexpected reply {reply:?}")))
     }
@@ -44,7 +47,10 @@ impl RedisSink {
         cmd.arg(self.layout.series_final_key())
             .arg("watermark_ms")
             .arg("final_before_ms");
-        let reply = self.query(&cmd, "read final watermark").await?;
+        let key = self.layout.series_final_key();
+        let reply = self
+            .query(key.as_bytes(), &cmd, "read final watermark")
+            .await?;
         let Value::Array(items) = &reply else {
             return Err(SinkError::Script(format!("unexpected reply {reply:?}")));
         };
@@ -56,7 +62,8 @@ impl RedisSink {
     pub async fn read_series(&self, business_id: i64) -> Result<BTreeMap<String, i64>, SinkError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.layout.series_key(business_id));
-        let reply = self.query(&cmd, "read series").await?;
+        let key = self.layout.series_key(business_id);
+        let reply = self.query(key.as_bytes(), &cmd, "read series").await?;
         let mut fields = BTreeMap::new();
         let items: Vec<(Value, Value)> = match reply {
             Value::Map(pairs) => pairs,

@@ -9,17 +9,18 @@
 //!   promoted replica without acknowledged writes): [`SinkError::Gap`], and the owner rewinds
 //!   (`fence::rewind_point`).
 //!
-//! Waits are normal during a reshard, so they are counted (`ApplyStats`), not logged as
-//! warnings. This is the loop the cluster sink will run per batch; the sink itself (claims,
-//! metrics, the connection pool) is not built yet.
+//! Waits are normal during a reshard, so they are counted (`ApplyStats`, exported by the sink
+//! as `streamjob_redis_cluster_waits_total`) and logged at info level, not as warnings. A node
+//! that goes away (a failover) is a wait too: the slot map is read again until a primary serves
+//! every slot (`CLUSTERDOWN` meanwhile).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
-use super::fence::{mismatch, Mismatch, SlotFence, SlotPositions, UnitMark};
-use super::plan::{units_isolating, Owner, SlotMap};
+use super::fence::{mismatch, resume_mark, Mismatch, SlotFence, SlotPositions, UnitMark};
+use super::nodes::Nodes;
+use super::plan::{batch_series, units_isolating, Owner, SlotMap};
 use super::read::read_slots;
 use super::slot::key_slot;
 use super::unit::{run, Unit, UnitReply};
@@ -33,6 +34,10 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     pub units: u64,
+    /// Redis commands the applied units ran (fences and marks included).
+    pub commands: u64,
+    /// Data writes Redis refused (e.g. `WRONGTYPE`), skipped as on a single node.
+    pub write_errors: u64,
     /// Units refused because a slot was migrating (a `TRYAGAIN` wait).
     pub migrating_waits: u64,
     /// Units whose first slot's fence had already migrated (`ASK`): a wait like the above.
@@ -41,6 +46,26 @@ pub struct ApplyStats {
     pub redirects: u64,
     /// Fences read again after another owner's batch.
     pub rereads: u64,
+    /// Units that met a node gone away or `CLUSTERDOWN`: the map is read again.
+    pub nodes_down: u64,
+}
+
+impl ApplyStats {
+    /// The waits by kind, for the metrics.
+    pub fn waits(&self) -> [(&'static str, u64); 5] {
+        [
+            ("tryagain", self.migrating_waits),
+            ("ask", self.asks),
+            ("moved", self.redirects),
+            ("reread", self.rereads),
+            ("node_down", self.nodes_down),
+        ]
+    }
+
+    /// Whether the apply met any refusal.
+    pub fn waited(&self) -> bool {
+        self.waits().iter().any(|(_, n)| *n > 0)
+    }
 }
 
 /// What to do after one unit.
@@ -57,89 +82,148 @@ pub struct ClusterOwner {
     pub layout: Layout,
     pub partition: i32,
     pub epoch: u64,
-    pub map: SlotMap,
     pub positions: SlotPositions,
     pub marks: HashMap<u16, UnitMark>,
     pub seq: u64,
+    /// The partition's event-time clock where the owner stands (stored in its unit marks).
+    pub clock: Option<i64>,
     /// Slots that were migrating: each gets a unit of its own.
     isolated: HashSet<u16>,
-    conns: HashMap<String, MultiplexedConnection>,
-}
-
-async fn connect(address: &str) -> Result<MultiplexedConnection, SinkError> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(30)));
-    let client = redis::Client::open(format!("redis://{address}/"))
-        .map_err(|e| SinkError::Config(format!("`sink.redis.cluster.nodes`: {e}")))?;
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
+    nodes: Arc<Nodes>,
+    last_stats: ApplyStats,
 }
 
 impl ClusterOwner {
-    /// An owner that knows nothing yet; [`ClusterOwner::reread`] fills it in.
+    /// An owner that knows nothing yet, with plain connections to the primaries `map` names
+    /// (tests and tools); [`ClusterOwner::reread`] fills it in.
     pub fn new(layout: Layout, partition: i32, epoch: u64, map: SlotMap) -> Self {
+        let nodes = Arc::new(Nodes::plain(map, Duration::from_secs(30)));
+        Self::with_nodes(layout, partition, epoch, nodes)
+    }
+
+    /// An owner that knows nothing yet and reaches the cluster through `nodes`.
+    pub fn with_nodes(layout: Layout, partition: i32, epoch: u64, nodes: Arc<Nodes>) -> Self {
         Self {
             layout,
             partition,
             epoch,
-            map,
             positions: SlotPositions::default(),
             marks: HashMap::new(),
             seq: 0,
+            clock: None,
             isolated: HashSet::new(),
-            conns: HashMap::new(),
+            nodes,
+            last_stats: ApplyStats::default(),
         }
     }
 
-    async fn conn(&mut self, address: &str) -> Result<MultiplexedConnection, SinkError> {
-        if let Some(conn) = self.conns.get(address) {
-            return Ok(conn.clone());
-        }
-        let conn = connect(address).await?;
-        self.conns.insert(address.to_string(), conn.clone());
-        Ok(conn)
+    /// The slot map as last read.
+    pub fn map(&self) -> Arc<SlotMap> {
+        self.nodes.map()
     }
 
-    /// Reads the slot map again, from any primary that answers.
+    /// Reads the slot map again.
     pub async fn refresh_map(&mut self) -> Result<(), SinkError> {
-        let mut last = SinkError::Unavailable("no cluster node answers".into());
-        for address in self.map.nodes().to_vec() {
-            let reply = match self.conn(&address).await {
-                Ok(mut conn) => {
-                    redis::cmd("CLUSTER")
-                        .arg("SLOTS")
-                        .query_async(&mut conn)
-                        .await
-                }
-                Err(err) => {
-                    last = err;
-                    continue;
-                }
+        self.nodes.refresh_map().await
+    }
+
+    /// Where an owner that knows only what it read resumes, and the series marks there: the
+    /// latest mark of each node, the oldest of those ([`resume_mark`]). `None` without marks.
+    pub fn resume(&self) -> Option<UnitMark> {
+        let map = self.map();
+        let mut by_node: HashMap<&str, Vec<UnitMark>> = HashMap::new();
+        for (slot, mark) in &self.marks {
+            by_node
+                .entry(map.owner(*slot).unwrap_or(""))
+                .or_default()
+                .push(*mark);
+        }
+        resume_mark(by_node.into_values())
+    }
+
+    /// Leaves a mark at offset `at` on every primary (compared and set like any unit's): from
+    /// a claim on, every primary has a mark of the partition, so that a later claim never
+    /// resumes past a batch some primary did not get because it had no mark to show (a crash
+    /// inside the first batch). Refused if any mark moved since it was read (retryable).
+    pub async fn mark_every_node(&mut self, at: i64, series: SeriesMarks) -> Result<(), SinkError> {
+        self.seq += 1;
+        let map = self.map();
+        for address in map.nodes() {
+            let anchor = map
+                .anchor(address)
+                .ok_or_else(|| SinkError::Unavailable(format!("{address} serves no slot")))?;
+            let unit = Unit {
+                partition: self.partition,
+                mark_key: self.layout.slot_fence_key(anchor),
+                mark_expected: self.marks.get(&anchor).copied(),
+                mark_new: UnitMark {
+                    epoch: self.epoch,
+                    seq: self.seq,
+                    from: at,
+                    next: Some(at),
+                    series,
+                },
+                slots: Vec::new(),
             };
+            let mut conn = self.nodes.conn(address).await?;
+            let timeout = self.nodes.timeout();
+            let reply = tokio::time::timeout(timeout, run(&mut conn, &unit))
+                .await
+                .map_err(|_| SinkError::timeout("marking a cluster node", timeout))??;
             match reply {
-                Ok(reply) => {
-                    self.map = SlotMap::from_slots_reply(&reply)?;
-                    return Ok(());
+                UnitReply::Applied { .. } => {
+                    self.marks.insert(anchor, unit.mark_new);
                 }
-                Err(err) => {
-                    self.conns.remove(&address);
-                    last = err.into();
+                other => {
+                    return Err(SinkError::Unavailable(format!(
+                        "{address} refused the claim's mark ({other:?}); claiming again"
+                    )))
                 }
             }
         }
-        Err(last)
+        Ok(())
+    }
+
+    /// The primaries that hold some mark of the partition, as the map says now.
+    pub fn nodes_with_marks(&self) -> HashSet<String> {
+        let map = self.map();
+        self.marks
+            .keys()
+            .filter_map(|slot| map.owner(*slot).map(str::to_string))
+            .collect()
+    }
+
+    /// The highest epoch any slot's fence or any mark of the partition holds.
+    pub fn stored_epoch(&self) -> u64 {
+        let fences = self.positions.iter().map(|(_, f)| f.epoch);
+        let marks = self.marks.values().map(|m| m.epoch);
+        fences.chain(marks).max().unwrap_or(0)
     }
 
     /// Reads every slot's fence and mark of the partition and takes them as what it knows.
     pub async fn reread(&mut self) -> Result<(), SinkError> {
         let mut positions = SlotPositions::default();
         let mut marks = HashMap::new();
-        for address in self.map.nodes().to_vec() {
-            let slots = self.map.slots_of(&address);
-            let mut conn = self.conn(&address).await?;
-            for read in read_slots(&mut conn, &self.layout, self.partition, &slots).await? {
+        let map = self.map();
+        for address in map.nodes() {
+            let slots = map.slots_of(address);
+            let mut conn = self.nodes.conn(address).await?;
+            let read = read_slots(&mut conn, &self.layout, self.partition, &slots);
+            let read = match tokio::time::timeout(self.nodes.timeout(), read).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(err)) => {
+                    self.nodes.forget(address);
+                    return Err(err);
+                }
+                Err(_) => {
+                    self.nodes.forget(address);
+                    return Err(SinkError::timeout(
+                        "reading the slot fences",
+                        self.nodes.timeout(),
+                    ));
+                }
+            };
+            for read in read {
                 positions.set(read.slot, read.fence);
                 if let Some(mark) = read.mark {
                     marks.insert(read.slot, mark);
@@ -154,31 +238,50 @@ impl ClusterOwner {
         Ok(())
     }
 
-    /// Applies `batch` until every slot holds it.
+    /// Applies `batch` until every slot holds it. `stats.units == 0`: every slot had it.
     pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, SinkError> {
         let mut stats = ApplyStats::default();
+        let result = self.apply_counting(batch, &mut stats).await;
+        self.last_stats = stats;
+        result.map(|()| stats)
+    }
+
+    /// What the last [`ClusterOwner::apply`] met, whether it succeeded or not (the metrics).
+    pub fn last_stats(&self) -> ApplyStats {
+        self.last_stats
+    }
+
+    async fn apply_counting(
+        &mut self,
+        batch: &Batch,
+        stats: &mut ApplyStats,
+    ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
+        let series = batch_series(batch, &self.layout);
         loop {
             self.seq += 1;
+            let map = self.map();
             let owner = Owner {
                 layout: &self.layout,
-                map: &self.map,
+                map: &map,
                 positions: &self.positions,
                 marks: &self.marks,
                 epoch: self.epoch,
                 seq: self.seq,
+                clock: self.clock,
             };
             let planned = units_isolating(batch, &owner, &self.isolated)?;
             if planned.is_empty() {
-                return Ok(stats);
+                self.clock = series.clock.or(self.clock);
+                return Ok(());
             }
             let mut settled = true;
             for (address, mut unit) in planned {
                 stats.units += 1;
                 // An earlier unit of this round on the same node moved its mark.
                 unit.mark_expected = self.marks.get(&key_slot(unit.mark_key.as_bytes())).copied();
-                match self.run_unit(batch, &address, &unit, &mut stats).await? {
+                match self.run_unit(batch, &address, &unit, stats).await? {
                     Step::Applied => {}
                     Step::Wait => settled = false,
                     Step::Replan => {
@@ -188,6 +291,11 @@ impl ClusterOwner {
                 }
             }
             if !settled {
+                tracing::info!(
+                    ?stats,
+                    ?backoff,
+                    "the cluster refused some units of the batch (resharding, failover); waiting"
+                );
                 if started.elapsed() > GIVE_UP_AFTER {
                     return Err(SinkError::Unavailable(format!(
                         "the cluster kept refusing the batch for {GIVE_UP_AFTER:?}: {stats:?}"
@@ -199,6 +307,39 @@ impl ClusterOwner {
         }
     }
 
+    /// Sends `unit` to the node at `address`. `None`: the node went away or answered
+    /// `CLUSTERDOWN` (a failover): the slot map is read again and the batch planned anew. A
+    /// unit that timed out may have run: its compare-and-set makes the next try find the fences
+    /// moved (a re-read), never apply twice.
+    async fn send(
+        &mut self,
+        address: &str,
+        unit: &Unit,
+        stats: &mut ApplyStats,
+    ) -> Result<Option<UnitReply>, SinkError> {
+        let timeout = self.nodes.timeout();
+        let reply = match self.nodes.conn(address).await {
+            Ok(mut conn) => match tokio::time::timeout(timeout, run(&mut conn, unit)).await {
+                Ok(reply) => reply,
+                Err(_) => Err(SinkError::timeout("a cluster unit", timeout)),
+            },
+            Err(err) => Err(err),
+        };
+        match reply {
+            Ok(reply) => Ok(Some(reply)),
+            Err(err) if err.is_retryable() => {
+                tracing::info!(address, %err, "a cluster node did not take a unit; reading the slot map again");
+                stats.nodes_down += 1;
+                self.nodes.forget(address);
+                if let Err(err) = self.refresh_map().await {
+                    tracing::info!(%err, "cannot read the slot map yet");
+                }
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Runs one unit and learns from its reply.
     async fn run_unit(
         &mut self,
@@ -207,19 +348,8 @@ impl ClusterOwner {
         unit: &Unit,
         stats: &mut ApplyStats,
     ) -> Result<Step, SinkError> {
-        let reply = match self.conn(address).await {
-            Ok(mut conn) => run(&mut conn, unit).await,
-            Err(err) => Err(err),
-        };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(err) if err.is_retryable() => {
-                // A node that went away (a failover): the map tells where to go now.
-                self.conns.remove(address);
-                self.refresh_map().await.ok();
-                return Ok(Step::Replan);
-            }
-            Err(err) => return Err(err),
+        let Some(reply) = self.send(address, unit, stats).await? else {
+            return Ok(Step::Replan);
         };
         match reply {
             UnitReply::Applied {
@@ -232,7 +362,20 @@ impl ClusterOwner {
                     "a unit wrote on a node that did not hold all its keys: {error}"
                 )))
             }
-            UnitReply::Applied { .. } => {
+            UnitReply::Applied {
+                commands,
+                write_errors,
+                first_error,
+            } => {
+                stats.commands += commands as u64;
+                stats.write_errors += write_errors as u64;
+                if let Some(error) = first_error {
+                    tracing::warn!(
+                        write_errors,
+                        first_error = error,
+                        "redis refused some writes of the unit (skipped, as upstream would)"
+                    );
+                }
                 self.marks
                     .insert(key_slot(unit.mark_key.as_bytes()), unit.mark_new);
                 for slot in &unit.slots {
@@ -266,10 +409,7 @@ impl ClusterOwner {
                     Ok(()) => Ok(Step::Replan),
                     // A node restarted or failed over under the read: its connection is dead.
                     // The unit will be refused again and the read retried.
-                    Err(err) if err.is_retryable() => {
-                        self.conns.clear();
-                        Ok(Step::Replan)
-                    }
+                    Err(err) if err.is_retryable() => Ok(Step::Replan),
                     Err(err) => Err(err),
                 }
             }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::slot::SLOTS;
+use crate::sink::redis::window::SeriesMarks;
 use crate::sink::redis::SinkError;
 
 /// What a slot's fence records of one partition: the partition's last batch that wrote to the
@@ -148,20 +149,46 @@ pub fn mismatch(expected: Option<SlotFence>, stored: Option<SlotFence>, epoch: u
 /// order it sends them, rewinds included) and the first offset of the unit's batch. Compared
 /// and set by every unit on the node, whatever slots it writes, so a node that lost acknowledged
 /// writes refuses the first unit after the loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The sink's marks also carry the batch's end and what a single node's fence stores with it of
+/// the event-time series (the partition's clock after the batch, the job watermark it decided
+/// with), as `epoch:seq:from:next:clock:learned` (an empty field: unknown): an owner that resumes
+/// after this unit's batch decides the events that follow as the single node would
+/// ([`resume_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UnitMark {
     pub epoch: u64,
     pub seq: u64,
     pub from: i64,
+    /// The end of the unit's batch (`None` in marks written without it).
+    pub next: Option<i64>,
+    pub series: SeriesMarks,
 }
 
 impl fmt::Display for UnitMark {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.epoch, self.seq, self.from)
+        write!(f, "{}:{}:{}", self.epoch, self.seq, self.from)?;
+        if self.next.is_some() || self.series != SeriesMarks::default() {
+            let text = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+            write!(
+                f,
+                ":{}:{}:{}",
+                text(self.next),
+                text(self.series.clock),
+                text(self.series.learned)
+            )?;
+        }
+        Ok(())
     }
 }
 
 impl UnitMark {
+    /// Where an owner resumes when this is the oldest of the nodes' latest marks: after the
+    /// unit's batch if the mark records its end, else at its start.
+    pub fn resume(&self) -> i64 {
+        self.next.unwrap_or(self.from)
+    }
+
     /// Parses the stored text; `None` for an empty one.
     pub fn parse(text: &str) -> Result<Option<Self>, SinkError> {
         if text.is_empty() {
@@ -174,6 +201,11 @@ impl UnitMark {
                 epoch: epoch as u64,
                 seq: seq as u64,
                 from,
+                next: field(),
+                series: SeriesMarks {
+                    clock: field(),
+                    learned: field(),
+                },
             })),
             _ => Err(SinkError::Script(format!(
                 "a unit mark holds {text:?}, not epoch:seq:from"
@@ -193,21 +225,28 @@ impl UnitMark {
 /// none was applied since: the next unit on the node would have found the mark changed and
 /// refused. An owner sends a node's units in offset order from wherever it resumed; it resumes
 /// at an earlier offset only after finding a loss, which the node's mark shows. So every lost
-/// unit starts at or after the kept unit's `from`.
+/// unit starts at or after the kept unit's `from`; and, since the kept unit's batch is whole on
+/// the node and the owner's next unit there belongs to a later batch, at or after its `next`
+/// when the mark records it (the sink's marks do): the owner then resumes *after* the last batch
+/// every node kept, not at its start.
 pub fn resume_point<N, M>(nodes: N) -> Option<i64>
+where
+    N: IntoIterator<Item = M>,
+    M: IntoIterator<Item = UnitMark>,
+{
+    resume_mark(nodes).map(|m| m.resume())
+}
+
+/// The mark [`resume_point`] resumes at, with the series marks that go with it.
+pub fn resume_mark<N, M>(nodes: N) -> Option<UnitMark>
 where
     N: IntoIterator<Item = M>,
     M: IntoIterator<Item = UnitMark>,
 {
     nodes
         .into_iter()
-        .filter_map(|marks| {
-            marks
-                .into_iter()
-                .max_by_key(|m| (m.epoch, m.seq))
-                .map(|m| m.from)
-        })
-        .min()
+        .filter_map(|marks| marks.into_iter().max_by_key(|m| (m.epoch, m.seq)))
+        .min_by_key(UnitMark::resume)
 }
 
 /// Where an owner that knows what it wrote (`expected`) resumes after finding `stored`: the
@@ -321,7 +360,28 @@ mod tests {
     }
 
     fn mark(epoch: u64, seq: u64, from: i64) -> UnitMark {
-        UnitMark { epoch, seq, from }
+        UnitMark {
+            epoch,
+            seq,
+            from,
+            next: None,
+            series: SeriesMarks::default(),
+        }
+    }
+
+    #[test]
+    fn a_mark_carries_the_series_marks_at_its_offset() {
+        let with = UnitMark {
+            series: SeriesMarks {
+                clock: Some(1_700_000_000_000),
+                learned: None,
+            },
+            next: Some(9),
+            ..mark(3, 4, 5)
+        };
+        assert_eq!(with.to_string(), "3:4:5:9:1700000000000:");
+        assert_eq!(UnitMark::parse(&with.to_string()).unwrap(), Some(with));
+        assert_eq!(mark(3, 4, 5).to_string(), "3:4:5");
     }
 
     #[test]

@@ -99,37 +99,47 @@
 //! targets (≤ 1.2× summed, ≤ 0.4× on the busiest of 3) are met only by the unfenced pipeline;
 //! BENCHMARKS.md ("Cluster apply designs compared") has the figures and the levers left.
 //!
-//! # Built so far
+//! # In the pipeline (`sink.rs`)
 //!
-//! - `slot.rs`: the key → slot function and the hash tag of every slot;
-//! - `fence.rs`: the per-slot fence and unit mark, and the owner's decisions (pure, tested);
-//! - `unit.rs`: the unit script, tested against a real cluster, including a migrating slot
-//!   (`tests/redis_cluster_unit.rs`);
-//! - `plan.rs`: the slot map (`CLUSTER SLOTS`) and the split of a batch's commands into units,
-//!   checked against a real cluster to leave exactly the state the single node's apply leaves;
-//! - `read.rs`: reading every slot's fence and mark of a partition (what a claim and a rewind
-//!   read), used by the failover test (`tests/redis_cluster_failover.rs`), which loses a
-//!   primary's acknowledged writes and rewinds them back exactly;
-//! - `apply.rs`: the owner's apply loop (plan, run, and on a refusal wait, refresh the slot map,
-//!   read the fences again, or stop), checked while `redis-cli --cluster reshard` moves 1,000
-//!   slots and `--cluster rebalance` fills an added primary (`tests/redis_cluster_reshard.rs`);
-//! - the whole cluster SIGKILLed and restarted from its AOF while a worker with stale
-//!   knowledge replays older batches (`tests/redis_cluster_restart.rs`): refused at the
-//!   compare-and-set, re-read, skipped;
-//! - `seeds.rs`: one clear refusal for a single-node URL at a cluster node and for
-//!   `sink.redis.cluster` at a plain Redis. The sink refuses a real cluster too, for now.
+//! The sink keeps one owner per claimed partition. A **claim** reads every slot's fence and
+//! mark, takes an epoch above all of them (and above a per-partition claim counter, so two
+//! claims never share one), and resumes at [`fence::resume_point`]: after the last batch every
+//! primary kept (each batch leaves a mark on every primary, `plan.rs`). The pipeline cuts its
+//! batches at every offset where some slot's fence begins or ends after that point
+//! (`RedisSink::cuts`), so replayed batches are skipped or applied whole per slot. A **loss**
+//! (a mark behind what the owner wrote) reads everything back and answers `SinkError::Gap` at
+//! the resume point: the partition rewinds there, loudly, as on a single node, and the series
+//! marks stored in the mark go with it. Waits (`TRYAGAIN`, `ASK`, `MOVED`, re-reads, a node
+//! down or `CLUSTERDOWN`) are retried inside the apply with backoff, logged at info level and
+//! counted in `streamjob_redis_cluster_waits_total{kind}`; after two minutes the apply returns
+//! a retryable error and the partition pauses and retries like on a single node.
 //!
-//! Not yet: the claim (epoch from every slot, [`fence::resume_point`]), the rewind inside the
-//! pipeline, metrics and dashboard for the waits (`apply::ApplyStats` counts them), TLS and
-//! ACL users on the units' connections, `CLUSTERDOWN` handling beyond a retryable error, the
-//! event-time series marks (the single node keeps them in its fence hash), the user-list
-//! expiry chosen at apply time, and the sink that ties these together behind the same
-//! interface as the single node and Sentinel (the topology interface of the issue).
+//! # Tests
+//!
+//! - `slot.rs`, `fence.rs`, `plan.rs`: unit tests of the slot function, the decisions and the
+//!   slot map;
+//! - `tests/redis_cluster_unit.rs`: the unit script against a real cluster, including a
+//!   migrating slot;
+//! - `tests/redis_cluster_plan.rs`: a batch's units leave exactly the single node's state;
+//! - `tests/redis_cluster_failover.rs` (c), `redis_cluster_reshard.rs` (b),
+//!   `redis_cluster_restart.rs` (d): the apply loop through a promoted replica that lost
+//!   acknowledged units, 1,000 slots resharded and a rebalance, and a restart from AOF;
+//! - `tests/redis_cluster_config.rs`: the sink itself on a cluster (claim, apply, replay,
+//!   second owner, fenced zombie) and the two misconfigurations refused;
+//! - `tests/tests/cluster_exactly_once.rs` (a): worker processes SIGKILLed mid-stream on a
+//!   3+3 cluster, the full state compared with the data set.
+//!
+//! Not yet: the operator's status showing the topology, a process-level test of (b)–(d) under
+//! a running worker, the user-list expiry chosen at apply time (a batch applied after the
+//! midnight it was built for keeps that midnight), and a `keyPrefix` that holds a hash tag (it
+//! would pin every slot fence to one slot; refused nowhere yet).
 
 pub mod apply;
 pub mod fence;
+pub mod nodes;
 pub mod plan;
 pub mod read;
 pub(crate) mod seeds;
+pub(crate) mod sink;
 pub mod slot;
 pub mod unit;

@@ -11,6 +11,7 @@ use redis::Value;
 use super::fence::{slot_step, SlotFence, SlotPositions, SlotStep, UnitMark};
 use super::slot::{key_slot, SLOTS};
 use super::unit::{Unit, UnitSlot};
+use crate::sink::redis::window::{SeriesMarks, CLOCK_FIELD, LEARNED_FIELD};
 use crate::sink::redis::writes::UserExpiry;
 use crate::sink::redis::{Batch, Layout, SinkError};
 
@@ -42,6 +43,14 @@ fn text_of(value: &Value) -> Option<String> {
 impl SlotMap {
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, …], replicas…], …]`.
     pub fn from_slots_reply(reply: &Value) -> Result<Self, SinkError> {
+        Self::from_slots_reply_at(reply, "")
+    }
+
+    /// [`SlotMap::from_slots_reply`] of the node at `asked` (`host:port`): a node that does not
+    /// know its own address (a cluster of one, never met by another node) names itself with an
+    /// empty host, which means "the host you asked", as Redis Cluster clients read it.
+    pub fn from_slots_reply_at(reply: &Value, asked: &str) -> Result<Self, SinkError> {
+        let asked_host = asked.rsplit_once(':').map_or("", |(host, _)| host);
         let bad = || SinkError::Script(format!("unexpected CLUSTER SLOTS reply {reply:?}"));
         let Value::Array(ranges) = reply else {
             return Err(bad());
@@ -60,6 +69,10 @@ impl SlotMap {
                 return Err(bad());
             };
             let host = primary.first().and_then(text_of).ok_or_else(bad)?;
+            let host = match host.as_str() {
+                "" => asked_host.to_string(),
+                _ => host,
+            };
             let port = primary.get(1).and_then(int_of).ok_or_else(bad)?;
             let address = format!("{host}:{port}");
             let index = match nodes.iter().position(|n| *n == address) {
@@ -76,6 +89,19 @@ impl SlotMap {
             }
         }
         Ok(Self { owners, nodes })
+    }
+
+    /// A map that names no primary (before the first `CLUSTER SLOTS`).
+    pub fn empty() -> Self {
+        Self {
+            owners: vec![u32::MAX; usize::from(SLOTS)].into_boxed_slice(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Whether a primary serves every slot (not so while a failover is under way).
+    pub fn covers_every_slot(&self) -> bool {
+        self.owners.iter().all(|o| *o != u32::MAX)
     }
 
     /// The address of the primary serving `slot`.
@@ -118,10 +144,14 @@ pub struct Owner<'a> {
     pub marks: &'a HashMap<u16, UnitMark>,
     pub epoch: u64,
     pub seq: u64,
+    /// The partition's event-time clock before the batch: the unit marks store the batch's
+    /// clock, or this one for a batch without series counts.
+    pub clock: Option<i64>,
 }
 
 /// The units of `batch`, by primary address. Slots that already hold the batch are left out; a
-/// node with nothing left to write gets no unit. User lists get the midnight the batch was built
+/// node with nothing left to write gets a unit that only moves its mark, as long as some node
+/// has something to write (none at all: no unit, the batch is applied). User lists get the midnight the batch was built
 /// for (the single node picks the next one when a batch is applied after it: not yet here).
 pub fn units(batch: &Batch, owner: &Owner<'_>) -> Result<Vec<(String, Unit)>, SinkError> {
     units_isolating(batch, owner, &HashSet::new())
@@ -139,11 +169,13 @@ pub fn units_isolating(
     };
     let single_fence = owner.layout.fence_key(batch.partition);
     let mut by_slot: BTreeMap<u16, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+    let mut series = SeriesMarks::default();
     for command in writes.transaction(expiry).iter() {
         let (Some(name), Some(key)) = (command.first(), command.get(1)) else {
             continue; // MULTI, EXEC
         };
         if name.eq_ignore_ascii_case(b"HSET") && *key == single_fence.as_bytes() {
+            series = fence_series(command.iter().copied());
             continue;
         }
         let args = command.iter().map(|a| a.to_vec()).collect();
@@ -184,6 +216,15 @@ pub fn units_isolating(
                 commands,
             });
     }
+    // A batch leaves a mark on every primary, even one it writes nothing on, so that where
+    // every node stands after it is known at the next claim (`fence::resume_point`).
+    if !by_node.is_empty() {
+        for node in owner.map.nodes() {
+            if !by_node.keys().any(|(n, _)| n == node) {
+                by_node.insert((node.clone(), None), Vec::new());
+            }
+        }
+    }
     by_node
         .into_iter()
         .map(|((node, _), slots)| {
@@ -199,12 +240,50 @@ pub fn units_isolating(
                     epoch: owner.epoch,
                     seq: owner.seq,
                     from: batch.first_offset,
+                    next: Some(batch.next_offset),
+                    series: SeriesMarks {
+                        clock: series.clock.or(owner.clock),
+                        learned: series.learned,
+                    },
                 },
                 slots,
             };
             Ok((node, unit))
         })
         .collect()
+}
+
+/// The series marks a single node's fence `HSET` (`HSET fence field value …`) stores.
+fn fence_series<'a>(command: impl Iterator<Item = &'a [u8]>) -> SeriesMarks {
+    let args: Vec<&[u8]> = command.skip(2).collect();
+    let mut marks = SeriesMarks::default();
+    for pair in args.chunks(2) {
+        let [field, value] = pair else { continue };
+        let value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        if *field == CLOCK_FIELD.as_bytes() {
+            marks.clock = value;
+        } else if *field == LEARNED_FIELD.as_bytes() {
+            marks.learned = value;
+        }
+    }
+    marks
+}
+
+/// What `batch` stores of the event-time series (its clock after it, the watermark it decided
+/// with): both `None` for a batch without series counts.
+pub fn batch_series(batch: &Batch, layout: &Layout) -> SeriesMarks {
+    let Some(writes) = batch.writes.as_ref() else {
+        return SeriesMarks::default();
+    };
+    let fence = layout.fence_key(batch.partition);
+    let expiry = UserExpiry::At(batch.user_expire_at);
+    writes
+        .transaction(expiry)
+        .iter()
+        .filter(|c| c.len() > 2 && c[0].eq_ignore_ascii_case(b"HSET") && c[1] == fence.as_bytes())
+        .map(|c| fence_series(c.iter().copied()))
+        .last()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, Value};
 
 use crate::config::{RedisClusterConfig, RedisSinkConfig};
-use crate::sink::redis::connection;
+use crate::sink::redis::connection::{self, Target};
 use crate::sink::redis::SinkError;
 
 /// `cluster_enabled` from an `INFO cluster` reply; `None` if the reply has no such line.
@@ -27,15 +27,13 @@ pub(crate) fn single_node_is_a_cluster(address: &str) -> SinkError {
     ))
 }
 
-async fn info_cluster(
-    cfg: &RedisSinkConfig,
-    seed: &str,
-    timeout: Duration,
-) -> Result<String, SinkError> {
-    let (host, port) = seed
+/// How to reach the cluster node at `address` (`host:port`): with the TLS, user and password of
+/// `sink.redis.url` (a seed, or a node the slot map names).
+pub(crate) fn node_target(cfg: &RedisSinkConfig, address: &str) -> Result<Target, SinkError> {
+    let (host, port) = address
         .rsplit_once(':')
         .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
-        .ok_or_else(|| SinkError::Config(format!("`sink.redis.cluster.nodes`: {seed:?}")))?;
+        .ok_or_else(|| SinkError::Config(format!("`sink.redis.cluster.nodes`: {address:?}")))?;
     let info = connection::connection_info(cfg)?;
     let addr = match info.addr() {
         ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
@@ -46,7 +44,15 @@ async fn info_cluster(
         },
         _ => ConnectionAddr::Tcp(host, port),
     };
-    let target = connection::target_with_tls(info.set_addr(addr), None, cfg)?;
+    connection::target_with_tls(info.set_addr(addr), None, cfg)
+}
+
+async fn info_cluster(
+    cfg: &RedisSinkConfig,
+    seed: &str,
+    timeout: Duration,
+) -> Result<String, SinkError> {
+    let target = node_target(cfg, seed)?;
     let ask = async {
         let mut conn = target.connect(timeout).await?;
         redis::cmd("INFO")
@@ -67,35 +73,30 @@ async fn info_cluster(
     }
 }
 
-/// Asks the seed nodes of `cluster` whether they are cluster nodes. A plain Redis among them is a
-/// configuration error; so, for now, is a real cluster: the sink that writes to one is not built
-/// yet (issue #25; the design is in this module's parent). Unreachable seeds are retryable.
+/// Asks the seed nodes of `cluster` whether they are cluster nodes: the first that answers
+/// decides. A plain Redis is a configuration error; a cluster node is returned, to read the
+/// slot map from. Unreachable seeds are retryable.
 pub(crate) async fn check_seeds(
     cfg: &RedisSinkConfig,
     cluster: &RedisClusterConfig,
     timeout: Duration,
-) -> SinkError {
+) -> Result<String, SinkError> {
     let mut last = SinkError::Config("`sink.redis.cluster.nodes` is empty".into());
     for seed in &cluster.nodes {
         match info_cluster(cfg, seed, timeout).await {
-            Ok(info) if cluster_enabled(&info) == Some(true) => {
-                return SinkError::Config(format!(
-                    "`sink.redis.cluster`: {seed} is a Redis Cluster node, but this version of \
-                     the sink cannot write to a cluster yet (issue #25)"
-                ))
-            }
+            Ok(info) if cluster_enabled(&info) == Some(true) => return Ok(seed.clone()),
             Ok(_) => {
-                return SinkError::Config(format!(
+                return Err(SinkError::Config(format!(
                     "`sink.redis.cluster.nodes`: {seed} is not a Redis Cluster node (INFO \
                      cluster: cluster_enabled is not 1); for a single Redis drop \
                      sink.redis.cluster and put its address in sink.redis.url"
-                ))
+                )))
             }
-            Err(err @ SinkError::Config(_)) => return err,
+            Err(err @ SinkError::Config(_)) => return Err(err),
             Err(err) => last = err,
         }
     }
-    last
+    Err(last)
 }
 
 #[cfg(test)]
