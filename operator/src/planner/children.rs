@@ -34,10 +34,7 @@ use crate::planner::config::{
 use crate::planner::rollout::{self, FenceIdentity, FENCE_IDENTITY_ANNOTATION};
 use crate::planner::{labels, names, NetworkPeers};
 
-/// Pod template annotation carrying the config hash: a config change rolls the pods.
-pub const CONFIG_HASH_ANNOTATION: &str = "streaming.austin.dev/config-hash";
-/// Pod template annotation carrying `spec.restartNonce`: a new nonce rolls the pods.
-pub const RESTART_NONCE_ANNOTATION: &str = "streaming.austin.dev/restart-nonce";
+pub use crate::planner::annotations::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
 /// Taskmanager env: the config hash its pod template carries (which revision a process runs).
 pub const ENV_REVISION: &str = "STREAMJOB_REVISION";
 /// Liveness (and the jobmanager's readiness): the process serves.

@@ -3,6 +3,7 @@
 //! same plan, which is what the tests and the lifecycle work (issue #5) build on. [`autoscaler`]
 //! decides the taskmanager count from the jobmanager's metrics, just as purely.
 
+pub mod annotations;
 pub mod autoscaler;
 pub mod children;
 pub mod config;

@@ -42,7 +42,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::crd::{
     Operation, OperationKind, OperationStep, Phase, RedisSpec, StreamJob, StreamJobStatus,
 };
-use crate::planner::children::CONFIG_HASH_ANNOTATION;
+use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
 use crate::planner::status::{self, DEGRADED, PROGRESSING, READY};
 use crate::planner::Observed;
 

@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use crate::crd::{
     JobProgress, JobState, PartitionRewind, PartitionSummary, Phase, StreamJob, StreamJobStatus,
 };
-use crate::planner::children::CONFIG_HASH_ANNOTATION;
-use crate::planner::children::RESTART_NONCE_ANNOTATION;
+use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
+use crate::planner::annotations::RESTART_NONCE_ANNOTATION;
 use streamjob_worker::api::RestoreSource;
 
 use crate::planner::{labels, EventNote, EventSeverity, JobManagerReport, Observed, PlanInput};

@@ -22,7 +22,7 @@ use crate::crd::{
     JobState, Operation, OperationKind, OperationStep, SavepointInfo, SavepointTrigger, StreamJob,
     StreamJobStatus, UpgradeMode, SAVEPOINT_HISTORY_CAP,
 };
-use crate::planner::children::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
+use crate::planner::annotations::{CONFIG_HASH_ANNOTATION, RESTART_NONCE_ANNOTATION};
 use crate::planner::rollout::{self, RolloutPath, ROLLOUT_STALLED};
 use crate::planner::{labels, EventNote, EventSeverity, Observed};
 
