@@ -452,7 +452,7 @@ fn requeue_by_need(status_requeue: Duration, observed: &Observed) -> Duration {
     }
 }
 
-fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
+pub(crate) fn replace_condition(status: &mut StreamJobStatus, condition: Condition) {
     match status
         .conditions
         .iter_mut()

@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{
@@ -392,7 +391,7 @@ pub fn show(
     let counts = Counts::of(observed.taskmanager.as_ref());
     let set = |status: &mut StreamJobStatus, type_: &str, value: bool, reason: &str, message| {
         let condition = status::condition(previous, type_, value, reason, message, generation, now);
-        replace(status, condition);
+        crate::planner::replace_condition(status, condition);
     };
     match &op.message {
         Some(stalled) => {
@@ -410,17 +409,6 @@ pub fn show(
             counts.ready
         );
         set(status, READY, true, ROLLING_UPGRADE, message);
-    }
-}
-
-fn replace(status: &mut StreamJobStatus, condition: Condition) {
-    match status
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == condition.type_)
-    {
-        Some(existing) => *existing = condition,
-        None => status.conditions.push(condition),
     }
 }
 
