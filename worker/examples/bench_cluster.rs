@@ -1,17 +1,18 @@
-//! The Redis sink on one node and on Redis Clusters of 1 and 3 primaries, in the same run
-//! (issue #25; the test kit's `redis-cli --cluster create` refuses 2 primaries).
+//! The Redis sink on one node and on Redis Clusters of 1, 2 and 3 primaries, in the same run
+//! (issue #25).
 //!
 //! `cargo run --release -p streamjob-worker --features testkit --example bench_cluster [-- --events N --runs R]`
 //!
-//! Starts a plain `redis-server` and two clusters (1 and 3 primaries, no replicas, no
+//! Starts a plain `redis-server` and three clusters (1, 2 and 3 primaries, no replicas, no
 //! persistence) on loopback ports, generates the lifecycle data set of `bench_sink` (4
 //! partitions, sticky partitioner), and per topology and run: flushes every primary and resets
-//! its statistics, then decodes, builds batches of 1,000 events and applies them through
+//! its statistics, then decodes, builds batches (`--batch`, default 1,000 events) and applies them through
 //! `RedisSink` (the pipeline's calls: claim, then apply), 4 partitions concurrently. It reports
 //! events/s, Redis commands per event (`INFO commandstats`, every call summed over the
 //! primaries), and redis-server's own CPU (`INFO cpu`, user + sys) per event, summed over the
 //! primaries and on the busiest one. Medians over the runs; Markdown on stdout.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
@@ -25,23 +26,36 @@ use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
 use streamjob_worker::transform::decode;
 
 const PARTITIONS: usize = 4;
-const BATCH_EVENTS: usize = 1000;
 
-fn parse_args() -> (usize, usize) {
+/// What one invocation measures.
+struct Args {
+    events: usize,
+    runs: usize,
+    /// Events per batch: slots written per event fall only past ~16,000 keys per batch.
+    batch: usize,
+}
+
+fn parse_args() -> Args {
     let mut events = 200_000;
     let mut runs = 3;
+    let mut batch = 1000;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match (a.as_str(), it.next().and_then(|v| v.parse().ok())) {
             ("--events", Some(v)) => events = v,
             ("--runs", Some(v)) => runs = v,
+            ("--batch", Some(v)) => batch = v,
             _ => {
-                eprintln!("usage: bench_cluster [--events N] [--runs R]");
+                eprintln!("usage: bench_cluster [--events N] [--runs R] [--batch EVENTS]");
                 std::process::exit(2);
             }
         }
     }
-    (events, runs)
+    Args {
+        events,
+        runs,
+        batch,
+    }
 }
 
 /// Per partition, the payloads in offset order (as `bench_sink`).
@@ -75,8 +89,9 @@ async fn info(conn: &mut MultiplexedConnection, section: &str) -> String {
         .expect("INFO")
 }
 
-/// redis-server's CPU seconds (user + sys) and the calls of every command since the last reset.
-async fn usage(conn: &mut MultiplexedConnection) -> (f64, u64) {
+/// redis-server's CPU seconds (user + sys) and, per command, its calls and microseconds since
+/// the last reset (`INFO commandstats`: a script's inner calls are counted too).
+async fn usage(conn: &mut MultiplexedConnection) -> (f64, BTreeMap<String, (u64, u64)>) {
     let cpu: f64 = info(conn, "cpu")
         .await
         .lines()
@@ -86,13 +101,25 @@ async fn usage(conn: &mut MultiplexedConnection) -> (f64, u64) {
         })
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .sum();
-    let calls: u64 = info(conn, "commandstats")
-        .await
-        .lines()
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|v| v.split(',').next()?.parse::<u64>().ok())
-        .sum();
-    (cpu, calls)
+    let mut commands = BTreeMap::new();
+    for line in info(conn, "commandstats").await.lines() {
+        // cmdstat_hget:calls=1,usec=2,usec_per_call=2.00,…
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        commands.insert(name.to_string(), (field("calls="), field("usec=")));
+    }
+    (cpu, commands)
 }
 
 async fn reset(conn: &mut MultiplexedConnection) {
@@ -110,10 +137,17 @@ struct Measure {
     commands_per_event: f64,
     cpu_sum_us: f64,
     cpu_busiest_us: f64,
+    /// Per command: calls and microseconds per event, summed over the primaries.
+    per_command: Vec<(String, f64, f64)>,
 }
 
 /// One run through the sink configured by `cfg`, whose primaries listen on `ports`.
-async fn run(cfg: &RedisSinkConfig, ports: &[u16], payloads: &'static [Vec<Vec<u8>>]) -> Measure {
+async fn run(
+    cfg: &RedisSinkConfig,
+    ports: &[u16],
+    payloads: &'static [Vec<Vec<u8>>],
+    batch: usize,
+) -> Measure {
     let mut conns = Vec::new();
     for port in ports {
         let mut c = conn(*port).await;
@@ -129,6 +163,12 @@ async fn run(cfg: &RedisSinkConfig, ports: &[u16], payloads: &'static [Vec<Vec<u
         .expect("connect");
     let mut before = Vec::new();
     for c in &mut conns {
+        // The claims' reads are not the run's: start the counters here.
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(c)
+            .await
+            .expect("reset");
         before.push(usage(c).await);
     }
     let events: usize = payloads.iter().map(Vec::len).sum();
@@ -137,7 +177,7 @@ async fn run(cfg: &RedisSinkConfig, ports: &[u16], payloads: &'static [Vec<Vec<u
         .iter()
         .enumerate()
         .map(|(partition, records)| {
-            tokio::spawn(apply_all(sink.clone(), partition as i32, records))
+            tokio::spawn(apply_all(sink.clone(), partition as i32, records, batch))
         })
         .collect();
     for t in tasks {
@@ -145,30 +185,43 @@ async fn run(cfg: &RedisSinkConfig, ports: &[u16], payloads: &'static [Vec<Vec<u
     }
     let elapsed = start.elapsed().as_secs_f64();
     let mut cpu = Vec::new();
-    let mut calls = 0;
-    for (c, (cpu0, calls0)) in conns.iter_mut().zip(before) {
-        let (cpu1, calls1) = usage(c).await;
+    let mut per_command: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (c, (cpu0, _)) in conns.iter_mut().zip(before) {
+        // Statistics were reset before the run: what they hold now is the run's.
+        let (cpu1, commands) = usage(c).await;
         cpu.push((cpu1 - cpu0) * 1e6 / events as f64);
-        calls += calls1.saturating_sub(calls0);
+        for (name, (calls, usec)) in commands {
+            let sum = per_command.entry(name).or_default();
+            sum.0 += calls;
+            sum.1 += usec;
+        }
     }
+    let calls: u64 = per_command.values().map(|(calls, _)| calls).sum();
     Measure {
         events_per_sec: events as f64 / elapsed,
         commands_per_event: calls as f64 / events as f64,
         cpu_sum_us: cpu.iter().sum(),
         cpu_busiest_us: cpu.iter().copied().fold(0.0, f64::max),
+        per_command: per_command
+            .into_iter()
+            .map(|(name, (calls, usec))| {
+                let per_event = |n: u64| n as f64 / events as f64;
+                (name, per_event(calls), per_event(usec))
+            })
+            .collect(),
     }
 }
 
-async fn apply_all(sink: RedisSink, partition: i32, records: &'static [Vec<u8>]) {
+async fn apply_all(sink: RedisSink, partition: i32, records: &'static [Vec<u8>], batch: usize) {
     let epoch = sink
         .claim_from(partition, 1, Some(0))
         .await
         .expect("claim")
         .fence
         .epoch;
-    for (index, chunk) in records.chunks(BATCH_EVENTS).enumerate() {
+    for (index, chunk) in records.chunks(batch).enumerate() {
         let mut builder = sink.batch_builder(partition, epoch);
-        let base = (index * BATCH_EVENTS) as i64;
+        let base = (index * batch) as i64;
         for (i, payload) in chunk.iter().enumerate() {
             match decode(payload) {
                 Ok(ev) => builder.push_event(base + i as i64, &ev),
@@ -190,11 +243,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let (events, runs) = parse_args();
+    let Args {
+        events,
+        runs,
+        batch,
+    } = parse_args();
     let payloads: &'static [Vec<Vec<u8>>] = Box::leak(generate(events).into_boxed_slice());
     let single = RedisServer::start().expect("redis-server");
-    // `redis-cli --cluster create` (the test kit) refuses 2 primaries: 1 and 3.
-    let clusters: Vec<RedisCluster> = [1, 3]
+    let clusters: Vec<RedisCluster> = [1, 2, 3]
         .into_iter()
         .map(|primaries| {
             RedisCluster::start_with(ClusterOptions {
@@ -228,10 +284,12 @@ async fn main() {
     // Interleaved: each run measures every topology once, so machine noise hits them alike.
     for _ in 0..runs {
         for ((_, cfg, ports), out) in setups.iter().zip(&mut results) {
-            out.push(run(cfg, ports, payloads).await);
+            out.push(run(cfg, ports, payloads, batch).await);
         }
     }
-    println!("{events} events, {PARTITIONS} partitions, batches of {BATCH_EVENTS}, median of {runs} runs\n");
+    println!(
+        "{events} events, {PARTITIONS} partitions, batches of {batch}, median of {runs} runs\n"
+    );
     println!("| topology | events/s | commands/event | Redis CPU µs/event, summed | busiest primary | sum ÷ one node | busiest ÷ one node |");
     println!("|---|---|---|---|---|---|---|");
     let pick = |m: &[Measure], f: fn(&Measure) -> f64| median(m.iter().map(f).collect());
@@ -246,5 +304,16 @@ async fn main() {
             sum / base,
             busiest / base,
         );
+    }
+    println!("\nWhere Redis spends it (last run; calls and µs per event from `INFO commandstats`, summed over the primaries; a script's inner calls are in both the script's line and their own):\n");
+    println!("| topology | command | calls/event | µs/event |");
+    println!("|---|---|---|---|");
+    for ((label, _, _), m) in setups.iter().zip(&results) {
+        let Some(last) = m.last() else { continue };
+        let mut rows = last.per_command.clone();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (name, calls, usec) in rows.iter().filter(|r| r.2 >= 0.05) {
+            println!("| {label} | {name} | {calls:.2} | {usec:.2} |");
+        }
     }
 }

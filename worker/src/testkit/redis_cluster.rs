@@ -138,6 +138,22 @@ fn parse_nodes(text: &str) -> Vec<NodeInfo> {
         .collect()
 }
 
+/// `--cluster create` wants at least 3 primaries: 1 or 2 take even shares of the slots
+/// themselves and meet each other.
+fn join_small(nodes: &[RedisServer]) -> io::Result<()> {
+    let count = nodes.len();
+    for (index, node) in nodes.iter().enumerate() {
+        let first = (index * 16384 / count).to_string();
+        let last = ((index + 1) * 16384 / count - 1).to_string();
+        node.command(&["CLUSTER", "ADDSLOTSRANGE", &first, &last])?;
+    }
+    for node in &nodes[1..] {
+        let port = node.port().to_string();
+        nodes[0].command(&["CLUSTER", "MEET", "127.0.0.1", &port])?;
+    }
+    Ok(())
+}
+
 impl RedisCluster {
     /// 3 primaries with one replica each.
     pub fn start() -> io::Result<Self> {
@@ -156,9 +172,8 @@ impl RedisCluster {
             options.replicas.to_string(),
             "--cluster-yes".into(),
         ]);
-        if options.primaries == 1 && options.replicas == 0 {
-            // `--cluster create` wants 3 primaries: a 1-node cluster takes every slot itself.
-            nodes[0].command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])?;
+        if options.primaries < 3 && options.replicas == 0 {
+            join_small(&nodes)?;
         } else {
             redis_cli(&args)?;
         }

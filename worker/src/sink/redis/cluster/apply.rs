@@ -277,17 +277,11 @@ impl ClusterOwner {
                 return Ok(());
             }
             let mut settled = true;
-            for (address, mut unit) in planned {
+            for sent in self.send_round(planned).await {
                 stats.units += 1;
-                // An earlier unit of this round on the same node moved its mark.
-                unit.mark_expected = self.marks.get(&key_slot(unit.mark_key.as_bytes())).copied();
-                match self.run_unit(batch, &address, &unit, stats).await? {
+                match self.learn(batch, sent, stats).await? {
                     Step::Applied => {}
-                    Step::Wait => settled = false,
-                    Step::Replan => {
-                        settled = false;
-                        break;
-                    }
+                    Step::Wait | Step::Replan => settled = false,
                 }
             }
             if !settled {
@@ -307,50 +301,72 @@ impl ClusterOwner {
         }
     }
 
-    /// Sends `unit` to the node at `address`. `None`: the node went away or answered
-    /// `CLUSTERDOWN` (a failover): the slot map is read again and the batch planned anew. A
-    /// unit that timed out may have run: its compare-and-set makes the next try find the fences
-    /// moved (a re-read), never apply twice.
-    async fn send(
+    /// Sends one round's units, every node's at once: the units of one node one after another
+    /// (each expects the mark the previous one left), the nodes concurrently. A node's chain
+    /// stops at the first reply that asks to plan again; the other nodes' units still run, each
+    /// being its own compare-and-set. Returned with the units that applied first, so that what
+    /// they wrote is recorded before any re-read or error.
+    async fn send_round(&self, planned: Vec<(String, Unit)>) -> Vec<Sent> {
+        let mut chains: Vec<(String, Vec<Unit>)> = Vec::new();
+        for (address, unit) in planned {
+            match chains.iter_mut().find(|(a, _)| *a == address) {
+                Some((_, units)) => units.push(unit),
+                None => chains.push((address, vec![unit])),
+            }
+        }
+        let rounds = chains.into_iter().map(|(address, units)| {
+            let mark = units
+                .first()
+                .and_then(|u| self.marks.get(&key_slot(u.mark_key.as_bytes())).copied());
+            send_chain(self.nodes.clone(), address, units, mark)
+        });
+        let mut sent: Vec<Sent> = futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        sent.sort_by_key(|s| !matches!(s.reply, Ok(UnitReply::Applied { .. })));
+        sent
+    }
+
+    /// Learns from one unit's reply (or its failure to get one).
+    async fn learn(
         &mut self,
-        address: &str,
-        unit: &Unit,
+        batch: &Batch,
+        sent: Sent,
         stats: &mut ApplyStats,
-    ) -> Result<Option<UnitReply>, SinkError> {
-        let timeout = self.nodes.timeout();
-        let reply = match self.nodes.conn(address).await {
-            Ok(mut conn) => match tokio::time::timeout(timeout, run(&mut conn, unit)).await {
-                Ok(reply) => reply,
-                Err(_) => Err(SinkError::timeout("a cluster unit", timeout)),
-            },
-            Err(err) => Err(err),
-        };
+    ) -> Result<Step, SinkError> {
+        let Sent {
+            address,
+            unit,
+            reply,
+        } = sent;
         match reply {
-            Ok(reply) => Ok(Some(reply)),
+            Ok(reply) => self.learn_reply(batch, &unit, reply, stats).await,
+            // A node gone away or `CLUSTERDOWN` (a failover). A unit that timed out may have
+            // run: its compare-and-set makes the next try find the fences moved (a re-read),
+            // never apply twice.
             Err(err) if err.is_retryable() => {
                 tracing::info!(address, %err, "a cluster node did not take a unit; reading the slot map again");
                 stats.nodes_down += 1;
-                self.nodes.forget(address);
+                self.nodes.forget(&address);
                 if let Err(err) = self.refresh_map().await {
                     tracing::info!(%err, "cannot read the slot map yet");
                 }
-                Ok(None)
+                Ok(Step::Replan)
             }
             Err(err) => Err(err),
         }
     }
 
-    /// Runs one unit and learns from its reply.
-    async fn run_unit(
+    /// Learns from what the unit's script answered.
+    async fn learn_reply(
         &mut self,
         batch: &Batch,
-        address: &str,
         unit: &Unit,
+        reply: UnitReply,
         stats: &mut ApplyStats,
     ) -> Result<Step, SinkError> {
-        let Some(reply) = self.send(address, unit, stats).await? else {
-            return Ok(Step::Replan);
-        };
         match reply {
             UnitReply::Applied {
                 first_error: Some(error),
@@ -452,6 +468,53 @@ impl ClusterOwner {
             }),
         }
     }
+}
+
+/// One unit sent, and what came of it.
+struct Sent {
+    address: String,
+    unit: Unit,
+    reply: Result<UnitReply, SinkError>,
+}
+
+/// Runs one node's units of a round in order, each expecting the mark the one before left
+/// (`mark`: what the owner knows of the node's mark before the round). Stops after the first
+/// reply that is neither applied nor a wait.
+async fn send_chain(
+    nodes: Arc<Nodes>,
+    address: String,
+    units: Vec<Unit>,
+    mut mark: Option<UnitMark>,
+) -> Vec<Sent> {
+    let timeout = nodes.timeout();
+    let mut sent = Vec::with_capacity(units.len());
+    for mut unit in units {
+        unit.mark_expected = mark;
+        let reply = match nodes.conn(&address).await {
+            Ok(mut conn) => match tokio::time::timeout(timeout, run(&mut conn, &unit)).await {
+                Ok(reply) => reply,
+                Err(_) => Err(SinkError::timeout("a cluster unit", timeout)),
+            },
+            Err(err) => Err(err),
+        };
+        let go_on = match &reply {
+            Ok(UnitReply::Applied { .. }) => {
+                mark = Some(unit.mark_new);
+                true
+            }
+            Ok(UnitReply::Migrating { .. } | UnitReply::Redirected { ask: true, .. }) => true,
+            _ => false,
+        };
+        sent.push(Sent {
+            address: address.clone(),
+            unit,
+            reply,
+        });
+        if !go_on {
+            break;
+        }
+    }
+    sent
 }
 
 /// [`mismatch`] for a unit mark: behind what the owner wrote is a loss (the mark has no
