@@ -692,12 +692,11 @@ pub async fn run(
         let jobs: Api<StreamJob> = scoped(&client, namespace.as_deref());
         let (caches, streams) = cache::watch(&client, namespace.as_deref());
         ctx.add_caches(namespace.clone(), caches);
-        // The StreamJobs' own cache, trimmed like the children's: their managedFields (several
-        // field managers of spec and status) are most of an object and nothing reads them.
+        // The StreamJobs' own cache, trimmed like the children's (`cache::trim_job`).
         let (reader, writer) = reflector::store();
         let trigger = watcher(jobs, watcher::Config::default())
             .default_backoff()
-            .modify(|job: &mut StreamJob| job.managed_fields_mut().clear())
+            .modify(cache::trim_job)
             .reflect(writer)
             .applied_objects();
         let mut controller =

@@ -28,6 +28,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use crate::crd::StreamJob;
 use crate::planner::{children, labels, names, Observed};
 
 /// The kinds of children the operator applies, and so watches. A new child kind goes here (and
@@ -134,6 +135,19 @@ fn trim_child(kind: &str, object: &mut DynamicObject) {
             template.remove("spec");
         }
     }
+}
+
+/// `kubectl apply`'s copy of what was applied (the whole spec again, as JSON text): no reconcile
+/// reads it, and it would double a cached StreamJob.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconcile reads of a StreamJob: its `managedFields` (several field managers of
+/// spec and status, most of the object) and `kubectl apply`'s copy of the spec. Status and
+/// finalizers are written with patches of their own, never from this copy, so nothing dropped
+/// here is written back.
+pub fn trim_job(job: &mut StreamJob) {
+    job.managed_fields_mut().clear();
+    job.annotations_mut().remove(LAST_APPLIED);
 }
 
 /// A child as the cache keeps it: its metadata, and everything else of the object (spec, data,
@@ -369,5 +383,34 @@ impl Caches {
         }));
         all.sort();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied_with_kubectl() -> StreamJob {
+        let mut job: StreamJob = serde_yaml::from_str(include_str!("../../samples/minimal.yaml"))
+            .expect("the minimal sample parses");
+        let annotations = job.annotations_mut();
+        annotations.insert(LAST_APPLIED.into(), r#"{"spec":{"replicas":2}}"#.into());
+        annotations.insert("team".into(), "trace".into());
+        job.managed_fields_mut()
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                ..Default::default()
+            });
+        job
+    }
+
+    #[test]
+    fn a_cached_job_keeps_its_own_annotations_but_not_kubectls_copy_or_managed_fields() {
+        let mut job = applied_with_kubectl();
+        trim_job(&mut job);
+        assert!(job.managed_fields().is_empty());
+        assert!(!job.annotations().contains_key(LAST_APPLIED));
+        assert_eq!(job.annotations().get("team").map(String::as_str), Some("trace"));
+        assert!(job.spec.replicas > 0, "the spec stays whole");
     }
 }
