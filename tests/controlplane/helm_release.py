@@ -1,7 +1,8 @@
 """Installs or uninstalls the operator's chart on a cluster through Helm's Go SDK (helm-python-sdk),
-the way `helm install` / `helm uninstall` would. Used by tests/src/controlplane/helm.rs.
+the way `helm install` / `helm upgrade` / `helm uninstall` would. Used by tests/src/controlplane/helm.rs.
 
     helm_release.py install KUBECONFIG CHART_DIR RELEASE NAMESPACE VALUES_JSON
+    helm_release.py upgrade KUBECONFIG CHART_DIR RELEASE NAMESPACE VALUES_JSON
     helm_release.py uninstall KUBECONFIG RELEASE NAMESPACE
 """
 
@@ -24,6 +25,12 @@ def main(argv: list[str]) -> int:
                 create_namespace=True,
                 timeout=120,
             )
+        print(json.dumps({"name": summary.get("name"), "version": summary.get("version")}))
+        return 0
+    if action == "upgrade":
+        kubeconfig, chart, release, namespace, values = argv[2:7]
+        with helm_python.Config(kubeconfig_path=kubeconfig, namespace=namespace) as cfg:
+            summary = cfg.upgrade(chart, release, json.loads(values), namespace=namespace, timeout=120)
         print(json.dumps({"name": summary.get("name"), "version": summary.get("version")}))
         return 0
     if action == "uninstall":

@@ -7,6 +7,7 @@
 //! while the job keeps processing, with no savepoint; a change of what the fences mean falls
 //! back to the savepoint path.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
+use streamjob_tests::controlplane::kubelet::KubeletOptions;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
@@ -405,14 +407,8 @@ async fn heavy_a_leader_killed_mid_upgrade_is_replaced_and_the_upgrade_finishes(
 }
 
 /// The taskmanager pods the kubelet runs now.
-fn taskmanager_pods(cluster: &OperatorCluster) -> std::collections::BTreeSet<String> {
-    cluster
-        .kubelet
-        .processes()
-        .into_iter()
-        .map(|(_, pod, _)| pod)
-        .filter(|pod| pod.starts_with("trace-taskmanager-"))
-        .collect()
+fn taskmanager_pods(cluster: &OperatorCluster) -> BTreeSet<String> {
+    pods_running(cluster, NS, "trace-taskmanager-")
 }
 
 /// Rolls a compatible change while producing, until the rolling upgrade completed. Returns the
@@ -538,5 +534,145 @@ async fn heavy_a_compatible_change_rolls_without_stopping_and_a_key_prefix_chang
         fallback.contains("spec.redis.keyPrefix") && fallback.contains("through a savepoint"),
         "{fallback:?}"
     );
+    cluster.assert_no_forbidden();
+}
+
+/// A copy of the chart as an older release shipped it: a CRD without `spec.rolling` (the
+/// field #26 added) and a lower chart version.
+fn older_chart() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chart = streamjob_tests::controlplane::helm::chart_dir();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", chart.display()))
+        .arg(dir.path())
+        .status()
+        .expect("cp runs");
+    assert!(copied.success(), "chart copied");
+    let crd_path = dir.path().join("files/crds/streamjob.yaml");
+    let mut crd: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&crd_path).expect("CRD")).expect("YAML");
+    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"];
+    let removed = spec
+        .as_mapping_mut()
+        .and_then(|properties| properties.remove("rolling"));
+    assert!(removed.is_some(), "the chart's CRD has spec.rolling");
+    std::fs::write(&crd_path, serde_yaml::to_string(&crd).expect("YAML")).expect("CRD written");
+    let chart_yaml = dir.path().join("Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).expect("Chart.yaml");
+    let older: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("version:") {
+            Some(_) => "version: 0.0.1".to_string(),
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&chart_yaml, older).expect("Chart.yaml written");
+    dir
+}
+
+/// `kubectl apply --server-side` of a StreamJob manifest, whatever its outcome.
+fn apply_output(cluster: &OperatorCluster, manifest: &Value) -> std::process::Output {
+    let path = cluster.plane.dir().join("manifest-with-rolling.json");
+    std::fs::write(&path, manifest.to_string()).expect("manifest written");
+    cluster.plane.kubectl_output(&[
+        "apply",
+        "--server-side",
+        "--field-manager=test-user",
+        "-n",
+        NS,
+        "-f",
+        &path.display().to_string(),
+    ])
+}
+
+/// The pods the kubelet runs in `namespace` whose names start with `prefix`.
+fn pods_running(cluster: &OperatorCluster, namespace: &str, prefix: &str) -> BTreeSet<String> {
+    cluster
+        .kubelet
+        .processes()
+        .into_iter()
+        .filter(|(ns, pod, _)| ns == namespace && pod.starts_with(prefix))
+        .map(|(_, pod, _)| pod)
+        .collect()
+}
+
+/// `helm upgrade` from an older chart, as a user upgrades the operator: the CRD gains the new
+/// chart's fields (a regular template, so Helm applies it; Helm's own `crds/` directory is never
+/// upgraded), the operator's Deployment rolls to a new pod that takes the Lease over, and a
+/// running job stays Ready throughout, keeps its pods, and loses and doubles nothing.
+///
+/// Seen failing with `crds.install: false` added to the upgrade's values (the older CRD stays,
+/// kept by its resource policy): the last apply was refused, "`.spec.rolling`: field not declared
+/// in schema", exactly as the first one was.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_helm_upgrade_upgrades_the_crd_and_replaces_the_operator_without_touching_jobs() {
+    let older = older_chart();
+    let cluster =
+        OperatorCluster::up_from(older.path(), test_values(), KubeletOptions::default()).await;
+    let mut data = Data::start();
+    data.produce(1, 5_000);
+    cluster.apply(NS, &stream_job(&data, 2));
+    let mut job = stream_job(&data, 2);
+    job["spec"]["rolling"] = json!({"progressDeadline": "7m"});
+    assert!(
+        !apply_output(&cluster, &job).status.success(),
+        "the older CRD has no spec.rolling: server-side apply refuses it"
+    );
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "not Ready: {}",
+        cluster.describe()
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    let workers = pods_running(&cluster, NS, "trace-");
+    let operators = pods_running(&cluster, "streamjob-system", "streamjob-operator-");
+
+    // The upgrade raises the operator's memory limit: its pod template changes, so it rolls.
+    let mut values = test_values();
+    values["resources"] = json!({"limits": {"memory": "384Mi"}});
+    cluster.helm_upgrade(&values);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let job = cluster.get(NS, NAME);
+        assert!(
+            ready(&job),
+            "Ready dropped during the operator's upgrade: {:#}",
+            job["status"]
+        );
+        let now = pods_running(&cluster, "streamjob-system", "streamjob-operator-");
+        if !now.is_empty() && now.is_disjoint(&operators) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator's pod was not replaced: {now:?}\n{}",
+            cluster.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.wait_for_operator().await;
+
+    // The new operator leads: a new record flows, and no worker pod was replaced.
+    data.produce(2, 5_000);
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    data.assert_redis_exact();
+    assert_eq!(pods_running(&cluster, NS, "trace-"), workers);
+
+    // The upgraded CRD takes what the older one refused.
+    let applied = apply_output(&cluster, &job);
+    assert!(
+        applied.status.success(),
+        "helm upgrade did not upgrade the CRD: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        cluster.get(NS, NAME)["spec"]["rolling"]["progressDeadline"],
+        "7m",
+        "helm upgrade did not upgrade the CRD"
+    );
+    assert!(ready(&cluster.get(NS, NAME)));
     cluster.assert_no_forbidden();
 }

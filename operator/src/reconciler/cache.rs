@@ -396,11 +396,12 @@ mod tests {
         let annotations = job.annotations_mut();
         annotations.insert(LAST_APPLIED.into(), r#"{"spec":{"replicas":2}}"#.into());
         annotations.insert("team".into(), "trace".into());
-        job.managed_fields_mut()
-            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        job.managed_fields_mut().push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
                 manager: Some("kubectl".into()),
                 ..Default::default()
-            });
+            },
+        );
         job
     }
 
@@ -410,7 +411,10 @@ mod tests {
         trim_job(&mut job);
         assert!(job.managed_fields().is_empty());
         assert!(!job.annotations().contains_key(LAST_APPLIED));
-        assert_eq!(job.annotations().get("team").map(String::as_str), Some("trace"));
+        assert_eq!(
+            job.annotations().get("team").map(String::as_str),
+            Some("trace")
+        );
         assert!(job.spec.replicas > 0, "the spec stays whole");
     }
 }

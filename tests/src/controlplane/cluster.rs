@@ -46,8 +46,13 @@ impl OperatorCluster {
 
     /// [`OperatorCluster::up`] with a kubelet that plays its node as `options` say.
     pub async fn up_with(values: Value, options: KubeletOptions) -> Self {
+        Self::up_from(&helm::chart_dir(), values, options).await
+    }
+
+    /// [`OperatorCluster::up_with`] from the chart in directory `chart` (an older copy).
+    pub async fn up_from(chart: &std::path::Path, values: Value, options: KubeletOptions) -> Self {
         let plane = ControlPlane::start().await;
-        let release = helm::install(&plane, RELEASE, OPERATOR_NAMESPACE, &values);
+        let release = helm::install_chart(&plane, chart, RELEASE, OPERATOR_NAMESPACE, &values);
         let kubelet = Kubelet::start_with(&plane, options).await;
         let client = plane.admin_client().await;
         let cluster = OperatorCluster {
@@ -137,6 +142,11 @@ impl OperatorCluster {
             &format!("--timeout={}s", timeout.as_secs()),
         ]);
         output.status.success()
+    }
+
+    /// `helm upgrade` of the release to this repository's chart with `values`.
+    pub fn helm_upgrade(&self, values: &Value) {
+        helm::upgrade(&self.plane, &self.release, &helm::chart_dir(), values);
     }
 
     /// The StreamJob as JSON.

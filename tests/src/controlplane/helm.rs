@@ -1,4 +1,4 @@
-//! `helm install` of the operator's chart, through Helm's own Go SDK (the `helm-python-sdk`
+//! `helm install` and `helm upgrade` of the operator's chart, through Helm's own Go SDK (the `helm-python-sdk`
 //! wheel in `.local/venv`, driven by `tests/controlplane/helm_release.py`): the chart's CRD,
 //! RBAC, ServiceAccount and Deployment reach the API server exactly as a user's install would.
 
@@ -59,13 +59,19 @@ impl Release {
 /// Installs the chart as `release` into `namespace` (created when missing) with `values`;
 /// panics with Helm's message when the install fails.
 pub fn install(cluster: &ControlPlane, release: &str, namespace: &str, values: &Value) -> Release {
-    let output = try_install(cluster, release, namespace, values);
-    assert!(
-        output.status.success(),
-        "helm install failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    install_chart(cluster, &chart_dir(), release, namespace, values)
+}
+
+/// [`install`] of the chart in directory `chart` (an older copy, for upgrade tests).
+pub fn install_chart(
+    cluster: &ControlPlane,
+    chart: &Path,
+    release: &str,
+    namespace: &str,
+    values: &Value,
+) -> Release {
+    let output = run_release(cluster, "install", chart, release, namespace, values);
+    assert_succeeded("install", &output);
     Release {
         name: release.into(),
         namespace: namespace.into(),
@@ -79,15 +85,49 @@ pub fn try_install(
     namespace: &str,
     values: &Value,
 ) -> std::process::Output {
+    run_release(cluster, "install", &chart_dir(), release, namespace, values)
+}
+
+/// `helm upgrade` of `release` to the chart in directory `chart` with `values`; panics with
+/// Helm's message when the upgrade fails.
+pub fn upgrade(cluster: &ControlPlane, release: &Release, chart: &Path, values: &Value) {
+    let output = run_release(
+        cluster,
+        "upgrade",
+        chart,
+        &release.name,
+        &release.namespace,
+        values,
+    );
+    assert_succeeded("upgrade", &output);
+}
+
+fn run_release(
+    cluster: &ControlPlane,
+    action: &str,
+    chart: &Path,
+    release: &str,
+    namespace: &str,
+    values: &Value,
+) -> std::process::Output {
     let kubeconfig = cluster.write_kubeconfig("helm", ADMIN_TOKEN);
     Command::new(python())
         .arg(script())
-        .arg("install")
+        .arg(action)
         .arg(&kubeconfig)
-        .arg(chart_dir())
+        .arg(chart)
         .args([release, namespace, &values.to_string()])
         .output()
         .expect("python runs")
+}
+
+fn assert_succeeded(action: &str, output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "helm {action} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// `helm uninstall`.
