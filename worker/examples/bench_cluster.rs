@@ -122,6 +122,20 @@ async fn usage(conn: &mut MultiplexedConnection) -> (f64, BTreeMap<String, (u64,
     (cpu, commands)
 }
 
+/// This process's CPU seconds so far (user + system, `/proc/self/stat`).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 async fn reset(conn: &mut MultiplexedConnection) {
     for args in [&["FLUSHALL"][..], &["CONFIG", "RESETSTAT"][..]] {
         let mut cmd = redis::cmd(args[0]);
@@ -137,6 +151,8 @@ struct Measure {
     commands_per_event: f64,
     cpu_sum_us: f64,
     cpu_busiest_us: f64,
+    /// This process's CPU per event (decode, batch building, the sink's client side).
+    client_us: f64,
     /// Per command: calls and microseconds per event, summed over the primaries.
     per_command: Vec<(String, f64, f64)>,
 }
@@ -173,6 +189,7 @@ async fn run(
     }
     let events: usize = payloads.iter().map(Vec::len).sum();
     let start = Instant::now();
+    let client_before = own_cpu_seconds();
     let tasks: Vec<_> = payloads
         .iter()
         .enumerate()
@@ -184,6 +201,7 @@ async fn run(
         t.await.expect("task");
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let client_us = (own_cpu_seconds() - client_before) * 1e6 / events as f64;
     let mut cpu = Vec::new();
     let mut per_command: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (c, (cpu0, _)) in conns.iter_mut().zip(before) {
@@ -202,6 +220,7 @@ async fn run(
         commands_per_event: calls as f64 / events as f64,
         cpu_sum_us: cpu.iter().sum(),
         cpu_busiest_us: cpu.iter().copied().fold(0.0, f64::max),
+        client_us,
         per_command: per_command
             .into_iter()
             .map(|(name, (calls, usec))| {
@@ -290,19 +309,20 @@ async fn main() {
     println!(
         "{events} events, {PARTITIONS} partitions, batches of {batch}, median of {runs} runs\n"
     );
-    println!("| topology | events/s | commands/event | Redis CPU µs/event, summed | busiest primary | sum ÷ one node | busiest ÷ one node |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| topology | events/s | commands/event | Redis CPU µs/event, summed | busiest primary | sum ÷ one node | busiest ÷ one node | client CPU µs/event |");
+    println!("|---|---|---|---|---|---|---|---|");
     let pick = |m: &[Measure], f: fn(&Measure) -> f64| median(m.iter().map(f).collect());
     let base = pick(&results[0], |m| m.cpu_sum_us);
     for ((label, _, _), m) in setups.iter().zip(&results) {
         let sum = pick(m, |m| m.cpu_sum_us);
         let busiest = pick(m, |m| m.cpu_busiest_us);
         println!(
-            "| {label} | {:.0} | {:.2} | {sum:.2} | {busiest:.2} | {:.2} | {:.2} |",
+            "| {label} | {:.0} | {:.2} | {sum:.2} | {busiest:.2} | {:.2} | {:.2} | {:.2} |",
             pick(m, |m| m.events_per_sec),
             pick(m, |m| m.commands_per_event),
             sum / base,
             busiest / base,
+            pick(m, |m| m.client_us),
         );
     }
     println!("\nWhere Redis spends it (last run; calls and µs per event from `INFO commandstats`, summed over the primaries; a script's inner calls are in both the script's line and their own):\n");
