@@ -115,6 +115,7 @@ fn jobmanager_exposition() -> String {
         wait: false,
         watermark_ack_ms: None,
         load: None,
+        redis: None,
     };
     coordinator
         .heartbeat("tm-0", &request, later)

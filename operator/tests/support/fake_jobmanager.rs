@@ -80,6 +80,7 @@ pub fn overview(job: &str) -> JobOverview {
         last_checkpoint: None,
         last_savepoint: None,
         watermark: None,
+        redis: None,
     }
 }
 

@@ -140,6 +140,7 @@ pub mod nodes;
 pub mod plan;
 pub mod read;
 pub(crate) mod seeds;
+pub mod shape;
 pub(crate) mod sink;
 pub mod slot;
 pub mod unit;
