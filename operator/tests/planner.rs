@@ -622,6 +622,27 @@ fn an_invalid_spec_is_refused_with_the_field_name() {
     assert_eq!(error.reason(), "InvalidSpec");
 }
 
+/// An object stored before the CRD had the rule is never checked against it again by the API
+/// server, yet it is still refused: the planner validates the workers' config, and names the
+/// field there.
+#[test]
+fn a_cluster_key_prefix_with_a_hash_tag_is_refused_past_the_crd_too() {
+    let mut job = support::sample("cluster.yaml");
+    job.spec.redis.key_prefix = "{eu}:".into();
+    let error = planner::plan(PlanInput {
+        job: &job,
+        observed: &Observed::default(),
+        jobmanager: None,
+        now: now(),
+    })
+    .expect_err("a hash tag in a cluster's prefix");
+    let message = error.to_string();
+    assert!(message.contains("sink.redis.keyPrefix"), "{message}");
+    assert!(message.contains("hash tag"), "{message}");
+    job.spec.redis.key_prefix = "eu:".into();
+    plan_for(&job, &Observed::default());
+}
+
 #[test]
 fn the_jobmanager_report_becomes_job_progress() {
     let job = support::sample("minimal.yaml");
