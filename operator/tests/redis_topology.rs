@@ -7,7 +7,6 @@ mod support;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use streamjob_operator::crd::StreamJob;
-use streamjob_operator::planner::lifecycle::JobManagerView;
 use streamjob_operator::planner::redis::REDIS_SLOTS_MIGRATING;
 use streamjob_operator::planner::{
     self, Action, EventNote, EventSeverity, JobManagerReport, Observed, Plan, PlanInput,
@@ -45,15 +44,7 @@ fn a_single_redis() -> RedisTopology {
 fn the_jobmanager_reports(redis: Option<RedisTopology>) -> JobManagerReport {
     let mut overview = support::fake_jobmanager::overview("trace");
     overview.redis = redis;
-    JobManagerReport {
-        observed_at: now(),
-        view: JobManagerView {
-            overview: Ok(overview),
-            poll: None,
-            savepoints: None,
-            checkpoints: None,
-        },
-    }
+    support::fake_jobmanager::report(overview, now())
 }
 
 /// Plans `job` with `report` (or no jobmanager asked), then takes the plan's status as the
@@ -106,46 +97,49 @@ fn the_reported_topology_becomes_status_job_redis() {
     );
 }
 
+/// One reconciliation after the taskmanagers saw `migrating` slots moving on the cluster.
+fn reconcile_seeing(job: &mut StreamJob, migrating: u32) -> Plan {
+    let report = the_jobmanager_reports(Some(cluster_with_migrating(migrating)));
+    reconcile(job, Some(&report))
+}
+
+/// The condition's status and reason.
+fn migration_state(plan: &Plan) -> (&str, &str) {
+    let condition = migration_condition(plan).expect("present on a cluster");
+    (condition.status.as_str(), condition.reason.as_str())
+}
+
+/// The Events about the condition: (severity, reason).
+fn migration_events(plan: &Plan) -> Vec<(EventSeverity, &str)> {
+    events_about_migration(plan)
+        .into_iter()
+        .map(|note| (note.severity, note.reason.as_str()))
+        .collect()
+}
+
 #[test]
 fn a_reshard_on_a_cluster_flips_the_condition_with_one_normal_event_each_way() {
     let mut job = support::sample("minimal.yaml");
 
-    let settled = reconcile(
-        &mut job,
-        Some(&the_jobmanager_reports(Some(cluster_with_migrating(0)))),
-    );
-    let condition = migration_condition(&settled).expect("present on a cluster");
-    assert_eq!(
-        (condition.status.as_str(), condition.reason.as_str()),
-        ("False", "NoSlotMigrating")
-    );
+    let settled = reconcile_seeing(&mut job, 0);
+    assert_eq!(migration_state(&settled), ("False", "NoSlotMigrating"));
     assert!(
-        events_about_migration(&settled).is_empty(),
+        migration_events(&settled).is_empty(),
         "a first condition is not news"
     );
 
-    let resharding = reconcile(
-        &mut job,
-        Some(&the_jobmanager_reports(Some(cluster_with_migrating(12)))),
-    );
-    let condition = migration_condition(&resharding).expect("present");
-    assert_eq!(
-        (condition.status.as_str(), condition.reason.as_str()),
-        ("True", "SlotsMigrating")
-    );
+    let resharding = reconcile_seeing(&mut job, 12);
+    assert_eq!(migration_state(&resharding), ("True", "SlotsMigrating"));
+    let message = &migration_condition(&resharding).expect("present").message;
     assert!(
-        condition.message.contains("12 slots migrating") && condition.message.contains("3 shards"),
-        "{}",
-        condition.message
+        message.contains("12 slots migrating") && message.contains("3 shards"),
+        "{message}"
     );
-    let events = events_about_migration(&resharding);
-    assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
-        events[0].severity,
-        EventSeverity::Normal,
+        migration_events(&resharding),
+        [(EventSeverity::Normal, "SlotsMigrating")],
         "a reshard is a wait"
     );
-    assert_eq!(events[0].reason, "SlotsMigrating");
     assert!(
         resharding
             .actions
@@ -155,44 +149,28 @@ fn a_reshard_on_a_cluster_flips_the_condition_with_one_normal_event_each_way() {
         resharding.actions
     );
 
-    // Fewer slots left: the message follows, but that is no new Event.
-    let moving_on = reconcile(
-        &mut job,
-        Some(&the_jobmanager_reports(Some(cluster_with_migrating(3)))),
-    );
-    assert!(events_about_migration(&moving_on).is_empty());
-    let condition = migration_condition(&moving_on).expect("present");
-    assert_eq!(
-        condition.last_transition_time,
-        migration_condition(&resharding)
+    // Fewer slots left: the message follows, but that is no new Event nor a new transition.
+    let moving_on = reconcile_seeing(&mut job, 3);
+    assert!(migration_events(&moving_on).is_empty());
+    let since = |plan: &Plan| {
+        migration_condition(plan)
+            .map(|c| c.last_transition_time.clone())
             .expect("present")
-            .last_transition_time
-    );
+    };
+    assert_eq!(since(&moving_on), since(&resharding));
 
-    let done = reconcile(
-        &mut job,
-        Some(&the_jobmanager_reports(Some(cluster_with_migrating(0)))),
-    );
-    let condition = migration_condition(&done).expect("present");
+    let done = reconcile_seeing(&mut job, 0);
+    assert_eq!(migration_state(&done), ("False", "NoSlotMigrating"));
     assert_eq!(
-        (condition.status.as_str(), condition.reason.as_str()),
-        ("False", "NoSlotMigrating")
-    );
-    let events = events_about_migration(&done);
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(
-        (events[0].severity, events[0].reason.as_str()),
-        (EventSeverity::Normal, "NoSlotMigrating")
+        migration_events(&done),
+        [(EventSeverity::Normal, "NoSlotMigrating")]
     );
 }
 
 #[test]
 fn a_round_without_a_report_keeps_the_condition_and_a_single_redis_has_none() {
     let mut job = support::sample("minimal.yaml");
-    reconcile(
-        &mut job,
-        Some(&the_jobmanager_reports(Some(cluster_with_migrating(2)))),
-    );
+    reconcile_seeing(&mut job, 2);
     let not_asked = reconcile(&mut job, None);
     let condition = migration_condition(&not_asked).expect("kept");
     assert_eq!(condition.status, "True");
