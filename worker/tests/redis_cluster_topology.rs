@@ -1,19 +1,24 @@
 //! The Redis Cluster's shape travels from a taskmanager to the job overview: an in-process
 //! jobmanager and taskmanager (its real pipeline: an embedded broker, a real 3-primary
 //! cluster) show the shards, the primaries and a slot left half-resharded, in the overview,
-//! in the dashboard's state and in the taskmanager's gauges, and the migration's end too.
+//! in the dashboard's state and in the taskmanager's gauges, and the migration's end too. Off a
+//! cluster, a single node and a Sentinel primary are one shard at their address.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
 use streamjob_worker::api::{JobOverview, RedisMode, RedisTopology};
-use streamjob_worker::config::{JobConfig, RedisClusterConfig};
+use streamjob_worker::config::{
+    JobConfig, RedisClusterConfig, RedisSentinelConfig, RedisSinkConfig,
+};
 use streamjob_worker::jobmanager::{FixedPartitions, JobManager, JobManagerOptions};
 use streamjob_worker::metrics::Metrics;
 use streamjob_worker::pipeline::PipelineOptions;
+use streamjob_worker::sink::redis::RedisSink;
 use streamjob_worker::taskmanager::{JobManagerClient, TaskManager, TaskManagerOptions};
 use streamjob_worker::testkit::kafka;
+use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, SentinelOf};
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
 use tokio::net::TcpListener;
 
@@ -161,4 +166,48 @@ async fn the_overview_shows_the_shards_and_a_slot_left_migrating() {
 
     tm.shutdown().await.expect("taskmanager stops");
     jm.shutdown();
+}
+
+/// Off a cluster the sink describes one shard at the primary it writes to, without a call:
+/// the address of `sink.redis.url`, or the one the sentinels named.
+#[tokio::test]
+async fn a_single_node_and_a_sentinel_primary_are_one_shard_at_their_address() {
+    let primary = RedisServer::start().expect("redis-server");
+    let address = format!("127.0.0.1:{}", primary.port());
+    let single = RedisSinkConfig {
+        url: primary.url(),
+        ..RedisSinkConfig::default()
+    };
+    let sink = RedisSink::connect(&single, JOB, TOPIC).await.expect("sink");
+    let topology = sink.describe_topology().await.expect("described");
+    assert_eq!(
+        (topology.mode, topology.shards, topology.migrating_slots),
+        (RedisMode::Single, 1, 0)
+    );
+    assert_eq!(topology.primaries, [address.clone()]);
+
+    let sentinel = RedisServer::start_with(RedisOptions {
+        sentinel: Some(SentinelOf {
+            master_name: "sj".into(),
+            primary_port: primary.port(),
+            quorum: 1,
+        }),
+        ..RedisOptions::default()
+    })
+    .expect("sentinel");
+    let behind_sentinels = RedisSinkConfig {
+        url: "redis://sentinel/0".into(),
+        sentinel: Some(RedisSentinelConfig {
+            master_name: "sj".into(),
+            nodes: vec![format!("127.0.0.1:{}", sentinel.port())],
+            password: None,
+        }),
+        ..RedisSinkConfig::default()
+    };
+    let sink = RedisSink::connect(&behind_sentinels, JOB, TOPIC)
+        .await
+        .expect("sink");
+    let topology = sink.describe_topology().await.expect("described");
+    assert_eq!((topology.mode, topology.shards), (RedisMode::Sentinel, 1));
+    assert_eq!(topology.primaries, [address]);
 }
