@@ -184,7 +184,7 @@ async fn a_single_node_and_a_sentinel_primary_are_one_shard_at_their_address() {
         (topology.mode, topology.shards, topology.migrating_slots),
         (RedisMode::Single, 1, 0)
     );
-    assert_eq!(topology.primaries, [address.clone()]);
+    assert_eq!(topology.primaries, std::slice::from_ref(&address));
 
     let sentinel = RedisServer::start_with(RedisOptions {
         sentinel: Some(SentinelOf {
