@@ -518,6 +518,7 @@ pub struct RedisTlsSpec {
 #[x_kube(validation = Rule::new("!has(self.sentinel) || !self.url.startsWith('unix://')").message("spec.redis.url must be redis:// or rediss:// with spec.redis.sentinel (it then only selects the database)"))]
 #[x_kube(validation = Rule::new("!has(self.cluster) || !has(self.sentinel)").message("spec.redis.cluster cannot be combined with spec.redis.sentinel (a cluster fails over by itself)"))]
 #[x_kube(validation = Rule::new("!has(self.cluster) || self.url.matches('^rediss?://[^/]*(/0?)?$')").message("spec.redis.url must be redis:// or rediss:// with database 0 (or none) with spec.redis.cluster (it then only selects TLS)"))]
+#[x_kube(validation = Rule::new("!has(self.cluster) || !has(self.keyPrefix) || !self.keyPrefix.contains('{')").message("spec.redis.keyPrefix must not contain '{' with spec.redis.cluster: a hash tag ({...}) in the prefix would put every key, and every slot's fence, into one slot"))]
 pub struct RedisSpec {
     /// `redis://host:port/db`, `rediss://...` or `unix:///path` (at most 1024 characters). No
     /// password in it: use `passwordSecretRef`.
@@ -559,8 +560,9 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<RedisSentinelSpec>,
     /// A Redis Cluster, reached through these seed nodes. `url` then only selects TLS
-    /// (`redis://cluster` or `rediss://cluster`). Being built (issue #25): until it is, the
-    /// workers refuse it with a message that says so.
+    /// (`redis://cluster` or `rediss://cluster`), and `keyPrefix` must not contain `{`: Redis
+    /// Cluster places a key by its hash tag (`{...}`), so a tag in the prefix would put every key
+    /// into one slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<RedisClusterSpec>,
 }
@@ -1290,6 +1292,29 @@ pub struct JobProgress {
     /// Every series window ending at or before this is final (recorded in Redis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_before: Option<Time>,
+    /// The Redis the workers write to, as the freshest taskmanager report read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStatus>,
+}
+
+/// The Redis the workers write to: its mode, its shards and, on a cluster, the slots migrating
+/// between them (a reshard at work: applies to those slots wait until it ends).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    /// `single`, `sentinel` or `cluster`.
+    pub mode: String,
+    /// Primaries that serve slots (1 on a single node or behind Sentinel).
+    pub shards: i32,
+    /// Their addresses, `host:port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primaries: Vec<String>,
+    /// Slots some primary is migrating out or importing (always 0 off a cluster).
+    #[serde(default)]
+    pub migrating_slots: i32,
+    /// When a taskmanager last read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<Time>,
 }
 
 /// Progress of one partition.

@@ -47,6 +47,7 @@ fn every_sample_passes_every_rule() {
         "full.yaml",
         "sentinel.yaml",
         "sentinel-tls.yaml",
+        "cluster.yaml",
     ] {
         let object = serde_json::to_value(support::sample(sample)).expect("serialises");
         validate(&object).unwrap_or_else(|e| panic!("{sample}: {e}"));
@@ -298,6 +299,27 @@ fn cross_field_rules_hold() {
         json!({"pvc": "delete", "finalSavepoint": false}),
     ))
     .expect("delete without final savepoint");
+}
+
+/// A hash tag in a cluster's key prefix would pin every key, and every slot's fence, to one
+/// slot; on a single node the same prefix only names the keys.
+#[test]
+fn a_cluster_key_prefix_holds_no_hash_tag() {
+    let cluster = |prefix: &str| {
+        let mut object = with("redis.keyPrefix", json!(prefix));
+        object["spec"]["redis"]["url"] = json!("redis://cluster");
+        object["spec"]["redis"]["cluster"] = json!({"nodes": ["redis-0.redis:6379"]});
+        object
+    };
+    for prefix in ["{eu}:", "eu{", "{}"] {
+        assert_refused(
+            cluster(prefix),
+            "spec.redis.keyPrefix must not contain '{' with spec.redis.cluster",
+        );
+        validate(&with("redis.keyPrefix", json!(prefix))).expect("a single node has no slots");
+    }
+    validate(&cluster("eu:")).expect("a plain prefix on a cluster");
+    validate(&cluster("eu}:")).expect("a '}' alone opens no tag");
 }
 
 #[test]

@@ -202,6 +202,7 @@ impl World {
             last_checkpoint: p.last_checkpoint.clone(),
             last_savepoint: p.last_savepoint.clone(),
             watermark: None,
+            redis: None,
         })
     }
 

@@ -607,19 +607,38 @@ fn a_failure_keeps_observations_and_sets_degraded() {
     ));
 }
 
-#[test]
-fn an_invalid_spec_is_refused_with_the_field_name() {
-    let mut job = support::sample("minimal.yaml");
-    job.spec.batch.linger = "soon".into();
-    let error = planner::plan(PlanInput {
-        job: &job,
+/// Why `job` cannot be planned (it must not be).
+fn refusal(job: &StreamJob, why: &str) -> planner::PlanError {
+    planner::plan(PlanInput {
+        job,
         observed: &Observed::default(),
         jobmanager: None,
         now: now(),
     })
-    .expect_err("linger is not a duration");
+    .expect_err(why)
+}
+
+#[test]
+fn an_invalid_spec_is_refused_with_the_field_name() {
+    let mut job = support::sample("minimal.yaml");
+    job.spec.batch.linger = "soon".into();
+    let error = refusal(&job, "linger is not a duration");
     assert!(error.to_string().contains("spec.batch.linger"), "{error}");
     assert_eq!(error.reason(), "InvalidSpec");
+}
+
+/// An object stored before the CRD had the rule is never checked against it again by the API
+/// server, yet it is still refused: the planner validates the workers' config, and names the
+/// field there.
+#[test]
+fn a_cluster_key_prefix_with_a_hash_tag_is_refused_past_the_crd_too() {
+    let mut job = support::sample("cluster.yaml");
+    job.spec.redis.key_prefix = "{eu}:".into();
+    let message = refusal(&job, "a hash tag in a cluster's prefix").to_string();
+    assert!(message.contains("sink.redis.keyPrefix"), "{message}");
+    assert!(message.contains("hash tag"), "{message}");
+    job.spec.redis.key_prefix = "eu:".into();
+    plan_for(&job, &Observed::default());
 }
 
 #[test]

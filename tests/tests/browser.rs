@@ -365,6 +365,12 @@ async fn heavy_dashboard_and_trace_page_in_headless_chromium() {
         committed.replace(',', "").parse::<u64>().is_ok(),
         "{committed}"
     );
+    // The Redis the taskmanagers reported: a single node at the test's redis-server.
+    let redis_address = format!("single · 127.0.0.1:{}", redis.port());
+    wait_until("the Redis topology", Duration::from_secs(30), || async {
+        text(&client, "#redis").await == redis_address
+    })
+    .await;
     screenshot(&client, "dashboard.png").await;
     client
         .set_window_size(412, 1400)

@@ -64,6 +64,7 @@ async fn heavy_helm_install_establishes_the_crd_and_the_server_enforces_its_rule
         "full.yaml",
         "sentinel.yaml",
         "sentinel-tls.yaml",
+        "cluster.yaml",
     ] {
         let path = samples_dir().join(sample);
         let text = std::fs::read_to_string(&path).expect("sample");
@@ -102,6 +103,14 @@ async fn heavy_helm_install_establishes_the_crd_and_the_server_enforces_its_rule
             "spec.redis.url must not carry credentials",
         ),
         (json!({"image": ""}), "spec.image"),
+        (
+            json!({"redis": {
+                "url": "redis://cluster",
+                "cluster": {"nodes": ["redis-0.redis:6379"]},
+                "keyPrefix": "{eu}:",
+            }}),
+            "spec.redis.keyPrefix must not contain '{' with spec.redis.cluster",
+        ),
     ];
     for (spec, field) in cases {
         let message = refusal(&plane, spec.clone())

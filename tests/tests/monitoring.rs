@@ -65,6 +65,12 @@ fn worker_exposition() -> String {
         .partition_rewinds
         .get_or_create(&streamjob_worker::metrics::PartitionLabel { partition: 0 })
         .inc();
+    pipeline
+        .redis_cluster_waits
+        .get_or_create(&streamjob_worker::metrics::KindLabel {
+            kind: "tryagain".into(),
+        })
+        .inc();
     metrics.encode()
 }
 
@@ -115,6 +121,7 @@ fn jobmanager_exposition() -> String {
         wait: false,
         watermark_ack_ms: None,
         load: None,
+        redis: None,
     };
     coordinator
         .heartbeat("tm-0", &request, later)

@@ -172,6 +172,10 @@ pub struct JobOverview {
     /// The event-time series' watermark and finality (absent with `window.enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkStatus>,
+    /// The Redis the taskmanagers write to, from the freshest of their reports (absent until
+    /// one reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTopology>,
 }
 
 /// The job's event-time watermark.
@@ -188,6 +192,48 @@ pub struct WatermarkStatus {
     /// Every window ending at or before this is final (`finalWatermarkMs − allowedLateness`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_before_ms: Option<i64>,
+}
+
+/// Which kind of Redis the sink writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at a fixed address (`sink.redis.url`).
+    #[default]
+    Single,
+    /// The primary a set of Sentinels names (`sink.redis.sentinel`).
+    Sentinel,
+    /// A Redis Cluster (`sink.redis.cluster`).
+    Cluster,
+}
+
+impl std::fmt::Display for RedisMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisMode::Single => "single",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        })
+    }
+}
+
+/// The Redis a taskmanager writes to, as it last read it: sent with its heartbeats and shown in
+/// the job overview (the freshest report of any taskmanager), the dashboard and the
+/// StreamJob's status. On a cluster, resharding shows here as migrating slots: applies to them
+/// wait until it ends (a wait, not an error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RedisTopology {
+    pub mode: RedisMode,
+    /// Primaries that serve slots (1 on a single node or behind Sentinel).
+    pub shards: u32,
+    /// Their addresses, `host:port`, sorted.
+    pub primaries: Vec<String>,
+    /// Slots some primary is migrating out or importing (`CLUSTER SETSLOT … MIGRATING` /
+    /// `IMPORTING`): a reshard in progress, or one left half done. Always 0 off a cluster.
+    pub migrating_slots: u32,
+    /// When this was read (epoch ms, the taskmanager's clock).
+    pub last_refresh_ms: u64,
 }
 
 /// What one taskmanager measured of its own load since it started: cumulative counters (so any
@@ -536,6 +582,9 @@ pub struct HeartbeatRequest {
     /// This taskmanager's load counters (the autoscaler's input).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load: Option<TaskManagerLoad>,
+    /// The Redis topology as this taskmanager last read it (absent before its first read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTopology>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -731,6 +731,13 @@ pub fn validate_topic(field: &'static str, topic: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Why a cluster's key prefix holds no `{`. Redis Cluster hashes only the text between a key's
+/// first `{` and the next `}` when there is one (a hash tag): a tag in the prefix would put every
+/// key, and every slot's fence, into one slot; an unclosed `{` would take the tag that places
+/// each slot's fence in its slot into a longer one, and the fences would land elsewhere.
+pub const CLUSTER_KEY_PREFIX_RULE: &str = "must not contain '{' with sink.redis.cluster: a hash \
+     tag ({...}) in the prefix would put every key, and every slot's fence, into one slot";
+
 fn validate_cluster(
     cluster: &RedisClusterConfig,
     redis: &RedisSinkConfig,
@@ -758,6 +765,9 @@ fn validate_cluster(
             "sink.redis.url",
             "must select database 0 (or none) with sink.redis.cluster: a Redis Cluster has no other",
         ));
+    }
+    if redis.key_prefix.contains('{') {
+        return Err(invalid("sink.redis.keyPrefix", CLUSTER_KEY_PREFIX_RULE));
     }
     if cluster.nodes.is_empty() {
         return Err(invalid(
@@ -1014,5 +1024,25 @@ mod tests {
             let err = JobConfig::from_yaml(&yaml).expect_err(&yaml);
             assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
+    }
+
+    #[test]
+    fn a_key_prefix_with_a_hash_tag_is_refused_on_a_cluster_only() {
+        let yaml = |prefix: &str, cluster: bool| {
+            let topology = match cluster {
+                true => "url: redis://cluster\n    cluster:\n      nodes: [\"r1:6379\"]",
+                false => "url: redis://r1:6379/0",
+            };
+            format!("sink:\n  redis:\n    {topology}\n    keyPrefix: \"{prefix}\"\n")
+        };
+        for prefix in ["{eu}:", "eu{", "{}"] {
+            let err = JobConfig::from_yaml(&yaml(prefix, true)).expect_err(prefix);
+            let message = err.to_string();
+            assert!(message.contains("sink.redis.keyPrefix"), "{message}");
+            assert!(message.contains("hash tag"), "{message}");
+            // A single node has no slots: the same prefix only names its keys.
+            JobConfig::from_yaml(&yaml(prefix, false)).expect("valid on a single node");
+        }
+        JobConfig::from_yaml(&yaml("eu}:", true)).expect("a '}' alone opens no tag");
     }
 }

@@ -61,6 +61,10 @@ pub struct PipelineMetrics {
     /// Redis Cluster refusals an apply waited out, by kind (`tryagain`, `ask`, `moved`,
     /// `reread`, `node_down`): resharding and failover at work, not errors.
     pub redis_cluster_waits: Family<KindLabel, Counter>,
+    /// Primaries that serve the cluster's slots, as last read (0 off a cluster).
+    pub redis_cluster_shards: Gauge,
+    /// Slots migrating between primaries, as last read: a reshard at work (0 off a cluster).
+    pub redis_cluster_migrating_slots: Gauge,
     /// Kafka client errors (consumer, producer, DLQ deliveries) by kind.
     pub kafka_errors: Family<KindLabel, Counter>,
     /// Retries of a batch apply or DLQ delivery after a retryable error.
@@ -114,6 +118,8 @@ impl PipelineMetrics {
             dead_letters_not_repeated: Counter::default(),
             redis_errors: Family::default(),
             redis_cluster_waits: Family::default(),
+            redis_cluster_shards: Gauge::default(),
+            redis_cluster_migrating_slots: Gauge::default(),
             kafka_errors: Family::default(),
             retries: Counter::default(),
             partition_retrying: Family::default(),
@@ -198,6 +204,16 @@ impl PipelineMetrics {
             "redis_cluster_waits",
             "Redis Cluster refusals an apply waited out (resharding, failover), by kind",
             self.redis_cluster_waits.clone(),
+        );
+        r.register(
+            "redis_cluster_shards",
+            "Primaries serving the Redis Cluster's slots, as last read (0 off a cluster)",
+            self.redis_cluster_shards.clone(),
+        );
+        r.register(
+            "redis_cluster_migrating_slots",
+            "Redis Cluster slots migrating between primaries, as last read (a reshard at work)",
+            self.redis_cluster_migrating_slots.clone(),
         );
         r.register(
             "kafka_errors",

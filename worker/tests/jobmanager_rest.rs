@@ -95,6 +95,7 @@ fn fake_taskmanager(
                 wait: true,
                 watermark_ack_ms: None,
                 load: None,
+                redis: None,
             };
             let Ok(response) = client
                 .heartbeat(id, &request, Duration::from_millis(200))

@@ -8,6 +8,7 @@ pub mod autoscaler;
 pub mod children;
 pub mod config;
 pub mod lifecycle;
+pub mod redis;
 pub mod rollout;
 pub mod status;
 

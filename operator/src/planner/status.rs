@@ -13,7 +13,9 @@ use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
 use crate::planner::annotations::RESTART_NONCE_ANNOTATION;
 use streamjob_worker::api::RestoreSource;
 
-use crate::planner::{labels, EventNote, EventSeverity, JobManagerReport, Observed, PlanInput};
+use crate::planner::{
+    labels, redis, EventNote, EventSeverity, JobManagerReport, Observed, PlanInput,
+};
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -181,6 +183,7 @@ fn progress(report: &JobManagerReport) -> Option<JobProgress> {
             .and_then(|w| w.final_before_ms)
             .and_then(|ms| Timestamp::from_millisecond(ms).ok())
             .map(Time),
+        redis: overview.redis.as_ref().map(redis::status_of),
     })
 }
 
@@ -207,6 +210,8 @@ pub fn next(input: &PlanInput<'_>, name: &str, config_hash: &str) -> Next {
     if let Some(rewound) = rewind_condition(previous, status.job.as_ref(), generation, now) {
         status.conditions.push(rewound);
     }
+    let migrating = redis::migration_condition(previous, status.job.as_ref(), generation, now);
+    status.conditions.extend(migrating);
     status.observed_restart_nonce = job.spec.restart_nonce;
     let requeue_after = if assessed.settled && assessed.failure.is_none() {
         REQUEUE_IDLE

@@ -80,6 +80,24 @@ pub fn overview(job: &str) -> JobOverview {
         last_checkpoint: None,
         last_savepoint: None,
         watermark: None,
+        redis: None,
+    }
+}
+
+/// What the reconciler hands the planner after reading `overview` at `observed_at` (no
+/// operation polled, no list read).
+pub fn report(
+    overview: JobOverview,
+    observed_at: k8s_openapi::jiff::Timestamp,
+) -> streamjob_operator::planner::JobManagerReport {
+    streamjob_operator::planner::JobManagerReport {
+        observed_at,
+        view: streamjob_operator::planner::lifecycle::JobManagerView {
+            overview: Ok(overview),
+            poll: None,
+            savepoints: None,
+            checkpoints: None,
+        },
     }
 }
 

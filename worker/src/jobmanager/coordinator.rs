@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::api::{
     Assignment, HeartbeatRequest, HeartbeatResponse, JobState, OwnedPartition, PartitionOffsets,
-    PartitionProgress, PartitionState, PartitionStatus, RegisterRequest, ReleasedPartition, Rewind,
-    TaskManagerInfo, TaskManagerLoad, TaskManagerMetrics,
+    PartitionProgress, PartitionState, PartitionStatus, RedisTopology, RegisterRequest,
+    ReleasedPartition, Rewind, TaskManagerInfo, TaskManagerLoad, TaskManagerMetrics,
 };
 
 use super::planner::{self, OwnerView};
@@ -98,6 +98,8 @@ struct Member {
     failed_takes: u32,
     /// What it runs (`STREAMJOB_REVISION`: the pod template's hash), as it registered.
     revision: Option<String>,
+    /// The Redis topology as it last read it.
+    redis: Option<RedisTopology>,
 }
 
 /// A checkpoint or savepoint waiting for fresh reports.
@@ -339,6 +341,7 @@ impl Coordinator {
                 held_back: None,
                 failed_takes: 0,
                 revision: request.revision.clone(),
+                redis: None,
             },
         );
         for owned in &request.owned {
@@ -387,6 +390,9 @@ impl Coordinator {
             member.watermark_ack = request.watermark_ack_ms;
             if request.load.is_some() {
                 member.load = request.load;
+            }
+            if request.redis.is_some() {
+                member.redis = request.redis.clone();
             }
             self.apply_released(id, &request.released);
             let reported: BTreeMap<i32, u64> = request
@@ -943,6 +949,16 @@ impl Coordinator {
                 }
             })
             .collect()
+    }
+
+    /// The Redis topology from the freshest report of any member: they all write to the same
+    /// Redis, and the newest read is the best guess of where it stands.
+    pub fn redis_topology(&self) -> Option<RedisTopology> {
+        self.members
+            .values()
+            .filter_map(|m| m.redis.as_ref())
+            .max_by_key(|r| r.last_refresh_ms)
+            .cloned()
     }
 
     /// Each member's newest load report, for the autoscaler.

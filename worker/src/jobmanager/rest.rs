@@ -252,6 +252,7 @@ pub(crate) fn overview(shared: &Shared, job_id: String) -> JobOverview {
         last_checkpoint,
         last_savepoint,
         watermark: shared.series.status(job_watermark, final_watermark),
+        redis: c.redis_topology(),
     }
 }
 

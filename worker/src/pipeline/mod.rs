@@ -28,7 +28,7 @@ use tracing::Instrument;
 pub use backoff::Backoff;
 pub use partition_state::PartitionExit;
 
-use crate::api::{Assignment, PartitionProgress};
+use crate::api::{Assignment, PartitionProgress, RedisMode, RedisTopology};
 use crate::config::{JobConfig, StartingOffsets};
 use crate::metrics::Metrics;
 use crate::sink::redis::window::WindowRules;
@@ -50,6 +50,10 @@ pub enum PipelineError {
     Task(String),
 }
 
+/// How often the Redis topology is read by default: a reshard of a few slots shows for a few
+/// heartbeats at least, at the cost of one `CLUSTER NODES` per primary per interval.
+pub const TOPOLOGY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Tunables that are not part of `job.yaml`.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -60,6 +64,9 @@ pub struct PipelineOptions {
     pub claim_timeout: Duration,
     /// How often high watermarks are refreshed for lag.
     pub watermark_interval: Duration,
+    /// How often the Redis topology is read for the job overview and the metrics (on a
+    /// cluster: `CLUSTER SLOTS` once and `CLUSTER NODES` per primary).
+    pub topology_interval: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -68,6 +75,7 @@ impl Default for PipelineOptions {
             backoff: Backoff::default(),
             claim_timeout: Duration::from_secs(60),
             watermark_interval: Duration::from_secs(1),
+            topology_interval: TOPOLOGY_INTERVAL,
         }
     }
 }
@@ -85,6 +93,8 @@ pub(crate) struct Shared {
     pub board: watermark::WatermarkBoard,
     /// Busy time, events processed, Redis latency and retries (the autoscaler's input).
     pub load: load::LoadMeter,
+    /// The Redis topology as last read (`None` before the first read succeeded).
+    pub redis_topology: Mutex<Option<RedisTopology>>,
 }
 
 struct PartitionHandle {
@@ -144,6 +154,7 @@ impl Pipeline {
                     .then(|| WindowRules::from_config(&config.window)),
                 board: watermark::WatermarkBoard::default(),
                 load,
+                redis_topology: Mutex::default(),
             });
             let partitions: Partitions = Arc::default();
             let background = vec![
@@ -155,6 +166,9 @@ impl Pipeline {
                         options.watermark_interval,
                     )
                     .in_current_span(),
+                ),
+                tokio::spawn(
+                    report_topology(shared.clone(), options.topology_interval).in_current_span(),
                 ),
             ];
             Ok(Self {
@@ -190,6 +204,15 @@ impl Pipeline {
     /// The process' load counters (busy time, events, Redis latency and retries).
     pub fn load(&self) -> crate::api::TaskManagerLoad {
         self.shared.load.report()
+    }
+
+    /// The Redis topology as last read (for the heartbeat; `None` before the first read).
+    pub fn redis_topology(&self) -> Option<RedisTopology> {
+        self.shared
+            .redis_topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Takes the job's event-time watermark from the jobmanager.
@@ -667,6 +690,37 @@ async fn refresh_watermarks(shared: Arc<Shared>, partitions: Partitions, every: 
             }
         })
         .await;
+    }
+}
+
+/// Reads the Redis topology every `every`, keeps it for the heartbeat and sets the cluster
+/// gauges. A failed read keeps the last one (its `lastRefreshMs` shows its age) and is logged
+/// once per run of failures: the applies meet the same trouble and say more.
+async fn report_topology(shared: Arc<Shared>, every: Duration) {
+    let mut failing = false;
+    loop {
+        match shared.sink.describe_topology().await {
+            Ok(topology) => {
+                if topology.mode == RedisMode::Cluster {
+                    let metrics = shared.metrics.pipeline();
+                    metrics.redis_cluster_shards.set(i64::from(topology.shards));
+                    metrics
+                        .redis_cluster_migrating_slots
+                        .set(i64::from(topology.migrating_slots));
+                }
+                *shared
+                    .redis_topology
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(topology);
+                failing = false;
+            }
+            Err(err) if !failing => {
+                tracing::warn!(%err, "cannot read the redis topology; reporting the last one read");
+                failing = true;
+            }
+            Err(err) => tracing::debug!(%err, "cannot read the redis topology"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::config::JobConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError, PipelineOptions};
 
 pub use client::{ClientError, JobManagerClient};
 use link::Link;
@@ -191,7 +191,17 @@ impl TaskManager {
         options: TaskManagerOptions,
         metrics: Metrics,
     ) -> Result<Self, TaskManagerError> {
-        let pipeline = Pipeline::start(config.clone(), metrics).await?;
+        Self::start_with(config, options, metrics, PipelineOptions::default()).await
+    }
+
+    /// [`TaskManager::start`] with the pipeline's tunables (tests shorten its intervals).
+    pub async fn start_with(
+        config: Arc<JobConfig>,
+        options: TaskManagerOptions,
+        metrics: Metrics,
+        pipeline_options: PipelineOptions,
+    ) -> Result<Self, TaskManagerError> {
+        let pipeline = Pipeline::start_with(config.clone(), metrics, pipeline_options).await?;
         let inner = Arc::new(Inner {
             id: options.id,
             address: options.address,
@@ -418,6 +428,7 @@ impl Inner {
             wait: true,
             watermark_ack_ms: self.pipeline.watermark_ack(),
             load: Some(self.pipeline.load()),
+            redis: self.pipeline.redis_topology(),
         };
         (request, released)
     }

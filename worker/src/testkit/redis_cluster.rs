@@ -312,6 +312,34 @@ impl RedisCluster {
         self.wait_settled()
     }
 
+    /// Marks `slot` as migrating from primary `from` to primary `to` (`CLUSTER SETSLOT …
+    /// IMPORTING` on `to`, then `MIGRATING` on `from`, as `redis-cli --cluster reshard` begins)
+    /// and moves no key: the slot stays half-resharded until [`RedisCluster::end_migration`].
+    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) -> io::Result<()> {
+        self.setslot(to, slot, &["IMPORTING", &self.id_of(from)?])?;
+        self.setslot(from, slot, &["MIGRATING", &self.id_of(to)?])
+    }
+
+    /// Takes back a [`RedisCluster::begin_migration`]: `CLUSTER SETSLOT slot STABLE` on both.
+    pub fn end_migration(&self, slot: u16, from: usize, to: usize) -> io::Result<()> {
+        for node in [from, to] {
+            self.setslot(node, slot, &["STABLE"])?;
+        }
+        Ok(())
+    }
+
+    /// `CLUSTER SETSLOT slot how…` on node `index`, refused unless it answers `OK`.
+    fn setslot(&self, index: usize, slot: u16, how: &[&str]) -> io::Result<()> {
+        let slot = slot.to_string();
+        let mut args = vec!["CLUSTER", "SETSLOT", &slot];
+        args.extend_from_slice(how);
+        let reply = self.nodes[index].command(&args)?;
+        match reply.contains("OK") {
+            true => Ok(()),
+            false => Err(io::Error::other(format!("{}: {reply}", args.join(" ")))),
+        }
+    }
+
     /// Starts a new empty primary and adds it to the cluster; its index.
     pub fn add_primary(&mut self) -> io::Result<usize> {
         let node = RedisServer::start_with(node_options(&self.options))?;

@@ -62,6 +62,7 @@ impl Tm {
             wait: true,
             watermark_ack_ms: self.watermark_ack,
             load: None,
+            redis: None,
         }
     }
 
@@ -820,4 +821,41 @@ fn an_assignment_never_confirmed_is_taken_back_and_its_member_held_back() {
         again,
         "c is given partitions again once its back-off is over"
     );
+}
+
+/// A member that heartbeats what it read of Redis at `read_at_ms`, with `migrating` slots.
+fn beat_with_topology(sim: &mut Sim, id: &str, seq: u64, read_at_ms: u64, migrating: u32) {
+    let request = HeartbeatRequest {
+        seq,
+        redis: Some(crate::api::RedisTopology {
+            mode: crate::api::RedisMode::Cluster,
+            shards: 3,
+            primaries: vec!["a:1".into(), "b:1".into(), "c:1".into()],
+            migrating_slots: migrating,
+            last_refresh_ms: read_at_ms,
+        }),
+        ..HeartbeatRequest::default()
+    };
+    sim.c.heartbeat(id, &request, sim.now).expect("registered");
+}
+
+#[test]
+fn the_overview_shows_the_freshest_redis_topology_any_member_read() {
+    let mut sim = Sim::new(4);
+    sim.join("a");
+    sim.join("b");
+    assert_eq!(sim.c.redis_topology(), None, "nobody read Redis yet");
+    beat_with_topology(&mut sim, "a", 100, 5_000, 2);
+    beat_with_topology(&mut sim, "b", 100, 4_000, 7);
+    let shown = sim.c.redis_topology().expect("reported");
+    assert_eq!((shown.last_refresh_ms, shown.migrating_slots), (5_000, 2));
+    // A heartbeat without a topology (none read yet) keeps what the member reported before.
+    let request = HeartbeatRequest {
+        seq: 101,
+        ..HeartbeatRequest::default()
+    };
+    sim.c.heartbeat("a", &request, sim.now).expect("registered");
+    beat_with_topology(&mut sim, "b", 102, 6_000, 0);
+    let shown = sim.c.redis_topology().expect("reported");
+    assert_eq!((shown.last_refresh_ms, shown.migrating_slots), (6_000, 0));
 }

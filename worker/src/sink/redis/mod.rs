@@ -236,6 +236,13 @@ impl RedisSink {
         }
     }
 
+    /// The topology as it stands now (a cluster is asked for its slot map and migrations;
+    /// see `api::RedisTopology`).
+    pub async fn describe_topology(&self) -> Result<crate::api::RedisTopology, SinkError> {
+        let now_ms = u64::try_from(system_time_ms(std::time::SystemTime::now())).unwrap_or(0);
+        self.topology.describe(now_ms).await
+    }
+
     /// On a cluster, counts each apply's waits (`TRYAGAIN`, `ASK`, `MOVED`, re-reads, nodes
     /// down) by kind in `family`.
     pub fn count_cluster_waits_in(

@@ -173,6 +173,16 @@ impl Primary {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// `host:port` of the primary in use (the one the sentinels named last, with Sentinel).
+    pub(crate) fn address(&self) -> String {
+        self.apply_conns.target().address()
+    }
+
+    /// Whether the sentinels name the primary (else it is a fixed address).
+    pub(crate) fn behind_sentinels(&self) -> bool {
+        self.sentinel.is_some()
+    }
+
     /// The pool of connections for applies, to the current primary.
     pub(crate) fn apply_conns(&self) -> &ApplyConnections {
         &self.apply_conns

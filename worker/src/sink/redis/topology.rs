@@ -9,7 +9,8 @@
 //! (`apply.rs`), or one unit per cluster primary with per-slot fences (`cluster/`). Claims and
 //! fence reads dispatch the same way in the sink (`mod.rs`); every other read (the series'
 //! final watermark, the trace read side) goes through [`Topology::query`] and works on every
-//! topology alike.
+//! topology alike. [`Topology::describe`] says what it is, for users (the job overview, the
+//! StreamJob's status, the metrics).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use super::cluster::nodes::Nodes;
 use super::cluster::seeds::check_seeds;
 use super::primary::{MainConnection, Primary};
 use super::SinkError;
+use crate::api::{RedisMode, RedisTopology};
 use crate::config::RedisSinkConfig;
 
 /// Where Redis is.
@@ -142,6 +144,32 @@ impl Topology {
             self.after_error(err).await;
         }
         result
+    }
+
+    /// What users are shown of the topology, read at `now_ms` (see `api::RedisTopology`). A
+    /// single primary needs no call; a cluster is asked for its slot map and migrations.
+    pub(crate) async fn describe(&self, now_ms: u64) -> Result<RedisTopology, SinkError> {
+        let (mode, primaries, migrating) = match self {
+            Self::Single(primary) => {
+                let mode = match primary.behind_sentinels() {
+                    true => RedisMode::Sentinel,
+                    false => RedisMode::Single,
+                };
+                (mode, vec![primary.address()], 0)
+            }
+            Self::Cluster(nodes) => {
+                let shape = nodes.shape().await?;
+                let migrating = u32::try_from(shape.migrating.len()).unwrap_or(u32::MAX);
+                (RedisMode::Cluster, shape.primaries, migrating)
+            }
+        };
+        Ok(RedisTopology {
+            mode,
+            shards: u32::try_from(primaries.len()).unwrap_or(u32::MAX),
+            primaries,
+            migrating_slots: migrating,
+            last_refresh_ms: now_ms,
+        })
     }
 
     /// After a failed call on the single primary: follow the sentinels, or reconnect. A

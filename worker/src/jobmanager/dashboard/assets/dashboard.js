@@ -64,6 +64,24 @@
     const w = o.watermark;
     $("watermark").textContent = w ? eventTime(w.watermarkMs) : "series off";
     $("final-before").textContent = w ? eventTime(w.finalBeforeMs) : "–";
+    renderRedis(s);
+  }
+
+  // The Redis topology: mode, shards and migrating slots; the primaries and the read's age on hover.
+  function renderRedis(s) {
+    const r = s.overview.redis;
+    const cell = $("redis");
+    if (!r) {
+      cell.textContent = "not reported yet";
+      cell.removeAttribute("title");
+      return;
+    }
+    const parts = r.mode === "cluster"
+      ? [`cluster · ${r.shards} shard${r.shards === 1 ? "" : "s"}`, r.migratingSlots ? `${num(r.migratingSlots)} slots migrating` : "no slot migrating"]
+      : [`${r.mode} · ${r.primaries.join(", ")}`];
+    cell.textContent = parts.join(" · ");
+    cell.className = r.migratingSlots ? "migrating" : "";
+    cell.title = `primaries: ${r.primaries.join(", ")}; read ${duration(s.nowMs - r.lastRefreshMs)} ago`;
   }
 
   function renderPartitions(s) {

@@ -129,10 +129,19 @@
 //! - `tests/tests/cluster_exactly_once.rs` (a): worker processes SIGKILLed mid-stream on a
 //!   3+3 cluster, the full state compared with the data set.
 //!
-//! Not yet: the operator's status showing the topology, a process-level test of (b)–(d) under
-//! a running worker, the user-list expiry chosen at apply time (a batch applied after the
-//! midnight it was built for keeps that midnight), and a `keyPrefix` that holds a hash tag (it
-//! would pin every slot fence to one slot; refused nowhere yet).
+//! # What users see (`shape.rs`)
+//!
+//! Every taskmanager reads the cluster's shape every few seconds, apart from the slot map the
+//! applies use: its primaries, and the slots they migrate or import (`CLUSTER NODES`). It
+//! travels with the heartbeats to the job overview, the dashboard, the
+//! `streamjob_redis_cluster_shards` / `_migrating_slots` gauges and the StreamJob's
+//! `status.job.redis` and `RedisSlotsMigrating` condition (`tests/redis_cluster_topology.rs`).
+//! A `keyPrefix` holding a `{` is refused (`config.rs`, and a CEL rule in the CRD): a hash tag
+//! in the prefix would pin every key and every slot fence to one slot.
+//!
+//! Not yet: a process-level test of (b)–(d) under a running worker, and the user-list expiry
+//! chosen at apply time (a batch applied after the midnight it was built for keeps that
+//! midnight).
 
 pub mod apply;
 pub mod fence;
@@ -140,6 +149,7 @@ pub mod nodes;
 pub mod plan;
 pub mod read;
 pub(crate) mod seeds;
+pub mod shape;
 pub(crate) mod sink;
 pub mod slot;
 pub mod unit;

@@ -177,6 +177,14 @@ impl Nodes {
 
     /// Reads the slot map again, from any primary of the last map that answers, else a seed.
     pub async fn refresh_map(&self) -> Result<(), SinkError> {
+        let map = self.read_map().await?;
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        Ok(())
+    }
+
+    /// The slot map as the cluster answers now (one that covers every slot), without putting
+    /// it in place of the one in use.
+    pub(crate) async fn read_map(&self) -> Result<SlotMap, SinkError> {
         let mut last = SinkError::Unavailable("no cluster node answers".into());
         let mut candidates = self.map().nodes().to_vec();
         candidates.extend(self.seeds.iter().cloned());
@@ -196,10 +204,7 @@ impl Nodes {
                 Err(err) => Err(err),
             };
             match reply.and_then(|reply| SlotMap::from_slots_reply_at(&reply, &address)) {
-                Ok(map) if map.covers_every_slot() => {
-                    *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
-                    return Ok(());
-                }
+                Ok(map) if map.covers_every_slot() => return Ok(map),
                 Ok(_) => {
                     last = SinkError::Unavailable(format!(
                         "{address}: some slots have no primary (CLUSTERDOWN while a failover runs)"
