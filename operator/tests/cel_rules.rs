@@ -222,6 +222,18 @@ fn durations_and_quantities_are_checked() {
 }
 
 #[test]
+fn a_rolling_upgrades_progress_deadline_is_a_non_zero_duration() {
+    for refused in ["5 minutes", "0s", "0m0s", "10"] {
+        assert_refused(
+            with("rolling.progressDeadline", json!(refused)),
+            "spec.rolling.progressDeadline must be a non-zero duration like 5m",
+        );
+    }
+    validate(&with("rolling.progressDeadline", json!("90s"))).expect("a duration");
+    validate(&with("rolling.progressDeadline", json!("1h30m"))).expect("compound duration");
+}
+
+#[test]
 fn secret_refs_must_be_well_formed() {
     assert_refused(
         with(
