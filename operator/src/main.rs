@@ -25,22 +25,6 @@ use tracing::{error, info, warn};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options (`_RJEM_MALLOC_CONF` in the environment still overrides them): one arena,
-/// since an operator allocates from few threads at a time and each arena keeps partly used pages
-/// of its own; freed pages handed back after a second rather than ten (BENCHMARKS.md, "Operator":
-/// what each saved at 1,000 StreamJobs).
-#[cfg(not(target_env = "msvc"))]
-#[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_OPTIONS: JemallocOptions =
-    JemallocOptions(c"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
-
-/// The `const char *malloc_conf` jemalloc reads at start: a pointer to a static C string.
-#[repr(transparent)]
-struct JemallocOptions(*const std::ffi::c_char);
-
-// SAFETY: the pointer is to a `'static` string literal that nothing ever writes.
-unsafe impl Sync for JemallocOptions {}
-
 /// Name of the leader-election Lease.
 const LEASE_NAME: &str = "streamjob-operator";
 
