@@ -29,6 +29,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::crd::StreamJob;
+use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
 use crate::planner::{children, labels, names, Observed};
 
 /// The kinds of children the operator applies, and so watches. A new child kind goes here (and
@@ -265,12 +266,16 @@ fn cached_pod(pod: &Pod) -> CachedPod {
     }
 }
 
-/// Keeps what the planner reads of a pod: its labels, whether it is being deleted, its Ready
+/// Keeps what the planner reads of a pod: its labels, the spec hash its template carried (which
+/// pods a rolling upgrade brought, `rollout::stall`), whether it is being deleted, its Ready
 /// condition and IP (the jobmanager's address, once it is ready) and its container statuses
 /// (crash loops).
 fn trim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
+    pod.metadata.annotations = pod.metadata.annotations.take().and_then(|mut annotations| {
+        let hash = annotations.remove(CONFIG_HASH_ANNOTATION)?;
+        Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), hash)]))
+    });
     pod.metadata.owner_references = None;
     pod.metadata.generate_name = None;
     pod.spec = None;
@@ -403,6 +408,66 @@ mod tests {
             },
         );
         job
+    }
+
+    /// A taskmanager pod a rolling upgrade brought (spec hash `new`), crash-looping.
+    fn new_taskmanager_crash_looping() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "trace-taskmanager-new",
+                "namespace": "default",
+                "labels": {labels::INSTANCE: "trace"},
+                "annotations": {
+                    CONFIG_HASH_ANNOTATION: "new",
+                    "kubectl.kubernetes.io/restartedAt": "2026-12-06T00:00:00Z",
+                },
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "taskmanager", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 4,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                }],
+            },
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_cached_pod_still_shows_which_spec_it_runs_so_a_stalled_rollout_is_seen() {
+        let mut pod = new_taskmanager_crash_looping();
+        trim_pod(&mut pod);
+        let cached = cached_pod(&pod);
+        let observed = Observed {
+            pods: vec![Pod {
+                metadata: cached.metadata.clone(),
+                spec: None,
+                status: cached.status.clone(),
+            }],
+            ..Observed::default()
+        };
+        let annotations = observed.pods[0]
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            annotations.len(),
+            1,
+            "only the spec hash is kept: {annotations:?}"
+        );
+        let stalled = crate::planner::rollout::stall(
+            &observed,
+            "new",
+            std::time::Duration::from_secs(300),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        assert!(
+            stalled.is_some_and(|m| m.contains("trace-taskmanager-new")),
+            "the crash-looping new pod is not seen through the cache"
+        );
     }
 
     #[test]
