@@ -676,3 +676,84 @@ async fn heavy_helm_upgrade_upgrades_the_crd_and_replaces_the_operator_without_t
     assert!(ready(&cluster.get(NS, NAME)));
     cluster.assert_no_forbidden();
 }
+
+/// An image the kubelet runs as a process that exits at once (a broken release).
+const BROKEN_IMAGE: &str = "registry.example/streamjob-worker:broken";
+
+fn reason<'a>(job: &'a Value, type_: &str) -> Option<&'a str> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["reason"]
+        .as_str()
+}
+
+/// A rolling upgrade to an image that crashes stalls where it is: the new taskmanager
+/// crash-loops, the StreamJob turns `Degraded` (`RolloutStalled`) naming that pod long before the
+/// 10-minute progress deadline, the old taskmanagers keep applying records, and the previous
+/// image back completes the rollout with Redis exact.
+///
+/// Seen failing (no `RolloutStalled` within 120 s) while the operator's pod cache dropped the
+/// pods' annotations, so the stall check could not tell the new pods from the old.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_a_rolling_upgrade_to_a_crashing_image_stalls_and_the_previous_image_resumes() {
+    let options = KubeletOptions {
+        crashing_image: Some(BROKEN_IMAGE.into()),
+        ..KubeletOptions::default()
+    };
+    let cluster = OperatorCluster::up_with(test_values(), options).await;
+    let mut data = Data::start();
+    data.produce(1, 5_000);
+    let mut job = stream_job(&data, 2);
+    job["spec"]["upgradeMode"] = json!("rolling");
+    job["spec"]["rolling"] = json!({"progressDeadline": "10m"});
+    cluster.apply(NS, &job);
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "not Ready: {}",
+        cluster.describe()
+    );
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    let old_pods = taskmanager_pods(&cluster);
+
+    let mut broken = job.clone();
+    broken["spec"]["image"] = json!(BROKEN_IMAGE);
+    cluster.apply(NS, &broken);
+    let stalled = until(
+        &cluster,
+        "rollout stalled",
+        Duration::from_secs(120),
+        |job| reason(job, "Degraded") == Some("RolloutStalled"),
+    )
+    .await;
+    let message = stalled["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("trace-taskmanager-") && message.contains("CrashLoopBackOff"),
+        "the stall names the crash-looping pod: {message}"
+    );
+    assert!(ready(&stalled), "the old taskmanagers keep the job Ready");
+
+    // The old taskmanagers keep the job: new records are applied while stalled.
+    data.produce(2, 5_000);
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    assert!(
+        old_pods.is_subset(&taskmanager_pods(&cluster)),
+        "an old taskmanager went away during the stall"
+    );
+
+    // The previous image back: the rollout completes and the job is healthy again.
+    cluster.apply(NS, &job);
+    until(&cluster, "recovered", Duration::from_secs(120), |job| {
+        no_operation(job) && ready(job) && condition(job, "Degraded") == Some("False")
+    })
+    .await;
+    data.produce(3, 2_000);
+    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    data.assert_redis_exact();
+    cluster.assert_no_forbidden();
+}

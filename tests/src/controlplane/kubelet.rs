@@ -147,6 +147,9 @@ pub struct KubeletOptions {
     /// Run only the operator's pods; the StreamJobs' pods stay Pending (a scale benchmark of
     /// the operator alone).
     pub operator_only: bool,
+    /// Pods whose first container runs this image start a process that exits at once, as a
+    /// broken release would: restarted each time, `CrashLoopBackOff` from the third restart.
+    pub crashing_image: Option<String>,
 }
 
 /// What the kubelet needs of the control plane.
@@ -425,12 +428,30 @@ async fn start(node: &Node, state: &Mutex<State>, pod: Pod) {
             return;
         }
     };
+    let launch = crash_if_broken(node, &pod, launch);
     let mut process = PodProcess::new(node, &pod, ip, launch);
     spawn(&mut process);
     let mut state = lock(state);
     state.started += 1;
     state.waiting.remove(&uid);
     state.pods.insert(uid, process);
+}
+
+/// `launch`, or a process that exits at once if the pod runs the image the options call broken.
+fn crash_if_broken(node: &Node, pod: &Pod, launch: Launch) -> Launch {
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref());
+    if image.is_none() || image != node.options.crashing_image.as_deref() {
+        return launch;
+    }
+    Launch {
+        program: PathBuf::from("/bin/false"),
+        args: Vec::new(),
+        ..launch
+    }
 }
 
 fn spawn(process: &mut PodProcess) {
