@@ -165,7 +165,10 @@ struct Run {
 #[derive(Debug)]
 struct Outcome {
     claims: usize,
+    /// Log lines of rewinds (the partition's owner and the jobmanager each log one).
     rewinds: usize,
+    /// Rewinds to the earliest offset: some node held nothing of the partition any more.
+    vanished: usize,
 }
 
 impl Run {
@@ -302,8 +305,14 @@ impl Run {
         let outcome = Outcome {
             claims: self.logged("claimed the partition's slot fences"),
             rewinds: self.rewinds(),
+            vanished: self.logged("fence_vanished=true"),
         };
         eprintln!("{}: seed {}: {outcome:?}", self.elapsed(), self.seed);
+        let _ = std::fs::copy(&self.log, "/tmp/last-worker.log"); // TMP
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("lost acknowledged")).take(8) {
+            eprintln!("  {line}");
+        }
         outcome
     }
 
@@ -453,6 +462,8 @@ fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewo
     run.wait_committed(2_000);
     let victim = run.cluster.primaries().expect("primaries")[0];
     let replica = run.cluster.replicas_of(victim).expect("replicas")[0];
+    // What the replica holds so far is what the promoted node keeps: a prefix, not nothing.
+    run.cluster.wait_replicated(victim).expect("replica in sync");
     run.cluster
         .cut_off_replica(victim, replica)
         .expect("replica cut off");
@@ -463,6 +474,7 @@ fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewo
     eprintln!("{}: failed over", run.elapsed());
     let outcome = run.finish();
     assert!(outcome.rewinds > 0, "no rewind: {outcome:?}");
+    assert_eq!(outcome.vanished, 0, "the replica kept a prefix: {outcome:?}");
 }
 
 /// (d) The whole cluster SIGKILLed and restarted from its AOF while the worker writes, twice:

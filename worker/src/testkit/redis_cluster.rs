@@ -476,6 +476,21 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Waits until a replica of primary `index` has acknowledged everything it was sent
+    /// (`WAIT 1`): a new cluster's replicas take a few seconds to make their first sync.
+    pub fn wait_replicated(&self, index: usize) -> io::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let acked = self.nodes[index].command(&["WAIT", "1", "1000"])?;
+            if acked.trim_start_matches(':').trim().parse::<u32>().unwrap_or(0) >= 1 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("no replica in sync: {acked}")));
+            }
+        }
+    }
+
     /// The replicas of primary `index`.
     pub fn replicas_of(&self, index: usize) -> io::Result<Vec<usize>> {
         let id = self.id_of(index)?;
