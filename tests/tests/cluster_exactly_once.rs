@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use streamjob_tests::{free_port, http_get, write_config, Worker};
+use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
@@ -43,24 +44,74 @@ const CHUNK_EVERY: Duration = Duration::from_millis(250);
 const MIN_EVENTS: usize = 24_000;
 const MAX_EVENTS: usize = 60_000;
 
-fn generator() -> EventGenerator {
-    let now_ms = std::time::SystemTime::now()
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    EventGenerator::new(
-        20_240_101,
-        TrafficShape {
-            users: 20_000,
-            messages: 20_000,
-            malformed_ppm: 1_000,
-            base_timestamp_ms: now_ms - 5 * 60_000,
-            out_of_order_ms: 3_000,
-            late_ppm: 2_000,
-            skewed_ppm: 100,
-            ..TrafficShape::default()
-        },
-    )
+        .unwrap_or(0)
+}
+
+/// What the producer sends.
+#[derive(Debug, Clone, Copy)]
+enum Traffic {
+    /// The demo's traffic: keys spread over every slot, malformed, late and skewed events.
+    Demo,
+    /// Every other event the demo's, the others writing only keys in slots below this one (the
+    /// slots a reshard moves), so that units keep meeting slots mid-migration.
+    AlsoInSlotsBelow(u16),
+}
+
+impl Traffic {
+    fn generator(self) -> impl FnMut() -> Vec<u8> {
+        let mut demo = EventGenerator::new(
+            20_240_101,
+            TrafficShape {
+                users: 20_000,
+                messages: 20_000,
+                malformed_ppm: 1_000,
+                base_timestamp_ms: now_ms() - 5 * 60_000,
+                out_of_order_ms: 3_000,
+                late_ppm: 2_000,
+                skewed_ppm: 100,
+                ..TrafficShape::default()
+            },
+        );
+        let below = match self {
+            Traffic::Demo => None,
+            Traffic::AlsoInSlotsBelow(slot) => Some(slot),
+        };
+        let in_slots = |key: &str| below.is_some_and(|b| key_slot(key.as_bytes()) < b);
+        let users: Vec<String> = (0..)
+            .map(|i| format!("1390000{i:04}"))
+            .filter(|id| in_slots(id))
+            .take(if below.is_some() { 300 } else { 0 })
+            .collect();
+        let messages: Vec<String> = (0..)
+            .map(|i| format!("moved-{i}"))
+            .filter(|id| in_slots(&format!("Austin:MessageId:{id}")))
+            // Enough for each to be new when first written: a new key cannot be created in a
+            // migrating slot, the case the unit's probe is for.
+            .take(if below.is_some() { MAX_EVENTS / 8 } else { 0 })
+            .collect();
+        let start = now_ms() - 60_000;
+        let mut n = 0usize;
+        move || {
+            n += 1;
+            if users.is_empty() || n % 2 == 0 {
+                return demo.next_payload();
+            }
+            format!(
+                r#"{{"businessId":{},"ids":["{}","{}"],"logTimestamp":{},"messageId":"{}","state":{}}}"#,
+                1000000120240101i64 + 100_000_000 * (n as i64 % 5),
+                users[n % users.len()],
+                users[(n * 7 + 3) % users.len()],
+                start + n as i64 / 100,
+                messages[(n / 4) % messages.len()],
+                [10, 60, 64, 70][n % 4]
+            )
+            .into_bytes()
+        }
+    }
 }
 
 /// The job's config; the ports of its metrics and its jobmanager.
@@ -111,6 +162,20 @@ fn seed() -> u64 {
         })
 }
 
+/// `line` without its ANSI colour sequences (`ESC [ … m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Produces [`CHUNK`] events every [`CHUNK_EVERY`] until told to stop (and at least
 /// [`MIN_EVENTS`]); hands back what it produced.
 struct Producer {
@@ -119,16 +184,16 @@ struct Producer {
 }
 
 impl Producer {
-    fn start(bootstrap: String) -> Self {
+    fn start(bootstrap: String, traffic: Traffic) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = thread::spawn(move || {
-            let mut generator = generator();
+            let mut next = traffic.generator();
             let mut produced = Vec::new();
             while produced.len() < MAX_EVENTS
                 && (produced.len() < MIN_EVENTS || !stopping.load(Ordering::Acquire))
             {
-                let chunk: Vec<Vec<u8>> = (0..CHUNK).map(|_| generator.next_payload()).collect();
+                let chunk: Vec<Vec<u8>> = (0..CHUNK).map(|_| next()).collect();
                 kafka::produce(&bootstrap, TOPIC, PARTITIONS, &chunk, ProduceMode::Batched)
                     .expect("data produced");
                 produced.extend(chunk);
@@ -173,7 +238,7 @@ struct Outcome {
 
 impl Run {
     /// Starts the cluster, the broker, the worker (two taskmanagers) and the producer.
-    fn start(name: &str, options: ClusterOptions) -> Self {
+    fn start(name: &str, options: ClusterOptions, traffic: Traffic) -> Self {
         let seed = seed();
         eprintln!("{name}: seed {seed} (STREAMJOB_SEED to replay)");
         let started = Instant::now();
@@ -192,7 +257,7 @@ impl Run {
             &["standalone", "--config", config_arg, "--taskmanagers", "2"],
             &log,
         );
-        let producer = Some(Producer::start(bootstrap.clone()));
+        let producer = Some(Producer::start(bootstrap.clone(), traffic));
         Self {
             seed,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
@@ -309,8 +374,7 @@ impl Run {
         };
         eprintln!("{}: seed {}: {outcome:?}", self.elapsed(), self.seed);
         let _ = std::fs::copy(&self.log, "/tmp/last-worker.log"); // TMP
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains("lost acknowledged")).take(8) {
+        for line in self.log_lines("lost acknowledged").iter().take(8) {
             eprintln!("  {line}");
         }
         outcome
@@ -342,8 +406,16 @@ impl Run {
 
     /// Lines of the worker's log that contain `needle`.
     fn logged(&self, needle: &str) -> usize {
+        self.log_lines(needle).len()
+    }
+
+    /// The worker's log lines that contain `needle`, without terminal colours.
+    fn log_lines(&self, needle: &str) -> Vec<String> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines().filter(|l| l.contains(needle)).count()
+        text.lines()
+            .map(without_colours)
+            .filter(|l| l.contains(needle))
+            .collect()
     }
 
     /// Rewinds so far: the worker found that Redis lost writes it had acknowledged.
@@ -393,7 +465,7 @@ impl Run {
 #[test]
 fn heavy_sigkilled_workers_on_a_redis_cluster_apply_every_event_exactly_once() {
     const KILLS: usize = 3;
-    let mut run = Run::start("sigkill", ClusterOptions::default());
+    let mut run = Run::start("sigkill", ClusterOptions::default(), Traffic::Demo);
     for _ in 0..KILLS {
         let pause = run.rng.random_range(1_000..2_500);
         thread::sleep(Duration::from_millis(pause));
@@ -410,11 +482,46 @@ fn heavy_sigkilled_workers_on_a_redis_cluster_apply_every_event_exactly_once() {
     assert_eq!(outcome.rewinds, 0, "nothing was lost: {outcome:?}");
 }
 
+/// The slots `--cluster reshard` moves: the first primary's lowest 1,000.
+const MOVED: u16 = 1_000;
+
+/// Puts `per_slot` filler keys into each slot below [`MOVED`], which primary `index` must serve,
+/// so that each takes a while to migrate and the worker's units meet slots mid-migration. Named
+/// under `streamjob:` so that the comparison leaves them out.
+fn fill_moved_slots(cluster: &RedisCluster, index: usize, per_slot: usize) {
+    let port = cluster.node(index).port();
+    let serves = cluster
+        .topology()
+        .expect("topology")
+        .into_iter()
+        .any(|n| n.port == port && n.slots.first() == Some(&(0, 5460)));
+    assert!(serves, "primary {index} serves slots 0-5460");
+    let client = redis::Client::open(cluster.node(index).url()).expect("client");
+    let mut conn = client.get_connection().expect("connection");
+    for slot in 0..MOVED {
+        let mut pipe = redis::pipe();
+        for i in 0..per_slot {
+            let key = format!("streamjob:filler:{{{}}}:{i}", SLOT_TAGS.tag(slot));
+            pipe.set(key, i).ignore();
+        }
+        pipe.query::<()>(&mut conn).expect("filler written");
+    }
+}
+
 /// (b) Live slot migration while the worker writes: `redis-cli --cluster reshard` moves 1,000
-/// slots (with their keys and slot fences) from one primary to another, then an empty primary
-/// joins and `--cluster rebalance` moves slots to it. The worker's units meet slots mid-migration
-/// (`TRYAGAIN`/`ASK` waits) and moved ones (`MOVED`); nothing is lost, nothing doubled, and
-/// nothing is reported lost.
+/// slots (with their keys and slot fences, one key per `MIGRATE`) from one primary to another,
+/// then an empty primary joins and `--cluster rebalance` moves slots to it (the same 1,000
+/// among them). Half the events write into the moved slots, many of them creating keys there,
+/// and each moved slot holds filler keys, so that units meet slots mid-migration (`ASK` and
+/// `TRYAGAIN` waits: 4–8 per run so far) besides moved ones (`MOVED`: ~200). Nothing is lost,
+/// nothing doubled, and nothing is reported lost.
+///
+/// Seen failing with the unit script's migrating-slot probe removed (`unit.rs`, the multi-key
+/// `EXISTS` of a migrating slot's fence and keys), seed 1796588768816160650: a unit created a
+/// key in a slot whose keys had partly left, the script failed midway ("non local key") keeping
+/// what it had written, the partition stopped, and one list value was missing (178,489 of
+/// 178,490). Before the traffic wrote new keys into the moved slots (only the demo's traffic, or
+/// reused keys), the same break passed twice: units then rarely met a migrating slot.
 #[test]
 fn heavy_a_live_reshard_and_rebalance_under_a_running_worker_apply_every_event_exactly_once() {
     let mut run = Run::start(
@@ -424,11 +531,13 @@ fn heavy_a_live_reshard_and_rebalance_under_a_running_worker_apply_every_event_e
             replicas: 0,
             persistence: false,
         },
+        Traffic::AlsoInSlotsBelow(MOVED),
     );
-    run.wait_committed(2_000);
     let primaries = run.cluster.primaries().expect("primaries");
+    fill_moved_slots(&run.cluster, primaries[0], 20);
+    run.wait_committed(2_000);
     run.cluster
-        .reshard(primaries[0], primaries[1], 1_000, 10)
+        .reshard(primaries[0], primaries[1], usize::from(MOVED), 1)
         .expect("reshard 1,000 slots");
     eprintln!("{}: resharded", run.elapsed());
     run.assert_running();
@@ -448,6 +557,10 @@ fn heavy_a_live_reshard_and_rebalance_under_a_running_worker_apply_every_event_e
     let outcome = run.finish();
     eprintln!("waits {waits:?}");
     assert!(waits[0].1 > 0, "no unit met a moved slot: {waits:?}");
+    assert!(
+        waits[1].1 + waits[2].1 > 0,
+        "no unit met a slot mid-migration: {waits:?}"
+    );
     assert_eq!(outcome.rewinds, 0, "nothing was lost: {outcome:?}");
 }
 
@@ -455,10 +568,22 @@ fn heavy_a_live_reshard_and_rebalance_under_a_running_worker_apply_every_event_e
 /// primary had acknowledged: the replica is cut off (paused, its link dropped) while the job
 /// commits a few thousand more offsets, then the primary is killed. The worker's first unit on
 /// the promoted node finds its unit mark behind, reads the fences back and rewinds; replaying
-/// re-applies exactly what that shard lost.
+/// re-applies exactly what that shard lost. The rewind must go back to where the promoted node
+/// stands, not to the earliest offset (it kept a prefix).
+///
+/// Seen failing with the rewind skipped (`ClusterSink::lost` resuming at the refused batch's
+/// own start instead of the resume point), seed 1796587884912368215: 83,623 list values of
+/// 88,490. Breaking only the unit-mark classification (a mark behind taken for another owner's
+/// progress) did not make it fail: the partition's idle fence check (`read_fence`, the owner's
+/// marks against Redis) found the loss and rewound. Taking the newest node's mark as the resume
+/// point instead of the oldest did not either: that point lay past the refused batch, so the
+/// sink fell back to the earliest offset and re-applied everything (caught since by the check
+/// that the rewind did not go back to the earliest offset). The first version of this test
+/// cut the replica off before its first sync: the promoted node held nothing and every
+/// partition rewound to offset 0, which passed but tested the vanished-fence path only.
 #[test]
 fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewound_exactly() {
-    let mut run = Run::start("failover", ClusterOptions::default());
+    let mut run = Run::start("failover", ClusterOptions::default(), Traffic::Demo);
     run.wait_committed(2_000);
     let victim = run.cluster.primaries().expect("primaries")[0];
     let replica = run.cluster.replicas_of(victim).expect("replicas")[0];
@@ -483,6 +608,11 @@ fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewo
 /// earlier (acknowledged writes lost on every shard at once, as after a power cut with
 /// `appendfsync everysec`): every shard's next unit finds its mark behind and the partitions
 /// rewind.
+///
+/// Seen failing with the rewind skipped (as in (c)), seed 1796588378804113468: 68,842 list
+/// values of 79,603. With the per-slot skip broken instead (`fence::slot_step` applying a slot
+/// whose fence already covers the batch) the job never committed its first 2,000 offsets: the
+/// apply loop re-applies until every slot is skipped, so that break shows in every test.
 #[test]
 fn heavy_a_cluster_restarted_from_its_aof_under_a_running_worker_applies_every_event_once() {
     let mut run = Run::start(
@@ -492,6 +622,7 @@ fn heavy_a_cluster_restarted_from_its_aof_under_a_running_worker_applies_every_e
             replicas: 0,
             persistence: true,
         },
+        Traffic::Demo,
     );
     run.wait_committed(2_000);
     run.cluster.restart_all().expect("restart from the AOF");
