@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use streamjob_tests::{free_port, http_get, write_config, Worker};
-use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
 use streamjob_worker::testkit::trace_state::{keys_without_ttl, Expected, SeriesState, TraceState};
@@ -250,7 +250,12 @@ impl Run {
             EmbeddedKafka::start(1, &[(TOPIC, PARTITIONS), (DLQ, 1)]).expect("mock broker");
         let bootstrap = broker.bootstrap_servers().to_string();
         let ports = (free_port(), free_port());
-        let yaml = job_yaml(&bootstrap, &cluster.seeds(), &dir.path().join("state"), ports);
+        let yaml = job_yaml(
+            &bootstrap,
+            &cluster.seeds(),
+            &dir.path().join("state"),
+            ports,
+        );
         let config = write_config(dir.path(), &yaml);
         let config_arg = config.to_str().expect("utf-8 path");
         let worker = Worker::start(
@@ -475,10 +480,7 @@ fn heavy_sigkilled_workers_on_a_redis_cluster_apply_every_event_exactly_once() {
     }
     let outcome = run.finish();
     // At least one restart claimed every partition again.
-    assert!(
-        outcome.claims >= PARTITIONS as usize * 2,
-        "{outcome:?}"
-    );
+    assert!(outcome.claims >= PARTITIONS as usize * 2, "{outcome:?}");
     assert_eq!(outcome.rewinds, 0, "nothing was lost: {outcome:?}");
 }
 
@@ -588,7 +590,9 @@ fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewo
     let victim = run.cluster.primaries().expect("primaries")[0];
     let replica = run.cluster.replicas_of(victim).expect("replicas")[0];
     // What the replica holds so far is what the promoted node keeps: a prefix, not nothing.
-    run.cluster.wait_replicated(victim).expect("replica in sync");
+    run.cluster
+        .wait_replicated(victim)
+        .expect("replica in sync");
     run.cluster
         .cut_off_replica(victim, replica)
         .expect("replica cut off");
@@ -599,7 +603,10 @@ fn heavy_a_failover_that_lost_acknowledged_writes_under_a_running_worker_is_rewo
     eprintln!("{}: failed over", run.elapsed());
     let outcome = run.finish();
     assert!(outcome.rewinds > 0, "no rewind: {outcome:?}");
-    assert_eq!(outcome.vanished, 0, "the replica kept a prefix: {outcome:?}");
+    assert_eq!(
+        outcome.vanished, 0,
+        "the replica kept a prefix: {outcome:?}"
+    );
 }
 
 /// (d) The whole cluster SIGKILLed and restarted from its AOF while the worker writes, twice:

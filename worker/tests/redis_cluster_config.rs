@@ -165,3 +165,56 @@ async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_
     let map = slot_map(&cluster.seeds()[0]).await;
     assert_same_state(&expected, &cluster_dump(&map).await);
 }
+
+/// A batch that writes nothing (only undecodable records, dead-lettered) still moves the
+/// partition on every primary, as it moves a single node's fence: the job commits past it, so
+/// a claim that resumed before it would be reported as Redis losing acknowledged writes (the
+/// job had committed further than the fences say) and re-read it. Seen failing before the fix:
+/// the second claim resumed at 200, the batch's start.
+#[tokio::test]
+async fn a_batch_that_writes_nothing_moves_every_node_so_the_next_claim_resumes_after_it() {
+    let server = RedisServer::start().expect("redis-server");
+    let single = connect_sink(&server, "").await;
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        primaries: 3,
+        replicas: 0,
+        persistence: false,
+    })
+    .expect("cluster");
+    let clustered = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
+        .await
+        .expect("the cluster sink connects");
+    let now = SystemTime::now();
+    let mut resumed = Vec::new();
+    for sink in [&single, &clustered] {
+        let epoch = sink
+            .claim_from(0, 1, Some(0))
+            .await
+            .expect("claim")
+            .fence
+            .epoch;
+        let batch = batch_of(sink, 0, epoch, 0, &events(0), now);
+        assert_eq!(
+            applied_events(&sink.apply(&batch).await.expect("apply")),
+            200
+        );
+        let mut undecodable = sink.batch_builder(0, epoch);
+        for offset in 200..210 {
+            undecodable.push_skipped(offset);
+        }
+        let batch = undecodable.build(now);
+        assert_eq!(batch.next_offset, 210);
+        assert_eq!(applied_events(&sink.apply(&batch).await.expect("apply")), 0);
+        let fence = sink.read_fence(0).await.expect("fence").expect("some");
+        assert_eq!(fence.next_offset, Some(210), "{}", sink.topology());
+        let other = match sink.topology() {
+            "cluster" => RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC).await,
+            _ => Ok(connect_sink(&server, "").await),
+        }
+        .expect("connects");
+        let taken = other.claim_from(0, 1, None).await.expect("second claim");
+        resumed.push((sink.topology(), taken.fence.next_offset));
+    }
+    assert_eq!(resumed[0].1, Some(210), "{resumed:?}");
+    assert_eq!(resumed[1].1, resumed[0].1, "{resumed:?}");
+}

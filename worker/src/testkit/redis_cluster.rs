@@ -71,7 +71,11 @@ pub struct AofEnds(Vec<(PathBuf, u64)>);
 impl AofEnds {
     /// Truncates each file back to where it ended then; `now` must name the same files.
     fn cut_back(&self, now: &AofEnds) -> io::Result<()> {
-        if let Some((path, _)) = now.0.iter().find(|(p, _)| !self.0.iter().any(|(q, _)| q == p)) {
+        if let Some((path, _)) = now
+            .0
+            .iter()
+            .find(|(p, _)| !self.0.iter().any(|(q, _)| q == p))
+        {
             return Err(io::Error::other(format!(
                 "{} appeared since (an AOF rewrite)",
                 path.display()
@@ -448,7 +452,9 @@ impl RedisCluster {
             }
         }
         if ends.is_empty() {
-            return Err(io::Error::other("no AOF (start the cluster with persistence)"));
+            return Err(io::Error::other(
+                "no AOF (start the cluster with persistence)",
+            ));
         }
         Ok(AofEnds(ends))
     }
@@ -482,7 +488,13 @@ impl RedisCluster {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let acked = self.nodes[index].command(&["WAIT", "1", "1000"])?;
-            if acked.trim_start_matches(':').trim().parse::<u32>().unwrap_or(0) >= 1 {
+            if acked
+                .trim_start_matches(':')
+                .trim()
+                .parse::<u32>()
+                .unwrap_or(0)
+                >= 1
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
