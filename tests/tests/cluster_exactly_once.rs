@@ -97,7 +97,7 @@ impl Traffic {
         let mut n = 0usize;
         move || {
             n += 1;
-            if users.is_empty() || n % 2 == 0 {
+            if users.is_empty() || n.is_multiple_of(2) {
                 return demo.next_payload();
             }
             format!(
@@ -378,7 +378,6 @@ impl Run {
             vanished: self.logged("fence_vanished=true"),
         };
         eprintln!("{}: seed {}: {outcome:?}", self.elapsed(), self.seed);
-        let _ = std::fs::copy(&self.log, "/tmp/last-worker.log"); // TMP
         for line in self.log_lines("lost acknowledged").iter().take(8) {
             eprintln!("  {line}");
         }

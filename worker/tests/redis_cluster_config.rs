@@ -88,11 +88,8 @@ fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
         .collect()
 }
 
-/// The sink on a cluster, through the same calls the pipeline makes: a claim, applies, a
-/// replay (already applied), a fence read, a second owner's claim that shuts out the first,
-/// and a state equal to a single node's.
-#[tokio::test]
-async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_node() {
+/// A plain Redis with a sink on it (the reference), and a 3-primary cluster with a sink on it.
+async fn single_and_cluster() -> (RedisServer, RedisSink, RedisCluster, RedisSink) {
     let server = RedisServer::start().expect("redis-server");
     let single = connect_sink(&server, "").await;
     let cluster = RedisCluster::start_with(ClusterOptions {
@@ -104,6 +101,15 @@ async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_
     let sink = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
         .await
         .expect("the cluster sink connects");
+    (server, single, cluster, sink)
+}
+
+/// The sink on a cluster, through the same calls the pipeline makes: a claim, applies, a
+/// replay (already applied), a fence read, a second owner's claim that shuts out the first,
+/// and a state equal to a single node's.
+#[tokio::test]
+async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_node() {
+    let (server, single, cluster, sink) = single_and_cluster().await;
     assert_eq!(sink.topology(), "cluster");
     let claim = sink.claim_from(0, 1, Some(0)).await.expect("claim");
     assert!(claim.was_missing);
@@ -173,17 +179,7 @@ async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_
 /// the second claim resumed at 200, the batch's start.
 #[tokio::test]
 async fn a_batch_that_writes_nothing_moves_every_node_so_the_next_claim_resumes_after_it() {
-    let server = RedisServer::start().expect("redis-server");
-    let single = connect_sink(&server, "").await;
-    let cluster = RedisCluster::start_with(ClusterOptions {
-        primaries: 3,
-        replicas: 0,
-        persistence: false,
-    })
-    .expect("cluster");
-    let clustered = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
-        .await
-        .expect("the cluster sink connects");
+    let (server, single, cluster, clustered) = single_and_cluster().await;
     let now = SystemTime::now();
     let mut resumed = Vec::new();
     for sink in [&single, &clustered] {
