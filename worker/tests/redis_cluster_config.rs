@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use redis_support::*;
 use streamjob_worker::config::{RedisClusterConfig, RedisSinkConfig};
+use streamjob_worker::sink::redis::cluster::read::read_slots;
 use streamjob_worker::sink::redis::{ApplyOutcome, RedisSink, SinkError};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
@@ -213,4 +214,31 @@ async fn a_batch_that_writes_nothing_moves_every_node_so_the_next_claim_resumes_
     }
     assert_eq!(resumed[0].1, Some(210), "{resumed:?}");
     assert_eq!(resumed[1].1, resumed[0].1, "{resumed:?}");
+}
+
+/// A fence read against a slot map gone stale (a claim or a rewind while a reshard moves
+/// slots) is a wait that the caller retries after reading the map again, not a failure that
+/// stops the partition. Seen failing before: a script error ("Pipeline failure: … Moved"), as
+/// the reshard process test logged for a partition's claims (retried only by giving the
+/// partition back and reassigning it) until the slots stopped moving.
+#[tokio::test]
+async fn a_fence_read_of_a_slot_served_elsewhere_is_a_retryable_wait() {
+    let (_server, _single, cluster, sink) = single_and_cluster().await;
+    let map = slot_map(&cluster.seeds()[0]).await;
+    let here = &map.nodes()[0];
+    let own = map.slots_of(here)[0];
+    let elsewhere = map.slots_of(&map.nodes()[1])[0];
+    let read = read_slots(
+        &mut node_conn(here).await,
+        sink.layout(),
+        0,
+        &[own, elsewhere],
+    )
+    .await;
+    match read {
+        Err(err @ SinkError::Unavailable(_)) => assert!(err.is_retryable(), "{err}"),
+        other => panic!("a retryable wait, not {other:?}"),
+    }
+    let own_only = read_slots(&mut node_conn(here).await, sink.layout(), 0, &[own]).await;
+    assert_eq!(own_only.expect("read").len(), 1);
 }
