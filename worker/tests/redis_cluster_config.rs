@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use redis_support::*;
 use streamjob_worker::config::{RedisClusterConfig, RedisSinkConfig};
+use streamjob_worker::sink::redis::cluster::read::read_slots;
 use streamjob_worker::sink::redis::{ApplyOutcome, RedisSink, SinkError};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, RedisCluster};
@@ -88,11 +89,8 @@ fn events(batch: usize) -> Vec<AnchorInfo<'static>> {
         .collect()
 }
 
-/// The sink on a cluster, through the same calls the pipeline makes: a claim, applies, a
-/// replay (already applied), a fence read, a second owner's claim that shuts out the first,
-/// and a state equal to a single node's.
-#[tokio::test]
-async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_node() {
+/// A plain Redis with a sink on it (the reference), and a 3-primary cluster with a sink on it.
+async fn single_and_cluster() -> (RedisServer, RedisSink, RedisCluster, RedisSink) {
     let server = RedisServer::start().expect("redis-server");
     let single = connect_sink(&server, "").await;
     let cluster = RedisCluster::start_with(ClusterOptions {
@@ -104,6 +102,15 @@ async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_
     let sink = RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC)
         .await
         .expect("the cluster sink connects");
+    (server, single, cluster, sink)
+}
+
+/// The sink on a cluster, through the same calls the pipeline makes: a claim, applies, a
+/// replay (already applied), a fence read, a second owner's claim that shuts out the first,
+/// and a state equal to a single node's.
+#[tokio::test]
+async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_node() {
+    let (server, single, cluster, sink) = single_and_cluster().await;
     assert_eq!(sink.topology(), "cluster");
     let claim = sink.claim_from(0, 1, Some(0)).await.expect("claim");
     assert!(claim.was_missing);
@@ -164,4 +171,74 @@ async fn a_cluster_setting_at_a_cluster_claims_applies_and_fences_like_a_single_
     expected.retain(|key, _| !key.starts_with("streamjob:"));
     let map = slot_map(&cluster.seeds()[0]).await;
     assert_same_state(&expected, &cluster_dump(&map).await);
+}
+
+/// A batch that writes nothing (only undecodable records, dead-lettered) still moves the
+/// partition on every primary, as it moves a single node's fence: the job commits past it, so
+/// a claim that resumed before it would be reported as Redis losing acknowledged writes (the
+/// job had committed further than the fences say) and re-read it. Seen failing before the fix:
+/// the second claim resumed at 200, the batch's start.
+#[tokio::test]
+async fn a_batch_that_writes_nothing_moves_every_node_so_the_next_claim_resumes_after_it() {
+    let (server, single, cluster, clustered) = single_and_cluster().await;
+    let now = SystemTime::now();
+    let mut resumed = Vec::new();
+    for sink in [&single, &clustered] {
+        let epoch = sink
+            .claim_from(0, 1, Some(0))
+            .await
+            .expect("claim")
+            .fence
+            .epoch;
+        let batch = batch_of(sink, 0, epoch, 0, &events(0), now);
+        assert_eq!(
+            applied_events(&sink.apply(&batch).await.expect("apply")),
+            200
+        );
+        let mut undecodable = sink.batch_builder(0, epoch);
+        for offset in 200..210 {
+            undecodable.push_skipped(offset);
+        }
+        let batch = undecodable.build(now);
+        assert_eq!(batch.next_offset, 210);
+        assert_eq!(applied_events(&sink.apply(&batch).await.expect("apply")), 0);
+        let fence = sink.read_fence(0).await.expect("fence").expect("some");
+        assert_eq!(fence.next_offset, Some(210), "{}", sink.topology());
+        let other = match sink.topology() {
+            "cluster" => RedisSink::connect(&cluster_config(&cluster), JOB, TOPIC).await,
+            _ => Ok(connect_sink(&server, "").await),
+        }
+        .expect("connects");
+        let taken = other.claim_from(0, 1, None).await.expect("second claim");
+        resumed.push((sink.topology(), taken.fence.next_offset));
+    }
+    assert_eq!(resumed[0].1, Some(210), "{resumed:?}");
+    assert_eq!(resumed[1].1, resumed[0].1, "{resumed:?}");
+}
+
+/// A fence read against a slot map gone stale (a claim or a rewind while a reshard moves
+/// slots) is a wait that the caller retries after reading the map again, not a failure that
+/// stops the partition. Seen failing before: a script error ("Pipeline failure: … Moved"), as
+/// the reshard process test logged for a partition's claims (retried only by giving the
+/// partition back and reassigning it) until the slots stopped moving.
+#[tokio::test]
+async fn a_fence_read_of_a_slot_served_elsewhere_is_a_retryable_wait() {
+    let (_server, _single, cluster, sink) = single_and_cluster().await;
+    let map = slot_map(&cluster.seeds()[0]).await;
+    let here = &map.nodes()[0];
+    let own = map.slots_of(here)[0];
+    let elsewhere = map.slots_of(&map.nodes()[1])[0];
+    let read = read_slots(
+        &mut node_conn(here).await,
+        sink.layout(),
+        0,
+        &[own, elsewhere],
+    )
+    .await;
+    match read {
+        Err(err @ SinkError::Unavailable(_)) => assert!(err.is_retryable(), "{err}"),
+        other => panic!("a retryable wait, not {other:?}"),
+    }
+    let own_only = read_slots(&mut node_conn(here).await, sink.layout(), 0, &[own]).await;
+    assert_eq!(own_only.expect("read").len(), 1);
 }

@@ -1,12 +1,15 @@
 //! A real Redis Cluster per test: primaries and replicas (`redis-server --cluster-enabled yes`)
 //! on free loopback ports, each in its own temp dir, joined with `redis-cli --cluster create`,
-//! killed on drop. Helpers move slots (`--cluster reshard`), add a primary and rebalance, and
-//! SIGKILL a primary and wait for its replica's promotion.
+//! killed on drop. Helpers move slots (`--cluster reshard`), add a primary and rebalance, SIGKILL
+//! a primary and wait for its replica's promotion (after cutting the replica off, so that it
+//! misses acknowledged writes), and restart every node from its AOF, whole or cut back to where
+//! it ended earlier (acknowledged writes lost on every shard).
 //!
 //! Synchronous and std-only like [`super::redis`]; `redis-cli` comes with Debian's
 //! `redis-server` package (`redis-tools`), which `scripts/setup.sh --test` installs.
 
 use std::io;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,6 +61,33 @@ impl NodeInfo {
             .iter()
             .map(|(a, b)| usize::from(*b - *a) + 1)
             .sum()
+    }
+}
+
+/// Where each node's AOF ended at some moment ([`RedisCluster::aof_ends`]).
+#[derive(Debug, Clone)]
+pub struct AofEnds(Vec<(PathBuf, u64)>);
+
+impl AofEnds {
+    /// Truncates each file back to where it ended then; `now` must name the same files.
+    fn cut_back(&self, now: &AofEnds) -> io::Result<()> {
+        if let Some((path, _)) = now
+            .0
+            .iter()
+            .find(|(p, _)| !self.0.iter().any(|(q, _)| q == p))
+        {
+            return Err(io::Error::other(format!(
+                "{} appeared since (an AOF rewrite)",
+                path.display()
+            )));
+        }
+        for (path, len) in &self.0 {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(*len)?;
+        }
+        Ok(())
     }
 }
 
@@ -429,16 +459,55 @@ impl RedisCluster {
     /// SIGKILLs every running node, then starts each again on its port and directory (its
     /// `nodes.conf` and, with `persistence`, its AOF), and waits until the cluster is `ok`.
     pub fn restart_all(&mut self) -> io::Result<()> {
+        self.restart_running(None)
+    }
+
+    fn restart_running(&mut self, cut_back_to: Option<&AofEnds>) -> io::Result<()> {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].is_running())
             .collect();
         for &i in &running {
             self.nodes[i].stop();
         }
+        if let Some(ends) = cut_back_to {
+            ends.cut_back(&self.aof_ends()?)?;
+        }
         for &i in &running {
             self.nodes[i].restart()?;
         }
         self.wait_settled()
+    }
+
+    /// Where every node's AOF ends now (its incremental files and their sizes), for
+    /// [`Self::restart_all_losing_since`]. Needs `persistence`.
+    pub fn aof_ends(&self) -> io::Result<AofEnds> {
+        let mut ends = Vec::new();
+        for node in &self.nodes {
+            let dir = node.dir().join("appendonlydir");
+            if !dir.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.to_string_lossy().ends_with(".incr.aof") {
+                    ends.push((path.clone(), std::fs::metadata(&path)?.len()));
+                }
+            }
+        }
+        if ends.is_empty() {
+            return Err(io::Error::other(
+                "no AOF (start the cluster with persistence)",
+            ));
+        }
+        Ok(AofEnds(ends))
+    }
+
+    /// [`Self::restart_all`], every node having lost what it appended to its AOF since `ends`:
+    /// the whole cluster comes back from AOFs that lost their last writes (as after a power cut
+    /// with `appendfsync everysec`), each node consistently with itself (Redis drops a truncated
+    /// last command or `MULTI` block). Fails if a node rewrote its AOF since (new files).
+    pub fn restart_all_losing_since(&mut self, ends: &AofEnds) -> io::Result<()> {
+        self.restart_running(Some(ends))
     }
 
     /// Makes `replica` miss everything primary `primary` acknowledges from now on: pauses it
@@ -454,6 +523,27 @@ impl RedisCluster {
             )));
         }
         Ok(())
+    }
+
+    /// Waits until a replica of primary `index` has acknowledged everything it was sent
+    /// (`WAIT 1`): a new cluster's replicas take a few seconds to make their first sync.
+    pub fn wait_replicated(&self, index: usize) -> io::Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let acked = self.nodes[index].command(&["WAIT", "1", "1000"])?;
+            if acked
+                .trim_start_matches(':')
+                .trim()
+                .parse::<u32>()
+                .unwrap_or(0)
+                >= 1
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("no replica in sync: {acked}")));
+            }
+        }
     }
 
     /// The replicas of primary `index`.

@@ -34,6 +34,8 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     pub units: u64,
+    /// Units among them that wrote no slot, only their node's mark.
+    pub mark_units: u64,
     /// Redis commands the applied units ran (fences and marks included).
     pub commands: u64,
     /// Data writes Redis refused (e.g. `WRONGTYPE`), skipped as on a single node.
@@ -238,7 +240,8 @@ impl ClusterOwner {
         Ok(())
     }
 
-    /// Applies `batch` until every slot holds it. `stats.units == 0`: every slot had it.
+    /// Applies `batch` until every slot holds it. `stats.units == stats.mark_units`: every slot
+    /// had it (at most some marks moved).
     pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, SinkError> {
         let mut stats = ApplyStats::default();
         let result = self.apply_counting(batch, &mut stats).await;
@@ -279,6 +282,7 @@ impl ClusterOwner {
             let mut settled = true;
             for sent in self.send_round(planned).await {
                 stats.units += 1;
+                stats.mark_units += u64::from(sent.unit.slots.is_empty());
                 match self.learn(batch, sent, stats).await? {
                     Step::Applied => {}
                     Step::Wait | Step::Replan => settled = false,

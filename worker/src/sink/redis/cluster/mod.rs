@@ -104,8 +104,10 @@
 //! The sink keeps one owner per claimed partition. A **claim** reads every slot's fence and
 //! mark, takes an epoch above all of them (and above a per-partition claim counter, so two
 //! claims never share one), and resumes at [`fence::resume_point`]: after the last batch every
-//! primary kept (each batch leaves a mark on every primary, `plan.rs`). The pipeline cuts its
-//! batches at every offset where some slot's fence begins or ends after that point
+//! primary kept (each batch leaves a mark on every primary, `plan.rs`; one that writes nothing
+//! at all, only undecodable records or a replay every slot has, moves the marks that stand
+//! before its end, so that no claim resumes before what the job committed). The pipeline cuts
+//! its batches at every offset where some slot's fence begins or ends after that point
 //! (`RedisSink::cuts`), so replayed batches are skipped or applied whole per slot. A **loss**
 //! (a mark behind what the owner wrote) reads everything back and answers `SinkError::Gap` at
 //! the resume point: the partition rewinds there, loudly, as on a single node, and the series
@@ -125,9 +127,13 @@
 //!   `redis_cluster_restart.rs` (d): the apply loop through a promoted replica that lost
 //!   acknowledged units, 1,000 slots resharded and a rebalance, and a restart from AOF;
 //! - `tests/redis_cluster_config.rs`: the sink itself on a cluster (claim, apply, replay,
-//!   second owner, fenced zombie) and the two misconfigurations refused;
-//! - `tests/tests/cluster_exactly_once.rs` (a): worker processes SIGKILLed mid-stream on a
-//!   3+3 cluster, the full state compared with the data set.
+//!   second owner, fenced zombie, a batch that writes nothing) and the two misconfigurations
+//!   refused;
+//! - `tests/tests/cluster_exactly_once.rs`: a worker process writing while (a) it is SIGKILLed
+//!   mid-stream on a 3+3 cluster, (b) 1,000 slots are resharded and an added primary
+//!   rebalanced, (c) a primary fails over to a replica that missed acknowledged writes, (d) the
+//!   whole cluster restarts from its AOF, whole and cut back; each time the full state compared
+//!   with the data set.
 //!
 //! # What users see (`shape.rs`)
 //!
@@ -139,9 +145,8 @@
 //! A `keyPrefix` holding a `{` is refused (`config.rs`, and a CEL rule in the CRD): a hash tag
 //! in the prefix would pin every key and every slot fence to one slot.
 //!
-//! Not yet: a process-level test of (b)–(d) under a running worker, and the user-list expiry
-//! chosen at apply time (a batch applied after the midnight it was built for keeps that
-//! midnight).
+//! Not yet: the user-list expiry chosen at apply time (a batch applied after the midnight it
+//! was built for keeps that midnight).
 
 pub mod apply;
 pub mod fence;

@@ -151,7 +151,8 @@ pub struct Owner<'a> {
 
 /// The units of `batch`, by primary address. Slots that already hold the batch are left out; a
 /// node with nothing left to write gets a unit that only moves its mark, as long as some node
-/// has something to write (none at all: no unit, the batch is applied). User lists get the midnight the batch was built
+/// has something to write or its mark stands before the batch's end (none of either: no unit,
+/// the batch is applied). User lists get the midnight the batch was built
 /// for (the single node picks the next one when a batch is applied after it: not yet here).
 pub fn units(batch: &Batch, owner: &Owner<'_>) -> Result<Vec<(String, Unit)>, SinkError> {
     units_isolating(batch, owner, &HashSet::new())
@@ -217,12 +218,19 @@ pub fn units_isolating(
             });
     }
     // A batch leaves a mark on every primary, even one it writes nothing on, so that where
-    // every node stands after it is known at the next claim (`fence::resume_point`).
-    if !by_node.is_empty() {
-        for node in owner.map.nodes() {
-            if !by_node.keys().any(|(n, _)| n == node) {
-                by_node.insert((node.clone(), None), Vec::new());
-            }
+    // every node stands after it is known at the next claim (`fence::resume_point`). A batch
+    // that writes nothing at all (only undecodable records, or a replay every slot has) still
+    // moves the marks that stand before its end, as it moves a single node's fence: the job
+    // commits past it, and a claim that resumed before it would take that for Redis losing
+    // acknowledged writes.
+    let writes_any = !by_node.is_empty();
+    for node in owner.map.nodes() {
+        let behind = || {
+            let mark = owner.map.anchor(node).and_then(|a| owner.marks.get(&a));
+            mark.is_none_or(|m| m.resume() < batch.next_offset)
+        };
+        if !by_node.keys().any(|(n, _)| n == node) && (writes_any || behind()) {
+            by_node.insert((node.clone(), None), Vec::new());
         }
     }
     by_node

@@ -4,7 +4,7 @@
 //! the next unit's compare-and-set finds ([`super::fence::Mismatch::Moved`]).
 
 use redis::aio::ConnectionLike;
-use redis::Value;
+use redis::{ServerErrorKind, Value};
 
 use super::fence::{SlotFence, UnitMark};
 use crate::sink::redis::{Layout, SinkError};
@@ -43,11 +43,15 @@ where
             .arg(&field)
             .arg(&mark_field);
     }
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    // Per reply, so that a slot that moved is told apart from a failure.
+    let replies: Vec<Value> = pipe.ignore_errors().query_async(conn).await?;
     slots
         .iter()
         .zip(&replies)
         .map(|(&slot, reply)| {
+            if let Value::ServerError(err) = reply {
+                return Err(read_error(slot, err));
+            }
             let Value::Array(pair) = reply else {
                 return Err(SinkError::Script(format!(
                     "unexpected HMGET reply {reply:?}"
@@ -60,4 +64,18 @@ where
             })
         })
         .collect()
+}
+
+/// A slot that moved (`MOVED`, or `ASK` mid-migration) since the slot map was read is a wait,
+/// as it is for a unit: the caller reads the map again and retries (a claim or a rewind during
+/// a reshard). Other errors are classified as everywhere else.
+fn read_error(slot: u16, err: &redis::ServerError) -> SinkError {
+    match err.kind() {
+        Some(ServerErrorKind::Moved | ServerErrorKind::Ask) => SinkError::Unavailable(format!(
+            "slot {slot} moved while its fence was read ({} {}); reading the slot map again",
+            err.code(),
+            err.details().unwrap_or_default()
+        )),
+        _ => redis::RedisError::from(err.clone()).into(),
+    }
 }

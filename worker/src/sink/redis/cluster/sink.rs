@@ -172,7 +172,8 @@ impl ClusterSink {
         match result {
             Ok(stats) => {
                 state.next = Some(batch.next_offset);
-                Ok(match stats.units {
+                // Units that only moved marks wrote none of the batch's data.
+                Ok(match stats.units - stats.mark_units {
                     0 => ApplyOutcome::AlreadyApplied,
                     _ => ApplyOutcome::Applied {
                         events: batch.events,
