@@ -216,8 +216,10 @@ async fn delete_all_jobs(cluster: &OperatorCluster) -> f64 {
 }
 
 /// Deleted jobs leave nothing behind in the operator: after the jobs are deleted, created again
-/// under the same names and deleted again, the live heap has grown by less than a quarter of what
-/// the jobs cost while they existed. (The first deletion alone is not the measure: it keeps what
+/// under the same names and deleted again, the live heap has grown by less than half of what the
+/// jobs cost while they existed: a leak of what they hold would add all of it again. (A quarter
+/// was too tight once the jobs cost less: CI saw 266 KB of growth against 0.92 MiB of jobs, and
+/// the same test passed on the next run.) (The first deletion alone is not the measure: it keeps what
 /// is made once, such as grown connection buffers, and the jobs' savepoint PVCs, which stay by
 /// design and are re-adopted by the second round.)
 async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64, jobs: usize) {
@@ -238,7 +240,7 @@ async fn forgets_deleted_jobs(cluster: &OperatorCluster, idle_heap: f64, jobs: u
         "no heap figures: {loaded_heap} vs {idle_heap}"
     );
     assert!(
-        second_round - first_round <= (loaded_heap - idle_heap) / 4.0,
+        second_round - first_round <= (loaded_heap - idle_heap) / 2.0,
         "deleted jobs still hold memory: with the jobs {loaded_heap}, after one round {first_round}, after two {second_round}"
     );
 }
