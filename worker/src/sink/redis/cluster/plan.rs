@@ -206,7 +206,8 @@ pub fn units_isolating(
             SinkError::Unavailable(format!("no primary serves slot {slot} (cluster down?)"))
         })?;
         let own = isolated.contains(&slot).then_some(slot);
-        let mut slot_commands = SlotCommands::default();
+        let bytes = group.iter().map(|c| c.encoded.body.len() + 8).sum();
+        let mut slot_commands = SlotCommands::with_capacity(bytes);
         for command in group {
             slot_commands.push_encoded(command.encoded);
         }
@@ -262,9 +263,10 @@ pub fn units_isolating(
         .collect()
 }
 
-/// One native command of a batch, and the slot of its key.
+/// One native command of a batch, the slot of its key, and its place in the transaction.
 struct SlotCommand<'a> {
     slot: u16,
+    index: u32,
     encoded: Encoded<'a>,
 }
 
@@ -288,11 +290,12 @@ fn by_slot<'a>(
         }
         commands.push(SlotCommand {
             slot: key_slot(key),
+            index: commands.len() as u32,
             encoded,
         });
     }
-    // Stable: a slot's commands keep the transaction's order (a key's TTL after its writes).
-    commands.sort_by_key(|c| c.slot);
+    // A slot's commands keep the transaction's order (a key's TTL after its writes).
+    commands.sort_unstable_by_key(|c| (c.slot, c.index));
     (commands, series)
 }
 
@@ -435,6 +438,11 @@ mod tests {
     #[test]
     fn units_send_exactly_the_commands_of_the_batch_grouped_by_slot() {
         let layout = Layout::new("p:", "Asia/Shanghai", "job", "topic").expect("layout");
+        let tag = crate::sink::redis::cluster::slot::SLOT_TAGS.tag(5);
+        assert_eq!(
+            layout.slot_fence_key(5),
+            format!("p:streamjob:job:fence:topic:{{{tag}}}")
+        );
         let (batch, map) = lifecycle_batch(&layout);
         let mut positions = SlotPositions::default();
         // Some slots hold an older batch (compared), some this one (left out).

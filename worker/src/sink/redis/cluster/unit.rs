@@ -132,6 +132,14 @@ impl SlotCommands {
         out
     }
 
+    /// Empty, with room for `bytes` of `ARGV` (each command's encoding and its count).
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            argv: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Appends one command of an encoded transaction, copied whole.
     pub(crate) fn push_encoded(&mut self, command: Encoded<'_>) {
         self.count(command.args);
