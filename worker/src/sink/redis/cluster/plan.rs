@@ -186,39 +186,7 @@ pub fn units_isolating(
         from: batch.first_offset,
         next: batch.next_offset,
     };
-    // Keyed by node and, for an isolated slot, the slot itself.
-    let mut by_node: BTreeMap<(&str, Option<u16>), Vec<UnitSlot>> = BTreeMap::new();
-    for group in commands.chunk_by(|a, b| a.slot == b.slot) {
-        let slot = group[0].slot;
-        let expected = match slot_step(owner.positions.get(slot), new.from, new.next) {
-            Ok(SlotStep::Skip) => continue,
-            Ok(SlotStep::Apply { expected }) => expected,
-            Err(straddle) => {
-                return Err(SinkError::Overlap {
-                    partition: batch.partition,
-                    stored_next_offset: straddle.fence.next,
-                    first_offset: batch.first_offset,
-                    next_offset: batch.next_offset,
-                })
-            }
-        };
-        let node = owner.map.owner(slot).ok_or_else(|| {
-            SinkError::Unavailable(format!("no primary serves slot {slot} (cluster down?)"))
-        })?;
-        let own = isolated.contains(&slot).then_some(slot);
-        let bytes = group.iter().map(|c| c.encoded.body.len() + 8).sum();
-        let mut slot_commands = SlotCommands::with_capacity(bytes);
-        for command in group {
-            slot_commands.push_encoded(command.encoded);
-        }
-        by_node.entry((node, own)).or_default().push(UnitSlot {
-            slot,
-            fence_key: owner.layout.slot_fence_key(slot),
-            expected,
-            new,
-            commands: slot_commands,
-        });
-    }
+    let mut by_node = slots_by_node(&commands, batch, owner, isolated, new)?;
     // A batch leaves a mark on every primary, even one it writes nothing on, so that where
     // every node stands after it is known at the next claim (`fence::resume_point`). A batch
     // that writes nothing at all (only undecodable records, or a replay every slot has) still
@@ -261,6 +229,53 @@ pub fn units_isolating(
             Ok((node.to_string(), unit))
         })
         .collect()
+}
+
+/// A unit's slots by node address and, for a slot in a unit of its own, the slot.
+type SlotsByNode<'m> = BTreeMap<(&'m str, Option<u16>), Vec<UnitSlot>>;
+
+/// The slots of `commands` that do not hold the batch yet, with their fences and commands, keyed
+/// by the node that serves them and, for a slot of `isolated`, the slot itself.
+fn slots_by_node<'m>(
+    commands: &[SlotCommand<'_>],
+    batch: &Batch,
+    owner: &Owner<'m>,
+    isolated: &HashSet<u16>,
+    new: SlotFence,
+) -> Result<SlotsByNode<'m>, SinkError> {
+    let mut by_node = SlotsByNode::new();
+    for group in commands.chunk_by(|a, b| a.slot == b.slot) {
+        let slot = group[0].slot;
+        let expected = match slot_step(owner.positions.get(slot), new.from, new.next) {
+            Ok(SlotStep::Skip) => continue,
+            Ok(SlotStep::Apply { expected }) => expected,
+            Err(straddle) => {
+                return Err(SinkError::Overlap {
+                    partition: batch.partition,
+                    stored_next_offset: straddle.fence.next,
+                    first_offset: batch.first_offset,
+                    next_offset: batch.next_offset,
+                })
+            }
+        };
+        let node = owner.map.owner(slot).ok_or_else(|| {
+            SinkError::Unavailable(format!("no primary serves slot {slot} (cluster down?)"))
+        })?;
+        let own = isolated.contains(&slot).then_some(slot);
+        let bytes = group.iter().map(|c| c.encoded.body.len() + 8).sum();
+        let mut slot_commands = SlotCommands::with_capacity(bytes);
+        for command in group {
+            slot_commands.push_encoded(command.encoded);
+        }
+        by_node.entry((node, own)).or_default().push(UnitSlot {
+            slot,
+            fence_key: owner.layout.slot_fence_key(slot),
+            expected,
+            new,
+            commands: slot_commands,
+        });
+    }
+    Ok(by_node)
 }
 
 /// One native command of a batch, the slot of its key, and its place in the transaction.
