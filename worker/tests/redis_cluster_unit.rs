@@ -6,7 +6,7 @@
 use redis::aio::MultiplexedConnection;
 use streamjob_worker::sink::redis::cluster::fence::{SlotFence, UnitMark};
 use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
-use streamjob_worker::sink::redis::cluster::unit::{run, Unit, UnitReply, UnitSlot};
+use streamjob_worker::sink::redis::cluster::unit::{run, SlotCommands, Unit, UnitReply, UnitSlot};
 use streamjob_worker::testkit::redis_cluster::{ClusterOptions, NodeInfo, RedisCluster};
 
 const FIELD_PARTITION: i32 = 3;
@@ -49,7 +49,7 @@ fn lpush_slot(key: &str, value: &str, expected: Option<SlotFence>, new: SlotFenc
         fence_key: fence_key(slot),
         expected,
         new,
-        commands: vec![vec![b"LPUSH".to_vec(), key.into(), value.into()]],
+        commands: SlotCommands::of(&[&[&b"LPUSH"[..], key.as_bytes(), value.as_bytes()]]),
     }
 }
 

@@ -126,13 +126,26 @@ impl Layout {
     /// `{prefix}streamjob:{job}:fence:{topic}:{{tag}}`: the fence hash of Redis Cluster slot
     /// `slot` (`{tag}` puts it there, see `cluster/slot.rs`), field `{partition}` per partition.
     pub fn slot_fence_key(&self, slot: u16) -> String {
-        format!(
-            "{}streamjob:{}:fence:{}:{{{}}}",
-            self.inner.key_prefix,
-            self.inner.job,
-            self.inner.topic,
-            super::cluster::slot::SLOT_TAGS.tag(slot)
-        )
+        // Pieces, not `format!`: a cluster unit names about one slot fence per event.
+        let inner = &*self.inner;
+        let mut digits = itoa::Buffer::new();
+        let tag = digits.format(super::cluster::slot::SLOT_TAGS.tag(slot));
+        let mut key = String::with_capacity(
+            inner.key_prefix.len() + inner.job.len() + inner.topic.len() + tag.len() + 20,
+        );
+        for piece in [
+            inner.key_prefix.as_str(),
+            "streamjob:",
+            &inner.job,
+            ":fence:",
+            &inner.topic,
+            ":{",
+            tag,
+            "}",
+        ] {
+            key.push_str(piece);
+        }
+        key
     }
 
     /// `{prefix}streamjob:series:{businessId}`: the event-time series of one template (and day,

@@ -11,18 +11,37 @@ use std::sync::LazyLock;
 /// Slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
-/// `CRC16` as Redis Cluster computes it (XMODEM).
+/// `CRC16` as Redis Cluster computes it (XMODEM), a byte at a time from a table: the sink hashes
+/// every key of every batch on a cluster, and the bit-at-a-time loop was a third of the time it
+/// spent grouping a batch by slot.
 pub fn crc16(bytes: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
+        crc = (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)];
+    }
+    crc
+}
+
+/// The CRC of each byte value shifted into the high byte, bit by bit.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = crc16_bitwise_byte((i as u16) << 8);
+        i += 1;
+    }
+    table
+};
+
+const fn crc16_bitwise_byte(mut crc: u16) -> u16 {
+    let mut bit = 0;
+    while bit < 8 {
+        crc = if crc & 0x8000 != 0 {
+            (crc << 1) ^ 0x1021
+        } else {
+            crc << 1
+        };
+        bit += 1;
     }
     crc
 }
@@ -86,6 +105,17 @@ mod tests {
     fn crc16_matches_the_reference_check_value() {
         // The XMODEM check value, and the example in the Redis Cluster specification.
         assert_eq!(crc16(b"123456789"), 0x31C3);
+        // The table gives what the bit-at-a-time definition gives.
+        let bitwise = |bytes: &[u8]| {
+            bytes.iter().fold(0u16, |crc, &byte| {
+                crc16_bitwise_byte(crc ^ (u16::from(byte) << 8))
+            })
+        };
+        let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+        for start in 0..bytes.len() {
+            let slice = &bytes[start..(start + 37).min(bytes.len())];
+            assert_eq!(crc16(slice), bitwise(slice));
+        }
     }
 
     #[test]

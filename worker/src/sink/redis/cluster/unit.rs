@@ -30,6 +30,7 @@ use std::sync::LazyLock;
 use redis::Value;
 
 use super::fence::{SlotFence, UnitMark};
+use crate::sink::redis::resp::{Bulks, Encoded};
 use crate::sink::redis::script::LuaScript;
 use crate::sink::redis::SinkError;
 
@@ -97,8 +98,96 @@ pub struct UnitSlot {
     pub fence_key: String,
     pub expected: Option<SlotFence>,
     pub new: SlotFence,
-    /// Each command's arguments, name first, key second.
-    pub commands: Vec<Vec<Vec<u8>>>,
+    pub commands: SlotCommands,
+}
+
+/// A slot's native commands, already as the unit's `ARGV` carries them: per command its argument
+/// count, then its arguments (name first, key second), each as a RESP bulk string, back to back
+/// in one buffer.
+///
+/// Why encoded: the batch's transaction is encoded already (`writes.rs`), and a command's
+/// arguments there are byte for byte the bulk strings `ARGV` needs, so planning copies each
+/// command once, whole, into its slot's buffer. As a `Vec` of arguments per command it cost an
+/// allocation per argument and most of the worker's CPU on a cluster (BENCHMARKS.md, "Client CPU
+/// on the cluster path").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotCommands {
+    argv: Vec<u8>,
+    commands: usize,
+    /// `ARGV` items in `argv`.
+    items: usize,
+}
+
+impl SlotCommands {
+    /// The commands given as their arguments (name first, key second): tests and tools.
+    pub fn of<A: AsRef<[u8]>>(commands: &[&[A]]) -> Self {
+        let mut out = Self::default();
+        for command in commands {
+            out.count(command.len());
+            for arg in *command {
+                push_bulk(&mut out.argv, arg.as_ref());
+            }
+            out.items += command.len();
+        }
+        out
+    }
+
+    /// Empty, with room for `bytes` of `ARGV` (each command's encoding and its count).
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            argv: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Appends one command of an encoded transaction, copied whole.
+    pub(crate) fn push_encoded(&mut self, command: Encoded<'_>) {
+        self.count(command.args);
+        self.argv.extend_from_slice(command.body);
+        self.items += command.args;
+    }
+
+    /// Starts a command of `args` arguments: its count, as an `ARGV` item.
+    fn count(&mut self, args: usize) {
+        push_bulk(&mut self.argv, itoa::Buffer::new().format(args).as_bytes());
+        self.commands += 1;
+        self.items += 1;
+    }
+
+    /// How many commands.
+    pub fn len(&self) -> usize {
+        self.commands
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands == 0
+    }
+
+    /// The commands, each as its arguments.
+    pub fn iter(&self) -> impl Iterator<Item = Vec<&[u8]>> + '_ {
+        let mut items = self.argv_items();
+        std::iter::from_fn(move || {
+            let args: usize = std::str::from_utf8(items.next()?).ok()?.parse().ok()?;
+            Some(items.by_ref().take(args).collect())
+        })
+    }
+
+    /// The `ARGV` items: each command's count, then its arguments.
+    fn argv_items(&self) -> Bulks<'_> {
+        Encoded {
+            args: self.items,
+            body: &self.argv,
+        }
+        .iter()
+    }
+}
+
+fn push_bulk(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(value.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A unit: everything one batch writes on one primary (or one migrating slot of it).
@@ -110,6 +199,22 @@ pub struct Unit {
     pub mark_expected: Option<UnitMark>,
     pub mark_new: UnitMark,
     pub slots: Vec<UnitSlot>,
+}
+
+/// Room for a fence's text (`epoch:from:next`, three 64-bit numbers).
+const FENCE_TEXT: usize = 64;
+
+/// `fence`'s text as [`SlotFence`]'s `Display` writes it (empty for none) into `out`, without the
+/// formatting machinery: it is written twice per slot, about twice per event.
+fn fence_text(fence: Option<&SlotFence>, out: &mut Vec<u8>) {
+    out.clear();
+    let Some(fence) = fence else { return };
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(fence.epoch).as_bytes());
+    out.push(b':');
+    out.extend_from_slice(digits.format(fence.from).as_bytes());
+    out.push(b':');
+    out.extend_from_slice(digits.format(fence.next).as_bytes());
 }
 
 /// What the script answered.
@@ -168,11 +273,19 @@ where
 
 impl Unit {
     /// The `EVALSHA` of the unit (the script must be loaded on the node, see
-    /// [`UNIT_SCRIPT`]).
+    /// [`UNIT_SCRIPT`]). Sized up front: the command of a unit holds every argument of its
+    /// node's share of the batch, and growing it by doubling copied it again and again.
     pub fn command(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
+        let items: usize = self.slots.iter().map(|s| 5 + s.commands.items).sum();
+        let bytes: usize = self
+            .slots
+            .iter()
+            .map(|s| s.fence_key.len() + 3 * FENCE_TEXT + s.commands.argv.len())
+            .sum();
+        let mut cmd =
+            redis::Cmd::with_capacity(9 + items, 2 * self.mark_key.len() + 4 * FENCE_TEXT + bytes);
         let first = self.slots.first().map_or(&self.mark_key, |s| &s.fence_key);
-        cmd.arg(UNIT_SCRIPT.hash()).arg(1).arg(first);
+        cmd.arg("EVALSHA").arg(UNIT_SCRIPT.hash()).arg(1).arg(first);
         cmd.arg(self.partition)
             .arg(&self.mark_key)
             .arg(
@@ -182,17 +295,15 @@ impl Unit {
             )
             .arg(self.mark_new.to_string())
             .arg(self.slots.len());
+        let mut text = Vec::with_capacity(FENCE_TEXT);
         for slot in &self.slots {
-            cmd.arg(slot.slot)
-                .arg(&slot.fence_key)
-                .arg(slot.expected.map(|f| f.to_string()).unwrap_or_default())
-                .arg(slot.new.to_string())
-                .arg(slot.commands.len());
-            for command in &slot.commands {
-                cmd.arg(command.len());
-                for arg in command {
-                    cmd.arg(arg.as_slice());
-                }
+            cmd.arg(slot.slot).arg(&slot.fence_key);
+            fence_text(slot.expected.as_ref(), &mut text);
+            cmd.arg(text.as_slice());
+            fence_text(Some(&slot.new), &mut text);
+            cmd.arg(text.as_slice()).arg(slot.commands.len());
+            for item in slot.commands.argv_items() {
+                cmd.arg(item);
             }
         }
         cmd
