@@ -341,6 +341,18 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
 }
 
 /// The pod that holds the operator's leader Lease.
+/// Applies `spec`, waits until `kubectl wait` sees the job Ready and every record produced so far
+/// is applied.
+async fn start_running(cluster: &OperatorCluster, data: &Data, spec: &Value) {
+    cluster.apply(NS, spec);
+    assert!(
+        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
+        "not Ready: {}",
+        cluster.describe()
+    );
+    data.wait_applied(cluster, Duration::from_secs(60)).await;
+}
+
 async fn leader_pod(cluster: &OperatorCluster) -> Option<String> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "streamjob-system");
@@ -355,13 +367,7 @@ async fn heavy_a_leader_killed_mid_upgrade_is_replaced_and_the_upgrade_finishes(
     let cluster = OperatorCluster::up(values).await;
     let mut data = Data::start();
     data.produce(1, 5_000);
-    cluster.apply(NS, &stream_job(&data, 2));
-    assert!(
-        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
-        "not Ready: {}",
-        cluster.describe()
-    );
-    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    start_running(&cluster, &data, &stream_job(&data, 2)).await;
 
     // A config change starts a savepoint upgrade; the leader dies as soon as status records it.
     let mut spec = stream_job(&data, 2);
@@ -465,13 +471,7 @@ async fn heavy_a_compatible_change_rolls_without_stopping_and_a_key_prefix_chang
     data.produce(1, 5_000);
     let mut spec = stream_job(&data, 2);
     spec["spec"]["upgradeMode"] = json!("rolling");
-    cluster.apply(NS, &spec);
-    assert!(
-        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
-        "not Ready: {}",
-        cluster.describe()
-    );
-    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    start_running(&cluster, &data, &spec).await;
     let old_pods = taskmanager_pods(&cluster);
 
     // A compatible change: every taskmanager is replaced while the job keeps processing.
@@ -614,19 +614,13 @@ async fn heavy_helm_upgrade_upgrades_the_crd_and_replaces_the_operator_without_t
         OperatorCluster::up_from(older.path(), test_values(), KubeletOptions::default()).await;
     let mut data = Data::start();
     data.produce(1, 5_000);
-    cluster.apply(NS, &stream_job(&data, 2));
+    start_running(&cluster, &data, &stream_job(&data, 2)).await;
     let mut job = stream_job(&data, 2);
     job["spec"]["rolling"] = json!({"progressDeadline": "7m"});
     assert!(
         !apply_output(&cluster, &job).status.success(),
         "the older CRD has no spec.rolling: server-side apply refuses it"
     );
-    assert!(
-        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
-        "not Ready: {}",
-        cluster.describe()
-    );
-    data.wait_applied(&cluster, Duration::from_secs(60)).await;
     let workers = pods_running(&cluster, NS, "trace-");
     let operators = pods_running(&cluster, "streamjob-system", "streamjob-operator-");
 
@@ -707,13 +701,7 @@ async fn heavy_a_rolling_upgrade_to_a_crashing_image_stalls_and_the_previous_ima
     let mut job = stream_job(&data, 2);
     job["spec"]["upgradeMode"] = json!("rolling");
     job["spec"]["rolling"] = json!({"progressDeadline": "10m"});
-    cluster.apply(NS, &job);
-    assert!(
-        cluster.wait_for(NS, NAME, "Ready", Duration::from_secs(60)),
-        "not Ready: {}",
-        cluster.describe()
-    );
-    data.wait_applied(&cluster, Duration::from_secs(60)).await;
+    start_running(&cluster, &data, &job).await;
     let old_pods = taskmanager_pods(&cluster);
 
     let mut broken = job.clone();
