@@ -76,21 +76,7 @@ async fn until(
     timeout: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = cluster.get(NS, NAME);
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {timeout:?}; status:\n{:#}\n{}\n{}",
-            job["status"],
-            cluster.describe(),
-            cluster.operator_logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    cluster.until(NS, NAME, what, timeout, done).await
 }
 
 /// Waits until the autoscaler scales up (the job), or until every produced record is applied and

@@ -68,9 +68,12 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
     spec["spec"]["batch"]["maxEvents"] = json!(400);
     cluster.apply(NS, &spec);
     data.produce(3, 10_000);
-    let job = until(&cluster, "upgraded", Duration::from_secs(120), |job| {
-        no_operation(job) && job["status"]["lastSavepoint"]["trigger"] == "upgrade" && ready(job)
-    })
+    let job = until(
+        &cluster,
+        "upgraded",
+        Duration::from_secs(120),
+        upgraded_through_a_savepoint,
+    )
     .await;
     let upgrade_savepoint = job["status"]["lastSavepoint"]["path"]
         .as_str()
@@ -204,11 +207,7 @@ async fn heavy_a_leader_killed_mid_upgrade_is_replaced_and_the_upgrade_finishes(
         &cluster,
         "upgraded by the next leader",
         Duration::from_secs(120),
-        |job| {
-            no_operation(job)
-                && job["status"]["lastSavepoint"]["trigger"] == "upgrade"
-                && ready(job)
-        },
+        upgraded_through_a_savepoint,
     )
     .await;
     assert!(

@@ -114,11 +114,7 @@ async fn heavy_a_compatible_change_rolls_without_stopping_and_a_key_prefix_chang
         &cluster,
         "upgraded through a savepoint",
         Duration::from_secs(120),
-        |job| {
-            no_operation(job)
-                && job["status"]["lastSavepoint"]["trigger"] == "upgrade"
-                && ready(job)
-        },
+        upgraded_through_a_savepoint,
     )
     .await;
     let fallback = events(&cluster)

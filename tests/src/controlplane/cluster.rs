@@ -155,6 +155,34 @@ impl OperatorCluster {
         serde_json::from_str(&text).expect("kubectl prints JSON")
     }
 
+    /// Polls StreamJob `name` (what `kubectl get -o json` shows) until `done` holds, and returns
+    /// it; fails after `timeout` naming `what`, with its status, the pods and the operator's
+    /// logs.
+    pub async fn until(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.get(namespace, name);
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached in {timeout:?}; status:\n{:#}\n{}\n{}",
+                job["status"],
+                self.describe(),
+                self.operator_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The status of condition `type_` of StreamJob `name`.
     pub fn condition(&self, namespace: &str, name: &str, type_: &str) -> Option<String> {
         let job = self.get(namespace, name);

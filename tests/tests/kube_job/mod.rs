@@ -133,20 +133,13 @@ pub async fn until(
     timeout: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = cluster.get(NS, NAME);
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {timeout:?}; status:\n{:#}\n{}",
-            job["status"],
-            cluster.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    cluster.until(NS, NAME, what, timeout, done).await
+}
+
+/// A savepoint upgrade finished: no operation in flight, the last savepoint is the upgrade's,
+/// and the job is Ready again.
+pub fn upgraded_through_a_savepoint(job: &Value) -> bool {
+    no_operation(job) && job["status"]["lastSavepoint"]["trigger"] == "upgrade" && ready(job)
 }
 
 pub fn ready(job: &Value) -> bool {
