@@ -4,8 +4,11 @@
 # on the same data set (bench-apply-designs.py's lifecycle shape, 4 partitions, sticky partitioner).
 # Measures redis-server only (INFO cpu of every primary), like bench-apply-designs.py.
 #
-#   SINGLE=<port of a plain redis-server> python3 scripts/bench-cluster-designs.py \
-#       <port of a cluster primary> 200000 single,floor,slotlua,slotmulti 2000
+#   SINGLE=<port of a plain redis-server> [REPS=2] [STATS=1] python3 scripts/bench-cluster-designs.py \
+#       <port of a cluster primary> 200000 single,floor,lua,slotlua,slotlua1,slotwatch,slotmulti 2000
+#
+# The last argument is the batch size, in events per partition. REPS runs every design again,
+# interleaved; STATS prints INFO commandstats summed over the servers (calls per event).
 #
 # Designs:
 #   single    the single-node apply (WATCH fence + read, merged native commands in MULTI/EXEC)
@@ -21,6 +24,22 @@
 #             the data writes, and each slot's fence field moves (HSET).
 #   lua       slotlua without its fence reads and writes (not exactly-once): what the script's
 #             data writes alone cost.
+#   slotlua1  slotlua with one fence call per slot instead of two: a string key per slot and
+#             partition set with SET .. GET (compared after the swap; on a mismatch the script
+#             restores every fence it swapped and refuses the unit before any data write).
+#   slotwatch per primary and batch one pipeline of, for every slot the batch touches there (plus
+#             the node's anchor slot, as in slotlua): WATCH fence; EVALSHA check (CHECK below:
+#             compares the fence field, and on a mismatch writes it again, which touches the
+#             watched key so that the EXEC aborts); MULTI; the slot's native commands; HSET
+#             fence; EXEC. No round trip per slot; a slot that mismatches is not applied, the
+#             others are (each slot has its own fence). No CLUSTER NODES or probe: a queued
+#             command on a key that is not here makes EXEC discard the slot's transaction.
+#             scripts/check-slotwatch.py checks these semantics on a real server.
+#   slotread  slotwatch with a plain HGET instead of the check script: the client would compare
+#             and send MULTI..EXEC only on a match, which needs a round trip per slot (or a
+#             connection per slot in flight: the first EXEC ends every WATCH of a connection).
+#             Measured pipelined (the benchmark knows every fence matches), so a lower bound of
+#             its Redis CPU: the round trips' reads and writes would add to it.
 #   slotmulti per slot a MULTI/EXEC of the slot's native commands plus its fence SET, all slots of
 #             a primary pipelined (no WATCH/read: a lower bound of any per-slot transaction design).
 import functools, importlib.util, os, sys, time
@@ -207,20 +226,21 @@ def with_anchor(ctx, group):
     if ctx["anchor"] in ctx["slots"]: return group
     return [(ctx["anchor"], [], [])] + group
 
-def send_slotwatch(cc, ctx, group):
-    """Per slot, pipelined: WATCH, EVALSHA check, MULTI, data, HSET fence, EXEC."""
+def send_slotwatch(cc, ctx, group, read=False):
+    """Per slot, pipelined: WATCH, EVALSHA check (read: HGET), MULTI, data, HSET fence, EXEC."""
     out = []; ndata = []; pi, val, stored = ctx["pi"], ctx["val"], ctx["stored"]
     for s, l, t in with_anchor(ctx, group):
-        fk = fence_key(s); data = slot_cmds(l, t)
-        out.append(enc([b"WATCH", fk]) + enc([b"EVALSHA", ctx["check"], 1, fk, pi, stored.get((s, pi), b"")])
-                   + enc([b"MULTI"]) + b"".join(data) + enc([b"HSET", fk, pi, val]) + enc([b"EXEC"]))
-        ndata.append(len(data)); stored[(s, pi)] = val
+        fk = fence_key(s); data = slot_cmds(l, t); expected = stored.get((s, pi), b"")
+        check = enc([b"HGET", fk, pi]) if read else enc([b"EVALSHA", ctx["check"], 1, fk, pi, expected])
+        out.append(enc([b"WATCH", fk]) + check + enc([b"MULTI"]) + b"".join(data)
+                   + enc([b"HSET", fk, pi, val]) + enc([b"EXEC"]))
+        ndata.append((len(data), expected if read else 0)); stored[(s, pi)] = val
     cc.send(b"".join(out))
-    for n in ndata:
-        cc.skip(1); r = cc.read(); assert r == 0, r
+    for n, want in ndata:
+        cc.skip(1); r = cc.read(); assert r == want or (want == b"" and r is None), (r, want)
         cc.skip(n + 2); r = cc.read(); assert isinstance(r, list), r
-    # WATCH, EVALSHA and its HGET, MULTI, HSET, EXEC per slot, and the data commands
-    return sum(ndata) + 6 * len(ndata)
+    # WATCH, EVALSHA and its HGET (read: HGET), MULTI, HSET, EXEC per slot, and the data commands
+    return sum(n for n, _ in ndata) + (5 if read else 6) * len(ndata)
 
 def send_script(cc, ctx, group, variant):
     """lua (mode 0), slotlua (1), slotlua1 (2): one script per primary."""
@@ -244,6 +264,7 @@ def send_unit(cc, ctx, group, variant):
     if variant == "floor": return send_floor(cc, ctx, group)
     if variant == "slotmulti": return send_slotmulti(cc, ctx, group)
     if variant == "slotwatch": return send_slotwatch(cc, ctx, group)
+    if variant == "slotread": return send_slotwatch(cc, ctx, group, read=True)
     return send_script(cc, ctx, group, variant)
 
 def by_node(slots, owner):
