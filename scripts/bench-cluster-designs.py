@@ -5,7 +5,7 @@
 # Measures redis-server only (INFO cpu of every primary), like bench-apply-designs.py.
 #
 #   SINGLE=<port of a plain redis-server> [REPS=2] [STATS=1] python3 scripts/bench-cluster-designs.py \
-#       <port of a cluster primary> 200000 single,floor,lua,slotlua,slotlua1,slotwatch,slotmulti 2000
+#       <port of a cluster primary> 200000 single,floor,lua,slotlua,slotlua1,slotwatch,slotread,slotmulti 2000
 #
 # The last argument is the batch size, in events per partition. REPS runs every design again,
 # interleaved; STATS prints INFO commandstats summed over the servers (calls per event).
@@ -40,7 +40,7 @@
 #             connection per slot in flight: the first EXEC ends every WATCH of a connection).
 #             Measured pipelined (the benchmark knows every fence matches), so a lower bound of
 #             its Redis CPU: the round trips' reads and writes would add to it.
-#   slotmulti per slot a MULTI/EXEC of the slot's native commands plus its fence SET, all slots of
+#   slotmulti per slot a MULTI/EXEC of the slot's native commands plus its fence HSET, all slots of
 #             a primary pipelined (no WATCH/read: a lower bound of any per-slot transaction design).
 import functools, importlib.util, os, sys, time
 
