@@ -37,8 +37,8 @@ pub struct CachedPod {
 #[derive(Debug, Clone)]
 struct CachedStatus {
     /// The Ready condition's status (`True`, `False`, `Unknown`), when it has one.
-    ready: Option<Box<str>>,
-    ip: Option<Box<str>>,
+    ready: Text,
+    ip: Text,
     /// `None` when the status had no container statuses (not even an empty list).
     containers: Option<Box<[CachedContainer]>>,
 }
@@ -49,16 +49,19 @@ struct CachedContainer {
     ready: bool,
     restart_count: i32,
     /// `state.waiting`: reason and message.
-    waiting: Option<(Option<Box<str>>, Option<Box<str>>)>,
+    waiting: Option<(Text, Text)>,
     /// `lastState.terminated`: exit code, reason and message.
-    last_terminated: Option<(i32, Option<Box<str>>, Option<Box<str>>)>,
+    last_terminated: Option<(i32, Text, Text)>,
 }
 
-fn boxed(value: &Option<String>) -> Option<Box<str>> {
+/// An optional string, without a `String`'s spare capacity.
+type Text = Option<Box<str>>;
+
+fn boxed(value: &Option<String>) -> Text {
     value.as_deref().map(Box::from)
 }
 
-fn unboxed(value: &Option<Box<str>>) -> Option<String> {
+fn unboxed(value: &Text) -> Option<String> {
     value.as_deref().map(str::to_string)
 }
 
