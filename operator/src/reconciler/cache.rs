@@ -298,8 +298,7 @@ impl Caches {
     pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
         self.pods
             .state_filter(|pod| {
-                pod.namespace().as_deref() == Some(namespace)
-                    && pod.labels().get(labels::INSTANCE).map(String::as_str) == Some(job)
+                pod.meta().namespace.as_deref() == Some(namespace) && pod.instance() == Some(job)
             })
             .into_iter()
             .map(|pod| pod.to_pod())

@@ -28,8 +28,14 @@ use crate::planner::labels;
 #[derive(Debug, Clone)]
 pub struct CachedPod {
     /// Name, namespace and resourceVersion (the store's key and the tests' snapshot), creation
-    /// and deletion times, the instance and component labels, the spec-hash annotation.
+    /// and deletion times. No labels or annotations here: a `BTreeMap` allocates room for 11
+    /// entries (over 500 bytes) even for one.
     metadata: ObjectMeta,
+    /// The job's instance and component labels.
+    instance: Text,
+    component: Text,
+    /// The spec-hash annotation of the template the pod was made from.
+    config_hash: Text,
     /// `None` when the pod had no status at all.
     status: Option<CachedStatus>,
 }
@@ -68,16 +74,11 @@ fn unboxed(value: &Text) -> Option<String> {
 impl CachedPod {
     pub fn of(pod: &Pod) -> Self {
         let meta = &pod.metadata;
-        let keep = |key: &str, map: &Option<BTreeMap<String, String>>| {
+        let get = |map: &Option<BTreeMap<String, String>>, key: &str| {
             map.as_ref()?
                 .get(key)
-                .map(|value| (key.to_string(), value.clone()))
+                .map(|value| Box::from(value.as_str()))
         };
-        let labels: BTreeMap<String, String> = [labels::INSTANCE, labels::COMPONENT]
-            .into_iter()
-            .filter_map(|key| keep(key, &meta.labels))
-            .collect();
-        let annotations = keep(CONFIG_HASH_ANNOTATION, &meta.annotations);
         Self {
             metadata: ObjectMeta {
                 name: meta.name.clone(),
@@ -85,18 +86,37 @@ impl CachedPod {
                 resource_version: meta.resource_version.clone(),
                 creation_timestamp: meta.creation_timestamp.clone(),
                 deletion_timestamp: meta.deletion_timestamp.clone(),
-                labels: (!labels.is_empty()).then_some(labels),
-                annotations: annotations.map(|pair| BTreeMap::from([pair])),
                 ..ObjectMeta::default()
             },
+            instance: get(&meta.labels, labels::INSTANCE),
+            component: get(&meta.labels, labels::COMPONENT),
+            config_hash: get(&meta.annotations, CONFIG_HASH_ANNOTATION),
             status: pod.status.as_ref().map(CachedStatus::of),
         }
     }
 
+    /// The job the pod belongs to (its instance label).
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+
     /// The pod as the planner reads it: a `Pod` with the kept fields, everything else empty.
     pub fn to_pod(&self) -> Pod {
+        let map = |pairs: &[(&str, &Text)]| {
+            let map: BTreeMap<String, String> = pairs
+                .iter()
+                .filter_map(|(key, value)| Some((key.to_string(), value.as_deref()?.to_string())))
+                .collect();
+            (!map.is_empty()).then_some(map)
+        };
+        let mut metadata = self.metadata.clone();
+        metadata.labels = map(&[
+            (labels::INSTANCE, &self.instance),
+            (labels::COMPONENT, &self.component),
+        ]);
+        metadata.annotations = map(&[(CONFIG_HASH_ANNOTATION, &self.config_hash)]);
         Pod {
-            metadata: self.metadata.clone(),
+            metadata,
             spec: None,
             status: self.status.as_ref().map(CachedStatus::to_status),
         }
@@ -361,7 +381,13 @@ mod tests {
 
     #[test]
     fn a_cached_pod_keeps_only_what_the_planner_reads() {
-        let cached = CachedPod::of(&pods()[2]).to_pod();
+        let compact = CachedPod::of(&pods()[2]);
+        assert_eq!(
+            compact.metadata.labels, None,
+            "kept as plain strings, not a map"
+        );
+        assert_eq!(compact.instance(), Some("trace"));
+        let cached = compact.to_pod();
         let meta = &cached.metadata;
         assert_eq!(meta.uid, None);
         assert_eq!(meta.owner_references, None);
