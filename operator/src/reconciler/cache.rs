@@ -3,16 +3,19 @@
 //! children from here, never with GETs, and the same watches are what trigger reconciles.
 //!
 //! The stores hold trimmed objects: no `managedFields` anywhere, Deployments without their pod
-//! spec, and pods only with their labels,
-//! Ready condition, IP and container statuses (what the planner reads of them), so the cache of
-//! 1,000 jobs stays small.
+//! spec, and pods only with what the planner reads of them ([`pod`]), so the cache of 1,000 jobs
+//! stays small.
 //!
-//! Children are kept as [`CachedChild`]: their metadata, and the rest of the object as compact
-//! JSON text. A heap profile of 300 jobs on a real API server (see BENCHMARKS) found the children's
-//! `serde_json::Value` trees to be 56 % of the operator's heap, about 7 KB per child, for objects
-//! whose JSON is a fifth of that; a reconcile parses back only its own job's few children.
+//! Children are kept as [`CachedChild`]: their name, namespace and resourceVersion, and the rest
+//! of the object, metadata included, as compact JSON text. A heap profile of 300 jobs on a real
+//! API server (see BENCHMARKS) found the children's `serde_json::Value` trees to be 56 % of the
+//! operator's heap, about 7 KB per child, for objects whose JSON is a fifth of that; a reconcile
+//! parses back only its own job's few children.
+
+mod pod;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -29,8 +32,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::crd::StreamJob;
-use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
 use crate::planner::{children, labels, names, Observed};
+use pod::CachedPod;
 
 /// The kinds of children the operator applies, and so watches. A new child kind goes here (and
 /// in the RBAC table); a child whose kind is not watched is applied on every reconcile.
@@ -53,7 +56,7 @@ pub type PodStream = BoxStream<'static, Result<Pod, watcher::Error>>;
 /// The stores of one watched scope (a namespace, or all).
 #[derive(Clone)]
 pub struct Caches {
-    children: BTreeMap<String, (ApiResource, Store<CachedChild>)>,
+    children: BTreeMap<String, (Arc<ApiResource>, Store<CachedChild>)>,
     pods: Store<CachedPod>,
 }
 
@@ -79,7 +82,10 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
     let mut children = BTreeMap::new();
     let mut streams = Vec::new();
     for resource in child_kinds() {
-        let mut writer = reflector::store::Writer::new(resource.clone());
+        // Shared: every key of the store holds its kind, which as an `ApiResource` would be five
+        // strings per child.
+        let shared = Arc::new(resource.clone());
+        let mut writer = reflector::store::Writer::new(shared.clone());
         let store = writer.as_reader();
         let api: Api<DynamicObject> = scoped(client, namespace, &resource);
         let kind = resource.kind.clone();
@@ -94,7 +100,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
             })
             .applied_objects()
             .boxed();
-        children.insert(resource.kind.clone(), (resource.clone(), store));
+        children.insert(resource.kind.clone(), (shared, store));
         streams.push((resource, stream));
     }
     let pods_api: Api<Pod> = match namespace {
@@ -105,9 +111,8 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
     let pods = pod_writer.as_reader();
     let pod_stream = watcher(pods_api, managed)
         .default_backoff()
-        .modify(trim_pod)
         .map_ok(move |event| {
-            pod_writer.apply_watcher_event(&store_event(&event, cached_pod));
+            pod_writer.apply_watcher_event(&store_event(&event, CachedPod::of));
             event
         })
         .applied_objects()
@@ -151,63 +156,94 @@ pub fn trim_job(job: &mut StreamJob) {
     job.annotations_mut().remove(LAST_APPLIED);
 }
 
-/// A child as the cache keeps it: its metadata, and everything else of the object (spec, data,
-/// status) as compact JSON text.
+/// A child as the cache keeps it: its name, namespace and resourceVersion (the store's key and
+/// the tests' snapshot), and everything else of the object as compact JSON text. Its labels,
+/// annotations and owner reference take less as text than as `BTreeMap`s (each reserves room
+/// for 11 entries) and `String`s, and only a reconcile of its own job reads them (parsed back,
+/// the drift check compares them as before).
 #[derive(Debug, Clone)]
 pub struct CachedChild {
-    metadata: ObjectMeta,
+    key: ObjectMeta,
     body: Box<str>,
+}
+
+/// The text form of a child: the rest of its metadata beside its other top-level fields.
+#[derive(serde::Serialize)]
+struct ChildBody<'a> {
+    metadata: &'a ObjectMeta,
+    #[serde(flatten)]
+    data: &'a serde_json::Value,
 }
 
 impl CachedChild {
     fn of(object: &DynamicObject) -> Self {
+        let mut metadata = object.metadata.clone();
+        let key = ObjectMeta {
+            name: metadata.name.take(),
+            namespace: metadata.namespace.take(),
+            resource_version: metadata.resource_version.take(),
+            ..ObjectMeta::default()
+        };
+        let body = ChildBody {
+            metadata: &metadata,
+            data: &object.data,
+        };
         Self {
-            metadata: object.metadata.clone(),
-            // A `Value` always serializes; an empty body would only make the child look drifted.
-            body: serde_json::to_string(&object.data)
+            key,
+            // The data of a watched object is always a JSON object, which serializes; an empty
+            // body would only make the child look missing, so it is applied again.
+            body: serde_json::to_string(&body)
                 .unwrap_or_default()
                 .into_boxed_str(),
         }
     }
 
     fn to_object(&self, resource: &ApiResource) -> Option<DynamicObject> {
+        let mut data: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        let metadata = data.as_object_mut()?.remove("metadata")?;
+        let mut metadata: ObjectMeta = serde_json::from_value(metadata).ok()?;
+        metadata.name.clone_from(&self.key.name);
+        metadata.namespace.clone_from(&self.key.namespace);
+        metadata
+            .resource_version
+            .clone_from(&self.key.resource_version);
         Some(DynamicObject {
             types: Some(TypeMeta {
                 api_version: resource.api_version.clone(),
                 kind: resource.kind.clone(),
             }),
-            metadata: self.metadata.clone(),
-            data: serde_json::from_str(&self.body).ok()?,
+            metadata,
+            data,
         })
     }
 }
 
 impl Resource for CachedChild {
-    type DynamicType = ApiResource;
+    type DynamicType = Arc<ApiResource>;
     type Scope = DynamicResourceScope;
 
-    fn kind(resource: &ApiResource) -> Cow<'_, str> {
+    fn kind(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         Cow::Borrowed(&resource.kind)
     }
 
-    fn group(resource: &ApiResource) -> Cow<'_, str> {
+    fn group(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         Cow::Borrowed(&resource.group)
     }
 
-    fn version(resource: &ApiResource) -> Cow<'_, str> {
+    fn version(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         Cow::Borrowed(&resource.version)
     }
 
-    fn plural(resource: &ApiResource) -> Cow<'_, str> {
+    fn plural(resource: &Arc<ApiResource>) -> Cow<'_, str> {
         Cow::Borrowed(&resource.plural)
     }
 
     fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+        &self.key
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        &mut self.key
     }
 }
 
@@ -219,79 +255,6 @@ fn store_event<K, C>(event: &watcher::Event<K>, cache: impl Fn(&K) -> C) -> watc
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitApply(object) => watcher::Event::InitApply(cache(object)),
         watcher::Event::InitDone => watcher::Event::InitDone,
-    }
-}
-
-/// A pod as the cache keeps it: what [`trim_pod`] leaves of it, without the room a `Pod` keeps
-/// for its spec (a `Pod` is 2.4 KB before any of its fields allocate; this is a third of that).
-#[derive(Debug, Clone)]
-pub struct CachedPod {
-    metadata: ObjectMeta,
-    status: Option<k8s_openapi::api::core::v1::PodStatus>,
-}
-
-impl Resource for CachedPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Pod::kind(&())
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Pod::group(&())
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Pod::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Pod::plural(&())
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-fn cached_pod(pod: &Pod) -> CachedPod {
-    CachedPod {
-        metadata: pod.metadata.clone(),
-        status: pod.status.clone(),
-    }
-}
-
-/// Keeps what the planner reads of a pod: its labels, the spec hash its template carried (which
-/// pods a rolling upgrade brought, `rollout::stall`), whether it is being deleted, its Ready
-/// condition and IP (the jobmanager's address, once it is ready) and its container statuses
-/// (crash loops).
-fn trim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = pod.metadata.annotations.take().and_then(|mut annotations| {
-        let hash = annotations.remove(CONFIG_HASH_ANNOTATION)?;
-        Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), hash)]))
-    });
-    pod.metadata.owner_references = None;
-    pod.metadata.generate_name = None;
-    pod.spec = None;
-    if let Some(status) = pod.status.as_mut() {
-        let trimmed = k8s_openapi::api::core::v1::PodStatus {
-            container_statuses: status.container_statuses.take(),
-            conditions: status.conditions.take().map(|conditions| {
-                conditions
-                    .into_iter()
-                    .filter(|c| c.type_ == "Ready")
-                    .collect()
-            }),
-            pod_ip: status.pod_ip.take(),
-            ..Default::default()
-        };
-        *status = trimmed;
     }
 }
 
@@ -335,15 +298,10 @@ impl Caches {
     pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
         self.pods
             .state_filter(|pod| {
-                pod.namespace().as_deref() == Some(namespace)
-                    && pod.labels().get(labels::INSTANCE).map(String::as_str) == Some(job)
+                pod.meta().namespace.as_deref() == Some(namespace) && pod.instance() == Some(job)
             })
             .into_iter()
-            .map(|pod| Pod {
-                metadata: pod.metadata.clone(),
-                spec: None,
-                status: pod.status.clone(),
-            })
+            .map(|pod| pod.to_pod())
             .collect()
     }
 
@@ -410,64 +368,37 @@ mod tests {
         job
     }
 
-    /// A taskmanager pod a rolling upgrade brought (spec hash `new`), crash-looping.
-    fn new_taskmanager_crash_looping() -> Pod {
+    /// A Deployment as the API server sends it (its `managedFields` already trimmed).
+    fn deployment() -> DynamicObject {
         serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
             "metadata": {
-                "name": "trace-taskmanager-new",
-                "namespace": "default",
-                "labels": {labels::INSTANCE: "trace"},
-                "annotations": {
-                    CONFIG_HASH_ANNOTATION: "new",
-                    "kubectl.kubernetes.io/restartedAt": "2026-12-06T00:00:00Z",
-                },
+                "name": "trace-taskmanager", "namespace": "default", "uid": "9a1e",
+                "resourceVersion": "42", "generation": 3,
+                "creationTimestamp": "2026-12-06T00:00:00Z",
+                "labels": {labels::INSTANCE: "trace", labels::MANAGED_BY: labels::MANAGER},
+                "annotations": {super::super::apply::SPEC_HASH_ANNOTATION: "abc"},
+                "ownerReferences": [{"apiVersion": "streaming.austin.dev/v1alpha1",
+                    "kind": "StreamJob", "name": "trace", "uid": "77", "controller": true}],
             },
-            "status": {
-                "phase": "Running",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [{
-                    "name": "taskmanager", "image": "i", "imageID": "", "ready": false,
-                    "restartCount": 4,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                }],
-            },
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"a": "b"}}}},
+            "status": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 3},
         }))
-        .expect("a pod")
+        .expect("a Deployment")
     }
 
     #[test]
-    fn a_cached_pod_still_shows_which_spec_it_runs_so_a_stalled_rollout_is_seen() {
-        let mut pod = new_taskmanager_crash_looping();
-        trim_pod(&mut pod);
-        let cached = cached_pod(&pod);
-        let observed = Observed {
-            pods: vec![Pod {
-                metadata: cached.metadata.clone(),
-                spec: None,
-                status: cached.status.clone(),
-            }],
-            ..Observed::default()
-        };
-        let annotations = observed.pods[0]
-            .metadata
-            .annotations
-            .clone()
-            .unwrap_or_default();
-        assert_eq!(
-            annotations.len(),
-            1,
-            "only the spec hash is kept: {annotations:?}"
-        );
-        let stalled = crate::planner::rollout::stall(
-            &observed,
-            "new",
-            std::time::Duration::from_secs(300),
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        assert!(
-            stalled.is_some_and(|m| m.contains("trace-taskmanager-new")),
-            "the crash-looping new pod is not seen through the cache"
-        );
+    fn a_cached_child_reads_back_as_the_object_it_was() {
+        let object = deployment();
+        let resource = ApiResource::erase::<Deployment>(&());
+        let cached = CachedChild::of(&object);
+        assert_eq!(cached.key.labels, None, "the labels are in the text");
+        assert_eq!(cached.key.resource_version.as_deref(), Some("42"));
+        let back = cached.to_object(&resource).expect("parses back");
+        assert_eq!(back.metadata, object.metadata);
+        assert_eq!(back.data, object.data);
+        assert_eq!(back.types, object.types);
     }
 
     #[test]

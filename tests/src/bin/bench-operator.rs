@@ -12,10 +12,22 @@
 //!    flight; the time until every one has a status, and until every one has both Deployments;
 //! 2. the operator's API calls per job while converging, by verb and resource (audit log);
 //! 3. a steady window (BENCH_STEADY_S, default 60): the operator's calls/s, Lease included;
-//! 4. the operator's RSS idle, at N jobs, and 60 s after all N were deleted.
+//! 4. the operator's RSS idle, at N jobs, and 60 s after all N were deleted and the garbage
+//!    collector removed their children.
 //!
 //! The reference measured in the same run is the idle operator (RSS, calls/s with no jobs).
-//! `BENCH_CONCURRENCY=N` passes `--concurrency N` to the operator (chart value `extraArgs`).
+//! Knobs:
+//! - `BENCH_CONCURRENCY=N` passes `--concurrency N` to the operator (chart value `extraArgs`);
+//! - `BENCH_DEGRADED_WAIT_S` (default 300) bounds the wait for every job to turn Degraded
+//!   before the steady window; 0 skips it. That wait is kube-controller-manager's pace (20 QPS:
+//!   about 24,000 pods for 5,000 jobs take it 20 minutes), so at 5,000 jobs the steady window
+//!   may still see Degraded transitions;
+//! - `BENCH_GC_WAIT_S` (default 600) bounds the wait, after the StreamJobs are gone, until the
+//!   garbage collector has deleted their Deployments and pods (the operator's caches empty out
+//!   only then, so "after deleting all" is measured once nothing of theirs is left).
+//!
+//! Each phase's figures also go to stderr as soon as they are measured, so an interrupted run of
+//! 5,000 jobs still shows what it got to.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
 use streamjob_tests::controlplane::audit;
@@ -37,6 +50,15 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect()
+}
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -208,6 +230,29 @@ async fn wait_all(
     }
 }
 
+/// Waits (at most `deadline`) until the garbage collector has deleted the jobs' Deployments and
+/// pods; the operator's caches hold them until then.
+async fn wait_children_gone(cluster: &OperatorCluster, deadline: Duration) -> Duration {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let params = ListParams::default().labels("app.kubernetes.io/managed-by=streamjob-operator");
+    wait_all("children gone", deadline, async || {
+        // A failed list is no evidence that they are gone.
+        let count = |items: kube::Result<usize>| items.unwrap_or(usize::MAX);
+        let left = count(
+            deployments
+                .list_metadata(&params)
+                .await
+                .map(|l| l.items.len()),
+        )
+        .saturating_add(count(
+            pods.list_metadata(&params).await.map(|l| l.items.len()),
+        ));
+        (left, left == 0)
+    })
+    .await
+}
+
 async fn run(jobs: usize, steady: Duration) {
     let options = KubeletOptions {
         operator_only: true,
@@ -262,7 +307,11 @@ async fn run(jobs: usize, steady: Duration) {
         .collect::<Vec<_>>()
         .await;
     let create_time = created.elapsed();
-    let status_time = wait_all("status", Duration::from_secs(600), async || {
+    // 600 s, plus 0.3 s per job beyond 1,000 (1,800 s at 5,000): 1,000 jobs took 170-240 s to
+    // get a status on a busy 2-core machine, so a 5,000-job run is still measured to its end.
+    let patience =
+        Duration::from_secs(600) + Duration::from_millis(300) * jobs.saturating_sub(1000) as u32;
+    let status_time = wait_all("status", patience, async || {
         let list = jobs_api.list(&ListParams::default()).await.expect("list");
         let with = list
             .items
@@ -273,7 +322,7 @@ async fn run(jobs: usize, steady: Duration) {
     })
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let children_time = wait_all("deployments", Duration::from_secs(600), async || {
+    let children_time = wait_all("deployments", patience, async || {
         let n = deployments
             .list_metadata(&ListParams::default())
             .await
@@ -287,11 +336,17 @@ async fn run(jobs: usize, steady: Duration) {
     let converge_calls: Vec<_> = operator_calls(&cluster).split_off(start_calls);
     let all_calls: Vec<_> = audit::read(&cluster.plane.audit_log).split_off(start_all);
     let converged_rss = rss_mib(pid);
+    eprintln!(
+        "[bench] {jobs} jobs: every status after {:.1} s, RSS converged {converged_rss:.1} MiB, heap {}",
+        (status_time + create_time).as_secs_f64(),
+        heap_mib(&cluster).await
+    );
 
     // The steady window starts once every job has made its last expected transition: its
     // pods stay Pending, so each turns Degraded two minutes after its Deployments appeared
     // (PodsUnavailable; RolloutFailed once the sample's progress deadline has passed).
-    let degraded_time = wait_all("Degraded", Duration::from_secs(300), async || {
+    let degraded_wait = env_secs("BENCH_DEGRADED_WAIT_S", 300);
+    let degraded_time = wait_all("Degraded", degraded_wait, async || {
         let list = jobs_api.list(&ListParams::default()).await.expect("list");
         let degraded = list
             .items
@@ -320,6 +375,9 @@ async fn run(jobs: usize, steady: Duration) {
     let steady_rss = rss_mib(pid);
 
     let converged_heap = heap_mib(&cluster).await;
+    eprintln!(
+        "[bench] steady: {steady_rate:.2} calls/s, RSS {steady_rss:.1} MiB, heap {converged_heap}"
+    );
     let deleting = Instant::now();
     // One delete per job, 32 in flight, as they were created (a single delete-collection of
     // 1,000 finalized objects outlives the API server's request timeout).
@@ -337,7 +395,7 @@ async fn run(jobs: usize, steady: Duration) {
         .await;
     let delete_call = deleting.elapsed();
     let delete_time = delete_call
-        + wait_all("deletion", Duration::from_secs(600), async || {
+        + wait_all("deletion", patience, async || {
             // A failed list is no evidence that the jobs are gone.
             let n = jobs_api
                 .list(&ListParams::default())
@@ -347,6 +405,7 @@ async fn run(jobs: usize, steady: Duration) {
             (n, n == 0)
         })
         .await;
+    let gc_time = wait_children_gone(&cluster, env_secs("BENCH_GC_WAIT_S", 600)).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let released_rss = rss_mib(pid);
     let released_heap = heap_mib(&cluster).await;
@@ -377,7 +436,7 @@ async fn run(jobs: usize, steady: Duration) {
         println!("    {call:<40} {n:.2}");
     }
     println!("  steady: {steady_rate:.2} calls/s over {}s ({} of {} Lease calls); idle reference {idle_rate:.2} calls/s", steady.as_secs(), steady_leases, window.len());
-    println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64());
+    println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s; children gone {:.1} s later) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64(), gc_time.as_secs_f64());
     println!("  heap MiB (allocated / resident, jemalloc's figures): steady {converged_heap}, 60 s after deleting all {released_heap}");
 }
 
