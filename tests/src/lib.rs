@@ -22,6 +22,22 @@ pub mod controlplane;
 
 pub use streamjob_worker::testkit;
 
+/// `n` seeded AnchorInfo payloads of the small shape the control-plane tests produce: 2,000
+/// users, 1,000 messages, 500 malformed per million (so the DLQ path runs too).
+pub fn small_traffic(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    use streamjob_worker::demo::{EventGenerator, TrafficShape};
+    let mut generator = EventGenerator::new(
+        seed,
+        TrafficShape {
+            users: 2_000,
+            messages: 1_000,
+            malformed_ppm: 500,
+            ..TrafficShape::default()
+        },
+    );
+    (0..n).map(|_| generator.next_payload()).collect()
+}
+
 /// Path of the worker binary, built on first use (see the module docs).
 pub fn worker_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

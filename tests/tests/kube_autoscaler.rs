@@ -12,7 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
-use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_tests::small_traffic;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
@@ -22,19 +22,6 @@ const NAME: &str = "trace";
 const TOPIC: &str = "trace-autoscale";
 const DLQ: &str = "trace-autoscale-dlq";
 const PARTITIONS: i32 = 4;
-
-fn payloads(seed: u64, n: usize) -> Vec<Vec<u8>> {
-    let mut generator = EventGenerator::new(
-        seed,
-        TrafficShape {
-            users: 2_000,
-            messages: 1_000,
-            malformed_ppm: 500,
-            ..TrafficShape::default()
-        },
-    );
-    (0..n).map(|_| generator.next_payload()).collect()
-}
 
 fn stream_job(kafka: &EmbeddedKafka, redis: &RedisServer) -> Value {
     json!({
@@ -138,7 +125,7 @@ async fn heavy_the_operator_adds_taskmanagers_on_a_load_step_and_the_state_stays
     let cluster = OperatorCluster::up(test_values()).await;
     let kafka = kafka::start_mock(TOPIC, PARTITIONS, DLQ);
     let redis = RedisServer::start().expect("redis-server");
-    let mut produced = payloads(1, 2_000);
+    let mut produced = small_traffic(1, 2_000);
     produce(&kafka, &produced);
     cluster.apply(NS, &stream_job(&kafka, &redis));
     assert!(
@@ -149,7 +136,7 @@ async fn heavy_the_operator_adds_taskmanagers_on_a_load_step_and_the_state_stays
     );
 
     // A light load: the autoscaler, with half a window of samples, holds one taskmanager.
-    let light = payloads(2, 6_000);
+    let light = small_traffic(2, 6_000);
     for chunk in light.chunks(500) {
         produce(&kafka, chunk);
         tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -178,7 +165,7 @@ async fn heavy_the_operator_adds_taskmanagers_on_a_load_step_and_the_state_stays
     let stepped = Instant::now();
     let mut burst = 300_000;
     let job = loop {
-        let step = payloads(3 + burst as u64, burst);
+        let step = small_traffic(3 + burst as u64, burst);
         produce(&kafka, &step);
         produced.extend(step);
         match scaled_or_absorbed(&cluster, &redis, produced.len()).await {

@@ -9,7 +9,6 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::OperatorCluster;
-use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
@@ -37,16 +36,7 @@ impl Data {
     }
 
     pub fn produce(&mut self, seed: u64, n: usize) {
-        let mut generator = EventGenerator::new(
-            seed,
-            TrafficShape {
-                users: 2_000,
-                messages: 1_000,
-                malformed_ppm: 500,
-                ..TrafficShape::default()
-            },
-        );
-        let payloads: Vec<Vec<u8>> = (0..n).map(|_| generator.next_payload()).collect();
+        let payloads = streamjob_tests::small_traffic(seed, n);
         kafka::produce(
             self.kafka.bootstrap_servers(),
             TOPIC,
