@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod autoscaler;
 pub mod children;
+pub mod conditions;
 pub mod config;
 pub mod lifecycle;
 pub mod redis;
@@ -491,7 +492,7 @@ fn overlay(
         .iter()
         .any(|c| c.type_ == status::READY && c.status == "True");
     if let (true, Some((reason, message))) = (ready_now, &decision.not_ready) {
-        let condition = status::condition(
+        let condition = conditions::condition(
             previous,
             status::READY,
             false,
@@ -507,7 +508,7 @@ fn overlay(
         .iter()
         .any(|c| c.type_ == status::DEGRADED && c.status == "True");
     if let (false, Some((reason, message))) = (degraded_now, &decision.degraded) {
-        let condition = status::condition(
+        let condition = conditions::condition(
             previous,
             status::DEGRADED,
             true,

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use streamjob_worker::api::{RedisMode, RedisTopology};
 
 use crate::crd::{JobProgress, RedisStatus, StreamJobStatus};
-use crate::planner::status::condition;
+use crate::planner::conditions::condition;
 
 /// Present while the workers write to a Redis Cluster: True while slots migrate between shards.
 pub const REDIS_SLOTS_MIGRATING: &str = "RedisSlotsMigrating";

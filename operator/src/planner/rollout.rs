@@ -42,7 +42,7 @@ use crate::crd::{
     Operation, OperationKind, OperationStep, Phase, RedisSpec, StreamJob, StreamJobStatus,
 };
 use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
-use crate::planner::status::{self, DEGRADED, PROGRESSING, READY};
+use crate::planner::status::{DEGRADED, PROGRESSING, READY};
 use crate::planner::Observed;
 
 /// Pod template annotation of the taskmanager Deployment: the [`FenceIdentity`] its pods run with.
@@ -390,7 +390,9 @@ pub fn show(
     status.phase = Phase::RollingUpgrade;
     let counts = Counts::of(observed.taskmanager.as_ref());
     let set = |status: &mut StreamJobStatus, type_: &str, value: bool, reason: &str, message| {
-        let condition = status::condition(previous, type_, value, reason, message, generation, now);
+        let condition = crate::planner::conditions::condition(
+            previous, type_, value, reason, message, generation, now,
+        );
         crate::planner::replace_condition(status, condition);
     };
     match &op.message {

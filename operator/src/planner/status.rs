@@ -11,6 +11,7 @@ use crate::crd::{
 };
 use crate::planner::annotations::CONFIG_HASH_ANNOTATION;
 use crate::planner::annotations::RESTART_NONCE_ANNOTATION;
+use crate::planner::conditions::condition;
 use streamjob_worker::api::RestoreSource;
 
 use crate::planner::{
@@ -107,31 +108,6 @@ fn rollout(
         return (Rollout::Waiting, None);
     }
     (Rollout::Done, None)
-}
-
-pub(crate) fn condition(
-    previous: Option<&StreamJobStatus>,
-    type_: &str,
-    value: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if value { "True" } else { "False" };
-    let last_transition_time = previous
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
 }
 
 fn progress(report: &JobManagerReport) -> Option<JobProgress> {

@@ -584,7 +584,7 @@ pub fn after_action(
                 .as_ref()
                 .filter(|o| o.step == OperationStep::Failed)
             {
-                let degraded = crate::planner::status::condition(
+                let degraded = crate::planner::conditions::condition(
                     Some(status),
                     crate::planner::status::DEGRADED,
                     true,
