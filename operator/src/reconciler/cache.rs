@@ -13,6 +13,7 @@
 //! parses back only its own job's few children.
 
 mod pod;
+mod pod_index;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::crd::StreamJob;
 use crate::planner::{children, labels, names, Observed};
 use pod::CachedPod;
+use pod_index::PodsByJob;
 
 /// The kinds of children the operator applies, and so watches. A new child kind goes here (and
 /// in the RBAC table); a child whose kind is not watched is applied on every reconcile.
@@ -58,6 +60,7 @@ pub type PodStream = BoxStream<'static, Result<Pod, watcher::Error>>;
 pub struct Caches {
     children: BTreeMap<String, (Arc<ApiResource>, Store<CachedChild>)>,
     pods: Store<CachedPod>,
+    pods_by_job: PodsByJob,
 }
 
 /// The watch streams that fill [`Caches`]; the controller drives them (they are its triggers).
@@ -109,21 +112,40 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
     };
     let mut pod_writer = reflector::store::Writer::<CachedPod>::default();
     let pods = pod_writer.as_reader();
+    let pods_by_job = PodsByJob::default();
+    let index = pods_by_job.clone();
     let pod_stream = watcher(pods_api, managed)
         .default_backoff()
         .map_ok(move |event| {
-            pod_writer.apply_watcher_event(&store_event(&event, CachedPod::of));
+            mirror_pod_event(&mut pod_writer, &index, &event);
             event
         })
         .applied_objects()
         .boxed();
     (
-        Caches { children, pods },
+        Caches {
+            children,
+            pods,
+            pods_by_job,
+        },
         CacheStreams {
             children: streams,
             pods: pod_stream,
         },
     )
+}
+
+/// Puts one pod watch event into the pods' store and then into the index by job: in this order,
+/// a name the index gives is already in the store (or, for a delete, already gone from it, which
+/// the reader skips).
+fn mirror_pod_event(
+    store: &mut reflector::store::Writer<CachedPod>,
+    index: &PodsByJob,
+    event: &watcher::Event<Pod>,
+) {
+    let cached = store_event(event, CachedPod::of);
+    store.apply_watcher_event(&cached);
+    index.apply(&cached);
 }
 
 /// Drops what neither the planner nor the drift check reads: `managedFields` everywhere, and a
@@ -294,13 +316,14 @@ impl Caches {
         object.try_parse::<K>().ok()
     }
 
-    /// The pods of one job (both components).
+    /// The pods of one job (both components), found through the index by job and each checked
+    /// against the store (which is what holds them).
     pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
-        self.pods
-            .state_filter(|pod| {
-                pod.meta().namespace.as_deref() == Some(namespace) && pod.instance() == Some(job)
-            })
+        self.pods_by_job
+            .names(namespace, job)
             .into_iter()
+            .filter_map(|name| self.pods.get(&ObjectRef::new(&name).within(namespace)))
+            .filter(|pod| pod.instance() == Some(job))
             .map(|pod| pod.to_pod())
             .collect()
     }
@@ -386,6 +409,45 @@ mod tests {
             "status": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 3},
         }))
         .expect("a Deployment")
+    }
+
+    fn pod(job: &str, name: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": "1",
+                "labels": {labels::INSTANCE: job}},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_job_reads_its_own_pods_through_the_index() {
+        let mut writer = reflector::store::Writer::<CachedPod>::default();
+        let caches = Caches {
+            children: BTreeMap::new(),
+            pods: writer.as_reader(),
+            pods_by_job: PodsByJob::default(),
+        };
+        let mut mirror = |event| mirror_pod_event(&mut writer, &caches.pods_by_job, &event);
+        mirror(watcher::Event::Init);
+        mirror(watcher::Event::InitApply(pod(
+            "trace",
+            "trace-jobmanager-a",
+        )));
+        mirror(watcher::Event::InitApply(pod(
+            "orders",
+            "orders-jobmanager-a",
+        )));
+        mirror(watcher::Event::InitDone);
+        mirror(watcher::Event::Apply(pod("trace", "trace-taskmanager-a")));
+        mirror(watcher::Event::Delete(pod("trace", "trace-jobmanager-a")));
+        let names: Vec<_> = caches
+            .pods_of("default", "trace")
+            .into_iter()
+            .map(|pod| pod.name_any())
+            .collect();
+        assert_eq!(names, ["trace-taskmanager-a"]);
+        assert_eq!(caches.pods_of("default", "orders").len(), 1);
+        assert!(caches.pods_of("elsewhere", "trace").is_empty());
     }
 
     #[test]
