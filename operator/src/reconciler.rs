@@ -244,6 +244,15 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Co
     ControllerAction::requeue(delay)
 }
 
+/// The finalizer's patches carry the operator's field manager, so `managedFields` says who owns
+/// the finalizer (without one the API server records it as "unknown").
+fn finalizer_patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 async fn add_finalizer(ctx: &Context, job: &StreamJob) -> Result<()> {
     let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace_of(job)?);
     let patch = if job.finalizers().is_empty() {
@@ -259,7 +268,7 @@ async fn add_finalizer(ctx: &Context, job: &StreamJob) -> Result<()> {
     let patched = api
         .patch(
             &job.name_any(),
-            &PatchParams::default(),
+            &finalizer_patch_params(),
             &Patch::<()>::Json(patch),
         )
         .await?;
@@ -283,7 +292,7 @@ async fn remove_finalizer(client: &Client, job: &StreamJob) -> Result<()> {
     match api
         .patch(
             &job.name_any(),
-            &PatchParams::default(),
+            &finalizer_patch_params(),
             &Patch::<()>::Json(patch),
         )
         .await

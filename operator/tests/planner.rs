@@ -568,9 +568,18 @@ fn a_stuck_rollout_is_degraded_with_a_warning() {
         "{}",
         degraded.message
     );
-    assert!(events(&plan)
-        .iter()
-        .any(|(s, r)| *s == EventSeverity::Warning && r == "RolloutFailed"));
+    // One cause, one Event: the failed rollout, which also says the phase moved (not a
+    // `Failed` Event beside it).
+    assert_eq!(
+        events(&plan),
+        [(EventSeverity::Warning, "RolloutFailed".to_string())]
+    );
+    let Action::Publish(note) = &plan.actions[0];
+    assert!(
+        note.message.contains("-> Failed") && note.message.contains("timed out"),
+        "{}",
+        note.message
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
 use kube_job::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,6 +33,21 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
         cluster.describe()
     );
     eprintln!("apply -> Ready: {:?}", applied_at.elapsed());
+    let job: Value = serde_json::from_str(&cluster.kubectl(&[
+        "get",
+        "-n",
+        NS,
+        &format!("streamjob/{NAME}"),
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .expect("kubectl prints JSON");
+    assert_eq!(
+        finalizer_owners(&job),
+        ["streamjob-operator"],
+        "the operator owns its finalizer in managedFields"
+    );
     if std::env::var_os("STREAMJOB_TEST_VERBOSE").is_some() {
         eprintln!("{}\n{}", cluster.operator_logs(), cluster.describe());
     }
@@ -167,6 +182,17 @@ async fn heavy_apply_scale_upgrade_suspend_resume_and_delete_on_a_real_cluster()
 }
 
 /// The pod that holds the operator's leader Lease.
+/// The field managers of `metadata.finalizers`, as `managedFields` records them.
+fn finalizer_owners(job: &Value) -> Vec<String> {
+    let entries = job["metadata"]["managedFields"].as_array().cloned();
+    entries
+        .unwrap_or_default()
+        .iter()
+        .filter(|entry| !entry["fieldsV1"]["f:metadata"]["f:finalizers"].is_null())
+        .filter_map(|entry| Some(entry["manager"].as_str()?.to_string()))
+        .collect()
+}
+
 async fn leader_pod(cluster: &OperatorCluster) -> Option<String> {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "streamjob-system");

@@ -527,8 +527,32 @@ pub fn transition_events(
     events.extend(phase_event(previous, next));
     events.extend(rewind_events(previous, next));
     condition_events(previous, next, &mut events);
+    fold_failure_into_its_cause(next, &mut events);
     spec_events(job, previous, next, observed, &mut events);
     events
+}
+
+/// A job that fails has one cause, the Degraded reason (`RolloutFailed`, `CrashLoop`…): one
+/// Warning Event under that reason, whose message also says the phase moved, rather than a
+/// `Failed` Event beside it (1,000 failed rollouts were 2,000 Events).
+fn fold_failure_into_its_cause(next: &StreamJobStatus, events: &mut Vec<EventNote>) {
+    let failed = Phase::Failed.as_str();
+    let cause = next
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DEGRADED && c.status == "True" && c.reason != failed);
+    let (Some(phase_at), Some(cause)) = (events.iter().position(|e| e.reason == failed), cause)
+    else {
+        return;
+    };
+    if !events.iter().any(|e| e.reason == cause.reason) {
+        return;
+    }
+    let phase = events.remove(phase_at);
+    if let Some(event) = events.iter_mut().find(|e| e.reason == cause.reason) {
+        event.severity = EventSeverity::Warning;
+        event.message = format!("{}; {}", phase.message, event.message);
+    }
 }
 
 /// The phase moved.

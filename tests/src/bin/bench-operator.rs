@@ -18,10 +18,14 @@
 //! The reference measured in the same run is the idle operator (RSS, calls/s with no jobs).
 //! Knobs:
 //! - `BENCH_CONCURRENCY=N` passes `--concurrency N` to the operator (chart value `extraArgs`);
-//! - `BENCH_DEGRADED_WAIT_S` (default 300) bounds the wait for every job to turn Degraded
-//!   before the steady window; 0 skips it. That wait is kube-controller-manager's pace (20 QPS:
-//!   about 24,000 pods for 5,000 jobs take it 20 minutes), so at 5,000 jobs the steady window
-//!   may still see Degraded transitions;
+//! - `BENCH_SETTLE_WAIT_S` (default 1200) bounds the wait before the steady window until the
+//!   namespace is settled: every job Degraded, and for 60 s no job's status and no pod changed
+//!   (a steady state); 0 skips it. That wait is kube-controller-manager's pace: at its default
+//!   20 QPS the ~4,800 pods of 1,000 jobs take over ten minutes to appear, and each new pod
+//!   changes its job's status (its counts);
+//! - `BENCH_KCM_QPS=N` runs kube-controller-manager with `--kube-api-qps N` (burst 2N), as
+//!   large clusters do, so that wait ends sooner (it also loads the API server more while the
+//!   operator converges);
 //! - `BENCH_GC_WAIT_S` (default 600) bounds the wait, after the StreamJobs are gone, until the
 //!   garbage collector has deleted their Deployments and pods (the operator's caches empty out
 //!   only then, so "after deleting all" is measured once nothing of theirs is left).
@@ -44,6 +48,7 @@ use serde_json::Value;
 use streamjob_tests::controlplane::audit;
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
 use streamjob_tests::controlplane::kubelet::KubeletOptions;
+use streamjob_tests::controlplane::{helm, ControlPlane, PlaneOptions};
 
 const NAMESPACE: &str = "bench";
 
@@ -284,6 +289,33 @@ impl Mirrors {
         mirrors
     }
 
+    /// A test of "settled": every one of `jobs` Degraded, and neither a job nor the pod count
+    /// changed for `quiet`. It counts the jobs Degraded.
+    fn settled(&self, jobs: usize, quiet: Duration) -> impl FnMut() -> (usize, bool) + '_ {
+        let mut last = (String::new(), usize::MAX);
+        let mut since = Instant::now();
+        move || {
+            let versions: String = self
+                .jobs
+                .state()
+                .iter()
+                .filter_map(|job| job.metadata.resource_version.clone())
+                .collect();
+            let now = (versions, self.pods.len());
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+            let degraded = self.jobs_where(|job| {
+                job["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+                })
+            });
+            (degraded, degraded == jobs && since.elapsed() >= quiet)
+        }
+    }
+
     fn jobs_where(&self, test: impl Fn(&Value) -> bool) -> usize {
         self.jobs
             .state()
@@ -309,7 +341,13 @@ async fn run(jobs: usize, steady: Duration) {
     if let Ok(concurrency) = std::env::var("BENCH_CONCURRENCY") {
         values["extraArgs"] = serde_json::json!(["--concurrency", concurrency]);
     }
-    let cluster = OperatorCluster::up_with(values, options).await;
+    let plane = ControlPlane::start_with(PlaneOptions {
+        controller_manager_qps: std::env::var("BENCH_KCM_QPS")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    })
+    .await;
+    let cluster = OperatorCluster::on(plane, &helm::chart_dir(), values, options).await;
     cluster.kubectl(&["create", "namespace", NAMESPACE]);
     // The sample's pods run as this ServiceAccount, with this PriorityClass: without them the
     // ReplicaSet controller's pod creates are refused and retried, load a real cluster does not
@@ -377,19 +415,15 @@ async fn run(jobs: usize, steady: Duration) {
         heap_mib(&cluster).await
     );
 
-    // The steady window starts once every job has made its last expected transition: its
-    // pods stay Pending, so each turns Degraded two minutes after its Deployments appeared
-    // (PodsUnavailable; RolloutFailed once the sample's progress deadline has passed).
-    let degraded_wait = env_secs("BENCH_DEGRADED_WAIT_S", 300);
-    let degraded_time = wait_all("Degraded", degraded_wait, || {
-        let degraded = mirrors.jobs_where(|job| {
-            job["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Degraded" && c["status"] == "True")
-            })
-        });
-        (degraded, degraded == jobs)
-    })
+    // The steady window starts once the namespace is settled: every job has made its last
+    // expected transition (its pods stay Pending, so it turns Degraded: PodsUnavailable, then
+    // RolloutFailed once the sample's progress deadline has passed), and nothing has changed for
+    // a minute (kube-controller-manager has made every pod).
+    let settle_time = wait_all(
+        "settled",
+        env_secs("BENCH_SETTLE_WAIT_S", 1200),
+        mirrors.settled(jobs, Duration::from_secs(60)),
+    )
     .await;
 
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -455,8 +489,9 @@ async fn run(jobs: usize, steady: Duration) {
     print_cpu(&cpu_before, &cpu_after, converge_wall);
     print_calls_by_user(&all_calls, jobs);
     println!(
-        "  every job Degraded (its pods stay Pending) {:.1} s later",
-        degraded_time.as_secs_f64()
+        "  settled (every job Degraded, its pods Pending; no change for 60 s) {:.1} s later, {} pods",
+        settle_time.as_secs_f64(),
+        mirrors.pods.len()
     );
     let calls = per_job(&converge_calls, jobs);
     let total: f64 = calls.values().sum();

@@ -51,7 +51,16 @@ impl OperatorCluster {
 
     /// [`OperatorCluster::up_with`] from the chart in directory `chart` (an older copy).
     pub async fn up_from(chart: &std::path::Path, values: Value, options: KubeletOptions) -> Self {
-        let plane = ControlPlane::start().await;
+        Self::on(ControlPlane::start().await, chart, values, options).await
+    }
+
+    /// [`OperatorCluster::up_from`] on a control plane already started (with other options).
+    pub async fn on(
+        plane: ControlPlane,
+        chart: &std::path::Path,
+        values: Value,
+        options: KubeletOptions,
+    ) -> Self {
         let release = helm::install_chart(&plane, chart, RELEASE, OPERATOR_NAMESPACE, &values);
         let kubelet = Kubelet::start_with(&plane, options).await;
         let client = plane.admin_client().await;
