@@ -360,18 +360,6 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         Ok(applied) => applied,
         Err(error) => return fail(job, ctx, "ApplyFailed", error).await,
     };
-    if first_look_creates_the_workloads(job, &observed, &plan, written.as_ref()) {
-        // What this look would write ("creating the jobmanager and taskmanagers") is stale as
-        // soon as the Deployments' watch events arrive, and the look they trigger writes the
-        // job's first status and its Events once, with the Deployments' first state: one
-        // status patch a new job fewer (each costs the API server about 6 ms of CPU, see
-        // BENCHMARKS). The requeue is the fallback should no event come.
-        debug!(
-            applied,
-            "created the workloads; the first status follows their watch events"
-        );
-        return Ok(ControllerAction::requeue(FIRST_STATUS_FALLBACK));
-    }
     publish(ctx, job, &plan.actions).await;
     let mut status = run_actions(
         ctx,
@@ -402,27 +390,6 @@ async fn apply(job: &StreamJob, ctx: &Context, caches: &Caches) -> Result<Contro
         debug!(phase = status.phase.as_str(), requeue = ?requeue, "unchanged");
     }
     Ok(ControllerAction::requeue(requeue))
-}
-
-/// How long a new job whose first look created its Deployments waits for their watch events
-/// before it looks again anyway.
-pub const FIRST_STATUS_FALLBACK: Duration = Duration::from_secs(5);
-
-/// A new job's first look (no status yet, no operation or jobmanager call in flight) that creates
-/// both Deployments: its status is left to the look their watch events trigger.
-fn first_look_creates_the_workloads(
-    job: &StreamJob,
-    observed: &planner::Observed,
-    plan: &planner::Plan,
-    written: Option<&StreamJobStatus>,
-) -> bool {
-    job.status.is_none()
-        && written.is_none()
-        && plan.apply_workloads
-        && plan.jobmanager_actions.is_empty()
-        && plan.status.current_operation.is_none()
-        && observed.jobmanager.is_none()
-        && observed.taskmanager.is_none()
 }
 
 /// Samples the jobmanager for the autoscaler when due, then lets the planner decide: the
