@@ -464,6 +464,37 @@ fn a_first_plan_creates_and_a_finished_rollout_runs() {
 }
 
 #[test]
+fn a_new_job_stays_creating_until_its_deployments_are_looked_at() {
+    let mut job = support::sample("minimal.yaml");
+    let first = plan_for(&job, &Observed::default());
+    job.status = Some(first.status.clone());
+
+    // Our own apply's watch event: the Deployments exist, their controller has not looked yet.
+    let just_applied = Observed {
+        jobmanager: Some(first.children.jobmanager.clone()),
+        taskmanager: Some(first.children.taskmanager.clone()),
+        ..observed_after(&first)
+    };
+    let second = plan_for(&job, &just_applied);
+    assert_eq!(second.status, first.status, "no second status write");
+    assert!(events(&second).is_empty());
+
+    // The Deployment controller's first look: the taskmanagers are being scaled up from 0.
+    let mut looked_at = just_applied.clone();
+    for deployment in [&mut looked_at.jobmanager, &mut looked_at.taskmanager] {
+        let deployment = deployment.as_mut().expect("applied");
+        deployment.metadata.generation = Some(1);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            ..DeploymentStatus::default()
+        });
+    }
+    let third = plan_for(&job, &looked_at);
+    assert_eq!(third.status.phase, Phase::Deploying);
+    assert_eq!(condition(&third, "Progressing").reason, "Scaling");
+}
+
+#[test]
 fn a_spec_change_rolls_the_pods_and_is_announced() {
     let job = support::sample("minimal.yaml");
     let before = plan_for(&job, &Observed::default());

@@ -158,8 +158,9 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         0.0,
         "a GET the cache answers: {counts:?}"
     );
-    // A new job whose pods are still pending: `Deploying`, then `Scaling` once its Deployments
-    // exist; its conditions' first values are no Events of their own.
+    // A new job whose pods are still pending: `Deploying` (Progressing `Creating`), then
+    // `Scaling` once the Deployment controller has looked at its Deployments; its conditions'
+    // first values are no Events of their own.
     assert!(
         ours.len() as f64 / jobs as f64 <= 2.0,
         "Events per new job: {ours:#?}"

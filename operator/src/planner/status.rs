@@ -41,7 +41,7 @@ pub struct Next {
 enum Rollout {
     /// The Deployment controller gave up (progress deadline) or cannot create pods.
     Failed,
-    /// Not there yet.
+    /// Not there yet, or just created: its controller has not looked at it yet.
     Missing,
     /// Its pod template is older than the plan (config, image, restart nonce...).
     Outdated,
@@ -63,6 +63,14 @@ fn rollout(
         return (Rollout::Missing, None);
     };
     let status = deployment.status.clone().unwrap_or_default();
+    // A Deployment its controller has never looked at is still being created: no pods, no
+    // conditions, nothing to say beyond what `Missing` says. Counting it as Missing keeps a new
+    // job at `Creating` from its first status until the Deployment controller answers, instead
+    // of a second status write (`Scaling from 0`) as soon as our own apply's watch event lands:
+    // one StreamJob write a new job fewer, the costliest write the API server gets from us.
+    if status.observed_generation.is_none() {
+        return (Rollout::Missing, None);
+    }
     for condition in status.conditions.iter().flatten() {
         let type_ = condition.type_.as_deref();
         let value = condition.status.as_deref();
