@@ -91,6 +91,10 @@ struct World {
     pods: Vec<Pod>,
     /// New taskmanagers never become ready: the taskmanager Deployment's rollout stalls.
     new_taskmanagers_crash: bool,
+    /// The jobmanager pod is not ready (starting, failing its probe): nothing answers it.
+    jobmanager_unready: bool,
+    /// Every call the operator made to the jobmanager's triggers, answered or not.
+    trigger_calls: usize,
 }
 
 /// Where a reconcile may be cut short by an operator restart.
@@ -126,6 +130,8 @@ impl World {
             events: Vec::new(),
             pods: Vec::new(),
             new_taskmanagers_crash: false,
+            jobmanager_unready: false,
+            trigger_calls: 0,
         };
         world.settle(20);
         assert_eq!(world.phase(), Phase::Running, "the job starts running");
@@ -170,12 +176,12 @@ impl World {
     }
 
     fn reachable(&self) -> bool {
-        self.process.is_some() && self.fault != Fault::Unreachable
+        self.process.is_some() && self.fault != Fault::Unreachable && !self.jobmanager_unready
     }
 
     fn overview(&self) -> Result<JobOverview, String> {
         let p = match (&self.process, self.fault) {
-            (Some(p), f) if f != Fault::Unreachable => p,
+            (Some(p), f) if f != Fault::Unreachable && !self.jobmanager_unready => p,
             _ => return Err("connection refused".into()),
         };
         Ok(JobOverview {
@@ -246,6 +252,7 @@ impl World {
 
     /// The jobmanager answers a trigger.
     fn act(&mut self, action: JobManagerAction) -> ActionOutcome {
+        self.trigger_calls += 1;
         if !self.reachable() {
             return ActionOutcome::Failed("connection refused".into());
         }
@@ -431,6 +438,11 @@ impl World {
                 jm.metadata.annotations = Some(hash);
             }
             finish(jm);
+            if self.jobmanager_unready {
+                let status = jm.status.get_or_insert_with(Default::default);
+                status.ready_replicas = Some(0);
+                status.available_replicas = Some(0);
+            }
         }
         if let Some(tm) = self.taskmanager.as_mut() {
             finish(tm);
@@ -989,6 +1001,52 @@ fn a_savepoint_trigger_nonce_takes_one_savepoint() {
 }
 
 #[test]
+fn a_savepoint_waits_for_a_ready_jobmanager_and_never_calls_one_that_is_not() {
+    let mut world = World::new(job());
+    world.jobmanager_unready = true;
+    world.tick();
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(1));
+    world.settle(10);
+    let op = world
+        .status()
+        .current_operation
+        .expect("the savepoint waits");
+    assert_eq!(op.step, OperationStep::TriggerSavepoint);
+    assert_eq!(op.attempts, 0, "waiting is no failed attempt");
+    assert_eq!(
+        op.message.as_deref(),
+        Some(lifecycle::WAITING_FOR_A_READY_JOBMANAGER)
+    );
+    assert_eq!(world.trigger_calls, 0, "no call without a ready jobmanager");
+
+    // The pod turns ready: one savepoint, taken at once.
+    world.jobmanager_unready = false;
+    world.settle(6);
+    let status = world.status();
+    assert_eq!(status.current_operation, None, "{status:?}");
+    assert_eq!(status.observed_savepoint_trigger_nonce, Some(1));
+    assert_eq!(world.triggers, vec![JmOpKind::Savepoint]);
+
+    // None turns ready within the timeout: that is a failed attempt, and it says why.
+    world.job.spec.savepoint.timeout = "20s".into();
+    world.jobmanager_unready = true;
+    world.tick();
+    let calls = world.trigger_calls;
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(2));
+    world.settle(10);
+    let op = world.status().current_operation.expect("retrying");
+    assert_eq!(op.attempts, 1);
+    assert!(
+        op.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no jobmanager pod was ready for 20s")),
+        "{op:?}"
+    );
+    assert!(world.events.contains(&"SavepointFailed".to_string()));
+    assert_eq!(world.trigger_calls, calls, "still no call");
+}
+
+#[test]
 fn a_manual_savepoint_survives_a_restart_at_every_point_without_a_second_trigger() {
     for round in 0..4 {
         for cut in CUTS {
@@ -1217,6 +1275,8 @@ fn deletion_takes_a_final_savepoint_and_a_recreated_job_restores_it() {
         events: Vec::new(),
         pods: Vec::new(),
         new_taskmanagers_crash: false,
+        jobmanager_unready: false,
+        trigger_calls: 0,
     };
     fresh.settle(10);
     assert_eq!(fresh.phase(), Phase::Running);

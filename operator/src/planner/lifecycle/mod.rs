@@ -35,6 +35,7 @@ mod steps;
 pub use cleanup::{cleanup, CleanupDecision};
 use health::health;
 use start::start;
+pub use steps::WAITING_FOR_A_READY_JOBMANAGER;
 use steps::{advance, fail_attempt};
 
 /// Annotation on the savepoint PVC naming the newest savepoint on it, so a StreamJob re-created
@@ -228,8 +229,11 @@ pub fn jobmanager_pod_ip(observed: &Observed) -> Option<&str> {
 /// What to ask the jobmanager for this StreamJob, before planning. Its overview only once a
 /// jobmanager pod is ready: a starting or unreachable jobmanager must not hold a reconcile slot
 /// for a call's timeout (with many such jobs every slot would wait, and the other jobs starve).
+/// A savepoint step asks only a ready jobmanager too: its steps wait for one, within the
+/// savepoint timeout.
 pub fn queries(job: &StreamJob, observed: &Observed) -> Queries {
-    let expected = jobmanager_expected(observed) && jobmanager_ready(observed);
+    let ready = jobmanager_ready(observed);
+    let expected = jobmanager_expected(observed) && ready;
     let operation = job
         .status
         .as_ref()
@@ -240,12 +244,12 @@ pub fn queries(job: &StreamJob, observed: &Observed) -> Queries {
     };
     if let Some(op) = operation {
         match op.step {
-            OperationStep::AwaitSavepoint => {
+            OperationStep::AwaitSavepoint if ready => {
                 queries.poll = op.trigger_id.clone();
                 queries.savepoints = true;
                 queries.overview = true;
             }
-            OperationStep::TriggerSavepoint => queries.overview = true,
+            OperationStep::TriggerSavepoint => queries.overview = ready,
             OperationStep::CheckRestorePoint => queries.checkpoints = expected,
             _ => {}
         }

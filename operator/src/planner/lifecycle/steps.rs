@@ -187,6 +187,9 @@ fn trigger_savepoint(
             .unwrap_or_default();
         return fail_attempt(op, error, input, decision);
     }
+    if !jobmanager_ready(input.observed) {
+        return await_a_ready_jobmanager(op, input, decision);
+    }
     // Stored at this step without a retry time, an earlier round may have sent the
     // trigger before the operator restarted. Sending it again is safe: the trigger id
     // comes from the stored operation, so the jobmanager answers the request it already
@@ -202,6 +205,34 @@ fn trigger_savepoint(
     });
     Some(op)
 }
+
+/// No jobmanager pod is ready to take the savepoint: a call now could only fail, or go to
+/// cluster DNS and hold a reconcile slot until its timeout. So no call: the step waits (the pod's
+/// watch event brings the job back once it is ready), and a wait longer than the savepoint
+/// timeout counts as one failed attempt, which says so.
+fn await_a_ready_jobmanager(
+    mut op: Operation,
+    input: &LifecycleInput<'_>,
+    decision: &mut Decision,
+) -> Option<Operation> {
+    let timeout = savepoint_timeout(input);
+    if op.step_started_at.is_none() {
+        op.step_started_at = Some(Time(input.now));
+    }
+    if elapsed(op.step_started_at.as_ref(), input.now) > timeout {
+        let reason = format!(
+            "no jobmanager pod was ready for {}s (spec.savepoint.timeout)",
+            timeout.as_secs()
+        );
+        return fail_attempt(op, reason, input, decision);
+    }
+    op.message = Some(WAITING_FOR_A_READY_JOBMANAGER.to_string());
+    Some(op)
+}
+
+/// The operation's message while its savepoint waits for a ready jobmanager pod.
+pub const WAITING_FOR_A_READY_JOBMANAGER: &str =
+    "waiting for a ready jobmanager pod to take the savepoint";
 
 /// Waits for the jobmanager's answer to the savepoint request, within the timeout.
 fn await_savepoint(
@@ -277,6 +308,13 @@ fn await_savepoint(
         None => {
             if op.trigger_id.is_none() {
                 enter(&mut op, OperationStep::TriggerSavepoint, now);
+            } else if waited > timeout {
+                // Not asked: no jobmanager pod has been ready to answer since the trigger.
+                let reason = format!(
+                    "no jobmanager pod was ready to answer for {}s (spec.savepoint.timeout)",
+                    timeout.as_secs()
+                );
+                return fail_attempt(op, reason, input, decision);
             }
             Some(op)
         }
