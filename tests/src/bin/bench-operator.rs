@@ -26,6 +26,8 @@
 //! - `BENCH_KCM_QPS=N` runs kube-controller-manager with `--kube-api-qps N` (burst 2N), as
 //!   large clusters do, so that wait ends sooner (it also loads the API server more while the
 //!   operator converges);
+//! - `BENCH_MALLOC_CONF=…` sets the operator's jemalloc options (`_RJEM_MALLOC_CONF`, through
+//!   the chart's `extraEnv`), to compare allocator settings;
 //! - `BENCH_GC_WAIT_S` (default 600) bounds the wait, after the StreamJobs are gone, until the
 //!   garbage collector has deleted their Deployments and pods (the operator's caches empty out
 //!   only then, so "after deleting all" is measured once nothing of theirs is left).
@@ -346,6 +348,9 @@ async fn run(jobs: usize, steady: Duration) {
     if let Ok(concurrency) = std::env::var("BENCH_CONCURRENCY") {
         values["extraArgs"] = serde_json::json!(["--concurrency", concurrency]);
     }
+    if let Ok(conf) = std::env::var("BENCH_MALLOC_CONF") {
+        values["extraEnv"] = serde_json::json!([{"name": "_RJEM_MALLOC_CONF", "value": conf}]);
+    }
     let plane = ControlPlane::start_with(PlaneOptions {
         controller_manager_qps: std::env::var("BENCH_KCM_QPS")
             .ok()
@@ -430,6 +435,7 @@ async fn run(jobs: usize, steady: Duration) {
         mirrors.settled(jobs, Duration::from_secs(60)),
     )
     .await;
+    let settled_pods = mirrors.pods.len();
 
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before = operator_calls(&cluster);
@@ -441,6 +447,13 @@ async fn run(jobs: usize, steady: Duration) {
         .iter()
         .filter(|c| c.call().contains("leases"))
         .count();
+    // What the steady window held besides the Lease (late transitions, if any), by call.
+    let mut steady_others: BTreeMap<String, usize> = BTreeMap::new();
+    for call in window.iter().map(|c| c.call()) {
+        if !call.contains("leases") {
+            *steady_others.entry(call).or_default() += 1;
+        }
+    }
     let steady_rss = rss_mib(pid);
 
     let converged_heap = heap_mib(&cluster).await;
@@ -496,7 +509,7 @@ async fn run(jobs: usize, steady: Duration) {
     println!(
         "  settled (every job Degraded, its pods Pending; no change for 60 s) {:.1} s later, {} pods",
         settle_time.as_secs_f64(),
-        mirrors.pods.len()
+        settled_pods
     );
     let calls = per_job(&converge_calls, jobs);
     let total: f64 = calls.values().sum();
@@ -505,6 +518,9 @@ async fn run(jobs: usize, steady: Duration) {
         println!("    {call:<40} {n:.2}");
     }
     println!("  steady: {steady_rate:.2} calls/s over {}s ({} of {} Lease calls); idle reference {idle_rate:.2} calls/s", steady.as_secs(), steady_leases, window.len());
+    for (call, count) in &steady_others {
+        println!("    besides the Lease: {call} x{count}");
+    }
     println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s; children gone {:.1} s later) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64(), gc_time.as_secs_f64());
     println!("  heap MiB (allocated / resident, jemalloc's figures): steady {converged_heap}, 60 s after deleting all {released_heap}");
 }
