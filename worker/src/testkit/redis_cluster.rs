@@ -69,6 +69,21 @@ impl NodeInfo {
 pub struct AofEnds(Vec<(PathBuf, u64)>);
 
 impl AofEnds {
+    /// Bytes each file has grown since `earlier` (0 for a file `earlier` does not name): how much
+    /// each node has appended, and so would lose if cut back to `earlier`.
+    pub fn grown_since(&self, earlier: &AofEnds) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|(path, len)| {
+                earlier
+                    .0
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map_or(0, |(_, then)| len.saturating_sub(*then))
+            })
+            .collect()
+    }
+
     /// Truncates each file back to where it ended then; `now` must name the same files.
     fn cut_back(&self, now: &AofEnds) -> io::Result<()> {
         if let Some((path, _)) = now
