@@ -1047,6 +1047,31 @@ fn a_savepoint_waits_for_a_ready_jobmanager_and_never_calls_one_that_is_not() {
 }
 
 #[test]
+fn a_triggered_savepoint_whose_jobmanager_turns_unready_is_not_polled_and_times_out() {
+    let mut world = World::new(job());
+    world.job.spec.savepoint.timeout = "20s".into();
+    world.savepoint_rounds = 100;
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(1));
+    world.reconcile(None);
+    let op = world.status().current_operation.expect("triggered");
+    assert_eq!(op.step, OperationStep::AwaitSavepoint);
+
+    // The pod stops being ready: nothing is asked until the timeout, which is a failed attempt.
+    world.jobmanager_unready = true;
+    world.tick();
+    world.settle(10);
+    let op = world.status().current_operation.expect("retrying");
+    assert_eq!(op.attempts, 1, "{op:?}");
+    assert!(
+        op.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no jobmanager pod was ready to answer for 20s")),
+        "{op:?}"
+    );
+    assert_eq!(world.triggers.len(), 1, "no second trigger while unready");
+}
+
+#[test]
 fn a_manual_savepoint_survives_a_restart_at_every_point_without_a_second_trigger() {
     for round in 0..4 {
         for cut in CUTS {

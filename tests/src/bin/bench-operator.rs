@@ -447,7 +447,8 @@ async fn run(jobs: usize, steady: Duration) {
         .iter()
         .filter(|c| c.call().contains("leases"))
         .count();
-    // What the steady window held besides the Lease (late transitions, if any), by call.
+    // What the steady window held besides the Lease, by call: the watches' renewals (each
+    // about every 5 minutes), and any job's late transition.
     let mut steady_others: BTreeMap<String, usize> = BTreeMap::new();
     for call in window.iter().map(|c| c.call()) {
         if !call.contains("leases") {
