@@ -83,6 +83,13 @@ if ! command -v kubectl >/dev/null 2>&1; then
   (cd tests/controlplane && GOPATH="$ROOT/.local/go" GOCACHE="$ROOT/.local/go-cache" GOFLAGS=-mod=mod \
     go build -ldflags "-s -w" -o "$ROOT/.local/bin/" k8s.io/kubernetes/cmd/kubectl)
 fi
+# The Go caches (the module cache alone is about 0.5 GB) only serve these builds, done once per
+# machine; a rebuild fetches again. The disk is the project's test build's (a CI run ran out).
+if [ -d "$ROOT/.local/go" ] || [ -d "$ROOT/.local/go-cache" ]; then
+  log "removing the Go module and build caches (.local/go, .local/go-cache)"
+  GOPATH="$ROOT/.local/go" GOCACHE="$ROOT/.local/go-cache" go clean -cache -modcache
+  rm -rf "$ROOT/.local/go" "$ROOT/.local/go-cache"
+fi
 
 # --- promtool (Debian's prometheus package), for `promtool check/test rules` of the chart's alerts.
 # The package's service is not needed (the tests only run promtool).

@@ -7,9 +7,11 @@
 //! worker's binary next to its own test executable: a test binary lives in
 //! `<target>/<profile>/deps/`, the worker in `<target>/<profile>/streamjob-worker`. Before the
 //! first use, [`worker_binary`] runs `cargo build -p streamjob-worker --bin streamjob-worker` with
-//! the same target directory and profile (a no-op when `cargo nextest run --workspace` already
-//! built it, and a guarantee that the binary is never stale under `-p streamjob-tests`).
-//! `STREAMJOB_WORKER_BIN=/path/to/streamjob-worker` skips all of that.
+//! the same target directory and profile (a guarantee that the binary is never stale under
+//! `-p streamjob-tests`). It is not free after `cargo nextest run --workspace`: that build unifies
+//! the test dependencies' features, a `-p` build does not, so Cargo compiles a second variant.
+//! `STREAMJOB_WORKER_BIN=/path/to/streamjob-worker` skips all of that; `scripts/test.sh` sets it
+//! (and `STREAMJOB_OPERATOR_BIN`) to the binaries its own workspace build made.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
