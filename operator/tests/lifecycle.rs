@@ -518,6 +518,20 @@ impl World {
         }
     }
 
+    /// Reconciles and lets time pass until the operation has failed `attempts` times; the time
+    /// of the round that saw it.
+    fn settle_until_attempts(&mut self, attempts: i32, rounds: usize) -> Timestamp {
+        for _ in 0..rounds {
+            self.reconcile(None);
+            let now = self.status().current_operation.map(|op| op.attempts);
+            if now == Some(attempts) {
+                return self.now;
+            }
+            self.tick();
+        }
+        panic!("no failed attempt {attempts} within {rounds} rounds");
+    }
+
     fn running_hash(&self) -> Option<String> {
         self.process.as_ref()?;
         self.jobmanager
@@ -1044,6 +1058,26 @@ fn a_savepoint_waits_for_a_ready_jobmanager_and_never_calls_one_that_is_not() {
     );
     assert!(world.events.contains(&"SavepointFailed".to_string()));
     assert_eq!(world.trigger_calls, calls, "still no call");
+}
+
+#[test]
+fn a_retried_savepoint_gets_its_whole_timeout_after_its_retry_delay() {
+    let mut world = World::new(job());
+    world.job.spec.savepoint.timeout = "60s".into();
+    world.jobmanager_unready = true;
+    world.tick();
+    world.edit(|j| j.spec.savepoint_trigger_nonce = Some(1));
+    let first_failure = world.settle_until_attempts(1, 40);
+    let second_failure = world.settle_until_attempts(2, 80);
+
+    // The first retry waits 10 s; the wait for a ready pod that follows is the attempt's own,
+    // and it gets the whole 60 s of spec.savepoint.timeout.
+    let gap = second_failure.duration_since(first_failure);
+    assert!(
+        gap >= SignedDuration::from_secs(10 + 60),
+        "the second attempt failed {gap:?} after the first"
+    );
+    assert_eq!(world.trigger_calls, 0, "no call without a ready jobmanager");
 }
 
 #[test]

@@ -126,8 +126,14 @@ def mode_values(mode, namespaced_values) -> dict:
 
 
 def _operator_cli(*args: str) -> str:
-    """Runs the operator binary from this workspace (built by cargo if needed)."""
-    cmd = ["cargo", "run", "-q", "--locked", "-p", "streamjob-operator", "--", *args]
+    """Runs the operator binary: `STREAMJOB_OPERATOR_BIN` when set (scripts/test.sh sets it to the
+    binary its workspace build made: `cargo run -p` would compile a second variant, see
+    tests/src/lib.rs), else this workspace's, built by cargo if needed."""
+    binary = os.environ.get("STREAMJOB_OPERATOR_BIN")
+    if binary:
+        cmd = [binary, *args]
+    else:
+        cmd = ["cargo", "run", "-q", "--locked", "-p", "streamjob-operator", "--", *args]
     env = dict(os.environ, CARGO_TERM_COLOR="never")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
@@ -135,6 +141,12 @@ def _operator_cli(*args: str) -> str:
             f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
         )
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def operator_cli():
+    """The operator's CLI: `operator_cli("render", "-f", path)` returns what it printed."""
+    return _operator_cli
 
 
 @pytest.fixture(scope="session")

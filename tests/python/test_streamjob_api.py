@@ -5,7 +5,6 @@ and the children the operator renders for the samples are valid Kubernetes objec
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -124,14 +123,8 @@ def test_every_rule_has_a_message_naming_a_field():
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
-def test_rendered_children_are_valid_kubernetes_objects(sample):
-    rendered = subprocess.run(
-        ["cargo", "run", "-q", "-p", "streamjob-operator", "--", "render", "-f", str(sample)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def test_rendered_children_are_valid_kubernetes_objects(sample, operator_cli):
+    rendered = operator_cli("render", "-f", str(sample))
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     assert [d["kind"] for d in documents] == [
         "ConfigMap",
@@ -165,18 +158,12 @@ def test_the_readme_production_connection_examples_validate_against_the_crd():
         assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
-def test_the_sentinel_tls_sample_renders_tls_files_for_the_sentinel_client():
+def test_the_sentinel_tls_sample_renders_tls_files_for_the_sentinel_client(operator_cli):
     """operator/samples/sentinel-tls.yaml: job.yaml keeps rediss:// with the sentinels and points
     sink.redis.tls at the mounted CA; the taskmanagers mount the CA Secret as a file and get both
     passwords (primary and sentinels) from Secrets, never in the ConfigMap."""
     sample = ROOT / "operator" / "samples" / "sentinel-tls.yaml"
-    rendered = subprocess.run(
-        ["cargo", "run", "-q", "-p", "streamjob-operator", "--", "render", "-f", str(sample)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    rendered = operator_cli("render", "-f", str(sample))
     documents = [d for d in yaml.safe_load_all(rendered) if d]
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
     redis = yaml.safe_load(config_map["data"]["job.yaml"])["sink"]["redis"]

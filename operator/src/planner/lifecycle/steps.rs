@@ -139,10 +139,14 @@ fn trigger_savepoint(
 ) -> Option<Operation> {
     let now = input.now;
     let timeout = savepoint_timeout(input);
-    if let Some(at) = &op.retry_after {
+    if let Some(at) = op.retry_after.take() {
         if at.0 > now {
+            op.retry_after = Some(at);
             return Some(op);
         }
+        // The retry's attempt starts at its retry time: the delay before it is not part of the
+        // attempt's timeout (a wait for a ready pod would otherwise give up that much earlier).
+        op.step_started_at = Some(at);
     }
     let overview = overview(input);
     if uses_stop(op.kind) {
