@@ -19,7 +19,7 @@ step "cargo nextest (workspace)"
 # would run `cargo build -p …`, whose features differ from the workspace's test build (no `cel` on
 # kube, no engine in the operator's worker), so a second variant of kube and both crates would be
 # compiled mid-run: minutes of a 2-core machine and hundreds of MB of disk.
-bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+bin_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}/debug")
 export STREAMJOB_WORKER_BIN="${STREAMJOB_WORKER_BIN:-$bin_dir/streamjob-worker}"
 export STREAMJOB_OPERATOR_BIN="${STREAMJOB_OPERATOR_BIN:-$bin_dir/streamjob-operator}"
 cargo nextest run --workspace --locked --profile ci
