@@ -145,13 +145,13 @@ if [ ! -x "$TANSU_SQLITE" ] || ! "$TANSU_SQLITE" --version 2>/dev/null | grep -q
   log "cargo install tansu 0.6.0 --debug --features libsql -> .local/bin/tansu-sqlite (once per machine)"
   # Built on the project's disk, not in /tmp (which may be small or memory-backed); the build (a GB
   # or two) is removed afterwards. Say so plainly when the disk cannot hold it and the project's
-  # own test build after it (target/: 2.5 GB as .ci/run builds it, without debug info; about 10 GB
+  # own test build after it (target/: 2.5 GB as .ci/run builds it, without debug info; about 9 GB
   # with the dev profile's line tables).
   tmp="$ROOT/.local/tansu-build"
   rm -rf "$tmp" && mkdir -p "$tmp"
   free_mb=$(df -Pm "$tmp" | awk 'NR==2 {print $4}')
   if [ "${free_mb:-0}" -lt 6000 ]; then
-    echo "setup: only ${free_mb} MB free on $(df -P "$tmp" | awk 'NR==2 {print $6}'); the SASL test broker and the project's test build need about 5 GB (12 GB with debug line tables)" >&2
+    echo "setup: only ${free_mb} MB free on $(df -P "$tmp" | awk 'NR==2 {print $6}'); the SASL test broker and the project's test build need about 5 GB (11 GB with debug line tables)" >&2
   fi
   CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR="$tmp/target" cargo install tansu --version 0.6.0 \
     --locked --debug --no-default-features --features libsql --root "$tmp/root"
