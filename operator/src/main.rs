@@ -190,7 +190,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = router(HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
-    });
+    })
+    .route("/debug/heap", axum::routing::get(heap_report));
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -199,7 +200,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
             .await
     });
-    info!(bind = %args.http_bind, "serving /healthz /readyz /metrics");
+    info!(bind = %args.http_bind, "serving /healthz /readyz /metrics /debug/heap");
 
     tokio::spawn(record_heap(metrics.clone()));
     tokio::spawn(async move {
@@ -330,7 +331,8 @@ async fn keep_lease(
 }
 
 /// Publishes the allocator's heap figures every 15 s: `allocated` is what the caches hold,
-/// `resident` what the process pays for it.
+/// `resident` what the process pays for it, and `active` and `metadata` say where the difference
+/// goes (fragmentation, or the allocator's bookkeeping).
 async fn record_heap(metrics: Arc<Metrics>) {
     let mut every = tokio::time::interval(Duration::from_secs(15));
     loop {
@@ -340,14 +342,36 @@ async fn record_heap(metrics: Arc<Metrics>) {
             use tikv_jemalloc_ctl::{epoch, stats};
             // The statistics are a snapshot taken when the epoch advances.
             if epoch::advance().is_ok() {
-                if let (Ok(allocated), Ok(resident)) =
-                    (stats::allocated::read(), stats::resident::read())
-                {
-                    metrics.record_heap(allocated as u64, resident as u64);
-                }
+                let states = [
+                    ("allocated", stats::allocated::read()),
+                    ("active", stats::active::read()),
+                    ("metadata", stats::metadata::read()),
+                    ("resident", stats::resident::read()),
+                    ("retained", stats::retained::read()),
+                ];
+                let read: Vec<(&str, u64)> = states
+                    .into_iter()
+                    .filter_map(|(state, bytes)| Some((state, bytes.ok()? as u64)))
+                    .collect();
+                metrics.record_heap(&read);
             }
         }
     }
+}
+
+/// `/debug/heap`: jemalloc's own report (`malloc_stats_print`, merged arenas), for memory
+/// questions the `heap_bytes` gauges raise: per size class, how many objects are live and how full
+/// their slabs are (live objects scattered over many slabs hold pages that no free returns).
+async fn heap_report() -> String {
+    let mut text = Vec::new();
+    #[cfg(not(target_env = "msvc"))]
+    {
+        let mut options = tikv_jemalloc_ctl::stats_print::Options::default();
+        options.skip_mutex_statistics = true;
+        options.skip_per_arena = true;
+        let _ = tikv_jemalloc_ctl::stats_print::stats_print(&mut text, options);
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 async fn shutdown_signal() {

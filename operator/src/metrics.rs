@@ -246,8 +246,10 @@ pub struct Metrics {
 /// Labels of the heap gauges.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeapLabels {
-    /// `allocated` (live objects: the caches, mostly) or `resident` (pages the allocator holds,
-    /// what RSS sees of the heap).
+    /// jemalloc's own names: `allocated` (live objects: the caches, mostly), `active` (the pages
+    /// of slabs and extents that hold them: active minus allocated is fragmentation), `metadata`
+    /// (the allocator's own bookkeeping), `resident` (pages the allocator holds, what RSS sees of
+    /// the heap) and `retained` (address space kept but returned to the system: not in RSS).
     pub state: String,
 }
 
@@ -295,7 +297,7 @@ impl Default for Metrics {
         let heap = Family::<HeapLabels, Gauge>::default();
         registry.register(
             "heap_bytes",
-            "The allocator's heap: allocated (live objects) and resident (pages it holds)",
+            "The allocator's heap by state: allocated (live objects), active (their pages), metadata, resident (pages it holds) and retained (returned to the system)",
             heap.clone(),
         );
         let jobs = JobMetrics::default();
@@ -317,9 +319,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Sets the heap gauges (bytes).
-    pub fn record_heap(&self, allocated: u64, resident: u64) {
-        for (state, bytes) in [("allocated", allocated), ("resident", resident)] {
+    /// Sets the heap gauges: bytes by state.
+    pub fn record_heap(&self, states: &[(&str, u64)]) {
+        for &(state, bytes) in states {
             let labels = HeapLabels {
                 state: state.to_string(),
             };

@@ -6,7 +6,8 @@
 //!   a new job next to many such ones still becomes Ready promptly;
 //! - what creating a job costs in API calls (no GET the cache can answer, one Event), and the
 //!   failure counters exist at 0 before any failure;
-//! - deleting the jobs gives their memory back: the caches and per-job state forget them.
+//! - deleting the jobs gives their memory back: the caches and per-job state forget them; and the
+//!   heap explains itself (its breakdown by state, and jemalloc's report at `/debug/heap`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -72,6 +73,35 @@ async fn fresh_heap_allocated(cluster: &OperatorCluster) -> f64 {
     heap_allocated(&operator_metrics(cluster).await)
 }
 
+/// The heap's breakdown is exported (the pages that hold the live objects and the allocator's
+/// own, besides allocated and resident), and `/debug/heap` gives jemalloc's report by size class.
+async fn explains_its_heap(cluster: &OperatorCluster, metrics: &BTreeMap<String, f64>) {
+    let heap = |state: &str| {
+        metrics
+            .get(&format!(
+                "streamjob_operator_heap_bytes{{state=\"{state}\"}}"
+            ))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let (allocated, active, metadata, resident) = (
+        heap("allocated"),
+        heap("active"),
+        heap("metadata"),
+        heap("resident"),
+    );
+    assert!(
+        allocated > 0.0 && active >= allocated && metadata > 0.0 && resident >= active,
+        "heap by state: allocated {allocated}, active {active}, metadata {metadata}, resident {resident}"
+    );
+    let address = cluster.operator_http().await.expect("a ready operator pod");
+    let report = http_get(&address, "/debug/heap").expect("/debug/heap answers");
+    assert!(
+        report.contains("Allocated:") && report.contains("bins:"),
+        "jemalloc's report: {report}"
+    );
+}
+
 /// Waits until `n` StreamJobs in `NS` have a status phase.
 async fn wait_for_statuses(cluster: &OperatorCluster, n: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -110,6 +140,8 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         let series = format!("streamjob_operator_reconcile_failures_total{{reason=\"{reason}\"}}");
         assert_eq!(before.get(&series), Some(&0.0), "{series} missing or not 0");
     }
+
+    explains_its_heap(&cluster, &before).await;
 
     let jobs = 20;
     create_pending_jobs(&cluster, jobs).await;

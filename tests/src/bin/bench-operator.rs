@@ -12,8 +12,9 @@
 //!    flight; the time until every one has a status, and until every one has both Deployments;
 //! 2. the operator's API calls per job while converging, by verb and resource (audit log);
 //! 3. a steady window (BENCH_STEADY_S, default 60): the operator's calls/s, Lease included;
-//! 4. the operator's RSS idle, at N jobs, and 60 s after all N were deleted and the garbage
-//!    collector removed their children.
+//! 4. the operator's RSS and heap idle, at N jobs, 60 s after all N were deleted and the garbage
+//!    collector removed their children, and 60 s after their kept savepoint PVCs were deleted
+//!    too (the sample keeps them on delete, and the operator caches them).
 //!
 //! The reference measured in the same run is the idle operator (RSS, calls/s with no jobs).
 //! Knobs:
@@ -28,6 +29,8 @@
 //!   operator converges);
 //! - `BENCH_MALLOC_CONF=…` sets the operator's jemalloc options (`_RJEM_MALLOC_CONF`, through
 //!   the chart's `extraEnv`), to compare allocator settings;
+//! - `BENCH_HEAP_REPORT=FILE` writes the operator's `/debug/heap` (jemalloc's report by size
+//!   class) to FILE 60 s after the garbage collector is done: which objects outlive the jobs;
 //! - `BENCH_GC_WAIT_S` (default 600) bounds the wait, after the StreamJobs are gone, until the
 //!   garbage collector has deleted their Deployments and pods (the operator's caches empty out
 //!   only then, so "after deleting all" is measured once nothing of theirs is left).
@@ -166,8 +169,9 @@ fn print_calls_by_user(calls: &[audit::AuditEvent], jobs: usize) {
     }
 }
 
-/// The operator's heap as `allocated / resident` MiB, from its `heap_bytes` metrics (`-` when it
-/// does not export them: an operator built without jemalloc).
+/// The operator's heap as `allocated / active / metadata / resident` MiB, from its `heap_bytes`
+/// metrics (`-` when it does not export one: an operator built without jemalloc, or before the
+/// breakdown).
 async fn heap_mib(cluster: &OperatorCluster) -> String {
     let Some(address) = cluster.operator_http().await else {
         return "-".into();
@@ -180,7 +184,13 @@ async fn heap_mib(cluster: &OperatorCluster) -> String {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map_or("-".to_string(), |b| format!("{:.1}", b / 1048576.0))
     };
-    format!("{} / {}", value("allocated"), value("resident"))
+    format!(
+        "{} / {} / {} / {}",
+        value("allocated"),
+        value("active"),
+        value("metadata"),
+        value("resident")
+    )
 }
 
 fn streamjob(index: usize) -> Value {
@@ -370,6 +380,7 @@ async fn run(jobs: usize, steady: Duration) {
     let before = operator_calls(&cluster).len();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let idle_rate = (operator_calls(&cluster).len() - before) as f64 / 20.0;
+    let idle_heap = heap_mib(&cluster).await;
 
     let client = cluster.client.clone();
     let resource = ApiResource {
@@ -491,6 +502,23 @@ async fn run(jobs: usize, steady: Duration) {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let released_rss = rss_mib(pid);
     let released_heap = heap_mib(&cluster).await;
+    if let (Ok(path), Some(address)) = (
+        std::env::var("BENCH_HEAP_REPORT"),
+        cluster.operator_http().await,
+    ) {
+        let report = streamjob_tests::http_get(&address, "/debug/heap").unwrap_or_default();
+        let _ = std::fs::write(&path, report);
+    }
+    // The sample keeps its savepoint PVC on delete (`onDelete.pvc: keep`): the N PVCs stay in
+    // the namespace, and in the operator's cache (a StreamJob re-created with the same name
+    // restores from its PVC). So "back near idle" is read once more after a user's clean-up of
+    // them.
+    let pvcs_deleting = Instant::now();
+    cluster.kubectl(&["delete", "pvc", "--all", "-n", NAMESPACE, "--wait=true"]);
+    let pvcs_time = pvcs_deleting.elapsed();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let clean_rss = rss_mib(pid);
+    let clean_heap = heap_mib(&cluster).await;
 
     println!("== {jobs} StreamJobs on a real API server");
     println!(
@@ -523,7 +551,8 @@ async fn run(jobs: usize, steady: Duration) {
         println!("    besides the Lease: {call} x{count}");
     }
     println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s; children gone {:.1} s later) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64(), gc_time.as_secs_f64());
-    println!("  heap MiB (allocated / resident, jemalloc's figures): steady {converged_heap}, 60 s after deleting all {released_heap}");
+    println!("  heap MiB (allocated / active / metadata / resident, jemalloc's figures): idle {idle_heap}, steady {converged_heap}, 60 s after deleting all {released_heap}");
+    println!("  after deleting the {jobs} kept savepoint PVCs too ({:.1} s): RSS {clean_rss:.1} MiB, heap {clean_heap}", pvcs_time.as_secs_f64());
 }
 
 #[tokio::main]
