@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics`. (The binary adds `/debug/heap`, jemalloc's report: the
+//! allocator is the binary's, not this library's.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -513,9 +513,8 @@ async fn run(jobs: usize, steady: Duration) {
     // The sample keeps its savepoint PVC on delete (`onDelete.pvc: keep`): the N PVCs stay in
     // the namespace, and in the operator's cache (a StreamJob re-created with the same name
     // restores from its PVC). So "back near idle" is read once more after a user's clean-up of
-    // them.
-    // Skipped with the garbage collector's wait: the PVCs go only once their pods are gone
-    // (pvc-protection).
+    // them. Not with `BENCH_GC_WAIT_S=0`: a PVC goes only once its pods are gone
+    // (pvc-protection), and without that wait they may not be.
     let clean = if gc_wait.is_zero() {
         None
     } else {
