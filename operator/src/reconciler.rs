@@ -45,6 +45,17 @@ use cache::Caches;
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "streamjob-operator";
 
+/// The parameters of every server-side apply the operator makes: its field manager, forced, and
+/// `fieldValidation=Ignore`. The API server parses an apply body as YAML (JSON included); under
+/// its default, `Warn`, it parses the body a second time, strictly, only to warn about unknown or
+/// duplicate fields. Our bodies are serialized from typed objects, so there is nothing to warn
+/// about (and kube does not surface warnings): a profile of 1,000 new jobs put that second parse
+/// at 4.3 % of the API server's CPU (BENCHMARKS, session 18). The schema still prunes and
+/// validates every field as before.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force().validation_ignore()
+}
+
 /// Longest wait between retries of a failing StreamJob.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First retry delay.
@@ -588,7 +599,7 @@ async fn write_status(ctx: &Context, job: &StreamJob, status: &StreamJobStatus) 
     let written = api
         .patch_status(
             &job.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &apply_params(),
             &Patch::Apply(body),
         )
         .await?;

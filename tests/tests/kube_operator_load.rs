@@ -201,8 +201,31 @@ async fn heavy_starting_jobs_cost_few_calls_and_no_jobmanager_call() {
         per_job("patch streamjobs/status") <= 3.0,
         "status writes per new job: {counts:?}"
     );
+    applies_skip_the_strict_second_parse(&requests);
     cluster.assert_no_forbidden();
     forgets_deleted_jobs(&cluster, idle_heap, jobs).await;
+}
+
+/// Every server-side apply the operator made (the only requests it forces) asked the API server
+/// not to parse its body a second time for warnings (`fieldValidation=Ignore`, `apply_params`).
+fn applies_skip_the_strict_second_parse(requests: &[audit::AuditEvent]) {
+    let applies: Vec<&str> = requests
+        .iter()
+        .filter(|e| e.verb == "patch" && e.request_uri.contains("force=true"))
+        .map(|e| e.request_uri.as_str())
+        .collect();
+    assert!(!applies.is_empty(), "no server-side apply in the audit log");
+    let parsed_twice: Vec<&&str> = applies
+        .iter()
+        .filter(|uri| !uri.contains("fieldValidation=Ignore"))
+        .collect();
+    assert!(
+        parsed_twice.is_empty(),
+        "{} of {} applies without fieldValidation=Ignore, e.g. {:?}",
+        parsed_twice.len(),
+        applies.len(),
+        parsed_twice.first()
+    );
 }
 
 /// Creates the `jobs` pending jobs `pending-0..`.

@@ -3,13 +3,13 @@
 //! field the operator owns has drifted. A reconcile that finds everything as planned writes
 //! nothing.
 
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::cache::Caches;
-use super::FIELD_MANAGER;
+use super::apply_params;
 use crate::planner::{config::stable_hash, Plan};
 use crate::{Error, Result};
 
@@ -163,7 +163,7 @@ pub async fn apply(client: &Client, namespace: &str, child: &DesiredChild) -> Re
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &child.resource);
     api.patch(
         &child.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &apply_params(),
         &Patch::Apply(&child.body),
     )
     .await?;

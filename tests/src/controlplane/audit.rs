@@ -18,7 +18,8 @@ pub struct AuditEvent {
     pub response_status: Option<ResponseStatus>,
     #[serde(default)]
     pub stage: String,
-    #[serde(default)]
+    /// The path and query (the log spells it `requestURI`, which camelCase would not give).
+    #[serde(default, rename = "requestURI")]
     pub request_uri: String,
 }
 
