@@ -241,6 +241,8 @@ pub struct Metrics {
     pub jobmanager_calls: Family<CallLabels, Counter>,
     /// The allocator's view of the heap, by state (set by the binary, which owns the allocator).
     pub heap: Family<HeapLabels, Gauge>,
+    /// Rebuilds of the watch caches after a mass delete (`reconciler/cache/compaction.rs`).
+    pub cache_compactions: Counter,
 }
 
 /// Labels of the heap gauges.
@@ -300,12 +302,19 @@ impl Default for Metrics {
             "The allocator's heap by state: allocated (live objects), active (their pages), metadata, resident (pages it holds) and retained (returned to the system)",
             heap.clone(),
         );
+        let cache_compactions = Counter::default();
+        registry.register(
+            "cache_compactions",
+            "Rebuilds of the watch caches once they held a quarter or less of their peak, which gives their memory back after mass deletes",
+            cache_compactions.clone(),
+        );
         let jobs = JobMetrics::default();
         jobs.register(&mut registry);
         let autoscaler = AutoscalerMetrics::default();
         autoscaler.register(&mut registry);
         Self {
             heap,
+            cache_compactions,
             autoscaler,
             registry,
             jobs,

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -40,6 +40,7 @@ use crate::planner::{
     self, labels, names, Action, EventSeverity, NetworkPeers, PlanInput, FINALIZER,
 };
 use crate::{Error, Result};
+use cache::compaction::SharedWriter;
 use cache::Caches;
 
 /// The one field manager of every server-side apply the operator makes.
@@ -53,7 +54,9 @@ pub const FIELD_MANAGER: &str = "streamjob-operator";
 /// at 4.3 % of the API server's CPU (BENCHMARKS, session 18). The schema still prunes and
 /// validates every field as before.
 pub fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force().validation_ignore()
+    PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_ignore()
 }
 
 /// Longest wait between retries of a failing StreamJob.
@@ -597,11 +600,7 @@ async fn write_status(ctx: &Context, job: &StreamJob, status: &StreamJobStatus) 
         "status": status,
     });
     let written = api
-        .patch_status(
-            &job.name_any(),
-            &apply_params(),
-            &Patch::Apply(body),
-        )
+        .patch_status(&job.name_any(), &apply_params(), &Patch::Apply(body))
         .await?;
     ctx.own_writes
         .wrote(&key(job), written.resource_version().as_deref());
@@ -694,6 +693,11 @@ fn owning_job<K: Resource>(object: &K) -> Option<ObjectRef<StreamJob>> {
     Some(ObjectRef::new(instance).within(meta.namespace.as_deref()?))
 }
 
+/// How logs name a controller's scope.
+fn scope_name(namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| "all namespaces".to_string(), str::to_string)
+}
+
 /// Runs one controller per watched namespace (or one for all) until `shutdown` resolves. Each
 /// one's triggers are the watches of the StreamJobs and of their children and pods; the latter
 /// fill the caches the reconciler reads ([`Context::caches_for`]).
@@ -712,12 +716,18 @@ pub async fn run(
         let jobs: Api<StreamJob> = scoped(&client, namespace.as_deref());
         let (caches, streams) = cache::watch(&client, namespace.as_deref());
         ctx.add_caches(namespace.clone(), caches);
-        // The StreamJobs' own cache, trimmed like the children's (`cache::trim_job`).
-        let (reader, writer) = reflector::store();
+        // The StreamJobs' own cache, trimmed like the children's (`cache::trim_job`), and
+        // rebuilt with them after mass deletes.
+        let writer = SharedWriter::new(reflector::store::Writer::default());
+        let reader = writer.reader();
+        streams.compactor.register(Arc::new(writer.clone()));
         let trigger = watcher(jobs, watcher::Config::default())
             .default_backoff()
             .modify(cache::trim_job)
-            .reflect(writer)
+            .map_ok(move |event| {
+                writer.apply(&event);
+                event
+            })
             .applied_objects();
         let mut controller =
             Controller::for_stream(trigger, reader).with_config(controller_config(&scope));
@@ -729,7 +739,7 @@ pub async fn run(
             );
         }
         let mut shutdown = shutdown.clone();
-        controller
+        let controller = controller
             .watches_stream(streams.pods, |pod: k8s_openapi::api::core::v1::Pod| {
                 owning_job(&pod)
             })
@@ -737,7 +747,17 @@ pub async fn run(
                 let _ = shutdown.wait_for(|stop| *stop).await;
             })
             .run(reconcile, error_policy, ctx.clone())
-            .for_each(|outcome| async move { log_outcome(outcome) })
+            .for_each(|outcome| async move { log_outcome(outcome) });
+        let compactor = streams
+            .compactor
+            .run(scope_name(namespace.as_deref()), ctx.metrics.clone());
+        // The compactor runs as long as its controller, and stops with it.
+        async move {
+            tokio::select! {
+                () = controller => {}
+                () = compactor => {}
+            }
+        }
     });
     futures::future::join_all(controllers).await;
 }

@@ -8,8 +8,8 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cache::Caches;
 use super::apply_params;
+use super::cache::Caches;
 use crate::planner::{config::stable_hash, Plan};
 use crate::{Error, Result};
 
@@ -161,12 +161,8 @@ pub async fn apply_changed(
 /// One server-side apply (the operator's field manager, forced).
 pub async fn apply(client: &Client, namespace: &str, child: &DesiredChild) -> Result<()> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &child.resource);
-    api.patch(
-        &child.name,
-        &apply_params(),
-        &Patch::Apply(&child.body),
-    )
-    .await?;
+    api.patch(&child.name, &apply_params(), &Patch::Apply(&child.body))
+        .await?;
     Ok(())
 }
 

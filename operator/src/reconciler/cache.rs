@@ -11,7 +11,11 @@
 //! API server (see BENCHMARKS) found the children's `serde_json::Value` trees to be 56 % of the
 //! operator's heap, about 7 KB per child, for objects whose JSON is a fifth of that; a reconcile
 //! parses back only its own job's few children.
+//!
+//! After a mass delete, [`compaction`] rebuilds the stores in fresh allocations, so what is left
+//! does not keep the memory of what went.
 
+pub mod compaction;
 mod pod;
 mod pod_index;
 
@@ -34,6 +38,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::crd::StreamJob;
 use crate::planner::{children, labels, names, Observed};
+use compaction::{Compactor, SharedWriter};
 use pod::CachedPod;
 use pod_index::PodsByJob;
 
@@ -64,9 +69,11 @@ pub struct Caches {
 }
 
 /// The watch streams that fill [`Caches`]; the controller drives them (they are its triggers).
+/// The compactor rebuilds the stores they fill once a mass delete has emptied them.
 pub struct CacheStreams {
     pub children: Vec<(ApiResource, ChildStream)>,
     pub pods: PodStream,
+    pub compactor: Compactor,
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>, resource: &ApiResource) -> Api<K>
@@ -82,14 +89,16 @@ where
 /// Starts (lazily: the returned streams must be polled) the watches of one scope.
 pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams) {
     let managed = watcher::Config::default().labels(&labels::managed_selector());
+    let compactor = Compactor::default();
     let mut children = BTreeMap::new();
     let mut streams = Vec::new();
     for resource in child_kinds() {
         // Shared: every key of the store holds its kind, which as an `ApiResource` would be five
         // strings per child.
         let shared = Arc::new(resource.clone());
-        let mut writer = reflector::store::Writer::new(shared.clone());
-        let store = writer.as_reader();
+        let writer = SharedWriter::new(reflector::store::Writer::new(shared.clone()));
+        let store = writer.reader();
+        compactor.register(Arc::new(writer.clone()));
         let api: Api<DynamicObject> = scoped(client, namespace, &resource);
         let kind = resource.kind.clone();
         // Reflected by hand: the store keeps the compact form, the controller's trigger stream
@@ -98,7 +107,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
             .default_backoff()
             .modify(move |object: &mut DynamicObject| trim_child(&kind, object))
             .map_ok(move |event| {
-                writer.apply_watcher_event(&store_event(&event, CachedChild::of));
+                writer.apply(&store_event(&event, CachedChild::of));
                 event
             })
             .applied_objects()
@@ -110,14 +119,16 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let mut pod_writer = reflector::store::Writer::<CachedPod>::default();
-    let pods = pod_writer.as_reader();
+    let pod_writer = SharedWriter::new(reflector::store::Writer::<CachedPod>::default());
+    let pods = pod_writer.reader();
     let pods_by_job = PodsByJob::default();
+    compactor.register(Arc::new(pod_writer.clone()));
+    compactor.register(Arc::new(pods_by_job.clone()));
     let index = pods_by_job.clone();
     let pod_stream = watcher(pods_api, managed)
         .default_backoff()
         .map_ok(move |event| {
-            mirror_pod_event(&mut pod_writer, &index, &event);
+            mirror_pod_event(&pod_writer, &index, &event);
             event
         })
         .applied_objects()
@@ -131,6 +142,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
         CacheStreams {
             children: streams,
             pods: pod_stream,
+            compactor,
         },
     )
 }
@@ -139,12 +151,12 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams)
 /// a name the index gives is already in the store (or, for a delete, already gone from it, which
 /// the reader skips).
 fn mirror_pod_event(
-    store: &mut reflector::store::Writer<CachedPod>,
+    store: &SharedWriter<CachedPod>,
     index: &PodsByJob,
     event: &watcher::Event<Pod>,
 ) {
     let cached = store_event(event, CachedPod::of);
-    store.apply_watcher_event(&cached);
+    store.apply(&cached);
     index.apply(&cached);
 }
 
@@ -421,13 +433,13 @@ mod tests {
 
     #[test]
     fn a_job_reads_its_own_pods_through_the_index() {
-        let mut writer = reflector::store::Writer::<CachedPod>::default();
+        let writer = SharedWriter::new(reflector::store::Writer::<CachedPod>::default());
         let caches = Caches {
             children: BTreeMap::new(),
-            pods: writer.as_reader(),
+            pods: writer.reader(),
             pods_by_job: PodsByJob::default(),
         };
-        let mut mirror = |event| mirror_pod_event(&mut writer, &caches.pods_by_job, &event);
+        let mirror = |event| mirror_pod_event(&writer, &caches.pods_by_job, &event);
         mirror(watcher::Event::Init);
         mirror(watcher::Event::InitApply(pod(
             "trace",

@@ -56,6 +56,25 @@ fn remove(index: &mut HashMap<JobKey, BTreeSet<String>>, pod: &CachedPod) {
     }
 }
 
+/// The index is rebuilt with the stores (its map does not shrink either); its pods are counted
+/// by the pods' store.
+impl super::compaction::Rebuild for PodsByJob {
+    fn held(&self) -> usize {
+        0
+    }
+
+    fn rebuild(&self) -> bool {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        if index.relisting.is_some() {
+            return false;
+        }
+        // Collected anew: a table sized for what is left (the name sets move as they are).
+        let live = std::mem::take(&mut index.live);
+        index.live = live.into_iter().collect();
+        true
+    }
+}
+
 impl PodsByJob {
     /// Follows one watch event (the same one the store applies).
     pub fn apply(&self, event: &watcher::Event<CachedPod>) {
