@@ -31,6 +31,9 @@
 //!   the chart's `extraEnv`), to compare allocator settings;
 //! - `BENCH_HEAP_REPORT=FILE` writes the operator's `/debug/heap` (jemalloc's report by size
 //!   class) to FILE 60 s after the garbage collector is done: which objects outlive the jobs;
+//! - `BENCH_APISERVER_PROFILE=FILE` writes kube-apiserver's CPU profile of the 40 s from 2 s
+//!   after the first create to FILE (read it with `go tool pprof -top -cum FILE`): where the API
+//!   server's CPU goes while the operator converges;
 //! - `BENCH_GC_WAIT_S` (default 600) bounds the wait, after the StreamJobs are gone, until the
 //!   garbage collector has deleted their Deployments and pods (the operator's caches empty out
 //!   only then, so "after deleting all" is measured once nothing of theirs is left).
@@ -53,7 +56,7 @@ use serde_json::Value;
 use streamjob_tests::controlplane::audit;
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
 use streamjob_tests::controlplane::kubelet::KubeletOptions;
-use streamjob_tests::controlplane::{helm, ControlPlane, PlaneOptions};
+use streamjob_tests::controlplane::{helm, ControlPlane, PlaneOptions, ADMIN_TOKEN};
 
 const NAMESPACE: &str = "bench";
 
@@ -347,6 +350,32 @@ impl Mirrors {
     }
 }
 
+/// With `BENCH_APISERVER_PROFILE=FILE`: fetches kube-apiserver's CPU profile of the 40 s from
+/// 2 s after now (the creates start now) into FILE, as the admin.
+fn profile_apiserver(cluster: &OperatorCluster) -> Option<tokio::task::JoinHandle<()>> {
+    let file = std::env::var("BENCH_APISERVER_PROFILE").ok()?;
+    let kubeconfig = cluster.plane.write_kubeconfig("admin", ADMIN_TOKEN);
+    Some(tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        let output = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "--raw", "/debug/pprof/profile?seconds=40"])
+            .output();
+        match output {
+            Ok(output) if output.status.success() => match std::fs::write(&file, output.stdout) {
+                Ok(()) => eprintln!("[bench] kube-apiserver's CPU profile written to {file}"),
+                Err(error) => eprintln!("[bench] cannot write {file}: {error}"),
+            },
+            Ok(output) => eprintln!(
+                "[bench] no kube-apiserver profile: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => eprintln!("[bench] no kube-apiserver profile: kubectl: {error}"),
+        }
+    }))
+}
+
 async fn run(jobs: usize, steady: Duration) {
     let options = KubeletOptions {
         operator_only: true,
@@ -395,6 +424,7 @@ async fn run(jobs: usize, steady: Duration) {
     let start_calls = operator_calls(&cluster).len();
     let start_all = audit::read(&cluster.plane.audit_log).len();
     let cpu_before = cpu_snapshot(&cluster, pid);
+    let profile = profile_apiserver(&cluster);
     let created = Instant::now();
     futures::stream::iter(0..jobs)
         .map(|i| {
@@ -426,6 +456,9 @@ async fn run(jobs: usize, steady: Duration) {
     })
     .await;
     let converge_wall = created.elapsed();
+    if let Some(profile) = profile {
+        let _ = profile.await;
+    }
     let cpu_after = cpu_snapshot(&cluster, pid);
     let converge_calls: Vec<_> = operator_calls(&cluster).split_off(start_calls);
     let all_calls: Vec<_> = audit::read(&cluster.plane.audit_log).split_off(start_all);
