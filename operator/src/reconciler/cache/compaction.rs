@@ -134,8 +134,9 @@ where
         let objects = self.reader.state();
         state.writer.apply_watcher_event(&watcher::Event::Init);
         for object in objects {
+            // The writer takes an event by reference and stores its own clone of the object (a
+            // new allocation, which is the point); this owned copy only carries it there.
             let copy = K::clone(&object);
-            // Dropped here: the store's copy is the writer's clone of it.
             state
                 .writer
                 .apply_watcher_event(&watcher::Event::InitApply(copy));
