@@ -29,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use streamjob_tests::{free_port, http_get, write_config, Worker};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis_cluster::{AofEnds, ClusterOptions, RedisCluster};
 use streamjob_worker::testkit::trace_state::{keys_without_ttl, Expected, SeriesState, TraceState};
@@ -130,6 +131,7 @@ source:
 sink:
   redis:
     url: "redis://cluster"
+    timeZone: "{zone}"
     cluster:
       nodes: [{nodes}]
 batch:
@@ -147,6 +149,7 @@ checkpoint:
         metrics = ports.0,
         jm = ports.1,
         state = state.display(),
+        zone = midday_time_zone(),
     )
 }
 

@@ -31,6 +31,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use streamjob_tests::{free_port, write_config, Worker};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, SentinelOf};
 use streamjob_worker::testkit::trace_state::{
@@ -267,6 +268,7 @@ source:
 sink:
   redis:
     url: "{redis_url}"
+    timeZone: "{zone}"
 {sentinel}batch:
   maxEvents: 500
   linger: 20ms
@@ -283,6 +285,7 @@ checkpoint:
         state = state_dir.display(),
         redis_url = redis.url(),
         sentinel = redis.sentinel_yaml(),
+        zone = midday_time_zone(),
     )
 }
 

@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::{test_values, OperatorCluster};
 use streamjob_tests::small_traffic;
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
@@ -37,7 +38,7 @@ fn stream_job(kafka: &EmbeddedKafka, redis: &RedisServer) -> Value {
                 "dlqTopic": DLQ,
                 "properties": {"fetch.wait.max.ms": "10"},
             },
-            "redis": {"url": redis.url()},
+            "redis": {"url": redis.url(), "timeZone": midday_time_zone()},
             "batch": {"maxEvents": 500, "linger": "20ms"},
             "checkpoint": {"interval": "1s"},
             // Sampled every 5 s (the shortest interval); a backlog must clear within 1 s, so

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use streamjob_tests::{free_port, http_get, worker_binary, write_config, Worker};
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
 use streamjob_worker::metrics::sample;
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
@@ -35,6 +36,7 @@ source:
 sink:
   redis:
     url: "{redis_url}"
+    timeZone: "{zone}"
 batch:
   maxEvents: 1000000
   linger: {linger}
@@ -48,7 +50,8 @@ checkpoint:
   dir: "{state}"
 "#,
         jm = free_port(),
-        state = state_dir.display()
+        state = state_dir.display(),
+        zone = midday_time_zone(),
     )
 }
 

@@ -12,6 +12,7 @@ use streamjob_worker::metrics::{sample, sample_sum, Metrics};
 use streamjob_worker::pipeline::{PartitionExit, Pipeline, PipelineOptions};
 use streamjob_worker::sink::redis::epoch_floor;
 use streamjob_worker::testkit;
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer};
 use streamjob_worker::testkit::trace_state::{
@@ -49,6 +50,7 @@ impl Env {
             .properties
             .insert("fetch.wait.max.ms".into(), "10".into());
         config.sink.redis.url = self.redis.url();
+        config.sink.redis.time_zone = midday_time_zone();
         config.batch.max_events = max_events;
         config.batch.linger = linger;
         config.validate().expect("valid config");

@@ -9,6 +9,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use streamjob_tests::controlplane::cluster::OperatorCluster;
+use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::RedisServer;
 use streamjob_worker::testkit::trace_state::{fence_offsets, Expected, TraceState};
@@ -108,7 +109,7 @@ pub fn stream_job(data: &Data, replicas: i32) -> Value {
                 "dlqTopic": DLQ,
                 "properties": {"fetch.wait.max.ms": "10"},
             },
-            "redis": {"url": data.redis.url()},
+            "redis": {"url": data.redis.url(), "timeZone": midday_time_zone()},
             "batch": {"maxEvents": 500, "linger": "20ms"},
             "checkpoint": {"interval": "1s"},
             "savepoint": {"timeout": "60s"},

@@ -2,6 +2,8 @@
 //! (feature `testkit`). Real processes, not mocks.
 
 #[cfg(feature = "engine")]
+pub mod clock;
+#[cfg(feature = "engine")]
 pub mod delivery;
 #[cfg(feature = "engine")]
 pub mod kafka;

@@ -340,6 +340,9 @@ impl SeriesState {
 }
 
 /// Keys (other than streamjob's own) without a TTL: every trace key must expire.
+///
+/// Only `PTTL` -1 counts: a key that expires between the `SCAN` and its `PTTL` answers -2 (gone),
+/// which is a TTL doing its work, not a missing one.
 pub fn keys_without_ttl(url: &str) -> redis::RedisResult<Vec<String>> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_connection()?;
@@ -359,7 +362,7 @@ pub fn keys_without_ttl(url: &str) -> redis::RedisResult<Vec<String>> {
             chunk
                 .iter()
                 .zip(ttls)
-                .filter(|(_, ttl)| *ttl <= 0)
+                .filter(|(_, ttl)| *ttl == -1)
                 .map(|(k, _)| k.clone()),
         );
     }

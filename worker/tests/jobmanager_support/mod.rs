@@ -100,6 +100,7 @@ source:
 sink:
   redis:
     url: "{redis}"
+    timeZone: "{zone}"
 batch:
   maxEvents: {max_events}
   linger: 20ms
@@ -120,6 +121,7 @@ logging:
             brokers = kafka.bootstrap_servers(),
             redis = redis.url(),
             state = dir.path().join("state").display(),
+            zone = streamjob_worker::testkit::clock::midday_time_zone(),
         );
         std::fs::write(&config_path, yaml).expect("config written");
         let client = JobManagerClient::new(&format!("http://127.0.0.1:{port}"));
