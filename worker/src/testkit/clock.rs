@@ -2,8 +2,11 @@
 //!
 //! User lists expire at the next local midnight of `sink.redis.timeZone` (Asia/Shanghai by
 //! default, 16:00 UTC). A test that writes lists before that midnight and reads them after it
-//! finds them gone, by design; CI once ran a chaos test across it. Tests that compare Redis in
-//! full therefore run in a zone where it is about noon now, twelve hours from either midnight.
+//! finds them gone, by design. CI once did: an exactly-once test started at 15:59:41 UTC (its
+//! seed is its start in nanoseconds), read Redis in full just before 16:00 and then found
+//! thousands of user lists with no TTL, because they had expired between its `SCAN` and their
+//! `PTTL`. Tests that compare Redis in full therefore run in a zone where it is about noon now,
+//! twelve hours from either midnight.
 
 use chrono::{Timelike, Utc};
 
