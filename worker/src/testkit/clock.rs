@@ -3,8 +3,8 @@
 //! User lists expire at the next local midnight of `sink.redis.timeZone` (Asia/Shanghai by
 //! default, 16:00 UTC). A test that writes lists before that midnight and reads them after it
 //! finds them gone, by design. CI once did: an exactly-once test started at 15:59:41 UTC (its
-//! seed is its start in nanoseconds), read Redis in full just before 16:00 and then found
-//! thousands of user lists with no TTL, because they had expired between its `SCAN` and their
+//! seed is its start in nanoseconds), read Redis in full just before 16:00 and then reported
+//! user lists "without TTL", because they had expired between its `SCAN` and their
 //! `PTTL`. Tests that compare Redis in full therefore run in a zone where it is about noon now,
 //! twelve hours from either midnight.
 
