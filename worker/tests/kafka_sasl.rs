@@ -136,6 +136,7 @@ fn job_config(
     // tansu holds fetches for the full wait even when data is there.
     properties.insert("fetch.wait.max.ms".into(), "10".into());
     config.sink.redis.url = redis.url();
+    config.sink.redis.time_zone = streamjob_worker::testkit::clock::midday_time_zone();
     config.batch.max_events = 100;
     config.validate().expect("valid config");
     config

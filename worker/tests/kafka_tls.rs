@@ -107,6 +107,7 @@ async fn pipeline_consumes_exactly_once_over_tls(mutual: bool) {
         .properties
         .insert("fetch.wait.max.ms".into(), "10".into());
     config.sink.redis.url = redis.url();
+    config.sink.redis.time_zone = streamjob_worker::testkit::clock::midday_time_zone();
     config.batch.max_events = 100;
     config.validate().expect("valid config");
     delivery::apply_all_and_check(config, &ends, &payloads, "TLS").await;

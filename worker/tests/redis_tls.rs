@@ -108,6 +108,7 @@ async fn the_exactly_once_pipeline_runs_over_mutual_tls_with_an_acl_user() {
         .properties
         .insert("fetch.wait.max.ms".into(), "10".into());
     config.sink.redis = sink_config(&redis, &pki, "ca");
+    config.sink.redis.time_zone = streamjob_worker::testkit::clock::midday_time_zone();
     config.batch.max_events = 200;
     config.validate().expect("valid config");
     let pipeline = Pipeline::start(Arc::new(config), Metrics::new())
