@@ -31,6 +31,8 @@ fn hash(items: &[(&str, &str)]) -> Content {
 }
 
 async fn check_layout(prefix: &str) {
+    // The expiries checked below are tonight's midnight's: not in its last seconds.
+    clear_of_midnight().await;
     let server = RedisServer::start().expect("redis-server");
     let sink = connect_sink(&server, prefix).await;
     let mut conn = raw(&server).await;

@@ -8,7 +8,10 @@
 //! `PTTL`. Tests that compare Redis in full therefore run in a zone where it is about noon now,
 //! twelve hours from either midnight.
 
-use chrono::{Timelike, Utc};
+use std::time::Duration;
+
+use chrono::{Days, NaiveTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 
 /// The fixed-offset IANA zone (`Etc/GMT±N`) whose local hour is 12 at the current UTC hour, ±1.
 pub fn midday_time_zone() -> String {
@@ -27,12 +30,31 @@ fn midday_time_zone_at(utc_hour: u32) -> String {
     }
 }
 
+/// How long until the next midnight in `zone` (an IANA name; UTC if it is not one). A test that
+/// checks the exact expiry the sink gives a user list waits out the last seconds before it, when
+/// the sink sets a relative `PEXPIRE` instead of tonight's `PEXPIREAT`.
+pub fn until_next_midnight(zone: &str) -> Duration {
+    let zone: Tz = zone.parse().unwrap_or(Tz::UTC);
+    let now = Utc::now();
+    let tomorrow = now.with_timezone(&zone).date_naive() + Days::new(1);
+    // A zone whose day starts at 01:00 on a DST day has no 00:00: take the earliest valid instant.
+    let midnight = (0..3)
+        .filter_map(|hour| NaiveTime::from_hms_opt(hour, 0, 0))
+        .find_map(|time| {
+            zone.from_local_datetime(&tomorrow.and_time(time))
+                .earliest()
+        });
+    midnight
+        .and_then(|m| (m.with_timezone(&Utc) - now).to_std().ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Timelike, Utc};
     use chrono_tz::Tz;
 
-    use super::midday_time_zone_at;
+    use super::{midday_time_zone, midday_time_zone_at, until_next_midnight};
 
     #[test]
     fn every_utc_hour_gets_a_zone_where_it_is_noon() {
@@ -46,5 +68,12 @@ mod tests {
                 "{name} at {hour}:30 UTC"
             );
         }
+    }
+
+    #[test]
+    fn the_midday_zone_is_hours_from_its_midnight() {
+        let left = until_next_midnight(&midday_time_zone());
+        assert!(left.as_secs() > 10 * 3600, "{left:?}");
+        assert!(left.as_secs() <= 13 * 3600, "{left:?}");
     }
 }

@@ -191,3 +191,12 @@ pub fn assert_same_state(single: &BTreeMap<String, KeyDump>, cluster: &BTreeMap<
         );
     }
 }
+
+/// Waits out the last minute before Shanghai midnight, when user lists get a relative expiry
+/// and the day's end moves under the test (`testkit::clock`).
+pub async fn clear_of_midnight() {
+    let left = streamjob_worker::testkit::clock::until_next_midnight("Asia/Shanghai");
+    if left < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(left + std::time::Duration::from_secs(1)).await;
+    }
+}
