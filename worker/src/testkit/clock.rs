@@ -30,11 +30,13 @@ fn midday_time_zone_at(utc_hour: u32) -> String {
     }
 }
 
-/// How long until the next midnight in `zone` (an IANA name; UTC if it is not one). A test that
+/// How long until the next midnight in `zone` (an IANA name). A test that
 /// checks the exact expiry the sink gives a user list waits out the last seconds before it, when
 /// the sink sets a relative `PEXPIRE` instead of tonight's `PEXPIREAT`.
 pub fn until_next_midnight(zone: &str) -> Duration {
-    let zone: Tz = zone.parse().unwrap_or(Tz::UTC);
+    let zone: Tz = zone
+        .parse()
+        .unwrap_or_else(|_| panic!("{zone:?} is not an IANA time zone"));
     let now = Utc::now();
     let tomorrow = now.with_timezone(&zone).date_naive() + Days::new(1);
     // A zone whose day starts at 01:00 on a DST day has no 00:00: take the earliest valid instant.

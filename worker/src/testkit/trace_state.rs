@@ -362,11 +362,18 @@ pub fn keys_without_ttl(url: &str) -> redis::RedisResult<Vec<String>> {
             chunk
                 .iter()
                 .zip(ttls)
-                .filter(|(_, ttl)| *ttl == -1)
+                .filter(|(_, ttl)| lacks_ttl(*ttl))
                 .map(|(k, _)| k.clone()),
         );
     }
     Ok(missing)
+}
+
+/// Whether a key's `PTTL` reply says it has no TTL: -1. A key gone by the time of its `PTTL`
+/// answers -2, which is an expiry that worked (CI once ran this check across the user lists'
+/// midnight, `testkit::clock`).
+fn lacks_ttl(pttl: i64) -> bool {
+    pttl == -1
 }
 
 /// The `next_offset` of every partition's fence of `job`/`topic` (key prefix `prefix`).
@@ -387,4 +394,16 @@ pub fn fence_offsets(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lacks_ttl;
+
+    #[test]
+    fn only_a_key_without_expiry_lacks_a_ttl_not_one_that_just_expired() {
+        assert!(lacks_ttl(-1));
+        assert!(!lacks_ttl(-2), "gone between SCAN and PTTL");
+        assert!(!lacks_ttl(1) && !lacks_ttl(86_400_000));
+    }
 }
