@@ -21,7 +21,7 @@
 //!
 //! The random schedule is seeded; a failure prints the seed (`STREAMJOB_SEED=… ` reruns it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use streamjob_tests::{free_port, write_config, Worker};
+use streamjob_worker::api::SnapshotKind;
 use streamjob_worker::demo::{EventGenerator, TrafficShape};
+use streamjob_worker::jobmanager::store::SnapshotStore;
 use streamjob_worker::testkit::clock::midday_time_zone;
 use streamjob_worker::testkit::kafka::{self, EmbeddedKafka, ProduceMode};
 use streamjob_worker::testkit::redis::{RedisOptions, RedisServer, SentinelOf};
@@ -687,10 +689,14 @@ fn lose_the_last_second(
     restore: Restore,
     redis: &mut RedisSide,
     worker: &mut Worker,
-    snapshot: &Path,
-    log: &Path,
+    files: &RestoreFiles,
     rng: &mut rand::rngs::StdRng,
 ) {
+    let RestoreFiles {
+        snapshot,
+        log,
+        checkpoints,
+    } = files;
     let primary = &mut redis.servers[0];
     primary.snapshot(snapshot).expect("snapshot");
     let saved = applied_offsets(&primary.url(), IN_ORDER_PARTITIONS);
@@ -702,6 +708,18 @@ fn lose_the_last_second(
     );
     let rewinds_before = rewind_lines(log);
     if restore == Restore::WhileDown {
+        // A restarted worker knows only its newest checkpoint: it has acknowledged writes the
+        // snapshot lacks only once a checkpoint past the snapshot is complete. On a loaded
+        // machine that can take longer than the second above (CI once killed it before).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while checkpointed_offsets(checkpoints) <= saved {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint past the snapshot's {saved} offsets:\n{}",
+                worker.log_tail(30)
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
         worker.kill();
         primary.restore(snapshot).expect("restored while down");
         worker.restart();
@@ -722,6 +740,23 @@ fn lose_the_last_second(
         thread::sleep(Duration::from_millis(rng.random_range(50..400)));
         worker.restart();
     }
+}
+
+/// The files of the restore scenario: the Redis snapshot, the worker's log, its checkpoints.
+struct RestoreFiles {
+    snapshot: PathBuf,
+    log: PathBuf,
+    checkpoints: PathBuf,
+}
+
+/// The offsets of the newest complete checkpoint, summed: where a restarted worker resumes.
+fn checkpointed_offsets(checkpoints: &Path) -> i64 {
+    SnapshotStore::open(checkpoints, SnapshotKind::Checkpoint)
+        .and_then(|store| store.newest())
+        .ok()
+        .flatten()
+        .map(|(_, newest)| newest.offsets.iter().map(|o| o.offset).sum())
+        .unwrap_or(0)
 }
 
 fn rewind_lines(log: &Path) -> usize {
@@ -763,17 +798,22 @@ fn redis_restored_from_an_older_snapshot_puts_every_lost_event_back_into_its_min
     let bootstrap = broker.bootstrap_servers().to_string();
     let payloads = in_order_data_set();
     // Checkpoints every second: one is taken during each re-apply.
-    let yaml = job_yaml(&bootstrap, &redis, &dir.path().join("state"))
+    let state = dir.path().join("state");
+    let yaml = job_yaml(&bootstrap, &redis, &state)
         .replace("checkpoint:\n", "checkpoint:\n  interval: 1s\n");
     let config = write_config(dir.path(), &yaml);
-    let log = dir.path().join("worker.log");
-    let snapshot = dir.path().join("snapshot.rdb");
+    let files = RestoreFiles {
+        snapshot: dir.path().join("snapshot.rdb"),
+        log: dir.path().join("worker.log"),
+        checkpoints: state.join("checkpoints"),
+    };
+    let log = &files.log;
     let released = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let producer = gated_producer(payloads.clone(), bootstrap.clone(), released.clone());
     let config_arg = config.to_str().expect("utf-8 path");
     let mut worker = Worker::start(
         &["standalone", "--config", config_arg, "--taskmanagers", "2"],
-        &log,
+        log,
     );
     let rounds = [
         Restore::UnderTheWorker,
@@ -790,7 +830,7 @@ fn redis_restored_from_an_older_snapshot_puts_every_lost_event_back_into_its_min
         }
         released.store(round + 2, Ordering::Release);
         thread::sleep(Duration::from_millis(300));
-        lose_the_last_second(restore, &mut redis, &mut worker, &snapshot, &log, &mut rng);
+        lose_the_last_second(restore, &mut redis, &mut worker, &files, &mut rng);
     }
     released.store(SEGMENTS, Ordering::Release);
     producer.join().expect("producer thread");
@@ -811,6 +851,6 @@ fn redis_restored_from_an_older_snapshot_puts_every_lost_event_back_into_its_min
         "{}",
         worker.log_tail(30)
     );
-    assert_state(&redis.url(), &payloads, &bootstrap, seed, &log);
+    assert_state(&redis.url(), &payloads, &bootstrap, seed, log);
     assert_every_minute(&redis.url(), &payloads, seed);
 }
