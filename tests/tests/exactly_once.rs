@@ -692,53 +692,64 @@ fn lose_the_last_second(
     files: &RestoreFiles,
     rng: &mut rand::rngs::StdRng,
 ) {
-    let RestoreFiles {
-        snapshot,
-        log,
-        checkpoints,
-    } = files;
     let primary = &mut redis.servers[0];
-    primary.snapshot(snapshot).expect("snapshot");
-    let saved = applied_offsets(&primary.url(), IN_ORDER_PARTITIONS);
+    let url = primary.url();
+    primary.snapshot(&files.snapshot).expect("snapshot");
+    let saved = applied_offsets(&url, IN_ORDER_PARTITIONS);
     thread::sleep(Duration::from_millis(rng.random_range(900..1_200)));
-    assert!(
-        applied_offsets(&primary.url(), IN_ORDER_PARTITIONS) > saved,
-        "the worker wrote nothing after the snapshot:\n{}",
-        worker.log_tail(30)
+    // A loaded machine may not have written in that second: the round needs a loss.
+    wait_for(
+        30,
+        || applied_offsets(&url, IN_ORDER_PARTITIONS) > saved,
+        || {
+            format!(
+                "the worker wrote nothing after the snapshot:\n{}",
+                worker.log_tail(30)
+            )
+        },
     );
-    let rewinds_before = rewind_lines(log);
+    let rewinds_before = rewind_lines(&files.log);
     if restore == Restore::WhileDown {
         // A restarted worker knows only its newest checkpoint: it has acknowledged writes the
         // snapshot lacks only once a checkpoint past the snapshot is complete. On a loaded
         // machine that can take longer than the second above (CI once killed it before).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while checkpointed_offsets(checkpoints) <= saved {
-            assert!(
-                Instant::now() < deadline,
-                "no checkpoint past the snapshot's {saved} offsets:\n{}",
-                worker.log_tail(30)
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(
+            30,
+            || checkpointed_offsets(&files.checkpoints) > saved,
+            || {
+                format!(
+                    "no checkpoint past the snapshot's {saved} offsets:\n{}",
+                    worker.log_tail(30)
+                )
+            },
+        );
         worker.kill();
-        primary.restore(snapshot).expect("restored while down");
+        primary
+            .restore(&files.snapshot)
+            .expect("restored while down");
         worker.restart();
     } else {
         primary
-            .restore(snapshot)
+            .restore(&files.snapshot)
             .expect("restored under the worker");
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while rewind_lines(log) == rewinds_before {
-        assert!(
-            Instant::now() < deadline,
-            "no rewind logged after {restore:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        90,
+        || rewind_lines(&files.log) > rewinds_before,
+        || format!("no rewind logged after {restore:?}"),
+    );
     if restore == Restore::KillDuringTheReapply {
         thread::sleep(Duration::from_millis(rng.random_range(50..400)));
         worker.restart();
+    }
+}
+
+/// Polls `done` until it holds; fails with `failure()` after `seconds`.
+fn wait_for(seconds: u64, mut done: impl FnMut() -> bool, failure: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", failure());
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
