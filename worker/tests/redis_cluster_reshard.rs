@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use redis_support::*;
-use streamjob_worker::sink::redis::cluster::apply::{ApplyStats, ClusterOwner};
+use streamjob_worker::metrics::KindLabel;
+use streamjob_worker::sink::redis::cluster::apply::{ApplyStats, ClusterOwner, WaitCounts};
 use streamjob_worker::sink::redis::cluster::slot::{key_slot, SLOT_TAGS};
 use streamjob_worker::sink::redis::RedisSink;
 use streamjob_worker::testkit::redis::RedisServer;
@@ -35,16 +36,21 @@ struct Traffic {
 
 impl Traffic {
     fn new() -> Self {
-        let in_moved = |key: &str| key_slot(key.as_bytes()) < MOVED;
+        Self::in_slots_below(MOVED, 300, 3000)
+    }
+
+    /// `users` receivers and `messages` message ids whose keys live in slots below `limit`.
+    fn in_slots_below(limit: u16, users: usize, messages: usize) -> Self {
+        let in_slots = |key: &str| key_slot(key.as_bytes()) < limit;
         let users = (0..)
             .map(|i| format!("u{i}"))
-            .filter(|id| in_moved(id))
-            .take(300)
+            .filter(|id| in_slots(id))
+            .take(users)
             .collect();
         let messages = (0..)
             .map(|i| format!("m{i}"))
-            .filter(|id| in_moved(&format!("Austin:MessageId:{id}")))
-            .take(3000)
+            .filter(|id| in_slots(&format!("Austin:MessageId:{id}")))
+            .take(messages)
             .collect();
         Self { users, messages }
     }
@@ -103,7 +109,7 @@ impl Writer {
             SystemTime::now(),
         );
         self.sink.apply(&batch).await.expect("single-node apply");
-        let stats = self.owner.apply(&batch).await.expect("cluster apply");
+        let stats = self.owner.apply(&batch, None).await.expect("cluster apply");
         self.stats.units += stats.units;
         self.stats.migrating_waits += stats.migrating_waits;
         self.stats.redirects += stats.redirects;
@@ -203,6 +209,102 @@ fn heavy_a_live_reshard_and_rebalance_neither_lose_nor_double_a_write() {
 
     let map = rt.block_on(slot_map(&cluster.seeds()[0]));
     assert_eq!(map.nodes().len(), 4);
+    let mut single = rt.block_on(async { dump(&mut raw(&server).await, "").await });
+    single.retain(|key, _| !key.starts_with("streamjob:"));
+    assert_same_state(&single, &rt.block_on(cluster_dump(&map)));
+}
+
+/// The `TRYAGAIN` and `ASK` waits counted in `waits` so far.
+fn migration_waits(waits: &WaitCounts) -> u64 {
+    ["tryagain", "ask"]
+        .into_iter()
+        .map(|kind| waits.get_or_create(&KindLabel { kind: kind.into() }).get())
+        .sum()
+}
+
+/// A batch that creates keys in slots held half-migrated waits until the migrations are
+/// finished, and its waits show in `streamjob_redis_cluster_waits_total` while it waits. They
+/// were counted only once the batch was through, so a reshard that stalled a partition showed
+/// nothing for as long as it lasted (seen in the end-to-end reshard test, whose held slots
+/// waited 60 s for a count that could not come). Afterwards the cluster holds what a single
+/// node given the same batches holds.
+#[test]
+fn heavy_a_batch_held_up_by_migrating_slots_counts_its_waits_while_it_waits() {
+    const HELD: u16 = 20;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = RedisServer::start().expect("redis-server");
+    let sink = rt.block_on(connect_sink(&server, ""));
+    let epoch = rt
+        .block_on(sink.claim_from(0, 0, Some(0)))
+        .expect("claim")
+        .fence
+        .epoch;
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        primaries: 3,
+        replicas: 0,
+        persistence: false,
+    })
+    .expect("cluster");
+    let map = rt.block_on(slot_map(&cluster.seeds()[0]));
+    let mut owner = ClusterOwner::new(sink.layout().clone(), 0, epoch, map.clone());
+    let traffic = Traffic::in_slots_below(HELD, 20, 200);
+    let batch = |b: usize| {
+        let events = traffic.events(b);
+        batch_of(
+            &sink,
+            0,
+            epoch,
+            (b * EVENTS) as i64,
+            &events,
+            SystemTime::now(),
+        )
+    };
+    let first = batch(0);
+    rt.block_on(sink.apply(&first)).expect("single-node apply");
+    rt.block_on(owner.apply(&first, None))
+        .expect("cluster apply");
+
+    let [from, to, ..] = cluster.primaries().expect("primaries")[..] else {
+        panic!("3 primaries");
+    };
+    let source = format!("127.0.0.1:{}", cluster.node(from).port());
+    assert_eq!(
+        map.owner(0),
+        Some(source.as_str()),
+        "slot 0 on the first primary"
+    );
+    cluster
+        .begin_migrations(0..HELD, from, to)
+        .expect("SETSLOT IMPORTING and MIGRATING");
+    // The second batch's message ids are new: their keys cannot be created while migrating.
+    let second = batch(1);
+    rt.block_on(sink.apply(&second)).expect("single-node apply");
+    let waits = WaitCounts::default();
+    let held = rt.spawn({
+        let waits = waits.clone();
+        async move {
+            let applied = owner.apply(&second, Some(&waits)).await;
+            (owner, applied)
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while migration_waits(&waits) == 0 {
+        assert!(!held.is_finished(), "the batch went through held slots");
+        assert!(std::time::Instant::now() < deadline, "no wait counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!held.is_finished(), "counted, and still waiting");
+    cluster.fix_open_slots().expect("migrations finished");
+    let (_, applied) = rt.block_on(held).expect("apply task");
+    let stats = applied.expect("applied once the slots moved");
+    assert_eq!(
+        migration_waits(&waits),
+        stats.migrating_waits + stats.asks,
+        "each wait counted once: {stats:?}"
+    );
+
+    let map = rt.block_on(slot_map(&cluster.seeds()[0]));
+    assert_ne!(map.owner(0), Some(source.as_str()), "slot 0 moved");
     let mut single = rt.block_on(async { dump(&mut raw(&server).await, "").await });
     single.retain(|key, _| !key.starts_with("streamjob:"));
     assert_same_state(&single, &rt.block_on(cluster_dump(&map)));

@@ -65,13 +65,13 @@ async fn heavy_a_cluster_restarted_from_its_aof_neither_loses_nor_doubles_a_writ
         if b == 3 {
             restarted.reread().await.expect("read the fences");
         }
-        owner.apply(batch).await.expect("cluster apply");
+        owner.apply(batch, None).await.expect("cluster apply");
     }
     cluster.restart_all().expect("restart from the AOF");
     // It resumes from an older checkpoint: batches 3 and 4 again, which every slot has.
     for batch in &batches[3..] {
         restarted
-            .apply(batch)
+            .apply(batch, None)
             .await
             .expect("cluster apply after the restart");
     }

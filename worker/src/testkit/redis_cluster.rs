@@ -9,6 +9,7 @@
 //! `redis-server` package (`redis-tools`), which `scripts/setup.sh --test` installs.
 
 use std::io;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -361,28 +362,49 @@ impl RedisCluster {
     /// IMPORTING` on `to`, then `MIGRATING` on `from`, as `redis-cli --cluster reshard` begins)
     /// and moves no key: the slot stays half-resharded until [`RedisCluster::end_migration`].
     pub fn begin_migration(&self, slot: u16, from: usize, to: usize) -> io::Result<()> {
-        self.setslot(to, slot, &["IMPORTING", &self.id_of(from)?])?;
-        self.setslot(from, slot, &["MIGRATING", &self.id_of(to)?])
+        self.begin_migrations(slot..slot + 1, from, to)
+    }
+
+    /// [`RedisCluster::begin_migration`] for every slot of `slots`, one pipeline per node (a
+    /// command at a time takes [`RedisServer::command`]'s 100 ms each).
+    pub fn begin_migrations(&self, slots: Range<u16>, from: usize, to: usize) -> io::Result<()> {
+        let (from_id, to_id) = (self.id_of(from)?, self.id_of(to)?);
+        self.setslots(to, slots.clone(), &["IMPORTING", &from_id])?;
+        self.setslots(from, slots, &["MIGRATING", &to_id])
+    }
+
+    /// `CLUSTER SETSLOT slot how…` on node `index` for every slot of `slots`, in one pipeline;
+    /// refused at the first error reply.
+    fn setslots(&self, index: usize, slots: Range<u16>, how: &[&str]) -> io::Result<()> {
+        let client = redis::Client::open(self.nodes[index].url()).map_err(io::Error::other)?;
+        let mut conn = client.get_connection().map_err(io::Error::other)?;
+        let mut pipe = redis::pipe();
+        for slot in slots {
+            pipe.cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(how);
+        }
+        pipe.query::<()>(&mut conn).map_err(io::Error::other)
     }
 
     /// Takes back a [`RedisCluster::begin_migration`]: `CLUSTER SETSLOT slot STABLE` on both.
     pub fn end_migration(&self, slot: u16, from: usize, to: usize) -> io::Result<()> {
         for node in [from, to] {
-            self.setslot(node, slot, &["STABLE"])?;
+            self.setslots(node, slot..slot + 1, &["STABLE"])?;
         }
         Ok(())
     }
 
-    /// `CLUSTER SETSLOT slot how…` on node `index`, refused unless it answers `OK`.
-    fn setslot(&self, index: usize, slot: u16, how: &[&str]) -> io::Result<()> {
-        let slot = slot.to_string();
-        let mut args = vec!["CLUSTER", "SETSLOT", &slot];
-        args.extend_from_slice(how);
-        let reply = self.nodes[index].command(&args)?;
-        match reply.contains("OK") {
-            true => Ok(()),
-            false => Err(io::Error::other(format!("{}: {reply}", args.join(" ")))),
-        }
+    /// Completes every half-done migration ([`RedisCluster::begin_migration`]) with
+    /// `redis-cli --cluster fix`: it moves the slots' remaining keys with `MIGRATE` and gives
+    /// each slot to its importing node, as an interrupted `reshard` is finished in production.
+    pub fn fix_open_slots(&self) -> io::Result<()> {
+        let seed = self.running_seed()?;
+        redis_cli(&[
+            "--cluster".into(),
+            "fix".into(),
+            self.address(seed),
+            "--cluster-yes".into(),
+        ])?;
+        self.wait_settled()
     }
 
     /// Starts a new empty primary and adds it to the cluster; its index.

@@ -9,8 +9,9 @@
 //!   promoted replica without acknowledged writes): [`SinkError::Gap`], and the owner rewinds
 //!   (`fence::rewind_point`).
 //!
-//! Waits are normal during a reshard, so they are counted (`ApplyStats`, exported by the sink
-//! as `streamjob_redis_cluster_waits_total`) and logged at info level, not as warnings. A node
+//! Waits are normal during a reshard, so they are counted (`ApplyStats`, exported as
+//! `streamjob_redis_cluster_waits_total` as they happen, so that a batch held up by a long
+//! migration shows while it waits) and logged at info level, not as warnings. A node
 //! that goes away (a failover) is a wait too: the slot map is read again until a primary serves
 //! every slot (`CLUSTERDOWN` meanwhile).
 
@@ -18,12 +19,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use super::fence::{mismatch, resume_mark, Mismatch, SlotFence, SlotPositions, UnitMark};
 use super::nodes::Nodes;
 use super::plan::{batch_series, units_isolating, Owner, SlotMap};
 use super::read::read_slots;
 use super::slot::key_slot;
 use super::unit::{run, Unit, UnitReply};
+use crate::metrics::KindLabel;
 use crate::sink::redis::window::SeriesMarks;
 use crate::sink::redis::{Batch, Layout, SinkError};
 
@@ -64,9 +69,39 @@ impl ApplyStats {
         ]
     }
 
+    /// Adds to `family` the waits since `counted`, which then becomes `self`.
+    fn publish_waits(&self, counted: &mut ApplyStats, family: Option<&WaitCounts>) {
+        if let Some(family) = family {
+            for ((kind, now), (_, before)) in self.waits().into_iter().zip(counted.waits()) {
+                if now > before {
+                    family
+                        .get_or_create(&KindLabel { kind: kind.into() })
+                        .inc_by(now - before);
+                }
+            }
+        }
+        *counted = *self;
+    }
+
     /// Whether the apply met any refusal.
     pub fn waited(&self) -> bool {
         self.waits().iter().any(|(_, n)| *n > 0)
+    }
+}
+
+/// The waits counter by kind (`streamjob_redis_cluster_waits_total`).
+pub type WaitCounts = Family<KindLabel, Counter>;
+
+/// One apply's stats, and how much of them `waits` has been told already.
+struct Counting<'a> {
+    stats: ApplyStats,
+    counted: ApplyStats,
+    waits: Option<&'a WaitCounts>,
+}
+
+impl Counting<'_> {
+    fn publish(&mut self) {
+        self.stats.publish_waits(&mut self.counted, self.waits);
     }
 }
 
@@ -242,11 +277,21 @@ impl ClusterOwner {
 
     /// Applies `batch` until every slot holds it. `stats.units == stats.mark_units`: every slot
     /// had it (at most some marks moved).
-    pub async fn apply(&mut self, batch: &Batch) -> Result<ApplyStats, SinkError> {
-        let mut stats = ApplyStats::default();
-        let result = self.apply_counting(batch, &mut stats).await;
-        self.last_stats = stats;
-        result.map(|()| stats)
+    /// Its waits are added to `waits` as they happen.
+    pub async fn apply(
+        &mut self,
+        batch: &Batch,
+        waits: Option<&WaitCounts>,
+    ) -> Result<ApplyStats, SinkError> {
+        let mut counting = Counting {
+            stats: ApplyStats::default(),
+            counted: ApplyStats::default(),
+            waits,
+        };
+        let result = self.apply_counting(batch, &mut counting).await;
+        counting.publish();
+        self.last_stats = counting.stats;
+        result.map(|()| counting.stats)
     }
 
     /// What the last [`ClusterOwner::apply`] met, whether it succeeded or not (the metrics).
@@ -257,7 +302,7 @@ impl ClusterOwner {
     async fn apply_counting(
         &mut self,
         batch: &Batch,
-        stats: &mut ApplyStats,
+        counting: &mut Counting<'_>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(5);
@@ -281,6 +326,7 @@ impl ClusterOwner {
             }
             let mut settled = true;
             for sent in self.send_round(planned).await {
+                let stats = &mut counting.stats;
                 stats.units += 1;
                 stats.mark_units += u64::from(sent.unit.slots.is_empty());
                 match self.learn(batch, sent, stats).await? {
@@ -289,6 +335,8 @@ impl ClusterOwner {
                 }
             }
             if !settled {
+                counting.publish();
+                let stats = &counting.stats;
                 tracing::info!(
                     ?stats,
                     ?backoff,

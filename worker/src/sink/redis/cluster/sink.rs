@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::apply::{ApplyStats, ClusterOwner};
+use super::apply::ClusterOwner;
 use super::fence::boundaries;
 use super::nodes::Nodes;
 use crate::metrics::KindLabel;
@@ -166,8 +166,7 @@ impl ClusterSink {
                 our_epoch: batch.epoch,
             });
         }
-        let result = state.owner.apply(batch).await;
-        self.count(&state.owner.last_stats());
+        let result = state.owner.apply(batch, self.waits.get()).await;
         tracing::debug!(stats = ?state.owner.last_stats(), ok = result.is_ok(), "cluster apply");
         match result {
             Ok(stats) => {
@@ -199,18 +198,6 @@ impl ClusterSink {
                 ))
             }
             Err(err) => Err(err),
-        }
-    }
-
-    fn count(&self, stats: &ApplyStats) {
-        if let Some(family) = self.waits.get() {
-            for (kind, n) in stats.waits() {
-                if n > 0 {
-                    family
-                        .get_or_create(&KindLabel { kind: kind.into() })
-                        .inc_by(n);
-                }
-            }
         }
     }
 
