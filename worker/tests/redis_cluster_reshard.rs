@@ -118,6 +118,41 @@ impl Writer {
     }
 }
 
+/// The reference (a single node, partition 0 claimed at `epoch`) and a cluster of 3 primaries.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    server: RedisServer,
+    sink: RedisSink,
+    epoch: u64,
+    cluster: RedisCluster,
+}
+
+impl Setup {
+    fn start() -> Self {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let server = RedisServer::start().expect("redis-server");
+        let sink = rt.block_on(connect_sink(&server, ""));
+        let epoch = rt
+            .block_on(sink.claim_from(0, 0, Some(0)))
+            .expect("claim")
+            .fence
+            .epoch;
+        let cluster = RedisCluster::start_with(ClusterOptions {
+            primaries: 3,
+            replicas: 0,
+            persistence: false,
+        })
+        .expect("cluster");
+        Self {
+            rt,
+            server,
+            sink,
+            epoch,
+            cluster,
+        }
+    }
+}
+
 /// Writes batches (paced) until `done` is set by the migration running beside it.
 fn write_while(rt: &tokio::runtime::Runtime, writer: &mut Writer, done: &AtomicBool) {
     while !done.load(Ordering::Acquire) {
@@ -128,20 +163,13 @@ fn write_while(rt: &tokio::runtime::Runtime, writer: &mut Writer, done: &AtomicB
 
 #[test]
 fn heavy_a_live_reshard_and_rebalance_neither_lose_nor_double_a_write() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server = RedisServer::start().expect("redis-server");
-    let sink = rt.block_on(connect_sink(&server, ""));
-    let epoch = rt
-        .block_on(sink.claim_from(0, 0, Some(0)))
-        .expect("claim")
-        .fence
-        .epoch;
-    let mut cluster = RedisCluster::start_with(ClusterOptions {
-        primaries: 3,
-        replicas: 0,
-        persistence: false,
-    })
-    .expect("cluster");
+    let Setup {
+        rt,
+        server,
+        sink,
+        epoch,
+        mut cluster,
+    } = Setup::start();
     let map = rt.block_on(slot_map(&cluster.seeds()[0]));
     let owner = ClusterOwner::new(sink.layout().clone(), 0, epoch, map.clone());
     assert_eq!(
@@ -231,20 +259,13 @@ fn migration_waits(waits: &WaitCounts) -> u64 {
 #[test]
 fn heavy_a_batch_held_up_by_migrating_slots_counts_its_waits_while_it_waits() {
     const HELD: u16 = 20;
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server = RedisServer::start().expect("redis-server");
-    let sink = rt.block_on(connect_sink(&server, ""));
-    let epoch = rt
-        .block_on(sink.claim_from(0, 0, Some(0)))
-        .expect("claim")
-        .fence
-        .epoch;
-    let cluster = RedisCluster::start_with(ClusterOptions {
-        primaries: 3,
-        replicas: 0,
-        persistence: false,
-    })
-    .expect("cluster");
+    let Setup {
+        rt,
+        server,
+        sink,
+        epoch,
+        cluster,
+    } = Setup::start();
     let map = rt.block_on(slot_map(&cluster.seeds()[0]));
     let mut owner = ClusterOwner::new(sink.layout().clone(), 0, epoch, map.clone());
     let traffic = Traffic::in_slots_below(HELD, 20, 200);
