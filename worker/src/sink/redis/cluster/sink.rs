@@ -21,13 +21,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-
-use super::apply::ClusterOwner;
+use super::apply::{ClusterOwner, WaitCounts};
 use super::fence::boundaries;
 use super::nodes::Nodes;
-use crate::metrics::KindLabel;
 use crate::sink::redis::window::SeriesMarks;
 use crate::sink::redis::{epoch_floor, ApplyOutcome, Batch, Claim, Fence, Layout, SinkError};
 
@@ -56,7 +52,7 @@ pub(crate) struct ClusterSink {
     pub(crate) nodes: Arc<Nodes>,
     layout: Layout,
     owners: Mutex<HashMap<i32, Shared>>,
-    waits: std::sync::OnceLock<Family<KindLabel, Counter>>,
+    waits: std::sync::OnceLock<WaitCounts>,
 }
 
 impl ClusterSink {
@@ -70,7 +66,7 @@ impl ClusterSink {
     }
 
     /// Where the waits of every apply are counted.
-    pub(crate) fn count_waits_in(&self, family: Family<KindLabel, Counter>) {
+    pub(crate) fn count_waits_in(&self, family: WaitCounts) {
         let _ = self.waits.set(family);
     }
 
