@@ -259,6 +259,16 @@ async fn wait_all(
     }
 }
 
+/// How long a wait took after the step before it, for the summary; "not waited for" when its
+/// knob was 0 (the summary printed "0.0 s later" for a wait that never ran).
+fn waited(deadline: Duration, took: Duration) -> String {
+    if deadline.is_zero() {
+        "not waited for".to_string()
+    } else {
+        format!("{:.1} s later", took.as_secs_f64())
+    }
+}
+
 /// What the benchmark watches, each mirrored locally by a watch (one list, then events): the
 /// waits read these instead of listing. A list of every StreamJob every 2 s was 15 % of the API
 /// server's CPU in a profile of a 1,000-job run (50 lists, each decoded from etcd): load the
@@ -473,9 +483,10 @@ async fn run(jobs: usize, steady: Duration) {
     // expected transition (its pods stay Pending, so it turns Degraded: PodsUnavailable, then
     // RolloutFailed once the sample's progress deadline has passed), and nothing has changed for
     // a minute (kube-controller-manager has made every pod).
+    let settle_wait = env_secs("BENCH_SETTLE_WAIT_S", 1200);
     let settle_time = wait_all(
         "settled",
-        env_secs("BENCH_SETTLE_WAIT_S", 1200),
+        settle_wait,
         mirrors.settled(jobs, Duration::from_secs(60)),
     )
     .await;
@@ -574,8 +585,8 @@ async fn run(jobs: usize, steady: Duration) {
     print_cpu(&cpu_before, &cpu_after, converge_wall);
     print_calls_by_user(&all_calls, jobs);
     println!(
-        "  settled (every job Degraded, its pods Pending; no change for 60 s) {:.1} s later, {} pods",
-        settle_time.as_secs_f64(),
+        "  settled (every job Degraded, its pods Pending; no change for 60 s) {}, {} pods",
+        waited(settle_wait, settle_time),
         settled_pods
     );
     let calls = per_job(&converge_calls, jobs);
@@ -588,7 +599,7 @@ async fn run(jobs: usize, steady: Duration) {
     for (call, count) in &steady_others {
         println!("    besides the Lease: {call} x{count}");
     }
-    println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s; children gone {:.1} s later) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64(), gc_time.as_secs_f64());
+    println!("  RSS MiB: idle {idle_rss:.1}, converged {converged_rss:.1}, steady {steady_rss:.1}, 60 s after deleting all (deleted in {:.1} s, of which the delete calls {:.1} s; children gone {}) {released_rss:.1}", delete_time.as_secs_f64(), delete_call.as_secs_f64(), waited(gc_wait, gc_time));
     println!("  heap MiB (allocated / active / metadata / resident, jemalloc's figures): idle {idle_heap}, steady {converged_heap}, 60 s after deleting all {released_heap}");
     match clean {
         Some((pvcs_time, clean_rss, clean_heap)) => println!("  60 s after deleting the {jobs} kept savepoint PVCs too ({:.1} s): RSS {clean_rss:.1} MiB, heap {clean_heap}", pvcs_time.as_secs_f64()),
